@@ -1,0 +1,70 @@
+"""Per-request generation parameters, validated once when the request enters the engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class SamplingParams:
+    """How one request samples and when it stops. Pure data: the engine and the API layer share it.
+
+    Semantics follow OpenAI where it defines a parameter and Fireworks/vLLM otherwise:
+    temperature 0 is greedy; repetition_penalty divides positive logits (multiplies negative ones) of every
+    token seen in prompt + output; presence/frequency penalties subtract over output tokens only.
+    """
+
+    n: int = 1
+    best_of: int | None = None  # sample best_of, return the n with the highest cumulative logprob
+    max_tokens: int | None = 16  # None: up to the remaining context
+    min_tokens: int = 0
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 or -1: disabled
+    min_p: float = 0.0
+    typical_p: float = 1.0
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    stop_token_ids: list[int] = field(default_factory=list)
+    ignore_eos: bool = False
+    logprobs: int | None = None  # None: no logprobs; k >= 0: sampled token's logprob plus top-k alternatives
+    prompt_logprobs: int | None = None  # same, for every prompt token (echo + logprobs)
+    skip_special_tokens: bool = True
+
+    def __post_init__(self) -> None:
+        if self.top_k == -1:
+            self.top_k = 0
+        checks: list[tuple[bool, str]] = [
+            (self.n >= 1, "n must be at least 1"),
+            (self.best_of is None or self.best_of >= self.n, "best_of must be at least n"),
+            (self.max_tokens is None or self.max_tokens >= 1, "max_tokens must be at least 1"),
+            (self.min_tokens >= 0, "min_tokens must be non-negative"),
+            (self.max_tokens is None or self.min_tokens <= self.max_tokens, "min_tokens must not exceed max_tokens"),
+            (0.0 <= self.temperature <= 100.0, "temperature must be between 0 and 100"),
+            (0.0 < self.top_p <= 1.0, "top_p must be in (0, 1]"),
+            (self.top_k >= 0, "top_k must be -1, 0 or positive"),
+            (0.0 <= self.min_p <= 1.0, "min_p must be in [0, 1]"),
+            (0.0 < self.typical_p <= 1.0, "typical_p must be in (0, 1]"),
+            (self.repetition_penalty > 0.0, "repetition_penalty must be positive"),
+            (-2.0 <= self.presence_penalty <= 2.0, "presence_penalty must be between -2 and 2"),
+            (-2.0 <= self.frequency_penalty <= 2.0, "frequency_penalty must be between -2 and 2"),
+            (self.logprobs is None or 0 <= self.logprobs <= 20, "logprobs must be between 0 and 20"),
+            (self.prompt_logprobs is None or 0 <= self.prompt_logprobs <= 20, "prompt_logprobs must be between 0 and 20"),
+            (all(-100.0 <= b <= 100.0 for b in self.logit_bias.values()), "logit_bias values must be between -100 and 100"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    @property
+    def num_samples(self) -> int:
+        """How many sequences the engine generates for this request."""
+        return self.best_of if self.best_of is not None else self.n
