@@ -1,0 +1,1 @@
+"""`ember bench`: engine workloads against peers, printed as one table."""

@@ -1,0 +1,83 @@
+"""Runs every workload on ember and on the installed peers, then prints one table with ratios."""
+
+from __future__ import annotations
+
+import resource
+from dataclasses import dataclass
+
+import torch
+
+from ember.bench.gemm_only import gemm_only_tokens_per_s
+from ember.bench.peers import PeerResult, llama_cpp_peer, transformers_peer
+from ember.bench.report import Row, print_table
+from ember.bench.workloads import PromptMaker, decode_throughput, prefill_tokens_per_s, ttft_cold_and_cached
+from ember.engine.engine_config import CacheConfig, SchedulerConfig
+from ember.engine.llm_engine import EngineConfig, LLMEngine
+from ember.models.loader import LoadConfig, load_model
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    model: str | None = None
+    weight_format: str = "auto"
+    threads: int = 2
+    streams: tuple[int, ...] = (1, 8, 32)
+    new_tokens: int = 64
+    peers: tuple[str, ...] = ("transformers", "llama.cpp")
+
+
+def run_benchmark(cfg: BenchConfig) -> list[Row]:
+    torch.set_num_threads(cfg.threads)
+    loaded = load_model(LoadConfig(cfg.model, cfg.weight_format))
+    rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(
+        f"model {loaded.name} ({loaded.source_format} {loaded.file_quantization}) as {loaded.weight_format}, "
+        f"{cfg.threads} threads, loaded in {loaded.load_seconds:.2f} s, peak RSS {rss_mib:.0f} MiB",
+        flush=True,
+    )
+    engine_cfg = EngineConfig(
+        cache=CacheConfig(block_size=16),
+        scheduler=SchedulerConfig(
+            max_num_seqs=max(cfg.streams), max_num_batched_tokens=512, max_model_len=2048
+        ),
+        kv_cache_gib=1.0,
+    )
+    engine = LLMEngine(loaded, engine_cfg)
+    prompts = PromptMaker(loaded.config.vocab_size)
+    prefill_tokens_per_s(engine, prompts, 64, 1)  # warm-up
+    rows: list[Row] = []
+    prefill = prefill_tokens_per_s(engine, prompts, 512, 3)
+    peers: list[PeerResult] = []
+    gguf = loaded.source_path if loaded.source_format == "gguf" else None
+    decode = {s: decode_throughput(engine, prompts, s, cfg.new_tokens) for s in cfg.streams}
+    gemm = {s: gemm_only_tokens_per_s(loaded.network, s) for s in cfg.streams}
+    ttft = ttft_cold_and_cached(engine, prompts, 1024)
+    if gguf and "llama.cpp" in cfg.peers:
+        peers.append(llama_cpp_peer(gguf, prompts, cfg.threads, cfg.new_tokens))
+    if gguf and "transformers" in cfg.peers:
+        del engine
+        peers.append(transformers_peer(gguf, prompts, list(cfg.streams), cfg.new_tokens))
+    rows.append(Row("prefill 512 tok/s", prefill, {p.name: p.prefill_tokens_per_s for p in peers}))
+    for s in cfg.streams:
+        d = decode[s]
+        rows.append(
+            Row(
+                f"decode tok/s, {s} stream{'s' if s > 1 else ''}",
+                d.tokens_per_s,
+                {p.name: p.decode_tokens_per_s.get(s) for p in peers},
+                extra=f"GEMM-only {gemm[s]:.0f} ({d.tokens_per_s / gemm[s]:.0%}); step {d.step_ms:.1f} ms, "
+                f"outside forward {d.overhead_ms:.2f} ms",
+            )
+        )
+    rows.append(Row("TTFT 1k prompt, cold (ms)", ttft.cold_ms, {}, lower_is_better=True))
+    rows.append(
+        Row(
+            "TTFT 1k prompt, prefix cached (ms)",
+            ttft.cached_ms,
+            {},
+            lower_is_better=True,
+            extra=f"{ttft.cached_ms / ttft.cold_ms:.1%} of cold",
+        )
+    )
+    print_table(rows, [p.name for p in peers], [p for p in peers if p.note])
+    return rows

@@ -1,0 +1,84 @@
+"""`ember serve` and `ember bench`: the command line entry points."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model", default=None, help="GGUF file or HF checkpoint folder (default: embedded SmolLM2-135M)"
+    )
+    parser.add_argument(
+        "--weight-format",
+        default="auto",
+        choices=["auto", "fp32", "bf16", "packed"],
+        help="how weights are held: fp32 reference, bf16 (GPU), packed GGUF blocks; auto picks per device",
+    )
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument("--threads", type=int, default=0, help="compute threads (default: the idle cores)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ember", description="Self-hosted LLM inference and fine-tuning")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="serve the OpenAI/Fireworks-compatible HTTP API")
+    _add_model_args(serve)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--api-key", action="append", default=[], help="accepted bearer key (repeatable; env EMBER_API_KEYS)"
+    )
+    serve.add_argument(
+        "--served-model-name", default=None, help="name clients use (default: the model's name)"
+    )
+    serve.add_argument(
+        "--max-model-len", type=int, default=8192, help="context window served (capped by the model)"
+    )
+    serve.add_argument("--max-num-seqs", type=int, default=64, help="sequences decoded together per step")
+    serve.add_argument("--max-num-batched-tokens", type=int, default=512, help="token budget of one step")
+    serve.add_argument("--max-waiting", type=int, default=256, help="queued requests before 429")
+    serve.add_argument(
+        "--kv-cache-gib", type=float, default=1.0, help="memory reserved for the paged KV cache"
+    )
+    serve.add_argument("--block-size", type=int, default=16, help="tokens per KV block")
+    serve.add_argument("--no-prefix-caching", action="store_true", help="disable automatic prefix caching")
+
+    bench = sub.add_parser("bench", help="benchmark the engine against installed peers and print a table")
+    _add_model_args(bench)
+    bench.add_argument("--streams", default="1,8,32", help="concurrent streams for the decode rows")
+    bench.add_argument("--new-tokens", type=int, default=64, help="tokens generated per stream")
+    bench.add_argument("--peers", default="transformers,llama.cpp", help="comma list; empty for none")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "serve":
+        from ember.serve_command import serve_from_args
+
+        return serve_from_args(args)
+    if args.command == "bench":
+        from ember.bench.runner import BenchConfig, run_benchmark
+        from ember.threads import count_free_cores
+
+        run_benchmark(
+            BenchConfig(
+                model=args.model,
+                weight_format=args.weight_format,
+                threads=args.threads or count_free_cores(),
+                streams=tuple(int(s) for s in args.streams.split(",") if s),
+                new_tokens=args.new_tokens,
+                peers=tuple(p for p in args.peers.split(",") if p),
+            )
+        )
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

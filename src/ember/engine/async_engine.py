@@ -1,0 +1,236 @@
+"""The engine behind the HTTP server: a background thread runs step() while requests stream out via asyncio."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import copy
+import logging
+import queue
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from ember.engine.errors import EngineDeadError, QueueFullError
+from ember.engine.llm_engine import EngineConfig, LLMEngine
+from ember.engine.outputs import RequestOutput
+from ember.engine.sampling_params import SamplingParams
+from ember.engine.stats import EngineStats
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _Add:
+    request_id: str
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    kwargs: dict[str, Any]
+
+
+@dataclass
+class _Abort:
+    request_id: str
+
+
+@dataclass
+class _Call:
+    """Runs fn(engine) on the engine thread, so torch work never runs on two threads at once."""
+
+    fn: Any
+    future: concurrent.futures.Future
+
+
+class _Stream:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.queue: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
+
+    def put(self, item: RequestOutput | BaseException) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+
+
+class AsyncEngine:
+    def __init__(self, engine: LLMEngine) -> None:
+        self.engine = engine
+        self.tokenizer = engine.tokenizer
+        self.model_config = engine.model.config
+        self.max_model_len = engine.max_model_len
+        self.chat_template = engine.model.chat_template
+        self.model_name = engine.model.name
+        self.max_waiting = engine.config.scheduler.max_waiting
+        self._commands: queue.SimpleQueue[_Add | _Abort | _Call | None] = queue.SimpleQueue()
+        self._wake = threading.Event()
+        self._streams: dict[str, _Stream] = {}
+        self._lock = threading.Lock()  # guards _streams and _pending_adds across the two threads
+        self._pending_adds = 0
+        self._stats = EngineStats()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._dead: BaseException | None = None
+
+    @classmethod
+    def from_loaded(cls, model: Any, config: EngineConfig) -> AsyncEngine:
+        return cls(LLMEngine(model, config))
+
+    # ---- lifecycle -------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="ember-engine", daemon=True)
+            self._thread.start()
+
+    async def shutdown(self) -> None:
+        """Aborts what is still running, then stops the step loop."""
+        self._stopping = True
+        self._commands.put(None)
+        self._wake.set()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 30)
+            self._thread = None
+
+    # ---- requests ---------------------------------------------------------------------------------------
+
+    def stats(self) -> EngineStats:
+        with self._lock:
+            snapshot = copy.copy(self._stats)
+            snapshot.num_waiting += self._pending_adds
+        return snapshot
+
+    async def generate(
+        self,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        request_id: str,
+        *,
+        lora_id: str | None = None,
+        cache_salt: str | None = None,
+        priority: int = 0,
+    ) -> AsyncIterator[RequestOutput]:
+        if self._dead is not None:
+            raise EngineDeadError(f"the engine stopped: {self._dead}")
+        self.engine.resolve_max_tokens(len(prompt_token_ids), params)  # a ValueError here is the caller's 400
+        stream = _Stream(asyncio.get_running_loop())
+        with self._lock:
+            waiting = self._stats.num_waiting + self._pending_adds
+            if waiting >= self.max_waiting:
+                raise QueueFullError(waiting)
+            if request_id in self._streams:
+                raise ValueError(f"request id {request_id!r} is already in use")
+            self._streams[request_id] = stream
+            self._pending_adds += 1
+        kwargs = {"lora_id": lora_id, "cache_salt": cache_salt, "priority": priority}
+        self._commands.put(_Add(request_id, list(prompt_token_ids), params, kwargs))
+        self._wake.set()
+        finished = False
+        try:
+            while True:
+                item = await stream.queue.get()
+                if isinstance(item, BaseException):
+                    finished = True
+                    raise item
+                finished = item.finished
+                yield item
+                if finished:
+                    return
+        finally:
+            with self._lock:
+                self._streams.pop(request_id, None)
+            if not finished:  # the caller went away (disconnect, cancel): free its KV within one step
+                self._commands.put(_Abort(request_id))
+                self._wake.set()
+
+    async def abort(self, request_id: str) -> None:
+        self._commands.put(_Abort(request_id))
+        self._wake.set()
+
+    async def run_on_engine(self, fn: Any) -> Any:
+        """Runs fn(llm_engine) between two steps and returns its result."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._commands.put(_Call(fn, future))
+        self._wake.set()
+        return await asyncio.wrap_future(future)
+
+    async def embed(self, token_ids: list[list[int]]) -> list[list[float]]:
+        return await self.run_on_engine(lambda engine: engine.runner.embed(token_ids))
+
+    # ---- the engine thread ------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while not self._stopping:
+                self._drain_commands()
+                if not self.engine.has_unfinished():
+                    self._wake.wait(timeout=0.5)
+                    self._wake.clear()
+                    continue
+                try:
+                    outputs = self.engine.step()
+                except Exception as exc:  # noqa: BLE001 - a bug in one step must not take the server down
+                    logger.exception("engine step failed; failing the requests in flight")
+                    self._fail_all(exc)
+                    continue
+                self._publish(outputs)
+        except BaseException as exc:  # noqa: BLE001
+            self._dead = exc
+            logger.exception("engine thread died")
+        finally:
+            self._fail_all(EngineDeadError("the server is shutting down"))
+
+    def _drain_commands(self) -> None:
+        while True:
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if command is None:
+                return
+            if isinstance(command, _Add):
+                self._add(command)
+            elif isinstance(command, _Abort):
+                output = self.engine.abort_request(command.request_id)
+                if output is not None:
+                    self._publish([output])
+            else:
+                try:
+                    command.future.set_result(command.fn(self.engine))
+                except Exception as exc:  # noqa: BLE001 - delivered to the awaiting caller
+                    command.future.set_exception(exc)
+
+    def _add(self, command: _Add) -> None:
+        with self._lock:
+            self._pending_adds -= 1
+            stream = self._streams.get(command.request_id)
+        if stream is None:  # the caller left before the engine saw the request
+            return
+        try:
+            self.engine.add_request(
+                command.request_id, command.prompt_token_ids, command.params, **command.kwargs
+            )
+        except Exception as exc:  # noqa: BLE001 - refused requests go back to their caller
+            stream.put(exc)
+        self._snapshot_stats()
+
+    def _publish(self, outputs: list[RequestOutput]) -> None:
+        self._snapshot_stats()
+        with self._lock:
+            for output in outputs:
+                stream = self._streams.get(output.request_id)
+                if stream is not None:
+                    stream.put(output)
+
+    def _snapshot_stats(self) -> None:
+        stats = copy.copy(self.engine.stats)
+        stats.num_waiting = self.engine.scheduler.num_waiting
+        stats.num_running = self.engine.scheduler.num_running
+        with self._lock:
+            self._stats = stats
+
+    def _fail_all(self, exc: BaseException) -> None:
+        for request_id in list(self.engine.parents):
+            self.engine.abort_request(request_id)
+        with self._lock:
+            streams = list(self._streams.values())
+        for stream in streams:
+            stream.put(exc)

@@ -1,0 +1,251 @@
+"""Which KV blocks each request holds, with prefix caching over full blocks.
+
+Block 0 is reserved as the null block: it is never handed out, so padding entries of block tables and
+slot mappings (which point at 0) can never overwrite a request's KV.
+
+Handing out order: a new block is the lowest-numbered block of the free list (blocks that hold no cached
+prefix). Only when that list is empty is a cached block evicted, least recently freed first. A request frees
+its blocks tail first, so its deepest blocks are evicted before the prefix it may share with others.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from ember.engine.kv_block import KVBlock
+from ember.engine.prefix_hash import BlockHash, cache_namespace, hash_block
+from ember.engine.request import Request
+
+
+@dataclass
+class PrefixCacheStats:
+    """Prompt tokens looked up in the prefix cache and how many of them were found, since start-up."""
+
+    queries: int = 0
+    hits: int = 0
+
+    @property
+    def hit_rate(self) -> float:
+        return self.hits / self.queries if self.queries else 0.0
+
+
+class BlockManager:
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool) -> None:
+        if num_blocks < 2:
+            raise ValueError(f"num_blocks must be at least 2 (block 0 is reserved), got {num_blocks}")
+        if block_size < 1:
+            raise ValueError(f"block_size must be at least 1, got {block_size}")
+        self.num_blocks = num_blocks
+        self.block_size = block_size
+        self.enable_prefix_caching = enable_prefix_caching
+        self._blocks = [KVBlock(block_id) for block_id in range(num_blocks)]
+        self._free: list[int] = list(range(1, num_blocks))  # min-heap of uncached unreferenced blocks
+        self._evictable: OrderedDict[int, None] = OrderedDict()  # cached, unreferenced; oldest free first
+        self._cached: dict[BlockHash, int] = {}  # hash -> the one block holding that prefix
+        self._tables: dict[str, list[int]] = {}
+        self._hashes: dict[str, list[BlockHash]] = {}  # per request: hashes of its full blocks so far
+        self._stats = PrefixCacheStats()
+
+    # ---- queries ----------------------------------------------------------------------------------------
+
+    @property
+    def num_usable_blocks(self) -> int:
+        return self.num_blocks - 1
+
+    @property
+    def num_free_blocks(self) -> int:
+        """Blocks an allocation may take: never-used or uncached ones plus evictable cached ones."""
+        return len(self._free) + len(self._evictable)
+
+    @property
+    def usage(self) -> float:
+        """Fraction of usable blocks held by requests (evictable cached blocks count as free)."""
+        return 1.0 - self.num_free_blocks / self.num_usable_blocks
+
+    @property
+    def prefix_cache_stats(self) -> PrefixCacheStats:
+        return PrefixCacheStats(self._stats.queries, self._stats.hits)
+
+    def block_ids(self, request_id: str) -> list[int]:
+        """The request's block table (a copy); empty when it holds no blocks."""
+        return list(self._tables.get(request_id, ()))
+
+    def ref_count(self, block_id: int) -> int:
+        return self._blocks[block_id].ref_count
+
+    def is_cached(self, block_id: int) -> bool:
+        return self._blocks[block_id].block_hash is not None
+
+    def num_blocks_for(self, num_tokens: int) -> int:
+        return -(-num_tokens // self.block_size)
+
+    def uses_prefix_cache(self, request: Request) -> bool:
+        """Prompt-logprob requests need logits at every prompt position, so they never take cached KV."""
+        return self.enable_prefix_caching and not request.wants_prompt_logprobs
+
+    # ---- allocation -------------------------------------------------------------------------------------
+
+    def get_computed_blocks(self, request: Request) -> tuple[list[int], int]:
+        """The longest cached prefix of the request's tokens, in full blocks, and its length in tokens.
+
+        Never the whole sequence: at least one token is left to compute so there are logits to sample from.
+        Changes nothing; pass the blocks to allocate_slots in the same step to take them.
+        """
+        if not self.uses_prefix_cache(request):
+            return [], 0
+        namespace = cache_namespace(request.lora_id, request.cache_salt)
+        tokens = request.all_token_ids
+        size = self.block_size
+        hits: list[int] = []
+        parent: BlockHash | None = None
+        for index in range((len(tokens) - 1) // size):
+            parent = hash_block(parent, tokens[index * size : (index + 1) * size], namespace)
+            block_id = self._cached.get(parent)
+            if block_id is None:
+                break
+            hits.append(block_id)
+        return hits, len(hits) * size
+
+    def allocate_slots(
+        self, request: Request, num_new_tokens: int, computed_blocks: list[int] | None = None
+    ) -> bool:
+        """Grow the request's table to hold its computed tokens, `computed_blocks` and `num_new_tokens` more.
+
+        Returns False, changing nothing, when there are not enough free blocks. Blocks that become full with
+        the new tokens enter the prefix cache now: their KV is written by the step these tokens run in.
+        """
+        computed = computed_blocks or []
+        table = self._tables.get(request.request_id)
+        if num_new_tokens < 1:
+            raise ValueError(f"num_new_tokens must be at least 1, got {num_new_tokens}")
+        if computed and (table or request.num_computed_tokens):
+            raise ValueError(
+                f"request {request.request_id!r}: computed blocks are only taken by a request holding none"
+            )
+        if any(self._blocks[block_id].block_hash is None for block_id in computed):
+            raise ValueError(
+                f"request {request.request_id!r}: a computed block is no longer in the prefix cache"
+            )
+        total = request.num_computed_tokens + len(computed) * self.block_size + num_new_tokens
+        if total > request.num_tokens:
+            raise ValueError(
+                f"request {request.request_id!r}: cannot schedule up to token {total}, it has {request.num_tokens}"
+            )
+        num_held = len(table or ()) + len(computed)
+        num_needed = max(0, self.num_blocks_for(total) - num_held)
+        num_revived = sum(1 for block_id in computed if self._blocks[block_id].ref_count == 0)
+        if num_needed > self.num_free_blocks - num_revived:
+            return False
+
+        if table is None:
+            table = self._tables[request.request_id] = []
+            self._hashes[request.request_id] = []
+            if self.uses_prefix_cache(request):
+                self._stats.queries += request.num_tokens
+                self._stats.hits += len(computed) * self.block_size
+        hashes = self._hashes[request.request_id]
+        for block_id in computed:
+            block = self._blocks[block_id]
+            if block.ref_count == 0:
+                del self._evictable[block_id]
+            block.ref_count += 1
+            table.append(block_id)
+            hashes.append(block.block_hash)  # type: ignore[arg-type]  # checked above
+        for _ in range(num_needed):
+            table.append(self._take_free_block())
+        if self.enable_prefix_caching:
+            self._register_full_blocks(request, table, hashes, total // self.block_size)
+        return True
+
+    def free(self, request: Request, keep_cached: bool = True) -> None:
+        """Drop the request's references, tail first. A full cached block within `request.num_computed_tokens`
+        stays cached (evictable); the rest return to the free list. That uncaches blocks registered by an
+        allocation whose step never ran (a request preempted in the step that scheduled it); keep_cached=False
+        uncaches them all (after a failed step their KV may be garbage)."""
+        table = self._tables.pop(request.request_id, None) or []
+        self._hashes.pop(request.request_id, None)
+        num_written = request.num_computed_tokens // self.block_size if keep_cached else 0
+        for index in reversed(range(len(table))):
+            block = self._blocks[table[index]]
+            block.ref_count -= 1
+            if block.ref_count > 0:
+                continue
+            if block.block_hash is not None and index < num_written:
+                self._evictable[block.block_id] = None
+                continue
+            if block.block_hash is not None:
+                del self._cached[block.block_hash]
+                block.block_hash = None
+            heapq.heappush(self._free, block.block_id)
+
+    def reset_prefix_cache(self) -> None:
+        """Forget every cached prefix; blocks in use stay with their requests but will not be shared."""
+        for block_id in self._evictable:
+            heapq.heappush(self._free, block_id)
+        self._evictable.clear()
+        self._cached.clear()
+        for block in self._blocks:
+            block.block_hash = None
+
+    def check_invariants(self) -> None:
+        """Raise RuntimeError naming the first broken bookkeeping rule (for tests and debug runs)."""
+        holders = [0] * self.num_blocks
+        for request_id, table in self._tables.items():
+            if len(set(table)) != len(table):
+                raise RuntimeError(f"request {request_id!r} holds a block twice: {table}")
+            for block_id in table:
+                holders[block_id] += 1
+        free, evictable = set(self._free), set(self._evictable)
+        if len(free) != len(self._free) or free & evictable or 0 in free | evictable or holders[0]:
+            raise RuntimeError(
+                "free list and evictable set must be disjoint, duplicate-free, without block 0"
+            )
+        for block in self._blocks[1:]:
+            if block.ref_count != holders[block.block_id] or block.ref_count < 0:
+                raise RuntimeError(
+                    f"block {block.block_id}: ref count {block.ref_count} but {holders[block.block_id]} holders"
+                )
+            is_free = block.block_id in free or block.block_id in evictable
+            if is_free == (block.ref_count > 0):
+                raise RuntimeError(f"block {block.block_id}: ref count {block.ref_count} but free={is_free}")
+            if (block.block_id in evictable) != (block.ref_count == 0 and block.block_hash is not None):
+                raise RuntimeError(f"block {block.block_id}: evictable exactly when cached and unreferenced")
+            if block.block_hash is not None and self._cached.get(block.block_hash) != block.block_id:
+                raise RuntimeError(f"block {block.block_id}: its hash does not map back to it")
+        if len(self._cached) != sum(block.block_hash is not None for block in self._blocks):
+            raise RuntimeError("the prefix cache maps a hash to a block that does not carry it")
+
+    # ---- internals --------------------------------------------------------------------------------------
+
+    def _take_free_block(self) -> int:
+        if self._free:
+            block = self._blocks[heapq.heappop(self._free)]
+        else:
+            block_id, _ = self._evictable.popitem(last=False)
+            block = self._blocks[block_id]
+            del self._cached[block.block_hash]  # type: ignore[arg-type]  # evictable blocks are cached
+            block.block_hash = None
+        block.ref_count = 1
+        return block.block_id
+
+    def _register_full_blocks(
+        self, request: Request, table: list[int], hashes: list[BlockHash], num_full: int
+    ) -> None:
+        if len(hashes) >= num_full:
+            return
+        tokens = request.all_token_ids
+        size = self.block_size
+        namespace = cache_namespace(request.lora_id, request.cache_salt)
+        for index in range(len(hashes), num_full):
+            block_hash = hash_block(
+                hashes[-1] if hashes else None, tokens[index * size : (index + 1) * size], namespace
+            )
+            hashes.append(block_hash)
+            block = self._blocks[table[index]]
+            # Another block may already hold this prefix (computed in the same step, or skipped by a prompt-
+            # logprob request): keep that one; this block stays private and is freed, not cached.
+            if block_hash not in self._cached and block.block_hash is None:
+                block.block_hash = block_hash
+                self._cached[block_hash] = block.block_id

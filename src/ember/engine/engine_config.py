@@ -1,0 +1,64 @@
+"""Settings of the KV cache and of the scheduler, each its own small frozen dataclass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SCHEDULING_POLICIES = ("fcfs", "priority")
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """How the paged KV cache is cut into blocks and whether full blocks are shared between requests."""
+
+    block_size: int = 16
+    """Tokens per KV block: the unit of allocation and of prefix sharing."""
+
+    num_blocks: int = 0
+    """Blocks in the cache, counting the reserved null block 0; 0 lets the engine size it from free memory at
+    start-up (resolve it with dataclasses.replace before building the scheduler)."""
+
+    enable_prefix_caching: bool = True
+    """Reuse the KV of full blocks whose tokens, adapter and cache salt match an earlier request."""
+
+    def __post_init__(self) -> None:
+        if self.block_size < 1:
+            raise ValueError(f"block_size must be at least 1, got {self.block_size}")
+        if self.num_blocks != 0 and self.num_blocks < 2:
+            raise ValueError(
+                f"num_blocks must be 0 (size from memory) or at least 2 (block 0 is reserved), got {self.num_blocks}"
+            )
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """Limits of one engine step and of the waiting queue, and the order in which requests are served."""
+
+    max_num_seqs: int = 64
+    """Most requests running at once (each holds KV blocks and one row of every decode batch)."""
+
+    max_num_batched_tokens: int = 512
+    """Most tokens run in one step; longer prompts are prefilled in chunks across several steps."""
+
+    max_model_len: int = 2048
+    """Most tokens (prompt + output) one request may hold."""
+
+    max_waiting: int = 256
+    """Most requests waiting to start; beyond it add_request raises QueueFullError."""
+
+    policy: str = "fcfs"
+    """'fcfs': by arrival time; 'priority': lower priority value first, then by arrival time."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_num_seqs", "max_num_batched_tokens", "max_model_len", "max_waiting"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_num_batched_tokens < self.max_num_seqs:
+            raise ValueError(
+                f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be at least max_num_seqs "
+                f"({self.max_num_seqs}) so every running request can decode in one step"
+            )
+        if self.policy not in SCHEDULING_POLICIES:
+            raise ValueError(
+                f"unknown scheduling policy {self.policy!r}; expected one of {SCHEDULING_POLICIES}"
+            )

@@ -1,0 +1,191 @@
+"""Turns one SchedulerOutput into tensors, runs the network once over the whole batch, and samples."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ember.engine.outputs import TokenLogprob
+from ember.engine.request import Request
+from ember.engine.sampler import Sampler, SamplingRow
+from ember.engine.scheduler_output import ScheduledRequest, SchedulerOutput
+from ember.models.attention_metadata import AttentionMetadata
+
+
+@dataclass
+class ModelRunnerOutput:
+    """What one step produced, keyed by request id (only requests that sampled appear in `sampled`)."""
+
+    sampled: dict[str, int] = field(default_factory=dict)
+    logprobs: dict[str, TokenLogprob | None] = field(default_factory=dict)
+    # request id -> (position of the first scored prompt token, logprobs of that and the following tokens)
+    prompt_logprobs: dict[str, tuple[int, list[TokenLogprob]]] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)  # requests whose sampling failed, with the reason
+
+
+@dataclass
+class BatchInputs:
+    input_ids: torch.Tensor  # [T]
+    positions: torch.Tensor  # [T]
+    attn: AttentionMetadata
+    sample_rows: list[int]  # index into the flattened batch of each sampling request's last token
+    prompt_logprob_spans: dict[
+        str, tuple[int, int]
+    ]  # request id -> (first row, num rows) for prompt logprobs
+
+
+class ModelRunner:
+    """Owns the network, its paged KV cache and the per-sequence random generators."""
+
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
+        block_size: int,
+        device: torch.device,
+        eos_token_ids: tuple[int, ...],
+    ) -> None:
+        self.network = network
+        self.kv_caches = kv_caches
+        self.block_size = block_size
+        self.device = device
+        self.eos_token_ids = eos_token_ids
+        self.sampler = Sampler()
+        self._seeds: dict[str, int] = {}
+        self._generators: dict[str, torch.Generator] = {}
+
+    def register_seed(self, request_id: str, seed: int) -> None:
+        """A seeded sequence draws only from its own generator, so the batch around it cannot change it."""
+        self._seeds[request_id] = seed
+
+    def release(self, request_id: str) -> None:
+        self._seeds.pop(request_id, None)
+        self._generators.pop(request_id, None)
+
+    def build_inputs(self, scheduled: list[ScheduledRequest], requests: dict[str, Request]) -> BatchInputs:
+        ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        query_lens: list[int] = []
+        context_lens: list[int] = []
+        sample_rows: list[int] = []
+        spans: dict[str, tuple[int, int]] = {}
+        bs = self.block_size
+        for item in scheduled:
+            n = len(item.token_ids)
+            start = len(ids)
+            ids.extend(item.token_ids)
+            pos = range(item.start_position, item.start_position + n)
+            positions.extend(pos)
+            table = item.block_ids
+            slots.extend(table[p // bs] * bs + p % bs for p in pos)
+            query_lens.append(n)
+            context_lens.append(item.start_position + n)
+            if item.sample:
+                sample_rows.append(start + n - 1)
+            if item.needs_prompt_logprobs:
+                spans[item.request_id] = (start, n)
+        max_blocks = max(len(item.block_ids) for item in scheduled)
+        table = torch.zeros(len(scheduled), max_blocks, dtype=torch.int64)
+        for i, item in enumerate(scheduled):
+            table[i, : len(item.block_ids)] = torch.tensor(item.block_ids, dtype=torch.int64)
+        qlens = torch.tensor(query_lens, dtype=torch.int64)
+        start_loc = torch.zeros(len(scheduled) + 1, dtype=torch.int64)
+        start_loc[1:] = torch.cumsum(qlens, 0)
+        dev = self.device
+        attn = AttentionMetadata(
+            query_lens=query_lens,
+            context_lens=context_lens,
+            query_start_loc=start_loc.to(dev),
+            context_lens_tensor=torch.tensor(context_lens, dtype=torch.int64, device=dev),
+            block_tables=table.to(dev),
+            slot_mapping=torch.tensor(slots, dtype=torch.int64, device=dev),
+            block_size=bs,
+        )
+        return BatchInputs(
+            input_ids=torch.tensor(ids, dtype=torch.int64, device=dev),
+            positions=torch.tensor(positions, dtype=torch.int64, device=dev),
+            attn=attn,
+            sample_rows=sample_rows,
+            prompt_logprob_spans=spans,
+        )
+
+    @torch.inference_mode()
+    def execute(self, sched: SchedulerOutput, requests: dict[str, Request]) -> ModelRunnerOutput:
+        batch = self.build_inputs(sched.scheduled, requests)
+        hidden = self.network(batch.input_ids, batch.positions, batch.attn, self.kv_caches)  # [T, H]
+        out = ModelRunnerOutput()
+        for item in sched.scheduled:
+            if item.request_id in batch.prompt_logprob_spans:
+                first, count = batch.prompt_logprob_spans[item.request_id]
+                out.prompt_logprobs[item.request_id] = (
+                    item.start_position + 1,
+                    self._prompt_logprobs(
+                        hidden[first : first + count], requests[item.request_id], item.start_position
+                    ),
+                )
+        samplers = [item for item in sched.scheduled if item.sample]
+        if not samplers:
+            return out
+        logits = self.network.compute_logits(hidden[batch.sample_rows]).float()  # [S, V]
+        rows = [self._sampling_row(requests[item.request_id]) for item in samplers]
+        try:
+            result = self.sampler(logits, rows)
+            pairs = list(zip(samplers, result.token_ids, result.logprobs, strict=True))
+        except Exception:  # noqa: BLE001 - isolate the failing row, keep the others
+            pairs = []
+            for i, (item, row) in enumerate(zip(samplers, rows, strict=True)):
+                try:
+                    single = self.sampler(logits[i : i + 1], [row])
+                    pairs.append((item, single.token_ids[0], single.logprobs[0]))
+                except Exception as exc:  # noqa: BLE001
+                    out.errors[item.request_id] = f"sampling failed: {exc}"
+        for item, token, logprob in pairs:
+            out.sampled[item.request_id] = token
+            out.logprobs[item.request_id] = logprob
+        return out
+
+    def _prompt_logprobs(self, hidden: torch.Tensor, request: Request, start: int) -> list[TokenLogprob]:
+        """Row i (position start+i) predicts the token at start+i+1; only prompt tokens are scored."""
+        prompt = request.prompt_token_ids
+        targets = prompt[start + 1 : start + 1 + hidden.shape[0]]
+        if not targets:
+            return []
+        logits = self.network.compute_logits(hidden[: len(targets)]).float()  # [P, V]
+        k = request.sampling_params.prompt_logprobs or 0
+        scored = self.sampler.prompt_logprobs(logits, prompt[start : start + 1 + len(targets)], k)
+        return [lp for lp in scored if lp is not None]
+
+    def _sampling_row(self, request: Request) -> SamplingRow:
+        params = request.sampling_params
+        generator = None
+        seed = self._seeds.get(request.request_id)
+        if seed is not None and not params.greedy:
+            generator = self._generators.get(request.request_id)
+            if generator is None:
+                generator = torch.Generator(device="cpu")
+                generator.manual_seed(seed)
+                self._generators[request.request_id] = generator
+        return SamplingRow(
+            params=params,
+            prompt_token_ids=request.prompt_token_ids,
+            output_token_ids=request.output_token_ids,
+            generator=generator,
+            eos_token_ids=self.eos_token_ids,
+            allowed_token_ids_mask=None,
+        )
+
+    @torch.inference_mode()
+    def embed(self, token_ids: list[list[int]]) -> list[list[float]]:
+        """Mean-pooled, L2-normalised final hidden states, one forward over all inputs, no KV cache."""
+        if not token_ids or any(not ids for ids in token_ids):
+            raise ValueError("every input to embed must have at least one token")
+        lens = [len(ids) for ids in token_ids]
+        flat = torch.tensor([t for ids in token_ids for t in ids], dtype=torch.int64, device=self.device)
+        positions = torch.cat([torch.arange(n, dtype=torch.int64) for n in lens]).to(self.device)
+        attn = AttentionMetadata.for_prefill_without_cache(lens)
+        hidden = self.network(flat, positions, attn, None).float()  # [T, H]
+        pooled = torch.stack([chunk.mean(0) for chunk in torch.split(hidden, lens)])  # [B, H]
+        pooled = torch.nn.functional.normalize(pooled, dim=-1)
+        return pooled.cpu().tolist()

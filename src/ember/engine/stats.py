@@ -1,0 +1,77 @@
+"""Counters the engine keeps for /metrics, the start-up log and the benchmark's overhead column."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ember.engine.scheduler_output import SchedulerOutput
+
+
+class SchedulerView(Protocol):
+    @property
+    def num_waiting(self) -> int: ...
+    @property
+    def num_running(self) -> int: ...
+
+
+@dataclass
+class EngineStats:
+    """A snapshot-able set of counters; the async engine copies it after each step."""
+
+    num_running: int = 0
+    num_waiting: int = 0
+    kv_usage: float = 0.0
+    prefix_cache_queries: int = 0  # prompt tokens looked up in the prefix cache
+    prefix_cache_hits: int = 0  # of those, tokens found cached
+    prompt_tokens_total: int = 0
+    generation_tokens_total: int = 0
+    num_preemptions: int = 0
+    num_steps: int = 0
+
+    @property
+    def prefix_cache_hit_rate(self) -> float:
+        return self.prefix_cache_hits / self.prefix_cache_queries if self.prefix_cache_queries else 0.0
+
+    def record_step(self, sched: SchedulerOutput, scheduler: object) -> None:
+        self.num_steps += 1
+        self.num_preemptions += len(sched.preempted_ids)
+        self.generation_tokens_total += sum(1 for item in sched.scheduled if item.sample)
+        stats = scheduler.stats()  # type: ignore[attr-defined]
+        self.num_running = stats.num_running
+        self.num_waiting = stats.num_waiting
+        self.kv_usage = stats.kv_usage
+        self.prefix_cache_queries = stats.prefix_cache_queries
+        self.prefix_cache_hits = stats.prefix_cache_hits
+        self.prompt_tokens_total = stats.prompt_tokens_total
+
+
+@dataclass
+class StepTimer:
+    """Splits each step's wall time into the model forward+sample and everything around it."""
+
+    window: int = 256
+    step_times: deque[float] = field(default_factory=lambda: deque(maxlen=256))
+    overhead_times: deque[float] = field(default_factory=lambda: deque(maxlen=256))
+    _t0: float = 0.0
+    _f0: float = 0.0
+    _f1: float = 0.0
+
+    def begin(self) -> None:
+        self._t0 = time.perf_counter()
+
+    def cancel(self) -> None:
+        self._t0 = 0.0
+
+    def mark_forward_start(self) -> None:
+        self._f0 = time.perf_counter()
+
+    def mark_forward_end(self) -> None:
+        self._f1 = time.perf_counter()
+
+    def end(self, num_tokens: int) -> None:
+        total = time.perf_counter() - self._t0
+        self.step_times.append(total)
+        self.overhead_times.append(total - (self._f1 - self._f0))

@@ -1,0 +1,100 @@
+"""Tiny random models with the default model's real tokenizer, for tests and quick experiments.
+
+Nothing here is downloaded: the tokenizer and chat template come from the embedded default GGUF, the weights
+are random, so generations are gibberish but every engine and API path runs for real and fast."""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+
+from ember.engine.llm_engine import EngineConfig
+from ember.models.checkpoint import GenerationDefaults
+from ember.models.config import ModelConfig
+from ember.models.loader import LoadedModel
+
+
+@functools.cache
+def default_tokenizer_and_template() -> tuple[object, str | None]:
+    """The default GGUF's tokenizer and chat template (read once per process; both are immutable)."""
+    from ember.models.default_model import default_gguf_path
+    from ember.models.gguf_loader import load_gguf_tokenizer
+
+    return load_gguf_tokenizer(default_gguf_path())
+
+
+def tiny_config(architecture: str = "llama", vocab_size: int = 49152, **overrides: object) -> ModelConfig:
+    fields: dict[str, object] = dict(
+        architecture=architecture,
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=16,
+        max_position_embeddings=4096,
+        rope_theta=10000.0,
+        tie_word_embeddings=architecture == "llama",
+        attention_bias=architecture == "qwen2",
+        qk_norm=architecture == "qwen3",
+        eos_token_ids=(2,),
+    )
+    fields.update(overrides)
+    return ModelConfig(**fields)  # type: ignore[arg-type]
+
+
+def random_weights(config: ModelConfig, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Weights scaled so logits spread over a few units: greedy choices are far from ties, sampling still varies."""
+    from ember.models.llama import hf_weight_shapes
+
+    shapes, optional = hf_weight_shapes(config)
+    gen = torch.Generator().manual_seed(seed)
+    weights: dict[str, torch.Tensor] = {}
+    for name, shape in shapes.items():
+        if name in optional and config.tie_word_embeddings:
+            continue
+        if name.endswith("norm.weight"):
+            weights[name] = 1.0 + 0.1 * torch.randn(shape, generator=gen)
+        elif len(shape) == 1:
+            weights[name] = 0.1 * torch.randn(shape, generator=gen)
+        else:
+            std = 0.25 if "embed_tokens" in name else 1.0 / math.sqrt(shape[1])
+            weights[name] = std * torch.randn(shape, generator=gen)
+    return weights
+
+
+def tiny_loaded_model(architecture: str = "llama", seed: int = 0, **overrides: object) -> LoadedModel:
+    from ember.models.llama import DecoderModel
+
+    tokenizer, template = default_tokenizer_and_template()
+    config = tiny_config(architecture, **overrides)
+    network = DecoderModel(config)
+    network.load_weights(random_weights(config, seed))
+    network.eval()
+    return LoadedModel(
+        network=network,
+        config=config,
+        tokenizer=tokenizer,
+        chat_template=template,
+        generation=GenerationDefaults(eos_token_ids=config.eos_token_ids),
+        name=f"tiny-{architecture}",
+        source_path="<random>",
+        source_format="random",
+        file_quantization="f32",
+        weight_format="fp32",
+        device=torch.device("cpu"),
+        load_seconds=0.0,
+    )
+
+
+def tiny_engine_config(num_blocks: int = 256, block_size: int = 16, **scheduler: object) -> EngineConfig:
+    from ember.engine.engine_config import CacheConfig, SchedulerConfig
+
+    sched = {"max_num_seqs": 32, "max_num_batched_tokens": 256, "max_model_len": 1024, **scheduler}
+    return EngineConfig(
+        cache=CacheConfig(block_size=block_size, num_blocks=num_blocks),
+        scheduler=SchedulerConfig(**sched),  # type: ignore[arg-type]
+    )

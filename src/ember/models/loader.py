@@ -1,0 +1,118 @@
+"""From a model path (or nothing: the embedded default) to a ready network on the chosen device."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import torch
+
+from ember.models.checkpoint import Checkpoint, GenerationDefaults
+from ember.models.config import ModelConfig
+from ember.models.errors import ModelLoadError
+
+WEIGHT_FORMATS = ("auto", "fp32", "bf16", "packed")
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+
+
+@dataclass(frozen=True)
+class LoadConfig:
+    """Which model to load and how to hold its weights."""
+
+    model: str | None = None
+    """A GGUF file or a Hugging Face checkpoint folder; None serves the embedded SmolLM2-135M-Instruct."""
+    weight_format: str = "auto"
+    """fp32 (reference), bf16 (GPUs / CPUs with native bf16), packed (GGUF blocks as loaded), auto: per device."""
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.weight_format not in WEIGHT_FORMATS:
+            raise ValueError(
+                f"weight_format must be one of {', '.join(WEIGHT_FORMATS)}, got {self.weight_format!r}"
+            )
+        if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ValueError(f"device must be cpu or cuda[:N], got {self.device!r}")
+
+
+@dataclass
+class LoadedModel:
+    """The network plus everything the engine and the API need to know about it."""
+
+    network: torch.nn.Module
+    config: ModelConfig
+    tokenizer: object  # ember.models.tokenizer.Tokenizer
+    chat_template: str | None
+    generation: GenerationDefaults
+    name: str
+    source_path: str
+    source_format: str
+    file_quantization: str
+    weight_format: str
+    device: torch.device
+    load_seconds: float
+
+
+def resolve_weight_format(requested: str, device: torch.device) -> str:
+    """fp32 stays the CPU default: bf16 matmul is 10-100x slower than fp32 on CPUs without native bf16."""
+    if requested != "auto":
+        return requested
+    return "bf16" if device.type == "cuda" else "fp32"
+
+
+def read_checkpoint(path: str, keep_packed: bool) -> Checkpoint:
+    from ember.models.gguf_loader import load_gguf
+    from ember.models.hf_loader import load_hf_folder
+
+    if not os.path.exists(path):
+        raise ModelLoadError(path, "no such file or directory")
+    if os.path.isdir(path):
+        ggufs = sorted(f for f in os.listdir(path) if f.endswith(".gguf"))
+        if not os.path.exists(os.path.join(path, "config.json")) and len(ggufs) == 1:
+            return load_gguf(os.path.join(path, ggufs[0]), keep_packed=keep_packed)
+        return load_hf_folder(path)
+    return load_gguf(path, keep_packed=keep_packed)
+
+
+def model_name_for(path: str) -> str:
+    base = os.path.basename(os.path.normpath(path))
+    for suffix in (".gguf",):
+        if base.endswith(suffix):
+            base = base[: -len(suffix)]
+    return base
+
+
+def load_model(cfg: LoadConfig) -> LoadedModel:
+    from ember.models.default_model import default_gguf_path
+    from ember.models.llama import DecoderModel
+
+    started = time.perf_counter()
+    path = cfg.model or default_gguf_path()
+    device = torch.device(cfg.device)
+    weight_format = resolve_weight_format(cfg.weight_format, device)
+    checkpoint = read_checkpoint(path, keep_packed=weight_format == "packed")
+    if weight_format == "packed" and checkpoint.source_format != "gguf":
+        raise ModelLoadError(
+            path, "weight_format 'packed' needs a GGUF file; use fp32 or bf16 for a safetensors folder"
+        )
+    network = DecoderModel(checkpoint.config)
+    network.load_weights(checkpoint.weights)
+    checkpoint.weights.clear()  # the network owns the tensors now; drop the second reference early
+    dtype = torch.bfloat16 if weight_format == "bf16" else torch.float32
+    network = network.to(device=device, dtype=dtype) if weight_format != "packed" else network.to(device)
+    network.eval()
+    name = DEFAULT_MODEL_NAME if cfg.model is None else model_name_for(path)
+    return LoadedModel(
+        network=network,
+        config=checkpoint.config,
+        tokenizer=checkpoint.tokenizer,
+        chat_template=checkpoint.chat_template,
+        generation=checkpoint.generation,
+        name=name,
+        source_path=path,
+        source_format=checkpoint.source_format,
+        file_quantization=checkpoint.quantization,
+        weight_format=weight_format,
+        device=device,
+        load_seconds=time.perf_counter() - started,
+    )

@@ -1,0 +1,70 @@
+"""`ember serve`: load the model, start the engine thread, run the HTTP server until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+from ember.engine.engine_config import CacheConfig, SchedulerConfig
+from ember.engine.llm_engine import EngineConfig
+from ember.models.loader import LoadConfig, load_model
+from ember.threads import configure_torch_threads
+
+logger = logging.getLogger("ember.serve")
+
+
+def api_keys_from(args: argparse.Namespace) -> tuple[str, ...]:
+    keys = list(args.api_key)
+    env = os.environ.get("EMBER_API_KEYS", "")
+    keys += [k.strip() for k in env.split(",") if k.strip()]
+    return tuple(dict.fromkeys(keys))
+
+
+def serve_from_args(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from ember.engine.async_engine import AsyncEngine
+    from ember.server.app import ServerConfig, build_app
+
+    threads = configure_torch_threads(args.threads)
+    loaded = load_model(LoadConfig(args.model, args.weight_format, args.device))
+    engine_cfg = EngineConfig(
+        cache=CacheConfig(block_size=args.block_size, enable_prefix_caching=not args.no_prefix_caching),
+        scheduler=SchedulerConfig(
+            max_num_seqs=args.max_num_seqs,
+            max_num_batched_tokens=args.max_num_batched_tokens,
+            max_model_len=args.max_model_len,
+            max_waiting=args.max_waiting,
+        ),
+        kv_cache_gib=args.kv_cache_gib,
+    )
+    engine = AsyncEngine.from_loaded(loaded, engine_cfg)
+    keys = api_keys_from(args)
+    server_cfg = ServerConfig(model_name=args.served_model_name or loaded.name, api_keys=keys)
+    kv_tokens = engine.engine.num_blocks * engine.engine.block_size
+    logger.info(
+        "model %s from %s (%s, %s) served as %s weights on %s with %d threads; loaded in %.2f s",
+        server_cfg.model_name,
+        loaded.source_path,
+        loaded.source_format,
+        loaded.file_quantization,
+        loaded.weight_format,
+        loaded.device,
+        threads,
+        loaded.load_seconds,
+    )
+    logger.info(
+        "context %d tokens; KV cache %d blocks x %d = %d tokens (%.2f GiB)",
+        engine.max_model_len,
+        engine.engine.num_blocks,
+        engine.engine.block_size,
+        kv_tokens,
+        engine_cfg.kv_cache_gib,
+    )
+    if not keys:
+        logger.warning("no API keys configured: the server is open to anyone who can reach %s", args.host)
+    logger.info("serving on http://%s:%d/v1 (also /inference/v1)", args.host, args.port)
+    app = build_app(engine, server_cfg)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=30)
+    return 0

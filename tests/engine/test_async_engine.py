@@ -1,0 +1,138 @@
+"""The background-thread engine as the HTTP layer uses it: concurrent streams, cancellation, queue bound."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import pytest
+
+from ember.engine.async_engine import AsyncEngine
+from ember.engine.errors import QueueFullError
+from ember.engine.llm_engine import LLMEngine
+from ember.engine.sampling_params import SamplingParams
+from ember.engine.testing import tiny_engine_config
+from ember.models.loader import LoadedModel
+
+
+def make_engine(model: LoadedModel, **scheduler: object) -> AsyncEngine:
+    return AsyncEngine(LLMEngine(model, tiny_engine_config(**scheduler)))
+
+
+async def collect(
+    engine: AsyncEngine, prompt: list[int], params: SamplingParams, rid: str
+) -> tuple[str, str]:
+    text = ""
+    final = None
+    async for out in engine.generate(prompt, params, rid):
+        text += out.outputs[0].delta_text
+        final = out
+    assert final is not None and final.finished
+    return text, final.outputs[0].text
+
+
+def test_concurrent_streams_match_the_offline_engine(tiny_llama: LoadedModel) -> None:
+    prompts = [tiny_llama.tokenizer.encode(p) for p in ("Hello there", "1 2 3 4", "The weather today")]
+    params = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
+    offline = LLMEngine(tiny_llama, tiny_engine_config())
+    expected = []
+    for i, prompt in enumerate(prompts):
+        offline.add_request(f"o{i}", prompt, params)
+        while offline.has_unfinished():
+            outs = offline.step()
+        expected.append(outs[-1].outputs[0].text)
+
+    async def main() -> list[tuple[str, str]]:
+        engine = make_engine(tiny_llama)
+        await engine.start()
+        try:
+            return await asyncio.gather(*(collect(engine, p, params, f"a{i}") for i, p in enumerate(prompts)))
+        finally:
+            await engine.shutdown()
+
+    results = asyncio.run(main())
+    assert [streamed for streamed, _ in results] == expected
+    assert [final for _, final in results] == expected
+
+
+def test_closing_the_stream_aborts_and_frees_blocks(tiny_llama: LoadedModel) -> None:
+    async def main() -> None:
+        engine = make_engine(tiny_llama)
+        await engine.start()
+        try:
+            prompt = tiny_llama.tokenizer.encode("A long story begins " * 10)
+            stream = engine.generate(
+                prompt, SamplingParams(max_tokens=500, temperature=1.0, ignore_eos=True), "gone"
+            )
+            async for _ in stream:
+                break  # the client disconnects after the first chunk
+            await stream.aclose()
+            bm = engine.engine.scheduler.block_manager
+            for _ in range(200):
+                if not engine.engine.has_unfinished():
+                    break
+                await asyncio.sleep(0.01)
+            assert not engine.engine.has_unfinished()
+            assert bm.num_free_blocks == engine.engine.num_blocks - 1
+        finally:
+            await engine.shutdown()
+
+    asyncio.run(main())
+
+
+def test_a_full_queue_refuses_at_once_and_the_engine_keeps_serving(tiny_llama: LoadedModel) -> None:
+    async def main() -> None:
+        engine = make_engine(tiny_llama, max_waiting=2, max_num_seqs=1, max_num_batched_tokens=64)
+        await engine.start()
+        try:
+            prompt = tiny_llama.tokenizer.encode("Hello there")
+            slow = SamplingParams(max_tokens=60, temperature=0.0, ignore_eos=True)
+            tasks = [asyncio.create_task(collect(engine, prompt, slow, "q0"))]
+            while engine.stats().num_running == 0:  # q0 runs; the next two fill the waiting queue
+                await asyncio.sleep(0.01)
+            tasks += [asyncio.create_task(collect(engine, prompt, slow, f"q{i}")) for i in (1, 2)]
+            await asyncio.sleep(0.1)
+            with pytest.raises(QueueFullError):
+                async for _ in engine.generate(prompt, slow, "overflow"):
+                    pass
+            results = await asyncio.gather(*tasks)
+            assert all(streamed == final for streamed, final in results)
+            text, _ = await collect(engine, prompt, SamplingParams(max_tokens=3, temperature=0.0), "after")
+            assert isinstance(text, str)
+        finally:
+            await engine.shutdown()
+
+    asyncio.run(main())
+
+
+def test_a_prompt_too_long_is_a_value_error_before_anything_runs(tiny_llama: LoadedModel) -> None:
+    async def main() -> None:
+        engine = make_engine(tiny_llama, max_model_len=64)
+        await engine.start()
+        try:
+            with pytest.raises(ValueError, match="context length"):
+                async for _ in engine.generate(list(range(100, 200)), SamplingParams(max_tokens=4), "long"):
+                    pass
+        finally:
+            await engine.shutdown()
+
+    asyncio.run(main())
+
+
+def test_embeddings_are_normalised_and_input_dependent(tiny_llama: LoadedModel) -> None:
+    async def main() -> list[list[float]]:
+        engine = make_engine(tiny_llama)
+        await engine.start()
+        try:
+            tok = tiny_llama.tokenizer
+            return await engine.embed(
+                [tok.encode("a cat"), tok.encode("a cat"), tok.encode("quantum chromodynamics")]
+            )
+        finally:
+            await engine.shutdown()
+
+    a, b, c = asyncio.run(main())
+    assert len(a) == tiny_llama.config.hidden_size
+    assert math.isclose(sum(x * x for x in a), 1.0, rel_tol=1e-5)
+    assert a == pytest.approx(b, abs=1e-6)
+    assert sum(x * y for x, y in zip(a, c, strict=True)) < 0.999
