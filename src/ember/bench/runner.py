@@ -5,8 +5,6 @@ from __future__ import annotations
 import resource
 from dataclasses import dataclass
 
-import torch
-
 from ember.bench.gemm_only import gemm_only_tokens_per_s
 from ember.bench.peers import PeerResult, llama_cpp_peer, transformers_peer
 from ember.bench.report import Row, print_table
@@ -14,6 +12,7 @@ from ember.bench.workloads import PromptMaker, decode_throughput, prefill_tokens
 from ember.engine.engine_config import CacheConfig, SchedulerConfig
 from ember.engine.llm_engine import EngineConfig, LLMEngine
 from ember.models.loader import LoadConfig, load_model
+from ember.threads import configure_torch_threads
 
 
 @dataclass(frozen=True)
@@ -27,7 +26,7 @@ class BenchConfig:
 
 
 def run_benchmark(cfg: BenchConfig) -> list[Row]:
-    torch.set_num_threads(cfg.threads)
+    configure_torch_threads(cfg.threads)
     loaded = load_model(LoadConfig(cfg.model, cfg.weight_format))
     rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(

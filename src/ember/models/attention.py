@@ -1,0 +1,254 @@
+"""Attention over a flattened batch with a paged KV cache: the backend interface and the torch reference.
+
+A backend receives the new tokens' q/k/v after rope, stores k/v in the cache slots the engine assigned, and
+attends each new token causally over its sequence's whole context. Other backends (a fused C++ kernel, flash
+attention on GPU) implement the same `forward`.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from itertools import accumulate
+
+import torch
+import torch.nn.functional as F
+
+from ember.models.attention_metadata import AttentionMetadata
+
+
+class AttentionBackend(ABC):
+    @abstractmethod
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        attn: AttentionMetadata,
+        kv_cache: tuple[torch.Tensor, torch.Tensor] | None,
+        scale: float,
+    ) -> torch.Tensor:
+        """q [T, Hq, D], k and v [T, Hkv, D] for the T new tokens -> attention output [T, Hq, D]."""
+
+
+class TorchAttentionBackend(AttentionBackend):
+    """Reference backend in plain torch: decodes batched into masked matmuls, prefill chunks one by one
+    through scaled_dot_product_attention. GQA shares each key head across its query group by reshaping.
+
+    `decode_gather_bytes` bounds the keys gathered at once for a group of decodes (as much again for values):
+    small enough that the gathered copy is still in cache when the matmuls read it and does not cost fresh
+    page faults per call (measured 2-4x faster for 32 sequences of 512 tokens than one gather for all).
+    """
+
+    def __init__(self, decode_gather_bytes: int = 4 << 20):
+        if decode_gather_bytes <= 0:
+            raise ValueError(f"decode_gather_bytes must be positive, got {decode_gather_bytes}")
+        self.decode_gather_bytes = decode_gather_bytes
+
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        attn: AttentionMetadata,
+        kv_cache: tuple[torch.Tensor, torch.Tensor] | None,
+        scale: float,
+    ) -> torch.Tensor:
+        num_tokens = q.shape[0]
+        if sum(attn.query_lens) != num_tokens:
+            raise ValueError(
+                f"attention metadata covers {sum(attn.query_lens)} tokens but the batch has {num_tokens}"
+            )
+        if kv_cache is None:
+            return _attend_without_cache(q, k, v, attn, scale)
+        if attn.block_tables is None or attn.slot_mapping is None:
+            raise ValueError("attention with a KV cache needs block_tables and slot_mapping in the metadata")
+        key_cache, value_cache = kv_cache
+        if key_cache.shape[1] != attn.block_size:
+            raise ValueError(
+                f"the KV cache has blocks of {key_cache.shape[1]} slots but the metadata says {attn.block_size}"
+            )
+        write_kv_cache(key_cache, value_cache, k, v, attn.slot_mapping)
+        return _attend_with_cache(q, k, v, attn, key_cache, value_cache, scale, self.decode_gather_bytes)
+
+
+def write_kv_cache(
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    slot_mapping: torch.Tensor,
+) -> None:
+    """Store k, v [T, Hkv, D] at their slots of the caches [num_blocks, block_size, Hkv, D]."""
+    if slot_mapping.shape[0] != k.shape[0]:
+        raise ValueError(f"slot_mapping has {slot_mapping.shape[0]} slots for {k.shape[0]} tokens")
+    num_slots = key_cache.shape[0] * key_cache.shape[1]
+    key_cache.view(num_slots, *key_cache.shape[2:])[slot_mapping] = k.to(key_cache.dtype)
+    value_cache.view(num_slots, *value_cache.shape[2:])[slot_mapping] = v.to(value_cache.dtype)
+
+
+def _attend_without_cache(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn: AttentionMetadata, scale: float
+) -> torch.Tensor:
+    """Causal attention inside each sequence; built from torch.cat so autograd flows (training)."""
+    if attn.context_lens != attn.query_lens:
+        raise ValueError("without a KV cache every sequence's context_len must equal its query_len")
+    outputs = []
+    for start, end in _spans(attn.query_lens):
+        outputs.append(_causal_sdpa(q[start:end], k[start:end], v[start:end], scale))
+    return torch.cat(outputs) if outputs else torch.empty_like(q)
+
+
+def _attend_with_cache(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    attn: AttentionMetadata,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    scale: float,
+    gather_bytes: int,
+) -> torch.Tensor:
+    assert attn.block_tables is not None
+    if attn.is_decode_only:
+        return _decode_batched(
+            q, key_cache, value_cache, attn.block_tables, attn.context_lens, scale, gather_bytes
+        )
+
+    out = torch.empty_like(q)  # [T, Hq, D]
+    spans = _spans(attn.query_lens)
+    decode_seqs = [i for i, n in enumerate(attn.query_lens) if n == 1]
+    if decode_seqs:
+        seq_index = torch.tensor(decode_seqs, dtype=torch.int64, device=q.device)
+        rows = attn.query_start_loc.to(q.device)[seq_index]  # [S_dec] token row of each decode
+        out[rows] = _decode_batched(
+            q[rows],
+            key_cache,
+            value_cache,
+            attn.block_tables[seq_index],
+            [attn.context_lens[i] for i in decode_seqs],
+            scale,
+            gather_bytes,
+        )
+    for seq, (start, end) in enumerate(spans):
+        query_len = end - start
+        if query_len == 1:
+            continue
+        context_len = attn.context_lens[seq]
+        if context_len == query_len:
+            # Nothing cached before this chunk: the fresh k/v are the whole context.
+            out[start:end] = _causal_sdpa(q[start:end], k[start:end], v[start:end], scale)
+            continue
+        keys, values = _gather_context(key_cache, value_cache, attn.block_tables[seq], context_len)
+        first_position = context_len - query_len
+        query_positions = torch.arange(first_position, context_len, device=q.device)  # [Q]
+        key_positions = torch.arange(context_len, device=q.device)  # [C]
+        visible = key_positions[None, :] <= query_positions[:, None]  # [Q, C]
+        out[start:end] = _sdpa(q[start:end], keys.to(q.dtype), values.to(q.dtype), scale, mask=visible)
+    return out
+
+
+def _decode_batched(
+    q: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    context_lens: list[int],
+    scale: float,
+    gather_bytes: int,
+) -> torch.Tensor:
+    """One new token per sequence: q [S, Hq, D] against each sequence's cached context -> [S, Hq, D],
+    in groups of sequences whose gathered keys take at most `gather_bytes` (at least one sequence)."""
+    slot_bytes = key_cache.shape[2] * key_cache.shape[3] * q.element_size()
+    group = max(1, gather_bytes // (slot_bytes * max(context_lens)))
+    if group >= len(context_lens):
+        return _decode_group(q, key_cache, value_cache, block_tables, context_lens, scale)
+    parts = [
+        _decode_group(
+            q[i : i + group],
+            key_cache,
+            value_cache,
+            block_tables[i : i + group],
+            context_lens[i : i + group],
+            scale,
+        )
+        for i in range(0, len(context_lens), group)
+    ]
+    return torch.cat(parts)
+
+
+def _decode_group(
+    q: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    context_lens: list[int],
+    scale: float,
+) -> torch.Tensor:
+    num_seqs, num_heads, head_dim = q.shape
+    num_kv_heads = key_cache.shape[2]
+    block_size = key_cache.shape[1]
+    max_context = max(context_lens)
+    num_blocks = math.ceil(max_context / block_size)
+    # One index_select over a flat block list (several times faster than indexing with a 2-D table), then
+    # per KV head a batched GEMM over strided [S, L, D] views: transposing the gathered keys to heads-first
+    # would copy them a second time, and that copy costs more than the attention arithmetic.
+    blocks = block_tables[:, :num_blocks].reshape(-1)  # [S * nb]
+    keys = _per_sequence(key_cache.index_select(0, blocks), num_seqs, max_context, q.dtype)  # [S, L, Hkv, D]
+    values = _per_sequence(
+        value_cache.index_select(0, blocks), num_seqs, max_context, q.dtype
+    )  # [S, L, Hkv, D]
+    grouped_q = q.reshape(num_seqs, num_kv_heads, num_heads // num_kv_heads, head_dim)  # [S, Hkv, G, D]
+    scores = torch.stack(
+        [torch.bmm(grouped_q[:, h], keys[:, :, h].transpose(1, 2)) for h in range(num_kv_heads)], dim=1
+    )  # [S, Hkv, G, L]
+    padding = (
+        torch.arange(max_context, device=q.device)[None, :]
+        >= torch.tensor(context_lens, dtype=torch.int64, device=q.device)[:, None]
+    )  # [S, L]
+    scores = scores.mul_(scale).masked_fill_(padding[:, None, None, :], float("-inf"))
+    probs = torch.softmax(scores, dim=-1)  # [S, Hkv, G, L]
+    out = torch.stack(
+        [torch.bmm(probs[:, h], values[:, :, h]) for h in range(num_kv_heads)], dim=1
+    )  # [S, Hkv, G, D]
+    return out.reshape(num_seqs, num_heads, head_dim)
+
+
+def _per_sequence(blocks: torch.Tensor, num_seqs: int, length: int, dtype: torch.dtype) -> torch.Tensor:
+    """Gathered blocks [S * nb, block_size, Hkv, D] -> the first `length` slots of each sequence, [S, L, Hkv, D]."""
+    return blocks.view(num_seqs, -1, *blocks.shape[2:])[:, :length].to(dtype)
+
+
+def _gather_context(
+    key_cache: torch.Tensor, value_cache: torch.Tensor, block_table: torch.Tensor, context_len: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first context_len cached keys and values of one sequence, each [C, Hkv, D]."""
+    blocks = block_table[: math.ceil(context_len / key_cache.shape[1])]  # [nb]
+    keys = key_cache.index_select(0, blocks).flatten(0, 1)[:context_len]
+    values = value_cache.index_select(0, blocks).flatten(0, 1)[:context_len]
+    return keys, values
+
+
+def _causal_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    return _sdpa(q, k, v, scale, mask=None)
+
+
+def _sdpa(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, mask: torch.Tensor | None
+) -> torch.Tensor:
+    """q [Q, Hq, D] over k, v [C, Hkv, D]; causal from the top-left corner when mask is None -> [Q, Hq, D]."""
+    out = F.scaled_dot_product_attention(
+        q.transpose(0, 1),  # [Hq, Q, D]
+        k.transpose(0, 1),  # [Hkv, C, D]
+        v.transpose(0, 1),
+        attn_mask=mask,
+        is_causal=mask is None,
+        scale=scale,
+        enable_gqa=True,
+    )  # [Hq, Q, D]
+    return out.transpose(0, 1)
+
+
+def _spans(query_lens: list[int]) -> list[tuple[int, int]]:
+    ends = list(accumulate(query_lens))
+    return [(end - length, end) for end, length in zip(ends, query_lens, strict=True)]

@@ -1,0 +1,52 @@
+"""A linear layer whose weight stays in GGML block format; the matmul is chosen once, at construction."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from ember.models.quant.packed_weight import PackedWeight
+
+# x [..., in] and a packed weight (out, in) -> [..., out], without the bias. This is the single dispatch point
+# where a faster kernel (integer dot products over the blocks) replaces the reference.
+PackedMatmul = Callable[[torch.Tensor, PackedWeight], torch.Tensor]
+
+
+def dequantize_matmul(x: torch.Tensor, weight: PackedWeight) -> torch.Tensor:
+    """The exact reference: decode the whole weight to fp32, then one fp32 matmul. Nothing is cached."""
+    return torch.matmul(x, weight.dequantize().t())  # [..., in] @ [in, out] -> [..., out]
+
+
+class PackedLinear(nn.Module):
+    """y = x @ W.T + b with W kept packed. The raw blocks are a buffer (`weight_data`), so `.to()` and
+    `state_dict()` see them; `weight` rebuilds the PackedWeight view over that buffer."""
+
+    def __init__(
+        self, weight: PackedWeight, bias: torch.Tensor | None = None, matmul_fn: PackedMatmul | None = None
+    ) -> None:
+        super().__init__()
+        if bias is not None and tuple(bias.shape) != (weight.out_features,):
+            raise ValueError(
+                f"bias shape {tuple(bias.shape)} does not match out_features {weight.out_features}"
+            )
+        self.qtype = weight.qtype
+        self.in_features = weight.in_features
+        self.out_features = weight.out_features
+        self.register_buffer("weight_data", weight.data)
+        self.bias = None if bias is None else nn.Parameter(bias.float(), requires_grad=False)
+        self.matmul_fn: PackedMatmul = matmul_fn if matmul_fn is not None else dequantize_matmul
+
+    @property
+    def weight(self) -> PackedWeight:
+        return PackedWeight(self.qtype, (self.out_features, self.in_features), self.weight_data)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"PackedLinear expects last dim {self.in_features}, got {tuple(x.shape)}")
+        y = self.matmul_fn(x, self.weight)  # [..., out]
+        return y if self.bias is None else y + self.bias
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, qtype={self.qtype}"
