@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
+import resource
 
 from ember.engine.engine_config import CacheConfig, SchedulerConfig
 from ember.engine.llm_engine import EngineConfig
@@ -15,17 +15,17 @@ logger = logging.getLogger("ember.serve")
 
 
 def api_keys_from(args: argparse.Namespace) -> tuple[str, ...]:
-    keys = list(args.api_key)
-    env = os.environ.get("EMBER_API_KEYS", "")
-    keys += [k.strip() for k in env.split(",") if k.strip()]
-    return tuple(dict.fromkeys(keys))
+    from ember.server.auth import api_keys_from_env
+
+    return tuple(dict.fromkeys([*args.api_key, *api_keys_from_env()]))
 
 
 def serve_from_args(args: argparse.Namespace) -> int:
     import uvicorn
 
     from ember.engine.async_engine import AsyncEngine
-    from ember.server.app import ServerConfig, build_app
+    from ember.server.app import build_app
+    from ember.server.config import ServerConfig
 
     threads = configure_torch_threads(args.threads)
     loaded = load_model(LoadConfig(args.model, args.weight_format, args.device))
@@ -44,7 +44,7 @@ def serve_from_args(args: argparse.Namespace) -> int:
     server_cfg = ServerConfig(model_name=args.served_model_name or loaded.name, api_keys=keys)
     kv_tokens = engine.engine.num_blocks * engine.engine.block_size
     logger.info(
-        "model %s from %s (%s, %s) served as %s weights on %s with %d threads; loaded in %.2f s",
+        "model %s from %s (%s, %s) served as %s weights on %s with %d threads; loaded in %.2f s, peak RSS %.0f MiB",
         server_cfg.model_name,
         loaded.source_path,
         loaded.source_format,
@@ -53,6 +53,7 @@ def serve_from_args(args: argparse.Namespace) -> int:
         loaded.device,
         threads,
         loaded.load_seconds,
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     )
     logger.info(
         "context %d tokens; KV cache %d blocks x %d = %d tokens (%.2f GiB)",
@@ -62,8 +63,6 @@ def serve_from_args(args: argparse.Namespace) -> int:
         kv_tokens,
         engine_cfg.kv_cache_gib,
     )
-    if not keys:
-        logger.warning("no API keys configured: the server is open to anyone who can reach %s", args.host)
     logger.info("serving on http://%s:%d/v1 (also /inference/v1)", args.host, args.port)
     app = build_app(engine, server_cfg)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=30)

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from ember.engine.errors import EngineDeadError, QueueFullError
+from ember.engine.errors import EngineDeadError, EngineStepError, QueueFullError
 from ember.engine.llm_engine import EngineConfig, LLMEngine
 from ember.engine.outputs import RequestOutput
 from ember.engine.sampling_params import SamplingParams
@@ -89,6 +89,11 @@ class AsyncEngine:
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, 30)
             self._thread = None
+
+    @property
+    def is_running(self) -> bool:
+        """False once the step loop has died or shut down: /health reports 503 then."""
+        return self._thread is not None and self._thread.is_alive() and self._dead is None
 
     # ---- requests ---------------------------------------------------------------------------------------
 
@@ -169,7 +174,7 @@ class AsyncEngine:
                     outputs = self.engine.step()
                 except Exception as exc:  # noqa: BLE001 - a bug in one step must not take the server down
                     logger.exception("engine step failed; failing the requests in flight")
-                    self._fail_all(exc)
+                    self._fail_all(EngineStepError(f"internal error in the engine step: {exc}"))
                     continue
                 self._publish(outputs)
         except BaseException as exc:  # noqa: BLE001
@@ -190,8 +195,7 @@ class AsyncEngine:
                 self._add(command)
             elif isinstance(command, _Abort):
                 output = self.engine.abort_request(command.request_id)
-                if output is not None:
-                    self._publish([output])
+                self._publish([output] if output is not None else [])
             else:
                 try:
                     command.future.set_result(command.fn(self.engine))
@@ -222,14 +226,16 @@ class AsyncEngine:
 
     def _snapshot_stats(self) -> None:
         stats = copy.copy(self.engine.stats)
-        stats.num_waiting = self.engine.scheduler.num_waiting
-        stats.num_running = self.engine.scheduler.num_running
+        live = self.engine.scheduler.stats()  # fresh after aborts too, not only after steps
+        stats.num_waiting = live.num_waiting
+        stats.num_running = live.num_running
+        stats.kv_usage = live.kv_usage
         with self._lock:
             self._stats = stats
 
     def _fail_all(self, exc: BaseException) -> None:
         for request_id in list(self.engine.parents):
-            self.engine.abort_request(request_id)
+            self.engine.fail_request(request_id, str(exc))
         with self._lock:
             streams = list(self._streams.values())
         for stream in streams:

@@ -14,3 +14,7 @@ class QueueFullError(RuntimeError):
 
 class EngineDeadError(RuntimeError):
     """The engine's step loop stopped after an internal failure; no request can be served."""
+
+
+class EngineStepError(RuntimeError):
+    """An engine step failed for a reason that is not the request's fault (HTTP 500); the engine keeps serving."""

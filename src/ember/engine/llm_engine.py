@@ -162,6 +162,17 @@ class LLMEngine:
                 self._finish(seq, "abort", None)
         return self._output(parent)
 
+    def fail_request(self, request_id: str, message: str) -> RequestOutput | None:
+        """Ends the request with an error; its blocks leave the prefix cache, as their KV may be incomplete."""
+        parent = self.parents.get(request_id)
+        if parent is None:
+            return None
+        parent.error = message
+        for seq in parent.sequences:
+            if seq.finish_reason is None:
+                self._finish(seq, "error", None)
+        return self._output(parent)
+
     def has_unfinished(self) -> bool:
         return bool(self.parents)
 

@@ -20,7 +20,9 @@ class CompletionOutput:
     """One of the n sequences of a request, as of the latest engine step."""
 
     index: int
-    text: str  # all text so far; a matched stop string is excluded, text that may still become one is held back
+    text: (
+        str  # all text so far; a matched stop string is excluded, text that may still become one is held back
+    )
     token_ids: list[int]
     delta_text: str = ""  # text added since the previous output of this sequence
     delta_token_ids: list[int] = field(default_factory=list)

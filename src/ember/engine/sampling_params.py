@@ -43,7 +43,10 @@ class SamplingParams:
             (self.best_of is None or self.best_of >= self.n, "best_of must be at least n"),
             (self.max_tokens is None or self.max_tokens >= 1, "max_tokens must be at least 1"),
             (self.min_tokens >= 0, "min_tokens must be non-negative"),
-            (self.max_tokens is None or self.min_tokens <= self.max_tokens, "min_tokens must not exceed max_tokens"),
+            (
+                self.max_tokens is None or self.min_tokens <= self.max_tokens,
+                "min_tokens must not exceed max_tokens",
+            ),
             (0.0 <= self.temperature <= 100.0, "temperature must be between 0 and 100"),
             (0.0 < self.top_p <= 1.0, "top_p must be in (0, 1]"),
             (self.top_k >= 0, "top_k must be -1, 0 or positive"),
@@ -53,8 +56,14 @@ class SamplingParams:
             (-2.0 <= self.presence_penalty <= 2.0, "presence_penalty must be between -2 and 2"),
             (-2.0 <= self.frequency_penalty <= 2.0, "frequency_penalty must be between -2 and 2"),
             (self.logprobs is None or 0 <= self.logprobs <= 20, "logprobs must be between 0 and 20"),
-            (self.prompt_logprobs is None or 0 <= self.prompt_logprobs <= 20, "prompt_logprobs must be between 0 and 20"),
-            (all(-100.0 <= b <= 100.0 for b in self.logit_bias.values()), "logit_bias values must be between -100 and 100"),
+            (
+                self.prompt_logprobs is None or 0 <= self.prompt_logprobs <= 20,
+                "prompt_logprobs must be between 0 and 20",
+            ),
+            (
+                all(-100.0 <= b <= 100.0 for b in self.logit_bias.values()),
+                "logit_bias values must be between -100 and 100",
+            ),
         ]
         for ok, message in checks:
             if not ok:

@@ -1,0 +1,163 @@
+"""Anthropic's Messages API (POST /v1/messages, /v1/messages/count_tokens) on the same engine."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response
+
+from ember.engine.outputs import CompletionOutput
+from ember.server.errors import APIError, as_api_error, error_body
+from ember.server.generation import (
+    DisconnectWatch,
+    EngineRequest,
+    Generation,
+    collect_finals,
+    open_generations,
+)
+from ember.server.perf_metrics import RequestTimer, TokenCounts, perf_headers
+from ember.server.protocol_anthropic import CountTokensRequest, MessagesRequest
+from ember.server.protocol_common import SamplingRequest, refuse_unsupported
+from ember.server.responses import event_stream, new_id
+from ember.server.sampling import build_sampling_params, resolve_max_tokens
+from ember.server.sse import sse_event
+from ember.server.state import ServingState, response_request_id
+
+
+def stop_fields(seq: CompletionOutput) -> tuple[str | None, str | None]:
+    """Anthropic's (stop_reason, stop_sequence) for a finished sequence."""
+    if seq.finish_reason == "length":
+        return "max_tokens", None
+    if seq.finish_reason == "stop" and isinstance(seq.stop_reason, str):
+        return "stop_sequence", seq.stop_reason
+    return "end_turn", None
+
+
+class MessagesServing:
+    def __init__(self, state: ServingState) -> None:
+        self.state = state
+
+    def _prompt_ids(self, body: CountTokensRequest) -> list[int]:
+        refuse_unsupported(body, body.UNSUPPORTED)
+        text = self.state.encoder.render_chat(body.chat_messages())
+        return self.state.encoder.encode_chat(text)
+
+    async def count_tokens(self, body: CountTokensRequest) -> dict[str, int]:
+        self.state.models.resolve(body.model)
+        return {"input_tokens": len(self._prompt_ids(body))}
+
+    async def create(self, body: MessagesRequest, http: Request) -> Response:
+        timer = RequestTimer()
+        state = self.state
+        model = state.models.resolve(body.model)
+        ids = self._prompt_ids(body)
+        max_tokens = resolve_max_tokens(
+            len(ids), body.max_tokens, state.max_model_len, "truncate", "messages"
+        )
+        sampling = SamplingRequest(
+            temperature=body.temperature, top_p=body.top_p, top_k=body.top_k, stop=body.stop_sequences
+        )
+        params = build_sampling_params(sampling, state.limits, max_tokens=max_tokens)
+        message_id = new_id("msg")
+        watch = DisconnectWatch(http, state.engine, [message_id])
+        try:
+            (generation,) = await open_generations(
+                state.engine, [EngineRequest(message_id, ids, params, None, "messages")]
+            )
+        except BaseException:
+            watch.close()
+            raise
+        request_id = response_request_id(http, message_id)
+        if body.stream:
+            return event_stream(self._stream(generation, watch, model, timer), {"x-request-id": request_id})
+        try:
+            (final,) = await collect_finals([generation], timer)
+        finally:
+            watch.close()
+        if final.error:
+            raise APIError(500, f"generation failed: {final.error}", code="generation_failed")
+        timer.mark_end()
+        seq = final.outputs[0]
+        stop_reason, stop_sequence = stop_fields(seq)
+        state.metrics.observe_request(timer, [seq.finish_reason])
+        counts = TokenCounts(len(ids), final.num_cached_tokens, len(seq.token_ids))
+        payload = {
+            "id": message_id,
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": [{"type": "text", "text": seq.text}],
+            "stop_reason": stop_reason,
+            "stop_sequence": stop_sequence,
+            "usage": self._usage(counts),
+        }
+        return JSONResponse(payload, headers={"x-request-id": request_id, **perf_headers(counts, timer)})
+
+    @staticmethod
+    def _usage(counts: TokenCounts) -> dict[str, int]:
+        return {
+            "input_tokens": counts.prompt,
+            "output_tokens": counts.generated,
+            "cache_read_input_tokens": counts.cached,
+        }
+
+    async def _stream(
+        self, generation: Generation, watch: DisconnectWatch, model: str, timer: RequestTimer
+    ) -> AsyncIterator[str]:
+        """message_start, content_block_start, ping, content_block_delta..., content_block_stop, message_delta, message_stop."""
+        prompt_tokens = len(generation.request.prompt_token_ids)
+        message: dict[str, Any] = {
+            "id": generation.request.request_id,
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": prompt_tokens, "output_tokens": 0},
+        }
+        yield sse_event("message_start", {"type": "message_start", "message": message})
+        yield sse_event(
+            "content_block_start",
+            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        )
+        yield sse_event("ping", {"type": "ping"})
+        try:
+            last = generation.first
+            async with aclosing(generation.outputs()) as outputs:
+                async for output in outputs:
+                    if output.error:
+                        raise APIError(500, f"generation failed: {output.error}", code="generation_failed")
+                    last = output
+                    seq = output.outputs[0]
+                    timer.mark_tokens(len(seq.delta_token_ids))
+                    if seq.delta_text:
+                        delta = {
+                            "type": "content_block_delta",
+                            "index": 0,
+                            "delta": {"type": "text_delta", "text": seq.delta_text},
+                        }
+                        yield sse_event("content_block_delta", delta)
+            timer.mark_end()
+            seq = last.outputs[0]
+            stop_reason, stop_sequence = stop_fields(seq)
+            self.state.metrics.observe_request(timer, [seq.finish_reason])
+            counts = TokenCounts(prompt_tokens, last.num_cached_tokens, len(seq.token_ids))
+            yield sse_event("content_block_stop", {"type": "content_block_stop", "index": 0})
+            yield sse_event(
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence},
+                    "usage": self._usage(counts),
+                },
+            )
+            yield sse_event("message_stop", {"type": "message_stop"})
+        except Exception as error:  # noqa: BLE001 - headers are gone; the error travels as an SSE event
+            yield sse_event("error", error_body(as_api_error(error), "/v1/messages"))
+        finally:
+            watch.close()
+            await generation.close()

@@ -1,0 +1,57 @@
+"""A real uvicorn server on a free loopback port, in a background thread, serving a real AsyncEngine."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from dataclasses import dataclass
+
+import uvicorn
+
+from ember.engine.async_engine import AsyncEngine
+from ember.engine.testing import tiny_engine_config, tiny_loaded_model
+from ember.server.app import build_app
+from ember.server.config import ServerConfig
+
+TINY_MODEL = "tiny-llama"
+TINY_MODEL_ID = f"accounts/fireworks/models/{TINY_MODEL}"
+MAX_MODEL_LEN = 256
+
+
+@dataclass
+class RunningServer:
+    engine: AsyncEngine
+    config: ServerConfig
+    url: str  # http://127.0.0.1:<port>
+    _server: uvicorn.Server
+    _thread: threading.Thread
+
+    @property
+    def openai_base(self) -> str:
+        return f"{self.url}/inference/v1"
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=30)
+
+
+def start_server(engine: AsyncEngine, config: ServerConfig) -> RunningServer:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(build_app(engine, config), log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.01)
+    return RunningServer(engine, config, f"http://127.0.0.1:{port}", server, thread)
+
+
+def tiny_engine(**scheduler: object) -> AsyncEngine:
+    config = tiny_engine_config(max_model_len=MAX_MODEL_LEN, **scheduler)
+    return AsyncEngine.from_loaded(tiny_loaded_model(), config)

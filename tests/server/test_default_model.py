@@ -1,0 +1,64 @@
+"""End to end on the default model (SmolLM2-135M-Instruct GGUF): the seed document's snippets answer sensibly."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import openai
+import pytest
+from live_server import RunningServer, start_server
+
+from ember.engine.async_engine import AsyncEngine
+from ember.engine.engine_config import SchedulerConfig
+from ember.engine.llm_engine import EngineConfig
+from ember.models.loader import LoadConfig, load_model
+from ember.server.config import ServerConfig
+
+
+@pytest.fixture(scope="module")
+def default_server() -> Iterator[RunningServer]:
+    model = load_model(LoadConfig())
+    engine = AsyncEngine.from_loaded(
+        model, EngineConfig(scheduler=SchedulerConfig(max_model_len=2048), kv_cache_gib=0.25)
+    )
+    server = start_server(engine, ServerConfig(model_name=model.name))
+    yield server
+    server.stop()
+
+
+def test_seed_chat_snippet_answers_the_question(default_server: RunningServer) -> None:
+    client = openai.OpenAI(
+        base_url=default_server.openai_base, api_key="<YOUR_FIREWORKS_API_KEY>", max_retries=0
+    )
+    model = default_server.config.model_id
+    chat = client.chat.completions.create(
+        model=model,
+        messages=[
+            {"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": "What is the capital of France?"},
+        ],
+        max_tokens=12,
+        temperature=0,
+    )
+    assert "Paris" in chat.choices[0].message.content
+    completion = client.completions.create(
+        model=model, prompt="The quick brown fox", max_tokens=6, temperature=0
+    )
+    assert completion.choices[0].text.strip() and completion.usage.completion_tokens == 6
+
+
+def test_streamed_chat_ends_with_eos_and_usage(default_server: RunningServer) -> None:
+    client = openai.OpenAI(base_url=default_server.openai_base, api_key="x", max_retries=0)
+    chunks = list(
+        client.chat.completions.create(
+            model=default_server.config.model_name,
+            messages=[{"role": "user", "content": "Reply with just the word yes."}],
+            max_tokens=40,
+            temperature=0,
+            stream=True,
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert chunks[-1].choices[0].finish_reason == "stop", "the model should end its turn with <|im_end|>"
+    assert "<|im_end|>" not in text and text.strip()
+    assert chunks[-1].usage.completion_tokens >= 1

@@ -1,0 +1,185 @@
+"""Pure request-translation logic: context length, sampling parameters, body parsing, auth, embeddings."""
+
+from __future__ import annotations
+
+import base64
+import math
+
+import numpy as np
+import pytest
+
+from ember.server.auth import api_keys_from_env, key_matches, presented_key
+from ember.server.errors import APIError
+from ember.server.protocol_anthropic import MessagesRequest
+from ember.server.protocol_chat import ChatCompletionRequest
+from ember.server.protocol_completions import CompletionRequest
+from ember.server.protocol_embeddings import EmbeddingRequest
+from ember.server.request_body import param_path, parse_json, validate_body
+from ember.server.sampling import SamplingLimits, build_sampling_params, resolve_max_tokens
+from ember.server.serving_embeddings import encode_vector, shorten
+
+LIMITS = SamplingLimits(vocab_size=100, max_n=4)
+
+
+def raises_400(param: str | None = None, code: str | None = None):
+    class _Check:
+        def __enter__(self) -> None:
+            return None
+
+        def __exit__(self, kind, error, tb) -> bool:
+            assert isinstance(error, APIError), f"expected an APIError, got {error!r}"
+            assert error.status == 400, error.message
+            if param is not None:
+                assert error.param == param, (error.param, error.message)
+            if code is not None:
+                assert error.code == code
+            return True
+
+    return _Check()
+
+
+def test_context_length_truncates_by_default_and_errors_on_request() -> None:
+    assert resolve_max_tokens(100, None, 128) == 28  # no max_tokens: the remaining context
+    assert resolve_max_tokens(100, 10, 128) == 10
+    assert resolve_max_tokens(100, 1000, 128, "truncate") == 28
+    with raises_400(param="max_tokens", code="context_length_exceeded"):
+        resolve_max_tokens(100, 1000, 128, "error")
+    assert resolve_max_tokens(100, 28, 128, "error") == 28
+
+
+def test_a_prompt_that_fills_the_context_is_always_an_error() -> None:
+    for behavior in ("truncate", "error"):
+        with raises_400(param="messages", code="context_length_exceeded"):
+            resolve_max_tokens(128, 1, 128, behavior, "messages")
+
+
+def test_sampling_params_follow_the_request() -> None:
+    body = validate_body(
+        CompletionRequest,
+        {
+            "prompt": "x",
+            "n": 2,
+            "temperature": 0,
+            "top_k": -1,
+            "stop": "\n",
+            "logit_bias": {"5": -100},
+            "seed": 7,
+        },
+    )
+    params = build_sampling_params(body, LIMITS, max_tokens=9, best_of=3, logprobs=2)
+    assert (params.n, params.best_of, params.max_tokens, params.temperature, params.top_k) == (
+        2,
+        3,
+        9,
+        0.0,
+        0,
+    )
+    assert (
+        params.stop == ["\n"]
+        and params.logit_bias == {5: -100.0}
+        and params.seed == 7
+        and params.logprobs == 2
+    )
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "param"),
+    [
+        ("top_p", 0.0, "top_p"),
+        ("temperature", 1e9, "temperature"),
+        ("presence_penalty", 3.0, "presence_penalty"),
+        ("n", 5, "n"),
+        ("logit_bias", {"nope": 1.0}, "logit_bias"),
+        ("logit_bias", {"100": 1.0}, "logit_bias"),
+        ("logit_bias", {"3": 500.0}, "logit_bias"),
+        ("stop_token_ids", [100], "stop_token_ids"),
+    ],
+)
+def test_out_of_range_sampling_values_name_their_parameter(field: str, value: object, param: str) -> None:
+    body = validate_body(CompletionRequest, {"prompt": "x", field: value})
+    with raises_400(param=param):
+        build_sampling_params(body, LIMITS, max_tokens=4)
+
+
+def test_every_optional_field_accepts_null_and_unknown_fields_are_ignored() -> None:
+    for model, required in (
+        (CompletionRequest, {"prompt": "x"}),
+        (ChatCompletionRequest, {"messages": [{"role": "user", "content": "x"}]}),
+        (EmbeddingRequest, {"input": "x"}),
+        (MessagesRequest, {"max_tokens": 4, "messages": [{"role": "user", "content": "x"}]}),
+    ):
+        nulls = {name: None for name, field in model.model_fields.items() if not field.is_required()}
+        parsed = validate_body(model, {**required, **nulls, "some_future_field": {"a": 1}})
+        assert not hasattr(parsed, "some_future_field")
+
+
+@pytest.mark.parametrize(
+    ("payload", "param"),
+    [
+        ({"prompt": "x", "max_tokens": "many"}, "max_tokens"),
+        ({"prompt": "x", "max_tokens": -3}, "max_tokens"),
+        ({"prompt": "x", "n": 0}, "n"),
+        ({"prompt": "x", "logprobs": 21}, "logprobs"),
+        ({"prompt": "x", "stop": ["a", ""]}, "stop"),
+        ({"prompt": "x", "seed": 2**70}, "seed"),
+        ({"prompt": [[1, 2], [-1]]}, "prompt"),
+        ({}, "prompt"),
+    ],
+)
+def test_wrong_types_and_values_name_the_parameter(payload: dict[str, object], param: str) -> None:
+    with raises_400(param=param):
+        validate_body(CompletionRequest, payload)
+
+
+@pytest.mark.parametrize(
+    ("payload", "param"),
+    [
+        ({"messages": []}, "messages"),
+        ({"messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
+        ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "messages[0].content"),
+        ({"messages": "hello"}, "messages"),
+    ],
+)
+def test_bad_chat_messages_name_the_parameter(payload: dict[str, object], param: str) -> None:
+    with raises_400(param=param):
+        validate_body(ChatCompletionRequest, payload)
+
+
+def test_prompt_forms() -> None:
+    def prompts(prompt: object) -> list[str | list[int]]:
+        return validate_body(CompletionRequest, {"prompt": prompt}).prompts()
+
+    assert prompts("a") == ["a"]
+    assert prompts(["a", "b"]) == ["a", "b"]
+    assert prompts([1, 2]) == [[1, 2]]
+    assert prompts([[1], [2, 3]]) == [[1], [2, 3]]
+
+
+def test_body_parsing_errors() -> None:
+    for raw, fragment in (
+        (b"", "empty"),
+        (b"{not json", "not valid JSON"),
+        (b'{"prompt": "\xff\xfe"}', "not valid UTF-8"),
+    ):
+        with pytest.raises(APIError, match=fragment):
+            parse_json(raw)
+    with pytest.raises(APIError, match="JSON object"):
+        validate_body(CompletionRequest, [1, 2])
+    assert param_path(("messages", 0, "content")) == "messages[0].content"
+
+
+def test_auth_keys() -> None:
+    assert presented_key({b"authorization": b"Bearer abc"}) == b"abc"
+    assert presented_key({b"x-api-key": b"xyz"}) == b"xyz"
+    assert presented_key({b"authorization": b"Basic abc"}) is None
+    assert key_matches(b"k2", (b"k1", b"k2")) and not key_matches(b"k3", (b"k1", b"k2"))
+    assert api_keys_from_env({"EMBER_API_KEYS": " a, b ,,"}) == ("a", "b")
+
+
+def test_embedding_dimensions_truncate_then_renormalise_and_base64_roundtrips() -> None:
+    vector = [0.6, 0.8, 0.0, 0.0]
+    short = shorten([0.5, 0.5, 0.5, 0.5], 2)
+    assert math.isclose(short[0], 1 / math.sqrt(2)) and math.isclose(sum(x * x for x in short), 1.0)
+    assert shorten(vector, None) == vector
+    decoded = np.frombuffer(base64.b64decode(encode_vector(vector, "base64")), dtype="<f4")
+    np.testing.assert_allclose(decoded, vector, rtol=1e-7)
