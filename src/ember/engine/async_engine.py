@@ -17,6 +17,9 @@ from ember.engine.llm_engine import EngineConfig, LLMEngine
 from ember.engine.outputs import RequestOutput
 from ember.engine.sampling_params import SamplingParams
 from ember.engine.stats import EngineStats
+from ember.lora.adapter import LoraAdapter
+from ember.lora.errors import LoraError
+from ember.lora.manager import LoraInfo
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +119,8 @@ class AsyncEngine:
         if self._dead is not None:
             raise EngineDeadError(f"the engine stopped: {self._dead}")
         self.engine.resolve_max_tokens(len(prompt_token_ids), params)  # a ValueError here is the caller's 400
+        if lora_id is not None and lora_id not in self.engine.lora_manager:  # the registry is thread-safe
+            raise LoraError(f"unknown LoRA adapter {lora_id!r}")
         stream = _Stream(asyncio.get_running_loop())
         with self._lock:
             waiting = self._stats.num_waiting + self._pending_adds
@@ -156,6 +161,17 @@ class AsyncEngine:
         self._commands.put(_Call(fn, future))
         self._wake.set()
         return await asyncio.wrap_future(future)
+
+    async def register_lora(self, name: str, source: str | LoraAdapter) -> LoraInfo:
+        """Loads and checks the adapter on the engine thread (torch work never runs on two threads)."""
+        return await self.run_on_engine(lambda engine: engine.register_lora(name, source))
+
+    async def unregister_lora(self, name: str) -> None:
+        await self.run_on_engine(lambda engine: engine.unregister_lora(name))
+
+    def list_loras(self) -> list[LoraInfo]:
+        """Safe from any thread: the registry takes its own lock."""
+        return self.engine.list_loras()
 
     async def embed(self, token_ids: list[list[int]]) -> list[list[float]]:
         return await self.run_on_engine(lambda engine: engine.runner.embed(token_ids))

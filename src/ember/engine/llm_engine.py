@@ -19,8 +19,13 @@ from ember.engine.scheduler_output import SchedulerOutput
 from ember.engine.sequence import ParentRequest, SequenceState
 from ember.engine.stats import EngineStats, StepTimer
 from ember.engine.stop_checker import StopChecker
+from ember.lora.adapter import LoraAdapter
+from ember.lora.config import LoraConfig
+from ember.lora.manager import LoraInfo, LoraManager
 from ember.models.kv_cache import allocate_kv_caches, kv_bytes_per_block
 from ember.models.loader import LoadedModel
+from ember.structured.compiler import GrammarCompiler
+from ember.structured.matcher import GrammarMatcher
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +45,7 @@ class EngineConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     kv_cache_gib: float = 1.0
     """Memory for the paged KV cache when cache.num_blocks is 0 (decided from this)."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 def child_request_id(parent_id: str, index: int, count: int) -> str:
@@ -69,7 +75,20 @@ class LLMEngine:
         kv_caches = allocate_kv_caches(mc, num_blocks, cache_cfg.block_size, dtype, model.device)
         eos = tuple(dict.fromkeys(model.generation.eos_token_ids + tuple(self.tokenizer.eos_token_ids)))
         self.eos_token_ids = eos
-        self.runner = ModelRunner(model.network, kv_caches, cache_cfg.block_size, model.device, eos)
+        self.grammar_compiler = GrammarCompiler(self.tokenizer, eos)
+        self.lora_manager = LoraManager(
+            config.lora.max_loaded,
+            mc,
+            base_model_name=model.name,
+            strict_base_model=config.lora.strict_base_model,
+            device=model.device,
+            dtype=dtype,
+        )
+        for name, path in config.lora.adapters:
+            self.lora_manager.register(name, path)
+        self.runner = ModelRunner(
+            model.network, kv_caches, cache_cfg.block_size, model.device, eos, self.lora_manager
+        )
         self.scheduler = Scheduler(
             SchedulerConfig(**{**config.scheduler.__dict__, "max_model_len": self.max_model_len}),
             CacheConfig(**{**cache_cfg.__dict__, "num_blocks": num_blocks}),
@@ -109,6 +128,8 @@ class LLMEngine:
         if any(t < 0 or t >= vocab for t in prompt_token_ids):
             raise ValueError(f"prompt token ids must be in [0, {vocab})")
         max_tokens = self.resolve_max_tokens(len(prompt_token_ids), params)
+        # Compiled before anything is admitted: an invalid schema or grammar is the caller's ValueError.
+        grammar = None if params.structured is None else self.grammar_compiler.compile(params.structured)
         now = arrival_time if arrival_time is not None else time.time()
         parent = ParentRequest(request_id, list(prompt_token_ids), params, RequestMetrics(arrival_time=now))
         if params.prompt_logprobs is not None:
@@ -121,35 +142,49 @@ class LLMEngine:
         room = self.config.scheduler.max_waiting - self.scheduler.num_waiting
         if count > room:  # all samples or none: a half-admitted request could never be answered
             raise QueueFullError(self.scheduler.num_waiting)
-        for index in range(count):
-            rid = child_request_id(request_id, index, count)
-            request = Request(
-                request_id=rid,
-                prompt_token_ids=list(prompt_token_ids),
-                sampling_params=seq_params,
-                arrival_time=now,
-                priority=priority,
-                lora_id=lora_id,
-                cache_salt=cache_salt,
-                max_tokens=max_tokens,
-            )
-            seq = SequenceState(
-                request=request,
-                parent_id=request_id,
-                index=index,
-                detokenizer=IncrementalDetokenizer(
-                    self.tokenizer, prompt_token_ids, params.skip_special_tokens
-                ),
-                stop_checker=StopChecker(params, self.eos_token_ids, max_tokens),
-                logprobs=[] if seq_params.logprobs is not None else None,
-            )
-            parent.sequences.append(seq)
+        if lora_id is not None and lora_id not in self.lora_manager:
+            known = ", ".join(info.name for info in self.lora_manager.list_adapters()) or "none"
+            raise ValueError(f"unknown LoRA adapter {lora_id!r} (registered: {known})")
+        # Each sequence pins the adapter until it finishes; the key names this registration in the prefix cache.
+        lora_keys = [None if lora_id is None else self.lora_manager.acquire(lora_id) for _ in range(count)]
+        try:
+            for index in range(count):
+                rid = child_request_id(request_id, index, count)
+                request = Request(
+                    request_id=rid,
+                    prompt_token_ids=list(prompt_token_ids),
+                    sampling_params=seq_params,
+                    arrival_time=now,
+                    priority=priority,
+                    lora_id=lora_keys[index],
+                    cache_salt=cache_salt,
+                    max_tokens=max_tokens,
+                )
+                seq = SequenceState(
+                    request=request,
+                    parent_id=request_id,
+                    index=index,
+                    detokenizer=IncrementalDetokenizer(
+                        self.tokenizer, prompt_token_ids, params.skip_special_tokens
+                    ),
+                    stop_checker=StopChecker(params, self.eos_token_ids, max_tokens),
+                    logprobs=[] if seq_params.logprobs is not None else None,
+                )
+                parent.sequences.append(seq)
+        except BaseException:
+            for key in lora_keys:
+                if key is not None:
+                    self.lora_manager.release(key)
+            raise
         # Admit the first sample before the rest, so they find its prompt blocks in the prefix cache.
         for seq in parent.sequences:
             self.scheduler.add_request(seq.request)
             self.sequences[seq.request.request_id] = seq
             if params.seed is not None:
                 self.runner.register_seed(seq.request.request_id, child_seed(params.seed, seq.index))
+            if grammar is not None:
+                matcher = GrammarMatcher(self.grammar_compiler.grammar_tokenizer, grammar)
+                self.runner.register_matcher(seq.request.request_id, matcher)
         self.parents[request_id] = parent
 
     def abort_request(self, request_id: str) -> RequestOutput | None:
@@ -175,6 +210,19 @@ class LLMEngine:
 
     def has_unfinished(self) -> bool:
         return bool(self.parents)
+
+    # ---- adapters -------------------------------------------------------------------------------------
+
+    def register_lora(self, name: str, source: str | LoraAdapter) -> LoraInfo:
+        """Serve a PEFT adapter folder (or an adapter in memory) as `name`; LoraError if it does not fit."""
+        return self.lora_manager.register(name, source)
+
+    def unregister_lora(self, name: str) -> None:
+        """LoraError if unknown or still used by a running request."""
+        self.lora_manager.unregister(name)
+
+    def list_loras(self) -> list[LoraInfo]:
+        return self.lora_manager.list_adapters()
 
     # ---- the step -------------------------------------------------------------------------------------
 
@@ -227,7 +275,7 @@ class LLMEngine:
                 self._accept_token(seq, token, result.logprobs.get(item.request_id))
             except Exception as exc:  # noqa: BLE001 - one request's failure must not stop the others
                 logger.exception("post-processing failed for request %s", item.request_id)
-                parent.error = f"detokenization failed: {exc}"
+                parent.error = f"post-processing failed: {exc}"
                 for sibling in parent.sequences:
                     if sibling.finish_reason is None:
                         self._finish(sibling, "error", None)
@@ -248,11 +296,18 @@ class LLMEngine:
             seq.logprobs.append(logprob)
             seq.delta_logprobs.append(logprob)
             seq.cumulative_logprob += logprob.logprob
+        matcher = self.runner.matcher(request.request_id)
+        if matcher is not None:
+            matcher.accept(token)
         new_text = seq.detokenizer.add_tokens([token])
         stop = seq.stop_checker.check(token, new_text, request.num_output_tokens)
         self._emit(seq, stop.emit_text)
         if stop.finished:
             self._finish(seq, stop.finish_reason, stop.stop_reason)
+        elif matcher is not None and matcher.is_finished:
+            # The grammar admits nothing but EOS now: end here instead of spending a step to sample it.
+            self._emit(seq, seq.stop_checker.flush(seq.detokenizer.flush()))
+            self._finish(seq, "stop", None)
 
     def _emit(self, seq: SequenceState, text: str) -> None:
         seq.text += text
@@ -266,6 +321,8 @@ class LLMEngine:
             self._emit(seq, seq.stop_checker.flush(seq.detokenizer.flush()) if reason == "length" else "")
         self.scheduler.finish_request(rid, _FINISH_STATUS[reason])
         self.runner.release(rid)
+        if seq.request.lora_id is not None:
+            self.lora_manager.release(seq.request.lora_id)
 
     def _output(self, parent: ParentRequest) -> RequestOutput | None:
         finished = parent.finished

@@ -10,7 +10,10 @@ from ember.engine.outputs import TokenLogprob
 from ember.engine.request import Request
 from ember.engine.sampler import Sampler, SamplingRow
 from ember.engine.scheduler_output import ScheduledRequest, SchedulerOutput
+from ember.lora.layers import LoraContext
+from ember.lora.manager import LoraManager
 from ember.models.attention_metadata import AttentionMetadata
+from ember.structured.matcher import GrammarMatcher, allowed_token_masks
 
 
 @dataclass
@@ -33,6 +36,7 @@ class BatchInputs:
     prompt_logprob_spans: dict[
         str, tuple[int, int]
     ]  # request id -> (first row, num rows) for prompt logprobs
+    lora: LoraContext | None = None  # which rows run which adapter; None when every row is the base model
 
 
 class ModelRunner:
@@ -45,8 +49,10 @@ class ModelRunner:
         block_size: int,
         device: torch.device,
         eos_token_ids: tuple[int, ...],
+        lora_manager: LoraManager | None = None,
     ) -> None:
         self.network = network
+        self.lora_manager = lora_manager
         self.kv_caches = kv_caches
         self.block_size = block_size
         self.device = device
@@ -54,14 +60,23 @@ class ModelRunner:
         self.sampler = Sampler()
         self._seeds: dict[str, int] = {}
         self._generators: dict[str, torch.Generator] = {}
+        self._matchers: dict[str, GrammarMatcher] = {}
 
     def register_seed(self, request_id: str, seed: int) -> None:
         """A seeded sequence draws only from its own generator, so the batch around it cannot change it."""
         self._seeds[request_id] = seed
 
+    def register_matcher(self, request_id: str, matcher: GrammarMatcher) -> None:
+        """A constrained sequence: each of its sampling rows gets the matcher's allowed-token mask."""
+        self._matchers[request_id] = matcher
+
+    def matcher(self, request_id: str) -> GrammarMatcher | None:
+        return self._matchers.get(request_id)
+
     def release(self, request_id: str) -> None:
         self._seeds.pop(request_id, None)
         self._generators.pop(request_id, None)
+        self._matchers.pop(request_id, None)
 
     def build_inputs(self, scheduled: list[ScheduledRequest], requests: dict[str, Request]) -> BatchInputs:
         ids: list[int] = []
@@ -109,12 +124,32 @@ class ModelRunner:
             attn=attn,
             sample_rows=sample_rows,
             prompt_logprob_spans=spans,
+            lora=self._lora_context(scheduled),
+        )
+
+    def _lora_context(self, scheduled: list[ScheduledRequest]) -> LoraContext | None:
+        """Base rows and rows of several adapters share one forward; each adapter touches only its rows."""
+        if all(item.lora_id is None for item in scheduled):
+            return None
+        if self.lora_manager is None:
+            raise ValueError("a request names a LoRA adapter but this runner has no adapter manager")
+        manager = self.lora_manager
+        return LoraContext.for_batch(
+            [
+                (None if item.lora_id is None else manager.adapter_for_key(item.lora_id), item.num_tokens)
+                for item in scheduled
+            ]
         )
 
     @torch.inference_mode()
     def execute(self, sched: SchedulerOutput, requests: dict[str, Request]) -> ModelRunnerOutput:
         batch = self.build_inputs(sched.scheduled, requests)
-        hidden = self.network(batch.input_ids, batch.positions, batch.attn, self.kv_caches)  # [T, H]
+        if batch.lora is None:
+            hidden = self.network(batch.input_ids, batch.positions, batch.attn, self.kv_caches)  # [T, H]
+        else:
+            hidden = self.network(
+                batch.input_ids, batch.positions, batch.attn, self.kv_caches, lora=batch.lora
+            )
         out = ModelRunnerOutput()
         for item in sched.scheduled:
             if item.request_id in batch.prompt_logprob_spans:
@@ -130,6 +165,7 @@ class ModelRunner:
             return out
         logits = self.network.compute_logits(hidden[batch.sample_rows]).float()  # [S, V]
         rows = [self._sampling_row(requests[item.request_id]) for item in samplers]
+        self._apply_grammar_masks(samplers, rows, logits.shape[1])
         try:
             result = self.sampler(logits, rows)
             pairs = list(zip(samplers, result.token_ids, result.logprobs, strict=True))
@@ -145,6 +181,18 @@ class ModelRunner:
             out.sampled[item.request_id] = token
             out.logprobs[item.request_id] = logprob
         return out
+
+    def _apply_grammar_masks(
+        self, samplers: list[ScheduledRequest], rows: list[SamplingRow], vocab: int
+    ) -> None:
+        """Only constrained rows pay for a mask; the others keep allowed_token_ids_mask None."""
+        constrained = [i for i, item in enumerate(samplers) if item.request_id in self._matchers]
+        if not constrained:
+            return
+        matchers = [self._matchers[samplers[i].request_id] for i in constrained]
+        masks = allowed_token_masks(matchers, vocab)  # [C, V]
+        for k, i in enumerate(constrained):
+            rows[i].allowed_token_ids_mask = masks[k]
 
     def _prompt_logprobs(self, hidden: torch.Tensor, request: Request, start: int) -> list[TokenLogprob]:
         """Row i (position start+i) predicts the token at start+i+1; only prompt tokens are scored."""

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ember.structured.spec import StructuredSpec
 
 
 @dataclass
@@ -34,6 +38,7 @@ class SamplingParams:
     logprobs: int | None = None  # None: no logprobs; k >= 0: sampled token's logprob plus top-k alternatives
     prompt_logprobs: int | None = None  # same, for every prompt token (echo + logprobs)
     skip_special_tokens: bool = True
+    structured: StructuredSpec | None = None  # output constrained to a JSON schema / grammar (token masks)
 
     def __post_init__(self) -> None:
         if self.top_k == -1:

@@ -19,6 +19,7 @@ from ember.models.linear import is_packed, make_linear
 from ember.models.rotary import apply_rotary
 
 if TYPE_CHECKING:
+    from ember.lora.layers import LayerLora
     from ember.models.quant.packed_weight import PackedWeight
 
 META = torch.device("meta")
@@ -114,9 +115,14 @@ class GatedMLP(nn.Module):
         self.gate_up_proj = make_linear([gate, up], None)
         self.down_proj = make_linear([down], None)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).split(self.intermediate_size, dim=-1)  # [T, I] each
-        return self.down_proj(F.silu(gate) * up)  # [T, H]
+    def forward(self, x: torch.Tensor, lora: LayerLora | None = None) -> torch.Tensor:
+        gate_up = self.gate_up_proj(x)  # [T, 2I]
+        if lora is not None:
+            gate_up = lora.apply(gate_up, x, ("gate_proj", "up_proj"), (self.intermediate_size,) * 2)
+        gate, up = gate_up.split(self.intermediate_size, dim=-1)  # [T, I] each
+        h = F.silu(gate) * up  # [T, I]
+        out = self.down_proj(h)  # [T, H]
+        return out if lora is None else lora.apply(out, h, ("down_proj",), (out.shape[-1],))
 
 
 class SelfAttention(nn.Module):
@@ -162,9 +168,13 @@ class SelfAttention(nn.Module):
         sin: torch.Tensor,
         attn: AttentionMetadata,
         kv_cache: tuple[torch.Tensor, torch.Tensor] | None,
+        lora: LayerLora | None = None,
     ) -> torch.Tensor:
         num_tokens = x.shape[0]
-        q, k, v = self.qkv_proj(x).split(self.qkv_sizes, dim=-1)
+        qkv = self.qkv_proj(x)  # [T, q + 2 kv]
+        if lora is not None:
+            qkv = lora.apply(qkv, x, ("q_proj", "k_proj", "v_proj"), self.qkv_sizes)
+        q, k, v = qkv.split(self.qkv_sizes, dim=-1)
         q = q.view(num_tokens, self.num_heads, self.head_dim)  # [T, Hq, D]
         k = k.view(num_tokens, self.num_kv_heads, self.head_dim)  # [T, Hkv, D]
         v = v.view(num_tokens, self.num_kv_heads, self.head_dim)  # [T, Hkv, D]
@@ -173,7 +183,9 @@ class SelfAttention(nn.Module):
             k = self.k_norm(k)
         q, k = apply_rotary(q, k, cos, sin)
         out = self.backend.forward(q, k, v, attn, kv_cache, self.scale)  # [T, Hq, D]
-        return self.o_proj(out.reshape(num_tokens, self.num_heads * self.head_dim))  # [T, H]
+        flat = out.reshape(num_tokens, self.num_heads * self.head_dim)  # [T, Hq * D]
+        y = self.o_proj(flat)  # [T, H]
+        return y if lora is None else lora.apply(y, flat, ("o_proj",), (y.shape[-1],))
 
 
 class DecoderLayer(nn.Module):
@@ -193,6 +205,7 @@ class DecoderLayer(nn.Module):
         sin: torch.Tensor,
         attn: AttentionMetadata,
         kv_cache: tuple[torch.Tensor, torch.Tensor] | None,
+        lora: LayerLora | None = None,
     ) -> torch.Tensor:
-        h = x + self.self_attn(self.input_layernorm(x), cos, sin, attn, kv_cache)  # [T, H]
-        return h + self.mlp(self.post_attention_layernorm(h))  # [T, H]
+        h = x + self.self_attn(self.input_layernorm(x), cos, sin, attn, kv_cache, lora)  # [T, H]
+        return h + self.mlp(self.post_attention_layernorm(h), lora)  # [T, H]

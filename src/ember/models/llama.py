@@ -16,6 +16,7 @@ from ember.models.linear import is_packed, make_linear, weight_shape
 from ember.models.rotary import RotaryEmbedding
 
 if TYPE_CHECKING:
+    from ember.lora.layers import LoraContext
     from ember.models.quant.packed_weight import PackedWeight
 
 # Buffers some older checkpoints store; they are recomputed, never loaded.
@@ -142,9 +143,11 @@ class DecoderModel(nn.Module):
         positions: torch.Tensor,
         attn: AttentionMetadata,
         kv_caches: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+        lora: LoraContext | None = None,
     ) -> torch.Tensor:
         """input_ids, positions [T] -> hidden [T, hidden]. With kv_caches, new keys/values are written to the
-        slots in attn.slot_mapping; without, attention is causal within each sequence (training)."""
+        slots in attn.slot_mapping; without, attention is causal within each sequence (training). `lora` adds
+        adapter deltas to the projections of the token rows each adapter owns."""
         if not self.loaded:
             raise RuntimeError("DecoderModel has no weights yet; call load_weights first")
         if input_ids.dim() != 1 or positions.shape != input_ids.shape:
@@ -156,7 +159,8 @@ class DecoderModel(nn.Module):
         h = self.embed_tokens(input_ids)  # [T, H]
         cos, sin = self.rotary.cos_sin(positions, h.dtype)  # [T, D] each, shared by all layers
         for i, layer in enumerate(self.layers):
-            h = layer(h, cos, sin, attn, None if kv_caches is None else kv_caches[i])
+            layer_lora = None if lora is None else lora.layer(i)
+            h = layer(h, cos, sin, attn, None if kv_caches is None else kv_caches[i], layer_lora)
         return self.norm(h)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
