@@ -158,3 +158,26 @@ def test_options_are_checked(tmp_path: Path) -> None:
         ValidationOptions(max_context_length=0)
     with pytest.raises(ValueError, match="expected \\(total, trainable\\)"):
         validate_dataset(path, count_tokens=lambda row: (3, 5))
+
+
+def test_a_row_the_template_cannot_render_is_a_problem_at_its_line(tmp_path: Path) -> None:
+    """The real masker refuses tool calls for SmolLM2's template (it would drop them); that is a 400, not a crash."""
+    from ember.engine.testing import tiny_loaded_model
+    from ember.tuning.masking import ConversationMasker
+
+    masker = ConversationMasker.for_model(tiny_loaded_model())
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_time", "arguments": "{}"}}
+    tool_row = {
+        "messages": [
+            {"role": "user", "content": "What time is it?"},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "12:00"},
+            {"role": "assistant", "content": "It is noon."},
+        ]
+    }
+    path = write_jsonl(tmp_path / "data.jsonl", [good_row(), good_row(), tool_row, good_row()])
+    report = validate_dataset(path, count_tokens=masker.count_tokens)
+    assert not report.ok
+    problems = [p for p in report.problems if p.code == "unrenderable_row"]
+    assert [p.line for p in problems] == [3]
+    assert "chat template" in problems[0].message

@@ -127,7 +127,13 @@ class _DatasetValidator:
         elif row.get("weight", 1) == 0:
             untrained_reason = "its sample weight is 0"
         if self.count_tokens is not None:
-            total, trained = self.count_tokens(row)
+            try:
+                total, trained = self.count_tokens(row)
+            except ValueError as exc:  # the template cannot render this row: reject the row, not crash the upload
+                self.valid_rows -= 1
+                message = f"the base model's chat template cannot render this row: {exc}"
+                self.problems.add(Problem(line, None, "unrenderable_row", message))
+                return
             if not (isinstance(total, int) and isinstance(trained, int) and 0 <= trained <= total):
                 raise ValueError(
                     f"count_tokens returned {(total, trained)!r} for line {line}; "

@@ -1,0 +1,225 @@
+"""Fine-tuning jobs as the JSON the OpenAI and Fireworks APIs return, and Fireworks create bodies as JobRequests.
+
+Both APIs show the same job: OpenAI's `ftjob-...` id is also the last part of the Fireworks job name, so a job
+created through one API can be read, cancelled and resumed through the other.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from ember.tuning.job_request import JobRequest, JobRequestError
+from ember.tuning.job_service import EventPage, JobCheckpoint, JobPage
+from ember.tuning.store import JobEvent, JobRecord
+
+FIREWORKS_STATES = {
+    "validating_files": "JOB_STATE_VALIDATING",
+    "queued": "JOB_STATE_PENDING",
+    "running": "JOB_STATE_RUNNING",
+    "succeeded": "JOB_STATE_COMPLETED",
+    "failed": "JOB_STATE_FAILED",
+    "cancelled": "JOB_STATE_CANCELLED",
+}
+
+
+# -- OpenAI ------------------------------------------------------------------------------------------------
+
+
+def openai_job(job: JobRecord) -> dict[str, Any]:
+    hyperparameters = dict(job.hyperparameters)
+    return {
+        "object": "fine_tuning.job",
+        "id": job.id,
+        "model": job.model,
+        "created_at": job.created_at,
+        "finished_at": job.finished_at,
+        "fine_tuned_model": job.fine_tuned_model,
+        "organization_id": "ember",
+        "result_files": [],
+        "status": job.status,
+        "validation_file": job.validation_file,
+        "training_file": job.training_file,
+        "hyperparameters": hyperparameters,
+        "method": {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
+        "trained_tokens": job.trained_tokens,
+        "error": job.error,
+        "user_provided_suffix": job.suffix,
+        "seed": job.seed,
+        "estimated_finish": None,
+        "integrations": [],
+        "metadata": None,
+    }
+
+
+def openai_job_list(page: JobPage) -> dict[str, Any]:
+    return {"object": "list", "data": [openai_job(job) for job in page.data], "has_more": page.has_more}
+
+
+def openai_event(event: JobEvent) -> dict[str, Any]:
+    return {
+        "object": "fine_tuning.job.event",
+        "id": f"ftevent-{event.job_id}-{event.seq}",
+        "created_at": event.created_at,
+        "level": event.level,
+        "message": event.message,
+        "data": event.data or {},
+        "type": event.type,
+    }
+
+
+def event_cursor(after: str | None) -> int | None:
+    """The seq an OpenAI `after` event id points at (ftevent-<job id>-<seq>); ValueError when it is not one."""
+    if after is None:
+        return None
+    seq = after.rsplit("-", 1)[-1]
+    if not after.startswith("ftevent-") or not seq.isdigit():
+        raise ValueError(f"'after' must be an event id such as ftevent-<job id>-<n>, got {after!r}")
+    return int(seq)
+
+
+def openai_event_list(page: EventPage) -> dict[str, Any]:
+    return {"object": "list", "data": [openai_event(e) for e in page.data], "has_more": page.has_more}
+
+
+def openai_checkpoint(checkpoint: JobCheckpoint) -> dict[str, Any]:
+    return {
+        "object": "fine_tuning.job.checkpoint",
+        "id": f"ftckpt-{checkpoint.job_id}-{checkpoint.step}",
+        "created_at": checkpoint.created_at,
+        "fine_tuned_model_checkpoint": checkpoint.fine_tuned_model_checkpoint,
+        "step_number": checkpoint.step,
+        "metrics": {
+            "step": checkpoint.step,
+            "train_loss": checkpoint.train_loss,
+            "valid_loss": checkpoint.valid_loss,
+        },
+        "fine_tuning_job_id": checkpoint.job_id,
+    }
+
+
+def openai_job_request(body: dict[str, Any]) -> JobRequest:
+    """POST /v1/fine_tuning/jobs: hyperparameters top-level (legacy) or under method.supervised."""
+    for required in ("model", "training_file"):
+        if not isinstance(body.get(required), str) or not body[required]:
+            raise JobRequestError(f"{required} is required and must be a string", required)
+    method = body.get("method") or {}
+    if method and method.get("type", "supervised") != "supervised":
+        raise JobRequestError(
+            f"method.type {method.get('type')!r} is not supported; use 'supervised'", "method"
+        )
+    hyper = (method.get("supervised") or {}).get("hyperparameters") or body.get("hyperparameters") or {}
+    return JobRequest(
+        model=body["model"],
+        training_file=body["training_file"],
+        validation_file=body.get("validation_file"),
+        suffix=body.get("suffix"),
+        seed=_number(body.get("seed"), "seed", int),
+        n_epochs=_auto(hyper.get("n_epochs"), "hyperparameters.n_epochs", int),
+        batch_size=_auto(hyper.get("batch_size"), "hyperparameters.batch_size", int),
+        learning_rate_multiplier=_auto(
+            hyper.get("learning_rate_multiplier"), "hyperparameters.learning_rate_multiplier", float
+        ),
+    )
+
+
+# -- Fireworks ---------------------------------------------------------------------------------------------
+
+
+def fireworks_job_request(account: str, body: dict[str, Any], job_id: str | None = None) -> JobRequest:
+    """POST /v1/accounts/{account}/supervisedFineTuningJobs."""
+    for required in ("dataset", "baseModel"):
+        if not isinstance(body.get(required), str) or not body[required]:
+            raise JobRequestError(f"{required} is required and must be a string", required)
+    dataset = _dataset_name(account, body["dataset"])
+    evaluation = body.get("evaluationDataset")
+    output_model = body.get("outputModel") or None
+    if output_model is not None and "/" not in output_model:
+        output_model = f"accounts/{account}/models/{output_model}"
+    extra = {
+        "fireworks": {
+            "account": account,
+            "displayName": body.get("displayName"),
+            "dataset": dataset,
+            "evaluationDataset": None if evaluation is None else _dataset_name(account, evaluation),
+            "baseModel": body["baseModel"],
+            "outputModel": output_model,
+            "evalAutoCarveout": bool(body.get("evalAutoCarveout", evaluation is None)),
+        }
+    }
+    return JobRequest(
+        model=body["baseModel"],
+        training_file=dataset,
+        validation_file=None if evaluation is None else _dataset_name(account, evaluation),
+        n_epochs=1 if body.get("epochs") is None else _number(body["epochs"], "epochs", int),
+        learning_rate=_number(body.get("learningRate"), "learningRate", float),
+        lora_rank=_number(body.get("loraRank"), "loraRank", int),
+        max_context_length=_number(body.get("maxContextLength"), "maxContextLength", int),
+        batch_tokens=_number(body.get("batchSize"), "batchSize", int),
+        early_stop=bool(body.get("earlyStop", False)),
+        job_id=job_id,
+        extra_metadata=extra,
+    )
+
+
+def fireworks_job(job: JobRecord, progress: float | None = None) -> dict[str, Any]:
+    """The Fireworks job object; `progress` (0..1) from the latest metrics event, when known."""
+    fields = job.metadata.get("fireworks") or {}
+    account = fields.get("account", "ember")
+    trainer = job.metadata.get("trainer", {})
+    output_model = fields.get("outputModel") or f"accounts/{account}/models/{job.id}"
+    status = {"code": "OK", "message": ""}
+    if job.error:
+        status = {
+            "code": "INTERNAL" if job.error.get("code") == "internal_error" else "INVALID_ARGUMENT",
+            "message": job.error.get("message", ""),
+        }
+    return {
+        "name": f"accounts/{account}/supervisedFineTuningJobs/{job.id}",
+        "displayName": fields.get("displayName") or job.id,
+        "createTime": _timestamp(job.created_at),
+        "completedTime": _timestamp(job.finished_at),
+        "state": FIREWORKS_STATES[job.status],
+        "status": status,
+        "dataset": fields.get("dataset", job.training_file),
+        "evaluationDataset": fields.get("evaluationDataset", job.validation_file),
+        "evalAutoCarveout": fields.get("evalAutoCarveout", job.validation_file is None),
+        "baseModel": fields.get("baseModel", job.model),
+        "outputModel": output_model,
+        "epochs": trainer.get("epochs"),
+        "learningRate": trainer.get("learning_rate"),
+        "loraRank": job.metadata.get("lora", {}).get("rank"),
+        "maxContextLength": trainer.get("max_context_length"),
+        "batchSize": trainer.get("batch_tokens"),
+        "earlyStop": trainer.get("early_stop", False),
+        "jobProgress": {"percent": round(100 * (progress or 0.0), 1) if job.status != "succeeded" else 100.0},
+    }
+
+
+def fireworks_output_model(job: JobRecord) -> str:
+    """The `accounts/<a>/models/<id>` name a succeeded job's adapter is served under."""
+    fields = job.metadata.get("fireworks") or {}
+    return fields.get("outputModel") or f"accounts/{fields.get('account', 'ember')}/models/{job.id}"
+
+
+def _dataset_name(account: str, dataset: str) -> str:
+    return dataset if dataset.startswith(("accounts/", "file-")) else f"accounts/{account}/datasets/{dataset}"
+
+
+def _timestamp(unix: int | None) -> str | None:
+    if unix is None:
+        return None
+    return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _auto(value: Any, param: str, kind: type) -> Any:
+    return None if value == "auto" else _number(value, param, kind)
+
+
+def _number(value: Any, param: str, kind: type) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or (kind is int and value != int(value)):
+        expected = "an integer" if kind is int else "a number"
+        raise JobRequestError(f"{param} must be {expected} or 'auto', got {value!r}", param)
+    return kind(value)

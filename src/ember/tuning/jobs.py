@@ -1,0 +1,264 @@
+"""The training worker: one process per running job, started as `python -m ember.tuning.jobs`.
+
+Training runs outside the server process so serving stays responsive and a crash cannot take the server down.
+Everything the worker needs is in the job's row (the settings in `metadata`) and the data directory; it
+reports through the same SQLite store: metrics and message events, the latest checkpoint, and the final
+status. It polls the job's status before every step and stops when the job was cancelled.
+
+Per-job files under the data directory:
+    jobs/<job id>/checkpoints/step-NNNNNN/   PEFT adapter + optimizer state + progress (the resume points)
+    jobs/<job id>/worker.log                 the worker's stdout and stderr
+    adapters/<job id>/                       the finished adapter (adapter_config.json + adapter_model.safetensors)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ember.tuning.store import JobRecord, TuningStore
+
+if TYPE_CHECKING:
+    from ember.models.loader import LoadedModel
+    from ember.tuning.masking import TokenizedExample
+    from ember.tuning.trainer import LoraTrainer
+
+
+@dataclass(frozen=True)
+class JobPaths:
+    """Where one job's files live under the data directory."""
+
+    data_dir: Path
+    job_id: str
+
+    @property
+    def job_dir(self) -> Path:
+        return self.data_dir / "jobs" / self.job_id
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.job_dir / "checkpoints"
+
+    @property
+    def log(self) -> Path:
+        return self.job_dir / "worker.log"
+
+    @property
+    def adapter(self) -> Path:
+        return self.data_dir / "adapters" / self.job_id
+
+    def latest_checkpoint(self) -> Path | None:
+        """The newest complete checkpoint (folders being written carry a `.partial` name and are skipped)."""
+        if not self.checkpoints.is_dir():
+            return None
+        done = sorted(p for p in self.checkpoints.iterdir() if p.is_dir() and p.name.startswith("step-"))
+        return done[-1] if done else None
+
+
+class JobFailure(Exception):
+    """A failure to record on the job as error.message / error.param / error.code."""
+
+    def __init__(self, message: str, param: str | None, code: str) -> None:
+        super().__init__(message)
+        self.param = param
+        self.code = code
+
+
+def run_job(store: TuningStore, data_dir: Path, job_id: str) -> str:
+    """Train the job (already claimed as `running`) to its end; returns the final status it recorded."""
+    job = store.get_job(job_id)
+    if job is None:
+        raise LookupError(f"no fine-tuning job {job_id!r}")
+    if job.status != "running":
+        return job.status
+    paths = JobPaths(data_dir, job_id)
+    try:
+        return _train(store, paths, job)
+    except JobFailure as failure:
+        error = {"message": str(failure), "param": failure.param, "code": failure.code}
+    except Exception as exc:  # the worker's last resort: whatever broke is recorded on the job, not lost
+        traceback.print_exc()
+        error = {"message": f"{type(exc).__name__}: {exc}", "param": None, "code": "internal_error"}
+    if store.update_job(
+        job_id, status="failed", error=error, finished_at=int(time.time()), expect_status=("running",)
+    ):
+        store.add_job_event(job_id, f"Job failed: {error['message']}", level="error")
+        return "failed"
+    current = store.get_job(job_id)
+    return current.status if current is not None else "failed"
+
+
+def _train(store: TuningStore, paths: JobPaths, job: JobRecord) -> str:
+    from ember.tuning.trainer import TrainingCallbacks, TrainingCancelled, TrainingMetrics
+    from ember.tuning.training_state import CheckpointInfo
+
+    settings = job.metadata
+    model = _load_model(settings)
+    trainer, train_examples, eval_examples = _prepare(store, paths, job, model)
+
+    def on_metrics(m: TrainingMetrics) -> None:
+        text = f"Step {m.step}/{m.total_steps}: training loss={m.train_loss:.4f}"
+        if m.valid_loss is not None:
+            text += f", validation loss={m.valid_loss:.4f}"
+        data = {
+            "step": m.step,
+            "total_steps": m.total_steps,
+            "epoch": m.epoch,
+            "train_loss": m.train_loss,
+            "valid_loss": m.valid_loss,
+            "progress": m.progress,
+            "learning_rate": m.learning_rate,
+            "tokens_per_second": m.tokens_per_second,
+        }
+        _event(store, job.id, text, type="metrics", data=data)
+
+    def on_checkpoint(info: CheckpointInfo) -> None:
+        store.update_job(job.id, checkpoint_path=str(info.path.relative_to(paths.data_dir)))
+        _event(store, job.id, f"Checkpoint saved at step {info.step}")
+
+    def should_stop() -> bool:
+        current = store.get_job(job.id)
+        return current is None or current.status != "running"
+
+    resume_from = paths.latest_checkpoint()
+    callbacks = TrainingCallbacks(
+        on_metrics=on_metrics,
+        on_checkpoint=on_checkpoint,
+        on_message=lambda text: _event(store, job.id, text),
+        should_stop=should_stop,
+    )
+    try:
+        result = trainer.train(
+            train_examples,
+            eval_examples,
+            checkpoint_dir=paths.checkpoints,
+            resume_from=resume_from,
+            output_dir=paths.adapter,
+            callbacks=callbacks,
+        )
+    except TrainingCancelled as stop:
+        _event(store, job.id, f"Training stopped: the job is no longer running ({stop})")
+        current = store.get_job(job.id)
+        return current.status if current is not None else "cancelled"
+    finished = store.update_job(
+        job.id,
+        status="succeeded",
+        fine_tuned_model=settings.get("fine_tuned_model"),
+        finished_at=int(time.time()),
+        trained_tokens=result.processed_tokens,
+        expect_status=("running",),
+    )
+    if not finished:
+        current = store.get_job(job.id)
+        return current.status if current is not None else "cancelled"
+    store.add_job_event(job.id, f"The job has successfully completed: {settings.get('fine_tuned_model')}")
+    return "succeeded"
+
+
+def _event(store: TuningStore, job_id: str, message: str, **kwargs: Any) -> None:
+    """Append an event unless the job was deleted meanwhile (then the worker is about to stop anyway)."""
+    try:
+        store.add_job_event(job_id, message, **kwargs)
+    except LookupError:
+        pass
+
+
+def _load_model(settings: dict[str, Any]) -> LoadedModel:
+    from ember.models.errors import ModelLoadError
+    from ember.models.loader import LoadConfig, load_model
+
+    try:
+        return load_model(LoadConfig(model=settings.get("base_model_path"), weight_format="fp32"))
+    except (ModelLoadError, ValueError) as exc:
+        raise JobFailure(f"cannot load the base model: {exc}", "model", "model_load_failed") from exc
+
+
+def _prepare(
+    store: TuningStore, paths: JobPaths, job: JobRecord, model: LoadedModel
+) -> tuple[LoraTrainer, list[TokenizedExample], list[TokenizedExample] | None]:
+    """The trainer and the tokenized data of a job; JobFailure naming the input at fault."""
+    from ember.tuning.batching import TrainingExamples, load_examples
+    from ember.tuning.masking import ConversationMasker, MaskingError
+    from ember.tuning.trainer import LoraTrainer
+    from ember.tuning.trainer_config import LoraSettings, TrainerConfig
+
+    settings = job.metadata
+    try:
+        config = TrainerConfig(**settings["trainer"])
+        lora = LoraSettings(
+            **{**settings["lora"], "target_modules": tuple(settings["lora"]["target_modules"])}
+        )
+    except (TypeError, ValueError) as exc:
+        raise JobFailure(
+            f"invalid hyperparameters: {exc}", "hyperparameters", "invalid_hyperparameters"
+        ) from exc
+    if config.max_context_length > model.config.max_position_embeddings:
+        raise JobFailure(
+            f"max context length {config.max_context_length} is more than the base model's "
+            f"{model.config.max_position_embeddings} positions",
+            "hyperparameters",
+            "invalid_hyperparameters",
+        )
+    datasets = [("training_file", settings["training_path"])]
+    if settings.get("validation_path") is not None:
+        datasets.append(("validation_file", settings["validation_path"]))
+    loaded: dict[str, TrainingExamples] = {}
+    try:
+        masker = ConversationMasker.for_model(model)
+    except MaskingError as exc:
+        raise JobFailure(str(exc), "model", "unsupported_model") from exc
+    for param, relative in datasets:
+        try:
+            examples = load_examples(paths.data_dir / relative, masker, config.max_context_length)
+        except (MaskingError, OSError) as exc:
+            raise JobFailure(str(exc), param, "invalid_file") from exc
+        if not examples.examples:
+            raise JobFailure(
+                f"no example of the {param.replace('_', ' ')} fits the max context length of "
+                f"{config.max_context_length} tokens with trained tokens in it",
+                param,
+                "invalid_file",
+            )
+        loaded[param] = examples
+        store.add_job_event(
+            job.id,
+            f"{param}: {examples.rows} rows -> {len(examples.examples)} examples "
+            f"({examples.rows_split_per_turn} rows split per assistant turn); dataset tokens "
+            f"{examples.dataset_tokens}, tuned tokens {examples.tuned_tokens}, trained tokens "
+            f"{examples.trained_tokens}; {examples.dropped_too_long} examples longer than "
+            f"{config.max_context_length} tokens dropped",
+        )
+    validation = loaded.get("validation_file")
+    trainer = LoraTrainer(model, lora, config, settings.get("base_model_name") or job.model)
+    train = loaded["training_file"]
+    return trainer, train.examples, None if validation is None else validation.examples
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ember.tuning.jobs", description="ember training worker")
+    parser.add_argument("--db", required=True, help="the tuning SQLite database")
+    parser.add_argument("--data-dir", required=True, help="the data directory files and checkpoints live in")
+    parser.add_argument("--job-id", required=True)
+    parser.add_argument("--threads", type=int, default=None, help="torch compute threads (default: torch's)")
+    parser.add_argument("--nice", type=int, default=0, help="lower the worker's CPU priority by this much")
+    args = parser.parse_args(argv)
+    if args.nice:
+        os.nice(args.nice)
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    store = TuningStore(args.db)
+    status = run_job(store, Path(args.data_dir), args.job_id)
+    print(f"job {args.job_id} ended {status} (worker pid {os.getpid()})", flush=True)
+    return 0 if status in ("succeeded", "cancelled") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,287 @@
+"""LoRA supervised fine-tuning on ember's own network: packed padding-free batches, AdamW, warmup + decay,
+gradient accumulation, validation loss with early stopping, and checkpoints a run resumes from exactly.
+
+The loss of one optimizer step is sum(weight_t * CE_t) / (number of trained tokens in the step), over every
+batch the step accumulates: per-sample weights are real multipliers, and a step's size does not depend on how
+its tokens were split into batches. Logits are computed only at trained positions, which keeps the [N, vocab]
+tensor small when most of a conversation is context.
+
+Everything random is a function of the seed: the adapter's initialisation, the carve-out, each epoch's batch
+order (seed + epoch), and LoRA dropout (torch's global generator: `train` seeds it, checkpoints save it). A
+run resumed from a checkpoint therefore replays the same batches and ends with the same adapter as an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ember.lora.adapter import LoraAdapter, save_peft_adapter
+from ember.lora.layers import TrainableLora, attach_trainable_lora
+from ember.models.loader import LoadedModel
+from ember.tuning.batching import PackedBatch, pack, plan_batches
+from ember.tuning.masking import TokenizedExample
+from ember.tuning.trainer_config import LoraSettings, TrainerConfig
+from ember.tuning.training_state import (
+    CheckpointInfo,
+    TrainingProgress,
+    restore_checkpoint,
+    save_checkpoint,
+)
+
+
+class TrainingCancelled(Exception):
+    """`should_stop` asked the run to stop; the last checkpoint stays valid to resume from."""
+
+
+@dataclass(frozen=True)
+class TrainingMetrics:
+    step: int  # optimizer steps done
+    total_steps: int
+    epoch: int  # 1-based epoch the step belongs to
+    train_loss: float  # weighted mean cross-entropy of the step's trained tokens
+    valid_loss: float | None  # set on steps that ended with an evaluation
+    learning_rate: float
+    progress: float  # step / total_steps
+    tokens_per_second: float  # input tokens of the step / its wall time
+    trained_tokens: int  # trained tokens seen so far in the run
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    adapter: LoraAdapter
+    steps: int
+    epochs_completed: int
+    trained_tokens: int  # tokens that carried loss, over all steps
+    processed_tokens: int  # input tokens of all steps
+    final_train_loss: float | None
+    best_valid_loss: float | None
+    stopped_early: bool
+
+
+@dataclass(frozen=True)
+class TrainingCallbacks:
+    on_metrics: Callable[[TrainingMetrics], None] | None = None
+    on_checkpoint: Callable[[CheckpointInfo], None] | None = None
+    on_message: Callable[[str], None] | None = None
+    should_stop: Callable[[], bool] | None = None  # polled before every step
+
+
+def split_carve_out(
+    examples: list[TokenizedExample], config: TrainerConfig
+) -> tuple[list[TokenizedExample], list[TokenizedExample]]:
+    """(train, eval): a seeded fraction of the rows held out, all examples of a row on the same side."""
+    rows = sorted({e.row_index for e in examples})
+    held = int(len(rows) * config.eval_fraction)
+    if len(rows) < config.min_eval_carve_out_examples or held < 1:
+        return examples, []
+    random.Random(config.seed).shuffle(rows)
+    eval_rows = set(rows[:held])
+    train = [e for e in examples if e.row_index not in eval_rows]
+    return train, [e for e in examples if e.row_index in eval_rows]
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What stays fixed during one call of `train`."""
+
+    train: list[TokenizedExample]
+    eval: list[TokenizedExample]
+    steps_per_epoch: int
+    total_steps: int
+    checkpoint_dir: Path | None
+    callbacks: TrainingCallbacks
+
+
+class LoraTrainer:
+    """Trains one LoRA adapter on an fp32 model (`load_model(LoadConfig(..., weight_format="fp32"))`)."""
+
+    def __init__(
+        self, model: LoadedModel, lora: LoraSettings, config: TrainerConfig, base_model_name: str
+    ) -> None:
+        if model.weight_format != "fp32":
+            raise ValueError(f"training needs an fp32 model, got weight_format {model.weight_format!r}")
+        self.model = model
+        self.network = model.network
+        self.config = config
+        self.base_model_name = base_model_name
+        self.lora: TrainableLora = attach_trainable_lora(
+            self.network, lora.rank, lora.alpha, lora.dropout, lora.target_modules, config.seed
+        )
+        self.optimizer = torch.optim.AdamW(
+            self.lora.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+        )
+
+    def train(
+        self,
+        train_examples: list[TokenizedExample],
+        eval_examples: list[TokenizedExample] | None = None,
+        *,
+        checkpoint_dir: Path | None = None,
+        resume_from: Path | None = None,
+        output_dir: Path | None = None,
+        callbacks: TrainingCallbacks | None = None,
+    ) -> TrainingResult:
+        """Run every epoch (or until early stopping) and save the adapter to `output_dir` in PEFT format.
+
+        Without `eval_examples` a carve-out of the training rows is the evaluation set (`[]`: none).
+        """
+        callbacks = callbacks or TrainingCallbacks()
+        if eval_examples is None:
+            train_examples, eval_examples = split_carve_out(train_examples, self.config)
+        if not any(e.num_trained_tokens for e in train_examples):
+            raise ValueError("the training data has no trained tokens")
+        torch.manual_seed(self.config.seed)
+        progress = TrainingProgress()
+        if resume_from is not None:
+            progress = restore_checkpoint(resume_from, self.lora, self.optimizer, self.model.config)
+            _say(callbacks, f"Resumed from checkpoint at step {progress.step} (epoch {progress.epoch})")
+        plan = plan_batches(
+            train_examples, self.config.batch_tokens, self.config.seed, self.config.batch_examples
+        )
+        steps_per_epoch = math.ceil(len(plan) / self.config.grad_accumulation)
+        run = _Run(
+            train_examples,
+            eval_examples,
+            steps_per_epoch,
+            self.config.epochs * steps_per_epoch,
+            checkpoint_dir,
+            callbacks,
+        )
+        while progress.epoch < self.config.epochs and not progress.stopped_early:
+            self._run_epoch(run, progress)
+        if progress.stopped_early:
+            _say(callbacks, f"Early stop at step {progress.step}: validation loss stopped improving")
+        adapter = self.lora.to_adapter("adapter")
+        if output_dir is not None:
+            save_peft_adapter(adapter, str(output_dir), self.base_model_name)
+        return TrainingResult(
+            adapter=adapter,
+            steps=progress.step,
+            epochs_completed=progress.epoch,
+            trained_tokens=progress.trained_tokens,
+            processed_tokens=progress.processed_tokens,
+            final_train_loss=progress.last_train_loss,
+            best_valid_loss=progress.best_valid_loss,
+            stopped_early=progress.stopped_early,
+        )
+
+    @torch.no_grad()
+    def evaluate(self, examples: list[TokenizedExample]) -> float:
+        """Weighted mean cross-entropy over the trained tokens of `examples`, without dropout."""
+        self.lora.eval()
+        total = 0.0
+        count = 0
+        for indices in plan_batches(examples, self.config.batch_tokens, seed=0):
+            batch = pack([examples[i] for i in indices])
+            total += float(self.weighted_loss_sum(batch))
+            count += batch.num_trained_tokens
+        return total / max(count, 1)
+
+    def weighted_loss_sum(self, batch: PackedBatch) -> torch.Tensor:
+        """sum(weight_t * cross-entropy_t) over the trained positions of one packed batch, with the adapter."""
+        hidden = self.network(
+            batch.input_ids, batch.positions, batch.attention(), None, lora=self.lora.context()
+        )  # [T, H]
+        trained = (batch.loss_weights > 0).nonzero().squeeze(1)  # [N]
+        logits = self.network.compute_logits(hidden[trained])  # [N, V]
+        losses = F.cross_entropy(logits, batch.target_ids[trained], reduction="none")  # [N]
+        return (losses * batch.loss_weights[trained]).sum()
+
+    def _run_epoch(self, run: _Run, progress: TrainingProgress) -> None:
+        """The remaining steps of the current epoch (all of them unless resumed mid-epoch)."""
+        config = self.config
+        plan = plan_batches(
+            run.train, config.batch_tokens, config.seed + progress.epoch, config.batch_examples
+        )
+        while progress.step_in_epoch < run.steps_per_epoch and not progress.stopped_early:
+            if run.callbacks.should_stop is not None and run.callbacks.should_stop():
+                raise TrainingCancelled(f"stopped at step {progress.step}")
+            first = progress.step_in_epoch * config.grad_accumulation
+            chosen = plan[first : first + config.grad_accumulation]
+            batches = [pack([run.train[i] for i in indices]) for indices in chosen]
+            learning_rate = config.learning_rate_at(progress.step, run.total_steps)
+            started = time.perf_counter()
+            train_loss = self._step(batches, learning_rate)
+            elapsed = max(time.perf_counter() - started, 1e-9)
+            progress.step += 1
+            progress.step_in_epoch += 1
+            progress.trained_tokens += sum(b.num_trained_tokens for b in batches)
+            progress.processed_tokens += sum(b.num_tokens for b in batches)
+            progress.last_train_loss = train_loss
+            epoch_done = progress.step_in_epoch == run.steps_per_epoch
+            valid_loss = None
+            every = config.eval_every_steps
+            if run.eval and (epoch_done or (every is not None and progress.step % every == 0)):
+                valid_loss = self.evaluate(run.eval)
+                self._note_valid_loss(progress, valid_loss)
+            if epoch_done:
+                progress.epoch += 1
+                progress.step_in_epoch = 0
+            if run.callbacks.on_metrics is not None:
+                run.callbacks.on_metrics(
+                    TrainingMetrics(
+                        step=progress.step,
+                        total_steps=run.total_steps,
+                        epoch=progress.epoch if epoch_done else progress.epoch + 1,
+                        train_loss=train_loss,
+                        valid_loss=valid_loss,
+                        learning_rate=learning_rate,
+                        progress=progress.step / run.total_steps,
+                        tokens_per_second=sum(b.num_tokens for b in batches) / elapsed,
+                        trained_tokens=progress.trained_tokens,
+                    )
+                )
+            periodic = (
+                config.checkpoint_every_steps is not None
+                and progress.step % config.checkpoint_every_steps == 0
+            )
+            if run.checkpoint_dir is not None and (epoch_done or progress.stopped_early or periodic):
+                info = save_checkpoint(
+                    run.checkpoint_dir, self.lora, self.optimizer, progress, self.base_model_name
+                )
+                if run.callbacks.on_checkpoint is not None:
+                    run.callbacks.on_checkpoint(info)
+            if epoch_done:
+                return
+
+    def _step(self, batches: list[PackedBatch], learning_rate: float) -> float:
+        """One optimizer step over the accumulated batches; returns the step's training loss."""
+        self.lora.train()
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate
+        self.optimizer.zero_grad(set_to_none=True)
+        trained = sum(b.num_trained_tokens for b in batches)
+        loss_sum = 0.0
+        for batch in batches:
+            loss = self.weighted_loss_sum(batch) / trained
+            loss.backward()
+            loss_sum += float(loss.detach())
+        if self.config.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.lora.parameters(), self.config.max_grad_norm)
+        self.optimizer.step()
+        return loss_sum
+
+    def _note_valid_loss(self, progress: TrainingProgress, valid_loss: float) -> None:
+        """Record an evaluation; sets `stopped_early` once early stopping has seen enough evaluations fail."""
+        progress.last_valid_loss = valid_loss
+        if progress.best_valid_loss is None or valid_loss < progress.best_valid_loss:
+            progress.best_valid_loss = valid_loss
+            progress.evals_without_improvement = 0
+            return
+        progress.evals_without_improvement += 1
+        if self.config.early_stop and progress.evals_without_improvement >= self.config.early_stop_patience:
+            progress.stopped_early = True
+
+
+def _say(callbacks: TrainingCallbacks, message: str) -> None:
+    if callbacks.on_message is not None:
+        callbacks.on_message(message)
