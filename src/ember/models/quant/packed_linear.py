@@ -38,6 +38,24 @@ class PackedLinear(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias.float(), requires_grad=False)
         self.matmul_fn: PackedMatmul = matmul_fn if matmul_fn is not None else dequantize_matmul
 
+    def use_fast_kernel(self) -> bool:
+        """Switches to the int8 block kernel (ember.kernels) when it is built and knows this qtype.
+
+        The weight is rearranged for the kernel once, here; the raw blocks stay for `weight` and the embedding."""
+        from ember import kernels
+
+        if not (kernels.available() and kernels.supports(self.qtype)):
+            return False
+        prepared = kernels.prepare_weight(self.weight_data, self.qtype, self.out_features, self.in_features)
+
+        def kernel_matmul(x: torch.Tensor, weight: PackedWeight) -> torch.Tensor:
+            flat = x.reshape(-1, weight.in_features).float().contiguous()  # [M, in]
+            y = kernels.quant_matmul_prepared(flat, prepared)  # [M, out]
+            return y.reshape(*x.shape[:-1], weight.out_features)
+
+        self.matmul_fn = kernel_matmul
+        return True
+
     @property
     def weight(self) -> PackedWeight:
         return PackedWeight(self.qtype, (self.out_features, self.in_features), self.weight_data)

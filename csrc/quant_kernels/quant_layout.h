@@ -1,0 +1,78 @@
+// The interleaved ("repacked") weight layout shared by every kernel, and the quantized activations.
+//
+// A GGUF weight [n, k] keeps its integer quants and scales, but rows are regrouped in groups of
+// kRowsPerGroup = 8 so that one 256-bit register holds 4 consecutive k-values of 8 different rows: an
+// integer dot product over 4 values then lands in one 32-bit lane per row, and one int->float conversion
+// and one FMA serve 8 output rows at once. For every row group and every 32-value block ("tile"):
+//
+//   4-bit formats (Q4_0, Q4_1, Q4_K): 128 bytes of nibbles = 4 vectors of 32 bytes; in vector v, lane i
+//     (row i), byte j holds value 4v+j in its low nibble and value 16+4v+j in its high nibble. Then
+//     Q4_0: fp16 d[8];  Q4_1: fp16 d[8], fp16 m[8];  Q4_K: fp32 scale[8], fp32 bias[8] (d*sc, -dmin*m).
+//     A weight is scale * nibble + bias, with bias = -8 d for Q4_0.
+//   8-bit formats (Q8_0, Q6_K): 256 bytes = 8 vectors; in vector c, lane i, byte j holds int8 value 4c+j
+//     of row i (Q6_K: q - 32). Then Q8_0: fp16 d[8];  Q6_K: fp32 scale[2][8], one per 16-value half.
+//
+// Activations are quantized per 32-value block like llama.cpp's Q8_0/Q8_1: d = amax / 127,
+// q = round-half-even(x * 127 / amax), and s = d * sum(q) for the formats with a bias.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace ember {
+
+enum class QType : int { Q8_0 = 0, Q4_0 = 1, Q4_1 = 2, Q4_K = 3, Q6_K = 4 };
+
+constexpr int kRowsPerGroup = 8;
+constexpr int kBlock = 32;
+constexpr int kSuperBlock = 256;
+
+// Elements and bytes of one raw GGUF block.
+int raw_block_elems(QType qtype);
+int raw_block_bytes(QType qtype);
+// Bytes of one repacked tile: 8 rows x 32 values.
+int tile_bytes(QType qtype);
+bool is_four_bit(QType qtype);
+bool qtype_from_int(int value, QType* out);
+
+inline int row_groups(int n) { return (n + kRowsPerGroup - 1) / kRowsPerGroup; }
+inline size_t repacked_bytes(QType qtype, int n, int k) {
+    return static_cast<size_t>(row_groups(n)) * static_cast<size_t>(k / kBlock) * tile_bytes(qtype);
+}
+
+// Raw GGUF rows [n, k] -> repacked groups; rows past n are zero (they produce zeros, never stored).
+void repack_weight(QType qtype, const uint8_t* raw, int n, int k, uint8_t* packed);
+
+float fp16_to_fp32(uint16_t h);
+
+// Activation rows quantized per 32-value block; row t of q starts at q + t * k.
+struct QuantizedActs {
+    int8_t* q;   // [m, k]
+    float* d;    // [m, k / 32]
+    float* s;    // [m, k / 32], d * sum(q)
+    int k;
+};
+
+// One work item of a matmul: row groups [g_begin, g_end) x tokens [t_begin, t_end).
+struct MatmulSlice {
+    QType qtype;
+    const uint8_t* packed;
+    int n;
+    int k;
+    const QuantizedActs* acts;
+    float* y;  // [m, n]
+    int g_begin;
+    int g_end;
+    int t_begin;
+    int t_end;
+};
+
+void quantize_rows_scalar(const float* x, int t_begin, int t_end, const QuantizedActs& acts);
+void matmul_slice_scalar(const MatmulSlice& slice);
+
+#if defined(EMBER_HAVE_AVX2)
+void quantize_rows_avx2(const float* x, int t_begin, int t_end, const QuantizedActs& acts);
+void matmul_slice_avx2(const MatmulSlice& slice);
+#endif
+
+}  // namespace ember

@@ -1,0 +1,73 @@
+"""Builds ember's one native extension, the quantized matmul kernels (csrc/quant_kernels).
+
+Metadata lives in pyproject.toml. The extension is optional: without a working C++ compiler the install
+still succeeds and ember.kernels reports available() == False (the fp32 reference path is used).
+The AVX2 file alone is compiled with -mavx2 -mfma -mf16c; which kernels run is decided at run time.
+"""
+
+from __future__ import annotations
+
+import platform
+import tempfile
+from pathlib import Path
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+SOURCE_DIR = Path("csrc") / "quant_kernels"
+AVX2_SOURCE = str(SOURCE_DIR / "kernels_avx2.cpp")
+COMMON_FLAGS = ["-O3", "-std=c++17", "-fno-math-errno"]
+AVX2_FLAGS = ["-mavx2", "-mfma", "-mf16c"]
+
+
+def _is_x86_64() -> bool:
+    return platform.machine().lower() in {"x86_64", "amd64"}
+
+
+class BuildQuantKernels(build_ext):
+    """Compiles the AVX2 source with its own flags and uses OpenMP when the compiler has it."""
+
+    def build_extension(self, ext: Extension) -> None:
+        openmp = self._compiler_accepts(["-fopenmp"])
+        flags = COMMON_FLAGS + (["-fopenmp"] if openmp else [])
+        ext.extra_compile_args = flags
+        ext.extra_link_args = ["-fopenmp"] if openmp else []
+        if _is_x86_64() and self._compiler_accepts(AVX2_FLAGS):
+            ext.define_macros = [("EMBER_HAVE_AVX2", "1")]
+            ext.extra_objects = self.compiler.compile(
+                [AVX2_SOURCE],
+                output_dir=self.build_temp,
+                macros=ext.define_macros,
+                include_dirs=ext.include_dirs,
+                extra_postargs=flags + AVX2_FLAGS,
+            )
+        super().build_extension(ext)
+
+    def _compiler_accepts(self, flags: list[str]) -> bool:
+        with tempfile.TemporaryDirectory() as tmp:
+            probe = Path(tmp) / "probe.cpp"
+            probe.write_text("int main() { return 0; }\n")
+            try:
+                self.compiler.compile([str(probe)], output_dir=tmp, extra_postargs=flags)
+            except Exception:
+                return False
+        return True
+
+
+setup(
+    ext_modules=[
+        Extension(
+            "ember.kernels._quant_kernels",
+            sources=[
+                str(SOURCE_DIR / "module.cpp"),
+                str(SOURCE_DIR / "repack.cpp"),
+                str(SOURCE_DIR / "kernels_scalar.cpp"),
+            ],
+            include_dirs=[str(SOURCE_DIR)],
+            depends=[str(p) for p in SOURCE_DIR.glob("*")],
+            language="c++",
+            optional=True,
+        )
+    ],
+    cmdclass={"build_ext": BuildQuantKernels},
+)

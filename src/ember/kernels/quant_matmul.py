@@ -1,0 +1,136 @@
+"""y = x @ W^T with W kept in its GGUF block format and x quantized per 32-value block to int8.
+
+The native extension (csrc/quant_kernels) regroups a weight once into 8-row interleaved tiles
+(`prepare_weight`); every matmul then runs integer SIMD dot products over those tiles on OpenMP threads.
+Without the extension (no compiler at install time) the same calls fall back to decoding the blocks to
+fp32 and one torch matmul."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import ModuleType
+
+import torch
+
+from ember.kernels.reference import check_weight_blocks, dequantize_blocks
+
+# torch is imported first on purpose: the extension links libgomp.so.1, which then resolves to the copy torch
+# already loaded, so kernels and torch ops share one OpenMP runtime instead of two competing thread pools.
+try:
+    from ember.kernels import _quant_kernels as _native
+except ImportError:  # built without a compiler: the reference path serves every call
+    _native = None
+
+_QTYPE_IDS = {"Q8_0": 0, "Q4_0": 1, "Q4_1": 2, "Q4_K": 3, "Q6_K": 4}
+BACKENDS = ("auto", "avx2", "scalar")
+_AUTO_SIMD = _native is not None and _native.simd_level() == "avx2"
+
+
+def available() -> bool:
+    """True when the native kernels were built and can be loaded."""
+    return _native is not None
+
+
+def simd_level() -> str:
+    """'avx2' or 'scalar' for the kernels `auto` picks on this CPU; 'none' without the extension."""
+    return "none" if _native is None else str(_native.simd_level())
+
+
+def supports(qtype: str) -> bool:
+    """Whether `qtype` (a GGUF type name such as "Q4_1") runs on the native kernels."""
+    return _native is not None and qtype in _QTYPE_IDS
+
+
+def _native_module() -> ModuleType:
+    if _native is None:
+        raise RuntimeError("ember's quantized kernels are not built (no C++ compiler at install time)")
+    return _native
+
+
+@dataclass(frozen=True)
+class PreparedQuantWeight:
+    """A weight ready for `quant_matmul_prepared`: the interleaved tiles when the kernels are built,
+    else the raw GGUF blocks (served by the reference path)."""
+
+    qtype: str
+    n: int  # out_features
+    k: int  # in_features
+    data: torch.Tensor  # uint8; interleaved tiles if `interleaved`, else raw blocks [n, row_bytes]
+    interleaved: bool
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.numel()
+
+
+def prepare_weight(w_data: torch.Tensor, qtype: str, n: int, k: int) -> PreparedQuantWeight:
+    """One-time regrouping of raw GGUF blocks (uint8 [n, row_bytes]) for the kernels. The input is not kept."""
+    check_weight_blocks(w_data, qtype, n, k)
+    if not supports(qtype):
+        return PreparedQuantWeight(qtype, n, k, w_data, interleaved=False)
+    native = _native_module()
+    raw = w_data.contiguous()
+    packed = torch.empty(native.repacked_nbytes(_QTYPE_IDS[qtype], n, k), dtype=torch.uint8)
+    native.repack(_QTYPE_IDS[qtype], raw.data_ptr(), n, k, packed.data_ptr())
+    return PreparedQuantWeight(qtype, n, k, packed, interleaved=True)
+
+
+def quant_matmul_prepared(
+    x: torch.Tensor,
+    weight: PreparedQuantWeight,
+    num_threads: int | None = None,
+    backend: str = "auto",
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """y [M, n] fp32 = x [M, k] fp32 @ W^T, written into `out` when given (a contiguous fp32 [M, n]).
+
+    num_threads defaults to torch.get_num_threads(): call from the thread that runs torch's ops so the two
+    share one OpenMP team. backend "avx2" / "scalar" forces a kernel family ("auto": the best this CPU has).
+    This runs once per linear layer per step, so its checks are the cheap ones (about 1 us in all)."""
+    if x.dtype != torch.float32 or x.dim() != 2 or x.shape[1] != weight.k or not x.is_cpu:
+        raise ValueError(f"x must be a float32 CPU tensor [M, {weight.k}], got {x.dtype} {tuple(x.shape)}")
+    if not weight.interleaved:
+        if backend != "auto":
+            raise ValueError(f"backend {backend!r} needs the native kernels, which are not available")
+        return torch.matmul(x, dequantize_blocks(weight.data, weight.qtype, weight.n, weight.k).t(), out=out)
+    if backend == "auto":
+        use_simd = _AUTO_SIMD
+    elif backend in BACKENDS:
+        use_simd = backend == "avx2"
+    else:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    threads = torch.get_num_threads() if num_threads is None else num_threads
+    m = x.shape[0]
+    if out is None:
+        out = torch.empty(m, weight.n, dtype=torch.float32)
+    elif (
+        out.dtype != torch.float32 or out.shape != (m, weight.n) or not out.is_contiguous() or not out.is_cpu
+    ):
+        raise ValueError(
+            f"out must be a contiguous float32 CPU tensor [{m}, {weight.n}], got {tuple(out.shape)}"
+        )
+    if m == 0:
+        return out
+    if not x.is_contiguous():
+        x = x.contiguous()
+    # The extension validates the shapes, thread count and ISA again and raises ValueError itself.
+    _native.matmul(
+        _QTYPE_IDS[weight.qtype],
+        x.data_ptr(),
+        m,
+        weight.k,
+        weight.data.data_ptr(),
+        weight.n,
+        out.data_ptr(),
+        threads,
+        use_simd,
+    )
+    return out
+
+
+def quant_matmul(
+    x: torch.Tensor, w_data: torch.Tensor, qtype: str, n: int, k: int, num_threads: int | None = None
+) -> torch.Tensor:
+    """y [M, n] = x [M, k] @ W^T straight from raw blocks. Regroups W on every call (about the cost of
+    reading it twice): layers should call `prepare_weight` once and `quant_matmul_prepared` per step."""
+    return quant_matmul_prepared(x, prepare_weight(w_data, qtype, n, k), num_threads=num_threads)

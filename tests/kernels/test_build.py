@@ -1,0 +1,22 @@
+"""The extension is built wherever a compiler exists, and picks the SIMD kernels on a CPU that has them."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from ember import kernels
+
+
+def test_kernels_are_built_where_a_compiler_is() -> None:
+    if shutil.which("c++") or shutil.which("g++"):
+        assert kernels.available(), "a C++ compiler is present but ember.kernels._quant_kernels did not build"
+
+
+def test_avx2_kernels_are_chosen_on_an_avx2_cpu() -> None:
+    cpuinfo = Path("/proc/cpuinfo")
+    if not kernels.available() or not cpuinfo.exists():
+        return
+    flags = set(cpuinfo.read_text().split())
+    expected = "avx2" if {"avx2", "fma", "f16c"} <= flags else "scalar"
+    assert kernels.simd_level() == expected

@@ -1,0 +1,162 @@
+"""The native quantized matmul against the fp32 reference, on fresh random inputs of awkward shapes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from random_blocks import random_blocks
+
+from ember import kernels
+from ember.kernels import PreparedQuantWeight, prepare_weight, quant_matmul, quant_matmul_prepared
+from ember.kernels.reference import reference_quant_matmul
+
+pytestmark = pytest.mark.skipif(not kernels.available(), reason="native kernels not built")
+
+BACKENDS = ["scalar"] + (["avx2"] if kernels.simd_level() == "avx2" else [])
+ROWS = [1, 3, 17, 64]  # M
+LEGACY_WIDTHS = [32, 96, 576, 1536, 800]  # K; 800 is not a multiple of 256
+K_WIDTHS = [256, 512, 1536]
+
+
+def relative_error(y: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((y.double() - ref.double()).norm() / ref.double().norm())
+
+
+def check_against_references(
+    y: torch.Tensor, x: torch.Tensor, blocks: torch.Tensor, qtype: str, n: int, k: int
+) -> None:
+    same_inputs = reference_quant_matmul(x, blocks, qtype, n, k, quantize_inputs=True)
+    # Same int8 activations: only float summation order differs.
+    assert relative_error(y, same_inputs) < 1e-5
+    torch.testing.assert_close(y, same_inputs, rtol=1e-4, atol=1e-5 * float(same_inputs.abs().max()))
+    # Against fp32 activations the difference is the per-block activation rounding, about 1/254 per value.
+    fp32 = reference_quant_matmul(x, blocks, qtype, n, k, quantize_inputs=False)
+    assert relative_error(y, fp32) < 3e-2
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0", "Q4_1"])
+@pytest.mark.parametrize("k", LEGACY_WIDTHS)
+def test_legacy_block_types_match_reference(backend: str, qtype: str, k: int) -> None:
+    n = 45  # not a multiple of the 8-row tile
+    blocks = random_blocks(qtype, n, k, seed=k)
+    weight = prepare_weight(blocks, qtype, n, k)
+    for m in ROWS:
+        x = torch.randn(m, k)
+        y = quant_matmul_prepared(x, weight, num_threads=2, backend=backend)
+        assert y.shape == (m, n) and y.dtype == torch.float32
+        check_against_references(y, x, blocks, qtype, n, k)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("qtype", ["Q4_K", "Q6_K"])
+@pytest.mark.parametrize("k", K_WIDTHS)
+def test_k_types_match_reference(backend: str, qtype: str, k: int) -> None:
+    n = 21
+    blocks = random_blocks(qtype, n, k, seed=k + 1)
+    weight = prepare_weight(blocks, qtype, n, k)
+    for m in ROWS:
+        x = torch.randn(m, k)
+        y = quant_matmul_prepared(x, weight, num_threads=2, backend=backend)
+        check_against_references(y, x, blocks, qtype, n, k)
+
+
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_1", "Q4_K", "Q6_K"])
+def test_simd_and_scalar_kernels_agree(qtype: str) -> None:
+    if "avx2" not in BACKENDS:
+        pytest.skip("no AVX2 on this CPU")
+    n, k = 70, 512
+    weight = prepare_weight(random_blocks(qtype, n, k, seed=7), qtype, n, k)
+    x = torch.randn(33, k)
+    simd = quant_matmul_prepared(x, weight, backend="avx2")
+    scalar = quant_matmul_prepared(x, weight, backend="scalar")
+    torch.testing.assert_close(simd, scalar, rtol=1e-5, atol=1e-5 * float(scalar.abs().max()))
+
+
+@pytest.mark.parametrize("n, m", [(300, 9), (8, 64), (5, 40)])  # split over row groups / over tokens
+def test_thread_count_does_not_change_the_result(n: int, m: int) -> None:
+    k = 96
+    weight = prepare_weight(random_blocks("Q4_1", n, k, seed=n), "Q4_1", n, k)
+    x = torch.randn(m, k)
+    single = quant_matmul_prepared(x, weight, num_threads=1)
+    for threads in (2, 3, 5):
+        # Every output is summed by one thread in the same order, whatever the split: bitwise equal.
+        assert torch.equal(quant_matmul_prepared(x, weight, num_threads=threads), single)
+
+
+def test_raw_block_entry_point_and_out_buffer() -> None:
+    n, k = 19, 64
+    blocks = random_blocks("Q4_0", n, k, seed=3)
+    x = torch.randn(4, k)
+    direct = quant_matmul(x, blocks, "Q4_0", n, k)
+    out = torch.full((4, n), float("nan"))
+    returned = quant_matmul_prepared(x, prepare_weight(blocks, "Q4_0", n, k), out=out)
+    assert returned is out
+    assert torch.equal(direct, out)
+    check_against_references(direct, x, blocks, "Q4_0", n, k)
+
+
+def test_non_contiguous_input_and_empty_batch() -> None:
+    n, k = 16, 64
+    weight = prepare_weight(random_blocks("Q8_0", n, k, seed=4), "Q8_0", n, k)
+    wide = torch.randn(k, 6)
+    x = wide.t()  # [6, k], not contiguous
+    assert torch.equal(quant_matmul_prepared(x, weight), quant_matmul_prepared(x.contiguous(), weight))
+    assert quant_matmul_prepared(torch.zeros(0, k), weight).shape == (0, n)
+
+
+def test_zero_rows_and_zero_blocks_give_exact_zeros() -> None:
+    n, k = 9, 64
+    blocks = random_blocks("Q4_1", n, k, seed=5)
+    x = torch.randn(2, k)
+    x[:, :32] = 0.0  # an all-zero activation block has scale 0 and must contribute nothing
+    y = quant_matmul_prepared(x, prepare_weight(blocks, "Q4_1", n, k))
+    check_against_references(y, x, blocks, "Q4_1", n, k)
+    assert torch.equal(
+        quant_matmul_prepared(torch.zeros(3, k), prepare_weight(blocks, "Q4_1", n, k)), torch.zeros(3, n)
+    )
+
+
+def test_activation_rounding_ties_go_to_even() -> None:
+    # With amax = 127 the scale is exactly 1, so x.5 values are exact ties: 0.5 -> 0, 1.5 -> 2, 2.5 -> 2.
+    n, k = 8, 32
+    blocks = random_blocks("Q8_0", n, k, seed=9)
+    x = torch.tensor([[127.0] + [v + 0.5 for v in range(-15, 16)]])
+    y = quant_matmul_prepared(x, prepare_weight(blocks, "Q8_0", n, k))
+    same_inputs = reference_quant_matmul(x, blocks, "Q8_0", n, k)
+    torch.testing.assert_close(y, same_inputs, rtol=1e-6, atol=1e-6 * float(same_inputs.abs().max()))
+
+
+def test_reference_path_serves_weights_kept_raw() -> None:
+    # What runs when the extension is not built: decode + fp32 matmul.
+    n, k = 12, 64
+    blocks = random_blocks("Q4_1", n, k, seed=6)
+    raw = PreparedQuantWeight("Q4_1", n, k, blocks, interleaved=False)
+    x = torch.randn(3, k)
+    expected = reference_quant_matmul(x, blocks, "Q4_1", n, k, quantize_inputs=False)
+    torch.testing.assert_close(quant_matmul_prepared(x, raw), expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="native kernels"):
+        quant_matmul_prepared(x, raw, backend="scalar")
+
+
+def test_invalid_inputs_raise_value_errors() -> None:
+    n, k = 8, 64
+    blocks = random_blocks("Q4_1", n, k, seed=8)
+    weight = prepare_weight(blocks, "Q4_1", n, k)
+    with pytest.raises(ValueError, match="supports"):
+        prepare_weight(blocks, "Q5_K", n, k)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        prepare_weight(blocks, "Q4_1", n, 48)
+    with pytest.raises(ValueError, match="uint8 blocks"):
+        prepare_weight(blocks[:, :-1], "Q4_1", n, k)
+    with pytest.raises(ValueError, match="float32"):
+        quant_matmul_prepared(torch.randn(2, k, dtype=torch.float64), weight)
+    with pytest.raises(ValueError, match=r"\[M, 64\]"):
+        quant_matmul_prepared(torch.randn(2, 32), weight)
+    with pytest.raises(ValueError, match="backend"):
+        quant_matmul_prepared(torch.randn(2, k), weight, backend="avx512")
+    with pytest.raises(ValueError, match="num_threads"):
+        quant_matmul_prepared(torch.randn(2, k), weight, num_threads=0)
+    with pytest.raises(ValueError, match="out must be"):
+        quant_matmul_prepared(torch.randn(2, k), weight, out=torch.empty(3, n))
+    assert kernels.supports("Q4_1") and not kernels.supports("Q5_0")
