@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test setup lint bench
+.PHONY: serve test setup lint bench peers
 
 $(STAMP): pyproject.toml Makefile
 	python3 -m venv $(VENV)
@@ -28,3 +28,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/ember bench
+
+# Optional peers for `ember bench` and the llama.cpp parity tests (llama-cpp-python compiles for 10-20 minutes).
+peers: $(STAMP)
+	$(PY) -m pip install --quiet llama-cpp-python==0.3.36

@@ -1,10 +1,13 @@
-"""`ember serve` and `ember bench`: the command line entry points."""
+"""`ember serve`, `ember bench` and `ember tune`: the command line entry points."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+from pathlib import Path
+
+from ember.tuning.cli_tune import add_tune_subparser, run_tune
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -46,12 +49,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--block-size", type=int, default=16, help="tokens per KV block")
     serve.add_argument("--no-prefix-caching", action="store_true", help="disable automatic prefix caching")
+    serve.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="serve the PEFT LoRA adapter folder PATH as model NAME (repeatable)",
+    )
+    serve.add_argument(
+        "--max-loras", type=int, default=8, help="adapters kept in memory; more are reloaded on demand (LRU)"
+    )
+    serve.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="uploads, fine-tuning jobs and their adapters (default: $EMBER_DATA_DIR or ~/.local/share/ember)",
+    )
+    serve.add_argument(
+        "--no-fine-tuning",
+        action="store_true",
+        help="serve without the files, datasets and fine-tuning routes (and no training worker)",
+    )
+    serve.add_argument(
+        "--max-upload-mib", type=int, default=512, help="largest training-data upload accepted (MiB)"
+    )
 
     bench = sub.add_parser("bench", help="benchmark the engine against installed peers and print a table")
     _add_model_args(bench)
     bench.add_argument("--streams", default="1,8,32", help="concurrent streams for the decode rows")
     bench.add_argument("--new-tokens", type=int, default=64, help="tokens generated per stream")
     bench.add_argument("--peers", default="transformers,llama.cpp", help="comma list; empty for none")
+
+    add_tune_subparser(sub)
     return parser
 
 
@@ -77,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
         return 0
+    if args.command == "tune":
+        return run_tune(args)
     return 2
 
 

@@ -8,7 +8,9 @@ import resource
 
 from ember.engine.engine_config import CacheConfig, SchedulerConfig
 from ember.engine.llm_engine import EngineConfig
+from ember.lora.config import LoraConfig
 from ember.models.loader import LoadConfig, load_model
+from ember.server.config import FineTuningConfig
 from ember.threads import configure_torch_threads
 
 logger = logging.getLogger("ember.serve")
@@ -18,6 +20,30 @@ def api_keys_from(args: argparse.Namespace) -> tuple[str, ...]:
     from ember.server.auth import api_keys_from_env
 
     return tuple(dict.fromkeys([*args.api_key, *api_keys_from_env()]))
+
+
+def lora_adapters_from(specs: list[str]) -> tuple[tuple[str, str], ...]:
+    """--lora NAME=PATH values as (name, path) pairs; ValueError naming a malformed one."""
+    pairs = []
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--lora expects NAME=PATH, got {spec!r}")
+        pairs.append((name, path))
+    return tuple(pairs)
+
+
+def fine_tuning_config_from(args: argparse.Namespace, threads: int) -> FineTuningConfig | None:
+    if args.no_fine_tuning:
+        return None
+    from ember.tuning.cli_tune import default_data_dir
+
+    return FineTuningConfig(
+        data_dir=args.data_dir or default_data_dir(),
+        base_model_path=args.model,
+        max_upload_bytes=args.max_upload_mib * 2**20,
+        worker_threads=threads,
+    )
 
 
 def serve_from_args(args: argparse.Namespace) -> int:
@@ -38,6 +64,7 @@ def serve_from_args(args: argparse.Namespace) -> int:
             max_waiting=args.max_waiting,
         ),
         kv_cache_gib=args.kv_cache_gib,
+        lora=LoraConfig(max_loaded=args.max_loras, adapters=lora_adapters_from(args.lora)),
     )
     engine = AsyncEngine.from_loaded(loaded, engine_cfg)
     keys = api_keys_from(args)
@@ -64,6 +91,7 @@ def serve_from_args(args: argparse.Namespace) -> int:
         engine_cfg.kv_cache_gib,
     )
     logger.info("serving on http://%s:%d/v1 (also /inference/v1)", args.host, args.port)
-    app = build_app(engine, server_cfg)
+    fine_tuning = fine_tuning_config_from(args, threads)
+    app = build_app(engine, server_cfg, fine_tuning)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=30)
     return 0

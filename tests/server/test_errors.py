@@ -60,7 +60,7 @@ def still_serving(http: httpx.Client) -> None:
         ),
         (
             CHAT,
-            {"model": TINY_MODEL, "messages": USER, "response_format": {"type": "json_object"}},
+            {"model": TINY_MODEL, "messages": USER, "response_format": {"type": "json_schema", "schema": 3}},
             "response_format",
         ),
         (CHAT, {"model": TINY_MODEL, "messages": USER, "reasoning_effort": "high"}, "reasoning_effort"),
@@ -70,7 +70,7 @@ def still_serving(http: httpx.Client) -> None:
                 "model": TINY_MODEL,
                 "messages": [{"role": "assistant", "content": None, "tool_calls": [{"id": "1"}]}],
             },
-            "messages[0].tool_calls",
+            "messages[0].tool_calls[0].function.name",
         ),
         (
             CHAT,

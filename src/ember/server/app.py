@@ -12,13 +12,25 @@ from fastapi import FastAPI
 
 from ember.server.auth import APIKeyMiddleware
 from ember.server.body_limit import BodyLimitMiddleware
-from ember.server.config import ServerConfig
+from ember.server.config import FineTuningConfig, ServerConfig
 from ember.server.errors import install_error_handlers
 from ember.server.metrics import ServerMetrics
 from ember.server.prompts import PromptEncoder
-from ember.server.routes import completions, embeddings, health, messages, models
+from ember.server.routes import (
+    adapters,
+    completions,
+    datasets,
+    embeddings,
+    files,
+    health,
+    messages,
+    models,
+)
+from ember.server.routes import fine_tuning as fine_tuning_routes
 from ember.server.served_models import ServedModels
 from ember.server.services import Services
+from ember.server.serving_adapters import AdapterServing
+from ember.server.serving_fine_tuning import FineTuningRuntime
 from ember.server.state import ServingState
 
 if TYPE_CHECKING:
@@ -32,14 +44,32 @@ API_PREFIXES = (
 )  # Fireworks' SDK posts to {base}/v1; its docs give OpenAI .../inference/v1
 
 
-def build_app(engine: AsyncEngine, config: ServerConfig) -> FastAPI:
-    """The app serving `engine`; starting the app starts the engine's step loop, stopping it shuts it down."""
+def is_upload_path(path: str) -> bool:
+    """Uploads of training data have their own, larger limit (FineTuningConfig.max_upload_bytes)."""
+    return path.endswith(":upload") or any(path == f"{prefix}/files" for prefix in API_PREFIXES)
+
+
+def build_app(
+    engine: AsyncEngine, config: ServerConfig, fine_tuning: FineTuningConfig | None = None
+) -> FastAPI:
+    """The app serving `engine`; starting the app starts the engine's step loop, stopping it shuts it down.
+
+    With `fine_tuning`, the files, datasets and fine-tuning job routes work over its data directory, and the
+    job worker runs while the app does; without it they answer 404 saying so."""
     state = ServingState(
         engine=engine,
         config=config,
         models=ServedModels(config, engine.max_model_len),
         encoder=PromptEncoder(engine.tokenizer, engine.model_config.vocab_size, engine.chat_template),
         metrics=ServerMetrics(config.model_id),
+    )
+    for info in engine.list_loras():  # registered with the engine at start-up (ember serve --lora)
+        state.models.add_adapter(info.name, info.path)
+    adapter_serving = AdapterServing(engine, state.models)
+    tuning = (
+        None
+        if fine_tuning is None
+        else FineTuningRuntime(engine, config.model_name, fine_tuning, adapter_serving)
     )
 
     @asynccontextmanager
@@ -52,18 +82,34 @@ def build_app(engine: AsyncEngine, config: ServerConfig) -> FastAPI:
             logger.warning("no API keys configured: the API is open to anyone who can reach this address")
         await engine.start()
         try:
+            if tuning is not None:
+                await tuning.start()
+                logger.info("fine-tuning data directory: %s", tuning.data_dir)
             yield
         finally:
+            if tuning is not None:
+                await tuning.stop()
             await engine.shutdown()
 
     app = FastAPI(title="ember", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.services = Services.build(state)
+    app.state.services = Services.build(state, adapter_serving, tuning)
     for prefix in API_PREFIXES:
-        for module in (completions, messages, embeddings, models):
+        for module in (
+            completions,
+            messages,
+            embeddings,
+            models,
+            files,
+            datasets,
+            fine_tuning_routes,
+            adapters,
+        ):
             app.include_router(module.router, prefix=prefix)
     app.include_router(health.router)
     install_error_handlers(app)
     if config.api_keys:
         app.add_middleware(APIKeyMiddleware, api_keys=config.api_keys)
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=config.max_body_bytes)  # added last: runs first
+    app.add_middleware(  # added last: runs first
+        BodyLimitMiddleware, max_body_bytes=config.max_body_bytes, exempt=is_upload_path
+    )
     return app

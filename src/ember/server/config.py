@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -38,3 +39,27 @@ class ServerConfig:
     @property
     def model_id(self) -> str:
         return f"accounts/{self.account}/models/{self.model_name}"
+
+
+@dataclass(frozen=True)
+class FineTuningConfig:
+    """The files, datasets and fine-tuning API: where its state lives and what it trains on."""
+
+    data_dir: Path
+    """SQLite store, uploads, job checkpoints and finished adapters (`ember serve --data-dir`)."""
+    base_model_path: str | None = None
+    """GGUF file or HF folder the training worker loads the base model from; None: the file the engine loaded."""
+    max_upload_bytes: int = 512 * 2**20
+    """Larger uploads of training data get a 413 (the request body limit does not apply to uploads)."""
+    worker_threads: int | None = None
+    """torch threads of the training worker process; None: torch's default."""
+    poll_interval_s: float = 0.5
+    """How often the job runner looks at its queue and its worker."""
+
+    def __post_init__(self) -> None:
+        if self.max_upload_bytes < 1:
+            raise ValueError(f"max_upload_bytes must be at least 1, got {self.max_upload_bytes}")
+        if self.worker_threads is not None and self.worker_threads < 1:
+            raise ValueError(f"worker_threads must be at least 1 when set, got {self.worker_threads}")
+        if self.poll_interval_s <= 0:
+            raise ValueError(f"poll_interval_s must be positive, got {self.poll_interval_s}")

@@ -29,6 +29,7 @@ class EngineRequest:
     params: SamplingParams
     cache_salt: str | None = None
     prompt_param: str = "prompt"
+    lora_id: str | None = None  # the registered adapter to run with (ServedModels.lora_id); None: base model
 
 
 class Generation:
@@ -56,7 +57,11 @@ class Generation:
 async def open_generation(engine: AsyncEngine, request: EngineRequest) -> Generation:
     """Submits the request and waits for its first output; QueueFullError propagates (429)."""
     stream = engine.generate(
-        request.prompt_token_ids, request.params, request.request_id, cache_salt=request.cache_salt
+        request.prompt_token_ids,
+        request.params,
+        request.request_id,
+        cache_salt=request.cache_salt,
+        lora_id=request.lora_id,
     )
     try:
         first = await anext(stream)

@@ -64,7 +64,9 @@ class PromptEncoder:
         *,
         add_generation_prompt: bool = True,
         template_kwargs: dict[str, Any] | None = None,
+        tools: list[dict[str, Any]] | None = None,
     ) -> str:
+        """The prompt text; `tools` (OpenAI function tools) reach the template as its `tools` variable."""
         if self.template is None:
             raise invalid_request(
                 "this model has no chat template; use /v1/completions with a plain prompt", param="messages"
@@ -75,9 +77,15 @@ class PromptEncoder:
         for reserved in ("messages", "tools", "add_generation_prompt"):
             kwargs.pop(reserved, None)
         try:
-            return self.template.render(messages, add_generation_prompt=add_generation_prompt, **kwargs)
+            return self.template.render(
+                messages, add_generation_prompt=add_generation_prompt, tools=tools or None, **kwargs
+            )
         except ChatTemplateError as error:
             raise invalid_request(str(error), param="messages") from None
+
+    @property
+    def template_source(self) -> str | None:
+        return None if self.template is None else self.template.source
 
     def encode_chat(self, text: str) -> list[int]:
         """Token ids of a rendered chat: the template already placed every special token."""

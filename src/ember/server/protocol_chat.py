@@ -17,6 +17,8 @@ class ChatMessage(APIModel):
     name: str | None = None
     tool_call_id: str | None = None
     tool_calls: list[Any] | None = None
+    reasoning_content: str | None = None
+    reasoning: str | None = None  # vLLM's and OpenRouter's spelling of reasoning_content
 
     @field_validator("role")
     @classmethod
@@ -55,6 +57,11 @@ class ChatMessage(APIModel):
             message["name"] = self.name
         if self.tool_call_id is not None:
             message["tool_call_id"] = self.tool_call_id
+        if self.tool_calls is not None:
+            message["tool_calls"] = self.tool_calls
+        reasoning = self.reasoning_content if self.reasoning_content is not None else self.reasoning
+        if reasoning is not None:
+            message["reasoning_content"] = reasoning
         return message
 
 
@@ -65,21 +72,16 @@ class ChatCompletionRequest(SamplingRequest):
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
     add_generation_prompt: bool | None = None
     chat_template_kwargs: dict[str, Any] | None = None
-    # Not implemented yet (tool calling, structured output and reasoning come with a later change).
+    # Checked by ember.structured.parse_tools / forced_tools and ember.chat.reasoning.template_switches.
     tools: list[Any] | None = None
     tool_choice: Any = None
+    parallel_tool_calls: bool | None = None
+    reasoning_effort: str | bool | None = None
+    # The deprecated single-function API: clients are told to send tools instead.
     functions: list[Any] | None = None
     function_call: Any = None
-    response_format: Any = None
-    reasoning_effort: Any = None
 
-    UNSUPPORTED: ClassVar[tuple[str, ...]] = (
-        "tools",
-        "tool_choice",
-        "functions",
-        "function_call",
-        "reasoning_effort",
-    )
+    UNSUPPORTED: ClassVar[tuple[str, ...]] = ("functions", "function_call")
 
     def wants_logprobs(self) -> bool:
         return self.logprobs is not None and self.logprobs is not False

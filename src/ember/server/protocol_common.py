@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -48,6 +48,9 @@ class SamplingRequest(APIModel):
     perf_metrics_in_response: bool | None = None
     prompt_cache_isolation_key: str | None = None
     skip_special_tokens: bool | None = None
+    # {"type": "text" | "json_object" | "json_schema" | "grammar" | "regex" | "choice", ...}: checked by
+    # ember.structured.spec_from_response_format, so it stays an untyped object here.
+    response_format: Any = None
 
     @field_validator("stop")
     @classmethod

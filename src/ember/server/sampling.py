@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from ember.engine.sampling_params import SamplingParams
 from ember.server.errors import APIError, invalid_request
 from ember.server.protocol_common import SamplingRequest
+from ember.structured import ReasoningSection, StructuredSpec, spec_from_response_format
 
 CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
 T = TypeVar("T")
@@ -63,6 +64,20 @@ def _params_error(error: ValueError) -> APIError:
     return invalid_request(message, param=first_word if first_word in _PARAM_FIELDS else None)
 
 
+def response_format_spec(
+    response_format: Any, reasoning: ReasoningSection | None = None
+) -> StructuredSpec | None:
+    """The constraint of a request's `response_format` (after `reasoning`, for thinking models); a 400 naming
+    response_format when the schema or grammar is invalid. Built on the request thread, before the engine."""
+    try:
+        return spec_from_response_format(response_format, reasoning)
+    except ValueError as error:
+        message = str(error)
+        if not message.startswith("response_format"):
+            message = f"response_format: {message}"
+        raise invalid_request(message, param="response_format") from None
+
+
 def build_sampling_params(
     request: SamplingRequest,
     limits: SamplingLimits,
@@ -71,8 +86,12 @@ def build_sampling_params(
     best_of: int | None = None,
     logprobs: int | None = None,
     prompt_logprobs: int | None = None,
+    structured: StructuredSpec | None = None,
 ) -> SamplingParams:
-    """SamplingParams for one prompt of `request`; any out-of-range value becomes a 400 naming its parameter."""
+    """SamplingParams for one prompt of `request`; any out-of-range value becomes a 400 naming its parameter.
+
+    The output is constrained by `structured` when given (chat builds it from tools and reasoning), else by the
+    request's own `response_format`."""
     n = request.n if request.n is not None else 1
     for name, value in (("n", n), ("best_of", best_of)):
         if value is not None and value > limits.max_n:
@@ -82,6 +101,8 @@ def build_sampling_params(
             raise invalid_request(
                 f"stop_token_ids: {token_id} is outside the vocabulary", param="stop_token_ids"
             )
+    if structured is None:
+        structured = response_format_spec(request.response_format)
     defaults = SamplingParams()
     try:
         return SamplingParams(
@@ -105,6 +126,7 @@ def build_sampling_params(
             logprobs=logprobs,
             prompt_logprobs=prompt_logprobs,
             skip_special_tokens=_or(request.skip_special_tokens, True),
+            structured=structured,
         )
     except ValueError as error:
         raise _params_error(error) from None

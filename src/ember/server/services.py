@@ -6,9 +6,13 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
+from ember.server.errors import APIError
+from ember.server.serving_adapters import AdapterServing
 from ember.server.serving_chat import ChatServing
 from ember.server.serving_completions import CompletionServing
 from ember.server.serving_embeddings import EmbeddingServing
+from ember.server.serving_files import FilesServing
+from ember.server.serving_fine_tuning import FineTuningRuntime, JobsServing
 from ember.server.serving_messages import MessagesServing
 from ember.server.serving_tokenize import TokenizeServing
 from ember.server.state import ServingState
@@ -22,9 +26,14 @@ class Services:
     messages: MessagesServing
     embeddings: EmbeddingServing
     tokenize: TokenizeServing
+    adapters: AdapterServing
+    files: FilesServing | None = None  # None: the server runs without a data directory
+    jobs: JobsServing | None = None
 
     @classmethod
-    def build(cls, state: ServingState) -> Services:
+    def build(
+        cls, state: ServingState, adapters: AdapterServing, tuning: FineTuningRuntime | None = None
+    ) -> Services:
         return cls(
             state=state,
             completions=CompletionServing(state),
@@ -32,7 +41,29 @@ class Services:
             messages=MessagesServing(state),
             embeddings=EmbeddingServing(state),
             tokenize=TokenizeServing(state),
+            adapters=adapters,
+            files=None if tuning is None else FilesServing(tuning),
+            jobs=None if tuning is None else JobsServing(tuning, state.config.account),
         )
+
+    def require_files(self) -> FilesServing:
+        if self.files is None:
+            raise _tuning_disabled()
+        return self.files
+
+    def require_jobs(self) -> JobsServing:
+        if self.jobs is None:
+            raise _tuning_disabled()
+        return self.jobs
+
+
+def _tuning_disabled() -> APIError:
+    return APIError(
+        404,
+        "files, datasets and fine-tuning are not enabled on this server (it was started without a data "
+        "directory; see ember serve --data-dir)",
+        code="fine_tuning_disabled",
+    )
 
 
 def services_of(request: Request) -> Services:

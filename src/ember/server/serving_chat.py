@@ -10,6 +10,9 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
 from ember.engine.outputs import CompletionOutput, RequestOutput
+from ember.server.chat_deltas import chat_finish_reason, coalesced_deltas, tool_call_dict
+from ember.server.chat_plan import ChatInputs, plan_chat
+from ember.server.chat_reply import ReplyReader, ReplyStream
 from ember.server.errors import APIError, as_api_error, error_body, invalid_request
 from ember.server.generation import (
     DisconnectWatch,
@@ -21,10 +24,8 @@ from ember.server.generation import (
 from ember.server.logprobs import chat_logprobs
 from ember.server.perf_metrics import RequestTimer, TokenCounts, perf_headers, perf_metrics
 from ember.server.protocol_chat import ChatCompletionRequest
-from ember.server.protocol_common import refuse_unsupported
 from ember.server.responses import (
     StreamUsage,
-    api_finish_reason,
     event_stream,
     new_id,
     now_seconds,
@@ -36,42 +37,42 @@ from ember.server.state import ServingState, cache_salt, response_request_id
 from ember.server.stream_progress import ChoicePiece, StreamProgress
 
 
-def _check_response_format(response_format: Any) -> None:
-    # {"type": "text"} is what every request means anyway; structured output comes with a later change.
-    if response_format is None or (
-        isinstance(response_format, dict) and response_format.get("type") == "text"
-    ):
-        return
-    raise invalid_request(
-        "response_format other than text is not supported yet by this server",
-        param="response_format",
-        code="unsupported_parameter",
-    )
+def _refuse_legacy_functions(body: ChatCompletionRequest) -> None:
+    for name in body.UNSUPPORTED:
+        if getattr(body, name) not in (None, []):
+            raise invalid_request(
+                f"{name} is the deprecated function-calling API, which this server does not implement; "
+                "send tools and tool_choice instead",
+                param=name,
+                code="unsupported_parameter",
+            )
 
 
 class ChatServing:
     def __init__(self, state: ServingState) -> None:
         self.state = state
 
-    def engine_request(self, body: ChatCompletionRequest, http: Request, request_id: str) -> EngineRequest:
+    def engine_request(
+        self, body: ChatCompletionRequest, http: Request, request_id: str
+    ) -> tuple[EngineRequest, ReplyReader]:
         state = self.state
-        refuse_unsupported(body, body.UNSUPPORTED)
-        _check_response_format(body.response_format)
-        for i, message in enumerate(body.messages):
-            if message.tool_calls:
-                raise invalid_request(
-                    "tool calls in messages are not supported yet by this server",
-                    param=f"messages[{i}].tool_calls",
-                    code="unsupported_parameter",
-                )
+        _refuse_legacy_functions(body)
         if body.top_logprobs is not None and not body.wants_logprobs():
             raise invalid_request("top_logprobs needs logprobs set to true", param="top_logprobs")
-        text = state.encoder.render_chat(
-            [m.for_template() for m in body.messages],
-            add_generation_prompt=body.add_generation_prompt is not False,
-            template_kwargs=body.chat_template_kwargs,
+        plan = plan_chat(
+            state.encoder,
+            ChatInputs(
+                messages=[m.for_template() for m in body.messages],
+                tools=body.tools,
+                tool_choice=body.tool_choice,
+                parallel_tool_calls=body.parallel_tool_calls is not False,
+                reasoning_effort=body.reasoning_effort,
+                response_format=body.response_format,
+                template_kwargs=body.chat_template_kwargs,
+                add_generation_prompt=body.add_generation_prompt is not False,
+            ),
         )
-        ids = state.encoder.encode_chat(text)
+        ids = state.encoder.encode_chat(plan.prompt)
         requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
         max_tokens = resolve_max_tokens(
             len(ids),
@@ -85,23 +86,34 @@ class ChatServing:
             state.limits,
             max_tokens=max_tokens,
             logprobs=body.num_top_logprobs() if body.wants_logprobs() else None,
+            structured=plan.structured,
         )
-        return EngineRequest(
-            request_id, ids, params, cache_salt(http, body.prompt_cache_isolation_key), "messages"
+        if plan.stop:
+            params.stop = [*params.stop, *plan.stop]
+        if plan.keep_special_tokens and body.skip_special_tokens is None:
+            params.skip_special_tokens = False
+        request = EngineRequest(
+            request_id,
+            ids,
+            params,
+            cache_salt(http, body.prompt_cache_isolation_key),
+            "messages",
+            lora_id=state.models.lora_id(body.model),
         )
+        return request, plan.reader
 
     async def create(self, body: ChatCompletionRequest, http: Request) -> Response:
         timer = RequestTimer()
         model = self.state.models.resolve(body.model)
         chat_id = new_id("chatcmpl")
-        request = self.engine_request(body, http, chat_id)
+        request, reader = self.engine_request(body, http, chat_id)
         watch = DisconnectWatch(http, self.state.engine, [chat_id])
         try:
             generations = await open_generations(self.state.engine, [request])
         except BaseException:
             watch.close()
             raise
-        builder = _ChatBuilder(self.state, body, chat_id, model, timer)
+        builder = _ChatBuilder(self.state, body, chat_id, model, timer, reader)
         request_id = response_request_id(http, chat_id)
         if body.stream:
             headers = {
@@ -119,7 +131,13 @@ class ChatServing:
 
 class _ChatBuilder:
     def __init__(
-        self, state: ServingState, body: ChatCompletionRequest, chat_id: str, model: str, timer: RequestTimer
+        self,
+        state: ServingState,
+        body: ChatCompletionRequest,
+        chat_id: str,
+        model: str,
+        timer: RequestTimer,
+        reader: ReplyReader,
     ) -> None:
         self.state = state
         self.body = body
@@ -128,6 +146,8 @@ class _ChatBuilder:
         self.created = now_seconds()
         self.timer = timer
         self.num_top = body.num_top_logprobs()
+        self.reader = reader
+        self._streams: dict[int, ReplyStream] = {}
 
     def _logprobs(self, entries: list[Any] | None) -> dict[str, Any] | None:
         if not self.body.wants_logprobs() or entries is None:
@@ -135,12 +155,20 @@ class _ChatBuilder:
         return chat_logprobs(self.state.engine.tokenizer, entries, self.num_top)
 
     def _choice(self, seq: CompletionOutput) -> dict[str, Any]:
+        reply = self.reader.parse(seq.text)
+        message: dict[str, Any] = {"role": "assistant", "content": reply.content}
+        if reply.reasoning_content is not None:
+            message["reasoning_content"] = reply.reasoning_content
+        if reply.tool_calls:
+            message["tool_calls"] = [tool_call_dict(call) for call in reply.tool_calls]
+            message["content"] = reply.content or None
+        finish_reason = chat_finish_reason(seq.finish_reason, len(reply.tool_calls))
         return {
             "index": seq.index,
-            "message": {"role": "assistant", "content": seq.text},
+            "message": message,
             "logprobs": self._logprobs(seq.logprobs),
-            "finish_reason": api_finish_reason(seq.finish_reason),
-            "stop_reason": seq.stop_reason,
+            "finish_reason": finish_reason,
+            "stop_reason": None if finish_reason == "tool_calls" else seq.stop_reason,
         }
 
     def full_response(self, final: RequestOutput) -> tuple[dict[str, Any], TokenCounts]:
@@ -176,6 +204,19 @@ class _ChatBuilder:
             "usage": None,
         }
 
+    def _deltas(self, piece: ChoicePiece) -> tuple[list[dict[str, Any]], str | None]:
+        """The chunk deltas of this piece and its finish_reason; plain replies pass the text through."""
+        seq = piece.seq
+        if self.reader.is_plain:
+            if seq.delta_text or not piece.finish_reason:
+                return [{"content": seq.delta_text}], piece.finish_reason
+            return [], piece.finish_reason
+        stream = self._streams.setdefault(piece.index, self.reader.stream())
+        deltas = stream.feed(seq.delta_text)
+        if piece.finish_reason:
+            deltas += stream.finish()
+        return coalesced_deltas(deltas), chat_finish_reason(seq.finish_reason, stream.num_tool_calls)
+
     def _piece_chunks(self, piece: ChoicePiece, progress: StreamProgress) -> list[dict[str, Any]]:
         chunks = []
         if piece.first:  # every choice opens with the role, as OpenAI's stream does
@@ -187,18 +228,25 @@ class _ChatBuilder:
             }
             chunks.append(self._chunk([role]))
         seq = piece.seq
-        if seq.delta_text or seq.delta_token_ids or piece.finish_reason:
-            delta = {"content": seq.delta_text} if seq.delta_text or not piece.finish_reason else {}
+        if not (seq.delta_text or seq.delta_token_ids or piece.finish_reason):
+            return chunks
+        deltas, finish_reason = self._deltas(piece)
+        logprobs = self._logprobs(seq.delta_logprobs) if seq.delta_token_ids else None
+        if not deltas and (finish_reason or logprobs is not None):
+            deltas = [{}]
+        for position, delta in enumerate(deltas):
+            last = position == len(deltas) - 1
             choice = {
                 "index": piece.index,
                 "delta": delta,
-                "logprobs": self._logprobs(seq.delta_logprobs) if seq.delta_token_ids else None,
-                "finish_reason": piece.finish_reason,
-                "stop_reason": seq.stop_reason,
+                "logprobs": logprobs if position == 0 else None,
+                "finish_reason": finish_reason if last else None,
+                "stop_reason": (None if finish_reason == "tool_calls" else seq.stop_reason) if last else None,
             }
-            chunks.append(
-                {**self._chunk([choice]), **progress.chunk_extras(bool(self.body.perf_metrics_in_response))}
-            )
+            extras = {"usage": None}
+            if last and piece.finish_reason:
+                extras = progress.chunk_extras(bool(self.body.perf_metrics_in_response))
+            chunks.append({**self._chunk([choice]), **extras})
         return chunks
 
     async def stream(self, generation: Generation, watch: DisconnectWatch) -> AsyncIterator[str]:

@@ -94,7 +94,8 @@ class CompletionServing:
                 logprobs=body.logprobs,
                 prompt_logprobs=body.logprobs if echo is not None else None,
             )
-            requests.append(EngineRequest(f"{completion_id}-{i}", ids, params, salt, param))
+            lora_id = state.models.lora_id(body.model)
+            requests.append(EngineRequest(f"{completion_id}-{i}", ids, params, salt, param, lora_id))
         return requests, echoes
 
     async def create(self, body: CompletionRequest, http: Request) -> Response:

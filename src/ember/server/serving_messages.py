@@ -10,7 +10,10 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
 from ember.engine.outputs import CompletionOutput
-from ember.server.errors import APIError, as_api_error, error_body
+from ember.server.anthropic_blocks import BlockEvents, content_blocks, new_tool_use_id
+from ember.server.chat_plan import ChatInputs, ChatPlan, plan_chat
+from ember.server.chat_reply import ReplyReader
+from ember.server.errors import APIError, as_api_error, error_body, invalid_request
 from ember.server.generation import (
     DisconnectWatch,
     EngineRequest,
@@ -20,17 +23,22 @@ from ember.server.generation import (
 )
 from ember.server.perf_metrics import RequestTimer, TokenCounts, perf_headers
 from ember.server.protocol_anthropic import CountTokensRequest, MessagesRequest
-from ember.server.protocol_common import SamplingRequest, refuse_unsupported
+from ember.server.protocol_common import SamplingRequest
 from ember.server.responses import event_stream, new_id
 from ember.server.sampling import build_sampling_params, resolve_max_tokens
 from ember.server.sse import sse_event
 from ember.server.state import ServingState, response_request_id
 
+# chat_plan names OpenAI's parameters; these are Anthropic's names for the same things.
+_ANTHROPIC_PARAMS = {"reasoning_effort": "thinking"}
 
-def stop_fields(seq: CompletionOutput) -> tuple[str | None, str | None]:
+
+def stop_fields(seq: CompletionOutput, num_tool_calls: int = 0) -> tuple[str | None, str | None]:
     """Anthropic's (stop_reason, stop_sequence) for a finished sequence."""
     if seq.finish_reason == "length":
         return "max_tokens", None
+    if num_tool_calls:
+        return "tool_use", None
     if seq.finish_reason == "stop" and isinstance(seq.stop_reason, str):
         return "stop_sequence", seq.stop_reason
     return "end_turn", None
@@ -40,39 +48,61 @@ class MessagesServing:
     def __init__(self, state: ServingState) -> None:
         self.state = state
 
-    def _prompt_ids(self, body: CountTokensRequest) -> list[int]:
-        refuse_unsupported(body, body.UNSUPPORTED)
-        text = self.state.encoder.render_chat(body.chat_messages())
-        return self.state.encoder.encode_chat(text)
+    def _plan(self, body: CountTokensRequest) -> tuple[ChatPlan, list[int]]:
+        try:
+            inputs = ChatInputs(
+                messages=body.chat_messages(),
+                tools=body.openai_tools(),
+                tool_choice=body.tool_choice,
+                parallel_tool_calls=body.parallel_tool_calls(),
+                reasoning_effort=body.reasoning_effort(),
+            )
+        except ValueError as error:
+            message = str(error)
+            raise invalid_request(message, param=message.split(".", 1)[0].split("[", 1)[0]) from None
+        try:
+            plan = plan_chat(self.state.encoder, inputs, new_tool_use_id)
+        except APIError as error:
+            error.param = _ANTHROPIC_PARAMS.get(error.param or "", error.param)
+            raise
+        return plan, self.state.encoder.encode_chat(plan.prompt)
 
     async def count_tokens(self, body: CountTokensRequest) -> dict[str, int]:
         self.state.models.resolve(body.model)
-        return {"input_tokens": len(self._prompt_ids(body))}
+        return {"input_tokens": len(self._plan(body)[1])}
 
     async def create(self, body: MessagesRequest, http: Request) -> Response:
         timer = RequestTimer()
         state = self.state
         model = state.models.resolve(body.model)
-        ids = self._prompt_ids(body)
+        plan, ids = self._plan(body)
         max_tokens = resolve_max_tokens(
             len(ids), body.max_tokens, state.max_model_len, "truncate", "messages"
         )
         sampling = SamplingRequest(
-            temperature=body.temperature, top_p=body.top_p, top_k=body.top_k, stop=body.stop_sequences
+            temperature=body.temperature,
+            top_p=body.top_p,
+            top_k=body.top_k,
+            stop=[*(body.stop_sequences or []), *plan.stop] or None,
+            skip_special_tokens=False if plan.keep_special_tokens else None,
         )
-        params = build_sampling_params(sampling, state.limits, max_tokens=max_tokens)
+        params = build_sampling_params(
+            sampling, state.limits, max_tokens=max_tokens, structured=plan.structured
+        )
         message_id = new_id("msg")
         watch = DisconnectWatch(http, state.engine, [message_id])
         try:
             (generation,) = await open_generations(
-                state.engine, [EngineRequest(message_id, ids, params, None, "messages")]
+                state.engine,
+                [EngineRequest(message_id, ids, params, None, "messages", state.models.lora_id(body.model))],
             )
         except BaseException:
             watch.close()
             raise
         request_id = response_request_id(http, message_id)
         if body.stream:
-            return event_stream(self._stream(generation, watch, model, timer), {"x-request-id": request_id})
+            events = self._stream(generation, watch, model, timer, plan.reader)
+            return event_stream(events, {"x-request-id": request_id})
         try:
             (final,) = await collect_finals([generation], timer)
         finally:
@@ -81,7 +111,8 @@ class MessagesServing:
             raise APIError(500, f"generation failed: {final.error}", code="generation_failed")
         timer.mark_end()
         seq = final.outputs[0]
-        stop_reason, stop_sequence = stop_fields(seq)
+        reply = plan.reader.parse(seq.text)
+        stop_reason, stop_sequence = stop_fields(seq, len(reply.tool_calls))
         state.metrics.observe_request(timer, [seq.finish_reason])
         counts = TokenCounts(len(ids), final.num_cached_tokens, len(seq.token_ids))
         payload = {
@@ -89,7 +120,7 @@ class MessagesServing:
             "type": "message",
             "role": "assistant",
             "model": model,
-            "content": [{"type": "text", "text": seq.text}],
+            "content": content_blocks(reply),
             "stop_reason": stop_reason,
             "stop_sequence": stop_sequence,
             "usage": self._usage(counts),
@@ -105,9 +136,15 @@ class MessagesServing:
         }
 
     async def _stream(
-        self, generation: Generation, watch: DisconnectWatch, model: str, timer: RequestTimer
+        self,
+        generation: Generation,
+        watch: DisconnectWatch,
+        model: str,
+        timer: RequestTimer,
+        reader: ReplyReader,
     ) -> AsyncIterator[str]:
-        """message_start, content_block_start, ping, content_block_delta..., content_block_stop, message_delta, message_stop."""
+        """message_start, (content_block_start, content_block_delta..., content_block_stop)+ per block,
+        message_delta, message_stop; a ping after the first block start, as Anthropic sends it."""
         prompt_tokens = len(generation.request.prompt_token_ids)
         message: dict[str, Any] = {
             "id": generation.request.request_id,
@@ -120,11 +157,12 @@ class MessagesServing:
             "usage": {"input_tokens": prompt_tokens, "output_tokens": 0},
         }
         yield sse_event("message_start", {"type": "message_start", "message": message})
-        yield sse_event(
-            "content_block_start",
-            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
-        )
+        blocks = BlockEvents()
+        if reader.is_plain:  # plain text: one text block, opened at once
+            for event in blocks.open({"type": "text", "text": ""}, "text"):
+                yield event
         yield sse_event("ping", {"type": "ping"})
+        reply = reader.stream()
         try:
             last = generation.first
             async with aclosing(generation.outputs()) as outputs:
@@ -134,19 +172,18 @@ class MessagesServing:
                     last = output
                     seq = output.outputs[0]
                     timer.mark_tokens(len(seq.delta_token_ids))
-                    if seq.delta_text:
-                        delta = {
-                            "type": "content_block_delta",
-                            "index": 0,
-                            "delta": {"type": "text_delta", "text": seq.delta_text},
-                        }
-                        yield sse_event("content_block_delta", delta)
+                    deltas = reply.feed(seq.delta_text)
+                    if seq.finish_reason:
+                        deltas += reply.finish()
+                    for event in blocks.events(deltas):
+                        yield event
             timer.mark_end()
             seq = last.outputs[0]
-            stop_reason, stop_sequence = stop_fields(seq)
+            stop_reason, stop_sequence = stop_fields(seq, blocks.num_tool_calls)
             self.state.metrics.observe_request(timer, [seq.finish_reason])
             counts = TokenCounts(prompt_tokens, last.num_cached_tokens, len(seq.token_ids))
-            yield sse_event("content_block_stop", {"type": "content_block_stop", "index": 0})
+            for event in blocks.finish():
+                yield event
             yield sse_event(
                 "message_delta",
                 {

@@ -17,6 +17,4 @@ async def list_models(request: Request) -> Response:
 
 @router.get("/models/{model_id:path}")
 async def get_model(model_id: str, request: Request) -> Response:
-    models = services_of(request).state.models
-    models.resolve(model_id)
-    return JSONResponse(models.card())
+    return JSONResponse(services_of(request).state.models.card_of(model_id))

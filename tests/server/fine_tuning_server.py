@@ -1,0 +1,131 @@
+"""A live server with the fine-tuning API on: a tiny random Llama written to disk (the training worker loads it
+from there), a data directory, and uvicorn on a free loopback port."""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from safetensors.torch import save_file
+
+from ember.engine.async_engine import AsyncEngine
+from ember.engine.testing import (
+    default_tokenizer_and_template,
+    random_weights,
+    tiny_config,
+    tiny_engine_config,
+)
+from ember.models.loader import LoadConfig, load_model
+from ember.server.app import build_app
+from ember.server.config import FineTuningConfig, ServerConfig
+
+TINY_MODEL = "tiny-llama"
+ACCOUNT = "fireworks"
+
+
+def write_tiny_model(folder: Path) -> Path:
+    """A 2-layer random Llama as a Hugging Face folder, with the default model's tokenizer and template."""
+    tokenizer, template = default_tokenizer_and_template()
+    config = tiny_config("llama", max_position_embeddings=2048)  # the jobs API trains 2048-token contexts
+    folder.mkdir(parents=True)
+    hf_config = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.hidden_size,
+        "intermediate_size": config.intermediate_size,
+        "num_hidden_layers": config.num_layers,
+        "num_attention_heads": config.num_heads,
+        "num_key_value_heads": config.num_kv_heads,
+        "head_dim": config.head_dim,
+        "max_position_embeddings": config.max_position_embeddings,
+        "rope_theta": config.rope_theta,
+        "rms_norm_eps": config.rms_norm_eps,
+        "tie_word_embeddings": True,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+    }
+    (folder / "config.json").write_text(json.dumps(hf_config))
+    save_file(random_weights(config, seed=3), str(folder / "model.safetensors"))
+    tokenizer._backend.save(str(folder / "tokenizer.json"))  # type: ignore[attr-defined]
+    tokenizer_config = {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "chat_template": template}
+    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    return folder
+
+
+@dataclass
+class TuningServer:
+    engine: AsyncEngine
+    url: str  # http://127.0.0.1:<port>
+    data_dir: Path
+    _server: uvicorn.Server
+    _thread: threading.Thread
+
+    @property
+    def v1(self) -> str:
+        return f"{self.url}/v1"
+
+    def stop(self) -> None:
+        """Stops uvicorn; the lifespan stops the job runner and its worker (a running job resumes later)."""
+        self._server.should_exit = True
+        self._thread.join(timeout=60)
+
+
+def start_tuning_server(
+    model_dir: Path,
+    data_dir: Path,
+    *,
+    max_upload_bytes: int = 200_000,
+    max_body_bytes: int = 20_000,
+    max_model_len: int = 256,
+    engine_config: Any = None,
+) -> TuningServer:
+    loaded = load_model(LoadConfig(str(model_dir), "fp32"))
+    engine = AsyncEngine.from_loaded(loaded, engine_config or tiny_engine_config(max_model_len=max_model_len))
+    config = ServerConfig(model_name=TINY_MODEL, account=ACCOUNT, max_body_bytes=max_body_bytes)
+    fine_tuning = FineTuningConfig(
+        data_dir=data_dir, max_upload_bytes=max_upload_bytes, worker_threads=1, poll_interval_s=0.1
+    )
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    app = build_app(engine, config, fine_tuning)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.01)
+    return TuningServer(engine, f"http://127.0.0.1:{port}", data_dir, server, thread)
+
+
+def chat_row(question: str, answer: str) -> dict[str, Any]:
+    return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]}
+
+
+def jsonl(rows: list[Any]) -> bytes:
+    """Rows as JSONL bytes; str rows are written as the raw line."""
+    return "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows).encode()
+
+
+def as_file(rows: list[Any], name: str = "train.jsonl") -> tuple[str, io.BytesIO]:
+    return name, io.BytesIO(jsonl(rows))
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float = 90.0, what: str = "the condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
