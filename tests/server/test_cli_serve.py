@@ -1,0 +1,52 @@
+"""`ember serve` as a user runs it: the start-up log says what is served, and SIGTERM shuts down cleanly."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_serve_logs_its_setup_answers_and_stops_on_sigterm(tmp_path: Path) -> None:
+    port = free_port()
+    log = tmp_path / "serve.log"
+    command = [sys.executable, "-m", "ember.cli", "serve", "--port", str(port), "--threads", "1"]
+    command += ["--kv-cache-gib", "0.1", "--data-dir", str(tmp_path / "data")]
+    with open(log, "w") as out:
+        server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            base = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 180
+            while True:
+                assert server.poll() is None, log.read_text()
+                try:
+                    if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert time.monotonic() < deadline, "the server did not come up"
+                time.sleep(0.5)
+            body = {"model": "SmolLM2-135M-Instruct", "prompt": "The capital of France is", "max_tokens": 4}
+            reply = httpx.post(f"{base}/v1/completions", json=body, timeout=60)
+            assert reply.status_code == 200 and reply.json()["choices"][0]["text"]
+            server.send_signal(signal.SIGTERM)
+            # uvicorn shuts down gracefully, then re-raises the signal to its default handler (exit by SIGTERM).
+            assert server.wait(timeout=60) in (0, -signal.SIGTERM)
+        finally:
+            if server.poll() is None:
+                server.kill()
+    text = log.read_text()
+    assert "model SmolLM2-135M-Instruct" in text and "packed" in text and "threads" in text
+    assert "KV cache" in text and f"serving on http://127.0.0.1:{port}/v1" in text
+    assert "Application shutdown complete" in text and "Traceback" not in text
