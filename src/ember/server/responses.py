@@ -20,6 +20,25 @@ def now_seconds() -> int:
     return int(time.time())
 
 
+def completion_object(
+    kind: str,
+    response_id: str,
+    created: int,
+    model: str,
+    choices: list[dict[str, Any]],
+    usage: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The envelope shared by completion and chat completion objects and their stream chunks."""
+    return {
+        "id": response_id,
+        "object": kind,
+        "created": created,
+        "model": model,
+        "choices": choices,
+        "usage": usage,
+    }
+
+
 def usage_dict(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict[str, Any]:
     return {
         "prompt_tokens": prompt_tokens,

@@ -26,6 +26,7 @@ from ember.server.perf_metrics import RequestTimer, TokenCounts, perf_headers, p
 from ember.server.protocol_chat import ChatCompletionRequest
 from ember.server.responses import (
     StreamUsage,
+    completion_object,
     event_stream,
     new_id,
     now_seconds,
@@ -182,27 +183,14 @@ class _ChatBuilder:
             generated=sum(len(seq.token_ids) for seq in final.outputs),
         )
         self.state.metrics.observe_request(self.timer, [c["finish_reason"] for c in choices])
-        payload: dict[str, Any] = {
-            "id": self.id,
-            "object": "chat.completion",
-            "created": self.created,
-            "model": self.model,
-            "choices": choices,
-            "usage": usage_dict(counts.prompt, counts.generated, counts.cached),
-        }
+        usage = usage_dict(counts.prompt, counts.generated, counts.cached)
+        payload = completion_object("chat.completion", self.id, self.created, self.model, choices, usage)
         if self.body.perf_metrics_in_response:
             payload["perf_metrics"] = perf_metrics(counts, self.timer)
         return payload, counts
 
     def _chunk(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": choices,
-            "usage": None,
-        }
+        return completion_object("chat.completion.chunk", self.id, self.created, self.model, choices, None)
 
     def _deltas(self, piece: ChoicePiece) -> tuple[list[dict[str, Any]], str | None]:
         """The chunk deltas of this piece and its finish_reason; plain replies pass the text through."""

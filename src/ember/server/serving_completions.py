@@ -26,6 +26,7 @@ from ember.server.protocol_completions import CompletionRequest
 from ember.server.responses import (
     StreamUsage,
     api_finish_reason,
+    completion_object,
     event_stream,
     new_id,
     now_seconds,
@@ -193,27 +194,14 @@ class _CompletionBuilder:
             generated=generated,
         )
         self.state.metrics.observe_request(self.timer, [c["finish_reason"] for c in choices])
-        payload: dict[str, Any] = {
-            "id": self.id,
-            "object": "text_completion",
-            "created": self.created,
-            "model": self.model,
-            "choices": choices,
-            "usage": usage_dict(counts.prompt, counts.generated, counts.cached),
-        }
+        usage = usage_dict(counts.prompt, counts.generated, counts.cached)
+        payload = completion_object("text_completion", self.id, self.created, self.model, choices, usage)
         if self.body.perf_metrics_in_response:
             payload["perf_metrics"] = perf_metrics(counts, self.timer)
         return payload, counts
 
     def _chunk(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "object": "text_completion",
-            "created": self.created,
-            "model": self.model,
-            "choices": choices,
-            "usage": None,
-        }
+        return completion_object("text_completion", self.id, self.created, self.model, choices, None)
 
     async def stream(self, generations: list[Generation], watch: DisconnectWatch) -> AsyncIterator[str]:
         prompt_tokens = sum(len(g.request.prompt_token_ids) for g in generations)
