@@ -14,15 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
-from safetensors.torch import save_file
 
 from ember.engine.async_engine import AsyncEngine
-from ember.engine.testing import (
-    default_tokenizer_and_template,
-    random_weights,
-    tiny_config,
-    tiny_engine_config,
-)
+from ember.engine.testing import tiny_engine_config, write_tiny_hf_folder
 from ember.models.loader import LoadConfig, load_model
 from ember.server.app import build_app
 from ember.server.config import FineTuningConfig, ServerConfig
@@ -32,33 +26,9 @@ ACCOUNT = "fireworks"
 
 
 def write_tiny_model(folder: Path) -> Path:
-    """A 2-layer random Llama as a Hugging Face folder, with the default model's tokenizer and template."""
-    tokenizer, template = default_tokenizer_and_template()
-    config = tiny_config("llama", max_position_embeddings=2048)  # the jobs API trains 2048-token contexts
-    folder.mkdir(parents=True)
-    hf_config = {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "vocab_size": config.vocab_size,
-        "hidden_size": config.hidden_size,
-        "intermediate_size": config.intermediate_size,
-        "num_hidden_layers": config.num_layers,
-        "num_attention_heads": config.num_heads,
-        "num_key_value_heads": config.num_kv_heads,
-        "head_dim": config.head_dim,
-        "max_position_embeddings": config.max_position_embeddings,
-        "rope_theta": config.rope_theta,
-        "rms_norm_eps": config.rms_norm_eps,
-        "tie_word_embeddings": True,
-        "bos_token_id": 1,
-        "eos_token_id": 2,
-    }
-    (folder / "config.json").write_text(json.dumps(hf_config))
-    save_file(random_weights(config, seed=3), str(folder / "model.safetensors"))
-    tokenizer._backend.save(str(folder / "tokenizer.json"))  # type: ignore[attr-defined]
-    tokenizer_config = {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "chat_template": template}
-    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
-    return folder
+    return write_tiny_hf_folder(
+        folder, max_position_embeddings=2048
+    )  # the jobs API trains 2048-token contexts
 
 
 @dataclass

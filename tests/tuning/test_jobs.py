@@ -14,10 +14,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from safetensors.torch import save_file
 from tuning_helpers import good_row, write_jsonl
 
-from ember.engine.testing import default_tokenizer_and_template, random_weights, tiny_config
+from ember.engine.testing import write_tiny_hf_folder
 from ember.tuning.cli_tune import add_tune_subparser, run_tune
 from ember.tuning.files import ConflictError, FileStorage, ReceivedUpload
 from ember.tuning.job_objects import (
@@ -37,33 +36,7 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def write_tiny_model(folder: Path) -> Path:
-    """A 2-layer random Llama as a Hugging Face folder, with the default model's tokenizer and template."""
-    tokenizer, template = default_tokenizer_and_template()
-    config = tiny_config("llama", max_position_embeddings=512)
-    folder.mkdir(parents=True)
-    hf_config = {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "vocab_size": config.vocab_size,
-        "hidden_size": config.hidden_size,
-        "intermediate_size": config.intermediate_size,
-        "num_hidden_layers": config.num_layers,
-        "num_attention_heads": config.num_heads,
-        "num_key_value_heads": config.num_kv_heads,
-        "head_dim": config.head_dim,
-        "max_position_embeddings": config.max_position_embeddings,
-        "rope_theta": config.rope_theta,
-        "rms_norm_eps": config.rms_norm_eps,
-        "tie_word_embeddings": True,
-        "bos_token_id": 1,
-        "eos_token_id": 2,
-    }
-    (folder / "config.json").write_text(json.dumps(hf_config))
-    save_file(random_weights(config, seed=3), str(folder / "model.safetensors"))
-    tokenizer._backend.save(str(folder / "tokenizer.json"))  # type: ignore[attr-defined]
-    tokenizer_config = {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "chat_template": template}
-    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
-    return folder
+    return write_tiny_hf_folder(folder, max_position_embeddings=512)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,9 @@ are random, so generations are gibberish but every engine and API path runs for 
 from __future__ import annotations
 
 import functools
+import json
 import math
+from pathlib import Path
 
 import torch
 
@@ -98,3 +100,36 @@ def tiny_engine_config(num_blocks: int = 256, block_size: int = 16, **scheduler:
         cache=CacheConfig(block_size=block_size, num_blocks=num_blocks),
         scheduler=SchedulerConfig(**sched),  # type: ignore[arg-type]
     )
+
+
+def write_tiny_hf_folder(folder: Path, max_position_embeddings: int = 512, seed: int = 3) -> Path:
+    """A 2-layer random Llama saved as a Hugging Face folder (config.json, safetensors, tokenizer files with the
+    default model's tokenizer and chat template), for code that loads models from disk: jobs, workers."""
+    from safetensors.torch import save_file
+
+    tokenizer, template = default_tokenizer_and_template()
+    config = tiny_config("llama", max_position_embeddings=max_position_embeddings)
+    folder.mkdir(parents=True)
+    hf_config = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.hidden_size,
+        "intermediate_size": config.intermediate_size,
+        "num_hidden_layers": config.num_layers,
+        "num_attention_heads": config.num_heads,
+        "num_key_value_heads": config.num_kv_heads,
+        "head_dim": config.head_dim,
+        "max_position_embeddings": config.max_position_embeddings,
+        "rope_theta": config.rope_theta,
+        "rms_norm_eps": config.rms_norm_eps,
+        "tie_word_embeddings": True,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+    }
+    (folder / "config.json").write_text(json.dumps(hf_config))
+    save_file(random_weights(config, seed=seed), str(folder / "model.safetensors"))
+    tokenizer._backend.save(str(folder / "tokenizer.json"))  # type: ignore[attr-defined]
+    tokenizer_config = {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "chat_template": template}
+    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    return folder
