@@ -239,7 +239,7 @@ class LLMEngine:
         self.timer.mark_forward_end()
         outputs = self._postprocess(sched, result)
         self.timer.end(num_tokens=sched.num_batched_tokens)
-        self.stats.record_step(sched, self.scheduler)
+        self.stats.record_step(sched, self.scheduler.stats())
         return outputs
 
     def _postprocess(self, sched: SchedulerOutput, result: ModelRunnerOutput) -> list[RequestOutput]:

@@ -5,16 +5,8 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Protocol
 
-from ember.engine.scheduler_output import SchedulerOutput
-
-
-class SchedulerView(Protocol):
-    @property
-    def num_waiting(self) -> int: ...
-    @property
-    def num_running(self) -> int: ...
+from ember.engine.scheduler_output import SchedulerOutput, SchedulerStats
 
 
 @dataclass
@@ -35,11 +27,11 @@ class EngineStats:
     def prefix_cache_hit_rate(self) -> float:
         return self.prefix_cache_hits / self.prefix_cache_queries if self.prefix_cache_queries else 0.0
 
-    def record_step(self, sched: SchedulerOutput, scheduler: object) -> None:
+    def record_step(self, sched: SchedulerOutput, stats: SchedulerStats) -> None:
+        """Counts one step and copies the scheduler's view as it stands after the step."""
         self.num_steps += 1
-        self.num_preemptions += len(sched.preempted_ids)
         self.generation_tokens_total += sum(1 for item in sched.scheduled if item.sample)
-        stats = scheduler.stats()  # type: ignore[attr-defined]
+        self.num_preemptions = stats.num_preemptions
         self.num_running = stats.num_running
         self.num_waiting = stats.num_waiting
         self.kv_usage = stats.kv_usage
