@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
+from live_server import serve_in_thread
 
 from ember.engine.async_engine import AsyncEngine
 from ember.engine.testing import tiny_engine_config, write_tiny_hf_folder
@@ -64,20 +64,8 @@ def start_tuning_server(
     fine_tuning = FineTuningConfig(
         data_dir=data_dir, max_upload_bytes=max_upload_bytes, worker_threads=1, poll_interval_s=0.1
     )
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    app = build_app(engine, config, fine_tuning)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.01)
-    return TuningServer(engine, f"http://127.0.0.1:{port}", data_dir, server, thread)
+    server, thread, url = serve_in_thread(build_app(engine, config, fine_tuning))
+    return TuningServer(engine, url, data_dir, server, thread)
 
 
 def chat_row(question: str, answer: str) -> dict[str, Any]:

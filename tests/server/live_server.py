@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 
 import uvicorn
+from fastapi import FastAPI
 
 from ember.engine.async_engine import AsyncEngine
 from ember.engine.testing import tiny_engine_config, tiny_loaded_model
@@ -36,12 +37,13 @@ class RunningServer:
         self._thread.join(timeout=30)
 
 
-def start_server(engine: AsyncEngine, config: ServerConfig) -> RunningServer:
+def serve_in_thread(app: FastAPI) -> tuple[uvicorn.Server, threading.Thread, str]:
+    """Runs `app` under uvicorn on a free loopback port; returns once it accepts connections."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(build_app(engine, config), log_level="warning", lifespan="on"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60
@@ -49,7 +51,12 @@ def start_server(engine: AsyncEngine, config: ServerConfig) -> RunningServer:
         if not thread.is_alive() or time.monotonic() > deadline:
             raise RuntimeError("the test server did not start")
         time.sleep(0.01)
-    return RunningServer(engine, config, f"http://127.0.0.1:{port}", server, thread)
+    return server, thread, f"http://127.0.0.1:{port}"
+
+
+def start_server(engine: AsyncEngine, config: ServerConfig) -> RunningServer:
+    server, thread, url = serve_in_thread(build_app(engine, config))
+    return RunningServer(engine, config, url, server, thread)
 
 
 def tiny_engine(**scheduler: object) -> AsyncEngine:
