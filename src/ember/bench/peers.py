@@ -30,7 +30,7 @@ def transformers_peer(
     from transformers import AutoModelForCausalLM
 
     folder, name = os.path.split(gguf_path)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, torch_dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
     result = PeerResult("transformers fp32")
     with torch.inference_mode():
         ids = torch.tensor([prompts.make(512)])
