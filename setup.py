@@ -2,7 +2,7 @@
 
 Metadata lives in pyproject.toml. The extension is optional: without a working C++ compiler the install
 still succeeds and ember.kernels reports available() == False (the fp32 reference path is used).
-The AVX2 file alone is compiled with -mavx2 -mfma -mf16c; which kernels run is decided at run time.
+The AVX2 files alone are compiled with -mavx2 -mfma -mf16c; which kernels run is decided at run time.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 SOURCE_DIR = Path("csrc") / "quant_kernels"
-AVX2_SOURCE = str(SOURCE_DIR / "kernels_avx2.cpp")
+AVX2_SOURCES = [str(SOURCE_DIR / name) for name in ("kernels_avx2.cpp", "decode_ops_avx2.cpp", "decode_step_avx2.cpp")]
 COMMON_FLAGS = ["-O3", "-std=c++17", "-fno-math-errno"]
 AVX2_FLAGS = ["-mavx2", "-mfma", "-mf16c"]
 
@@ -35,7 +35,7 @@ class BuildQuantKernels(build_ext):
         if _is_x86_64() and self._compiler_accepts(AVX2_FLAGS):
             ext.define_macros = [("EMBER_HAVE_AVX2", "1")]
             ext.extra_objects = self.compiler.compile(
-                [AVX2_SOURCE],
+                AVX2_SOURCES,
                 output_dir=self.build_temp,
                 macros=ext.define_macros,
                 include_dirs=ext.include_dirs,

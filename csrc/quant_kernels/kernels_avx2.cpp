@@ -188,7 +188,7 @@ void run_slice(const MatmulSlice& slice) {
                 default: group_kernel<Q, 1>(group, nb, tok, out); break;
             }
             for (int i = 0; i < count; ++i) {
-                std::memcpy(slice.y + static_cast<size_t>(t + i) * slice.n + row0, out[i], sizeof(float) * valid);
+                std::memcpy(slice.y + static_cast<size_t>(t + i) * slice.ldy + row0, out[i], sizeof(float) * valid);
             }
         }
     }

@@ -107,7 +107,7 @@ void matmul_slice_scalar(const MatmulSlice& slice) {
                     acc += row.scale[1] * dx * static_cast<float>(dot[1]);
                     acc += row.bias * acts.s[static_cast<size_t>(t) * nb + b];
                 }
-                slice.y[static_cast<size_t>(t) * slice.n + g * kRowsPerGroup + i] = acc;
+                slice.y[static_cast<size_t>(t) * slice.ldy + g * kRowsPerGroup + i] = acc;
             }
         }
     }

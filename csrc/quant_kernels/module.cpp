@@ -13,6 +13,8 @@
 #include <omp.h>
 #endif
 
+#include "decode_step.h"
+#include "matmul_plan.h"
 #include "quant_layout.h"
 
 namespace ember {
@@ -42,50 +44,10 @@ void matmul_slice(bool simd, const MatmulSlice& slice) {
     matmul_slice_scalar(slice);
 }
 
-// Work is handed out in items of (token block, chunk of row groups) from a shared counter rather than as
-// one fixed share per thread: on a shared machine a thread that loses its core for a time slice then
-// delays the call by one item, not by half the matmul.
-constexpr int kTokenBlock = 64;        // activations of a token block stay in L2 while a group's weights stay in L1
-constexpr int kItemsPerThread = 8;     // granularity of the dynamic hand-out
 constexpr size_t kPrivateQuantize = 16384;  // up to this many activations every thread quantizes them itself
 
-struct ActivationBuffer {
-    std::unique_ptr<int8_t[]> q;
-    std::unique_ptr<float[]> d;
-    std::unique_ptr<float[]> s;
-    QuantizedActs acts;
-
-    ActivationBuffer(int m, int k)
-        : q(new int8_t[static_cast<size_t>(m) * k]),
-          d(new float[static_cast<size_t>(m) * (k / kBlock)]),
-          s(new float[static_cast<size_t>(m) * (k / kBlock)]),
-          acts{q.get(), d.get(), s.get(), k} {}
-};
-
-struct WorkPlan {
-    int token_blocks;
-    int group_chunks;
-    int groups_per_chunk;
-
-    int items() const { return token_blocks * group_chunks; }
-};
-
-WorkPlan plan_work(int m, int n, int num_threads) {
-    const int groups = row_groups(n);
-    const int token_blocks = (m + kTokenBlock - 1) / kTokenBlock;
-    const int wanted_chunks = std::max(1, (kItemsPerThread * num_threads + token_blocks - 1) / token_blocks);
-    const int groups_per_chunk = std::max(1, (groups + wanted_chunks - 1) / wanted_chunks);
-    return {token_blocks, (groups + groups_per_chunk - 1) / groups_per_chunk, groups_per_chunk};
-}
-
-void run_item(bool simd, MatmulSlice slice, const WorkPlan& plan, int item, int m) {
-    const int tb = item / plan.group_chunks;
-    const int chunk = item % plan.group_chunks;
-    slice.t_begin = tb * kTokenBlock;
-    slice.t_end = std::min(m, slice.t_begin + kTokenBlock);
-    slice.g_begin = chunk * plan.groups_per_chunk;
-    slice.g_end = std::min(row_groups(slice.n), slice.g_begin + plan.groups_per_chunk);
-    matmul_slice(simd, slice);
+void run_item(bool simd, const MatmulSlice& base, const WorkPlan& plan, int item) {
+    matmul_slice(simd, plan.item_slice(base, item));
 }
 
 void run_matmul(QType qtype, const float* x, int m, int k, const uint8_t* packed, int n, float* y,
@@ -96,7 +58,7 @@ void run_matmul(QType qtype, const float* x, int m, int k, const uint8_t* packed
     const int buffers = private_quantize ? num_threads : 1;
     std::unique_ptr<std::unique_ptr<ActivationBuffer>[]> acts(new std::unique_ptr<ActivationBuffer>[buffers]);
     for (int i = 0; i < buffers; ++i) acts[i].reset(new ActivationBuffer(m, k));
-    const MatmulSlice base{qtype, packed, n, k, nullptr, y, 0, 0, 0, 0};
+    const MatmulSlice base{qtype, packed, n, k, nullptr, y, n, 0, 0, 0, 0};
 #ifdef _OPENMP
     if (num_threads > 1) {
 #pragma omp parallel num_threads(num_threads)
@@ -111,7 +73,7 @@ void run_matmul(QType qtype, const float* x, int m, int k, const uint8_t* packed
                 for (int t = 0; t < m; ++t) quantize_rows(simd, x, t, t + 1, *slice.acts);
             }
 #pragma omp for schedule(dynamic, 1) nowait
-            for (int item = 0; item < plan.items(); ++item) run_item(simd, slice, plan, item, m);
+            for (int item = 0; item < plan.items(); ++item) run_item(simd, slice, plan, item);
         }
         return;
     }
@@ -119,7 +81,7 @@ void run_matmul(QType qtype, const float* x, int m, int k, const uint8_t* packed
     MatmulSlice slice = base;
     slice.acts = &acts[0]->acts;
     quantize_rows(simd, x, 0, m, *slice.acts);
-    for (int item = 0; item < plan.items(); ++item) run_item(simd, slice, plan, item, m);
+    for (int item = 0; item < plan.items(); ++item) run_item(simd, slice, plan, item);
 }
 
 bool parse_qtype(int value, QType* out) {
@@ -189,7 +151,74 @@ PyObject* py_matmul(PyObject*, PyObject* args) {
     Py_RETURN_NONE;
 }
 
+// decode_step(layers_ptr, dims, batch, num_threads): dims = (num_layers, hidden, num_heads, num_kv_heads,
+// head_dim, intermediate, block_size, eps, scale); batch = (m, x, out, final_norm, cos, sin, slots,
+// block_tables, block_table_stride, context_lens, kv_caches, num_cache_blocks) with every pointer an int.
+PyObject* py_decode_step(PyObject*, PyObject* args) {
+    unsigned long long layers_ptr;
+    DecodeDims d{};
+    unsigned long long x, out, final_norm, cos, sin, slots, block_tables, context_lens, kv_caches;
+    long long stride, num_cache_blocks;
+    int m, num_threads;
+    if (!PyArg_ParseTuple(args, "K(iiiiiiiff)(iKKKKKKKLKKL)i", &layers_ptr, &d.num_layers, &d.hidden, &d.num_heads,
+                          &d.num_kv_heads, &d.head_dim, &d.intermediate, &d.block_size, &d.eps, &d.scale, &m, &x,
+                          &out, &final_norm, &cos, &sin, &slots, &block_tables, &stride, &context_lens, &kv_caches,
+                          &num_cache_blocks,
+                          &num_threads)) {
+        return nullptr;
+    }
+#if defined(EMBER_HAVE_AVX2)
+    if (!cpu_has_avx2()) {
+        PyErr_SetString(PyExc_ValueError, "the fused decode step needs AVX2/FMA/F16C, which this CPU lacks");
+        return nullptr;
+    }
+    const auto* layers = reinterpret_cast<const LayerTable*>(layers_ptr);
+    if (const char* error = check_decode_tables(layers, d)) {
+        PyErr_SetString(PyExc_ValueError, error);
+        return nullptr;
+    }
+    if (m <= 0 || num_threads <= 0 || stride <= 0) {
+        PyErr_SetString(PyExc_ValueError, "decode_step needs m > 0, num_threads > 0 and a block table");
+        return nullptr;
+    }
+    const DecodeBatch batch{m,
+                            reinterpret_cast<float*>(x),
+                            reinterpret_cast<float*>(out),
+                            reinterpret_cast<const float*>(final_norm),
+                            reinterpret_cast<const float*>(cos),
+                            reinterpret_cast<const float*>(sin),
+                            reinterpret_cast<const int64_t*>(slots),
+                            reinterpret_cast<const int64_t*>(block_tables),
+                            stride,
+                            reinterpret_cast<const int64_t*>(context_lens),
+                            reinterpret_cast<const int64_t*>(kv_caches),
+                            num_cache_blocks};
+    if (const char* error = check_decode_batch(d, batch)) {
+        PyErr_SetString(PyExc_ValueError, error);
+        return nullptr;
+    }
+    bool failed = false;
+    Py_BEGIN_ALLOW_THREADS
+    try {
+        decode_step_avx2(layers, d, batch, num_threads);
+    } catch (const std::bad_alloc&) {
+        failed = true;
+    }
+    Py_END_ALLOW_THREADS
+    if (failed) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+#else
+    PyErr_SetString(PyExc_ValueError, "this build has no AVX2 kernels, so no fused decode step");
+    return nullptr;
+#endif
+}
+
+PyObject* py_decode_table_fields(PyObject*, PyObject*) { return PyLong_FromLong(kLayerTableFields); }
+
 PyMethodDef kMethods[] = {
+    {"decode_step", py_decode_step, METH_VARARGS,
+     "decode_step(layers_ptr, dims, batch, num_threads): one fused decode step of the whole stack"},
+    {"decode_table_fields", py_decode_table_fields, METH_NOARGS, "int64 fields of one layer's table"},
     {"simd_level", py_simd_level, METH_NOARGS, "'avx2' when the AVX2+FMA+F16C kernels can run here, else 'scalar'."},
     {"repacked_nbytes", py_repacked_nbytes, METH_VARARGS, "repacked_nbytes(qtype_id, n, k) -> bytes of the layout"},
     {"repack", py_repack, METH_VARARGS, "repack(qtype_id, raw_ptr, n, k, packed_ptr): GGUF rows -> interleaved"},

@@ -60,7 +60,8 @@ struct MatmulSlice {
     int n;
     int k;
     const QuantizedActs* acts;
-    float* y;  // [m, n]
+    float* y;  // row t of the output starts at y + t * ldy
+    int ldy;   // n for a plain [m, n] output; wider when several weights fill column ranges of one matrix
     int g_begin;
     int g_end;
     int t_begin;

@@ -1,7 +1,9 @@
 """The default serving path (packed GGUF blocks on the int8 kernel) keeps the model's choices.
 
 Teacher-forced top-1 agreement over greedy continuations: against llama.cpp on the same GGUF when
-llama-cpp-python is installed (the issue's guard, >= 98%), and always against ember's exact fp32 path."""
+llama-cpp-python is installed (the issue's guard, >= 98%), and always against ember's exact fp32 path. Both the
+whole-sequence forward (prefill) and the token-by-token paged decode that serving runs (on an AVX2 CPU, the fused
+decode step) are checked."""
 
 from __future__ import annotations
 
@@ -12,7 +14,9 @@ import pytest
 import torch
 
 from ember import kernels
+from ember.kernels import decode_step
 from ember.models.attention_metadata import AttentionMetadata
+from ember.models.kv_cache import allocate_kv_caches
 from ember.models.loader import LoadConfig, LoadedModel, load_model
 
 pytestmark = pytest.mark.skipif(not kernels.available(), reason="the quantized kernels are not built")
@@ -40,6 +44,32 @@ def logits(model: LoadedModel, ids: list[int]) -> torch.Tensor:
         return model.network.compute_logits(hidden)  # [T, V]
 
 
+def decode_logits(model: LoadedModel, ids: list[int], prompt_len: int) -> torch.Tensor:
+    """Logits at positions prompt_len - 1 .. len(ids) - 2, as serving computes them: the prompt as one prefill
+    into a paged KV cache, then one decode step per token -> [len(ids) - prompt_len, V]."""
+    block_size = 16
+    num_blocks = -(-len(ids) // block_size)
+    caches = allocate_kv_caches(model.config, num_blocks, block_size, torch.float32, "cpu")
+    table = torch.arange(num_blocks)[None]  # [1, nb]
+
+    def step(start: int, end: int) -> torch.Tensor:
+        attn = AttentionMetadata(
+            query_lens=[end - start],
+            context_lens=[end],
+            query_start_loc=torch.tensor([0, end - start]),
+            context_lens_tensor=torch.tensor([end]),
+            block_tables=table,
+            slot_mapping=torch.arange(start, end),
+            block_size=block_size,
+        )
+        hidden = model.network(torch.tensor(ids[start:end]), torch.arange(start, end), attn, caches)
+        return model.network.compute_logits(hidden[-1:])  # [1, V]
+
+    with torch.inference_mode():
+        rows = [step(0, prompt_len)] + [step(p, p + 1) for p in range(prompt_len, len(ids) - 1)]
+    return torch.cat(rows)
+
+
 def greedy(model: LoadedModel, ids: list[int], count: int) -> list[int]:
     seq = list(ids)
     for _ in range(count):
@@ -53,16 +83,28 @@ def agreement(ours: torch.Tensor, reference: np.ndarray, first: int, last: int) 
     return same, len(positions)
 
 
+def decode_agreement(
+    model: LoadedModel, seq: list[int], prompt_len: int, reference: np.ndarray
+) -> tuple[int, int]:
+    ours = decode_logits(model, seq, prompt_len)
+    return agreement(ours, reference[prompt_len - 1 :], 0, len(seq) - prompt_len)
+
+
 def test_agreement_with_the_fp32_reference(packed: LoadedModel) -> None:
     fp32 = load_model(LoadConfig(weight_format="fp32"))
-    same = total = 0
+    same = total = decode_same = 0
     for text in TEXTS:
         ids = fp32.tokenizer.encode(text)
         seq = ids + greedy(fp32, ids, NEW_TOKENS)
-        s, t = agreement(logits(packed, seq), logits(fp32, seq).numpy(), len(ids) - 1, len(seq) - 1)
+        reference = logits(fp32, seq).numpy()
+        s, t = agreement(logits(packed, seq), reference, len(ids) - 1, len(seq) - 1)
         same, total = same + s, total + t
+        decode_same += decode_agreement(packed, seq, len(ids), reference)[0]
     # Measured 247/256 (96.5%): activations are rounded to int8 per block, as llama.cpp does.
+    print(f"fp32: prefill {same}/{total}, paged decode {decode_same}/{total}")
     assert same / total >= 0.95, f"{same}/{total} positions agree with fp32"
+    assert decode_same / total >= 0.95, f"paged decode: {decode_same}/{total} positions agree with fp32"
+    assert packed.network._fused_stack() is not None or not decode_step.available(), "decode ran the fused step"
 
 
 @pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="llama-cpp-python is not installed")
@@ -76,7 +118,7 @@ def test_agreement_with_llama_cpp_greedy_tokens(packed: LoadedModel) -> None:
         verbose=False,
         logits_all=True,
     )
-    same = total = 0
+    same = total = decode_same = 0
     for text in TEXTS:
         ids = packed.tokenizer.encode(text)
         llm.reset()
@@ -88,6 +130,10 @@ def test_agreement_with_llama_cpp_greedy_tokens(packed: LoadedModel) -> None:
         seq = ids + continuation
         llm.reset()
         llm.eval(seq)
-        s, t = agreement(logits(packed, seq), np.array(llm.scores[: len(seq)]), len(ids) - 1, len(seq) - 1)
+        reference = np.array(llm.scores[: len(seq)])
+        s, t = agreement(logits(packed, seq), reference, len(ids) - 1, len(seq) - 1)
         same, total = same + s, total + t
+        decode_same += decode_agreement(packed, seq, len(ids), reference)[0]
+    print(f"llama.cpp: prefill {same}/{total}, paged decode {decode_same}/{total}")
     assert same / total >= 0.98, f"{same}/{total} positions agree with llama.cpp"
+    assert decode_same / total >= 0.98, f"paged decode: {decode_same}/{total} positions agree with llama.cpp"

@@ -21,7 +21,7 @@ try:
 except ImportError:  # built without a compiler: the reference path serves every call
     _native = None
 
-_QTYPE_IDS = {"Q8_0": 0, "Q4_0": 1, "Q4_1": 2, "Q4_K": 3, "Q6_K": 4}
+QTYPE_IDS = {"Q8_0": 0, "Q4_0": 1, "Q4_1": 2, "Q4_K": 3, "Q6_K": 4}
 BACKENDS = ("auto", "avx2", "scalar")
 _AUTO_SIMD = _native is not None and _native.simd_level() == "avx2"
 
@@ -38,10 +38,10 @@ def simd_level() -> str:
 
 def supports(qtype: str) -> bool:
     """Whether `qtype` (a GGUF type name such as "Q4_1") runs on the native kernels."""
-    return _native is not None and qtype in _QTYPE_IDS
+    return _native is not None and qtype in QTYPE_IDS
 
 
-def _native_module() -> ModuleType:
+def native_module() -> ModuleType:
     if _native is None:
         raise RuntimeError("ember's quantized kernels are not built (no C++ compiler at install time)")
     return _native
@@ -68,10 +68,10 @@ def prepare_weight(w_data: torch.Tensor, qtype: str, n: int, k: int) -> Prepared
     check_weight_blocks(w_data, qtype, n, k)
     if not supports(qtype):
         return PreparedQuantWeight(qtype, n, k, w_data, interleaved=False)
-    native = _native_module()
+    native = native_module()
     raw = w_data.contiguous()
-    packed = torch.empty(native.repacked_nbytes(_QTYPE_IDS[qtype], n, k), dtype=torch.uint8)
-    native.repack(_QTYPE_IDS[qtype], raw.data_ptr(), n, k, packed.data_ptr())
+    packed = torch.empty(native.repacked_nbytes(QTYPE_IDS[qtype], n, k), dtype=torch.uint8)
+    native.repack(QTYPE_IDS[qtype], raw.data_ptr(), n, k, packed.data_ptr())
     return PreparedQuantWeight(qtype, n, k, packed, interleaved=True)
 
 
@@ -115,7 +115,7 @@ def quant_matmul_prepared(
         x = x.contiguous()
     # The extension validates the shapes, thread count and ISA again and raises ValueError itself.
     _native.matmul(
-        _QTYPE_IDS[weight.qtype],
+        QTYPE_IDS[weight.qtype],
         x.data_ptr(),
         m,
         weight.k,

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from ember.models.quant.packed_weight import PackedWeight
+
+if TYPE_CHECKING:
+    from ember.kernels.quant_matmul import PreparedQuantWeight
 
 # x [..., in] and a packed weight (out, in) -> [..., out], without the bias. This is the single dispatch point
 # where a faster kernel (integer dot products over the blocks) replaces the reference.
@@ -37,6 +41,7 @@ class PackedLinear(nn.Module):
         self.register_buffer("weight_data", weight.data)
         self.bias = None if bias is None else nn.Parameter(bias.float(), requires_grad=False)
         self.matmul_fn: PackedMatmul = matmul_fn if matmul_fn is not None else dequantize_matmul
+        self.prepared: PreparedQuantWeight | None = None  # the kernel's tiles, once use_fast_kernel succeeded
 
     def use_fast_kernel(self) -> bool:
         """Switches to the int8 block kernel (ember.kernels) when it is built and knows this qtype.
@@ -47,6 +52,7 @@ class PackedLinear(nn.Module):
         if not (kernels.available() and kernels.supports(self.qtype)):
             return False
         prepared = kernels.prepare_weight(self.weight_data, self.qtype, self.out_features, self.in_features)
+        self.prepared = prepared
 
         def kernel_matmul(x: torch.Tensor, weight: PackedWeight) -> torch.Tensor:
             flat = x.reshape(-1, weight.in_features).float().contiguous()  # [M, in]

@@ -1,0 +1,183 @@
+"""The fast path for decode-only batches: the whole DecoderModel stack as one native call
+(ember.kernels.decode_step) instead of ~40 torch ops per layer.
+
+It applies when every projection runs on the int8 block kernel (a packed GGUF on an AVX2 CPU), the batch is all
+one-token decodes without LoRA, and the KV cache is fp32. Anything else takes the module-by-module torch path,
+which stays the reference the fused step is tested against."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from ember.kernels import decode_step as native_step
+from ember.models.attention_metadata import AttentionMetadata
+from ember.models.linear import ConcatLinear
+from ember.models.quant.packed_linear import PackedLinear
+
+if TYPE_CHECKING:
+    from ember.models.layers import DecoderLayer
+    from ember.models.llama import DecoderModel
+
+
+def _is_fp32_cpu(tensor: torch.Tensor) -> bool:
+    return tensor.dtype == torch.float32 and tensor.device.type == "cpu" and tensor.is_contiguous()
+
+
+def _kernel_parts(module: nn.Module) -> list[PackedLinear] | None:
+    """The PackedLinears a projection is made of, when all of them run on the kernel; else None."""
+    parts = list(module.parts) if isinstance(module, ConcatLinear) else [module]
+    if not all(
+        isinstance(p, PackedLinear) and p.prepared is not None and p.prepared.interleaved for p in parts
+    ):
+        return None
+    if len(parts) > native_step.MAX_PROJECTION_PARTS:
+        return None
+    return parts  # type: ignore[return-value]
+
+
+def _joined_bias(parts: list[PackedLinear]) -> torch.Tensor | None:
+    """One bias over all parts' columns (zeros where a part has none); None when no part has one."""
+    if all(p.bias is None for p in parts):
+        return None
+    pieces = [p.bias.detach() if p.bias is not None else torch.zeros(p.out_features) for p in parts]
+    return torch.cat(pieces).float().contiguous()
+
+
+class FusedDecodeStack:
+    """A DecoderModel's weights described once for the native decode step; `run` then serves every step."""
+
+    def __init__(
+        self,
+        table: torch.Tensor,
+        keep_alive: list[torch.Tensor],
+        dims: native_step.DecodeDims,
+        final_norm: torch.Tensor,
+    ) -> None:
+        self.table = table  # [num_layers, LAYER_TABLE_FIELDS] int64
+        self.keep_alive = keep_alive  # every tensor the table points into
+        self.dims = dims
+        self.final_norm = final_norm
+        self._kv_key: tuple[int, int] | None = None
+        self._kv_table = torch.empty(0, 2, dtype=torch.int64)
+
+    @staticmethod
+    def build(model: DecoderModel) -> FusedDecodeStack | None:
+        """None when some part of the model is not on the kernels (then the torch path serves it)."""
+        config = model.config
+        if not native_step.available() or config.head_dim % 8 != 0 or not _is_fp32_cpu(model.norm.weight):
+            return None
+        rows: list[list[int]] = []
+        keep: list[torch.Tensor] = []
+        for layer in model.layers:
+            row = FusedDecodeStack._layer_fields(layer, keep)
+            if row is None:
+                return None
+            rows.append(row)
+        dims = native_step.DecodeDims(
+            num_layers=config.num_layers,
+            hidden=config.hidden_size,
+            num_heads=config.num_heads,
+            num_kv_heads=config.num_kv_heads,
+            head_dim=config.head_dim,
+            intermediate=config.intermediate_size,
+            block_size=0,  # set per step from the attention metadata
+            eps=config.rms_norm_eps,
+            scale=config.head_dim**-0.5,
+        )
+        table = torch.tensor(rows, dtype=torch.int64)
+        return FusedDecodeStack(table, keep, dims, model.norm.weight.detach())
+
+    @staticmethod
+    def _layer_fields(layer: DecoderLayer, keep: list[torch.Tensor]) -> list[int] | None:
+        attn, mlp = layer.self_attn, layer.mlp
+        projections = [
+            _kernel_parts(m) for m in (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj)
+        ]
+        if any(p is None for p in projections):
+            return None
+        qkv, o, gate_up, down = projections  # type: ignore[misc]
+        if _joined_bias(gate_up) is not None or _joined_bias(down) is not None:
+            return None  # no supported architecture has MLP biases; the torch path handles any that does
+        norms = [layer.input_layernorm.weight, layer.post_attention_layernorm.weight]
+        norms += [n.weight for n in (attn.q_norm, attn.k_norm) if n is not None]
+        if not all(_is_fp32_cpu(w) for w in norms):
+            return None
+        biases = [_joined_bias(qkv), _joined_bias(o)]
+        keep += [t.detach() for t in norms] + [b for b in biases if b is not None]
+
+        def address(tensor: torch.Tensor | None) -> int:
+            return 0 if tensor is None else tensor.data_ptr()
+
+        fields = [
+            address(layer.input_layernorm.weight),
+            address(layer.post_attention_layernorm.weight),
+            address(None if attn.q_norm is None else attn.q_norm.weight),
+            address(None if attn.k_norm is None else attn.k_norm.weight),
+            address(biases[0]),
+            address(biases[1]),
+        ]
+        for parts in (qkv, o, gate_up, down):
+            keep += [p.prepared.data for p in parts]  # type: ignore[union-attr]
+            fields += native_step.projection_fields(
+                [(p.qtype, p.prepared.data, p.out_features) for p in parts]  # type: ignore[union-attr]
+            )
+        return fields
+
+    def accepts(self, attn: AttentionMetadata, kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> bool:
+        """Whether this step can run fused: one-token decodes only, an fp32 CPU cache with the metadata's blocks."""
+        if not attn.is_decode_only or attn.block_tables is None or attn.slot_mapping is None:
+            return False
+        keys = kv_caches[0][0]
+        return keys.dtype == torch.float32 and keys.device.type == "cpu" and keys.shape[1] == attn.block_size
+
+    def run(
+        self,
+        hidden: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        attn: AttentionMetadata,
+        kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
+    ) -> torch.Tensor:
+        """hidden [M, H] embeddings of M decodes -> final-normed hidden [M, H]; writes the new keys/values."""
+        assert attn.block_tables is not None and attn.slot_mapping is not None
+        if self.dims.block_size != attn.block_size:
+            self.dims = replace(self.dims, block_size=attn.block_size)
+        return native_step.decode_step(
+            self.table,
+            self.dims,
+            hidden.contiguous(),
+            self.final_norm,
+            cos.contiguous(),
+            sin.contiguous(),
+            attn.slot_mapping.contiguous(),
+            attn.block_tables.contiguous(),
+            attn.context_lens_tensor.contiguous(),
+            self._kv_pointers(kv_caches),
+            kv_caches[0][0].shape[0],
+            torch.get_num_threads(),
+        )
+
+    def _kv_pointers(self, kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """[num_layers, 2] cache addresses, rebuilt only when the engine hands over different caches."""
+        key = (id(kv_caches), kv_caches[0][0].data_ptr())
+        if key != self._kv_key:
+            shape = kv_caches[0][0].shape
+            if (
+                len(kv_caches) != self.dims.num_layers
+                or tuple(shape[2:]) != (self.dims.num_kv_heads, self.dims.head_dim)
+                or not all(
+                    _is_fp32_cpu(k) and _is_fp32_cpu(v) and k.shape == shape == v.shape for k, v in kv_caches
+                )
+            ):
+                raise ValueError(
+                    "the fused decode step needs one fp32 CPU (keys, values) pair per layer, all alike"
+                )
+            self._kv_table = torch.tensor(
+                [[k.data_ptr(), v.data_ptr()] for k, v in kv_caches], dtype=torch.int64
+            )
+            self._kv_key = key
+        return self._kv_table

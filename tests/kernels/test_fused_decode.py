@@ -1,0 +1,138 @@
+"""The fused decode step (the whole stack in one native call) against the exact fp32 path and the module-by-module
+int8 kernel path, on tiny packed models of awkward shapes; and its refusal of bad batches."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from fused_models import VARIANTS, DecodeBatch, Variant, build_models, decode_batch
+
+from ember.kernels import decode_step as native_step
+from ember.models.llama import DecoderModel
+
+pytestmark = pytest.mark.skipif(
+    not native_step.available(), reason="the AVX2 kernels are not built or not usable"
+)
+
+
+def forward(
+    model: DecoderModel, batch: DecodeBatch, fused: bool
+) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+    model.fused_decode = fused
+    caches = batch.cloned_caches()
+    with torch.inference_mode():
+        return model(batch.input_ids, batch.positions, batch.attn, caches), caches
+
+
+def row_errors(ours: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    return (ours - reference).norm(dim=-1) / reference.norm(dim=-1)  # [M]
+
+
+@pytest.fixture(scope="module", params=VARIANTS, ids=lambda v: v.name)
+def models(request: pytest.FixtureRequest) -> tuple[Variant, DecoderModel, DecoderModel]:
+    kernel, reference = build_models(request.param)
+    return request.param, kernel, reference
+
+
+@pytest.mark.parametrize("m", [1, 3, 17, 64])
+def test_fused_step_matches_the_reference_paths(
+    models: tuple[Variant, DecoderModel, DecoderModel], m: int
+) -> None:
+    _, kernel, reference = models
+    batch = decode_batch(kernel.config, m, seed=m)
+    fused, fused_caches = forward(kernel, batch, fused=True)
+    assert kernel._fused is not None, "the kernel model must take the fused path"
+    modules, module_caches = forward(kernel, batch, fused=False)
+    exact, exact_caches = forward(reference, batch, fused=True)
+    assert reference._fused is None, "the fp32 reference never takes the fused path"
+
+    # Same int8 rounding as the module path, so only float summation order differs.
+    assert float(row_errors(fused, modules).max()) < 1e-5
+    # Against fp32 the error is the int8 activations' (measured medians 0.5-1.6%), never worse than the module path.
+    to_exact = row_errors(fused, exact)
+    assert float(to_exact.median()) < 0.03
+    assert bool((to_exact <= row_errors(modules, exact) + 1e-5).all())
+
+    written = batch.attn.slot_mapping
+    for (keys, values), (mk, mv), (ek, ev), (ok, ov) in zip(
+        fused_caches, module_caches, exact_caches, batch.caches, strict=True
+    ):
+        for ours, module, exact_cache, original in ((keys, mk, ek, ok), (values, mv, ev, ov)):
+            flat = ours.flatten(0, 1)  # [slots, kv_heads, head_dim]
+            assert torch.allclose(flat[written], module.flatten(0, 1)[written], rtol=1e-4, atol=1e-5)
+            new = flat[written].flatten(1)
+            assert float(row_errors(new, exact_cache.flatten(0, 1)[written].flatten(1)).median()) < 0.03
+            untouched = torch.ones(flat.shape[0], dtype=torch.bool)
+            untouched[written] = False
+            assert torch.equal(flat[untouched], original.flatten(0, 1)[untouched]), (
+                "only the new slots change"
+            )
+
+
+def test_batches_with_a_prefill_chunk_take_the_module_path(
+    models: tuple[Variant, DecoderModel, DecoderModel],
+) -> None:
+    """A two-token chunk next to two decodes is not a decode-only batch: the result is the module path's, exactly."""
+    _, kernel, _ = models
+    batch = decode_batch(kernel.config, 3, seed=5)  # contexts 1, 16, 17
+    attn = batch.attn
+    assert attn.slot_mapping is not None
+    first_slot = int(attn.slot_mapping[2]) - 1  # sequence 2's position 15, in the same block as position 16
+    attn.query_lens = [1, 1, 2]
+    attn.query_start_loc = torch.tensor([0, 1, 2, 4])
+    attn.slot_mapping = torch.cat([attn.slot_mapping[:2], torch.tensor([first_slot]), attn.slot_mapping[2:]])
+    batch.input_ids = torch.cat([batch.input_ids, batch.input_ids[-1:]])
+    batch.positions = torch.tensor([0, 15, 15, 16])
+    fused, _ = forward(kernel, batch, fused=True)
+    modules, _ = forward(kernel, batch, fused=False)
+    assert torch.equal(fused, modules)
+
+
+def _step_args(kernel: DecoderModel, batch: DecodeBatch) -> dict[str, object]:
+    fused = kernel._fused_stack()
+    assert fused is not None
+    h = kernel.embed_tokens(batch.input_ids)
+    cos, sin = kernel.rotary.cos_sin(batch.positions, torch.float32)
+    assert batch.attn.block_tables is not None and batch.attn.slot_mapping is not None
+    return dict(
+        layer_table=fused.table,
+        dims=fused.dims,
+        x=h,
+        final_norm=fused.final_norm,
+        cos=cos,
+        sin=sin,
+        slots=batch.attn.slot_mapping.clone(),
+        block_tables=batch.attn.block_tables.clone(),
+        context_lens=batch.attn.context_lens_tensor.clone(),
+        kv_table=fused._kv_pointers(batch.caches),
+        num_cache_blocks=batch.caches[0][0].shape[0],
+        num_threads=2,
+    )
+
+
+@pytest.mark.parametrize(
+    "break_it, message",
+    [
+        (lambda a: a["block_tables"].__setitem__((1, 0), 10_000), "block id lies outside"),
+        (lambda a: a["slots"].__setitem__(0, -1), "slot lies outside"),
+        (lambda a: a["context_lens"].__setitem__(2, 10_000), "context length does not fit"),
+        (lambda a: a.__setitem__("slots", a["slots"].to(torch.int32)), "slots must be a contiguous int64"),
+        (lambda a: a.__setitem__("x", a["x"][:, :8].contiguous()), "x must be a contiguous float32"),
+    ],
+)
+def test_bad_batches_are_refused_before_any_work(
+    models: tuple[Variant, DecoderModel, DecoderModel], break_it, message: str
+) -> None:
+    _, kernel, _ = models
+    batch = decode_batch(kernel.config, 3, seed=11)
+    with torch.inference_mode():
+        forward(kernel, batch, fused=True)  # builds the stack
+        args = _step_args(kernel, batch)
+        before = [(k.clone(), v.clone()) for k, v in batch.caches]
+        break_it(args)
+        with pytest.raises(ValueError, match=message):
+            native_step.decode_step(**args)  # type: ignore[arg-type]
+    for (k, v), (bk, bv) in zip(batch.caches, before, strict=True):
+        assert torch.equal(k, bk) and torch.equal(v, bv), "a refused step writes nothing"
+    fused, _ = forward(kernel, batch, fused=True)  # and the model keeps serving
+    assert bool(torch.isfinite(fused).all())
