@@ -28,6 +28,10 @@ struct PagedContext {
     int block_size;
     int num_kv_heads;
     int context_len;  // positions 0 .. context_len - 1, the new token's included
+    // The new token's key and value [head_dim] of this kv head when the caller has them at hand (then its
+    // cache slot is not read, so another thread may be writing it); nullptr: read them from the cache.
+    const float* new_key;
+    const float* new_value;
 };
 
 // One new token's attention for the `group` query heads q [group, head_dim] that share key/value head

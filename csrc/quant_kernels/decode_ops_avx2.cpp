@@ -43,7 +43,9 @@ inline __m256 exp_ps(__m256 x) {
     return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
 }
 
-inline const float* cache_row(const float* cache, const PagedContext& ctx, int pos, int kv_head, int head_dim) {
+inline const float* cache_row(const float* cache, const float* fresh, const PagedContext& ctx, int pos, int kv_head,
+                              int head_dim) {
+    if (fresh != nullptr && pos == ctx.context_len - 1) return fresh;
     const int64_t block = ctx.block_table[pos / ctx.block_size];
     const int64_t slot = block * ctx.block_size + pos % ctx.block_size;
     return cache + (slot * ctx.num_kv_heads + kv_head) * head_dim;
@@ -114,7 +116,7 @@ void decode_attention(const float* q, const PagedContext& ctx, int kv_head, int 
     const int chunks = head_dim / 8;
     // Scores: every key row is read once and used by all heads of the group.
     for (int pos = 0; pos < len; ++pos) {
-        const float* key = cache_row(ctx.key_cache, ctx, pos, kv_head, head_dim);
+        const float* key = cache_row(ctx.key_cache, ctx.new_key, ctx, pos, kv_head, head_dim);
         for (int g = 0; g < group; ++g) {
             const float* qg = q + g * head_dim;
             __m256 acc = _mm256_setzero_ps();
@@ -154,7 +156,7 @@ void decode_attention(const float* q, const PagedContext& ctx, int kv_head, int 
             __m256 acc[8];
             for (int c = 0; c < width; ++c) acc[c] = _mm256_setzero_ps();
             for (int pos = 0; pos < len; ++pos) {
-                const float* value = cache_row(ctx.value_cache, ctx, pos, kv_head, head_dim) + 8 * c0;
+                const float* value = cache_row(ctx.value_cache, ctx.new_value, ctx, pos, kv_head, head_dim) + 8 * c0;
                 const __m256 w = _mm256_set1_ps(p[pos]);
                 for (int c = 0; c < width; ++c) acc[c] = _mm256_fmadd_ps(w, _mm256_loadu_ps(value + 8 * c), acc[c]);
             }

@@ -5,6 +5,7 @@
 #include "decode_step.h"
 
 #include <algorithm>
+#include <memory>
 #include <vector>
 
 #ifdef _OPENMP
@@ -54,6 +55,9 @@ void run_projection(const Projection& p, const QuantizedActs& acts, float* y, in
 #pragma omp barrier
 }
 
+// Up to this many tokens each thread does the row work itself (see run_layer_own_rows).
+constexpr int kOwnRowsTokens = 4;
+
 struct StepBuffers {
     ActivationBuffer hidden_acts;     // [m, hidden] normed residual, quantized
     ActivationBuffer attention_acts;  // [m, q_width]
@@ -73,9 +77,9 @@ struct StepBuffers {
           gate_up(static_cast<size_t>(m) * 2 * d.intermediate) {}
 };
 
-// Bias, per-head q/k norms and rope on token t's q|k|v row, then its key and value into the cache.
+// Bias, per-head q/k norms and rope on token t's q|k|v row; then its key and value into the cache if asked.
 void finish_qkv_row(const LayerTable& layer, const DecodeDims& d, const DecodeBatch& b, float* row, int t,
-                    float* key_cache, float* value_cache) {
+                    float* key_cache, float* value_cache, bool write_cache) {
     const int q_width = d.num_heads * d.head_dim;
     const int kv_width = d.num_kv_heads * d.head_dim;
     if (layer.qkv_bias != 0) add_row(row, ptr<const float>(layer.qkv_bias), q_width + 2 * kv_width);
@@ -87,13 +91,66 @@ void finish_qkv_row(const LayerTable& layer, const DecodeDims& d, const DecodeBa
         if (norm != 0) rms_norm_row(head, ptr<const float>(norm), d.head_dim, d.eps, head);
         rotate_half_row(head, cos, sin, d.head_dim);
     }
+    if (!write_cache) return;
     const int64_t slot = b.slots[t];
     std::copy(row + q_width, row + q_width + kv_width, key_cache + slot * kv_width);
     std::copy(row + q_width + kv_width, row + q_width + 2 * kv_width, value_cache + slot * kv_width);
 }
 
-void run_layer(const LayerTable& layer, int index, const DecodeDims& d, const DecodeBatch& b, StepBuffers& buf,
-               std::vector<float>& row, std::vector<float>& scores, int num_threads) {
+// Token t's attention for the query heads of one kv head, q from its finished q|k|v row. With `fresh`, the new
+// token's key and value come from that row rather than from the cache slot being written meanwhile.
+void attend(const DecodeDims& d, const DecodeBatch& b, const float* qkv_row, int t, int kv_head, bool fresh,
+            const float* key_cache, const float* value_cache, float* scores, float* out_row) {
+    const int group = d.num_heads / d.num_kv_heads;
+    const int q_width = d.num_heads * d.head_dim;
+    const int kv_width = d.num_kv_heads * d.head_dim;
+    const float* new_key = qkv_row + q_width + kv_head * d.head_dim;
+    const PagedContext ctx{key_cache,
+                           value_cache,
+                           b.block_tables + t * b.block_table_stride,
+                           d.block_size,
+                           d.num_kv_heads,
+                           static_cast<int>(b.context_lens[t]),
+                           fresh ? new_key : nullptr,
+                           fresh ? new_key + kv_width : nullptr};
+    const int head_offset = kv_head * group * d.head_dim;
+    decode_attention(qkv_row + head_offset, ctx, kv_head, group, d.head_dim, d.scale, scores, out_row + head_offset);
+}
+
+void norm_and_quantize(const float* x, int64_t weight, const DecodeDims& d, float* scratch, const QuantizedActs& acts) {
+    rms_norm_row(x, ptr<const float>(weight), d.hidden, d.eps, scratch);
+    quantize_rows_avx2(scratch, 0, 1, acts);
+}
+
+void gate_and_quantize(const float* gate_up, int inter, float* scratch, const QuantizedActs& acts) {
+    silu_gate_row(gate_up, gate_up + inter, inter, scratch);
+    quantize_rows_avx2(scratch, 0, 1, acts);
+}
+
+// What one thread owns during a step: scratch rows, and in the few-token mode its own residual stream,
+// quantized activations and finished q|k|v rows.
+struct ThreadState {
+    std::vector<float> row;     // a normed or gated row before it is quantized
+    std::vector<float> scores;  // one (token, kv head) attention's scores
+    std::vector<float> x;       // few-token mode: [m, hidden] residual stream
+    std::vector<float> qkv;     // few-token mode: [m, qkv width] finished rows
+    std::unique_ptr<ActivationBuffer> hidden_acts, attention_acts, gate_acts;  // few-token mode
+
+    ThreadState(const DecodeDims& d, const DecodeBatch& b, int64_t longest, bool own_rows)
+        : row(static_cast<size_t>(std::max(d.hidden, d.intermediate))),
+          scores(static_cast<size_t>(d.num_heads / d.num_kv_heads) * longest) {
+        if (!own_rows) return;
+        x.assign(b.x, b.x + static_cast<size_t>(b.m) * d.hidden);
+        qkv.resize(static_cast<size_t>(b.m) * (d.num_heads + 2 * d.num_kv_heads) * d.head_dim);
+        hidden_acts.reset(new ActivationBuffer(b.m, d.hidden));
+        attention_acts.reset(new ActivationBuffer(b.m, d.num_heads * d.head_dim));
+        gate_acts.reset(new ActivationBuffer(b.m, d.intermediate));
+    }
+};
+
+// Many tokens: row phases split the tokens over threads and share one copy of everything (10 barriers a layer).
+void run_layer_shared(const LayerTable& layer, int index, const DecodeDims& d, const DecodeBatch& b,
+                      StepBuffers& buf, ThreadState& own, int num_threads) {
     const int m = b.m;
     const int hidden = d.hidden;
     const int q_width = d.num_heads * d.head_dim;
@@ -107,25 +164,19 @@ void run_layer(const LayerTable& layer, int index, const DecodeDims& d, const De
     for (int t = 0; t < m; ++t) {
         float* x = b.x + static_cast<size_t>(t) * hidden;
         if (index > 0) add_row(x, buf.y.data() + static_cast<size_t>(t) * hidden, hidden);
-        rms_norm_row(x, ptr<const float>(layer.input_norm), hidden, d.eps, row.data());
-        quantize_rows_avx2(row.data(), 0, 1, buf.hidden_acts.row(t));
+        norm_and_quantize(x, layer.input_norm, d, own.row.data(), buf.hidden_acts.row(t));
     }
     run_projection(layer.qkv, buf.hidden_acts.acts, buf.qkv.data(), qkv_width, m, num_threads);
 #pragma omp for schedule(static)
     for (int t = 0; t < m; ++t) {
-        finish_qkv_row(layer, d, b, buf.qkv.data() + static_cast<size_t>(t) * qkv_width, t, key_cache, value_cache);
+        finish_qkv_row(layer, d, b, buf.qkv.data() + static_cast<size_t>(t) * qkv_width, t, key_cache, value_cache,
+                       true);
     }
-    const int group = d.num_heads / d.num_kv_heads;
 #pragma omp for schedule(dynamic, 1)
     for (int item = 0; item < m * d.num_kv_heads; ++item) {
         const int t = item / d.num_kv_heads;
-        const int kv_head = item % d.num_kv_heads;
-        const PagedContext ctx{key_cache,  value_cache,   b.block_tables + t * b.block_table_stride,
-                               d.block_size, d.num_kv_heads, static_cast<int>(b.context_lens[t])};
-        const int head_offset = kv_head * group * d.head_dim;
-        decode_attention(buf.qkv.data() + static_cast<size_t>(t) * qkv_width + head_offset, ctx, kv_head, group,
-                         d.head_dim, d.scale, scores.data(),
-                         buf.attention.data() + static_cast<size_t>(t) * q_width + head_offset);
+        attend(d, b, buf.qkv.data() + static_cast<size_t>(t) * qkv_width, t, item % d.num_kv_heads, false, key_cache,
+               value_cache, own.scores.data(), buf.attention.data() + static_cast<size_t>(t) * q_width);
     }
 #pragma omp for schedule(static)
     for (int t = 0; t < m; ++t) {
@@ -137,17 +188,63 @@ void run_layer(const LayerTable& layer, int index, const DecodeDims& d, const De
         float* x = b.x + static_cast<size_t>(t) * hidden;
         add_row(x, buf.y.data() + static_cast<size_t>(t) * hidden, hidden);
         if (layer.o_bias != 0) add_row(x, ptr<const float>(layer.o_bias), hidden);
-        rms_norm_row(x, ptr<const float>(layer.post_norm), hidden, d.eps, row.data());
-        quantize_rows_avx2(row.data(), 0, 1, buf.hidden_acts.row(t));
+        norm_and_quantize(x, layer.post_norm, d, own.row.data(), buf.hidden_acts.row(t));
     }
     run_projection(layer.gate_up, buf.hidden_acts.acts, buf.gate_up.data(), 2 * inter, m, num_threads);
 #pragma omp for schedule(static)
     for (int t = 0; t < m; ++t) {
-        const float* gate = buf.gate_up.data() + static_cast<size_t>(t) * 2 * inter;
-        silu_gate_row(gate, gate + inter, inter, row.data());
-        quantize_rows_avx2(row.data(), 0, 1, buf.gate_acts.row(t));
+        gate_and_quantize(buf.gate_up.data() + static_cast<size_t>(t) * 2 * inter, inter, own.row.data(),
+                          buf.gate_acts.row(t));
     }
     run_projection(layer.down, buf.gate_acts.acts, buf.y.data(), hidden, m, num_threads);
+}
+
+// Few tokens: every thread does the row work of all tokens on its own copies (microseconds, the same values
+// everywhere), so only the matmuls and the attention need barriers: 5 a layer. One thread writes the cache;
+// the attention takes the new key and value from the thread's own rows, so nobody waits for that write.
+void run_layer_own_rows(const LayerTable& layer, int index, const DecodeDims& d, const DecodeBatch& b,
+                        StepBuffers& buf, ThreadState& own, int num_threads, bool writes_cache) {
+    const int m = b.m;
+    const int hidden = d.hidden;
+    const int q_width = d.num_heads * d.head_dim;
+    const int qkv_width = q_width + 2 * d.num_kv_heads * d.head_dim;
+    const int inter = d.intermediate;
+    float* key_cache = ptr<float>(b.kv_caches[2 * index]);
+    float* value_cache = ptr<float>(b.kv_caches[2 * index + 1]);
+
+    for (int t = 0; t < m; ++t) {
+        float* x = own.x.data() + static_cast<size_t>(t) * hidden;
+        if (index > 0) add_row(x, buf.y.data() + static_cast<size_t>(t) * hidden, hidden);
+        norm_and_quantize(x, layer.input_norm, d, own.row.data(), own.hidden_acts->row(t));
+    }
+    run_projection(layer.qkv, own.hidden_acts->acts, buf.qkv.data(), qkv_width, m, num_threads);
+    std::copy(buf.qkv.begin(), buf.qkv.end(), own.qkv.begin());
+    for (int t = 0; t < m; ++t) {
+        finish_qkv_row(layer, d, b, own.qkv.data() + static_cast<size_t>(t) * qkv_width, t, key_cache, value_cache,
+                       writes_cache);
+    }
+#pragma omp for schedule(dynamic, 1)
+    for (int item = 0; item < m * d.num_kv_heads; ++item) {
+        const int t = item / d.num_kv_heads;
+        attend(d, b, own.qkv.data() + static_cast<size_t>(t) * qkv_width, t, item % d.num_kv_heads, true, key_cache,
+               value_cache, own.scores.data(), buf.attention.data() + static_cast<size_t>(t) * q_width);
+    }
+    for (int t = 0; t < m; ++t) {
+        quantize_rows_avx2(buf.attention.data() + static_cast<size_t>(t) * q_width, 0, 1, own.attention_acts->row(t));
+    }
+    run_projection(layer.o, own.attention_acts->acts, buf.y.data(), hidden, m, num_threads);
+    for (int t = 0; t < m; ++t) {
+        float* x = own.x.data() + static_cast<size_t>(t) * hidden;
+        add_row(x, buf.y.data() + static_cast<size_t>(t) * hidden, hidden);
+        if (layer.o_bias != 0) add_row(x, ptr<const float>(layer.o_bias), hidden);
+        norm_and_quantize(x, layer.post_norm, d, own.row.data(), own.hidden_acts->row(t));
+    }
+    run_projection(layer.gate_up, own.hidden_acts->acts, buf.gate_up.data(), 2 * inter, m, num_threads);
+    for (int t = 0; t < m; ++t) {
+        gate_and_quantize(buf.gate_up.data() + static_cast<size_t>(t) * 2 * inter, inter, own.row.data(),
+                          own.gate_acts->row(t));
+    }
+    run_projection(layer.down, own.gate_acts->acts, buf.y.data(), hidden, m, num_threads);
 }
 
 }  // namespace
@@ -191,18 +288,28 @@ void decode_step_avx2(const LayerTable* layers, const DecodeDims& d, const Decod
     int64_t longest = 1;
     for (int t = 0; t < b.m; ++t) longest = std::max(longest, b.context_lens[t]);
     StepBuffers buf(d, b.m);
-    const size_t row_floats = static_cast<size_t>(std::max(d.hidden, d.intermediate));
-    const size_t score_floats = static_cast<size_t>(d.num_heads / d.num_kv_heads) * longest;
+    const bool own_rows = num_threads > 1 && b.m <= kOwnRowsTokens;
 #pragma omp parallel num_threads(num_threads)
     {
-        std::vector<float> row(row_floats);       // one normed or gated row before it is quantized
-        std::vector<float> scores(score_floats);  // one (token, kv head) attention's scores
-        for (int i = 0; i < d.num_layers; ++i) run_layer(layers[i], i, d, b, buf, row, scores, num_threads);
+        ThreadState own(d, b, longest, own_rows);
+#ifdef _OPENMP
+        const bool first_thread = omp_get_thread_num() == 0;
+#else
+        const bool first_thread = true;
+#endif
+        for (int i = 0; i < d.num_layers; ++i) {
+            if (own_rows) {
+                run_layer_own_rows(layers[i], i, d, b, buf, own, num_threads, first_thread);
+            } else {
+                run_layer_shared(layers[i], i, d, b, buf, own, num_threads);
+            }
+        }
+        float* x = own_rows ? own.x.data() : b.x;
 #pragma omp for schedule(static)
         for (int t = 0; t < b.m; ++t) {
-            float* x = b.x + static_cast<size_t>(t) * d.hidden;
-            add_row(x, buf.y.data() + static_cast<size_t>(t) * d.hidden, d.hidden);
-            rms_norm_row(x, b.final_norm, d.hidden, d.eps, b.out + static_cast<size_t>(t) * d.hidden);
+            float* xt = x + static_cast<size_t>(t) * d.hidden;
+            add_row(xt, buf.y.data() + static_cast<size_t>(t) * d.hidden, d.hidden);
+            rms_norm_row(xt, b.final_norm, d.hidden, d.eps, b.out + static_cast<size_t>(t) * d.hidden);
         }
     }
 }

@@ -104,7 +104,9 @@ def test_agreement_with_the_fp32_reference(packed: LoadedModel) -> None:
     print(f"fp32: prefill {same}/{total}, paged decode {decode_same}/{total}")
     assert same / total >= 0.95, f"{same}/{total} positions agree with fp32"
     assert decode_same / total >= 0.95, f"paged decode: {decode_same}/{total} positions agree with fp32"
-    assert packed.network._fused_stack() is not None or not decode_step.available(), "decode ran the fused step"
+    assert packed.network._fused_stack() is not None or not decode_step.available(), (
+        "decode ran the fused step"
+    )
 
 
 @pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="llama-cpp-python is not installed")
