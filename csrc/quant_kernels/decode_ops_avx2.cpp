@@ -5,24 +5,11 @@
 #include <cmath>
 
 #include "decode_ops.h"
+#include "simd_avx2.h"
 
 namespace ember {
 
 namespace {
-
-inline float hsum(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
-inline float hmax(__m256 v) {
-    __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_max_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
 
 // e^x: x = n ln2 + r with |r| <= ln2 / 2, e^r by a degree-6 polynomial, 2^n through the exponent bits.
 inline __m256 exp_ps(__m256 x) {
@@ -60,7 +47,7 @@ void rms_norm_row(const float* x, const float* weight, int n, float eps, float* 
         const __m256 v = _mm256_loadu_ps(x + i);
         acc = _mm256_fmadd_ps(v, v, acc);
     }
-    float sum = hsum(acc);
+    float sum = hsum8(acc);
     for (; i < n; ++i) sum += x[i] * x[i];
     const float inv = 1.0f / std::sqrt(sum / static_cast<float>(n) + eps);
     const __m256 inv_v = _mm256_set1_ps(inv);
@@ -121,7 +108,7 @@ void decode_attention(const float* q, const PagedContext& ctx, int kv_head, int 
             const float* qg = q + g * head_dim;
             __m256 acc = _mm256_setzero_ps();
             for (int c = 0; c < chunks; ++c) acc = _mm256_fmadd_ps(_mm256_loadu_ps(qg + 8 * c), _mm256_loadu_ps(key + 8 * c), acc);
-            scores[g * len + pos] = hsum(acc) * scale;
+            scores[g * len + pos] = hsum8(acc) * scale;
         }
     }
     // Softmax per head, in place.
@@ -130,7 +117,7 @@ void decode_attention(const float* q, const PagedContext& ctx, int kv_head, int 
         __m256 max_v = _mm256_set1_ps(-INFINITY);
         int i = 0;
         for (; i + 8 <= len; i += 8) max_v = _mm256_max_ps(max_v, _mm256_loadu_ps(s + i));
-        float max_s = hmax(max_v);
+        float max_s = hmax8(max_v);
         for (; i < len; ++i) max_s = s[i] > max_s ? s[i] : max_s;
         const __m256 shift = _mm256_set1_ps(max_s);
         __m256 sum_v = _mm256_setzero_ps();
@@ -140,7 +127,7 @@ void decode_attention(const float* q, const PagedContext& ctx, int kv_head, int 
             _mm256_storeu_ps(s + i, e);
             sum_v = _mm256_add_ps(sum_v, e);
         }
-        float sum = hsum(sum_v);
+        float sum = hsum8(sum_v);
         for (; i < len; ++i) {
             s[i] = std::exp(s[i] - max_s);
             sum += s[i];

@@ -148,16 +148,28 @@ struct ThreadState {
     }
 };
 
+// Row widths of one layer and where its cache is.
+struct LayerShape {
+    int q_width;
+    int qkv_width;
+    float* key_cache;
+    float* value_cache;
+
+    LayerShape(const DecodeDims& d, const DecodeBatch& b, int index)
+        : q_width(d.num_heads * d.head_dim),
+          qkv_width((d.num_heads + 2 * d.num_kv_heads) * d.head_dim),
+          key_cache(ptr<float>(b.kv_caches[2 * index])),
+          value_cache(ptr<float>(b.kv_caches[2 * index + 1])) {}
+};
+
 // Many tokens: row phases split the tokens over threads and share one copy of everything (10 barriers a layer).
 void run_layer_shared(const LayerTable& layer, int index, const DecodeDims& d, const DecodeBatch& b,
                       StepBuffers& buf, ThreadState& own, int num_threads) {
-    const int m = b.m;
-    const int hidden = d.hidden;
-    const int q_width = d.num_heads * d.head_dim;
-    const int qkv_width = q_width + 2 * d.num_kv_heads * d.head_dim;
+    const LayerShape shape(d, b, index);
+    const int m = b.m, hidden = d.hidden, q_width = shape.q_width, qkv_width = shape.qkv_width;
     const int inter = d.intermediate;
-    float* key_cache = ptr<float>(b.kv_caches[2 * index]);
-    float* value_cache = ptr<float>(b.kv_caches[2 * index + 1]);
+    float* key_cache = shape.key_cache;
+    float* value_cache = shape.value_cache;
 
     // The previous layer's MLP output joins the residual stream here (the embeddings need nothing).
 #pragma omp for schedule(static)
@@ -204,13 +216,11 @@ void run_layer_shared(const LayerTable& layer, int index, const DecodeDims& d, c
 // the attention takes the new key and value from the thread's own rows, so nobody waits for that write.
 void run_layer_own_rows(const LayerTable& layer, int index, const DecodeDims& d, const DecodeBatch& b,
                         StepBuffers& buf, ThreadState& own, int num_threads, bool writes_cache) {
-    const int m = b.m;
-    const int hidden = d.hidden;
-    const int q_width = d.num_heads * d.head_dim;
-    const int qkv_width = q_width + 2 * d.num_kv_heads * d.head_dim;
+    const LayerShape shape(d, b, index);
+    const int m = b.m, hidden = d.hidden, q_width = shape.q_width, qkv_width = shape.qkv_width;
     const int inter = d.intermediate;
-    float* key_cache = ptr<float>(b.kv_caches[2 * index]);
-    float* value_cache = ptr<float>(b.kv_caches[2 * index + 1]);
+    float* key_cache = shape.key_cache;
+    float* value_cache = shape.value_cache;
 
     for (int t = 0; t < m; ++t) {
         float* x = own.x.data() + static_cast<size_t>(t) * hidden;

@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "quant_layout.h"
+#include "simd_avx2.h"
 
 namespace ember {
 
@@ -28,20 +29,6 @@ inline __m256i broadcast4(const int8_t* p) {
     int32_t v;
     std::memcpy(&v, p, sizeof(v));
     return _mm256_set1_epi32(v);
-}
-
-inline float hmax8(__m256 v) {
-    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-    m = _mm_max_ss(m, _mm_movehdup_ps(m));
-    return _mm_cvtss_f32(m);
-}
-
-inline int hsum8(__m256i v) {
-    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
-    return _mm_cvtsi128_si32(s);
 }
 
 // Per-row scale and bias of one 4-bit tile: weight = scale * nibble + bias.
