@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import resource
 
 from ember.engine.engine_config import CacheConfig, SchedulerConfig
@@ -65,6 +66,8 @@ def serve_from_args(args: argparse.Namespace) -> int:
         ),
         kv_cache_gib=args.kv_cache_gib,
         lora=LoraConfig(max_loaded=args.max_loras, adapters=lora_adapters_from(args.lora)),
+        # --threads pins the count; by default it follows the cores other processes leave free.
+        adapt_threads=0 if args.threads else len(os.sched_getaffinity(0)),
     )
     engine = AsyncEngine.from_loaded(loaded, engine_cfg)
     keys = api_keys_from(args)

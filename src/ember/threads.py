@@ -41,6 +41,67 @@ def count_free_cores(window_s: float = 0.25, busy_threshold: float = 0.5) -> int
     return max(1, min(allowed, len(after) - busy))
 
 
+def threads_for(others_busy_cores: float, allowed: int, max_threads: int) -> int:
+    """Compute threads to run when other processes keep `others_busy_cores` cores busy (fractions count from
+    0.6 of a core: a thread sharing a core that busy loses more at every barrier than it adds)."""
+    taken = int(max(0.0, others_busy_cores) + 0.4)
+    return max(1, min(max_threads, allowed - taken))
+
+
+class ThreadGovernor:
+    """Keeps the compute thread count at the cores other processes leave free, re-measured while serving.
+
+    The count chosen at start-up goes stale when a fine-tuning job, a build or another server starts next to us;
+    one OpenMP thread on a shared core then stalls every barrier of a step (steps measured 3-10x slower here).
+    `poll` is called once per engine step and reads /proc/stat at most once per `interval_s`: other processes'
+    load is all cores' busy time minus this process's own CPU time. A new count is advised only after two
+    intervals in a row agree, so one noisy second does not flip it."""
+
+    def __init__(self, max_threads: int, current: int, interval_s: float = 1.0) -> None:
+        if max_threads < 1 or not 1 <= current <= max_threads or interval_s <= 0:
+            raise ValueError(
+                f"need 1 <= current <= max_threads and interval_s > 0, got {current}, {max_threads}, {interval_s}"
+            )
+        self.max_threads = max_threads
+        self.interval_s = interval_s
+        self.allowed = os.sched_getaffinity(0)
+        self.current = current
+        self.others_busy_cores = 0.0  # the last measurement
+        self._last = self._sample()
+        self._pending: int | None = None
+
+    def _sample(self) -> tuple[float, float, float] | None:
+        """(wall seconds, busy core-seconds of our cores, this process's CPU seconds), None without /proc/stat."""
+        try:
+            times = _cpu_times()
+        except OSError:
+            return None
+        tick = os.sysconf("SC_CLK_TCK")
+        busy = sum(total - idle for name, (idle, total) in times.items() if int(name[3:]) in self.allowed)
+        return time.monotonic(), busy / tick, time.process_time()
+
+    def poll(self) -> int | None:
+        """The thread count to switch to now, or None to keep the current one."""
+        if self._last is None or time.monotonic() - self._last[0] < self.interval_s:
+            return None
+        now = self._sample()
+        if now is None:
+            return None
+        wall, busy, own = (b - a for a, b in zip(self._last, now, strict=True))
+        self._last = now
+        self.others_busy_cores = max(0.0, (busy - own) / wall) if wall > 0 else 0.0
+        advised = threads_for(self.others_busy_cores, len(self.allowed), self.max_threads)
+        if advised == self.current:
+            self._pending = None
+            return None
+        if advised != self._pending:
+            self._pending = advised
+            return None
+        self._pending = None
+        self.current = advised
+        return advised
+
+
 def configure_torch_threads(requested: int | None) -> int:
     """Sets torch's intra-op pool (which our kernels share) and returns the count used."""
     import torch

@@ -26,6 +26,7 @@ from ember.models.kv_cache import allocate_kv_caches, kv_bytes_per_block
 from ember.models.loader import LoadedModel
 from ember.structured.compiler import GrammarCompiler
 from ember.structured.matcher import GrammarMatcher
+from ember.threads import ThreadGovernor
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +47,9 @@ class EngineConfig:
     kv_cache_gib: float = 1.0
     """Memory for the paged KV cache when cache.num_blocks is 0 (decided from this)."""
     lora: LoraConfig = field(default_factory=LoraConfig)
+    adapt_threads: int = 0
+    """When > 0: re-measure the cores other processes leave free while running and move the compute thread count
+    between 1 and this many (`ember serve` without --threads: all cores it may use). 0: the count stays as set."""
 
 
 def child_request_id(parent_id: str, index: int, count: int) -> str:
@@ -97,6 +101,11 @@ class LLMEngine:
         self.sequences: dict[str, SequenceState] = {}
         self.stats = EngineStats()
         self.timer = StepTimer()
+        self.thread_governor = (
+            ThreadGovernor(config.adapt_threads, self.runner.num_threads())
+            if config.adapt_threads > 0
+            else None
+        )
 
     # ---- requests in ----------------------------------------------------------------------------------
 
@@ -228,6 +237,8 @@ class LLMEngine:
 
     def step(self) -> list[RequestOutput]:
         self.timer.begin()
+        if self.thread_governor is not None:
+            self._follow_free_cores(self.thread_governor)
         sched = self.scheduler.schedule()
         if not sched.scheduled:
             self.timer.cancel()
@@ -241,6 +252,17 @@ class LLMEngine:
         self.timer.end(num_tokens=sched.num_batched_tokens)
         self.stats.record_step(sched, self.scheduler.stats())
         return outputs
+
+    def _follow_free_cores(self, governor: ThreadGovernor) -> None:
+        threads = governor.poll()
+        if threads is not None:
+            logger.info(
+                "compute threads %d -> %d: other processes keep %.1f cores busy",
+                self.runner.num_threads(),
+                threads,
+                governor.others_busy_cores,
+            )
+            self.runner.set_num_threads(threads)
 
     def _postprocess(self, sched: SchedulerOutput, result: ModelRunnerOutput) -> list[RequestOutput]:
         now = time.time()
@@ -317,7 +339,9 @@ class LLMEngine:
         seq.finish_reason = reason
         seq.stop_reason = stop_reason
         rid = seq.request.request_id
-        if reason == "length":  # text held back as a possible stop string, and incomplete bytes, are final now
+        if (
+            reason == "length"
+        ):  # text held back as a possible stop string, and incomplete bytes, are final now
             self._emit(seq, seq.stop_checker.flush(seq.detokenizer.flush()))
         self.scheduler.finish_request(rid, _FINISH_STATUS[reason])
         self.runner.release(rid)

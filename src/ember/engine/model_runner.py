@@ -62,6 +62,15 @@ class ModelRunner:
         self._generators: dict[str, torch.Generator] = {}
         self._matchers: dict[str, GrammarMatcher] = {}
 
+    @staticmethod
+    def num_threads() -> int:
+        """Compute threads of the forward: torch's intra-op pool, which the native kernels share."""
+        return torch.get_num_threads()
+
+    @staticmethod
+    def set_num_threads(count: int) -> None:
+        torch.set_num_threads(count)
+
     def register_seed(self, request_id: str, seed: int) -> None:
         """A seeded sequence draws only from its own generator, so the batch around it cannot change it."""
         self._seeds[request_id] = seed
