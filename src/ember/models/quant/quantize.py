@@ -1,9 +1,9 @@
-"""fp32 weight rows -> GGML blocks (Q8_0, Q4_0, Q4_K), byte for byte as llama.cpp's reference quantizers.
+"""fp32 weight rows -> GGML blocks (Q8_0, Q4_0, Q4_K) in the layouts the dequantizers and kernels read.
 
 Q8_0 and Q4_0 follow ggml's quantize_row_q8_0_ref / quantize_row_q4_0_ref (one fp16 scale per 32 values,
-the same float32 operations in the same order), so the bytes equal gguf-py's `gguf.quants.quantize`.
-Q4_K's scale/min search lives in k_quantize.py. Work is split into chunks of blocks so the temporaries of a
-large matrix stay a few MiB.
+the same float32 operations in the same order), so their bytes equal llama.cpp's and gguf-py's. Q4_K's
+scale/min search lives in k_quantize.py. Work is split into chunks of blocks so the temporaries of a large
+matrix stay a few MiB.
 """
 
 from __future__ import annotations
