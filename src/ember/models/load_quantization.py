@@ -32,7 +32,7 @@ _LM_HEAD = "lm_head.weight"
 
 
 def parse_quantization(value: str) -> str:
-    """ "q4_k" / "Q4_K" -> the GGML type name "Q4_K"; ValueError naming the accepted values otherwise."""
+    """The GGML type a quantization names ("q4_k" or "Q4_K" -> "Q4_K"); ValueError naming the accepted ones."""
     if value.lower() not in QUANTIZATIONS:
         raise ValueError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, got {value!r}")
     return value.upper()
