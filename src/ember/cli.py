@@ -20,6 +20,14 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
         choices=["auto", "fp32", "bf16", "packed"],
         help="how weights are held: fp32 reference, bf16 (GPU), packed GGUF blocks; auto picks per device",
     )
+    parser.add_argument(
+        "--quantization",
+        default=None,
+        type=str.lower,
+        choices=["q8_0", "q4_0", "q4_k"],
+        help="quantize a safetensors checkpoint's linear weights to this GGUF block format at load "
+        "(served packed, like a GGUF)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--threads", type=int, default=0, help="compute threads (default: the idle cores)")
 
@@ -99,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             BenchConfig(
                 model=args.model,
                 weight_format=args.weight_format,
+                quantization=args.quantization,
                 threads=args.threads or count_free_cores(),
                 streams=tuple(int(s) for s in args.streams.split(",") if s),
                 new_tokens=args.new_tokens,

@@ -55,7 +55,9 @@ def serve_from_args(args: argparse.Namespace) -> int:
     from ember.server.config import ServerConfig
 
     threads = configure_torch_threads(args.threads)
-    loaded = load_model(LoadConfig(args.model, args.weight_format, args.device))
+    loaded = load_model(
+        LoadConfig(args.model, args.weight_format, args.device, quantization=args.quantization)
+    )
     engine_cfg = EngineConfig(
         cache=CacheConfig(block_size=args.block_size, enable_prefix_caching=not args.no_prefix_caching),
         scheduler=SchedulerConfig(

@@ -19,6 +19,7 @@ from ember.threads import configure_torch_threads
 class BenchConfig:
     model: str | None = None
     weight_format: str = "auto"
+    quantization: str | None = None  # q8_0 / q4_0 / q4_k: quantize a safetensors checkpoint at load
     threads: int = 2
     streams: tuple[int, ...] = (1, 8, 32)
     new_tokens: int = 64
@@ -27,7 +28,7 @@ class BenchConfig:
 
 def run_benchmark(cfg: BenchConfig) -> list[Row]:
     configure_torch_threads(cfg.threads)
-    loaded = load_model(LoadConfig(cfg.model, cfg.weight_format))
+    loaded = load_model(LoadConfig(cfg.model, cfg.weight_format, quantization=cfg.quantization))
     rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(
         f"model {loaded.name} ({loaded.source_format} {loaded.file_quantization}) as {loaded.weight_format}, "

@@ -102,13 +102,16 @@ def tiny_engine_config(num_blocks: int = 256, block_size: int = 16, **scheduler:
     )
 
 
-def write_tiny_hf_folder(folder: Path, max_position_embeddings: int = 512, seed: int = 3) -> Path:
+def write_tiny_hf_folder(
+    folder: Path, max_position_embeddings: int = 512, seed: int = 3, **overrides: object
+) -> Path:
     """A 2-layer random Llama saved as a Hugging Face folder (config.json, safetensors, tokenizer files with the
-    default model's tokenizer and chat template), for code that loads models from disk: jobs, workers."""
+    default model's tokenizer and chat template), for code that loads models from disk: jobs, workers.
+    `overrides` change tiny_config's sizes (hidden_size, intermediate_size, heads, ...)."""
     from safetensors.torch import save_file
 
     tokenizer, template = default_tokenizer_and_template()
-    config = tiny_config("llama", max_position_embeddings=max_position_embeddings)
+    config = tiny_config("llama", max_position_embeddings=max_position_embeddings, **overrides)
     folder.mkdir(parents=True)
     hf_config = {
         "architectures": ["LlamaForCausalLM"],
@@ -123,7 +126,7 @@ def write_tiny_hf_folder(folder: Path, max_position_embeddings: int = 512, seed:
         "max_position_embeddings": config.max_position_embeddings,
         "rope_theta": config.rope_theta,
         "rms_norm_eps": config.rms_norm_eps,
-        "tie_word_embeddings": True,
+        "tie_word_embeddings": config.tie_word_embeddings,
         "bos_token_id": 1,
         "eos_token_id": 2,
     }

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from contextlib import ExitStack
+from typing import TYPE_CHECKING, Any
 
 import torch
-from safetensors.torch import load_file
+from safetensors import safe_open
 
 from ember.models.checkpoint import Checkpoint, GenerationDefaults
 from ember.models.config import ModelConfig, RopeScaling
 from ember.models.errors import ModelLoadError
+
+if TYPE_CHECKING:
+    from ember.models.load_quantization import CheckpointQuantizer
+    from ember.models.quant.packed_weight import PackedWeight
 
 # config.json "architectures" entry -> our architecture name.
 HF_ARCHITECTURES = {
@@ -25,15 +30,18 @@ _DTYPE_NAMES = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f1
 _INDEX_FILE = "model.safetensors.index.json"
 
 
-def load_hf_folder(path: str) -> Checkpoint:
-    """Config, fp32 weights (bf16/fp16 converted), tokenizer, chat template and generation defaults."""
+def load_hf_folder(path: str, quantization: str | None = None) -> Checkpoint:
+    """Config, fp32 weights (bf16/fp16 converted), tokenizer, chat template and generation defaults.
+
+    quantization ("q8_0", "q4_0", "q4_k") turns the linear weights into PackedWeights as each is read
+    (ember.models.load_quantization decides which type each gets)."""
     if not os.path.isdir(path):
         raise ModelLoadError(path, "no such directory")
     raw_config = _read_json(path, "config.json")
     if raw_config is None:
         raise ModelLoadError(path, "no config.json; expected a Hugging Face checkpoint folder")
     config = model_config_from_hf(raw_config, os.path.join(path, "config.json"))
-    weights, quantization = _read_safetensors(path)
+    weights, stored = _read_safetensors(path, config, quantization)
 
     from ember.models.tokenizer import Tokenizer, read_hf_chat_template
 
@@ -46,7 +54,7 @@ def load_hf_folder(path: str) -> Checkpoint:
         source_path=path,
         source_format="safetensors",
         generation=_read_generation_defaults(path, config),
-        quantization=quantization,
+        quantization=stored,
     )
 
 
@@ -173,23 +181,51 @@ def _safetensors_files(path: str) -> list[str]:
     return [os.path.join(path, name) for name in files]
 
 
-def _read_safetensors(path: str) -> tuple[dict[str, torch.Tensor], str]:
-    """All tensors as fp32, and the name of the floating dtype the files held ("bf16", "f16", "f32")."""
-    weights: dict[str, torch.Tensor] = {}
-    stored: set[str] = set()
-    for file in _safetensors_files(path):
-        try:
-            tensors = load_file(file, device="cpu")
-        except Exception as e:  # safetensors raises its own error type for every kind of damage
-            raise ModelLoadError(file, f"cannot read safetensors: {e}") from e
-        for name, tensor in tensors.items():
-            if name in weights:
-                raise ModelLoadError(file, f"tensor {name} appears in more than one file")
-            if tensor.is_floating_point():
+def _read_safetensors(
+    path: str, config: ModelConfig, quantization: str | None
+) -> tuple[dict[str, torch.Tensor | PackedWeight], str]:
+    """All tensors, one at a time: floating ones as fp32 (or quantized), the rest as stored. Also what the files
+    held: the floating dtypes ("bf16", "f16", "f32"), followed by what quantization made of them."""
+    with ExitStack() as stack:
+        handles = []
+        for file in _safetensors_files(path):
+            try:
+                handles.append((file, stack.enter_context(safe_open(file, framework="pt", device="cpu"))))
+            except Exception as e:  # safetensors raises its own error type for every kind of damage
+                raise ModelLoadError(file, f"cannot read safetensors: {e}") from e
+        names: set[str] = set()
+        for file, handle in handles:
+            for name in handle.keys():
+                if name in names:
+                    raise ModelLoadError(file, f"tensor {name} appears in more than one file")
+                names.add(name)
+        # Every name is known before any tensor is read: the quantizer's choices depend on which exist.
+        quantizer = _quantizer(quantization, config, names)
+
+        weights: dict[str, torch.Tensor | PackedWeight] = {}
+        stored: set[str] = set()
+        for file, handle in handles:
+            for name in handle.keys():
+                try:
+                    tensor = handle.get_tensor(name)
+                except Exception as e:
+                    raise ModelLoadError(file, f"cannot read safetensors: {e}") from e
+                if not tensor.is_floating_point():
+                    weights[name] = tensor
+                    continue
                 stored.add(_DTYPE_NAMES.get(tensor.dtype, str(tensor.dtype)))
                 tensor = tensor.float()
-            weights[name] = tensor
-    return weights, "/".join(sorted(stored)) or "f32"
+                weights[name] = tensor if quantizer is None else quantizer.convert(name, tensor)
+    held = "/".join(sorted(stored)) or "f32"
+    return weights, held if quantizer is None else f"{held} -> {quantizer.describe()}"
+
+
+def _quantizer(quantization: str | None, config: ModelConfig, names: set[str]) -> CheckpointQuantizer | None:
+    if quantization is None:
+        return None
+    from ember.models.load_quantization import CheckpointQuantizer
+
+    return CheckpointQuantizer(quantization, config, names)
 
 
 def _read_generation_defaults(path: str, config: ModelConfig) -> GenerationDefaults:

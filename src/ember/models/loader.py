@@ -11,6 +11,7 @@ import torch
 from ember.models.checkpoint import Checkpoint, GenerationDefaults
 from ember.models.config import ModelConfig
 from ember.models.errors import ModelLoadError
+from ember.models.load_quantization import parse_quantization
 
 WEIGHT_FORMATS = ("auto", "fp32", "bf16", "packed")
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -27,6 +28,9 @@ class LoadConfig:
     device: str = "cpu"
     quant_kernels: bool = True
     """Run packed weights on the int8 block kernel when it is built; False keeps the exact fp32 reference path."""
+    quantization: str | None = None
+    """q8_0, q4_0 or q4_k (any case): quantize a safetensors checkpoint's linear weights to that GGML block
+    format while loading, then serve them packed like a GGUF's. None loads the weights as they are."""
 
     def __post_init__(self) -> None:
         if self.weight_format not in WEIGHT_FORMATS:
@@ -35,6 +39,15 @@ class LoadConfig:
             )
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be cpu or cuda[:N], got {self.device!r}")
+        if self.quantization is None:
+            return
+        parse_quantization(self.quantization)  # ValueError naming the accepted values
+        object.__setattr__(self, "quantization", self.quantization.lower())
+        if self.weight_format not in ("auto", "packed"):
+            raise ValueError(
+                f"quantization {self.quantization} stores packed blocks; it cannot be combined with "
+                f"weight_format {self.weight_format!r} (use auto or packed)"
+            )
 
 
 @dataclass
@@ -49,7 +62,7 @@ class LoadedModel:
     name: str
     source_path: str
     source_format: str
-    file_quantization: str
+    file_quantization: str  # what the file holds ("Q4_1", "bf16"), and what load-time quantization made of it
     weight_format: str
     device: torch.device
     load_seconds: float
@@ -87,17 +100,24 @@ def enable_quant_kernels(network: torch.nn.Module) -> int:
     return sum(1 for m in network.modules() if isinstance(m, PackedLinear) and m.use_fast_kernel())
 
 
-def read_checkpoint(path: str, keep_packed: bool) -> Checkpoint:
+def read_checkpoint(path: str, keep_packed: bool, quantization: str | None = None) -> Checkpoint:
+    """A GGUF (blocks kept packed or decoded) or a Hugging Face folder (optionally quantized while read)."""
     from ember.models.gguf_loader import load_gguf
     from ember.models.hf_loader import load_hf_folder
 
     if not os.path.exists(path):
         raise ModelLoadError(path, "no such file or directory")
     gguf = gguf_file_of(path)
+    if gguf is not None and quantization is not None:
+        raise ModelLoadError(
+            path,
+            f"quantization {quantization} applies to safetensors checkpoints; a GGUF file is already "
+            "quantized (its blocks are served as stored)",
+        )
     if gguf is not None:
         return load_gguf(gguf, keep_packed=keep_packed)
     if os.path.isdir(path):
-        return load_hf_folder(path)
+        return load_hf_folder(path, quantization)
     return load_gguf(path, keep_packed=keep_packed)
 
 
@@ -116,11 +136,16 @@ def load_model(cfg: LoadConfig) -> LoadedModel:
     started = time.perf_counter()
     path = cfg.model or default_gguf_path()
     device = torch.device(cfg.device)
-    weight_format = resolve_weight_format(cfg.weight_format, device, gguf_file_of(path) is not None)
-    checkpoint = read_checkpoint(path, keep_packed=weight_format == "packed")
-    if weight_format == "packed" and checkpoint.source_format != "gguf":
+    if cfg.quantization is not None:
+        weight_format = "packed"
+    else:
+        weight_format = resolve_weight_format(cfg.weight_format, device, gguf_file_of(path) is not None)
+    checkpoint = read_checkpoint(path, keep_packed=weight_format == "packed", quantization=cfg.quantization)
+    if weight_format == "packed" and checkpoint.source_format != "gguf" and cfg.quantization is None:
         raise ModelLoadError(
-            path, "weight_format 'packed' needs a GGUF file; use fp32 or bf16 for a safetensors folder"
+            path,
+            "weight_format 'packed' needs a GGUF file, or a quantization (q8_0, q4_0, q4_k) for a "
+            "safetensors folder; use fp32 or bf16 to load it unquantized",
         )
     network = DecoderModel(checkpoint.config)
     network.load_weights(checkpoint.weights)
