@@ -33,6 +33,7 @@ class ServerLaunch:
 
     model: str | None
     weight_format: str
+    quantization: str | None
     threads: int
     block_size: int
     enable_prefix_caching: bool
@@ -44,13 +45,21 @@ class ServerLaunch:
 
     @classmethod
     def matching(
-        cls, engine: EngineConfig, model: str | None, weight_format: str, threads: int
+        cls,
+        engine: EngineConfig,
+        model: str | None,
+        weight_format: str,
+        quantization: str | None,
+        threads: int,
     ) -> ServerLaunch:
         if engine.cache.num_blocks:
             raise ValueError("`ember serve` sizes its KV cache in GiB; pass kv_cache_gib, not num_blocks")
+        if engine.adapt_threads:
+            raise ValueError("the benchmark pins its thread count; adapt_threads must be 0")
         return cls(
             model=model,
             weight_format=weight_format,
+            quantization=quantization,
             threads=threads,
             block_size=engine.cache.block_size,
             enable_prefix_caching=engine.cache.enable_prefix_caching,
@@ -71,6 +80,8 @@ class ServerLaunch:
             command.append("--no-prefix-caching")
         if self.model is not None:
             command += ["--model", self.model]
+        if self.quantization is not None:
+            command += ["--quantization", self.quantization]
         return command
 
 

@@ -62,7 +62,9 @@ def run_benchmark(cfg: BenchConfig) -> list[Row]:
     with ExitStack() as stack:
         http = None
         if cfg.http:
-            launch = ServerLaunch.matching(engine_cfg, cfg.model, cfg.weight_format, cfg.threads)
+            launch = ServerLaunch.matching(
+                engine_cfg, cfg.model, cfg.weight_format, cfg.quantization, cfg.threads
+            )
             print("starting `ember serve` on loopback for the HTTP column", flush=True)
             server = stack.enter_context(running_server(launch))
             http = HttpBench(server.url, server.api_key, loaded.config.vocab_size, max(cfg.streams))
