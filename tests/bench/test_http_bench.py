@@ -47,10 +47,10 @@ def test_each_workload_runs_on_the_engine_then_through_a_real_server(tmp_path: P
     engine = LLMEngine(tiny_loaded_model(), ENGINE)
     work = Workloads(streams=(1, 3), new_tokens=5, prefill_length=64, ttft_length=64)
     with running_server(tiny_launch(model)) as server:
-        http = HttpBench(server.url, server.api_key, VOCAB_SIZE, max(work.streams))
+        http = HttpBench(server.url, server.api_key, VOCAB_SIZE)
         figures = measure_ember(engine, PromptMaker(VOCAB_SIZE), work, http)
         http.close()
-        intruder = HttpBench(server.url, "not-the-key", VOCAB_SIZE, 1)
+        intruder = HttpBench(server.url, "not-the-key", VOCAB_SIZE)
         with pytest.raises(HttpBenchError, match="answered 401"):
             intruder.prefill_tokens_per_s(8, 1)
         intruder.close()

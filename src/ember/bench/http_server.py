@@ -20,11 +20,8 @@ from pathlib import Path
 
 import httpx
 
+from ember.bench.http_client import HttpBenchError
 from ember.engine.llm_engine import EngineConfig
-
-
-class HttpBenchError(RuntimeError):
-    """The benchmark server did not start, or answered something the benchmark cannot measure."""
 
 
 @dataclass(frozen=True)

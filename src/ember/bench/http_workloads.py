@@ -2,8 +2,9 @@
 
 Each function mirrors its engine-only twin in workloads.py: the same prompts (same PromptMaker seed), the same
 max_tokens and greedy ignore_eos sampling, and the same clock boundaries, so HTTP/engine is the cost of the
-server path alone. The client is one asyncio event loop with httpx; per SSE event it does one json.loads and
-one perf_counter() (its CPU share is reported, since on a small machine it competes with the engine)."""
+server path alone. The client is one asyncio event loop with a minimal HTTP client (http_client.py); per SSE
+event it reads the clock once and looks at bytes, no JSON (its CPU share is reported: on a small machine it
+competes with the engine)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,11 @@ import asyncio
 import json
 import statistics
 import time
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
-
-from ember.bench.http_server import HttpBenchError
+from ember.bench.http_client import HttpBenchError, HttpClient
 from ember.bench.workloads import PromptMaker, TtftResult
 
 
@@ -32,16 +32,8 @@ class HttpDecodeResult:
 class BenchClient:
     """The /v1 routes of one server, with the greedy ignore_eos requests every workload sends."""
 
-    def __init__(self, url: str, api_key: str, max_connections: int) -> None:
-        self.http = httpx.AsyncClient(
-            base_url=f"{url}/v1",
-            headers={"Authorization": f"Bearer {api_key}"},
-            timeout=httpx.Timeout(600.0, connect=30.0),
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
-        )
-
-    async def aclose(self) -> None:
-        await self.http.aclose()
+    def __init__(self, url: str, api_key: str) -> None:
+        self.http = HttpClient(f"{url}/v1", api_key)
 
     @staticmethod
     def _body(prompt: list[int], max_tokens: int, stream: bool) -> dict[str, Any]:
@@ -52,33 +44,25 @@ class BenchClient:
         return body
 
     async def complete(self, prompt: list[int], max_tokens: int) -> dict[str, Any]:
-        reply = await self.http.post("/completions", json=self._body(prompt, max_tokens, stream=False))
-        if reply.status_code != 200:
-            raise HttpBenchError(f"POST /v1/completions answered {reply.status_code}: {reply.text[:500]}")
-        return reply.json()
+        return await self.http.post("/completions", self._body(prompt, max_tokens, stream=False))
 
     async def token_arrival_times(self, prompt: list[int], max_tokens: int) -> list[float]:
         """perf_counter() at the arrival of each generated token of one streamed completion."""
         times: list[float] = []
         usage: dict[str, Any] | None = None
-        body = self._body(prompt, max_tokens, stream=True)
-        async with self.http.stream("POST", "/completions", json=body) as reply:
-            if reply.status_code != 200:
-                await reply.aread()
-                raise HttpBenchError(f"POST /v1/completions answered {reply.status_code}: {reply.text[:500]}")
-            async for line in reply.aiter_lines():
-                if not line.startswith("data: "):
-                    continue
-                arrived = time.perf_counter()
-                if line == "data: [DONE]":
+        events = self.http.post_events("/completions", self._body(prompt, max_tokens, stream=True))
+        async with aclosing(events):
+            # Only bytes are looked at per token; the server writes compact JSON, in which `"choices":[]` can
+            # only be the final usage chunk (quotes inside text are escaped).
+            async for arrived, event in events:
+                if event == b"data: [DONE]":
                     break
-                event = json.loads(line[6:])
-                if "error" in event:
-                    raise HttpBenchError(f"the stream failed: {event['error']}")
-                if event["choices"]:
+                if event.startswith(b'data: {"error"'):
+                    raise HttpBenchError(f"the stream failed: {event[6:].decode()}")
+                if b'"choices":[]' in event:
+                    usage = json.loads(event[6:])["usage"]
+                elif event.startswith(b"data: "):
                     times.append(arrived)
-                elif event.get("usage"):
-                    usage = event["usage"]
         # With ignore_eos and no stop strings the server sends one chunk per engine step, one token each;
         # the usage chunk confirms it, so counting chunks counts tokens.
         if usage is None or usage["completion_tokens"] != len(times):
@@ -145,14 +129,10 @@ class HttpBench:
     its engine-only twin: a busy machine's load then weighs on both alike. Call them in the engine-only
     order: the prompts come from the same PromptMaker seed, so the server sees the very same token ids."""
 
-    def __init__(self, url: str, api_key: str, vocab_size: int, max_streams: int) -> None:
-        self._runner = asyncio.Runner()  # one event loop across calls: the client's connections stay open
-        self._client = self._runner.run(self._open(url, api_key, max_streams + 4))
+    def __init__(self, url: str, api_key: str, vocab_size: int) -> None:
+        self._runner = asyncio.Runner()  # one event loop for every call
+        self._client = BenchClient(url, api_key)
         self.prompts = PromptMaker(vocab_size)
-
-    @staticmethod
-    async def _open(url: str, api_key: str, max_connections: int) -> BenchClient:
-        return BenchClient(url, api_key, max_connections)
 
     def prefill_tokens_per_s(self, length: int, repeats: int) -> float:
         return self._runner.run(prefill_tokens_per_s(self._client, self.prompts, length, repeats))
@@ -164,5 +144,4 @@ class HttpBench:
         return self._runner.run(ttft_cold_and_cached(self._client, self.prompts, length))
 
     def close(self) -> None:
-        self._runner.run(self._client.aclose())
         self._runner.close()

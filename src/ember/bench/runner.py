@@ -67,7 +67,7 @@ def run_benchmark(cfg: BenchConfig) -> list[Row]:
             )
             print("starting `ember serve` on loopback for the HTTP column", flush=True)
             server = stack.enter_context(running_server(launch))
-            http = HttpBench(server.url, server.api_key, loaded.config.vocab_size, max(cfg.streams))
+            http = HttpBench(server.url, server.api_key, loaded.config.vocab_size)
             stack.callback(http.close)
         ember = measure_ember(engine, prompts, Workloads(cfg.streams, cfg.new_tokens), http)
     rows: list[Row] = []
