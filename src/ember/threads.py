@@ -135,9 +135,9 @@ def release_openmp_team() -> bool:
     libgomp's threads wait at barriers by spinning (300k rounds) only while it manages no more threads than there
     are cores; beyond that they sleep almost at once and every parallel region pays a futex wake-up. `ember serve`
     loads the model on the main thread, whose team then sat idle beside the engine thread's and tipped the count:
-    decode steps on idle cores were 2-2.6x slower than the same engine on one thread (1 stream 15.5 vs 40 tok/s,
-    8 streams 120 vs 250). Call it from a thread that is done with torch (a later parallel op there builds a
-    new team). False when the process has no libgomp or it lacks the call (another OpenMP runtime)."""
+    on idle cores, 8-stream decode ran ~500 tok/s instead of ~580 (with a parallel region per op, before the
+    fused decode step, 2-2.6x slower). Call it from a thread that is done with torch (a later parallel op there
+    builds a new team). False when the process has no libgomp or it lacks the call (another OpenMP runtime)."""
     import ctypes
 
     try:
