@@ -25,7 +25,6 @@ class HttpDecodeResult:
     streams: int
     tokens_per_s: float
     new_tokens_per_stream: list[int]  # tokens each stream received after its first one
-    first_token_spread_ms: float  # how far apart the streams' first tokens arrived
     client_cpu_share: float  # CPU seconds of this (client) process per wall second of the phase
 
 
@@ -100,12 +99,13 @@ async def decode_throughput(
     cpu_share = (time.process_time() - cpu0) / (time.perf_counter() - wall0)
     start = max(times[0] for times in arrivals)
     end = max(times[-1] for times in arrivals)
+    if end <= start:
+        raise HttpBenchError("nothing to time after the first tokens: new_tokens must be at least 1")
     counted = sum(1 for times in arrivals for t in times if t > start)
     return HttpDecodeResult(
         streams=streams,
         tokens_per_s=counted / (end - start),
         new_tokens_per_stream=[len(times) - 1 for times in arrivals],
-        first_token_spread_ms=(start - min(times[0] for times in arrivals)) * 1e3,
         client_cpu_share=cpu_share,
     )
 
