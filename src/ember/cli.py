@@ -87,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--streams", default="1,8,32", help="concurrent streams for the decode rows")
     bench.add_argument("--new-tokens", type=int, default=64, help="tokens generated per stream")
     bench.add_argument("--peers", default="transformers,llama.cpp", help="comma list; empty for none")
+    bench.add_argument(
+        "--http",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run every workload through `ember serve` on loopback and show HTTP/engine (default: on)",
+    )
 
     add_tune_subparser(sub)
     return parser
@@ -112,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                 streams=tuple(int(s) for s in args.streams.split(",") if s),
                 new_tokens=args.new_tokens,
                 peers=tuple(p for p in args.peers.split(",") if p),
+                http=args.http,
             )
         )
         return 0

@@ -12,7 +12,7 @@ from ember.engine.llm_engine import EngineConfig
 from ember.lora.config import LoraConfig
 from ember.models.loader import LoadConfig, load_model
 from ember.server.config import FineTuningConfig
-from ember.threads import configure_torch_threads
+from ember.threads import configure_torch_threads, release_openmp_team
 
 logger = logging.getLogger("ember.serve")
 
@@ -98,5 +98,8 @@ def serve_from_args(args: argparse.Namespace) -> int:
     logger.info("serving on http://%s:%d/v1 (also /inference/v1)", args.host, args.port)
     fine_tuning = fine_tuning_config_from(args, threads)
     app = build_app(engine, server_cfg, fine_tuning)
+    # From here on every step runs on the engine thread: the main thread's idle OpenMP team, left over from
+    # loading, would only slow it down (see release_openmp_team).
+    release_openmp_team()
     uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=30)
     return 0

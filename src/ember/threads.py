@@ -127,3 +127,30 @@ def tune_allocator() -> None:
     m_trim_threshold, m_mmap_threshold = -1, -3
     libc.mallopt(m_mmap_threshold, 64 << 20)
     libc.mallopt(m_trim_threshold, 1 << 30)
+
+
+def release_openmp_team() -> bool:
+    """Ends the calling thread's idle OpenMP worker threads (OpenMP 5's omp_pause_resource_all, soft pause).
+
+    libgomp's threads wait at barriers by spinning (300k rounds) only while it manages no more threads than there
+    are cores; beyond that they sleep almost at once and every parallel region pays a futex wake-up. `ember serve`
+    loads the model on the main thread, whose team then sat idle beside the engine thread's and tipped the count:
+    on idle cores, 8-stream decode ran ~500 tok/s instead of ~580 (with a parallel region per op, before the
+    fused decode step, 2-2.6x slower). Call it from a thread that is done with torch (a later parallel op there
+    builds a new team). False when the process has no libgomp or it lacks the call (another OpenMP runtime)."""
+    import ctypes
+
+    try:
+        with open("/proc/self/maps") as maps:
+            path = next((line.split()[-1] for line in maps if "libgomp" in line.rsplit("/", 1)[-1]), None)
+    except OSError:
+        return False
+    if path is None:
+        return False
+    pause_all = getattr(
+        ctypes.CDLL(path), "omp_pause_resource_all", None
+    )  # the loaded library, not a new one
+    if pause_all is None:
+        return False
+    omp_pause_soft = 1
+    return pause_all(omp_pause_soft) == 0

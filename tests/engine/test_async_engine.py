@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import math
+import threading
+from typing import Any
 
 import pytest
 
@@ -78,6 +80,40 @@ def test_closing_the_stream_aborts_and_frees_blocks(tiny_llama: LoadedModel) -> 
             await engine.shutdown()
 
     asyncio.run(main())
+
+
+def test_one_step_wakes_the_event_loop_once_for_all_its_streams(tiny_llama: LoadedModel) -> None:
+    """Streams share one event loop, so the engine thread hands each step's outputs over in one call."""
+    params = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
+    prompts = [tiny_llama.tokenizer.encode(f"Story number {i} begins") for i in range(4)]
+
+    async def count_outputs(engine: AsyncEngine, prompt: list[int], rid: str) -> int:
+        return len([out async for out in engine.generate(prompt, params, rid)])
+
+    async def main() -> tuple[list[int], int, int]:
+        loop = asyncio.get_running_loop()
+        handoffs = 0
+        call_soon_threadsafe = loop.call_soon_threadsafe
+
+        def counting(*args: Any, **kwargs: Any) -> Any:
+            nonlocal handoffs
+            handoffs += threading.current_thread().name == "ember-engine"
+            return call_soon_threadsafe(*args, **kwargs)
+
+        loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
+        engine = make_engine(tiny_llama)
+        await engine.start()
+        try:
+            outputs = await asyncio.gather(
+                *(count_outputs(engine, p, f"s{i}") for i, p in enumerate(prompts))
+            )
+        finally:
+            await engine.shutdown()
+        return outputs, handoffs, engine.engine.stats.num_steps
+
+    outputs, handoffs, steps = asyncio.run(main())
+    assert outputs == [8] * 4  # one output per generated token, for every stream
+    assert handoffs <= steps < sum(outputs)
 
 
 def test_a_full_queue_refuses_at_once_and_the_engine_keeps_serving(tiny_llama: LoadedModel) -> None:

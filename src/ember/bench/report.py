@@ -1,4 +1,4 @@
-"""Prints benchmark rows as one aligned table with ember/peer ratios."""
+"""Prints benchmark rows as one aligned table with ember/peer ratios, and the figures through HTTP next to ember's."""
 
 from __future__ import annotations
 
@@ -13,17 +13,32 @@ class Row:
     peers: dict[str, float | None] = field(default_factory=dict)
     lower_is_better: bool = False
     extra: str = ""
+    http: float | None = None  # the same workload through `ember serve`'s HTTP API
+
+    def http_speed(self) -> float | None:
+        """HTTP speed relative to the engine alone: 0.90 is 10% slower (for latencies, engine ms / HTTP ms)."""
+        if not self.http:
+            return None
+        return self.ember / self.http if self.lower_is_better else self.http / self.ember
 
 
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:,.1f}"
 
 
-def print_table(rows: list[Row], peer_names: list[str], noted: list[Any]) -> None:
-    header = ["metric", "ember"] + peer_names + [f"ember/{n.split()[0]}" for n in peer_names] + ["notes"]
+def print_table(
+    rows: list[Row], peer_names: list[str], noted: list[Any], footnotes: tuple[str, ...] = ()
+) -> None:
+    with_http = any(row.http is not None for row in rows)
+    http_header = ["ember http", "http/ember"] if with_http else []
+    header = ["metric", "ember", *http_header] + peer_names + [f"ember/{n.split()[0]}" for n in peer_names]
+    header.append("notes")
     lines = [header]
     for row in rows:
         cells = [row.metric, _fmt(row.ember)]
+        if with_http:
+            speed = row.http_speed()
+            cells += [_fmt(row.http), "-" if speed is None else f"{speed:.2f}x"]
         cells += [_fmt(row.peers.get(n)) for n in peer_names]
         for n in peer_names:
             peer = row.peers.get(n)
@@ -41,3 +56,5 @@ def print_table(rows: list[Row], peer_names: list[str], noted: list[Any]) -> Non
             print("  ".join("-" * w for w in widths))
     for peer in noted:
         print(f"note: {peer.name}: {peer.note}")
+    for note in footnotes:
+        print(f"note: {note}")

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import resource
+from contextlib import ExitStack
 from dataclasses import dataclass
 
-from ember.bench.gemm_only import gemm_only_tokens_per_s
+from ember.bench.ember_runs import HttpFigures, Workloads, measure_ember
+from ember.bench.http_server import ServerLaunch, running_server
+from ember.bench.http_workloads import HttpBench
 from ember.bench.peers import PeerResult, llama_cpp_peer, transformers_peer
 from ember.bench.report import Row, print_table
-from ember.bench.workloads import PromptMaker, decode_throughput, prefill_tokens_per_s, ttft_cold_and_cached
+from ember.bench.workloads import PromptMaker
 from ember.engine.engine_config import CacheConfig, SchedulerConfig
 from ember.engine.llm_engine import EngineConfig, LLMEngine
 from ember.models.loader import LoadConfig, load_model
@@ -24,6 +27,18 @@ class BenchConfig:
     streams: tuple[int, ...] = (1, 8, 32)
     new_tokens: int = 64
     peers: tuple[str, ...] = ("transformers", "llama.cpp")
+    http: bool = True  # run every workload again through `ember serve` and show the HTTP/engine ratio
+
+
+def _http_footnote(http: HttpFigures) -> str:
+    cpu = ", ".join(
+        f"{d.client_cpu_share:.0%} ({s} stream{'s' if s > 1 else ''})" for s, d in http.decode.items()
+    )
+    return (
+        "ember http: the same prompts through `ember serve` on loopback (OpenAI /v1/completions, streamed for "
+        "decode and TTFT), each run right after its engine-only twin; http/ember is its speed relative to the "
+        f"engine alone. The client's CPU per wall second while decoding: {cpu}; it runs on the same cores."
+    )
 
 
 def run_benchmark(cfg: BenchConfig) -> list[Row]:
@@ -44,20 +59,35 @@ def run_benchmark(cfg: BenchConfig) -> list[Row]:
     )
     engine = LLMEngine(loaded, engine_cfg)
     prompts = PromptMaker(loaded.config.vocab_size)
-    prefill_tokens_per_s(engine, prompts, 64, 1)  # warm-up
+    with ExitStack() as stack:
+        http = None
+        if cfg.http:
+            launch = ServerLaunch.matching(
+                engine_cfg, cfg.model, cfg.weight_format, cfg.quantization, cfg.threads
+            )
+            print("starting `ember serve` on loopback for the HTTP column", flush=True)
+            server = stack.enter_context(running_server(launch))
+            http = HttpBench(server.url, server.api_key, loaded.config.vocab_size)
+            stack.callback(http.close)
+        ember = measure_ember(engine, prompts, Workloads(cfg.streams, cfg.new_tokens), http)
     rows: list[Row] = []
-    prefill = prefill_tokens_per_s(engine, prompts, 512, 3)
+    prefill, ttft = ember.prefill_tokens_per_s, ember.ttft
+    decode, gemm = ember.decode, ember.gemm_only_tokens_per_s
     peers: list[PeerResult] = []
     gguf = loaded.source_path if loaded.source_format == "gguf" else None
-    decode = {s: decode_throughput(engine, prompts, s, cfg.new_tokens) for s in cfg.streams}
-    gemm = {s: gemm_only_tokens_per_s(loaded.network, s) for s in cfg.streams}
-    ttft = ttft_cold_and_cached(engine, prompts, 1024)
     if gguf and "llama.cpp" in cfg.peers:
         peers.append(llama_cpp_peer(gguf, prompts, cfg.threads, cfg.new_tokens))
     if gguf and "transformers" in cfg.peers:
         del engine
         peers.append(transformers_peer(gguf, prompts, list(cfg.streams), cfg.new_tokens))
-    rows.append(Row("prefill 512 tok/s", prefill, {p.name: p.prefill_tokens_per_s for p in peers}))
+    rows.append(
+        Row(
+            "prefill 512 tok/s",
+            prefill,
+            {p.name: p.prefill_tokens_per_s for p in peers},
+            http=ember.http.prefill_tokens_per_s if ember.http else None,
+        )
+    )
     for s in cfg.streams:
         d = decode[s]
         rows.append(
@@ -67,9 +97,18 @@ def run_benchmark(cfg: BenchConfig) -> list[Row]:
                 {p.name: p.decode_tokens_per_s.get(s) for p in peers},
                 extra=f"GEMM-only {gemm[s]:.0f} ({d.tokens_per_s / gemm[s]:.0%}); step {d.step_ms:.1f} ms, "
                 f"outside forward {d.overhead_ms:.2f} ms",
+                http=ember.http.decode[s].tokens_per_s if ember.http else None,
             )
         )
-    rows.append(Row("TTFT 1k prompt, cold (ms)", ttft.cold_ms, {}, lower_is_better=True))
+    rows.append(
+        Row(
+            "TTFT 1k prompt, cold (ms)",
+            ttft.cold_ms,
+            {},
+            lower_is_better=True,
+            http=ember.http.ttft.cold_ms if ember.http else None,
+        )
+    )
     rows.append(
         Row(
             "TTFT 1k prompt, prefix cached (ms)",
@@ -77,7 +116,9 @@ def run_benchmark(cfg: BenchConfig) -> list[Row]:
             {},
             lower_is_better=True,
             extra=f"{ttft.cached_ms / ttft.cold_ms:.1%} of cold",
+            http=ember.http.ttft.cached_ms if ember.http else None,
         )
     )
-    print_table(rows, [p.name for p in peers], [p for p in peers if p.note])
+    footnotes = (_http_footnote(ember.http),) if ember.http else ()
+    print_table(rows, [p.name for p in peers], [p for p in peers if p.note], footnotes)
     return rows

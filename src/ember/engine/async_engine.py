@@ -54,6 +54,12 @@ class _Stream:
         self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
 
 
+def _deliver(items: list[tuple[_Stream, RequestOutput]]) -> None:
+    """Runs on the event loop: one step's outputs into their streams' queues."""
+    for stream, output in items:
+        stream.queue.put_nowait(output)
+
+
 class AsyncEngine:
     def __init__(self, engine: LLMEngine) -> None:
         self.engine = engine
@@ -233,12 +239,18 @@ class AsyncEngine:
         self._snapshot_stats()
 
     def _publish(self, outputs: list[RequestOutput]) -> None:
+        """Hands one step's outputs to their streams with one wake-up per event loop, not one per stream:
+        each call_soon_threadsafe writes to the loop's self-pipe, and at 32 streams those writes and the
+        loop's wake-ups were a visible share of the step (measured in the HTTP benchmark's profile)."""
         self._snapshot_stats()
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Stream, RequestOutput]]] = {}
         with self._lock:
             for output in outputs:
                 stream = self._streams.get(output.request_id)
                 if stream is not None:
-                    stream.put(output)
+                    by_loop.setdefault(stream.loop, []).append((stream, output))
+        for loop, items in by_loop.items():
+            loop.call_soon_threadsafe(_deliver, items)
 
     def _snapshot_stats(self) -> None:
         stats = copy.copy(self.engine.stats)
