@@ -111,9 +111,11 @@ class ModelRunner:
             if item.needs_prompt_logprobs:
                 spans[item.request_id] = (start, n)
         max_blocks = max(len(item.block_ids) for item in scheduled)
-        table = torch.zeros(len(scheduled), max_blocks, dtype=torch.int64)
-        for i, item in enumerate(scheduled):
-            table[i, : len(item.block_ids)] = torch.tensor(item.block_ids, dtype=torch.int64)
+        # One tensor from padded lists: a tensor per row costs ~8 us each, a visible share of a 32-stream step.
+        table = torch.tensor(
+            [list(item.block_ids) + [0] * (max_blocks - len(item.block_ids)) for item in scheduled],
+            dtype=torch.int64,
+        )  # [S, max_blocks]
         qlens = torch.tensor(query_lens, dtype=torch.int64)
         start_loc = torch.zeros(len(scheduled) + 1, dtype=torch.int64)
         start_loc[1:] = torch.cumsum(qlens, 0)

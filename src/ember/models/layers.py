@@ -60,6 +60,7 @@ class TokenEmbedding(nn.Module):
         self.weight: nn.Parameter | None = nn.Parameter(torch.empty(vocab_size, hidden_size, device=META))
         self.packed_qtype: str | None = None
         self.register_buffer("packed_data", None)
+        self._packed_view: PackedWeight | None = None
 
     def load(self, weight: torch.Tensor | PackedWeight) -> None:
         if is_packed(weight):
@@ -77,7 +78,12 @@ class TokenEmbedding(nn.Module):
             return None
         from ember.models.quant.packed_weight import PackedWeight
 
-        return PackedWeight(self.packed_qtype, (self.vocab_size, self.hidden_size), self.packed_data)
+        # Kept between steps; rebuilt when load() or .to() replaced the buffer.
+        view = self._packed_view
+        if view is None or view.data is not self.packed_data or view.qtype != self.packed_qtype:
+            view = PackedWeight(self.packed_qtype, (self.vocab_size, self.hidden_size), self.packed_data)
+            self._packed_view = view
+        return view
 
     @property
     def source(self) -> torch.Tensor | PackedWeight:

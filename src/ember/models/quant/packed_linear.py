@@ -41,6 +41,7 @@ class PackedLinear(nn.Module):
         self.register_buffer("weight_data", weight.data)
         self.bias = None if bias is None else nn.Parameter(bias.float(), requires_grad=False)
         self.matmul_fn: PackedMatmul = matmul_fn if matmul_fn is not None else dequantize_matmul
+        self._weight_view: PackedWeight | None = None
         self.prepared: PreparedQuantWeight | None = None  # the kernel's tiles, once use_fast_kernel succeeded
 
     def use_fast_kernel(self) -> bool:
@@ -64,7 +65,12 @@ class PackedLinear(nn.Module):
 
     @property
     def weight(self) -> PackedWeight:
-        return PackedWeight(self.qtype, (self.out_features, self.in_features), self.weight_data)
+        # Kept between calls (building one validates its shape, ~10 us a step); rebuilt when .to() swapped the buffer.
+        view = self._weight_view
+        if view is None or view.data is not self.weight_data:
+            view = PackedWeight(self.qtype, (self.out_features, self.in_features), self.weight_data)
+            self._weight_view = view
+        return view
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
