@@ -4,10 +4,8 @@ choices kept (teacher-forced top-1 against the fp32 load, through the real engin
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +16,7 @@ from test_hf_loader import PROMPTS, logits_of, reference_logits, save_checkpoint
 from torch import nn
 
 from ember import kernels
+from ember.bench.http_server import free_port, wait_until_healthy
 from ember.cli import build_parser, main
 from ember.engine.llm import LLM
 from ember.engine.sampling_params import SamplingParams
@@ -219,12 +218,6 @@ def test_bench_quantizes_the_model_it_measures(tmp_path: Path, capsys: pytest.Ca
     assert "(safetensors f32 -> q4_0: 14 Q4_0 + 1 Q8_0 matrices) as packed" in header
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_serve_quantizes_and_logs_what_it_applied(folder: Path, tmp_path: Path) -> None:
     port = free_port()
     log = tmp_path / "serve.log"
@@ -233,16 +226,7 @@ def test_serve_quantizes_and_logs_what_it_applied(folder: Path, tmp_path: Path) 
     with open(log, "w") as out:
         server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
         try:
-            deadline = time.monotonic() + 120
-            while True:
-                assert server.poll() is None, log.read_text()
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "the server did not come up"
-                time.sleep(0.3)
+            wait_until_healthy(server, f"http://127.0.0.1:{port}", log, timeout_s=120)
             body = {"model": "tiny-256", "prompt": "Hello", "max_tokens": 3}
             reply = httpx.post(f"http://127.0.0.1:{port}/v1/completions", json=body, timeout=60)
             assert reply.status_code == 200, reply.text

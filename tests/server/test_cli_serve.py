@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from ember.bench.http_server import free_port, wait_until_healthy
 
 
 def test_serve_logs_its_setup_answers_and_stops_on_sigterm(tmp_path: Path) -> None:
@@ -27,16 +21,7 @@ def test_serve_logs_its_setup_answers_and_stops_on_sigterm(tmp_path: Path) -> No
         server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
         try:
             base = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 180
-            while True:
-                assert server.poll() is None, log.read_text()
-                try:
-                    if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "the server did not come up"
-                time.sleep(0.5)
+            wait_until_healthy(server, base, log, timeout_s=180)
             body = {"model": "SmolLM2-135M-Instruct", "prompt": "The capital of France is", "max_tokens": 4}
             reply = httpx.post(f"{base}/v1/completions", json=body, timeout=60)
             assert reply.status_code == 200 and reply.json()["choices"][0]["text"]

@@ -90,7 +90,7 @@ class BenchServer:
     log_path: Path
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -101,24 +101,26 @@ def _log_tail(path: Path, lines: int = 25) -> str:
     return "\n".join(text[-lines:]) or "(no output)"
 
 
-def _wait_until_healthy(server: BenchServer, timeout_s: float) -> None:
+def wait_until_healthy(process: subprocess.Popen[bytes], url: str, log_path: Path, timeout_s: float) -> None:
+    """Returns once `ember serve` at `url` answers /health with 200; HttpBenchError with the end of its log
+    when the process exits first or `timeout_s` passes."""
     deadline = time.monotonic() + timeout_s
     while True:
-        code = server.process.poll()
+        code = process.poll()
         if code is not None:
             raise HttpBenchError(
-                f"the benchmark server exited with code {code} before it was ready; its log ends with:\n"
-                + _log_tail(server.log_path)
+                f"the server exited with code {code} before it was ready; its log ends with:\n"
+                + _log_tail(log_path)
             )
         try:
-            if httpx.get(f"{server.url}/health", timeout=2.0).status_code == 200:
+            if httpx.get(f"{url}/health", timeout=2.0).status_code == 200:
                 return
         except httpx.TransportError:
             pass  # not listening yet
         if time.monotonic() > deadline:
             raise HttpBenchError(
-                f"the benchmark server was not healthy after {timeout_s:.0f} s; its log ends with:\n"
-                + _log_tail(server.log_path)
+                f"the server was not healthy after {timeout_s:.0f} s; its log ends with:\n"
+                + _log_tail(log_path)
             )
         time.sleep(0.2)
 
@@ -138,7 +140,7 @@ def running_server(launch: ServerLaunch) -> Iterator[BenchServer]:
     """Starts `ember serve`, yields once /health answers 200, and always stops the process on exit."""
     with tempfile.TemporaryDirectory(prefix="ember-bench-") as folder:
         log_path = Path(folder) / "serve.log"
-        port = _free_port()
+        port = free_port()
         api_key = secrets.token_urlsafe(16)  # ours, so the server's EMBER_API_KEYS cannot lock the client out
         with open(log_path, "wb") as log:
             process = subprocess.Popen(
@@ -146,7 +148,7 @@ def running_server(launch: ServerLaunch) -> Iterator[BenchServer]:
             )
         server = BenchServer(f"http://127.0.0.1:{port}", api_key, process, log_path)
         try:
-            _wait_until_healthy(server, launch.start_timeout_s)
+            wait_until_healthy(process, server.url, log_path, launch.start_timeout_s)
             yield server
         finally:
             _stop(process)
