@@ -339,9 +339,8 @@ class LLMEngine:
         seq.finish_reason = reason
         seq.stop_reason = stop_reason
         rid = seq.request.request_id
-        if (
-            reason == "length"
-        ):  # text held back as a possible stop string, and incomplete bytes, are final now
+        # Text held back as a possible stop string, and incomplete bytes, are final now.
+        if reason == "length":
             self._emit(seq, seq.stop_checker.flush(seq.detokenizer.flush()))
         self.scheduler.finish_request(rid, _FINISH_STATUS[reason])
         self.runner.release(rid)

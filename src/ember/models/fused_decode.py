@@ -100,7 +100,7 @@ class FusedDecodeStack:
         if any(p is None for p in projections):
             return None
         qkv, o, gate_up, down = projections  # type: ignore[misc]
-        if _joined_bias(gate_up) is not None or _joined_bias(down) is not None:
+        if any(p.bias is not None for p in gate_up + down):
             return None  # no supported architecture has MLP biases; the torch path handles any that does
         norms = [layer.input_layernorm.weight, layer.post_attention_layernorm.weight]
         norms += [n.weight for n in (attn.q_norm, attn.k_norm) if n is not None]
