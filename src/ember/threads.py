@@ -67,6 +67,7 @@ class ThreadGovernor:
         self.allowed = os.sched_getaffinity(0)
         self.current = current
         self.others_busy_cores = 0.0  # the last measurement
+        self.measurements = 0  # windows measured so far (each poll that read /proc/stat)
         self._last = self._sample()
         self._pending: int | None = None
 
@@ -89,6 +90,7 @@ class ThreadGovernor:
             return None
         wall, busy, own = (b - a for a, b in zip(self._last, now, strict=True))
         self._last = now
+        self.measurements += 1
         self.others_busy_cores = max(0.0, (busy - own) / wall) if wall > 0 else 0.0
         advised = threads_for(self.others_busy_cores, len(self.allowed), self.max_threads)
         if advised == self.current:

@@ -116,6 +116,12 @@ def test_one_step_wakes_the_event_loop_once_for_all_its_streams(tiny_llama: Load
     assert handoffs <= steps < sum(outputs)
 
 
+async def wait_until(condition: Any) -> None:
+    """Polls a state of the engine; no deadline here, pytest's timeout ends a hang."""
+    while not condition():
+        await asyncio.sleep(0.005)
+
+
 def test_a_full_queue_refuses_at_once_and_the_engine_keeps_serving(tiny_llama: LoadedModel) -> None:
     async def main() -> None:
         engine = make_engine(tiny_llama, max_waiting=2, max_num_seqs=1, max_num_batched_tokens=64)
@@ -124,17 +130,54 @@ def test_a_full_queue_refuses_at_once_and_the_engine_keeps_serving(tiny_llama: L
             prompt = tiny_llama.tokenizer.encode("Hello there")
             slow = SamplingParams(max_tokens=60, temperature=0.0, ignore_eos=True)
             tasks = [asyncio.create_task(collect(engine, prompt, slow, "q0"))]
-            while engine.stats().num_running == 0:  # q0 runs; the next two fill the waiting queue
-                await asyncio.sleep(0.01)
+            await wait_until(lambda: engine.stats().num_running == 1)
+            # Held between two steps, q0 cannot finish, so the next two stay queued whatever the CPU's speed.
+            await asyncio.to_thread(engine.pause)
             tasks += [asyncio.create_task(collect(engine, prompt, slow, f"q{i}")) for i in (1, 2)]
-            await asyncio.sleep(0.1)
+            await wait_until(lambda: engine.stats().num_waiting == 2)
+            assert engine.stats().num_running == 1
             with pytest.raises(QueueFullError):
                 async for _ in engine.generate(prompt, slow, "overflow"):
                     pass
+            engine.resume()
             results = await asyncio.gather(*tasks)
             assert all(streamed == final for streamed, final in results)
-            text, _ = await collect(engine, prompt, SamplingParams(max_tokens=3, temperature=0.0), "after")
-            assert isinstance(text, str)
+            assert len({final for _, final in results}) == 1  # same prompt, greedy: the queue changed nothing
+            text, final = await collect(
+                engine, prompt, SamplingParams(max_tokens=3, temperature=0.0), "after"
+            )
+            assert text == final and text == results[0][1][: len(text)]
+            assert engine.stats().num_waiting == 0 and engine.stats().num_running == 0
+        finally:
+            await engine.shutdown()
+
+    asyncio.run(main())
+
+
+def test_a_paused_engine_queues_and_aborts_but_generates_nothing(tiny_llama: LoadedModel) -> None:
+    async def main() -> None:
+        engine = make_engine(tiny_llama)
+        await engine.start()
+        try:
+            prompt = tiny_llama.tokenizer.encode("Hold on")
+            params = SamplingParams(max_tokens=40, temperature=0.0, ignore_eos=True)
+            await asyncio.to_thread(engine.pause)
+            task = asyncio.create_task(collect(engine, prompt, params, "held"))
+            await wait_until(lambda: engine.stats().num_waiting == 1)
+            gone = engine.generate(prompt, params, "gone")
+            gone_first = asyncio.create_task(anext(gone))
+            await wait_until(lambda: engine.stats().num_waiting == 2)
+            gone_first.cancel()
+            await asyncio.gather(gone_first, return_exceptions=True)
+            await gone.aclose()  # leaves while queued: aborted although no step runs
+            await wait_until(lambda: engine.stats().num_waiting == 1)
+            assert engine.stats().generation_tokens_total == 0 and not task.done()
+            engine.resume(steps=1)  # the prefill, which samples the first token, then held again
+            await asyncio.to_thread(engine.pause)
+            assert engine.stats().generation_tokens_total == 1 and not task.done()
+            engine.resume()
+            streamed, final = await task
+            assert streamed == final and engine.stats().generation_tokens_total == 40
         finally:
             await engine.shutdown()
 

@@ -13,13 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from ember import kernels
 from ember.kernels import decode_step
 from ember.models.attention_metadata import AttentionMetadata
 from ember.models.kv_cache import allocate_kv_caches
 from ember.models.loader import LoadConfig, LoadedModel, load_model
 
-pytestmark = pytest.mark.skipif(not kernels.available(), reason="the quantized kernels are not built")
+pytestmark = pytest.mark.usefixtures("native_kernels")
 
 TEXTS = [
     "The history of the Roman Empire spans many centuries, beginning with",

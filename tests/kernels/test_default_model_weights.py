@@ -9,7 +9,6 @@ import gguf
 import pytest
 import torch
 
-from ember import kernels
 from ember.kernels import prepare_weight, quant_matmul_prepared
 from ember.kernels.reference import reference_quant_matmul
 
@@ -31,7 +30,7 @@ def reader() -> gguf.GGUFReader:
     return gguf.GGUFReader(default_gguf())
 
 
-pytestmark = pytest.mark.skipif(not kernels.available(), reason="native kernels not built")
+pytestmark = pytest.mark.usefixtures("native_kernels")
 
 
 @pytest.mark.parametrize(

@@ -12,9 +12,7 @@ from fused_models import VARIANTS, DecodeBatch, Variant, build_models, decode_ba
 from ember.kernels import decode_step as native_step
 from ember.models.llama import DecoderModel
 
-pytestmark = pytest.mark.skipif(
-    not native_step.available(), reason="the AVX2 kernels are not built or not usable"
-)
+pytestmark = pytest.mark.usefixtures("fused_decode_kernels")
 
 
 def forward(

@@ -10,7 +10,7 @@ from ember import kernels
 from ember.kernels import PreparedQuantWeight, prepare_weight, quant_matmul, quant_matmul_prepared
 from ember.kernels.reference import reference_quant_matmul
 
-pytestmark = pytest.mark.skipif(not kernels.available(), reason="native kernels not built")
+pytestmark = pytest.mark.usefixtures("native_kernels")
 
 BACKENDS = ["scalar"] + (["avx2"] if kernels.simd_level() == "avx2" else [])
 ROWS = [1, 3, 17, 64]  # M

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable
 from typing import Any
 
@@ -196,9 +195,6 @@ def test_make_linear_rejects_mismatched_parts() -> None:
         make_linear([torch.randn(4, 8), torch.randn(4, 8)], [torch.randn(4)])
 
 
-HAS_PACKED = importlib.util.find_spec("ember.models.quant.packed_linear") is not None
-
-
 def _pack(weight: torch.Tensor, qtype: str):  # -> PackedWeight
     import gguf.quants
     from gguf import GGMLQuantizationType
@@ -209,7 +205,6 @@ def _pack(weight: torch.Tensor, qtype: str):  # -> PackedWeight
     return PackedWeight(qtype, tuple(weight.shape), torch.from_numpy(np.ascontiguousarray(blocks)))
 
 
-@pytest.mark.skipif(not HAS_PACKED, reason="packed weights (ember.models.quant) are not available")
 def test_packed_weights_match_their_dequantized_fp32_model(tiny_model: Callable[[str], TinyModel]) -> None:
     """GGUF-style mixed formats: q/k Q8_0 with v Q4_0 (runs split), gate|up Q4_1, packed tied embedding."""
     from ember.models.quant.packed_linear import PackedLinear

@@ -81,7 +81,7 @@ def as_file(rows: list[Any], name: str = "train.jsonl") -> tuple[str, io.BytesIO
     return name, io.BytesIO(jsonl(rows))
 
 
-def wait_for(condition: Callable[[], bool], timeout_s: float = 90.0, what: str = "the condition") -> None:
+def wait_for(condition: Callable[[], bool], timeout_s: float = 240.0, what: str = "the condition") -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
         if time.monotonic() > deadline:

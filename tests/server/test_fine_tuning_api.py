@@ -147,7 +147,9 @@ def test_cancel_and_resume(server: TuningServer, client: openai.OpenAI) -> None:
 
 
 def test_list_paginates_newest_first(client: openai.OpenAI) -> None:
-    ids = [create_job(client, {"n_epochs": 1}, suffix=f"page{i}") for i in range(2)]
+    ids = [
+        create_job(client, {"n_epochs": 400}, suffix=f"page{i}") for i in range(2)
+    ]  # still going when cancelled
     for job_id in ids:
         client.fine_tuning.jobs.cancel(job_id)
     first = client.fine_tuning.jobs.list(limit=1)

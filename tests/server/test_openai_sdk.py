@@ -277,18 +277,46 @@ def test_embeddings_float_base64_and_dimensions(client: openai.OpenAI) -> None:
 
 
 def test_async_client_runs_requests_concurrently(tiny_server: RunningServer) -> None:
-    async def main() -> list[str]:
-        async with openai.AsyncOpenAI(base_url=tiny_server.openai_base, api_key="x", max_retries=0) as client:
-            calls = [
-                client.completions.create(model=TINY_MODEL, prompt=f"Item {i}", max_tokens=6, temperature=0)
-                for i in range(6)
-            ]
-            stream = await client.chat.completions.create(
-                model=TINY_MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=4, stream=True
-            )
-            texts = [r.choices[0].text for r in await asyncio.gather(*calls)]
-            pieces = [c.choices[0].delta.content or "" async for c in stream if c.choices]
-            return texts + ["".join(pieces)]
+    """Seven requests in flight at once are all admitted together and decoded in shared steps, and each gets
+    exactly what it gets alone."""
+    engine = tiny_server.engine
+    prompts = [f"Item {i}" for i in range(6)]
+    sync_client = openai.OpenAI(base_url=tiny_server.openai_base, api_key="x", max_retries=0)
+    alone = [
+        sync_client.completions.create(model=TINY_MODEL, prompt=p, max_tokens=6, temperature=0)
+        .choices[0]
+        .text
+        for p in prompts
+    ]
+    chat = {
+        "model": TINY_MODEL,
+        "messages": [{"role": "user", "content": "Hi"}],
+        "max_tokens": 4,
+        "temperature": 0,
+    }
+    chat_alone = sync_client.chat.completions.create(**chat).choices[0].message.content
 
-    results = asyncio.run(main())
-    assert len(results) == 7 and all(isinstance(t, str) for t in results)
+    async def main() -> tuple[list[str], str, int]:
+        async with openai.AsyncOpenAI(base_url=tiny_server.openai_base, api_key="x", max_retries=0) as client:
+            await asyncio.to_thread(engine.pause)  # held: every request must be in the queue at the same time
+            try:
+                calls = [
+                    asyncio.create_task(
+                        client.completions.create(model=TINY_MODEL, prompt=p, max_tokens=6, temperature=0)
+                    )
+                    for p in prompts
+                ]
+                stream_task = asyncio.create_task(client.chat.completions.create(**chat, stream=True))
+                while engine.stats().num_waiting < 7:
+                    await asyncio.sleep(0.005)
+                steps_before = engine.stats().num_steps
+            finally:
+                engine.resume()
+            stream = await stream_task
+            pieces = [c.choices[0].delta.content or "" async for c in stream if c.choices]
+            texts = [r.choices[0].text for r in await asyncio.gather(*calls)]
+            return texts, "".join(pieces), engine.stats().num_steps - steps_before
+
+    texts, streamed, steps = asyncio.run(main())
+    assert texts == alone and streamed == chat_alone
+    assert steps < 6 * 6 + 4  # one step per token of each request would be 40: they were batched together

@@ -6,7 +6,7 @@ from __future__ import annotations
 import concurrent.futures
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
@@ -27,40 +27,54 @@ def small_server() -> Iterator[RunningServer]:
     server.stop()
 
 
-def engine_idle(server: RunningServer, timeout: float = 10.0) -> bool:
+def wait_for_state(condition: Callable[[], bool], timeout: float = 120.0) -> bool:
+    """Polls a state of the server's engine. The deadline only stops a hang; it is far above any wait here."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def engine_idle(server: RunningServer) -> bool:
     """No request running or waiting, and every KV block back in the free pool."""
     blocks = server.engine.engine.scheduler.block_manager
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def idle() -> bool:
         stats = server.engine.stats()
-        if (
+        return (
             stats.num_running == 0
             and stats.num_waiting == 0
             and blocks.num_free_blocks == blocks.num_usable_blocks
-        ):
-            return True
-        time.sleep(0.02)
-    return False
+        )
+
+    return wait_for_state(idle)
 
 
 def test_a_flooded_queue_gets_429_with_retry_after(small_server: RunningServer) -> None:
-    def post(_: int) -> httpx.Response:
-        return httpx.post(f"{small_server.url}/v1/completions", json=LONG, timeout=120)
+    engine = small_server.engine
 
-    with concurrent.futures.ThreadPoolExecutor(6) as pool:
-        responses = list(pool.map(post, range(6)))
-    statuses = sorted(r.status_code for r in responses)
-    assert 200 in statuses and 429 in statuses and set(statuses) <= {200, 429}
-    refused = next(r for r in responses if r.status_code == 429)
+    def post(body: dict) -> httpx.Response:
+        return httpx.post(f"{small_server.url}/v1/completions", json=body, timeout=120)
+
+    # Held between steps, the engine runs one request and queues one (max_waiting=1), whatever the CPU's speed.
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        running = pool.submit(post, LONG)
+        assert wait_for_state(lambda: engine.stats().num_running == 1)
+        engine.pause()
+        try:
+            queued = pool.submit(post, LONG)
+            assert wait_for_state(lambda: engine.stats().num_waiting == 1)
+            refused = post(LONG)
+        finally:
+            engine.resume()
+        assert running.result().status_code == 200 and queued.result().status_code == 200
+    assert refused.status_code == 429
     assert int(refused.headers["retry-after"]) >= 1
     assert refused.json()["error"]["type"] == "rate_limit_error"
     assert engine_idle(small_server)
-    assert (
-        httpx.post(
-            f"{small_server.url}/v1/completions", json={**LONG, "max_tokens": 2}, timeout=60
-        ).status_code
-        == 200
-    )
+    assert post({**LONG, "max_tokens": 2}).status_code == 200
 
 
 def _raw_request(server: RunningServer, body: bytes) -> socket.socket:
@@ -75,14 +89,20 @@ def _raw_request(server: RunningServer, body: bytes) -> socket.socket:
 def test_a_client_that_disconnects_is_aborted_and_its_blocks_freed(
     small_server: RunningServer, stream: bool
 ) -> None:
-    before = small_server.engine.stats().generation_tokens_total
+    engine = small_server.engine
+    before = engine.stats().generation_tokens_total
     body = httpx.Request("POST", "/", json={**LONG, "max_tokens": 240, "stream": stream}).content
-    sock = _raw_request(small_server, body)
-    deadline = time.monotonic() + 20
-    while small_server.engine.stats().num_running == 0 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert small_server.engine.stats().num_running == 1 and small_server.engine.stats().kv_usage > 0
-    sock.close()
+    engine.pause()
+    try:
+        sock = _raw_request(small_server, body)
+        assert wait_for_state(lambda: engine.stats().num_waiting == 1)
+        engine.resume(steps=1)  # prefill and the first token, then held: the request cannot reach its end
+        engine.pause()
+        assert engine.stats().generation_tokens_total - before == 1
+        assert engine.stats().num_running == 1 and engine.stats().kv_usage > 0
+        sock.close()
+        assert wait_for_state(lambda: engine.stats().num_running == 0), "the request was not aborted"
+    finally:
+        engine.resume()
     assert engine_idle(small_server), "the aborted request still holds the engine"
-    generated = small_server.engine.stats().generation_tokens_total - before
-    assert generated < 240, "the request ran to its end instead of being aborted"
+    assert engine.stats().generation_tokens_total - before == 1

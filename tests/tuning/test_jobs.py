@@ -32,7 +32,7 @@ from ember.tuning.job_service import FineTuningService, tuning_db_path
 from ember.tuning.store import JobRecord, TuningStore
 from ember.tuning.validation import validate_dataset
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(300)  # a hang guard only: the waits below poll states
 
 
 def write_tiny_model(folder: Path) -> Path:
@@ -97,7 +97,7 @@ def servers(tmp_path: Path, tiny_model_dir: Path) -> Iterator[Callable[[], Serve
         server.service.stop()
 
 
-def wait_for(condition: Callable[[], bool], timeout_s: float = 60.0, server: Server | None = None) -> None:
+def wait_for(condition: Callable[[], bool], timeout_s: float = 240.0, server: Server | None = None) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
         if time.monotonic() > deadline:
@@ -154,13 +154,29 @@ def test_job_runs_to_succeeded_in_a_worker_process(servers: Callable[[], Server]
         server.service.cancel_job(job.id)
 
 
+EPOCHS = 24  # one step each: seconds of training after the first checkpoint, for the tests that interrupt it
+
+
+def frozen_after_first_checkpoint(server: Server, job_id: str) -> int:
+    """Waits for the job's first checkpoint, then stops its worker with SIGSTOP, so what the test does next
+    happens to a job that is certainly still running, however fast this machine trains. Returns the pid."""
+    wait_for(lambda: server.service.get_job(job_id).checkpoint_path is not None)
+    pid = server.service.runner.worker_pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    job = server.service.get_job(job_id)
+    assert job.status == "running", f"the job ended before the test could interrupt it: {job.status}"
+    assert max(metrics_steps(server, job_id)) < EPOCHS
+    return pid
+
+
 def test_cancel_stops_the_worker_within_a_few_steps(servers: Callable[[], Server]) -> None:
     server = servers()
     job = server.create(epochs=400)
     wait_for(lambda: len(metrics_steps(server, job.id)) >= 3)
     server.service.cancel_job(job.id)
     at_cancel = max(metrics_steps(server, job.id))
-    wait_for(lambda: server.service.runner.worker_pid is None, timeout_s=30)
+    wait_for(lambda: server.service.runner.worker_pid is None)
     assert server.service.get_job(job.id).status == "cancelled"
     assert max(metrics_steps(server, job.id)) <= at_cancel + 2
     assert server.succeeded == []
@@ -173,10 +189,8 @@ def test_cancel_stops_the_worker_within_a_few_steps(servers: Callable[[], Server
 
 def test_killed_worker_resumes_from_its_checkpoint(servers: Callable[[], Server]) -> None:
     server = servers()
-    job = server.create(epochs=16)
-    wait_for(lambda: server.service.get_job(job.id).checkpoint_path is not None)
-    pid = server.service.runner.worker_pid
-    assert pid is not None
+    job = server.create(epochs=EPOCHS)
+    pid = frozen_after_first_checkpoint(server, job.id)
     os.kill(pid, signal.SIGKILL)
     wait_for(lambda: server.service.get_job(job.id).status in ("succeeded", "failed"), server=server)
     done = server.service.get_job(job.id)
@@ -185,14 +199,15 @@ def test_killed_worker_resumes_from_its_checkpoint(servers: Callable[[], Server]
     assert any("re-queued" in m for m in messages)
     assert any(m.startswith("Resumed from checkpoint at step") for m in messages)
     steps = metrics_steps(server, job.id)
-    assert max(steps) == 16  # one step per epoch, and every step of the run happened
-    assert set(steps) == set(range(1, 17))
+    assert max(steps) == EPOCHS  # one step per epoch, and every step of the run happened
+    assert set(steps) == set(range(1, EPOCHS + 1))
 
 
 def test_server_restart_resumes_a_running_job(servers: Callable[[], Server]) -> None:
     first = servers()
-    job = first.create(epochs=16)
-    wait_for(lambda: first.service.get_job(job.id).checkpoint_path is not None)
+    job = first.create(epochs=EPOCHS)
+    pid = frozen_after_first_checkpoint(first, job.id)
+    os.kill(pid, signal.SIGCONT)  # a stopped process would not act on the SIGTERM of stop() below
     first.service.stop()  # terminates the worker: the job is left `running`
     assert first.service.get_job(job.id).status == "running"
 
@@ -207,17 +222,17 @@ def test_server_restart_resumes_a_running_job(servers: Callable[[], Server]) -> 
 
 def test_restarted_server_adopts_a_worker_that_outlived_it(servers: Callable[[], Server]) -> None:
     first = servers()
-    job = first.create(epochs=16)
-    wait_for(lambda: len(metrics_steps(first, job.id)) >= 1)
-    pid = first.service.runner.worker_pid
-    first.service.runner.stop(terminate_worker=False)  # the server dies; its worker trains on
+    job = first.create(epochs=EPOCHS)
+    pid = frozen_after_first_checkpoint(first, job.id)
+    first.service.runner.stop(terminate_worker=False)  # the server dies; its worker lives on
 
     second = servers()
     assert second.service.runner.worker_pid == pid  # adopted, not re-queued
+    os.kill(pid, signal.SIGCONT)  # and it trains on
     wait_for(lambda: len(second.succeeded) == 1, server=second)
     messages = [e.message for e in second.service.events_since(job.id, limit=10_000)]
     assert not any("re-queued" in m for m in messages)
-    assert metrics_steps(second, job.id) == list(range(1, 17))
+    assert metrics_steps(second, job.id) == list(range(1, EPOCHS + 1))
 
 
 def test_failed_job_records_why(servers: Callable[[], Server]) -> None:

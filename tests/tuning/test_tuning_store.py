@@ -7,7 +7,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -208,7 +207,6 @@ def test_two_threads_and_a_process_write_concurrently(tmp_path: Path) -> None:
             errors.append(error)
 
     threads = [threading.Thread(target=write, args=(f"thread{t}",)) for t in range(2)]
-    started = time.monotonic()
     for thread in threads:
         thread.start()
     process.stdin.write("go\n")
@@ -223,4 +221,3 @@ def test_two_threads_and_a_process_write_concurrently(tmp_path: Path) -> None:
         mine = [int(e.message.split()[1]) for e in events if e.message.split()[0] == writer]
         assert mine == list(range(per_writer))  # each writer's events in its own order, none lost
     assert len(store.list_files(limit=1000)) == 3 * per_writer
-    assert time.monotonic() - started < 30

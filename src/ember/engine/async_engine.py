@@ -78,6 +78,10 @@ class AsyncEngine:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._dead: BaseException | None = None
+        self._pause = threading.Condition()  # guards the two flags below
+        self._pause_requested = False
+        self._paused = False  # set by the engine thread at a step boundary while a pause is requested
+        self._steps_granted = 0  # steps a paused engine may still run (resume(steps=...))
 
     @classmethod
     def from_loaded(cls, model: Any, config: EngineConfig) -> AsyncEngine:
@@ -98,6 +102,30 @@ class AsyncEngine:
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, 30)
             self._thread = None
+
+    def pause(self, timeout_s: float = 60.0) -> None:
+        """Stops stepping between two steps and returns once no step is in flight (from any thread).
+
+        While paused, requests are still accepted, queued and aborted, and engine calls still run; nothing is
+        generated. For work that needs the model idle (e.g. swapping weights), and for tests that must hold the
+        engine in a known state instead of racing it with sleeps."""
+        with self._pause:
+            self._pause_requested = True
+            self._wake.set()
+            if self._thread is None or not self._thread.is_alive():
+                return
+            if not self._pause.wait_for(lambda: self._paused, timeout_s):
+                raise TimeoutError(f"the engine did not reach a step boundary within {timeout_s} s")
+
+    def resume(self, steps: int | None = None) -> None:
+        """Steps again; with `steps`, only that many steps and then it is paused again (pause() waits for it)."""
+        with self._pause:
+            if steps is None:
+                self._pause_requested = False
+            else:
+                self._steps_granted = steps
+            self._paused = False
+        self._wake.set()
 
     @property
     def is_running(self) -> bool:
@@ -188,6 +216,10 @@ class AsyncEngine:
         try:
             while not self._stopping:
                 self._drain_commands()
+                if self._at_pause():
+                    self._wake.wait(timeout=0.5)
+                    self._wake.clear()
+                    continue
                 if not self.engine.has_unfinished():
                     self._wake.wait(timeout=0.5)
                     self._wake.clear()
@@ -204,6 +236,17 @@ class AsyncEngine:
             logger.exception("engine thread died")
         finally:
             self._fail_all(EngineDeadError("the server is shutting down"))
+
+    def _at_pause(self) -> bool:
+        """True while a pause is requested; tells the waiting pause() that no step is in flight."""
+        with self._pause:
+            if self._pause_requested and self._steps_granted > 0 and self.engine.has_unfinished():
+                self._steps_granted -= 1
+                return False
+            self._paused = self._pause_requested
+            if self._paused:
+                self._pause.notify_all()
+            return self._paused
 
     def _drain_commands(self) -> None:
         while True:

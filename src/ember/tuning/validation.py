@@ -129,7 +129,8 @@ class _DatasetValidator:
         if self.count_tokens is not None:
             try:
                 total, trained = self.count_tokens(row)
-            except ValueError as exc:  # the template cannot render this row: reject the row, not crash the upload
+            except ValueError as exc:
+                # The template cannot render this row: reject the row, not crash the upload.
                 self.valid_rows -= 1
                 message = f"the base model's chat template cannot render this row: {exc}"
                 self.problems.add(Problem(line, None, "unrenderable_row", message))
