@@ -158,8 +158,9 @@ EPOCHS = 24  # one step each: seconds of training after the first checkpoint, fo
 
 
 def frozen_after_first_checkpoint(server: Server, job_id: str) -> int:
-    """Waits for the job's first checkpoint, then stops its worker with SIGSTOP, so what the test does next
-    happens to a job that is certainly still running, however fast this machine trains. Returns the pid."""
+    """Waits for the job's first checkpoint, then stops its worker with SIGSTOP, so what the test checks next
+    holds for a job that is certainly still running, however fast this machine trains. Returns the pid. (The
+    database stays readable; a stopped worker may hold its write lock, so thaw it before writing.)"""
     wait_for(lambda: server.service.get_job(job_id).checkpoint_path is not None)
     pid = server.service.runner.worker_pid
     assert pid is not None
@@ -224,11 +225,12 @@ def test_restarted_server_adopts_a_worker_that_outlived_it(servers: Callable[[],
     first = servers()
     job = first.create(epochs=EPOCHS)
     pid = frozen_after_first_checkpoint(first, job.id)
+    # Thawed before any write: a stopped worker may hold the database's write lock. The job still has most of
+    # its steps to go while one server stops and the next starts.
+    os.kill(pid, signal.SIGCONT)
     first.service.runner.stop(terminate_worker=False)  # the server dies; its worker lives on
-
     second = servers()
     assert second.service.runner.worker_pid == pid  # adopted, not re-queued
-    os.kill(pid, signal.SIGCONT)  # and it trains on
     wait_for(lambda: len(second.succeeded) == 1, server=second)
     messages = [e.message for e in second.service.events_since(job.id, limit=10_000)]
     assert not any("re-queued" in m for m in messages)
