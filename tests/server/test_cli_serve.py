@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -35,3 +36,25 @@ def test_serve_logs_its_setup_answers_and_stops_on_sigterm(tmp_path: Path) -> No
     assert "model SmolLM2-135M-Instruct" in text and "packed" in text and "threads" in text
     assert "KV cache" in text and f"serving on http://127.0.0.1:{port}/v1" in text
     assert "Application shutdown complete" in text and "Traceback" not in text
+
+
+def test_a_model_file_that_cannot_load_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    bomb = tmp_path / "bomb.gguf"  # 62 bytes declaring an array of 2^60 items
+    key = b"general.tokens"
+    bomb.write_bytes(
+        b"GGUF"
+        + struct.pack("<IQQ", 3, 0, 1)
+        + struct.pack("<Q", len(key))
+        + key
+        + struct.pack("<IIQ", 9, 4, 2**60)
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "ember.cli", "serve", "--model", str(bomb), "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith(f"ember serve: cannot load the model: {bomb}: ")
+    assert "declares 1152921504606846976 items" in done.stderr

@@ -11,6 +11,7 @@ import torch
 from gguf import GGUFReader, ReaderTensor
 
 from ember.models.errors import ModelLoadError
+from ember.models.gguf_header import check_gguf_header
 from ember.models.quant.ggml_blocks import BLOCK_FORMATS, block_format
 
 GGUF_MAGIC = b"GGUF"
@@ -60,6 +61,7 @@ def open_gguf(path: str) -> GGUFReader:
         raise ModelLoadError(path, f"cannot read file: {e.strerror or e}") from None
     if magic != GGUF_MAGIC:
         raise ModelLoadError(path, f"not a GGUF file (starts with {magic!r}, expected {GGUF_MAGIC!r})")
+    check_gguf_header(path)  # before gguf's reader, which allocates whatever the header declares
     try:
         reader = _PlainArrayReader(path, "r")
     except Exception as e:  # the gguf package reports damage as ValueError/IndexError/struct errors alike
