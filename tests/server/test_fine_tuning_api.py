@@ -172,6 +172,19 @@ def test_errors_name_the_parameter(client: openai.OpenAI, server: TuningServer) 
         ),
         ({"model": TINY_MODEL, "training_file": training_file, "suffix": "no spaces"}, "suffix"),
         ({"training_file": training_file}, "model"),
+        # Wrong JSON types were AttributeErrors (500s) before they were 400s.
+        ({"model": TINY_MODEL, "training_file": training_file, "hyperparameters": 5}, "hyperparameters"),
+        ({"model": TINY_MODEL, "training_file": training_file, "method": 5}, "method"),
+        (
+            {
+                "model": TINY_MODEL,
+                "training_file": training_file,
+                "method": {"type": "supervised", "supervised": []},
+            },
+            "method.supervised",
+        ),
+        ({"model": TINY_MODEL, "training_file": training_file, "suffix": 5}, "suffix"),
+        ({"model": TINY_MODEL, "training_file": training_file, "validation_file": ["x"]}, "validation_file"),
     ]
     for body, param in cases:
         response = httpx.post(f"{server.v1}/fine_tuning/jobs", json=body)
@@ -226,6 +239,14 @@ def test_fireworks_job_on_a_dataset_serves_its_output_model(server: TuningServer
 
     bad = httpx.post(jobs, json={**body, "loraRank": 0}, params={"supervisedFineTuningJobId": "bad-rank"})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "hyperparameters"
+    for field, value in (
+        ("outputModel", 5),
+        ("displayName", {}),
+        ("evaluationDataset", 3),
+        ("earlyStop", "yes"),
+    ):
+        wrong = httpx.post(jobs, json={**body, field: value})  # a TypeError (500) before
+        assert wrong.status_code == 400 and wrong.json()["error"]["param"] == field, wrong.text
     unknown = httpx.post(jobs, json={**body, "baseModel": "accounts/fireworks/models/llama-v3-70b"})
     assert unknown.status_code == 400 and unknown.json()["error"]["param"] == "model"
 

@@ -103,12 +103,17 @@ def openai_job_request(body: dict[str, Any]) -> JobRequest:
     for required in ("model", "training_file"):
         if not isinstance(body.get(required), str) or not body[required]:
             raise JobRequestError(f"{required} is required and must be a string", required)
-    method = body.get("method") or {}
+    method = _object(body.get("method"), "method")
     if method and method.get("type", "supervised") != "supervised":
         raise JobRequestError(
             f"method.type {method.get('type')!r} is not supported; use 'supervised'", "method"
         )
-    hyper = (method.get("supervised") or {}).get("hyperparameters") or body.get("hyperparameters") or {}
+    supervised = _object(method.get("supervised"), "method.supervised")
+    hyper = _object(supervised.get("hyperparameters"), "method.supervised.hyperparameters") or _object(
+        body.get("hyperparameters"), "hyperparameters"
+    )
+    for optional in ("validation_file", "suffix"):
+        _string(body.get(optional), optional)
     return JobRequest(
         model=body["model"],
         training_file=body["training_file"],
@@ -132,8 +137,12 @@ def fireworks_job_request(account: str, body: dict[str, Any], job_id: str | None
         if not isinstance(body.get(required), str) or not body[required]:
             raise JobRequestError(f"{required} is required and must be a string", required)
     dataset = _dataset_name(account, body["dataset"])
-    evaluation = body.get("evaluationDataset")
-    output_model = body.get("outputModel") or None
+    evaluation = _string(body.get("evaluationDataset"), "evaluationDataset")
+    output_model = _string(body.get("outputModel"), "outputModel") or None
+    _string(body.get("displayName"), "displayName")
+    for flag in ("earlyStop", "evalAutoCarveout"):
+        if not isinstance(body.get(flag, False), bool):
+            raise JobRequestError(f"{flag} must be true or false, got {body[flag]!r}", flag)
     if output_model is not None and "/" not in output_model:
         output_model = f"accounts/{account}/models/{output_model}"
     extra = {
@@ -214,6 +223,21 @@ def _timestamp(unix: int | None) -> str | None:
 
 def _auto(value: Any, param: str, kind: type) -> Any:
     return None if value == "auto" else _number(value, param, kind)
+
+
+def _object(value: Any, param: str) -> dict[str, Any]:
+    """A JSON object field: {} when absent or null, a 400 naming it when it is anything else."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise JobRequestError(f"{param} must be an object, got {value!r}", param)
+    return value
+
+
+def _string(value: Any, param: str) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise JobRequestError(f"{param} must be a string, got {value!r}", param)
+    return value
 
 
 def _number(value: Any, param: str, kind: type) -> Any:
