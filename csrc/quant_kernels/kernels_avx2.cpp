@@ -56,7 +56,7 @@ struct TokenRows {
 // out[t][i] = sum over blocks of (8 rows x token t) for one row group.
 template <QType Q, int T>
 void q4_group_kernel(const uint8_t* group, int nb, const TokenRows& tok, float out[][kRowsPerGroup]) {
-    constexpr int kTile = Q == QType::Q4_0 ? 144 : (Q == QType::Q4_1 ? 160 : 192);
+    constexpr int kTile = tile_bytes(Q);
     const __m256i low_mask = _mm256_set1_epi8(0x0F);
     const __m256i ones = _mm256_set1_epi16(1);
     __m256 acc[T];
@@ -95,7 +95,7 @@ void q4_group_kernel(const uint8_t* group, int nb, const TokenRows& tok, float o
 // sum over a 16-value half in int16, the span of one Q6_K scale.
 template <QType Q, int T>
 void q8_group_kernel(const uint8_t* group, int nb, const TokenRows& tok, float out[][kRowsPerGroup]) {
-    constexpr int kTile = Q == QType::Q8_0 ? 272 : 320;
+    constexpr int kTile = tile_bytes(Q);
     const __m256i ones = _mm256_set1_epi16(1);
     __m256 acc[T];
     for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();

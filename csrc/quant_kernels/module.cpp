@@ -215,10 +215,48 @@ PyObject* py_decode_step(PyObject*, PyObject* args) {
 
 PyObject* py_decode_table_fields(PyObject*, PyObject*) { return PyLong_FromLong(kLayerTableFields); }
 
+// Sets d[key] = value and drops the reference to value; false (with the Python error set) on failure.
+bool set_item(PyObject* d, const char* key, PyObject* value) {
+    if (value == nullptr) return false;
+    const int failed = PyDict_SetItemString(d, key, value);
+    Py_DECREF(value);
+    return failed == 0;
+}
+
+// {"rows_per_group": 8, "block_values": 32, "qtypes": {name: {"id", "block_values", "block_bytes",
+// "tile_bytes"}}}: the ids and sizes of quant_layout.h, so Python takes them from here instead of a copy.
+PyObject* py_layout(PyObject*, PyObject*) {
+    PyObject* layout = PyDict_New();
+    PyObject* qtypes = PyDict_New();
+    bool ok = layout != nullptr && qtypes != nullptr;
+    for (const QType qtype : kQTypes) {
+        if (!ok) break;
+        PyObject* entry = PyDict_New();
+        ok = entry != nullptr && set_item(entry, "id", PyLong_FromLong(static_cast<int>(qtype))) &&
+             set_item(entry, "block_values", PyLong_FromLong(raw_block_elems(qtype))) &&
+             set_item(entry, "block_bytes", PyLong_FromLong(raw_block_bytes(qtype))) &&
+             set_item(entry, "tile_bytes", PyLong_FromLong(tile_bytes(qtype)));
+        if (entry != nullptr) ok = PyDict_SetItemString(qtypes, qtype_name(qtype), entry) == 0 && ok;
+        Py_XDECREF(entry);
+    }
+    ok = ok && set_item(layout, "rows_per_group", PyLong_FromLong(kRowsPerGroup)) &&
+         set_item(layout, "block_values", PyLong_FromLong(kBlock));
+    if (ok) {
+        ok = PyDict_SetItemString(layout, "qtypes", qtypes) == 0;
+    }
+    Py_XDECREF(qtypes);
+    if (!ok) {
+        Py_XDECREF(layout);
+        return nullptr;
+    }
+    return layout;
+}
+
 PyMethodDef kMethods[] = {
     {"decode_step", py_decode_step, METH_VARARGS,
      "decode_step(layers_ptr, dims, batch, num_threads): one fused decode step of the whole stack"},
     {"decode_table_fields", py_decode_table_fields, METH_NOARGS, "int64 fields of one layer's table"},
+    {"layout", py_layout, METH_NOARGS, "layout() -> the quantization type ids, block and tile sizes of the kernels"},
     {"simd_level", py_simd_level, METH_NOARGS, "'avx2' when the AVX2+FMA+F16C kernels can run here, else 'scalar'."},
     {"repacked_nbytes", py_repacked_nbytes, METH_VARARGS, "repacked_nbytes(qtype_id, n, k) -> bytes of the layout"},
     {"repack", py_repack, METH_VARARGS, "repack(qtype_id, raw_ptr, n, k, packed_ptr): GGUF rows -> interleaved"},

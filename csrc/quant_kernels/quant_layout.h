@@ -21,19 +21,69 @@
 
 namespace ember {
 
+// The ids Python passes for each type. Python reads them (and every size below) through the module's
+// layout() rather than keeping its own copy, so this enum and the functions under it are the one definition.
 enum class QType : int { Q8_0 = 0, Q4_0 = 1, Q4_1 = 2, Q4_K = 3, Q6_K = 4 };
+constexpr QType kQTypes[] = {QType::Q8_0, QType::Q4_0, QType::Q4_1, QType::Q4_K, QType::Q6_K};
 
 constexpr int kRowsPerGroup = 8;
 constexpr int kBlock = 32;
 constexpr int kSuperBlock = 256;
 
-// Elements and bytes of one raw GGUF block.
-int raw_block_elems(QType qtype);
-int raw_block_bytes(QType qtype);
-// Bytes of one repacked tile: 8 rows x 32 values.
-int tile_bytes(QType qtype);
-bool is_four_bit(QType qtype);
+// The GGUF name of a type, as Python's block formats spell it.
+constexpr const char* qtype_name(QType qtype) {
+    switch (qtype) {
+        case QType::Q8_0: return "Q8_0";
+        case QType::Q4_0: return "Q4_0";
+        case QType::Q4_1: return "Q4_1";
+        case QType::Q4_K: return "Q4_K";
+        case QType::Q6_K: return "Q6_K";
+    }
+    return "";
+}
+
+constexpr bool is_four_bit(QType qtype) {
+    return qtype == QType::Q4_0 || qtype == QType::Q4_1 || qtype == QType::Q4_K;
+}
+
+// False when `value` is no QType id (it comes from Python).
 bool qtype_from_int(int value, QType* out);
+
+// Elements and bytes of one raw GGUF block (ggml-common.h).
+constexpr int raw_block_elems(QType qtype) {
+    return (qtype == QType::Q4_K || qtype == QType::Q6_K) ? kSuperBlock : kBlock;
+}
+
+constexpr int raw_block_bytes(QType qtype) {
+    switch (qtype) {
+        case QType::Q8_0: return 34;
+        case QType::Q4_0: return 18;
+        case QType::Q4_1: return 20;
+        case QType::Q4_K: return 144;
+        case QType::Q6_K: return 210;
+    }
+    return 0;
+}
+
+// Bytes of the quants of one repacked tile (8 rows x 32 values): nibbles or int8; the scales follow them.
+constexpr int tile_quant_bytes(QType qtype) {
+    return kRowsPerGroup * kBlock / (is_four_bit(qtype) ? 2 : 1);
+}
+
+// Bytes of one repacked tile, quants then per-row scales as laid out above. The kernels size their loops with
+// this constexpr too, so the layout's sizes are written down once.
+constexpr int tile_bytes(QType qtype) {
+    switch (qtype) {
+        case QType::Q8_0: return tile_quant_bytes(qtype) + kRowsPerGroup * 2;      // fp16 d
+        case QType::Q4_0: return tile_quant_bytes(qtype) + kRowsPerGroup * 2;      // fp16 d
+        case QType::Q4_1: return tile_quant_bytes(qtype) + kRowsPerGroup * 2 * 2;  // fp16 d, m
+        case QType::Q4_K: return tile_quant_bytes(qtype) + kRowsPerGroup * 4 * 2;  // fp32 scale, bias
+        case QType::Q6_K: return tile_quant_bytes(qtype) + kRowsPerGroup * 4 * 2;  // fp32 scale per half
+    }
+    return 0;
+}
+static_assert(tile_quant_bytes(QType::Q4_0) == 128 && tile_quant_bytes(QType::Q8_0) == 256,
+              "the kernels read a tile's scales at tile + 128 (4-bit) and tile + 256 (8-bit)");
 
 inline int row_groups(int n) { return (n + kRowsPerGroup - 1) / kRowsPerGroup; }
 inline size_t repacked_bytes(QType qtype, int n, int k) {

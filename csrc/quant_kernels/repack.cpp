@@ -134,36 +134,6 @@ void write_tile(QType qtype, const DecodedBlock* rows, int valid_rows, uint8_t* 
 
 }  // namespace
 
-int raw_block_elems(QType qtype) {
-    return (qtype == QType::Q4_K || qtype == QType::Q6_K) ? kSuperBlock : kBlock;
-}
-
-int raw_block_bytes(QType qtype) {
-    switch (qtype) {
-        case QType::Q8_0: return 34;
-        case QType::Q4_0: return 18;
-        case QType::Q4_1: return 20;
-        case QType::Q4_K: return 144;
-        case QType::Q6_K: return 210;
-    }
-    return 0;
-}
-
-int tile_bytes(QType qtype) {
-    switch (qtype) {
-        case QType::Q8_0: return 256 + 16;
-        case QType::Q4_0: return 128 + 16;
-        case QType::Q4_1: return 128 + 32;
-        case QType::Q4_K: return 128 + 64;
-        case QType::Q6_K: return 256 + 64;
-    }
-    return 0;
-}
-
-bool is_four_bit(QType qtype) {
-    return qtype == QType::Q4_0 || qtype == QType::Q4_1 || qtype == QType::Q4_K;
-}
-
 bool qtype_from_int(int value, QType* out) {
     if (value < 0 || value > static_cast<int>(QType::Q6_K)) return false;
     *out = static_cast<QType>(value);

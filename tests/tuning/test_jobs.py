@@ -18,7 +18,7 @@ from tuning_helpers import good_row, write_jsonl
 
 from ember.engine.testing import write_tiny_hf_folder
 from ember.tuning.cli_tune import add_tune_subparser, run_tune
-from ember.tuning.files import ConflictError, FileStorage, ReceivedUpload
+from ember.tuning.file_storage import ConflictError, FileStorage
 from ember.tuning.job_objects import (
     fireworks_job,
     fireworks_job_request,
@@ -29,7 +29,9 @@ from ember.tuning.job_objects import (
 from ember.tuning.job_request import JobRequest, JobRequestError
 from ember.tuning.job_runner import RunnerConfig
 from ember.tuning.job_service import FineTuningService, tuning_db_path
-from ember.tuning.store import JobRecord, TuningStore
+from ember.tuning.job_store import JobRecord
+from ember.tuning.multipart_upload import ReceivedUpload
+from ember.tuning.store import TuningStore
 from ember.tuning.validation import validate_dataset
 
 pytestmark = pytest.mark.timeout(300)  # a hang guard only: the waits below poll states

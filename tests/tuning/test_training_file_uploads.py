@@ -19,14 +19,11 @@ from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
 from tuning_helpers import good_row
 
-from ember.tuning.files import (
-    ConflictError,
-    FileStorage,
+from ember.tuning.file_storage import ConflictError, FileStorage, NotFoundError, UploadRejectedError
+from ember.tuning.multipart_upload import (
     InvalidUploadError,
-    NotFoundError,
     ReceivedUpload,
     UploadLimits,
-    UploadRejectedError,
     UploadTooLargeError,
     receive_multipart,
     receive_stream,

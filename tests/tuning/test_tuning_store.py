@@ -11,14 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from ember.tuning.store import (
-    DatasetRecord,
-    FileRecord,
-    JobRecord,
-    StoreConflictError,
-    TuningStore,
-    new_id,
-)
+from ember.tuning.job_store import JobRecord
+from ember.tuning.store import TuningStore
+from ember.tuning.tuning_db import StoreConflictError, new_id
+from ember.tuning.upload_store import DatasetRecord, FileRecord
 
 
 def make_file(file_id: str, created_at: int = 1_700_000_000) -> FileRecord:
@@ -168,7 +164,8 @@ def test_new_ids_are_distinct() -> None:
 _WRITER = textwrap.dedent(
     """
     import sys
-    from ember.tuning.store import FileRecord, TuningStore
+    from ember.tuning.store import TuningStore
+    from ember.tuning.upload_store import FileRecord
     store = TuningStore(sys.argv[1])
     print("ready", flush=True)
     sys.stdin.readline()  # start together with the threads

@@ -12,6 +12,7 @@ from types import ModuleType
 
 import torch
 
+from ember.kernels.kernel_layout import KernelLayout, checked_layout
 from ember.kernels.reference import check_weight_blocks, dequantize_blocks
 
 # torch is imported first on purpose: the extension links libgomp.so.1, which then resolves to the copy torch
@@ -21,7 +22,11 @@ try:
 except ImportError:  # built without a compiler: the reference path serves every call
     _native = None
 
-QTYPE_IDS = {"Q8_0": 0, "Q4_0": 1, "Q4_1": 2, "Q4_K": 3, "Q6_K": 4}
+# The ids come from the extension (quant_layout.h defines them once); without it no id is ever passed.
+KERNEL_LAYOUT: KernelLayout | None = None if _native is None else checked_layout(_native)
+QTYPE_IDS: dict[str, int] = (
+    {} if KERNEL_LAYOUT is None else {name: qtype.id for name, qtype in KERNEL_LAYOUT.qtypes.items()}
+)
 BACKENDS = ("auto", "avx2", "scalar")
 _AUTO_SIMD = _native is not None and _native.simd_level() == "avx2"
 

@@ -102,10 +102,6 @@ class LoraAdapter:
             b[rows, j * self.rank : (j + 1) * self.rank] = pair[1] * self.scaling
         return a.contiguous(), b
 
-    @property
-    def num_parameters(self) -> int:
-        return sum(a.numel() + b.numel() for a, b in self.weights.values())
-
     def check_fits(self, config: ModelConfig) -> None:
         """LoraError naming the first layer / module whose shapes do not fit a model with this config."""
         shapes = module_shapes(config)

@@ -16,15 +16,10 @@ from fastapi.responses import JSONResponse
 from ember.lora.errors import LoraError
 from ember.server.errors import APIError
 from ember.server.request_body import parse_json
-from ember.tuning.files import (
-    ConflictError,
-    InvalidUploadError,
-    NotFoundError,
-    UploadRejectedError,
-    UploadTooLargeError,
-)
+from ember.tuning.file_storage import ConflictError, NotFoundError, UploadRejectedError
 from ember.tuning.job_request import JobRequestError
-from ember.tuning.store import DatasetRecord, FileRecord
+from ember.tuning.multipart_upload import InvalidUploadError, UploadTooLargeError
+from ember.tuning.upload_store import DatasetRecord, FileRecord
 
 
 def openai_file(record: FileRecord) -> dict[str, Any]:

@@ -21,7 +21,8 @@ from ember.server.protocol_fine_tuning import (
     tuning_api_error,
 )
 from ember.server.serving_fine_tuning import FineTuningRuntime
-from ember.tuning.files import ReceivedUpload, UploadRejectedError, UploadTooLargeError
+from ember.tuning.file_storage import UploadRejectedError
+from ember.tuning.multipart_upload import ReceivedUpload, UploadTooLargeError
 
 MULTIPART_OVERHEAD_BYTES = 64 * 2**10  # boundaries, part headers and small form fields around the file
 

@@ -19,7 +19,7 @@ from ember.server.config import FineTuningConfig
 from ember.server.errors import APIError
 from ember.server.protocol_fine_tuning import tuning_api_error
 from ember.server.serving_adapters import AdapterServing
-from ember.tuning.files import ConflictError, FileStorage, UploadLimits
+from ember.tuning.file_storage import ConflictError, FileStorage
 from ember.tuning.job_objects import (
     event_cursor,
     fireworks_job,
@@ -33,8 +33,10 @@ from ember.tuning.job_objects import (
 )
 from ember.tuning.job_runner import RunnerConfig
 from ember.tuning.job_service import FineTuningService, tuning_db_path
+from ember.tuning.job_store import JobRecord
 from ember.tuning.masking import ConversationMasker
-from ember.tuning.store import JobRecord, TuningStore
+from ember.tuning.multipart_upload import UploadLimits
+from ember.tuning.store import TuningStore
 from ember.tuning.validation import ValidationOptions, validate_dataset
 
 if TYPE_CHECKING:

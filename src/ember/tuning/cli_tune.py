@@ -18,12 +18,14 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from ember.tuning.files import ConflictError, FileStorage, NotFoundError, ReceivedUpload, UploadRejectedError
+from ember.tuning.file_storage import ConflictError, FileStorage, NotFoundError, UploadRejectedError
 from ember.tuning.job_objects import openai_checkpoint, openai_job
 from ember.tuning.job_request import JobRequest, JobRequestError
 from ember.tuning.job_runner import RunnerConfig
 from ember.tuning.job_service import FINAL_STATUSES, FineTuningService, tuning_db_path
-from ember.tuning.store import JobEvent, TuningStore
+from ember.tuning.job_store import JobEvent
+from ember.tuning.multipart_upload import ReceivedUpload
+from ember.tuning.store import TuningStore
 from ember.tuning.validation import validate_dataset
 
 DEFAULT_BASE_MODEL = "SmolLM2-135M-Instruct"

@@ -11,7 +11,7 @@ from typing import Any
 
 from ember.tuning.job_request import JobRequest, JobRequestError
 from ember.tuning.job_service import EventPage, JobCheckpoint, JobPage
-from ember.tuning.store import JobEvent, JobRecord
+from ember.tuning.job_store import JobEvent, JobRecord
 
 FIREWORKS_STATES = {
     "validating_files": "JOB_STATE_VALIDATING",

@@ -23,8 +23,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ember.tuning.job_store import JobRecord
 from ember.tuning.jobs import JobPaths
-from ember.tuning.store import JobRecord, TuningStore
+from ember.tuning.store import TuningStore
 from ember.tuning.validation import validate_dataset
 
 logger = logging.getLogger(__name__)

@@ -17,12 +17,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ember.tuning.files import ConflictError, NotFoundError
+from ember.tuning.file_storage import ConflictError, NotFoundError
 from ember.tuning.job_request import DEFAULT_LEARNING_RATE, JobRequest, JobRequestError, resolve_settings
 from ember.tuning.job_runner import JobRunner, RunnerConfig
+from ember.tuning.job_store import JobEvent, JobRecord
 from ember.tuning.jobs import JobPaths
-from ember.tuning.store import JobEvent, JobRecord, TuningStore, new_id
+from ember.tuning.store import TuningStore
 from ember.tuning.training_state import read_checkpoint_info
+from ember.tuning.tuning_db import new_id
 
 FINAL_STATUSES = ("succeeded", "failed", "cancelled")
 _JOB_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ember.tuning.store import JobRecord, TuningStore
+from ember.tuning.job_store import JobRecord
+from ember.tuning.store import TuningStore
 
 if TYPE_CHECKING:
     from ember.models.loader import LoadedModel

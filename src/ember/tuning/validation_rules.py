@@ -1,18 +1,20 @@
 """The checks on one row of an SFT dataset in the OpenAI / Fireworks chat format.
 
 A row is `{"messages": [...], "tools": [...]?, "weight": number?}`. Each check returns `Problem`s carrying the
-row's line and the index of the message at fault, so a user can go straight to it. Checks that span rows
+row's line and the index of the message at fault, so a user can go straight to it. The checks of the
+function-calling parts (`tools` and each tool call) live in tool_call_rules.py; checks that span rows
 (per-sample weight on all rows or none, example count, token counts) live in validation.py.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from typing import Any
 
 from ember.tuning.dataset_report import Problem
+from ember.tuning.json_wording import json_type, shown_json
+from ember.tuning.tool_call_rules import check_tools, tool_call_error
 
 ROLES = ("system", "user", "assistant", "tool")
 IMAGE_PART_TYPES = ("image_url", "image", "input_image")
@@ -28,7 +30,7 @@ class RowRules:
 def check_row(row: Any, line: int, rules: RowRules) -> list[Problem]:
     """Every problem of one parsed JSONL row (an empty list when the row is valid)."""
     if not isinstance(row, dict):
-        return [Problem(line, None, "not_an_object", f"row must be a JSON object, got {_json_type(row)}")]
+        return [Problem(line, None, "not_an_object", f"row must be a JSON object, got {json_type(row)}")]
     problems: list[Problem] = []
     if "weight" in row and not _is_non_negative_number(row["weight"]):
         problems.append(
@@ -36,10 +38,10 @@ def check_row(row: Any, line: int, rules: RowRules) -> list[Problem]:
                 line,
                 None,
                 "invalid_sample_weight",
-                f"top-level weight must be a non-negative number, got {_shown(row['weight'])}",
+                f"top-level weight must be a non-negative number, got {shown_json(row['weight'])}",
             )
         )
-    tool_names = _check_tools(row, line, problems) if "tools" in row else None
+    tool_names = check_tools(row, line, problems) if "tools" in row else None
     if "messages" not in row:
         problems.append(Problem(line, None, "missing_messages", "row has no 'messages' field"))
     elif not isinstance(row["messages"], list) or not row["messages"]:
@@ -52,64 +54,6 @@ def check_row(row: Any, line: int, rules: RowRules) -> list[Problem]:
 def has_trainable_message(messages: list[dict[str, Any]]) -> bool:
     """Whether some assistant message is trained on (weight absent or 1) in a row that passed `check_row`."""
     return any(m["role"] == "assistant" and m.get("weight", 1) != 0 for m in messages)
-
-
-def _check_tools(row: dict[str, Any], line: int, problems: list[Problem]) -> set[str] | None:
-    """Validate `tools`; return the declared function names (None when the list itself is unusable)."""
-    tools = row["tools"]
-    if not isinstance(tools, list):
-        problems.append(
-            Problem(line, None, "invalid_tools", "'tools' must be a list of function definitions")
-        )
-        return None
-    names: set[str] = set()
-    for k, tool in enumerate(tools):
-        where = f"tools[{k}]"
-        function = tool.get("function") if isinstance(tool, dict) else None
-        if not isinstance(tool, dict) or tool.get("type") != "function" or not isinstance(function, dict):
-            problems.append(
-                Problem(
-                    line,
-                    None,
-                    "invalid_tool_definition",
-                    f'{where} must be {{"type": "function", "function": {{...}}}}',
-                )
-            )
-            continue
-        name = function.get("name")
-        if not isinstance(name, str) or not name:
-            problems.append(
-                Problem(
-                    line, None, "invalid_tool_definition", f"{where}.function.name must be a non-empty string"
-                )
-            )
-            continue
-        if name in names:
-            problems.append(
-                Problem(line, None, "invalid_tool_definition", f"{where} defines {name!r} a second time")
-            )
-        names.add(name)
-        schema_error = _schema_error(function.get("parameters")) if "parameters" in function else None
-        if schema_error is not None:
-            problems.append(
-                Problem(line, None, "invalid_tool_definition", f"{where}.function.parameters {schema_error}")
-            )
-    return names
-
-
-def _schema_error(schema: Any) -> str | None:
-    """Why `parameters` is not a JSON schema of an object (None when it is)."""
-    if not isinstance(schema, dict):
-        return f"must be a JSON schema object, got {_json_type(schema)}"
-    if "type" in schema and schema["type"] != "object":
-        return f"must describe an object (type 'object'), got type {_shown(schema['type'])}"
-    if "properties" in schema and not isinstance(schema["properties"], dict):
-        return "has 'properties' that is not an object"
-    if "required" in schema and not (
-        isinstance(schema["required"], list) and all(isinstance(r, str) for r in schema["required"])
-    ):
-        return "has 'required' that is not a list of strings"
-    return None
 
 
 class _ConversationChecker:
@@ -131,12 +75,12 @@ class _ConversationChecker:
         open_call_ids: set[str] | None = None  # calls made by the assistant message that opened a tool block
         for i, message in enumerate(messages):
             if not isinstance(message, dict):
-                self.add(i, "invalid_message", f"message must be a JSON object, got {_json_type(message)}")
+                self.add(i, "invalid_message", f"message must be a JSON object, got {json_type(message)}")
                 previous_role = "?"
                 continue
             role = message.get("role")
             if role not in ROLES:
-                what = "message has no role" if role is None else f"unknown role {_shown(role)}"
+                what = "message has no role" if role is None else f"unknown role {shown_json(role)}"
                 self.add(i, "unknown_role", f"{what}; expected one of {', '.join(ROLES)}")
                 previous_role = "?"
                 continue
@@ -213,7 +157,7 @@ class _ConversationChecker:
             self.add(
                 i,
                 "invalid_content",
-                f"content must be a string or a list of content parts, got {_json_type(content)}",
+                f"content must be a string or a list of content parts, got {json_type(content)}",
             )
 
     def _check_part(self, i: int, j: int, part: Any) -> None:
@@ -240,7 +184,7 @@ class _ConversationChecker:
             self.add(
                 i,
                 "invalid_content_part",
-                f"content[{j}] has unsupported type {_shown(kind)}; expected {allowed}",
+                f"content[{j}] has unsupported type {shown_json(kind)}; expected {allowed}",
             )
 
     def _check_weight(self, i: int, role: str, message: dict[str, Any]) -> None:
@@ -254,7 +198,7 @@ class _ConversationChecker:
                 f"weight is only allowed on assistant messages (the only ones trained on), not on {role}",
             )
         elif isinstance(weight, bool) or weight not in (0, 1):
-            self.add(i, "invalid_weight", f"message weight must be 0 or 1, got {_shown(weight)}")
+            self.add(i, "invalid_weight", f"message weight must be 0 or 1, got {shown_json(weight)}")
 
     def _check_reasoning(self, i: int, role: str, message: dict[str, Any]) -> None:
         reasoning = message.get("reasoning_content")
@@ -270,7 +214,7 @@ class _ConversationChecker:
             self.add(
                 i,
                 "invalid_reasoning_content",
-                f"reasoning_content must be a string, got {_json_type(reasoning)}",
+                f"reasoning_content must be a string, got {json_type(reasoning)}",
             )
 
     def _check_tool_calls(self, i: int, role: str, tool_calls: Any) -> set[str] | None:
@@ -287,7 +231,7 @@ class _ConversationChecker:
             return None
         ids: set[str] = set()
         for j, call in enumerate(tool_calls):
-            error = _tool_call_error(call, self.tool_names)
+            error = tool_call_error(call, self.tool_names)
             if error is not None:
                 self.add(i, "invalid_tool_call", f"tool_calls[{j}]{error}")
             elif call["id"] in ids:
@@ -311,32 +255,6 @@ class _ConversationChecker:
             )
 
 
-def _tool_call_error(call: Any, tool_names: set[str] | None) -> str | None:
-    """What is wrong with one tool call, as a suffix to `tool_calls[j]` (None when it is well-formed)."""
-    if not isinstance(call, dict):
-        return f" must be an object, got {_json_type(call)}"
-    if not isinstance(call.get("id"), str) or not call["id"]:
-        return ".id must be a non-empty string"
-    if call.get("type") != "function":
-        return f".type must be 'function', got {_shown(call.get('type'))}"
-    function = call.get("function")
-    if not isinstance(function, dict):
-        return ".function must be an object with name and arguments"
-    name = function.get("name")
-    if not isinstance(name, str) or not name:
-        return ".function.name must be a non-empty string"
-    if tool_names is not None and name not in tool_names:
-        return f".function.name {name!r} is not one of the row's tools"
-    arguments = function.get("arguments")
-    if not isinstance(arguments, str):
-        return f".function.arguments must be a JSON-encoded string, got {_json_type(arguments)}"
-    try:
-        json.loads(arguments)
-    except json.JSONDecodeError as error:
-        return f".function.arguments is not valid JSON ({error.msg} at column {error.colno})"
-    return None
-
-
 def _image_url(part: dict[str, Any]) -> bool:
     url = part.get("image_url", part.get("image"))
     return isinstance(url, str) or (isinstance(url, dict) and isinstance(url.get("url"), str))
@@ -346,24 +264,3 @@ def _is_non_negative_number(value: Any) -> bool:
     return (
         isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
     )
-
-
-def _shown(value: Any) -> str:
-    """A value as the user wrote it in JSON (true, null, "x"), cut short."""
-    text = json.dumps(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _json_type(value: Any) -> str:
-    """The JSON name of a parsed value's type, for messages a user who wrote JSON understands."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return "an object"

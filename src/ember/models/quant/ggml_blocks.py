@@ -33,7 +33,6 @@ BLOCK_FORMATS: Mapping[str, BlockFormat] = MappingProxyType(
 PACKED_QTYPES: frozenset[str] = frozenset(
     {"Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"}
 )
-FLOAT_QTYPES: frozenset[str] = frozenset({"F32", "F16", "BF16"})
 
 
 def block_format(qtype: str) -> BlockFormat:

@@ -12,7 +12,6 @@ import torch
 from ember.models.quant.block_format import BlockFormat, low_high_nibbles, read_f16, unpack_bits
 
 QK_K = 256  # values per super-block
-K_SCALE_SIZE = 12  # bytes of packed 6-bit scales and mins in Q4_K / Q5_K
 
 
 def _scales_and_mins_6bit(packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
