@@ -8,7 +8,7 @@ import json
 import uuid
 from typing import Any
 
-from ember.server.chat_reply import ParsedReply, ReplyDelta
+from ember.chat.reply import ParsedReply, ReplyDelta
 from ember.server.sse import sse_event
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ember.chat.reply import ReplyDelta
 from ember.chat.tool_parsers import ToolCall
-from ember.server.chat_reply import ReplyDelta
 from ember.server.responses import api_finish_reason
 
 

@@ -9,10 +9,10 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
+from ember.chat.plan import ChatInputs, ChatRequestError, plan_chat
+from ember.chat.reply import ReplyReader, ReplyStream
 from ember.engine.outputs import CompletionOutput, RequestOutput
 from ember.server.chat_deltas import chat_finish_reason, coalesced_deltas, tool_call_dict
-from ember.server.chat_plan import ChatInputs, plan_chat
-from ember.server.chat_reply import ReplyReader, ReplyStream
 from ember.server.errors import APIError, as_api_error, error_body, invalid_request
 from ember.server.generation import (
     DisconnectWatch,
@@ -60,19 +60,20 @@ class ChatServing:
         _refuse_legacy_functions(body)
         if body.top_logprobs is not None and not body.wants_logprobs():
             raise invalid_request("top_logprobs needs logprobs set to true", param="top_logprobs")
-        plan = plan_chat(
-            state.encoder,
-            ChatInputs(
-                messages=[m.for_template() for m in body.messages],
-                tools=body.tools,
-                tool_choice=body.tool_choice,
-                parallel_tool_calls=body.parallel_tool_calls is not False,
-                reasoning_effort=body.reasoning_effort,
-                response_format=body.response_format,
-                template_kwargs=body.chat_template_kwargs,
-                add_generation_prompt=body.add_generation_prompt is not False,
-            ),
+        inputs = ChatInputs(
+            messages=[m.for_template() for m in body.messages],
+            tools=body.tools,
+            tool_choice=body.tool_choice,
+            parallel_tool_calls=body.parallel_tool_calls is not False,
+            reasoning_effort=body.reasoning_effort,
+            response_format=body.response_format,
+            template_kwargs=body.chat_template_kwargs,
+            add_generation_prompt=body.add_generation_prompt is not False,
         )
+        try:
+            plan = plan_chat(state.encoder, inputs)
+        except ChatRequestError as error:
+            raise invalid_request(str(error), param=error.param) from None
         ids = state.encoder.encode_chat(plan.prompt)
         requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
         max_tokens = resolve_max_tokens(

@@ -9,10 +9,10 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
+from ember.chat.plan import ChatInputs, ChatPlan, ChatRequestError, plan_chat
+from ember.chat.reply import ReplyReader
 from ember.engine.outputs import CompletionOutput
 from ember.server.anthropic_blocks import BlockEvents, content_blocks, new_tool_use_id
-from ember.server.chat_plan import ChatInputs, ChatPlan, plan_chat
-from ember.server.chat_reply import ReplyReader
 from ember.server.errors import APIError, as_api_error, error_body, invalid_request
 from ember.server.generation import (
     DisconnectWatch,
@@ -29,7 +29,7 @@ from ember.server.sampling import build_sampling_params, resolve_max_tokens
 from ember.server.sse import sse_event
 from ember.server.state import ServingState, response_request_id
 
-# chat_plan names OpenAI's parameters; these are Anthropic's names for the same things.
+# chat.plan names OpenAI's parameters; these are Anthropic's names for the same things.
 _ANTHROPIC_PARAMS = {"reasoning_effort": "thinking"}
 
 
@@ -62,9 +62,8 @@ class MessagesServing:
             raise invalid_request(message, param=message.split(".", 1)[0].split("[", 1)[0]) from None
         try:
             plan = plan_chat(self.state.encoder, inputs, new_tool_use_id)
-        except APIError as error:
-            error.param = _ANTHROPIC_PARAMS.get(error.param or "", error.param)
-            raise
+        except ChatRequestError as error:
+            raise invalid_request(str(error), param=_ANTHROPIC_PARAMS.get(error.param, error.param)) from None
         return plan, self.state.encoder.encode_chat(plan.prompt)
 
     async def count_tokens(self, body: CountTokensRequest) -> dict[str, int]:

@@ -1,21 +1,19 @@
 """From a chat request's tools, tool_choice, reasoning_effort and response_format to the prompt, the output
 constraint and the parsers that read the reply back. Shared by /v1/chat/completions and /v1/messages (which
-translates Anthropic's shapes into these first); every invalid input is a 400 naming its parameter."""
+translates Anthropic's shapes into these first). Every invalid input is a ChatRequestError naming its parameter
+(the server's 400); the encoder's own errors pass through."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from ember.chat.reasoning import ReasoningParser, template_switches
 from ember.chat.reasoning import parser_for_template as reasoning_parser_for_template
+from ember.chat.reply import ReplyReader
 from ember.chat.tool_parsers import ToolParser, messages_for_template, new_tool_call_id, syntax_for_template
-from ember.server.chat_reply import ReplyReader
-from ember.server.errors import APIError, invalid_request
-from ember.server.prompts import PromptEncoder
-from ember.server.sampling import response_format_spec
 from ember.structured import (
     MISTRAL,
     ReasoningSection,
@@ -24,10 +22,35 @@ from ember.structured import (
     forced_tools,
     parse_tools,
     spec_for_tool_choice,
+    spec_from_response_format,
 )
 from ember.structured.grammar import JSON_FORMAT_OPTIONS, grammar_for
 
 _WHITESPACE = " \t\r\n"
+
+
+class ChatRequestError(ValueError):
+    """A chat request that cannot be planned; `param` names the request parameter at fault."""
+
+    def __init__(self, message: str, param: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class ChatRenderer(Protocol):
+    """What the plan needs of the served model's prompt encoder (ember.server.common.prompts.PromptEncoder)."""
+
+    @property
+    def template_source(self) -> str | None: ...
+
+    def render_chat(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        add_generation_prompt: bool = True,
+        template_kwargs: dict[str, Any] | None = None,
+        tools: list[dict[str, Any]] | None = None,
+    ) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -54,7 +77,7 @@ class ChatPlan:
 
 
 def plan_chat(
-    encoder: PromptEncoder, inputs: ChatInputs, new_id: Callable[[], str] = new_tool_call_id
+    encoder: ChatRenderer, inputs: ChatInputs, new_id: Callable[[], str] = new_tool_call_id
 ) -> ChatPlan:
     template = encoder.template_source
     messages = _prepared_messages(inputs.messages)
@@ -65,13 +88,13 @@ def plan_chat(
     try:
         switches = template_switches(inputs.reasoning_effort, template)
     except ValueError as error:
-        raise invalid_request(str(error), param="reasoning_effort") from None
+        raise ChatRequestError(str(error), "reasoning_effort") from None
     reasoning_parser = reasoning_parser_for_template(template)
     if reasoning_parser is None and not switches and _wants_reasoning(inputs.reasoning_effort):
-        raise invalid_request(
+        raise ChatRequestError(
             "reasoning_effort: this model's chat template has no thinking section or switch, so its "
             "reasoning cannot be turned on",
-            param="reasoning_effort",
+            "reasoning_effort",
         )
     prompt = encoder.render_chat(
         messages,
@@ -91,7 +114,7 @@ def plan_chat(
             tools, syntax, inputs.parallel_tool_calls, inputs.response_format, section
         )
     else:
-        structured = response_format_spec(inputs.response_format, section)
+        structured = _response_format_spec(inputs.response_format, section)
     stop: tuple[str, ...] = ()
     if parses_tools and not forced and not inputs.parallel_tool_calls and syntax is not None:
         # One call at most: the reply ends where the first call's closing tag would be.
@@ -106,17 +129,17 @@ def _prepared_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return messages_for_template(messages)
     except ValueError as error:
         message = str(error)
-        raise invalid_request(message, param=message.split(" ", 1)[0]) from None
+        raise ChatRequestError(message, message.split(" ", 1)[0]) from None
 
 
 def _tool_syntax(template: str | None, tools: list[Any]) -> ToolCallSyntax | None:
     syntax = syntax_for_template(template)
     if tools and (syntax is None or template is None or "tools" not in template):
-        raise invalid_request(
+        raise ChatRequestError(
             "tools: this model's chat template does not support tool calling (it neither renders a `tools` "
             "variable nor writes a known tool-call format: Hermes/Qwen <tool_call>, Llama-3 JSON, Mistral "
             "[TOOL_CALLS]); send the request without tools",
-            param="tools",
+            "tools",
         )
     return syntax
 
@@ -125,11 +148,11 @@ def _forced(tools: list[Any], tool_choice: Any) -> bool:
     try:
         parsed = parse_tools(tools)
     except ValueError as error:
-        raise invalid_request(str(error), param="tools") from None
+        raise ChatRequestError(str(error), "tools") from None
     try:
         return bool(forced_tools(parsed, tool_choice))
     except ValueError as error:
-        raise invalid_request(str(error), param="tool_choice") from None
+        raise ChatRequestError(str(error), "tool_choice") from None
 
 
 def _is_none(tool_choice: Any) -> bool:
@@ -148,6 +171,20 @@ def _reasoning_section(parser: ReasoningParser | None, prompt: str) -> Reasoning
     return ReasoningSection(parser.start_tag, parser.end_tag, opened=parser.starts_in_reasoning)
 
 
+def _response_format_spec(
+    response_format: Any, reasoning: ReasoningSection | None = None
+) -> StructuredSpec | None:
+    """The constraint of `response_format` (after `reasoning`, for thinking models), as the server's
+    sampling.response_format_spec builds it for completions."""
+    try:
+        return spec_from_response_format(response_format, reasoning)
+    except ValueError as error:
+        message = str(error)
+        if not message.startswith("response_format"):
+            message = f"response_format: {message}"
+        raise ChatRequestError(message, "response_format") from None
+
+
 def _constrains(response_format: Any) -> bool:
     return response_format is not None and not (
         isinstance(response_format, dict) and response_format.get("type") == "text"
@@ -164,7 +201,7 @@ def _tool_spec(
     try:
         spec = spec_for_tool_choice(tools, tool_choice, syntax, parallel, section)
     except ValueError as error:
-        raise invalid_request(str(error), param="tools") from None
+        raise ChatRequestError(str(error), "tools") from None
     assert spec is not None
     return spec
 
@@ -177,20 +214,20 @@ def _tools_or_answer_spec(
     section: ReasoningSection | None,
 ) -> StructuredSpec:
     """tool_choice auto with a JSON response_format: either tool calls or an answer valid per the schema."""
-    answer = response_format_spec(response_format)
+    answer = _response_format_spec(response_format)
     if answer is None or answer.kind != "json_schema":
         kind = response_format.get("type") if isinstance(response_format, dict) else response_format
-        raise invalid_request(
+        raise ChatRequestError(
             f"response_format of type {kind!r} cannot be combined with tools and tool_choice 'auto'; "
             "use json_object or json_schema, or tool_choice 'none' or 'required'",
-            param="response_format",
+            "response_format",
         )
     calls = _tool_spec(tools, "required", syntax, parallel, None)
     schema = json.loads(answer.source)
     if schema is True:
         schema = {}
     if not isinstance(schema, dict):
-        raise invalid_request("response_format: the schema accepts nothing", param="response_format")
+        raise ChatRequestError("response_format: the schema accepts nothing", "response_format")
     schema["x-guidance"] = dict(JSON_FORMAT_OPTIONS, lenient=not answer.strict)
     lark = calls.source.replace("start:", "tool_calls:", 1) + (
         f"start: tool_calls | answer\nanswer: %json {json.dumps(schema)}\n"
@@ -199,5 +236,5 @@ def _tools_or_answer_spec(
     try:
         grammar_for(spec)
     except ValueError as error:
-        raise APIError(400, f"response_format with tools: {error}", param="response_format") from None
+        raise ChatRequestError(f"response_format with tools: {error}", "response_format") from None
     return spec
