@@ -19,7 +19,7 @@ from ember.chat.reply import ReplyReader
 from ember.chat.template import ChatTemplate
 from ember.chat.tool_parsers import ToolParser, messages_for_template
 from ember.engine.testing import default_tokenizer_and_template
-from ember.server.anthropic_blocks import BlockEvents, content_blocks
+from ember.server.anthropic.content_blocks import BlockEvents, content_blocks
 from ember.structured import HERMES
 
 WEATHER = {

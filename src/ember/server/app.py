@@ -10,28 +10,26 @@ from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 
-from ember.server.auth import APIKeyMiddleware
-from ember.server.body_limit import BodyLimitMiddleware
-from ember.server.config import FineTuningConfig, ServerConfig
-from ember.server.errors import install_error_handlers
-from ember.server.metrics import ServerMetrics
-from ember.server.prompts import PromptEncoder
-from ember.server.routes import (
-    adapters,
-    completions,
-    datasets,
-    embeddings,
-    files,
-    health,
-    messages,
-    models,
-)
-from ember.server.routes import fine_tuning as fine_tuning_routes
-from ember.server.served_models import ServedModels
-from ember.server.services import Services
-from ember.server.serving_adapters import AdapterServing
-from ember.server.serving_fine_tuning import FineTuningRuntime
-from ember.server.state import ServingState
+from ember.server.admin import routes as adapters
+from ember.server.admin import routes_health as health
+from ember.server.admin.serving_adapters import AdapterServing
+from ember.server.anthropic import routes as messages
+from ember.server.common.body_limit import BodyLimitMiddleware
+from ember.server.common.config import FineTuningConfig, ServerConfig
+from ember.server.common.errors import install_error_handlers
+from ember.server.common.metrics import ServerMetrics
+from ember.server.common.middleware import APIKeyMiddleware
+from ember.server.common.prompts import PromptEncoder
+from ember.server.common.served_models import ServedModels
+from ember.server.common.services import Services
+from ember.server.common.state import ServingState
+from ember.server.fine_tuning import routes as fine_tuning_routes
+from ember.server.fine_tuning import routes_datasets as datasets
+from ember.server.fine_tuning import routes_files as files
+from ember.server.fine_tuning.serving_jobs import FineTuningRuntime
+from ember.server.openai import routes as completions
+from ember.server.openai import routes_embeddings as embeddings
+from ember.server.openai import routes_models as models
 
 if TYPE_CHECKING:
     from ember.engine.async_engine import AsyncEngine

@@ -1,0 +1,1 @@
+"""The OpenAI (and Fireworks inference) API: completions, chat completions, embeddings, tokenize and models."""
