@@ -1,15 +1,37 @@
-"""ember's adapter admin routes: POST /adapters {"name", "path"} serves an existing PEFT LoRA folder as a model,
-GET /adapters lists them, GET/DELETE /adapters/{name} shows / unloads one (name: any name the adapter answers to).
-"""
+"""Routes for operating the server. GET /health and GET /metrics (unauthenticated: load balancers and Prometheus
+scrape them; mounted at the root). ember's adapter routes under the API prefixes: POST /adapters {"name", "path"}
+serves an existing PEFT LoRA folder as a model, GET /adapters lists them, GET/DELETE /adapters/{name} shows /
+unloads one (name: any name the adapter answers to)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from ember.server.common.errors import APIError
+from ember.server.common.protocol import read_json_object
 from ember.server.common.services import services_of
-from ember.server.fine_tuning.file_objects import read_json_object
+
+root_router = APIRouter()  # mounted without the API prefixes
+
+
+@root_router.get("/health")
+async def health(request: Request) -> Response:
+    engine = services_of(request).state.engine
+    stats = engine.stats()
+    body = {"num_running": stats.num_running, "num_waiting": stats.num_waiting}
+    if not engine.is_running:
+        return JSONResponse({"status": "engine_unavailable", **body}, status_code=503)
+    return JSONResponse({"status": "ok", **body})
+
+
+@root_router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    state = services_of(request).state
+    return PlainTextResponse(
+        state.metrics.render(state.engine.stats()), media_type="text/plain; version=0.0.4"
+    )
+
 
 router = APIRouter()
 

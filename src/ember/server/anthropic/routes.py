@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from ember.server.anthropic.protocol import CountTokensRequest, MessagesRequest
-from ember.server.common.request_body import read_body
+from ember.server.common.protocol import read_body
 from ember.server.common.services import services_of
 
 router = APIRouter()

@@ -20,14 +20,15 @@ from ember.server.common.generation import (
     EngineRequest,
     Generation,
     collect_finals,
+    new_id,
     open_generations,
+    response_request_id,
 )
 from ember.server.common.perf_metrics import RequestTimer, TokenCounts, perf_headers
 from ember.server.common.protocol import SamplingRequest
 from ember.server.common.sampling import build_sampling_params, resolve_max_tokens
-from ember.server.common.sse import sse_event
-from ember.server.common.state import ServingState, response_request_id
-from ember.server.openai.responses import event_stream, new_id
+from ember.server.common.services import ServingState
+from ember.server.common.sse import event_stream, sse_event
 
 # chat.plan names OpenAI's parameters; these are Anthropic's names for the same things.
 _ANTHROPIC_PARAMS = {"reasoning_effort": "thinking"}

@@ -1,9 +1,10 @@
-"""One API request's life in the engine: open it (refusals become HTTP errors before any byte is sent),
-read its outputs, and abort it as soon as the client goes away."""
+"""One API request's life in the engine: its ids and cache salt, open it (refusals become HTTP errors before any
+byte is sent), read its outputs, and abort it as soon as the client goes away."""
 
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -18,6 +19,23 @@ from ember.server.common.perf_metrics import RequestTimer
 
 if TYPE_CHECKING:
     from ember.engine.async_engine import AsyncEngine
+
+CACHE_ISOLATION_HEADER = "x-prompt-cache-isolation-key"
+
+
+def new_id(prefix: str) -> str:
+    """A new request id (`chatcmpl-...`, `msg-...`): the engine's request id and the response's `id`."""
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def response_request_id(http: Request, generated: str) -> str:
+    """x-request-id: the client's own, when it sent one, so it can correlate; ours otherwise."""
+    return http.headers.get("x-request-id") or generated
+
+
+def cache_salt(http: Request, body_key: str | None) -> str | None:
+    """prompt_cache_isolation_key from the body, else its header: tenants with different keys never share KV."""
+    return body_key if body_key is not None else http.headers.get(CACHE_ISOLATION_HEADER)
 
 
 @dataclass(frozen=True)

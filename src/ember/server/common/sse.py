@@ -1,9 +1,13 @@
-"""Server-sent events: OpenAI's `data:` lines ending with [DONE], and Anthropic's named events."""
+"""Server-sent events: OpenAI's `data:` lines ending with [DONE], Anthropic's named events, and the streaming
+response that carries them."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from typing import Any
+
+from fastapi.responses import StreamingResponse
 
 DONE = "data: [DONE]\n\n"
 
@@ -19,3 +23,11 @@ def sse_data(payload: dict[str, Any]) -> str:
 
 def sse_event(event: str, payload: dict[str, Any]) -> str:
     return f"event: {event}\ndata: {_json(payload)}\n\n"
+
+
+def event_stream(body: AsyncIterator[str], headers: dict[str, str]) -> StreamingResponse:
+    return StreamingResponse(
+        body,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers},
+    )

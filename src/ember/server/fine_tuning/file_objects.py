@@ -10,12 +10,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from ember.lora.errors import LoraError
 from ember.server.common.errors import APIError
-from ember.server.common.request_body import parse_json
 from ember.tuning.files import (
     ConflictError,
     InvalidUploadError,
@@ -107,14 +105,3 @@ def tuning_api_error(exc: Exception, conflict_status: int = 409) -> APIError:
     if isinstance(exc, ValueError):
         return APIError(400, str(exc))
     raise exc
-
-
-async def read_json_object(request: Request, allow_empty: bool = False) -> dict[str, Any]:
-    """The request's JSON object body (400 naming the problem otherwise); `allow_empty`: no body is {}."""
-    raw = await request.body()
-    if allow_empty and not raw.strip():
-        return {}
-    payload = parse_json(raw)
-    if not isinstance(payload, dict):
-        raise APIError(400, f"the request body must be a JSON object, got {type(payload).__name__}")
-    return payload

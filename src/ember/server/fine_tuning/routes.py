@@ -1,14 +1,69 @@
-"""Fine-tuning jobs: OpenAI's /fine_tuning/jobs and Fireworks' /accounts/{a}/supervisedFineTuningJobs."""
+"""The fine-tuning routes. OpenAI files: POST/GET /files, GET/DELETE /files/{id}, GET /files/{id}/content
+(purpose fine-tune). Fireworks datasets: POST /accounts/{a}/datasets, POST .../datasets/{id}:upload, GET list/get,
+DELETE. Jobs: OpenAI's /fine_tuning/jobs and Fireworks' /accounts/{a}/supervisedFineTuningJobs."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from ember.server.common.protocol import read_json_object
 from ember.server.common.services import services_of
-from ember.server.fine_tuning.file_objects import read_json_object
 
 router = APIRouter()
+
+
+@router.post("/files")
+async def create_file(request: Request) -> Response:
+    return await services_of(request).require_files().create_file(request)
+
+
+@router.get("/files")
+async def list_files(
+    request: Request, purpose: str | None = None, after: str | None = None, limit: int = 10_000
+) -> Response:
+    return JSONResponse(services_of(request).require_files().list_files(purpose, after, limit))
+
+
+@router.get("/files/{file_id}")
+async def get_file(file_id: str, request: Request) -> Response:
+    return JSONResponse(services_of(request).require_files().get_file(file_id))
+
+
+@router.get("/files/{file_id}/content")
+async def file_content(file_id: str, request: Request) -> Response:
+    return services_of(request).require_files().file_content(file_id)
+
+
+@router.delete("/files/{file_id}")
+async def delete_file(file_id: str, request: Request) -> Response:
+    return JSONResponse(services_of(request).require_files().delete_file(file_id))
+
+
+@router.post("/accounts/{account}/datasets")
+async def create_dataset(account: str, request: Request) -> Response:
+    body = await read_json_object(request)
+    return JSONResponse(services_of(request).require_files().create_dataset(account, body))
+
+
+@router.post("/accounts/{account}/datasets/{dataset_id}:upload")
+async def upload_dataset(account: str, dataset_id: str, request: Request) -> Response:
+    return await services_of(request).require_files().upload_dataset(account, dataset_id, request)
+
+
+@router.get("/accounts/{account}/datasets")
+async def list_datasets(account: str, request: Request) -> Response:
+    return JSONResponse(services_of(request).require_files().list_datasets(account))
+
+
+@router.get("/accounts/{account}/datasets/{dataset_id}")
+async def get_dataset(account: str, dataset_id: str, request: Request) -> Response:
+    return JSONResponse(services_of(request).require_files().get_dataset(account, dataset_id))
+
+
+@router.delete("/accounts/{account}/datasets/{dataset_id}")
+async def delete_dataset(account: str, dataset_id: str, request: Request) -> Response:
+    return JSONResponse(services_of(request).require_files().delete_dataset(account, dataset_id))
 
 
 @router.post("/fine_tuning/jobs")

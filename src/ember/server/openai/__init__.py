@@ -1,1 +1,2 @@
-"""The OpenAI (and Fireworks inference) API: completions, chat completions, embeddings, tokenize and models."""
+"""The OpenAI API (which Fireworks' inference API follows): completions, chat completions, embeddings,
+tokenize and models."""

@@ -1,12 +1,13 @@
-"""The body of POST /v1/chat/completions."""
+"""The request bodies of the OpenAI API: POST /v1/chat/completions, /v1/completions and /v1/embeddings, and
+vLLM's /v1/tokenize and /v1/detokenize."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
-from ember.server.common.protocol import APIModel, SamplingRequest
+from ember.server.common.protocol import APIModel, NonNegativeInt, SamplingRequest
 
 CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
 
@@ -91,3 +92,62 @@ class ChatCompletionRequest(SamplingRequest):
             return self.top_logprobs
         # Fireworks' legacy form sends logprobs as an int: the number of alternatives.
         return self.logprobs if isinstance(self.logprobs, int) and not isinstance(self.logprobs, bool) else 0
+
+
+TokenIds = list[NonNegativeInt]
+
+
+class CompletionRequest(SamplingRequest):
+    # Order matters for pydantic's union matching: a list of ints is token ids, a list of lists is a batch of them.
+    prompt: str | list[str] | TokenIds | list[TokenIds]
+    best_of: Annotated[int, Field(ge=1)] | None = None
+    echo: bool | None = None
+    echo_last: NonNegativeInt | None = None
+    logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    suffix: str | None = None
+    return_token_ids: bool | None = None
+
+    def prompts(self) -> list[str | list[int]]:
+        """The prompt as a list of single prompts, each text or token ids."""
+        prompt: Any = self.prompt
+        if isinstance(prompt, str):
+            return [prompt]
+        if prompt and all(isinstance(p, int) for p in prompt):
+            return [list(prompt)]
+        return list(prompt)
+
+
+class EmbeddingRequest(APIModel):
+    model: str | None = None
+    input: str | list[str] | TokenIds | list[TokenIds]
+    encoding_format: Literal["float", "base64"] | None = None
+    dimensions: Annotated[int, Field(ge=1)] | None = None
+    user: str | None = None
+
+    def inputs(self) -> list[str | list[int]]:
+        value = self.input
+        if isinstance(value, str):
+            return [value]
+        if value and all(isinstance(item, int) for item in value):
+            return [list(value)]  # type: ignore[arg-type]
+        return list(value)  # type: ignore[arg-type]
+
+
+class TokenizeRequest(APIModel):
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    add_special_tokens: bool | None = None
+    add_generation_prompt: bool | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _prompt_xor_messages(self) -> TokenizeRequest:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("send exactly one of prompt and messages")
+        return self
+
+
+class DetokenizeRequest(APIModel):
+    model: str | None = None
+    tokens: list[NonNegativeInt]

@@ -1,19 +1,12 @@
-"""Pieces shared by the response builders: ids, usage, finish reasons and the SSE response itself."""
+"""Pieces shared by the completion and chat completion responses: the object envelope, usage, finish reasons,
+and where a stream reports usage."""
 
 from __future__ import annotations
 
 import time
-import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi.responses import StreamingResponse
-
 from ember.server.common.protocol import StreamOptions
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex}"
 
 
 def now_seconds() -> int:
@@ -68,11 +61,3 @@ class StreamUsage:
     @property
     def on_finish_chunk(self) -> bool:
         return not self.openai_style
-
-
-def event_stream(body: AsyncIterator[str], headers: dict[str, str]) -> StreamingResponse:
-    return StreamingResponse(
-        body,
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers},
-    )

@@ -17,24 +17,20 @@ from ember.server.common.generation import (
     DisconnectWatch,
     EngineRequest,
     Generation,
+    cache_salt,
     collect_finals,
+    new_id,
     open_generations,
+    response_request_id,
 )
 from ember.server.common.perf_metrics import RequestTimer, TokenCounts, perf_headers, perf_metrics
 from ember.server.common.sampling import build_sampling_params, resolve_max_tokens
-from ember.server.common.sse import DONE, sse_data
-from ember.server.common.state import ServingState, cache_salt, response_request_id
+from ember.server.common.services import ServingState
+from ember.server.common.sse import DONE, event_stream, sse_data
 from ember.server.openai.chat_deltas import chat_finish_reason, coalesced_deltas, tool_call_dict
 from ember.server.openai.logprob_objects import chat_logprobs
 from ember.server.openai.protocol import ChatCompletionRequest
-from ember.server.openai.responses import (
-    StreamUsage,
-    completion_object,
-    event_stream,
-    new_id,
-    now_seconds,
-    usage_dict,
-)
+from ember.server.openai.responses import StreamUsage, completion_object, now_seconds, usage_dict
 from ember.server.openai.stream_progress import ChoicePiece, StreamProgress
 
 

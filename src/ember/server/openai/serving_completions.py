@@ -16,22 +16,23 @@ from ember.server.common.generation import (
     DisconnectWatch,
     EngineRequest,
     Generation,
+    cache_salt,
     collect_finals,
     merged_outputs,
+    new_id,
     open_generations,
+    response_request_id,
 )
 from ember.server.common.perf_metrics import RequestTimer, TokenCounts, perf_headers, perf_metrics
 from ember.server.common.sampling import build_sampling_params, resolve_max_tokens
-from ember.server.common.sse import DONE, sse_data
-from ember.server.common.state import ServingState, cache_salt, response_request_id
+from ember.server.common.services import ServingState
+from ember.server.common.sse import DONE, event_stream, sse_data
 from ember.server.openai.logprob_objects import LegacyLogprobs
-from ember.server.openai.protocol_completions import CompletionRequest
+from ember.server.openai.protocol import CompletionRequest
 from ember.server.openai.responses import (
     StreamUsage,
     api_finish_reason,
     completion_object,
-    event_stream,
-    new_id,
     now_seconds,
     usage_dict,
 )

@@ -10,8 +10,8 @@ import numpy as np
 
 from ember.server.common.errors import invalid_request
 from ember.server.common.sampling import CONTEXT_LENGTH_EXCEEDED
-from ember.server.common.state import ServingState
-from ember.server.openai.protocol_embeddings import EmbeddingRequest
+from ember.server.common.services import ServingState
+from ember.server.openai.protocol import EmbeddingRequest
 
 
 def shorten(vector: list[float], dimensions: int | None) -> list[float]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from ember.server.common.prompts import check_token_ids
-from ember.server.common.state import ServingState
-from ember.server.openai.protocol_tokenize import DetokenizeRequest, TokenizeRequest
+from ember.server.common.services import ServingState
+from ember.server.openai.protocol import DetokenizeRequest, TokenizeRequest
 
 
 class TokenizeServing:
