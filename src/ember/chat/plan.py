@@ -1,5 +1,5 @@
-"""From a chat request's tools, tool_choice, reasoning_effort and response_format to the prompt, the output
-constraint and the parsers that read the reply back. Shared by /v1/chat/completions and /v1/messages (which
+"""From a chat request's tools, tool_choice, reasoning_effort and response_format to the prompt (text and token
+ids), the output constraint and the parsers that read the reply back. Shared by /v1/chat/completions and /v1/messages (which
 translates Anthropic's shapes into these first). Every invalid input is a ChatRequestError naming its parameter
 (the server's 400); the encoder's own errors pass through."""
 
@@ -52,6 +52,8 @@ class ChatRenderer(Protocol):
         tools: list[dict[str, Any]] | None = None,
     ) -> str: ...
 
+    def encode_chat(self, text: str) -> list[int]: ...
+
 
 @dataclass(frozen=True)
 class ChatInputs:
@@ -70,6 +72,7 @@ class ChatInputs:
 @dataclass(frozen=True)
 class ChatPlan:
     prompt: str
+    prompt_token_ids: list[int]
     structured: StructuredSpec | None  # the output constraint; None: free text
     reader: ReplyReader
     stop: tuple[str, ...] = ()  # stop strings the plan adds to the request's own
@@ -121,7 +124,9 @@ def plan_chat(
         if syntax.call_suffix.strip():
             stop = (syntax.call_suffix.strip(),)
     reader = ReplyReader(reasoning_parser, ToolParser(syntax, new_id) if parses_tools else None)
-    return ChatPlan(prompt, structured, reader, stop, keep_special_tokens=parses_tools and syntax == MISTRAL)
+    keep_special_tokens = parses_tools and syntax == MISTRAL
+    ids = encoder.encode_chat(prompt)
+    return ChatPlan(prompt, ids, structured, reader, stop, keep_special_tokens)
 
 
 def _prepared_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -24,7 +24,7 @@ from ember.server.common.generation import (
     open_generations,
     response_request_id,
 )
-from ember.server.common.perf_metrics import RequestTimer, TokenCounts, perf_headers
+from ember.server.common.metrics import RequestTimer, TokenCounts, perf_headers
 from ember.server.common.protocol import SamplingRequest
 from ember.server.common.sampling import build_sampling_params, resolve_max_tokens
 from ember.server.common.services import ServingState
@@ -49,7 +49,7 @@ class MessagesServing:
     def __init__(self, state: ServingState) -> None:
         self.state = state
 
-    def _plan(self, body: CountTokensRequest) -> tuple[ChatPlan, list[int]]:
+    def _plan(self, body: CountTokensRequest) -> ChatPlan:
         try:
             inputs = ChatInputs(
                 messages=body.chat_messages(),
@@ -62,20 +62,20 @@ class MessagesServing:
             message = str(error)
             raise invalid_request(message, param=message.split(".", 1)[0].split("[", 1)[0]) from None
         try:
-            plan = plan_chat(self.state.encoder, inputs, new_tool_use_id)
+            return plan_chat(self.state.encoder, inputs, new_tool_use_id)
         except ChatRequestError as error:
             raise invalid_request(str(error), param=_ANTHROPIC_PARAMS.get(error.param, error.param)) from None
-        return plan, self.state.encoder.encode_chat(plan.prompt)
 
     async def count_tokens(self, body: CountTokensRequest) -> dict[str, int]:
         self.state.models.resolve(body.model)
-        return {"input_tokens": len(self._plan(body)[1])}
+        return {"input_tokens": len(self._plan(body).prompt_token_ids)}
 
     async def create(self, body: MessagesRequest, http: Request) -> Response:
         timer = RequestTimer()
         state = self.state
         model = state.models.resolve(body.model)
-        plan, ids = self._plan(body)
+        plan = self._plan(body)
+        ids = plan.prompt_token_ids
         max_tokens = resolve_max_tokens(
             len(ids), body.max_tokens, state.max_model_len, "truncate", "messages"
         )

@@ -15,7 +15,7 @@ from fastapi import Request
 from ember.engine.outputs import RequestOutput
 from ember.engine.sampling_params import SamplingParams
 from ember.server.common.errors import invalid_request
-from ember.server.common.perf_metrics import RequestTimer
+from ember.server.common.metrics import RequestTimer
 
 if TYPE_CHECKING:
     from ember.engine.async_engine import AsyncEngine

@@ -23,15 +23,21 @@ from ember.server.common.generation import (
     open_generations,
     response_request_id,
 )
-from ember.server.common.perf_metrics import RequestTimer, TokenCounts, perf_headers, perf_metrics
+from ember.server.common.metrics import RequestTimer, TokenCounts, perf_headers, perf_metrics
 from ember.server.common.sampling import build_sampling_params, resolve_max_tokens
 from ember.server.common.services import ServingState
 from ember.server.common.sse import DONE, event_stream, sse_data
 from ember.server.openai.chat_deltas import chat_finish_reason, coalesced_deltas, tool_call_dict
 from ember.server.openai.logprob_objects import chat_logprobs
 from ember.server.openai.protocol import ChatCompletionRequest
-from ember.server.openai.responses import StreamUsage, completion_object, now_seconds, usage_dict
-from ember.server.openai.stream_progress import ChoicePiece, StreamProgress
+from ember.server.openai.responses import (
+    ChoicePiece,
+    StreamProgress,
+    StreamUsage,
+    completion_object,
+    now_seconds,
+    usage_dict,
+)
 
 
 def _refuse_legacy_functions(body: ChatCompletionRequest) -> None:
@@ -70,7 +76,7 @@ class ChatServing:
             plan = plan_chat(state.encoder, inputs)
         except ChatRequestError as error:
             raise invalid_request(str(error), param=error.param) from None
-        ids = state.encoder.encode_chat(plan.prompt)
+        ids = plan.prompt_token_ids
         requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
         max_tokens = resolve_max_tokens(
             len(ids),

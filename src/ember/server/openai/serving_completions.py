@@ -23,20 +23,21 @@ from ember.server.common.generation import (
     open_generations,
     response_request_id,
 )
-from ember.server.common.perf_metrics import RequestTimer, TokenCounts, perf_headers, perf_metrics
+from ember.server.common.metrics import RequestTimer, TokenCounts, perf_headers, perf_metrics
 from ember.server.common.sampling import build_sampling_params, resolve_max_tokens
 from ember.server.common.services import ServingState
 from ember.server.common.sse import DONE, event_stream, sse_data
 from ember.server.openai.logprob_objects import LegacyLogprobs
 from ember.server.openai.protocol import CompletionRequest
 from ember.server.openai.responses import (
+    ChoicePiece,
+    StreamProgress,
     StreamUsage,
     api_finish_reason,
     completion_object,
     now_seconds,
     usage_dict,
 )
-from ember.server.openai.stream_progress import ChoicePiece, StreamProgress
 
 
 @dataclass(frozen=True)
