@@ -1,7 +1,7 @@
 """From a chat request's tools, tool_choice, reasoning_effort and response_format to the prompt (text and token
-ids), the output constraint and the parsers that read the reply back. Shared by /v1/chat/completions and /v1/messages (which
-translates Anthropic's shapes into these first). Every invalid input is a ChatRequestError naming its parameter
-(the server's 400); the encoder's own errors pass through."""
+ids), the output constraint and the parsers that read the reply back. Shared by /v1/chat/completions and
+/v1/messages (which translates Anthropic's shapes into these first). Every invalid input is a ChatRequestError
+naming its parameter (the server's 400); the encoder's own errors pass through."""
 
 from __future__ import annotations
 

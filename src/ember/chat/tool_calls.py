@@ -1,5 +1,5 @@
-"""Tool calls as data: a parsed call, the deltas a streamed reply sends them as, and the incremental read of one
-call object (its name once complete, then its arguments as raw fragments of the model's text)."""
+"""Tool calls as data: a parsed call, the deltas a streamed reply sends them as, and the incremental read of
+one call object (its name once complete, then its arguments as raw fragments of the model's text)."""
 
 from __future__ import annotations
 

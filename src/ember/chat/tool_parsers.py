@@ -7,10 +7,10 @@ parameters of the one streaming machine (tool_stream.py). `parse(text)` is defin
 streaming parser fed the whole text, so streamed deltas always reassemble into the non-streamed message.
 
 Streaming: a call's name (with its id) is sent once complete, then `arguments` as raw fragments of the
-model's text, whose concatenation is exactly the final arguments string. Text that turns out not to be a call (no name,
-broken JSON before the arguments start) is returned as content: nothing the model wrote is dropped, except
-whitespace at the end of the content. Markers must reach the parser: for Mistral, detokenize with
-skip_special_tokens=False, since [TOOL_CALLS] is a special token.
+model's text, whose concatenation is exactly the final arguments string. Text that turns out not to be a call
+(no name, broken JSON before the arguments start) is returned as content: nothing the model wrote is dropped,
+except whitespace at the end of the content and separators after the last call. Markers must reach the
+parser: for Mistral, detokenize with skip_special_tokens=False, since [TOOL_CALLS] is a special token.
 
 This module is the public face of tool calling; the data types come from tool_calls.py (re-exported here).
 """
@@ -48,9 +48,9 @@ __all__ = [
     "syntax_for_template",
 ]
 
-# Hermes / Qwen: content, then <tool_call> {json} </tool_call> blocks. Small Qwen models often drop the tags and
-# reply with the bare {"name": ..., "arguments": ...} object; a reply that opens with one is a call too (llama.cpp
-# accepts the same).
+# Hermes / Qwen: content, then <tool_call> {json} </tool_call> blocks. Small Qwen models often drop the tags
+# and reply with the bare {"name": ..., "arguments": ...} object; a reply that opens with one is a call too
+# (llama.cpp accepts the same).
 HERMES_FAMILY = ToolFamily(
     HERMES,
     marker=HERMES.call_prefix.strip(),

@@ -1,5 +1,5 @@
-"""The server's fine-tuning runtime: the store, uploads and the job service over one data directory, started
-and stopped with the app, and the bridge that serves a succeeded job's adapter.
+"""The server's fine-tuning runtime (the store, uploads and the job service over one data directory, started
+and stopped with the app, and the bridge that serves a succeeded job's adapter), and the job routes over it.
 
 Jobs train in a worker process (ember.tuning.job_runner); when one succeeds, its adapter is registered with the
 engine under its output model name (the last part of Fireworks' outputModel, else the job id), also answering
