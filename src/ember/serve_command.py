@@ -13,14 +13,14 @@ from ember.engine.llm_engine import EngineConfig
 from ember.lora.config import LoraConfig
 from ember.models.errors import ModelLoadError
 from ember.models.loader import LoadConfig, load_model
-from ember.server.config import FineTuningConfig
+from ember.server.common.config import FineTuningConfig
 from ember.threads import configure_torch_threads, release_openmp_team
 
 logger = logging.getLogger("ember.serve")
 
 
 def api_keys_from(args: argparse.Namespace) -> tuple[str, ...]:
-    from ember.server.auth import api_keys_from_env
+    from ember.server.common.middleware import api_keys_from_env
 
     return tuple(dict.fromkeys([*args.api_key, *api_keys_from_env()]))
 
@@ -54,7 +54,7 @@ def serve_from_args(args: argparse.Namespace) -> int:
 
     from ember.engine.async_engine import AsyncEngine
     from ember.server.app import build_app
-    from ember.server.config import ServerConfig
+    from ember.server.common.config import ServerConfig
 
     threads = configure_torch_threads(args.threads)
     try:

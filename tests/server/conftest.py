@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from live_server import TINY_MODEL, RunningServer, start_server, tiny_engine
 
-from ember.server.config import ServerConfig
+from ember.server.common.config import ServerConfig
 
 
 @pytest.fixture(scope="session")

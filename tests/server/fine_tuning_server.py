@@ -19,7 +19,7 @@ from ember.engine.async_engine import AsyncEngine
 from ember.engine.testing import tiny_engine_config, write_tiny_hf_folder
 from ember.models.loader import LoadConfig, load_model
 from ember.server.app import build_app
-from ember.server.config import FineTuningConfig, ServerConfig
+from ember.server.common.config import FineTuningConfig, ServerConfig
 
 TINY_MODEL = "tiny-llama"
 ACCOUNT = "fireworks"

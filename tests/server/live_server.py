@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from ember.engine.async_engine import AsyncEngine
 from ember.engine.testing import tiny_engine_config, tiny_loaded_model
 from ember.server.app import build_app
-from ember.server.config import ServerConfig
+from ember.server.common.config import ServerConfig
 
 TINY_MODEL = "tiny-llama"
 TINY_MODEL_ID = f"accounts/fireworks/models/{TINY_MODEL}"

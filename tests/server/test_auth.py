@@ -11,7 +11,7 @@ import openai
 import pytest
 from live_server import TINY_MODEL, RunningServer, start_server, tiny_engine
 
-from ember.server.config import ServerConfig
+from ember.server.common.config import ServerConfig
 
 KEY = "sk-ember-test-key-1"
 

@@ -8,7 +8,7 @@ import asyncio
 import httpx
 from live_server import TINY_MODEL, start_server, tiny_engine
 
-from ember.server.config import ServerConfig
+from ember.server.common.config import ServerConfig
 
 
 class FailOnce:

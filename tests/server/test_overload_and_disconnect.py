@@ -12,7 +12,7 @@ import httpx
 import pytest
 from live_server import TINY_MODEL, RunningServer, start_server, tiny_engine
 
-from ember.server.config import ServerConfig
+from ember.server.common.config import ServerConfig
 
 LONG = {"model": TINY_MODEL, "prompt": "Go on and on", "max_tokens": 200, "ignore_eos": True}
 

@@ -13,10 +13,10 @@ import pytest
 from live_server import TINY_MODEL, RunningServer
 from tools_server import THINKING_TEMPLATE, start_template_server
 
+from ember.chat.plan import ChatInputs, plan_chat
 from ember.chat.template import ChatTemplate
 from ember.engine.testing import default_tokenizer_and_template
-from ember.server.chat_plan import ChatInputs, plan_chat
-from ember.server.prompts import PromptEncoder
+from ember.server.common.prompts import PromptEncoder
 from ember.structured import ReasoningSection
 from ember.structured.compiler import GrammarCompiler
 

@@ -19,7 +19,7 @@ from ember.engine.async_engine import AsyncEngine
 from ember.engine.engine_config import SchedulerConfig
 from ember.engine.llm_engine import EngineConfig
 from ember.models.loader import LoadConfig, load_model
-from ember.server.config import ServerConfig
+from ember.server.common.config import ServerConfig
 
 USER = [{"role": "user", "content": "Describe a city as JSON."}]
 CITY = {

@@ -15,11 +15,11 @@ from live_server import TINY_MODEL, RunningServer
 from tools_server import HERMES_TEMPLATE, start_template_server
 
 from ember.chat.reasoning import ReasoningParser
+from ember.chat.reply import ReplyReader
 from ember.chat.template import ChatTemplate
 from ember.chat.tool_parsers import ToolParser, messages_for_template
 from ember.engine.testing import default_tokenizer_and_template
-from ember.server.chat_deltas import coalesced_deltas, tool_call_dict
-from ember.server.chat_reply import ReplyReader
+from ember.server.openai.chat_deltas import coalesced_deltas, tool_call_dict
 from ember.structured import HERMES
 
 MODEL = "tiny-hermes"

@@ -8,15 +8,13 @@ import math
 import numpy as np
 import pytest
 
-from ember.server.auth import api_keys_from_env, key_matches, presented_key
-from ember.server.errors import APIError
-from ember.server.protocol_anthropic import MessagesRequest
-from ember.server.protocol_chat import ChatCompletionRequest
-from ember.server.protocol_completions import CompletionRequest
-from ember.server.protocol_embeddings import EmbeddingRequest
-from ember.server.request_body import param_path, parse_json, validate_body
-from ember.server.sampling import SamplingLimits, build_sampling_params, resolve_max_tokens
-from ember.server.serving_embeddings import encode_vector, shorten
+from ember.server.anthropic.protocol import MessagesRequest
+from ember.server.common.errors import APIError
+from ember.server.common.middleware import api_keys_from_env, key_matches, presented_key
+from ember.server.common.protocol import param_path, parse_json, validate_body
+from ember.server.common.sampling import SamplingLimits, build_sampling_params, resolve_max_tokens
+from ember.server.openai.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from ember.server.openai.serving_embeddings import encode_vector, shorten
 
 LIMITS = SamplingLimits(vocab_size=100, max_n=4)
 

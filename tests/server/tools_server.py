@@ -10,7 +10,7 @@ from live_server import RunningServer, start_server
 
 from ember.engine.async_engine import AsyncEngine
 from ember.engine.testing import tiny_engine_config, tiny_loaded_model
-from ember.server.config import ServerConfig
+from ember.server.common.config import ServerConfig
 
 # The tool parts of Qwen2.5's template, shortened: tools listed in the system turn, calls as <tool_call> blocks,
 # tool results wrapped in <tool_response> inside a user turn.

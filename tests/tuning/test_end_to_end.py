@@ -28,7 +28,7 @@ from ember.engine.engine_config import SchedulerConfig
 from ember.engine.llm_engine import EngineConfig
 from ember.models.loader import LoadConfig, load_model
 from ember.server.app import build_app
-from ember.server.config import FineTuningConfig, ServerConfig
+from ember.server.common.config import FineTuningConfig, ServerConfig
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -10,28 +10,25 @@ from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 
-from ember.server.auth import APIKeyMiddleware
-from ember.server.body_limit import BodyLimitMiddleware
-from ember.server.config import FineTuningConfig, ServerConfig
-from ember.server.errors import install_error_handlers
-from ember.server.metrics import ServerMetrics
-from ember.server.prompts import PromptEncoder
-from ember.server.routes import (
-    adapters,
-    completions,
-    datasets,
-    embeddings,
-    files,
-    health,
-    messages,
-    models,
-)
-from ember.server.routes import fine_tuning as fine_tuning_routes
-from ember.server.served_models import ServedModels
-from ember.server.services import Services
-from ember.server.serving_adapters import AdapterServing
-from ember.server.serving_fine_tuning import FineTuningRuntime
-from ember.server.state import ServingState
+from ember.server.admin import routes as admin_routes
+from ember.server.admin.serving_adapters import AdapterServing
+from ember.server.anthropic import routes as anthropic_routes
+from ember.server.anthropic.serving_messages import MessagesServing
+from ember.server.common.config import FineTuningConfig, ServerConfig
+from ember.server.common.errors import install_error_handlers
+from ember.server.common.metrics import ServerMetrics
+from ember.server.common.middleware import APIKeyMiddleware, BodyLimitMiddleware
+from ember.server.common.prompts import PromptEncoder
+from ember.server.common.served_models import ServedModels
+from ember.server.common.services import Services, ServingState
+from ember.server.fine_tuning import routes as fine_tuning_routes
+from ember.server.fine_tuning.serving_files import FilesServing
+from ember.server.fine_tuning.serving_jobs import FineTuningRuntime, JobsServing
+from ember.server.openai import routes as openai_routes
+from ember.server.openai.serving_chat import ChatServing
+from ember.server.openai.serving_completions import CompletionServing
+from ember.server.openai.serving_embeddings import EmbeddingServing
+from ember.server.openai.serving_tokenize import TokenizeServing
 
 if TYPE_CHECKING:
     from ember.engine.async_engine import AsyncEngine
@@ -92,20 +89,21 @@ def build_app(
             await engine.shutdown()
 
     app = FastAPI(title="ember", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.services = Services.build(state, adapter_serving, tuning)
+    app.state.services = Services(
+        state=state,
+        completions=CompletionServing(state),
+        chat=ChatServing(state),
+        messages=MessagesServing(state),
+        embeddings=EmbeddingServing(state),
+        tokenize=TokenizeServing(state),
+        adapters=adapter_serving,
+        files=None if tuning is None else FilesServing(tuning),
+        jobs=None if tuning is None else JobsServing(tuning, config.account),
+    )
     for prefix in API_PREFIXES:
-        for module in (
-            completions,
-            messages,
-            embeddings,
-            models,
-            files,
-            datasets,
-            fine_tuning_routes,
-            adapters,
-        ):
-            app.include_router(module.router, prefix=prefix)
-    app.include_router(health.router)
+        for routes in (openai_routes, anthropic_routes, fine_tuning_routes, admin_routes):
+            app.include_router(routes.router, prefix=prefix)
+    app.include_router(admin_routes.root_router)
     install_error_handlers(app)
     if config.api_keys:
         app.add_middleware(APIKeyMiddleware, api_keys=config.api_keys)

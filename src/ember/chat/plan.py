@@ -1,0 +1,245 @@
+"""From a chat request's tools, tool_choice, reasoning_effort and response_format to the prompt (text and token
+ids), the output constraint and the parsers that read the reply back. Shared by /v1/chat/completions and
+/v1/messages (which translates Anthropic's shapes into these first). Every invalid input is a ChatRequestError
+naming its parameter (the server's 400); the encoder's own errors pass through."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ember.chat.reasoning import ReasoningParser, template_switches
+from ember.chat.reasoning import parser_for_template as reasoning_parser_for_template
+from ember.chat.reply import ReplyReader
+from ember.chat.tool_parsers import ToolParser, messages_for_template, new_tool_call_id, syntax_for_template
+from ember.structured import (
+    MISTRAL,
+    ReasoningSection,
+    StructuredSpec,
+    ToolCallSyntax,
+    forced_tools,
+    parse_tools,
+    spec_for_tool_choice,
+    spec_from_response_format,
+)
+from ember.structured.grammar import JSON_FORMAT_OPTIONS, grammar_for
+
+_WHITESPACE = " \t\r\n"
+
+
+class ChatRequestError(ValueError):
+    """A chat request that cannot be planned; `param` names the request parameter at fault."""
+
+    def __init__(self, message: str, param: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class ChatRenderer(Protocol):
+    """What the plan needs of the served model's prompt encoder (ember.server.common.prompts.PromptEncoder)."""
+
+    @property
+    def template_source(self) -> str | None: ...
+
+    def render_chat(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        add_generation_prompt: bool = True,
+        template_kwargs: dict[str, Any] | None = None,
+        tools: list[dict[str, Any]] | None = None,
+    ) -> str: ...
+
+    def encode_chat(self, text: str) -> list[int]: ...
+
+
+@dataclass(frozen=True)
+class ChatInputs:
+    """A chat request in OpenAI's shapes (messages as the template receives them, before tool-call decoding)."""
+
+    messages: list[dict[str, Any]]
+    tools: list[Any] | None = None
+    tool_choice: Any = None
+    parallel_tool_calls: bool = True
+    reasoning_effort: str | bool | None = None
+    response_format: Any = None
+    template_kwargs: dict[str, Any] | None = None
+    add_generation_prompt: bool = True
+
+
+@dataclass(frozen=True)
+class ChatPlan:
+    prompt: str
+    prompt_token_ids: list[int]
+    structured: StructuredSpec | None  # the output constraint; None: free text
+    reader: ReplyReader
+    stop: tuple[str, ...] = ()  # stop strings the plan adds to the request's own
+    keep_special_tokens: bool = False  # the tool-call marker is a special token the parser must see
+
+
+def plan_chat(
+    encoder: ChatRenderer, inputs: ChatInputs, new_id: Callable[[], str] = new_tool_call_id
+) -> ChatPlan:
+    template = encoder.template_source
+    messages = _prepared_messages(inputs.messages)
+    tools = list(inputs.tools or [])
+    tool_choice = inputs.tool_choice if inputs.tool_choice is not None else ("auto" if tools else "none")
+    forced = _forced(tools, tool_choice)
+    syntax = _tool_syntax(template, tools)
+    try:
+        switches = template_switches(inputs.reasoning_effort, template)
+    except ValueError as error:
+        raise ChatRequestError(str(error), "reasoning_effort") from None
+    reasoning_parser = reasoning_parser_for_template(template)
+    if reasoning_parser is None and not switches and _wants_reasoning(inputs.reasoning_effort):
+        raise ChatRequestError(
+            "reasoning_effort: this model's chat template has no thinking section or switch, so its "
+            "reasoning cannot be turned on",
+            "reasoning_effort",
+        )
+    prompt = encoder.render_chat(
+        messages,
+        add_generation_prompt=inputs.add_generation_prompt,
+        template_kwargs={**switches, **(inputs.template_kwargs or {})},
+        tools=tools or None,
+    )
+    reasoning_parser = reasoning_parser_for_template(template, prompt)
+    section = _reasoning_section(reasoning_parser, prompt)
+    parses_tools = bool(tools) and not _is_none(tool_choice)
+    if forced:
+        assert syntax is not None
+        structured = _tool_spec(tools, tool_choice, syntax, inputs.parallel_tool_calls, section)
+    elif parses_tools and _constrains(inputs.response_format):
+        assert syntax is not None
+        structured = _tools_or_answer_spec(
+            tools, syntax, inputs.parallel_tool_calls, inputs.response_format, section
+        )
+    else:
+        structured = _response_format_spec(inputs.response_format, section)
+    stop: tuple[str, ...] = ()
+    if parses_tools and not forced and not inputs.parallel_tool_calls and syntax is not None:
+        # One call at most: the reply ends where the first call's closing tag would be.
+        if syntax.call_suffix.strip():
+            stop = (syntax.call_suffix.strip(),)
+    reader = ReplyReader(reasoning_parser, ToolParser(syntax, new_id) if parses_tools else None)
+    keep_special_tokens = parses_tools and syntax == MISTRAL
+    ids = encoder.encode_chat(prompt)
+    return ChatPlan(prompt, ids, structured, reader, stop, keep_special_tokens)
+
+
+def _prepared_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    try:
+        return messages_for_template(messages)
+    except ValueError as error:
+        message = str(error)
+        raise ChatRequestError(message, message.split(" ", 1)[0]) from None
+
+
+def _tool_syntax(template: str | None, tools: list[Any]) -> ToolCallSyntax | None:
+    syntax = syntax_for_template(template)
+    if tools and (syntax is None or template is None or "tools" not in template):
+        raise ChatRequestError(
+            "tools: this model's chat template does not support tool calling (it neither renders a `tools` "
+            "variable nor writes a known tool-call format: Hermes/Qwen <tool_call>, Llama-3 JSON, Mistral "
+            "[TOOL_CALLS]); send the request without tools",
+            "tools",
+        )
+    return syntax
+
+
+def _forced(tools: list[Any], tool_choice: Any) -> bool:
+    try:
+        parsed = parse_tools(tools)
+    except ValueError as error:
+        raise ChatRequestError(str(error), "tools") from None
+    try:
+        return bool(forced_tools(parsed, tool_choice))
+    except ValueError as error:
+        raise ChatRequestError(str(error), "tool_choice") from None
+
+
+def _is_none(tool_choice: Any) -> bool:
+    """OpenAI's "none" or Anthropic's {"type": "none"}: the tools are shown, but the reply is text."""
+    return tool_choice == "none" or (isinstance(tool_choice, dict) and tool_choice.get("type") == "none")
+
+
+def _wants_reasoning(effort: str | bool | None) -> bool:
+    return effort is not None and effort is not False and effort != "none"
+
+
+def _reasoning_section(parser: ReasoningParser | None, prompt: str) -> ReasoningSection | None:
+    """Where the constraint starts: after the reasoning, unless the prompt already closed it (thinking off)."""
+    if parser is None or prompt.rstrip(_WHITESPACE).endswith(parser.end_tag):
+        return None
+    return ReasoningSection(parser.start_tag, parser.end_tag, opened=parser.starts_in_reasoning)
+
+
+def _response_format_spec(
+    response_format: Any, reasoning: ReasoningSection | None = None
+) -> StructuredSpec | None:
+    """The constraint of `response_format` (after `reasoning`, for thinking models), as the server's
+    sampling.response_format_spec builds it for completions."""
+    try:
+        return spec_from_response_format(response_format, reasoning)
+    except ValueError as error:
+        message = str(error)
+        if not message.startswith("response_format"):
+            message = f"response_format: {message}"
+        raise ChatRequestError(message, "response_format") from None
+
+
+def _constrains(response_format: Any) -> bool:
+    return response_format is not None and not (
+        isinstance(response_format, dict) and response_format.get("type") == "text"
+    )
+
+
+def _tool_spec(
+    tools: list[Any],
+    tool_choice: Any,
+    syntax: ToolCallSyntax,
+    parallel: bool,
+    section: ReasoningSection | None,
+) -> StructuredSpec:
+    try:
+        spec = spec_for_tool_choice(tools, tool_choice, syntax, parallel, section)
+    except ValueError as error:
+        raise ChatRequestError(str(error), "tools") from None
+    assert spec is not None
+    return spec
+
+
+def _tools_or_answer_spec(
+    tools: list[Any],
+    syntax: ToolCallSyntax,
+    parallel: bool,
+    response_format: Any,
+    section: ReasoningSection | None,
+) -> StructuredSpec:
+    """tool_choice auto with a JSON response_format: either tool calls or an answer valid per the schema."""
+    answer = _response_format_spec(response_format)
+    if answer is None or answer.kind != "json_schema":
+        kind = response_format.get("type") if isinstance(response_format, dict) else response_format
+        raise ChatRequestError(
+            f"response_format of type {kind!r} cannot be combined with tools and tool_choice 'auto'; "
+            "use json_object or json_schema, or tool_choice 'none' or 'required'",
+            "response_format",
+        )
+    calls = _tool_spec(tools, "required", syntax, parallel, None)
+    schema = json.loads(answer.source)
+    if schema is True:
+        schema = {}
+    if not isinstance(schema, dict):
+        raise ChatRequestError("response_format: the schema accepts nothing", "response_format")
+    schema["x-guidance"] = dict(JSON_FORMAT_OPTIONS, lenient=not answer.strict)
+    lark = calls.source.replace("start:", "tool_calls:", 1) + (
+        f"start: tool_calls | answer\nanswer: %json {json.dumps(schema)}\n"
+    )
+    spec = StructuredSpec("lark", lark, reasoning=section)
+    try:
+        grammar_for(spec)
+    except ValueError as error:
+        raise ChatRequestError(f"response_format with tools: {error}", "response_format") from None
+    return spec

@@ -1,0 +1,1 @@
+"""Operating the server: health, Prometheus metrics, and serving LoRA adapters as models."""

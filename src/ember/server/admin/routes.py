@@ -1,0 +1,66 @@
+"""Routes for operating the server. GET /health and GET /metrics (unauthenticated: load balancers and Prometheus
+scrape them; mounted at the root). ember's adapter routes under the API prefixes: POST /adapters {"name", "path"}
+serves an existing PEFT LoRA folder as a model, GET /adapters lists them, GET/DELETE /adapters/{name} shows /
+unloads one (name: any name the adapter answers to)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+
+from ember.server.common.errors import APIError
+from ember.server.common.protocol import read_json_object
+from ember.server.common.services import services_of
+
+root_router = APIRouter()  # mounted without the API prefixes
+
+
+@root_router.get("/health")
+async def health(request: Request) -> Response:
+    engine = services_of(request).state.engine
+    stats = engine.stats()
+    body = {"num_running": stats.num_running, "num_waiting": stats.num_waiting}
+    if not engine.is_running:
+        return JSONResponse({"status": "engine_unavailable", **body}, status_code=503)
+    return JSONResponse({"status": "ok", **body})
+
+
+@root_router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    state = services_of(request).state
+    return PlainTextResponse(
+        state.metrics.render(state.engine.stats()), media_type="text/plain; version=0.0.4"
+    )
+
+
+router = APIRouter()
+
+
+@router.post("/adapters")
+async def load_adapter(request: Request) -> Response:
+    body = await read_json_object(request)
+    for field in ("name", "path"):
+        if not isinstance(body.get(field), str) or not body[field]:
+            raise APIError(400, f"{field} is required and must be a non-empty string", param=field)
+    check = body.get("check_base_model", True)
+    if not isinstance(check, bool):
+        raise APIError(400, "check_base_model must be a boolean", param="check_base_model")
+    adapters = services_of(request).adapters
+    await adapters.load(body["name"], body["path"], check_base_model=check)
+    return JSONResponse(adapters.get(body["name"]))
+
+
+@router.get("/adapters")
+async def list_adapters(request: Request) -> Response:
+    return JSONResponse(services_of(request).adapters.listing())
+
+
+@router.get("/adapters/{name:path}")
+async def get_adapter(name: str, request: Request) -> Response:
+    return JSONResponse(services_of(request).adapters.get(name))
+
+
+@router.delete("/adapters/{name:path}")
+async def unload_adapter(name: str, request: Request) -> Response:
+    adapter = await services_of(request).adapters.unload(name)
+    return JSONResponse({"id": adapter.model_id, "object": "adapter", "deleted": True})

@@ -1,0 +1,1 @@
+"""Anthropic's Messages API on the same engine, translated onto the chat pipeline."""

@@ -1,0 +1,176 @@
+"""The bodies of Anthropic's POST /v1/messages and /v1/messages/count_tokens."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from ember.server.common.protocol import APIModel
+
+_USER_BLOCKS = ("text", "tool_result")
+_ASSISTANT_BLOCKS = ("text", "tool_use", "thinking", "redacted_thinking")
+
+
+def _text_of_blocks(blocks: str | list[dict[str, Any]]) -> str:
+    if isinstance(blocks, str):
+        return blocks
+    return "".join(block["text"] for block in blocks if block.get("type") == "text")
+
+
+def _check_text_blocks(blocks: str | list[dict[str, Any]] | None) -> str | list[dict[str, Any]] | None:
+    if isinstance(blocks, list):
+        for block in blocks:
+            if block.get("type") != "text":
+                raise ValueError(
+                    f"only text content blocks are supported here, got type {block.get('type')!r}"
+                )
+            if not isinstance(block.get("text"), str):
+                raise ValueError("a text content block needs a string field 'text'")
+    return blocks
+
+
+def _check_block(block: dict[str, Any], allowed: tuple[str, ...]) -> None:
+    kind = block.get("type")
+    if kind not in allowed:
+        raise ValueError(
+            f"content blocks of type {kind!r} are not supported here; expected {', '.join(allowed)}"
+        )
+    required = {
+        "text": ("text", str),
+        "tool_use": ("name", str),
+        "tool_result": ("tool_use_id", str),
+        "thinking": ("thinking", str),
+        "redacted_thinking": ("data", str),
+    }[kind]
+    if not isinstance(block.get(required[0]), required[1]):
+        raise ValueError(f"a {kind} content block needs a string field {required[0]!r}")
+    if kind == "tool_use" and not isinstance(block.get("input", {}), dict):
+        raise ValueError("a tool_use content block's input must be an object")
+    if kind == "tool_result":
+        _check_text_blocks(block.get("content") if isinstance(block.get("content"), list) else None)
+
+
+class AnthropicMessage(APIModel):
+    role: Literal["user", "assistant"]
+    content: str | list[dict[str, Any]]
+
+    @model_validator(mode="after")
+    def _known_blocks(self) -> AnthropicMessage:
+        if isinstance(self.content, list):
+            allowed = _USER_BLOCKS if self.role == "user" else _ASSISTANT_BLOCKS
+            for block in self.content:
+                _check_block(block, allowed)
+        return self
+
+    def text(self) -> str:
+        return _text_of_blocks(self.content)
+
+    def chat_messages(self) -> list[dict[str, Any]]:
+        """This turn in the chat-template form: tool results become `tool` messages (before the user's text),
+        tool_use blocks the assistant's tool_calls, thinking blocks its reasoning_content."""
+        if isinstance(self.content, str):
+            return [{"role": self.role, "content": self.content}]
+        if self.role == "user":
+            results = [
+                {
+                    "role": "tool",
+                    "tool_call_id": block["tool_use_id"],
+                    "content": _text_of_blocks(block.get("content") or ""),
+                }
+                for block in self.content
+                if block["type"] == "tool_result"
+            ]
+            text = self.text()
+            return results + ([{"role": "user", "content": text}] if text or not results else [])
+        message: dict[str, Any] = {"role": "assistant", "content": self.text()}
+        calls = [
+            {
+                "id": block.get("id", ""),
+                "type": "function",
+                "function": {"name": block["name"], "arguments": json.dumps(block.get("input", {}))},
+            }
+            for block in self.content
+            if block["type"] == "tool_use"
+        ]
+        if calls:
+            message["tool_calls"] = calls
+        thinking = "".join(b["thinking"] for b in self.content if b["type"] == "thinking")
+        if thinking:
+            message["reasoning_content"] = thinking
+        return [message]
+
+
+class CountTokensRequest(APIModel):
+    model: str | None = None
+    messages: Annotated[list[AnthropicMessage], Field(min_length=1)]
+    system: str | list[dict[str, Any]] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: dict[str, Any] | None = None
+    thinking: dict[str, Any] | None = None
+
+    @field_validator("system")
+    @classmethod
+    def _system_text_blocks_only(
+        cls, system: str | list[dict[str, Any]] | None
+    ) -> str | list[dict[str, Any]] | None:
+        return _check_text_blocks(system)
+
+    def chat_messages(self) -> list[dict[str, Any]]:
+        """The conversation in the chat-template form: the system prompt first, then the turns."""
+        messages = (
+            [] if self.system is None else [{"role": "system", "content": _text_of_blocks(self.system)}]
+        )
+        for message in self.messages:
+            messages += message.chat_messages()
+        return messages
+
+    def openai_tools(self) -> list[dict[str, Any]]:
+        """Anthropic's custom tools as OpenAI function tools; ValueError names a tool this server cannot run."""
+        tools: list[dict[str, Any]] = []
+        for i, tool in enumerate(self.tools or []):
+            if tool.get("type", "custom") != "custom":
+                raise ValueError(
+                    f"tools[{i}]: server tools of type {tool.get('type')!r} are not available here; "
+                    "only custom tools with an input_schema"
+                )
+            function = {"name": tool.get("name"), "parameters": tool.get("input_schema")}
+            if tool.get("description") is not None:
+                function["description"] = tool["description"]
+            tools.append({"type": "function", "function": function})
+        return tools
+
+    def reasoning_effort(self) -> bool | None:
+        """`thinking` as the reasoning switch: enabled -> on, disabled -> off; ValueError for anything else."""
+        if self.thinking is None:
+            return None
+        kind = self.thinking.get("type")
+        if kind == "disabled":
+            return False
+        if kind == "enabled":
+            budget = self.thinking.get("budget_tokens")
+            if not isinstance(budget, int) or isinstance(budget, bool) or budget < 1:
+                raise ValueError("thinking.budget_tokens must be a positive integer")
+            return True
+        raise ValueError(f"thinking.type must be 'enabled' or 'disabled', got {kind!r}")
+
+    def parallel_tool_calls(self) -> bool:
+        return not (self.tool_choice or {}).get("disable_parallel_tool_use", False)
+
+
+class MessagesRequest(CountTokensRequest):
+    max_tokens: Annotated[int, Field(ge=1)]
+    stop_sequences: list[str] | None = None
+    temperature: Annotated[float, Field(ge=0.0)] | None = None
+    top_p: float | None = None
+    top_k: Annotated[int, Field(ge=-1)] | None = None
+    stream: bool | None = None
+    metadata: dict[str, Any] | None = None
+
+    @field_validator("stop_sequences")
+    @classmethod
+    def _stops_not_empty(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and any(s == "" for s in value):
+            raise ValueError("stop sequences must not be empty")
+        return value

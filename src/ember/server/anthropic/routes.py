@@ -1,0 +1,24 @@
+"""Anthropic's POST /messages and /messages/count_tokens."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from ember.server.anthropic.protocol import CountTokensRequest, MessagesRequest
+from ember.server.common.protocol import read_body
+from ember.server.common.services import services_of
+
+router = APIRouter()
+
+
+@router.post("/messages")
+async def create_message(request: Request) -> Response:
+    body = await read_body(request, MessagesRequest)
+    return await services_of(request).messages.create(body, request)
+
+
+@router.post("/messages/count_tokens")
+async def count_message_tokens(request: Request) -> Response:
+    body = await read_body(request, CountTokensRequest)
+    return JSONResponse(await services_of(request).messages.count_tokens(body))

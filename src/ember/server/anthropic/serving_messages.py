@@ -1,0 +1,200 @@
+"""Anthropic's Messages API (POST /v1/messages, /v1/messages/count_tokens) on the same engine."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response
+
+from ember.chat.plan import ChatInputs, ChatPlan, ChatRequestError, plan_chat
+from ember.chat.reply import ReplyReader
+from ember.engine.outputs import CompletionOutput
+from ember.server.anthropic.content_blocks import BlockEvents, content_blocks, new_tool_use_id
+from ember.server.anthropic.protocol import CountTokensRequest, MessagesRequest
+from ember.server.common.errors import APIError, as_api_error, error_body, invalid_request
+from ember.server.common.generation import (
+    DisconnectWatch,
+    EngineRequest,
+    Generation,
+    collect_finals,
+    new_id,
+    open_generations,
+    response_request_id,
+)
+from ember.server.common.metrics import RequestTimer, TokenCounts, perf_headers
+from ember.server.common.protocol import SamplingRequest
+from ember.server.common.sampling import build_sampling_params, resolve_max_tokens
+from ember.server.common.services import ServingState
+from ember.server.common.sse import event_stream, sse_event
+
+# chat.plan names OpenAI's parameters; these are Anthropic's names for the same things.
+_ANTHROPIC_PARAMS = {"reasoning_effort": "thinking"}
+
+
+def stop_fields(seq: CompletionOutput, num_tool_calls: int = 0) -> tuple[str | None, str | None]:
+    """Anthropic's (stop_reason, stop_sequence) for a finished sequence."""
+    if seq.finish_reason == "length":
+        return "max_tokens", None
+    if num_tool_calls:
+        return "tool_use", None
+    if seq.finish_reason == "stop" and isinstance(seq.stop_reason, str):
+        return "stop_sequence", seq.stop_reason
+    return "end_turn", None
+
+
+class MessagesServing:
+    def __init__(self, state: ServingState) -> None:
+        self.state = state
+
+    def _plan(self, body: CountTokensRequest) -> ChatPlan:
+        try:
+            inputs = ChatInputs(
+                messages=body.chat_messages(),
+                tools=body.openai_tools(),
+                tool_choice=body.tool_choice,
+                parallel_tool_calls=body.parallel_tool_calls(),
+                reasoning_effort=body.reasoning_effort(),
+            )
+        except ValueError as error:
+            message = str(error)
+            raise invalid_request(message, param=message.split(".", 1)[0].split("[", 1)[0]) from None
+        try:
+            return plan_chat(self.state.encoder, inputs, new_tool_use_id)
+        except ChatRequestError as error:
+            raise invalid_request(str(error), param=_ANTHROPIC_PARAMS.get(error.param, error.param)) from None
+
+    async def count_tokens(self, body: CountTokensRequest) -> dict[str, int]:
+        self.state.models.resolve(body.model)
+        return {"input_tokens": len(self._plan(body).prompt_token_ids)}
+
+    async def create(self, body: MessagesRequest, http: Request) -> Response:
+        timer = RequestTimer()
+        state = self.state
+        model = state.models.resolve(body.model)
+        plan = self._plan(body)
+        ids = plan.prompt_token_ids
+        max_tokens = resolve_max_tokens(
+            len(ids), body.max_tokens, state.max_model_len, "truncate", "messages"
+        )
+        sampling = SamplingRequest(
+            temperature=body.temperature,
+            top_p=body.top_p,
+            top_k=body.top_k,
+            stop=[*(body.stop_sequences or []), *plan.stop] or None,
+            skip_special_tokens=False if plan.keep_special_tokens else None,
+        )
+        params = build_sampling_params(
+            sampling, state.limits, max_tokens=max_tokens, structured=plan.structured
+        )
+        message_id = new_id("msg")
+        watch = DisconnectWatch(http, state.engine, [message_id])
+        try:
+            (generation,) = await open_generations(
+                state.engine,
+                [EngineRequest(message_id, ids, params, None, "messages", state.models.lora_id(body.model))],
+            )
+        except BaseException:
+            watch.close()
+            raise
+        request_id = response_request_id(http, message_id)
+        if body.stream:
+            events = self._stream(generation, watch, model, timer, plan.reader)
+            return event_stream(events, {"x-request-id": request_id})
+        try:
+            (final,) = await collect_finals([generation], timer)
+        finally:
+            watch.close()
+        if final.error:
+            raise APIError(500, f"generation failed: {final.error}", code="generation_failed")
+        timer.mark_end()
+        seq = final.outputs[0]
+        reply = plan.reader.parse(seq.text)
+        stop_reason, stop_sequence = stop_fields(seq, len(reply.tool_calls))
+        state.metrics.observe_request(timer, [seq.finish_reason])
+        counts = TokenCounts(len(ids), final.num_cached_tokens, len(seq.token_ids))
+        payload = {
+            "id": message_id,
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": content_blocks(reply),
+            "stop_reason": stop_reason,
+            "stop_sequence": stop_sequence,
+            "usage": self._usage(counts),
+        }
+        return JSONResponse(payload, headers={"x-request-id": request_id, **perf_headers(counts, timer)})
+
+    @staticmethod
+    def _usage(counts: TokenCounts) -> dict[str, int]:
+        return {
+            "input_tokens": counts.prompt,
+            "output_tokens": counts.generated,
+            "cache_read_input_tokens": counts.cached,
+        }
+
+    async def _stream(
+        self,
+        generation: Generation,
+        watch: DisconnectWatch,
+        model: str,
+        timer: RequestTimer,
+        reader: ReplyReader,
+    ) -> AsyncIterator[str]:
+        """message_start, (content_block_start, content_block_delta..., content_block_stop)+ per block,
+        message_delta, message_stop; a ping after the first block start, as Anthropic sends it."""
+        prompt_tokens = len(generation.request.prompt_token_ids)
+        message: dict[str, Any] = {
+            "id": generation.request.request_id,
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": prompt_tokens, "output_tokens": 0},
+        }
+        yield sse_event("message_start", {"type": "message_start", "message": message})
+        blocks = BlockEvents()
+        if reader.is_plain:  # plain text: one text block, opened at once
+            for event in blocks.open({"type": "text", "text": ""}, "text"):
+                yield event
+        yield sse_event("ping", {"type": "ping"})
+        reply = reader.stream()
+        try:
+            last = generation.first
+            async with aclosing(generation.outputs()) as outputs:
+                async for output in outputs:
+                    if output.error:
+                        raise APIError(500, f"generation failed: {output.error}", code="generation_failed")
+                    last = output
+                    seq = output.outputs[0]
+                    timer.mark_tokens(len(seq.delta_token_ids))
+                    deltas = reply.feed(seq.delta_text)
+                    if seq.finish_reason:
+                        deltas += reply.finish()
+                    for event in blocks.events(deltas):
+                        yield event
+            timer.mark_end()
+            seq = last.outputs[0]
+            stop_reason, stop_sequence = stop_fields(seq, blocks.num_tool_calls)
+            self.state.metrics.observe_request(timer, [seq.finish_reason])
+            counts = TokenCounts(prompt_tokens, last.num_cached_tokens, len(seq.token_ids))
+            for event in blocks.finish():
+                yield event
+            yield sse_event(
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence},
+                    "usage": self._usage(counts),
+                },
+            )
+            yield sse_event("message_stop", {"type": "message_stop"})
+        except Exception as error:  # noqa: BLE001 - headers are gone; the error travels as an SSE event
+            yield sse_event("error", error_body(as_api_error(error), "/v1/messages"))
+        finally:
+            watch.close()
+            await generation.close()

@@ -1,0 +1,173 @@
+"""One API request's life in the engine: its ids and cache salt, open it (refusals become HTTP errors before any
+byte is sent), read its outputs, and abort it as soon as the client goes away."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from fastapi import Request
+
+from ember.engine.outputs import RequestOutput
+from ember.engine.sampling_params import SamplingParams
+from ember.server.common.errors import invalid_request
+from ember.server.common.metrics import RequestTimer
+
+if TYPE_CHECKING:
+    from ember.engine.async_engine import AsyncEngine
+
+CACHE_ISOLATION_HEADER = "x-prompt-cache-isolation-key"
+
+
+def new_id(prefix: str) -> str:
+    """A new request id (`chatcmpl-...`, `msg-...`): the engine's request id and the response's `id`."""
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def response_request_id(http: Request, generated: str) -> str:
+    """x-request-id: the client's own, when it sent one, so it can correlate; ours otherwise."""
+    return http.headers.get("x-request-id") or generated
+
+
+def cache_salt(http: Request, body_key: str | None) -> str | None:
+    """prompt_cache_isolation_key from the body, else its header: tenants with different keys never share KV."""
+    return body_key if body_key is not None else http.headers.get(CACHE_ISOLATION_HEADER)
+
+
+@dataclass(frozen=True)
+class EngineRequest:
+    """One prompt to run: a completion with several prompts makes one of these per prompt."""
+
+    request_id: str
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    cache_salt: str | None = None
+    prompt_param: str = "prompt"
+    lora_id: str | None = None  # the registered adapter to run with (ServedModels.lora_id); None: base model
+
+
+class Generation:
+    """An engine request that has been accepted; iterate `outputs()` for its per-step RequestOutputs."""
+
+    def __init__(
+        self, request: EngineRequest, first: RequestOutput, stream: AsyncIterator[RequestOutput]
+    ) -> None:
+        self.request = request
+        self.first = first
+        self._stream = stream
+
+    async def outputs(self) -> AsyncIterator[RequestOutput]:
+        yield self.first
+        if self.first.finished:
+            return
+        async for output in self._stream:
+            yield output
+
+    async def close(self) -> None:
+        """Stops the request if it is still running (the engine frees its KV blocks)."""
+        await self._stream.aclose()
+
+
+async def open_generation(engine: AsyncEngine, request: EngineRequest) -> Generation:
+    """Submits the request and waits for its first output; QueueFullError propagates (429)."""
+    stream = engine.generate(
+        request.prompt_token_ids,
+        request.params,
+        request.request_id,
+        cache_salt=request.cache_salt,
+        lora_id=request.lora_id,
+    )
+    try:
+        first = await anext(stream)
+    except ValueError as error:
+        raise invalid_request(str(error), param=request.prompt_param) from None
+    return Generation(request, first, stream)
+
+
+async def open_generations(engine: AsyncEngine, requests: list[EngineRequest]) -> list[Generation]:
+    """Submits all prompts at once (they prefill together); if one is refused, the others are aborted."""
+    results = await asyncio.gather(*(open_generation(engine, r) for r in requests), return_exceptions=True)
+    failure = next((r for r in results if isinstance(r, BaseException)), None)
+    if failure is None:
+        return [r for r in results if isinstance(r, Generation)]
+    for result in results:
+        if isinstance(result, Generation):
+            await result.close()
+    raise failure
+
+
+async def merged_outputs(generations: list[Generation]) -> AsyncIterator[tuple[int, RequestOutput]]:
+    """Outputs of several generations as they come, tagged with the generation's position."""
+    if len(generations) == 1:
+        try:
+            async for output in generations[0].outputs():
+                yield 0, output
+        finally:
+            await generations[0].close()
+        return
+    queue: asyncio.Queue[tuple[int, RequestOutput | None | BaseException]] = asyncio.Queue()
+
+    async def pump(position: int, generation: Generation) -> None:
+        try:
+            async for output in generation.outputs():
+                await queue.put((position, output))
+        except Exception as error:  # noqa: BLE001 - re-raised in the consumer
+            await queue.put((position, error))
+        await queue.put((position, None))
+
+    tasks = [asyncio.create_task(pump(i, g)) for i, g in enumerate(generations)]
+    try:
+        remaining = len(tasks)
+        while remaining:
+            position, item = await queue.get()
+            if item is None:
+                remaining -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield position, item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)  # a generator can only be closed once it is idle
+        for generation in generations:
+            await generation.close()
+
+
+async def collect_finals(generations: list[Generation], timer: RequestTimer) -> list[RequestOutput]:
+    """Runs every generation to its end (timing each token's arrival); the last output of each, in order."""
+    finals: dict[int, RequestOutput] = {}
+    async with aclosing(merged_outputs(generations)) as outputs:
+        async for position, output in outputs:
+            timer.mark_tokens(sum(len(seq.delta_token_ids) for seq in output.outputs))
+            finals[position] = output
+    return [finals[i] for i in range(len(generations))]
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    # The body has been read already, so the next ASGI message can only be the disconnect.
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+class DisconnectWatch:
+    """Aborts the given engine requests when the client disconnects; close() when the answer is done."""
+
+    def __init__(self, request: Request, engine: AsyncEngine, request_ids: list[str]) -> None:
+        self._engine = engine
+        self._request_ids = request_ids
+        self._task = asyncio.create_task(self._watch(request))
+
+    async def _watch(self, request: Request) -> None:
+        await _wait_for_disconnect(request)
+        for request_id in self._request_ids:
+            await self._engine.abort(request_id)
+
+    def close(self) -> None:
+        self._task.cancel()

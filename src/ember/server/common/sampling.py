@@ -1,0 +1,136 @@
+"""From request fields to the engine's SamplingParams, including the context-length rules."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from ember.engine.sampling_params import SamplingParams
+from ember.server.common.errors import APIError, invalid_request
+from ember.server.common.protocol import SamplingRequest
+from ember.structured import ReasoningSection, StructuredSpec, spec_from_response_format
+
+CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
+T = TypeVar("T")
+
+
+def resolve_max_tokens(
+    prompt_len: int,
+    requested: int | None,
+    max_model_len: int,
+    behavior: str = "truncate",
+    prompt_param: str = "prompt",
+) -> int:
+    """How many tokens to generate at most, following Fireworks' context_length_exceeded_behavior.
+
+    The prompt alone must leave room for one generated token; otherwise it is always an error.
+    """
+    room = max_model_len - prompt_len
+    if room < 1:
+        raise invalid_request(
+            f"the prompt is {prompt_len} tokens long, which leaves no room to generate within this model's "
+            f"context length of {max_model_len} tokens; shorten the prompt",
+            param=prompt_param,
+            code=CONTEXT_LENGTH_EXCEEDED,
+        )
+    if requested is None:
+        return room
+    if requested > room and behavior == "error":
+        raise invalid_request(
+            f"this model's context length is {max_model_len} tokens; the prompt has {prompt_len} and max_tokens "
+            f"asks for {requested} more ({prompt_len + requested} in total). Lower max_tokens or send "
+            f'context_length_exceeded_behavior="truncate"',
+            param="max_tokens",
+            code=CONTEXT_LENGTH_EXCEEDED,
+        )
+    return min(requested, room)
+
+
+@dataclass(frozen=True)
+class SamplingLimits:
+    """What the server allows beyond SamplingParams' own range checks."""
+
+    vocab_size: int
+    max_n: int
+
+
+# SamplingParams names the field first in each of its messages ("top_p must be in (0, 1]").
+_PARAM_FIELDS = {f for f in SamplingParams.__dataclass_fields__}
+
+
+def _params_error(error: ValueError) -> APIError:
+    message = str(error)
+    first_word = message.split(" ", 1)[0]
+    return invalid_request(message, param=first_word if first_word in _PARAM_FIELDS else None)
+
+
+def response_format_spec(
+    response_format: Any, reasoning: ReasoningSection | None = None
+) -> StructuredSpec | None:
+    """The constraint of a request's `response_format` (after `reasoning`, for thinking models); a 400 naming
+    response_format when the schema or grammar is invalid. Built on the request thread, before the engine."""
+    try:
+        return spec_from_response_format(response_format, reasoning)
+    except ValueError as error:
+        message = str(error)
+        if not message.startswith("response_format"):
+            message = f"response_format: {message}"
+        raise invalid_request(message, param="response_format") from None
+
+
+def build_sampling_params(
+    request: SamplingRequest,
+    limits: SamplingLimits,
+    *,
+    max_tokens: int,
+    best_of: int | None = None,
+    logprobs: int | None = None,
+    prompt_logprobs: int | None = None,
+    structured: StructuredSpec | None = None,
+) -> SamplingParams:
+    """SamplingParams for one prompt of `request`; any out-of-range value becomes a 400 naming its parameter.
+
+    The output is constrained by `structured` when given (chat builds it from tools and reasoning), else by the
+    request's own `response_format`."""
+    n = request.n if request.n is not None else 1
+    for name, value in (("n", n), ("best_of", best_of)):
+        if value is not None and value > limits.max_n:
+            raise invalid_request(f"{name} must be at most {limits.max_n}, got {value}", param=name)
+    for token_id in request.stop_token_ids or []:
+        if token_id >= limits.vocab_size:
+            raise invalid_request(
+                f"stop_token_ids: {token_id} is outside the vocabulary", param="stop_token_ids"
+            )
+    if structured is None:
+        structured = response_format_spec(request.response_format)
+    defaults = SamplingParams()
+    try:
+        return SamplingParams(
+            n=n,
+            best_of=best_of,
+            max_tokens=max_tokens,
+            min_tokens=min(request.min_tokens or 0, max_tokens),
+            temperature=_or(request.temperature, defaults.temperature),
+            top_p=_or(request.top_p, defaults.top_p),
+            top_k=_or(request.top_k, defaults.top_k),
+            min_p=_or(request.min_p, defaults.min_p),
+            typical_p=_or(request.typical_p, defaults.typical_p),
+            repetition_penalty=_or(request.repetition_penalty, defaults.repetition_penalty),
+            presence_penalty=_or(request.presence_penalty, defaults.presence_penalty),
+            frequency_penalty=_or(request.frequency_penalty, defaults.frequency_penalty),
+            logit_bias=request.logit_bias_by_id(limits.vocab_size),
+            seed=request.seed,
+            stop=request.stop_list(),
+            stop_token_ids=list(request.stop_token_ids or []),
+            ignore_eos=bool(request.ignore_eos),
+            logprobs=logprobs,
+            prompt_logprobs=prompt_logprobs,
+            skip_special_tokens=_or(request.skip_special_tokens, True),
+            structured=structured,
+        )
+    except ValueError as error:
+        raise _params_error(error) from None
+
+
+def _or(value: T | None, default: T) -> T:
+    return default if value is None else value

@@ -1,0 +1,130 @@
+"""The model names this server answers to, and the model objects of GET /v1/models.
+
+Besides the base model, LoRA adapters registered with the engine are served as models of their own: each under
+its engine name, its `accounts/<account>/models/<name>` id and any more aliases (a fine-tuning job's
+`ft:<base>:<suffix>:<job id>` name). A request naming one runs on the base model with that adapter.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from ember.server.common.config import ServerConfig
+from ember.server.common.errors import APIError
+
+
+@dataclass(frozen=True)
+class ServedAdapter:
+    """One adapter as clients see it; `lora_id` is its name in the engine's adapter registry."""
+
+    lora_id: str
+    model_id: str  # accounts/<account>/models/<lora_id>
+    names: frozenset[str]
+    path: str | None
+    created: int
+
+
+class ServedModels:
+    """The base model under its full Fireworks-style id, its short name and any configured aliases, plus the
+    adapters registered at run time (safe to change from any thread)."""
+
+    def __init__(self, config: ServerConfig, max_model_len: int) -> None:
+        self.model_id = config.model_id
+        self.model_name = config.model_name
+        self.account = config.account
+        self.owner = config.account
+        self.max_model_len = max_model_len
+        self.created = int(time.time())
+        self.names = frozenset((config.model_id, config.model_name, *config.aliases))
+        self._adapters: dict[str, ServedAdapter] = {}  # by lora_id
+        self._lock = threading.Lock()
+
+    def adapter_model_id(self, lora_id: str) -> str:
+        return f"accounts/{self.account}/models/{lora_id}"
+
+    def add_adapter(self, lora_id: str, path: str | None, aliases: tuple[str, ...] = ()) -> ServedAdapter:
+        """Serve `lora_id` (already registered with the engine) under its names; ValueError on a name clash."""
+        model_id = self.adapter_model_id(lora_id)
+        names = frozenset((lora_id, model_id, *aliases))
+        with self._lock:
+            clash = names & self._all_names(exclude=lora_id)
+            if clash:
+                raise ValueError(f"the model name(s) {', '.join(sorted(clash))} are already served")
+            adapter = ServedAdapter(lora_id, model_id, names, path, int(time.time()))
+            self._adapters[lora_id] = adapter
+        return adapter
+
+    def remove_adapter(self, lora_id: str) -> ServedAdapter | None:
+        with self._lock:
+            return self._adapters.pop(lora_id, None)
+
+    def adapter(self, requested: str) -> ServedAdapter | None:
+        """The adapter a request's `model` names, or None for the base model (or an unknown name)."""
+        with self._lock:
+            return next((a for a in self._adapters.values() if requested in a.names), None)
+
+    def adapters(self) -> list[ServedAdapter]:
+        with self._lock:
+            return sorted(self._adapters.values(), key=lambda a: a.lora_id)
+
+    def lora_id(self, requested: str | None) -> str | None:
+        """The engine adapter to run a request for `requested` with; None for the base model."""
+        if requested is None or requested in self.names:
+            return None
+        adapter = self.adapter(requested)
+        return None if adapter is None else adapter.lora_id
+
+    def resolve(self, requested: str | None) -> str:
+        """The name to echo in responses; no model means the served one; an unknown name is a 404."""
+        if requested is None:
+            return self.model_id
+        if requested not in self.names and self.adapter(requested) is None:
+            raise APIError(
+                404,
+                f"the model {requested!r} does not exist on this server; it serves {self.model_id!r} "
+                "and the adapters listed by GET /v1/models",
+                param="model",
+                code="model_not_found",
+            )
+        return requested
+
+    def card(self) -> dict[str, Any]:
+        return {
+            "id": self.model_id,
+            "object": "model",
+            "created": self.created,
+            "owned_by": self.owner,
+            "context_length": self.max_model_len,
+            "aliases": sorted(self.names - {self.model_id}),
+        }
+
+    def card_of(self, requested: str) -> dict[str, Any]:
+        """The model object of the base model or an adapter (404 for an unknown name)."""
+        self.resolve(requested)
+        adapter = None if requested in self.names else self.adapter(requested)
+        return self.card() if adapter is None else self._adapter_card(adapter)
+
+    def listing(self) -> dict[str, Any]:
+        return {"object": "list", "data": [self.card(), *(self._adapter_card(a) for a in self.adapters())]}
+
+    def _adapter_card(self, adapter: ServedAdapter) -> dict[str, Any]:
+        return {
+            "id": adapter.model_id,
+            "object": "model",
+            "created": adapter.created,
+            "owned_by": self.owner,
+            "context_length": self.max_model_len,
+            "parent": self.model_id,
+            "root": self.model_id,
+            "aliases": sorted(adapter.names - {adapter.model_id}),
+        }
+
+    def _all_names(self, exclude: str) -> frozenset[str]:
+        names = set(self.names)
+        for lora_id, adapter in self._adapters.items():
+            if lora_id != exclude:
+                names |= adapter.names
+        return frozenset(names)

@@ -1,0 +1,82 @@
+"""What the routes and the serving modules share, attached to the FastAPI app at build time: the serving state
+(the engine and the server-side objects built once at start-up) and the serving object of each API surface."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from fastapi import Request
+
+from ember.server.common.config import ServerConfig
+from ember.server.common.errors import APIError
+from ember.server.common.metrics import ServerMetrics
+from ember.server.common.prompts import PromptEncoder
+from ember.server.common.sampling import SamplingLimits
+from ember.server.common.served_models import ServedModels
+
+if TYPE_CHECKING:
+    from ember.engine.async_engine import AsyncEngine
+    from ember.server.admin.serving_adapters import AdapterServing
+    from ember.server.anthropic.serving_messages import MessagesServing
+    from ember.server.fine_tuning.serving_files import FilesServing
+    from ember.server.fine_tuning.serving_jobs import JobsServing
+    from ember.server.openai.serving_chat import ChatServing
+    from ember.server.openai.serving_completions import CompletionServing
+    from ember.server.openai.serving_embeddings import EmbeddingServing
+    from ember.server.openai.serving_tokenize import TokenizeServing
+
+
+@dataclass(frozen=True)
+class ServingState:
+    engine: AsyncEngine
+    config: ServerConfig
+    models: ServedModels
+    encoder: PromptEncoder
+    metrics: ServerMetrics
+
+    @property
+    def limits(self) -> SamplingLimits:
+        return SamplingLimits(vocab_size=self.engine.model_config.vocab_size, max_n=self.config.max_n)
+
+    @property
+    def max_model_len(self) -> int:
+        return self.engine.max_model_len
+
+
+@dataclass(frozen=True)
+class Services:
+    """Built by app.build_app, which knows every surface."""
+
+    state: ServingState
+    completions: CompletionServing
+    chat: ChatServing
+    messages: MessagesServing
+    embeddings: EmbeddingServing
+    tokenize: TokenizeServing
+    adapters: AdapterServing
+    files: FilesServing | None = None  # None: the server runs without a data directory
+    jobs: JobsServing | None = None
+
+    def require_files(self) -> FilesServing:
+        if self.files is None:
+            raise _tuning_disabled()
+        return self.files
+
+    def require_jobs(self) -> JobsServing:
+        if self.jobs is None:
+            raise _tuning_disabled()
+        return self.jobs
+
+
+def _tuning_disabled() -> APIError:
+    return APIError(
+        404,
+        "files, datasets and fine-tuning are not enabled on this server (it was started without a data "
+        "directory; see ember serve --data-dir)",
+        code="fine_tuning_disabled",
+    )
+
+
+def services_of(request: Request) -> Services:
+    return request.app.state.services

@@ -1,0 +1,238 @@
+"""The server's fine-tuning runtime (the store, uploads and the job service over one data directory, started
+and stopped with the app, and the bridge that serves a succeeded job's adapter), and the job routes over it.
+
+Jobs train in a worker process (ember.tuning.job_runner); when one succeeds, its adapter is registered with the
+engine under its output model name (the last part of Fireworks' outputModel, else the job id), also answering
+to `accounts/<account>/models/<name>` and the job's `ft:<base>:<suffix>:<job id>` name. At start-up the
+adapters of every job that succeeded earlier are registered again, so a restart keeps serving them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ember.server.admin.serving_adapters import AdapterServing
+from ember.server.common.config import FineTuningConfig
+from ember.server.common.errors import APIError
+from ember.server.fine_tuning.file_objects import tuning_api_error
+from ember.tuning.file_storage import ConflictError, FileStorage
+from ember.tuning.job_objects import (
+    event_cursor,
+    fireworks_job,
+    fireworks_job_request,
+    fireworks_output_model,
+    openai_checkpoint,
+    openai_event_list,
+    openai_job,
+    openai_job_list,
+    openai_job_request,
+)
+from ember.tuning.job_runner import RunnerConfig
+from ember.tuning.job_service import FineTuningService, tuning_db_path
+from ember.tuning.job_store import JobRecord
+from ember.tuning.masking import ConversationMasker
+from ember.tuning.multipart_upload import UploadLimits
+from ember.tuning.store import TuningStore
+from ember.tuning.validation import ValidationOptions, validate_dataset
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from ember.engine.async_engine import AsyncEngine
+    from ember.tuning.dataset_report import ValidationReport
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class JobAdapterNames:
+    """The names a succeeded job's adapter is served under."""
+
+    lora_id: str
+    aliases: tuple[str, ...]
+
+
+def job_adapter_names(job: JobRecord) -> JobAdapterNames:
+    output_model = fireworks_output_model(job)  # accounts/<a>/models/<name>
+    ft_name = job.fine_tuned_model or job.metadata.get("fine_tuned_model")
+    aliases = tuple(name for name in (output_model, ft_name) if name)
+    return JobAdapterNames(output_model.rsplit("/", 1)[-1], aliases)
+
+
+class FineTuningRuntime:
+    """Everything the files, datasets and fine-tuning routes use; `start` in the app's lifespan."""
+
+    def __init__(
+        self, engine: AsyncEngine, model_name: str, config: FineTuningConfig, adapters: AdapterServing
+    ) -> None:
+        self.config = config
+        self.engine = engine
+        self.adapters = adapters
+        data_dir = config.data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.store = TuningStore(tuning_db_path(data_dir))
+        loaded = engine.engine.model
+        self.masker = ConversationMasker.for_model(loaded)
+        self.max_context_length = engine.max_model_len
+        self.files = FileStorage(
+            data_dir, self.store, self.validate, UploadLimits(max_file_bytes=config.max_upload_bytes)
+        )
+        base_path = config.base_model_path or loaded.source_path
+        self.service = FineTuningService(
+            self.store,
+            data_dir,
+            {model_name: base_path},
+            runner_config=RunnerConfig(
+                poll_interval_s=config.poll_interval_s, worker_threads=config.worker_threads
+            ),
+            on_succeeded=self._job_succeeded,
+        )
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def data_dir(self) -> Path:
+        return self.config.data_dir
+
+    def validate(self, path: Path) -> ValidationReport:
+        """Upload validation with the served model's own chat template and tokenizer."""
+        options = ValidationOptions(max_context_length=self.max_context_length)
+        return validate_dataset(path, options, self.masker.count_tokens)
+
+    async def start(self) -> None:
+        """Serve the adapters of jobs that succeeded before, then start the job queue (and its worker)."""
+        self._loop = asyncio.get_running_loop()
+        self.files.remove_orphans()
+        for job in self.service.succeeded_jobs():
+            await self.serve_job_adapter(job)
+        await asyncio.to_thread(self.service.start)
+
+    async def stop(self) -> None:
+        """Stops the runner and its worker; a running job stays `running` and resumes at the next start."""
+        await asyncio.to_thread(self.service.stop)
+
+    async def serve_job_adapter(self, job: JobRecord) -> None:
+        names = job_adapter_names(job)
+        if self.adapters.models.adapter(names.lora_id) is not None:
+            return
+        path = self.service.adapter_path(job)
+        if not path.is_dir():
+            logger.warning("job %s succeeded but its adapter %s is missing; not serving it", job.id, path)
+            return
+        try:
+            await self.adapters.load(names.lora_id, str(path), names.aliases, check_base_model=False)
+        except Exception:  # one bad adapter must not keep the server (or the other adapters) down
+            logger.exception("cannot serve the adapter of job %s", job.id)
+            return
+        logger.info("serving the adapter of job %s as %s", job.id, ", ".join(names.aliases))
+
+    def _job_succeeded(self, job: JobRecord) -> None:
+        # Called on the job runner's thread: the registration runs on the server's event loop.
+        if self._loop is None or self._loop.is_closed():
+            return
+        future = asyncio.run_coroutine_threadsafe(self.serve_job_adapter(job), self._loop)
+        try:
+            future.result(timeout=120)
+        except Exception:
+            logger.exception("registering the adapter of job %s failed", job.id)
+
+
+class JobsServing:
+    """The OpenAI and Fireworks job routes over one FineTuningService; both APIs see the same jobs."""
+
+    def __init__(self, runtime: FineTuningRuntime, account: str) -> None:
+        self.service = runtime.service
+        self.account = account
+
+    # -- OpenAI ---------------------------------------------------------------------------------------------
+
+    def create(self, body: dict[str, Any]) -> dict[str, Any]:
+        def create() -> JobRecord:
+            # The job's Fireworks name and output model live under this server's account.
+            request = openai_job_request(body)
+            request = replace(request, extra_metadata={"fireworks": {"account": self.account}})
+            return self.service.create_job(request)
+
+        return openai_job(self._call(create))
+
+    def list(self, after: str | None, limit: int) -> dict[str, Any]:
+        _check_limit(limit)
+        return openai_job_list(self._call(lambda: self.service.list_jobs(after=after, limit=limit), "after"))
+
+    def get(self, job_id: str) -> dict[str, Any]:
+        return openai_job(self._call(lambda: self.service.get_job(job_id)))
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        # OpenAI answers a cancel of a job that already ended with a 400
+        return openai_job(self._call(lambda: self.service.cancel_job(job_id), conflict_status=400))
+
+    def events(self, job_id: str, after: str | None, limit: int) -> dict[str, Any]:
+        _check_limit(limit)
+        cursor = self._call(lambda: event_cursor(after), "after")
+        return openai_event_list(self._call(lambda: self.service.list_events(job_id, cursor, limit)))
+
+    def checkpoints(self, job_id: str, after: str | None, limit: int) -> dict[str, Any]:
+        _check_limit(limit)
+        checkpoints = [
+            openai_checkpoint(c) for c in self._call(lambda: self.service.list_checkpoints(job_id))
+        ]
+        if after is not None:
+            ids = [c["id"] for c in checkpoints]
+            if after not in ids:
+                raise APIError(400, f"unknown pagination cursor 'after': {after!r}", param="after")
+            checkpoints = checkpoints[ids.index(after) + 1 :]
+        page = checkpoints[:limit]
+        return {
+            "object": "list",
+            "data": page,
+            "has_more": len(checkpoints) > limit,
+            "first_id": page[0]["id"] if page else None,
+            "last_id": page[-1]["id"] if page else None,
+        }
+
+    # -- Fireworks ------------------------------------------------------------------------------------------
+
+    def fireworks_create(self, account: str, body: dict[str, Any], job_id: str | None) -> dict[str, Any]:
+        job = self._call(lambda: self.service.create_job(fireworks_job_request(account, body, job_id)))
+        return fireworks_job(job)
+
+    def fireworks_list(self, page_size: int, page_token: str | None) -> dict[str, Any]:
+        """Every job, whichever API created it (one server, one tenant)."""
+        _check_limit(page_size, "pageSize")
+        page = self._call(
+            lambda: self.service.list_jobs(after=page_token or None, limit=page_size), "pageToken"
+        )
+        jobs = [fireworks_job(job, self.service.progress(job.id)) for job in page.data]
+        next_token = page.data[-1].id if page.has_more and page.data else ""
+        return {"supervisedFineTuningJobs": jobs, "nextPageToken": next_token, "totalSize": len(jobs)}
+
+    def fireworks_get(self, job_id: str) -> dict[str, Any]:
+        job = self._call(lambda: self.service.get_job(job_id))
+        return fireworks_job(job, self.service.progress(job_id))
+
+    def fireworks_delete(self, job_id: str) -> dict[str, Any]:
+        self._call(lambda: self.service.delete_job(job_id))
+        return {}
+
+    def fireworks_resume(self, job_id: str) -> dict[str, Any]:
+        job = self._call(lambda: self.service.resume_job(job_id), conflict_status=400)
+        return fireworks_job(job, self.service.progress(job_id))
+
+    @staticmethod
+    def _call(action: Callable[[], T], param: str | None = None, conflict_status: int = 409) -> T:
+        try:
+            return action()
+        except (LookupError, ValueError, ConflictError) as error:
+            api_error = tuning_api_error(error, conflict_status)
+            if api_error.param is None and param is not None and not isinstance(error, LookupError):
+                api_error.param = param
+            raise api_error from error
+
+
+def _check_limit(limit: int, param: str = "limit") -> None:
+    if not 1 <= limit <= 1000:
+        raise APIError(400, f"{param} must be between 1 and 1000, got {limit}", param=param)

@@ -1,0 +1,59 @@
+"""The OpenAI routes: POST /completions, /chat/completions, /embeddings, /tokenize and /detokenize, and GET
+/models and /models/{id} (ids contain slashes: accounts/<account>/models/<name>)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from ember.server.common.protocol import read_body
+from ember.server.common.services import services_of
+from ember.server.openai.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    EmbeddingRequest,
+    TokenizeRequest,
+)
+
+router = APIRouter()
+
+
+@router.post("/completions")
+async def create_completion(request: Request) -> Response:
+    body = await read_body(request, CompletionRequest)
+    return await services_of(request).completions.create(body, request)
+
+
+@router.post("/chat/completions")
+async def create_chat_completion(request: Request) -> Response:
+    body = await read_body(request, ChatCompletionRequest)
+    return await services_of(request).chat.create(body, request)
+
+
+@router.post("/embeddings")
+async def create_embeddings(request: Request) -> Response:
+    body = await read_body(request, EmbeddingRequest)
+    return JSONResponse(await services_of(request).embeddings.create(body))
+
+
+@router.post("/tokenize")
+async def tokenize(request: Request) -> Response:
+    body = await read_body(request, TokenizeRequest)
+    return JSONResponse(services_of(request).tokenize.tokenize(body))
+
+
+@router.post("/detokenize")
+async def detokenize(request: Request) -> Response:
+    body = await read_body(request, DetokenizeRequest)
+    return JSONResponse(services_of(request).tokenize.detokenize(body))
+
+
+@router.get("/models")
+async def list_models(request: Request) -> Response:
+    return JSONResponse(services_of(request).state.models.listing())
+
+
+@router.get("/models/{model_id:path}")
+async def get_model(model_id: str, request: Request) -> Response:
+    return JSONResponse(services_of(request).state.models.card_of(model_id))

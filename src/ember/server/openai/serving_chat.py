@@ -1,0 +1,263 @@
+"""POST /v1/chat/completions: messages through the model's chat template, chat.completion objects out."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response
+
+from ember.chat.plan import ChatInputs, ChatRequestError, plan_chat
+from ember.chat.reply import ReplyReader, ReplyStream
+from ember.engine.outputs import CompletionOutput, RequestOutput
+from ember.server.common.errors import APIError, as_api_error, error_body, invalid_request
+from ember.server.common.generation import (
+    DisconnectWatch,
+    EngineRequest,
+    Generation,
+    cache_salt,
+    collect_finals,
+    new_id,
+    open_generations,
+    response_request_id,
+)
+from ember.server.common.metrics import RequestTimer, TokenCounts, perf_headers, perf_metrics
+from ember.server.common.sampling import build_sampling_params, resolve_max_tokens
+from ember.server.common.services import ServingState
+from ember.server.common.sse import DONE, event_stream, sse_data
+from ember.server.openai.chat_deltas import chat_finish_reason, coalesced_deltas, tool_call_dict
+from ember.server.openai.logprob_objects import chat_logprobs
+from ember.server.openai.protocol import ChatCompletionRequest
+from ember.server.openai.responses import (
+    ChoicePiece,
+    StreamProgress,
+    StreamUsage,
+    completion_object,
+    now_seconds,
+    usage_dict,
+)
+
+
+def _refuse_legacy_functions(body: ChatCompletionRequest) -> None:
+    for name in body.UNSUPPORTED:
+        if getattr(body, name) not in (None, []):
+            raise invalid_request(
+                f"{name} is the deprecated function-calling API, which this server does not implement; "
+                "send tools and tool_choice instead",
+                param=name,
+                code="unsupported_parameter",
+            )
+
+
+class ChatServing:
+    def __init__(self, state: ServingState) -> None:
+        self.state = state
+
+    def engine_request(
+        self, body: ChatCompletionRequest, http: Request, request_id: str
+    ) -> tuple[EngineRequest, ReplyReader]:
+        state = self.state
+        _refuse_legacy_functions(body)
+        if body.top_logprobs is not None and not body.wants_logprobs():
+            raise invalid_request("top_logprobs needs logprobs set to true", param="top_logprobs")
+        inputs = ChatInputs(
+            messages=[m.for_template() for m in body.messages],
+            tools=body.tools,
+            tool_choice=body.tool_choice,
+            parallel_tool_calls=body.parallel_tool_calls is not False,
+            reasoning_effort=body.reasoning_effort,
+            response_format=body.response_format,
+            template_kwargs=body.chat_template_kwargs,
+            add_generation_prompt=body.add_generation_prompt is not False,
+        )
+        try:
+            plan = plan_chat(state.encoder, inputs)
+        except ChatRequestError as error:
+            raise invalid_request(str(error), param=error.param) from None
+        ids = plan.prompt_token_ids
+        requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+        max_tokens = resolve_max_tokens(
+            len(ids),
+            requested,
+            state.max_model_len,
+            body.context_length_exceeded_behavior or "truncate",
+            "messages",
+        )
+        params = build_sampling_params(
+            body,
+            state.limits,
+            max_tokens=max_tokens,
+            logprobs=body.num_top_logprobs() if body.wants_logprobs() else None,
+            structured=plan.structured,
+        )
+        if plan.stop:
+            params.stop = [*params.stop, *plan.stop]
+        if plan.keep_special_tokens and body.skip_special_tokens is None:
+            params.skip_special_tokens = False
+        request = EngineRequest(
+            request_id,
+            ids,
+            params,
+            cache_salt(http, body.prompt_cache_isolation_key),
+            "messages",
+            lora_id=state.models.lora_id(body.model),
+        )
+        return request, plan.reader
+
+    async def create(self, body: ChatCompletionRequest, http: Request) -> Response:
+        timer = RequestTimer()
+        model = self.state.models.resolve(body.model)
+        chat_id = new_id("chatcmpl")
+        request, reader = self.engine_request(body, http, chat_id)
+        watch = DisconnectWatch(http, self.state.engine, [chat_id])
+        try:
+            generations = await open_generations(self.state.engine, [request])
+        except BaseException:
+            watch.close()
+            raise
+        builder = _ChatBuilder(self.state, body, chat_id, model, timer, reader)
+        request_id = response_request_id(http, chat_id)
+        if body.stream:
+            headers = {
+                "x-request-id": request_id,
+                "fireworks-prompt-tokens": str(len(request.prompt_token_ids)),
+            }
+            return event_stream(builder.stream(generations[0], watch), headers)
+        try:
+            (final,) = await collect_finals(generations, timer)
+        finally:
+            watch.close()
+        payload, counts = builder.full_response(final)
+        return JSONResponse(payload, headers={"x-request-id": request_id, **perf_headers(counts, timer)})
+
+
+class _ChatBuilder:
+    def __init__(
+        self,
+        state: ServingState,
+        body: ChatCompletionRequest,
+        chat_id: str,
+        model: str,
+        timer: RequestTimer,
+        reader: ReplyReader,
+    ) -> None:
+        self.state = state
+        self.body = body
+        self.id = chat_id
+        self.model = model
+        self.created = now_seconds()
+        self.timer = timer
+        self.num_top = body.num_top_logprobs()
+        self.reader = reader
+        self._streams: dict[int, ReplyStream] = {}
+
+    def _logprobs(self, entries: list[Any] | None) -> dict[str, Any] | None:
+        if not self.body.wants_logprobs() or entries is None:
+            return None
+        return chat_logprobs(self.state.engine.tokenizer, entries, self.num_top)
+
+    def _choice(self, seq: CompletionOutput) -> dict[str, Any]:
+        reply = self.reader.parse(seq.text)
+        message: dict[str, Any] = {"role": "assistant", "content": reply.content}
+        if reply.reasoning_content is not None:
+            message["reasoning_content"] = reply.reasoning_content
+        if reply.tool_calls:
+            message["tool_calls"] = [tool_call_dict(call) for call in reply.tool_calls]
+            message["content"] = reply.content or None
+        finish_reason = chat_finish_reason(seq.finish_reason, len(reply.tool_calls))
+        return {
+            "index": seq.index,
+            "message": message,
+            "logprobs": self._logprobs(seq.logprobs),
+            "finish_reason": finish_reason,
+            "stop_reason": None if finish_reason == "tool_calls" else seq.stop_reason,
+        }
+
+    def full_response(self, final: RequestOutput) -> tuple[dict[str, Any], TokenCounts]:
+        if final.error:
+            raise APIError(500, f"generation failed: {final.error}", code="generation_failed")
+        self.timer.mark_end()
+        choices = [self._choice(seq) for seq in final.outputs]
+        counts = TokenCounts(
+            prompt=len(final.prompt_token_ids),
+            cached=final.num_cached_tokens,
+            generated=sum(len(seq.token_ids) for seq in final.outputs),
+        )
+        self.state.metrics.observe_request(self.timer, [c["finish_reason"] for c in choices])
+        usage = usage_dict(counts.prompt, counts.generated, counts.cached)
+        payload = completion_object("chat.completion", self.id, self.created, self.model, choices, usage)
+        if self.body.perf_metrics_in_response:
+            payload["perf_metrics"] = perf_metrics(counts, self.timer)
+        return payload, counts
+
+    def _chunk(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
+        return completion_object("chat.completion.chunk", self.id, self.created, self.model, choices, None)
+
+    def _deltas(self, piece: ChoicePiece) -> tuple[list[dict[str, Any]], str | None]:
+        """The chunk deltas of this piece and its finish_reason; plain replies pass the text through."""
+        seq = piece.seq
+        if self.reader.is_plain:
+            if seq.delta_text or not piece.finish_reason:
+                return [{"content": seq.delta_text}], piece.finish_reason
+            return [], piece.finish_reason
+        stream = self._streams.setdefault(piece.index, self.reader.stream())
+        deltas = stream.feed(seq.delta_text)
+        if piece.finish_reason:
+            deltas += stream.finish()
+        return coalesced_deltas(deltas), chat_finish_reason(seq.finish_reason, stream.num_tool_calls)
+
+    def _piece_chunks(self, piece: ChoicePiece, progress: StreamProgress) -> list[dict[str, Any]]:
+        chunks = []
+        if piece.first:  # every choice opens with the role, as OpenAI's stream does
+            role = {
+                "index": piece.index,
+                "delta": {"role": "assistant", "content": ""},
+                "logprobs": None,
+                "finish_reason": None,
+            }
+            chunks.append(self._chunk([role]))
+        seq = piece.seq
+        if not (seq.delta_text or seq.delta_token_ids or piece.finish_reason):
+            return chunks
+        deltas, finish_reason = self._deltas(piece)
+        logprobs = self._logprobs(seq.delta_logprobs) if seq.delta_token_ids else None
+        if not deltas and (finish_reason or logprobs is not None):
+            deltas = [{}]
+        for position, delta in enumerate(deltas):
+            last = position == len(deltas) - 1
+            choice = {
+                "index": piece.index,
+                "delta": delta,
+                "logprobs": logprobs if position == 0 else None,
+                "finish_reason": finish_reason if last else None,
+                "stop_reason": (None if finish_reason == "tool_calls" else seq.stop_reason) if last else None,
+            }
+            extras = {"usage": None}
+            if last and piece.finish_reason:
+                extras = progress.chunk_extras(bool(self.body.perf_metrics_in_response))
+            chunks.append({**self._chunk([choice]), **extras})
+        return chunks
+
+    async def stream(self, generation: Generation, watch: DisconnectWatch) -> AsyncIterator[str]:
+        usage = StreamUsage(self.body.stream_options)
+        progress = StreamProgress(
+            1, self.body.n or 1, len(generation.request.prompt_token_ids), usage, self.timer
+        )
+        try:
+            async with aclosing(generation.outputs()) as outputs:
+                async for output in outputs:
+                    for piece in progress.pieces(0, output):
+                        for chunk in self._piece_chunks(piece, progress):
+                            yield sse_data(chunk)
+            final_usage = progress.final_usage()
+            if final_usage is not None:
+                yield sse_data({**self._chunk([]), "usage": final_usage})
+            self.state.metrics.observe_request(self.timer, list(progress.finished.values()))
+        except Exception as error:  # noqa: BLE001 - headers are gone; the error travels as an SSE event
+            yield sse_data(error_body(as_api_error(error), "/v1/chat/completions"))
+        finally:
+            watch.close()
+            await generation.close()
+        yield DONE

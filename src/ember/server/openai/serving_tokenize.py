@@ -1,0 +1,35 @@
+"""POST /v1/tokenize and /v1/detokenize, with vLLM's request and response shapes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ember.server.common.prompts import check_token_ids
+from ember.server.common.services import ServingState
+from ember.server.openai.protocol import DetokenizeRequest, TokenizeRequest
+
+
+class TokenizeServing:
+    def __init__(self, state: ServingState) -> None:
+        self.state = state
+
+    def tokenize(self, body: TokenizeRequest) -> dict[str, Any]:
+        encoder = self.state.encoder
+        self.state.models.resolve(body.model)
+        if body.messages is not None:
+            text = encoder.render_chat(
+                [m.for_template() for m in body.messages],
+                add_generation_prompt=body.add_generation_prompt is not False,
+                template_kwargs=body.chat_template_kwargs,
+            )
+            # The rendered chat already holds its special tokens; only add more when asked to.
+            tokens = encoder.encode_text(text, "messages", add_special_tokens=bool(body.add_special_tokens))
+        else:
+            add_special = body.add_special_tokens is not False
+            tokens = encoder.encode_text(body.prompt or "", "prompt", add_special_tokens=add_special)
+        return {"count": len(tokens), "max_model_len": self.state.max_model_len, "tokens": tokens}
+
+    def detokenize(self, body: DetokenizeRequest) -> dict[str, str]:
+        self.state.models.resolve(body.model)
+        tokens = check_token_ids(body.tokens, self.state.engine.model_config.vocab_size, "tokens")
+        return {"prompt": self.state.engine.tokenizer.decode(tokens)}
