@@ -44,17 +44,24 @@ def test_concurrent_streams_match_the_offline_engine(tiny_llama: LoadedModel) ->
             outs = offline.step()
         expected.append(outs[-1].outputs[0].text)
 
-    async def main() -> list[tuple[str, str]]:
+    async def main() -> tuple[list[tuple[str, str]], int]:
         engine = make_engine(tiny_llama)
         await engine.start()
         try:
-            return await asyncio.gather(*(collect(engine, p, params, f"a{i}") for i, p in enumerate(prompts)))
+            # Held between steps: all three streams are queued before the first step, so they run together.
+            await asyncio.to_thread(engine.pause)
+            tasks = [asyncio.create_task(collect(engine, p, params, f"a{i}")) for i, p in enumerate(prompts)]
+            await wait_until(lambda: engine.stats().num_waiting == len(prompts))
+            assert engine.stats().num_steps == 0
+            engine.resume()
+            return await asyncio.gather(*tasks), engine.stats().num_steps
         finally:
             await engine.shutdown()
 
-    results = asyncio.run(main())
+    results, steps = asyncio.run(main())
     assert [streamed for streamed, _ in results] == expected
     assert [final for _, final in results] == expected
+    assert steps == params.max_tokens  # one step per token for all three: the streams shared every step
 
 
 def test_closing_the_stream_aborts_and_frees_blocks(tiny_llama: LoadedModel) -> None:
@@ -63,19 +70,25 @@ def test_closing_the_stream_aborts_and_frees_blocks(tiny_llama: LoadedModel) -> 
         await engine.start()
         try:
             prompt = tiny_llama.tokenizer.encode("A long story begins " * 10)
+            # Held between steps: the request runs its prefill (the first token) and no further, so only the
+            # abort can end it, however fast the machine.
+            await asyncio.to_thread(engine.pause)
             stream = engine.generate(
                 prompt, SamplingParams(max_tokens=500, temperature=1.0, ignore_eos=True), "gone"
             )
-            async for _ in stream:
-                break  # the client disconnects after the first chunk
-            await stream.aclose()
+            first = asyncio.create_task(anext(stream))
+            await wait_until(lambda: engine.stats().num_waiting == 1)
+            engine.resume(steps=1)
+            await asyncio.to_thread(engine.pause)
+            assert (await first).outputs[0].token_ids  # the client disconnects after the first chunk
             bm = engine.engine.scheduler.block_manager
-            for _ in range(200):
-                if not engine.engine.has_unfinished():
-                    break
-                await asyncio.sleep(0.01)
+            assert engine.stats().num_running == 1 and bm.num_free_blocks < engine.engine.num_blocks - 1
+            await stream.aclose()
+            await wait_until(lambda: engine.stats().num_running == 0)  # aborted while still paused
             assert not engine.engine.has_unfinished()
             assert bm.num_free_blocks == engine.engine.num_blocks - 1
+            assert engine.stats().generation_tokens_total == 1
+            engine.resume()
         finally:
             await engine.shutdown()
 
@@ -113,7 +126,9 @@ def test_one_step_wakes_the_event_loop_once_for_all_its_streams(tiny_llama: Load
 
     outputs, handoffs, steps = asyncio.run(main())
     assert outputs == [8] * 4  # one output per generated token, for every stream
-    assert handoffs <= steps < sum(outputs)
+    # Every step here samples a token for each running stream (the prompts fit one prefill): exactly one
+    # wake-up per step, where one per stream and token would be 32.
+    assert handoffs == steps < sum(outputs)
 
 
 async def wait_until(condition: Any) -> None:
@@ -192,6 +207,12 @@ def test_a_prompt_too_long_is_a_value_error_before_anything_runs(tiny_llama: Loa
             with pytest.raises(ValueError, match="context length"):
                 async for _ in engine.generate(list(range(100, 200)), SamplingParams(max_tokens=4), "long"):
                     pass
+            # Refused before it was queued: nothing waits, nothing ran, and its request id is not taken.
+            stats = engine.stats()
+            assert stats.num_waiting == stats.num_running == stats.num_steps == stats.prompt_tokens_total == 0
+            params = SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True)
+            text, final = await collect(engine, list(range(100, 110)), params, "long")
+            assert text == final and engine.stats().prompt_tokens_total == 10
         finally:
             await engine.shutdown()
 
