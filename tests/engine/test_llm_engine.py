@@ -132,6 +132,7 @@ def test_streamed_deltas_concatenate_to_the_final_text(tiny_llama: LoadedModel) 
             assert "\ufffd" not in out.outputs[0].delta_text
             if out.finished:
                 final[out.request_id] = out
+    assert set(final) == {"s0", "s1"}  # both finished, so the checks below cover both streams
     for rid, out in final.items():
         assert deltas[rid] == out.outputs[0].text
         assert delta_tokens[rid] == out.outputs[0].token_ids
