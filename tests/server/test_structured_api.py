@@ -131,6 +131,17 @@ def test_gbnf_grammar_output_parses_on_chat_and_completions(tiny: openai.OpenAI)
         )  # type: ignore[call-overload]
         text = chat.choices[0].message.content
         assert re.fullmatch(r"[1-9][0-9]?( [+*-] [1-9][0-9]?)*", text), text
+    # On completions too (response_format rides in the body), with a grammar of one operation: it always
+    # completes within max_tokens, so every output must parse whole.
+    one_operation = 'root ::= term " " op " " term\nterm ::= [1-9] [0-9]?\nop ::= "+" | "-" | "*"\n'
+    for seed in range(3):
+        done = tiny.completions.create(
+            model=TINY_MODEL, prompt="2 + 2 =", max_tokens=30, temperature=1.0, seed=seed,
+            extra_body={"response_format": {"type": "grammar", "grammar": one_operation}},
+        )  # fmt: skip
+        text = done.choices[0].text
+        assert re.fullmatch(r"[1-9][0-9]? [+*-] [1-9][0-9]?", text), text
+        assert done.choices[0].finish_reason == "stop", text
     completion = tiny.completions.create(
         model=TINY_MODEL, prompt="2 + 2 =", max_tokens=60, temperature=0, extra_body={"response_format": {"type": "json_schema", "schema": RATING}}
     )  # fmt: skip
