@@ -113,6 +113,7 @@ def test_named_tool_choice_calls_that_function(client: openai.OpenAI) -> None:
             seed=seed,
         )
         calls = chat.choices[0].message.tool_calls
+        assert calls, chat.choices[0].message  # an empty list would pass the name check below vacuously
         assert [c.function.name for c in calls] == ["place_order"] * len(calls)
         if chat.choices[0].finish_reason == "tool_calls":  # parallel calls may run into max_tokens
             assert_valid_calls(calls)
