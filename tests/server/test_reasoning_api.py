@@ -127,5 +127,13 @@ def test_structured_output_starts_after_the_reasoning() -> None:
     for token in tokenizer.encode("Let me think.</think>\n{}", add_special_tokens=False):
         matcher.accept(token)
     assert matcher.is_accepting
+    # Held to the format: plain text after the reasoning is refused (a grammar of anything would take it).
+    refusing = GrammarCompiler(tokenizer, (2,)).matcher(thinking.structured)
+    *reasoning, answer = tokenizer.encode("Let me think.</think>\nhello", add_special_tokens=False)
+    assert tokenizer.decode([answer]) == "hello"
+    for token in reasoning:
+        refusing.accept(token)
+    with pytest.raises(ValueError, match="violates the output grammar"):
+        refusing.accept(answer)
     quiet = plan_chat(encoder, ChatInputs(USER, response_format=response_format, reasoning_effort="none"))
     assert quiet.structured is not None and quiet.structured.reasoning is None
