@@ -172,8 +172,9 @@ def test_a_batch_mixing_base_and_adapters_matches_each_alone(server: TuningServe
     )
     jobs = [(model, prompt) for prompt in PROMPTS for model in (TINY_MODEL, "beta", "startup")]
     alone = [greedy(server, model, prompt) for model, prompt in jobs]
+    engine = server.engine
 
-    async def together() -> list[list[int]]:
+    async def together() -> tuple[list[list[int]], int]:
         async with httpx.AsyncClient(timeout=60) as client:
 
             async def one(model: str, prompt: str) -> list[int]:
@@ -181,8 +182,19 @@ def test_a_batch_mixing_base_and_adapters_matches_each_alone(server: TuningServe
                 response = await client.post(f"{server.v1}/completions", json=body)
                 return response.json()["choices"][0]["logprobs"]["tokens"]
 
-            return await asyncio.gather(*(one(model, prompt) for model, prompt in jobs))
+            # Held between steps until all nine are queued: they start together and decode in shared steps.
+            await asyncio.to_thread(engine.pause)
+            try:
+                calls = [asyncio.create_task(one(model, prompt)) for model, prompt in jobs]
+                while engine.stats().num_waiting < len(jobs):
+                    await asyncio.sleep(0.005)
+                steps_before = engine.stats().num_steps
+            finally:
+                engine.resume()
+            return list(await asyncio.gather(*calls)), engine.stats().num_steps - steps_before
 
-    assert asyncio.run(together()) == alone
+    tokens, steps = asyncio.run(together())
+    assert tokens == alone
+    assert steps == 8, steps  # one step per token with all nine in it; one request at a time would take 72
     assert len({tuple(tokens) for tokens in alone[:3]}) == 3  # base and both adapters differ on one prompt
     assert httpx.delete(f"{server.v1}/adapters/beta").status_code == 200
