@@ -5,18 +5,21 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
+
 from ember import kernels
 
 
 def test_kernels_are_built_where_a_compiler_is() -> None:
-    if shutil.which("c++") or shutil.which("g++"):
-        assert kernels.available(), "a C++ compiler is present but ember.kernels._quant_kernels did not build"
+    if not (shutil.which("c++") or shutil.which("g++")):
+        pytest.skip("no C++ compiler here: nothing to build, the torch fallback runs")
+    assert kernels.available(), "a C++ compiler is present but ember.kernels._quant_kernels did not build"
 
 
-def test_avx2_kernels_are_chosen_on_an_avx2_cpu() -> None:
+def test_avx2_kernels_are_chosen_on_an_avx2_cpu(native_kernels: None) -> None:
     cpuinfo = Path("/proc/cpuinfo")
-    if not kernels.available() or not cpuinfo.exists():
-        return
+    if not cpuinfo.exists():
+        pytest.skip("no /proc/cpuinfo to read the CPU's flags from")
     flags = set(cpuinfo.read_text().split())
     expected = "avx2" if {"avx2", "fma", "f16c"} <= flags else "scalar"
     assert kernels.simd_level() == expected
