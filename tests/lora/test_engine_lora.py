@@ -132,7 +132,12 @@ def test_adapters_from_the_engine_config_are_served(model: LoadedModel, tmp_path
     )
     engine = LLMEngine(model, config)
     assert [i.name for i in engine.list_loras()] == ["from-config"]
-    assert run(engine, [(prompt(5, 1), "from-config")])[0].outputs[0].token_ids
+    served = run(engine, [(prompt(5, 1), "from-config")])[0].outputs[0].token_ids
+    # What the same folder gives when registered at run time, and not what the base model gives.
+    by_hand = LLMEngine(model, tiny_engine_config())
+    by_hand.register_lora("by-hand", str(tmp_path))
+    assert served == run(by_hand, [(prompt(5, 1), "by-hand")])[0].outputs[0].token_ids
+    assert served != run(by_hand, [(prompt(5, 1), None)])[0].outputs[0].token_ids
     with pytest.raises(ValueError, match="given twice"):
         LoraConfig(adapters=(("a", "/x"), ("a", "/y")))
 
