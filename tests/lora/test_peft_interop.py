@@ -129,6 +129,8 @@ def test_qwen2_adapter_on_biased_qkv_matches_peft(tmp_path: Path) -> None:
     batch = prompts([7], config.vocab_size, seed=4)
     with torch.no_grad():
         ours = ember_logits(model, batch, LoraContext.for_batch([(adapter, 7)]))
+        base = ember_logits(model, batch, None)
+    assert (ours - base).abs().max() > 1.0  # the adapter changes the logits, so equality means something
     torch.testing.assert_close(ours, hf_logits(peft_model, batch[0]), rtol=1e-4, atol=1e-4)
 
 
