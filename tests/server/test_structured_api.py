@@ -109,13 +109,15 @@ def test_json_object_and_streaming_give_the_same_object(tiny: openai.OpenAI) -> 
     jsonschema.validate(json.loads(whole), RATING)
     chunks = tiny.chat.completions.create(stream=True, **request)
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == whole
-    obj = tiny.chat.completions.create(
-        **{**request, "response_format": {"type": "json_object"}, "max_tokens": 40}
-    )
+    object_request = {**request, "response_format": {"type": "json_object"}, "max_tokens": 40}
+    obj = tiny.chat.completions.create(**object_request)
     text = obj.choices[0].message.content
     assert text.startswith("{") and (
         obj.choices[0].finish_reason == "length" or isinstance(json.loads(text), dict)
     )
+    # json_object mode streams the same text too (a random model's free object runs to max_tokens).
+    chunks = tiny.chat.completions.create(stream=True, **object_request)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == text
 
 
 def test_gbnf_grammar_output_parses_on_chat_and_completions(tiny: openai.OpenAI) -> None:
