@@ -50,6 +50,7 @@ class Live:
     data_dir: Path
     server: uvicorn.Server
     thread: threading.Thread
+    engine: AsyncEngine
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +70,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     while not server.started:
         assert thread.is_alive(), "the server did not start"
         time.sleep(0.05)
-    yield Live(f"http://127.0.0.1:{sock.getsockname()[1]}/v1", data_dir, server, thread)
+    yield Live(f"http://127.0.0.1:{sock.getsockname()[1]}/v1", data_dir, server, thread, engine)
     server.should_exit = True
     thread.join(60)
 
@@ -136,11 +137,26 @@ def test_a_job_teaches_the_default_model_a_reply(live: Live) -> None:
     # Base and adapter requests together in one engine batch give what each gives alone.
     mixed = [(m, q) for q in (QUESTIONS[1], HELD_OUT) for m in ("SmolLM2-135M-Instruct", model)]
     alone = [chat_ids_and_text(live.url, m, q) for m, q in mixed]
+    engine = live.engine
 
-    async def together() -> list[tuple[str, int]]:
-        return await asyncio.gather(*(asyncio.to_thread(chat_ids_and_text, live.url, m, q) for m, q in mixed))
+    async def together() -> tuple[list[tuple[str, int]], int]:
+        # Held between steps until all four are queued, so they start in the same step.
+        await asyncio.to_thread(engine.pause)
+        try:
+            calls = [
+                asyncio.create_task(asyncio.to_thread(chat_ids_and_text, live.url, m, q)) for m, q in mixed
+            ]
+            while engine.stats().num_waiting < len(mixed):
+                await asyncio.sleep(0.01)
+            steps_before = engine.stats().num_steps
+        finally:
+            engine.resume()
+        return list(await asyncio.gather(*calls)), engine.stats().num_steps - steps_before
 
-    assert asyncio.run(together()) == alone
+    replies, steps = asyncio.run(together())
+    assert replies == alone
+    # One batch: as many steps as the longest reply has tokens, where one request at a time takes their sum.
+    assert steps == max(count for _, count in alone), (steps, alone)
     print(
         f"\nend-to-end: job trained and served in {trained_s:.1f} s; total {time.monotonic() - started:.1f} s"
     )
