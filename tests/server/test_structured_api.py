@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -96,8 +97,17 @@ def test_json_schema_on_the_default_model_returns_valid_json(default_server: Run
         )  # type: ignore[call-overload]
         return chat, item[1]
 
-    with ThreadPoolExecutor(len(formats)) as pool:  # they decode as one batch
-        results = list(pool.map(ask, formats))
+    engine = default_server.engine
+    with ThreadPoolExecutor(len(formats)) as pool:
+        # Held between steps until all four are queued: they start together and decode as one batch.
+        engine.pause()
+        try:
+            pending = pool.map(ask, formats)
+            while engine.stats().num_waiting < len(formats):
+                time.sleep(0.005)
+        finally:
+            engine.resume()
+        results = list(pending)
     for chat, schema in results:
         assert chat.choices[0].finish_reason == "stop", chat.choices[0].message.content
         jsonschema.validate(json.loads(chat.choices[0].message.content), schema)
