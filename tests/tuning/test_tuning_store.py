@@ -190,12 +190,14 @@ def test_two_threads_and_a_process_write_concurrently(tmp_path: Path) -> None:
     assert process.stdout is not None and process.stdin is not None
     assert process.stdout.readline().strip() == "ready"
     errors: list[BaseException] = []
+    go = threading.Event()  # the threads start writing when the process does, not before it
 
     def write(writer: str) -> None:
         try:
             own = TuningStore(
                 db
             )  # as a second handler or worker would: its own store object on the same file
+            go.wait()
             for i in range(per_writer):
                 own.add_job_event("ftjob-shared", f"{writer} {i}")
                 own.insert_file(make_file(f"file-{writer}-{i}", created_at=i))
@@ -206,6 +208,7 @@ def test_two_threads_and_a_process_write_concurrently(tmp_path: Path) -> None:
     threads = [threading.Thread(target=write, args=(f"thread{t}",)) for t in range(2)]
     for thread in threads:
         thread.start()
+    go.set()
     process.stdin.write("go\n")
     process.stdin.close()
     for thread in threads:
