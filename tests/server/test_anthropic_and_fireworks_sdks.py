@@ -69,6 +69,7 @@ def test_fireworks_sdk_chat_completion_and_stream(fw: fireworks.Fireworks) -> No
         model=TINY_MODEL_ID, messages=USER, max_tokens=4, perf_metrics_in_response=True
     )
     assert chat.choices[0].message.role == "assistant" and chat.usage.completion_tokens == 4
+    assert chat.perf_metrics["generated-tokens"] == 4  # asked for here; the completion below does not ask
     completion = fw.completions.create(
         model=TINY_MODEL_ID, prompt="The quick brown fox", max_tokens=3, logprobs=1
     )
