@@ -249,7 +249,7 @@ class LLMEngine:
         )
         self.timer.mark_forward_end()
         outputs = self._postprocess(sched, result)
-        self.timer.end(num_tokens=sched.num_batched_tokens)
+        self.timer.end()
         self.stats.record_step(sched, self.scheduler.stats())
         return outputs
 

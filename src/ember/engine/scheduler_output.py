@@ -31,10 +31,6 @@ class SchedulerOutput:
     preempted_ids: list[str] = field(default_factory=list)  # lost their KV this step; back in the queue
     finished_ids: list[str] = field(default_factory=list)  # finished or aborted since the previous step
 
-    @property
-    def is_empty(self) -> bool:
-        return not self.scheduled
-
 
 @dataclass(frozen=True)
 class SchedulerStats:

@@ -23,10 +23,6 @@ class EngineStats:
     num_preemptions: int = 0
     num_steps: int = 0
 
-    @property
-    def prefix_cache_hit_rate(self) -> float:
-        return self.prefix_cache_hits / self.prefix_cache_queries if self.prefix_cache_queries else 0.0
-
     def record_step(self, sched: SchedulerOutput, stats: SchedulerStats) -> None:
         """Counts one step and copies the scheduler's view as it stands after the step."""
         self.num_steps += 1
@@ -44,7 +40,6 @@ class EngineStats:
 class StepTimer:
     """Splits each step's wall time into the model forward+sample and everything around it."""
 
-    window: int = 256
     step_times: deque[float] = field(default_factory=lambda: deque(maxlen=256))
     overhead_times: deque[float] = field(default_factory=lambda: deque(maxlen=256))
     _t0: float = 0.0
@@ -63,7 +58,7 @@ class StepTimer:
     def mark_forward_end(self) -> None:
         self._f1 = time.perf_counter()
 
-    def end(self, num_tokens: int) -> None:
+    def end(self) -> None:
         total = time.perf_counter() - self._t0
         self.step_times.append(total)
         self.overhead_times.append(total - (self._f1 - self._f0))
