@@ -41,7 +41,7 @@ def assert_no_leak(engine: LLMEngine) -> None:
     bm = engine.scheduler.block_manager
     bm.check_invariants()
     assert bm.num_free_blocks == engine.num_blocks - 1, "every block except the null block is free again"
-    assert not engine.parents and not engine.sequences
+    assert not engine.requests and not engine.sequences
 
 
 def test_batched_greedy_equals_one_at_a_time(tiny_llama: LoadedModel) -> None:

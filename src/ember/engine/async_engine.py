@@ -262,7 +262,7 @@ class AsyncEngine:
             self._stats = stats
 
     def _fail_all(self, exc: BaseException) -> None:
-        for request_id in list(self.engine.parents):
+        for request_id in list(self.engine.requests):
             self.engine.fail_request(request_id, str(exc))
         with self._lock:
             streams = list(self._streams.values())

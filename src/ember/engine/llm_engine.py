@@ -12,11 +12,11 @@ from ember.engine.engine_config import CacheConfig, SchedulerConfig
 from ember.engine.errors import QueueFullError
 from ember.engine.model_runner import ModelRunner, ModelRunnerOutput
 from ember.engine.outputs import RequestMetrics, RequestOutput
-from ember.engine.request import Request, RequestStatus
+from ember.engine.request import Request, SequenceOutputState
 from ember.engine.sampling_params import SamplingParams
 from ember.engine.scheduler import Scheduler
 from ember.engine.scheduler_output import SchedulerOutput
-from ember.engine.sequence import ParentRequest, SequenceState
+from ember.engine.sequence import Sequence, SequenceStatus
 from ember.engine.stats import EngineStats, StepTimer
 from ember.engine.stop_checker import StopChecker
 from ember.lora.adapter import LoraAdapter
@@ -31,10 +31,10 @@ from ember.threads import ThreadGovernor
 logger = logging.getLogger(__name__)
 
 _FINISH_STATUS = {
-    "stop": RequestStatus.FINISHED_STOPPED,
-    "length": RequestStatus.FINISHED_LENGTH,
-    "abort": RequestStatus.FINISHED_ABORTED,
-    "error": RequestStatus.FINISHED_ERROR,
+    "stop": SequenceStatus.FINISHED_STOPPED,
+    "length": SequenceStatus.FINISHED_LENGTH,
+    "abort": SequenceStatus.FINISHED_ABORTED,
+    "error": SequenceStatus.FINISHED_ERROR,
 }
 
 
@@ -52,8 +52,8 @@ class EngineConfig:
     between 1 and this many (`ember serve` without --threads: all cores it may use). 0: the count stays as set."""
 
 
-def child_request_id(parent_id: str, index: int, count: int) -> str:
-    return parent_id if count == 1 else f"{parent_id}#{index}"
+def child_sequence_id(request_id: str, index: int, count: int) -> str:
+    return request_id if count == 1 else f"{request_id}#{index}"
 
 
 def child_seed(seed: int, index: int) -> int:
@@ -97,8 +97,8 @@ class LLMEngine:
             SchedulerConfig(**{**config.scheduler.__dict__, "max_model_len": self.max_model_len}),
             CacheConfig(**{**cache_cfg.__dict__, "num_blocks": num_blocks}),
         )
-        self.parents: dict[str, ParentRequest] = {}
-        self.sequences: dict[str, SequenceState] = {}
+        self.requests: dict[str, Request] = {}
+        self.sequences: dict[str, SequenceOutputState] = {}
         self.stats = EngineStats()
         self.timer = StepTimer()
         self.thread_governor = (
@@ -129,7 +129,7 @@ class LLMEngine:
         priority: int = 0,
         arrival_time: float | None = None,
     ) -> None:
-        if request_id in self.parents:
+        if request_id in self.requests:
             raise ValueError(f"request id {request_id!r} is already running")
         if not prompt_token_ids:
             raise ValueError("the prompt is empty; at least one token is needed")
@@ -140,9 +140,9 @@ class LLMEngine:
         # Compiled before anything is admitted: an invalid schema or grammar is the caller's ValueError.
         grammar = None if params.structured is None else self.grammar_compiler.compile(params.structured)
         now = arrival_time if arrival_time is not None else time.time()
-        parent = ParentRequest(request_id, list(prompt_token_ids), params, RequestMetrics(arrival_time=now))
+        request = Request(request_id, list(prompt_token_ids), params, RequestMetrics(arrival_time=now))
         if params.prompt_logprobs is not None:
-            parent.prompt_logprobs = [None] * len(prompt_token_ids)
+            request.prompt_logprobs = [None] * len(prompt_token_ids)
         count = params.num_samples
         # best_of ranks samples by cumulative logprob, so its sequences track logprobs even if not reported.
         seq_params = params
@@ -158,20 +158,19 @@ class LLMEngine:
         lora_keys = [None if lora_id is None else self.lora_manager.acquire(lora_id) for _ in range(count)]
         try:
             for index in range(count):
-                rid = child_request_id(request_id, index, count)
-                request = Request(
-                    request_id=rid,
+                sequence = Sequence(
+                    sequence_id=child_sequence_id(request_id, index, count),
                     prompt_token_ids=list(prompt_token_ids),
                     sampling_params=seq_params,
                     arrival_time=now,
                     priority=priority,
-                    lora_id=lora_keys[index],
+                    lora_key=lora_keys[index],
                     cache_salt=cache_salt,
                     max_tokens=max_tokens,
                 )
-                seq = SequenceState(
-                    request=request,
-                    parent_id=request_id,
+                state = SequenceOutputState(
+                    sequence=sequence,
+                    request_id=request_id,
                     index=index,
                     detokenizer=IncrementalDetokenizer(
                         self.tokenizer, prompt_token_ids, params.skip_special_tokens
@@ -179,46 +178,46 @@ class LLMEngine:
                     stop_checker=StopChecker(params, self.eos_token_ids, max_tokens),
                     logprobs=[] if seq_params.logprobs is not None else None,
                 )
-                parent.sequences.append(seq)
+                request.sequences.append(state)
         except BaseException:
             for key in lora_keys:
                 if key is not None:
                     self.lora_manager.release(key)
             raise
         # Admit the first sample before the rest, so they find its prompt blocks in the prefix cache.
-        for seq in parent.sequences:
-            self.scheduler.add_request(seq.request)
-            self.sequences[seq.request.request_id] = seq
+        for state in request.sequences:
+            self.scheduler.add_sequence(state.sequence)
+            self.sequences[state.sequence.sequence_id] = state
             if params.seed is not None:
-                self.runner.register_seed(seq.request.request_id, child_seed(params.seed, seq.index))
+                self.runner.register_seed(state.sequence.sequence_id, child_seed(params.seed, state.index))
             if grammar is not None:
                 matcher = GrammarMatcher(self.grammar_compiler.grammar_tokenizer, grammar)
-                self.runner.register_matcher(seq.request.request_id, matcher)
-        self.parents[request_id] = parent
+                self.runner.register_matcher(state.sequence.sequence_id, matcher)
+        self.requests[request_id] = request
 
     def abort_request(self, request_id: str) -> RequestOutput | None:
         """Stops every sequence of the request and frees its KV blocks at once."""
-        parent = self.parents.get(request_id)
-        if parent is None:
+        request = self.requests.get(request_id)
+        if request is None:
             return None
-        for seq in parent.sequences:
-            if seq.finish_reason is None:
-                self._finish(seq, "abort", None)
-        return self._output(parent)
+        for state in request.sequences:
+            if state.finish_reason is None:
+                self._finish(state, "abort", None)
+        return self._output(request)
 
     def fail_request(self, request_id: str, message: str) -> RequestOutput | None:
         """Ends the request with an error; its blocks leave the prefix cache, as their KV may be incomplete."""
-        parent = self.parents.get(request_id)
-        if parent is None:
+        request = self.requests.get(request_id)
+        if request is None:
             return None
-        parent.error = message
-        for seq in parent.sequences:
-            if seq.finish_reason is None:
-                self._finish(seq, "error", None)
-        return self._output(parent)
+        request.error = message
+        for state in request.sequences:
+            if state.finish_reason is None:
+                self._finish(state, "error", None)
+        return self._output(request)
 
     def has_unfinished(self) -> bool:
-        return bool(self.parents)
+        return bool(self.requests)
 
     # ---- adapters -------------------------------------------------------------------------------------
 
@@ -245,7 +244,7 @@ class LLMEngine:
             return []
         self.timer.mark_forward_start()
         result = self.runner.execute(
-            sched, {s.request_id: self.sequences[s.request_id].request for s in sched.scheduled}
+            sched, {s.sequence_id: self.sequences[s.sequence_id].sequence for s in sched.scheduled}
         )
         self.timer.mark_forward_end()
         outputs = self._postprocess(sched, result)
@@ -266,115 +265,115 @@ class LLMEngine:
 
     def _postprocess(self, sched: SchedulerOutput, result: ModelRunnerOutput) -> list[RequestOutput]:
         now = time.time()
-        touched: dict[str, ParentRequest] = {}
+        touched: dict[str, Request] = {}
         for item in sched.scheduled:
-            seq = self.sequences.get(item.request_id)
-            if seq is None:
+            state = self.sequences.get(item.sequence_id)
+            if state is None:
                 continue
-            parent = self.parents[seq.parent_id]
-            if parent.metrics.first_scheduled_time is None:
-                parent.metrics.first_scheduled_time = now
-                parent.num_cached_tokens = seq.request.num_cached_tokens
-            scored = result.prompt_logprobs.get(item.request_id)
-            if scored is not None and parent.prompt_logprobs is not None:
+            request = self.requests[state.request_id]
+            if request.metrics.first_scheduled_time is None:
+                request.metrics.first_scheduled_time = now
+                request.num_cached_tokens = state.sequence.num_cached_tokens
+            scored = result.prompt_logprobs.get(item.sequence_id)
+            if scored is not None and request.prompt_logprobs is not None:
                 # By position: a preempted request recomputes its prompt and scores the same tokens again.
                 first, logprobs = scored
-                parent.prompt_logprobs[first : first + len(logprobs)] = logprobs
-            if item.request_id in result.errors:
-                parent.error = result.errors[item.request_id]
-                for sibling in parent.sequences:
+                request.prompt_logprobs[first : first + len(logprobs)] = logprobs
+            if item.sequence_id in result.errors:
+                request.error = result.errors[item.sequence_id]
+                for sibling in request.sequences:
                     if sibling.finish_reason is None:
                         self._finish(sibling, "error", None)
-                touched[parent.request_id] = parent
+                touched[request.request_id] = request
                 continue
-            token = result.sampled.get(item.request_id)
+            token = result.sampled.get(item.sequence_id)
             if token is None:
                 continue
-            touched[parent.request_id] = parent
-            if parent.metrics.first_token_time is None:
-                parent.metrics.first_token_time = now
+            touched[request.request_id] = request
+            if request.metrics.first_token_time is None:
+                request.metrics.first_token_time = now
             try:
-                self._accept_token(seq, token, result.logprobs.get(item.request_id))
+                self._accept_token(state, token, result.logprobs.get(item.sequence_id))
             except Exception as exc:  # noqa: BLE001 - one request's failure must not stop the others
-                logger.exception("post-processing failed for request %s", item.request_id)
-                parent.error = f"post-processing failed: {exc}"
-                for sibling in parent.sequences:
+                logger.exception("post-processing failed for sequence %s", item.sequence_id)
+                request.error = f"post-processing failed: {exc}"
+                for sibling in request.sequences:
                     if sibling.finish_reason is None:
                         self._finish(sibling, "error", None)
         outputs = []
-        for parent in touched.values():
-            output = self._output(parent)
+        for request in touched.values():
+            output = self._output(request)
             if output is not None:
                 outputs.append(output)
         return outputs
 
-    def _accept_token(self, seq: SequenceState, token: int, logprob) -> None:
-        if seq.finish_reason is not None:
+    def _accept_token(self, state: SequenceOutputState, token: int, logprob) -> None:
+        if state.finish_reason is not None:
             return
-        request = seq.request
-        request.append_output_token(token)
-        seq.delta_token_ids.append(token)
-        if logprob is not None and seq.logprobs is not None:
-            seq.logprobs.append(logprob)
-            seq.delta_logprobs.append(logprob)
-            seq.cumulative_logprob += logprob.logprob
-        matcher = self.runner.matcher(request.request_id)
+        sequence = state.sequence
+        sequence.append_output_token(token)
+        state.delta_token_ids.append(token)
+        if logprob is not None and state.logprobs is not None:
+            state.logprobs.append(logprob)
+            state.delta_logprobs.append(logprob)
+            state.cumulative_logprob += logprob.logprob
+        matcher = self.runner.matcher(sequence.sequence_id)
         if matcher is not None:
             matcher.accept(token)
-        new_text = seq.detokenizer.add_tokens([token])
-        stop = seq.stop_checker.check(token, new_text, request.num_output_tokens)
-        self._emit(seq, stop.emit_text)
+        new_text = state.detokenizer.add_tokens([token])
+        stop = state.stop_checker.check(token, new_text, sequence.num_output_tokens)
+        self._emit(state, stop.emit_text)
         if stop.finished:
-            self._finish(seq, stop.finish_reason, stop.stop_reason)
+            self._finish(state, stop.finish_reason, stop.stop_reason)
         elif matcher is not None and matcher.is_finished:
             # The grammar admits nothing but EOS now: end here instead of spending a step to sample it.
-            self._emit(seq, seq.stop_checker.flush(seq.detokenizer.flush()))
-            self._finish(seq, "stop", None)
+            self._emit(state, state.stop_checker.flush(state.detokenizer.flush()))
+            self._finish(state, "stop", None)
 
-    def _emit(self, seq: SequenceState, text: str) -> None:
-        seq.text += text
-        seq.delta_text += text
+    def _emit(self, state: SequenceOutputState, text: str) -> None:
+        state.text += text
+        state.delta_text += text
 
-    def _finish(self, seq: SequenceState, reason: str, stop_reason: str | int | None) -> None:
-        seq.finish_reason = reason
-        seq.stop_reason = stop_reason
-        rid = seq.request.request_id
+    def _finish(self, state: SequenceOutputState, reason: str, stop_reason: str | int | None) -> None:
+        state.finish_reason = reason
+        state.stop_reason = stop_reason
+        sid = state.sequence.sequence_id
         # Text held back as a possible stop string, and incomplete bytes, are final now.
         if reason == "length":
-            self._emit(seq, seq.stop_checker.flush(seq.detokenizer.flush()))
-        self.scheduler.finish_request(rid, _FINISH_STATUS[reason])
-        self.runner.release(rid)
-        if seq.request.lora_id is not None:
-            self.lora_manager.release(seq.request.lora_id)
+            self._emit(state, state.stop_checker.flush(state.detokenizer.flush()))
+        self.scheduler.finish_sequence(sid, _FINISH_STATUS[reason])
+        self.runner.release(sid)
+        if state.sequence.lora_key is not None:
+            self.lora_manager.release(state.sequence.lora_key)
 
-    def _output(self, parent: ParentRequest) -> RequestOutput | None:
-        finished = parent.finished
-        if not finished and not parent.streams_incrementally:
+    def _output(self, request: Request) -> RequestOutput | None:
+        finished = request.finished
+        if not finished and not request.streams_incrementally:
             return None
-        chosen = parent.chosen_sequences()
-        want_lps = parent.params.logprobs is not None
+        chosen = request.chosen_sequences()
+        want_lps = request.params.logprobs is not None
         outs = []
-        for new_index, seq in enumerate(chosen):
-            out = seq.take_output(want_lps)
+        for new_index, state in enumerate(chosen):
+            out = state.take_output(want_lps)
             out.index = new_index
             if not want_lps:
                 out.logprobs = None
-            if not parent.streams_incrementally:  # reported once, whole: the delta is everything
+            if not request.streams_incrementally:  # reported once, whole: the delta is everything
                 out.delta_text, out.delta_token_ids = out.text, list(out.token_ids)
                 out.delta_logprobs = list(out.logprobs) if out.logprobs is not None else None
             outs.append(out)
         if finished:
-            parent.metrics.finished_time = time.time()
-            del self.parents[parent.request_id]
-            for seq in parent.sequences:
-                self.sequences.pop(seq.request.request_id, None)
+            request.metrics.finished_time = time.time()
+            del self.requests[request.request_id]
+            for state in request.sequences:
+                self.sequences.pop(state.sequence.sequence_id, None)
         return RequestOutput(
-            request_id=parent.request_id,
-            prompt_token_ids=parent.prompt_token_ids,
+            request_id=request.request_id,
+            prompt_token_ids=request.prompt_token_ids,
             outputs=outs,
             finished=finished,
-            num_cached_tokens=parent.num_cached_tokens,
-            prompt_logprobs=parent.prompt_logprobs,
-            metrics=parent.metrics,
-            error=parent.error,
+            num_cached_tokens=request.num_cached_tokens,
+            prompt_logprobs=request.prompt_logprobs,
+            metrics=request.metrics,
+            error=request.error,
         )

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 import torch
 
 from ember.engine.outputs import TokenLogprob
-from ember.engine.request import Request
 from ember.engine.sampler import Sampler, SamplingRow
-from ember.engine.scheduler_output import ScheduledRequest, SchedulerOutput
+from ember.engine.scheduler_output import ScheduledSequence, SchedulerOutput
+from ember.engine.sequence import Sequence
 from ember.lora.layers import LoraContext
 from ember.lora.manager import LoraManager
 from ember.models.attention_metadata import AttentionMetadata
@@ -18,13 +18,13 @@ from ember.structured.matcher import GrammarMatcher, allowed_token_masks
 
 @dataclass
 class ModelRunnerOutput:
-    """What one step produced, keyed by request id (only requests that sampled appear in `sampled`)."""
+    """What one step produced, keyed by sequence id (only sequences that sampled appear in `sampled`)."""
 
     sampled: dict[str, int] = field(default_factory=dict)
     logprobs: dict[str, TokenLogprob | None] = field(default_factory=dict)
-    # request id -> (position of the first scored prompt token, logprobs of that and the following tokens)
+    # sequence id -> (position of the first scored prompt token, logprobs of that and the following tokens)
     prompt_logprobs: dict[str, tuple[int, list[TokenLogprob]]] = field(default_factory=dict)
-    errors: dict[str, str] = field(default_factory=dict)  # requests whose sampling failed, with the reason
+    errors: dict[str, str] = field(default_factory=dict)  # sequences whose sampling failed, with the reason
 
 
 @dataclass
@@ -32,10 +32,10 @@ class BatchInputs:
     input_ids: torch.Tensor  # [T]
     positions: torch.Tensor  # [T]
     attn: AttentionMetadata
-    sample_rows: list[int]  # index into the flattened batch of each sampling request's last token
+    sample_rows: list[int]  # index into the flattened batch of each sampling sequence's last token
     prompt_logprob_spans: dict[
         str, tuple[int, int]
-    ]  # request id -> (first row, num rows) for prompt logprobs
+    ]  # sequence id -> (first row, num rows) for prompt logprobs
     lora: LoraContext | None = None  # which rows run which adapter; None when every row is the base model
 
 
@@ -71,23 +71,23 @@ class ModelRunner:
     def set_num_threads(count: int) -> None:
         torch.set_num_threads(count)
 
-    def register_seed(self, request_id: str, seed: int) -> None:
+    def register_seed(self, sequence_id: str, seed: int) -> None:
         """A seeded sequence draws only from its own generator, so the batch around it cannot change it."""
-        self._seeds[request_id] = seed
+        self._seeds[sequence_id] = seed
 
-    def register_matcher(self, request_id: str, matcher: GrammarMatcher) -> None:
+    def register_matcher(self, sequence_id: str, matcher: GrammarMatcher) -> None:
         """A constrained sequence: each of its sampling rows gets the matcher's allowed-token mask."""
-        self._matchers[request_id] = matcher
+        self._matchers[sequence_id] = matcher
 
-    def matcher(self, request_id: str) -> GrammarMatcher | None:
-        return self._matchers.get(request_id)
+    def matcher(self, sequence_id: str) -> GrammarMatcher | None:
+        return self._matchers.get(sequence_id)
 
-    def release(self, request_id: str) -> None:
-        self._seeds.pop(request_id, None)
-        self._generators.pop(request_id, None)
-        self._matchers.pop(request_id, None)
+    def release(self, sequence_id: str) -> None:
+        self._seeds.pop(sequence_id, None)
+        self._generators.pop(sequence_id, None)
+        self._matchers.pop(sequence_id, None)
 
-    def build_inputs(self, scheduled: list[ScheduledRequest], requests: dict[str, Request]) -> BatchInputs:
+    def build_inputs(self, scheduled: list[ScheduledSequence], sequences: dict[str, Sequence]) -> BatchInputs:
         ids: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
@@ -109,7 +109,7 @@ class ModelRunner:
             if item.sample:
                 sample_rows.append(start + n - 1)
             if item.needs_prompt_logprobs:
-                spans[item.request_id] = (start, n)
+                spans[item.sequence_id] = (start, n)
         max_blocks = max(len(item.block_ids) for item in scheduled)
         # One tensor from padded lists: a tensor per row costs ~8 us each, a visible share of a 32-stream step.
         table = torch.tensor(
@@ -138,23 +138,23 @@ class ModelRunner:
             lora=self._lora_context(scheduled),
         )
 
-    def _lora_context(self, scheduled: list[ScheduledRequest]) -> LoraContext | None:
+    def _lora_context(self, scheduled: list[ScheduledSequence]) -> LoraContext | None:
         """Base rows and rows of several adapters share one forward; each adapter touches only its rows."""
-        if all(item.lora_id is None for item in scheduled):
+        if all(item.lora_key is None for item in scheduled):
             return None
         if self.lora_manager is None:
-            raise ValueError("a request names a LoRA adapter but this runner has no adapter manager")
+            raise ValueError("a sequence names a LoRA adapter but this runner has no adapter manager")
         manager = self.lora_manager
         return LoraContext.for_batch(
             [
-                (None if item.lora_id is None else manager.adapter_for_key(item.lora_id), item.num_tokens)
+                (None if item.lora_key is None else manager.adapter_for_key(item.lora_key), item.num_tokens)
                 for item in scheduled
             ]
         )
 
     @torch.inference_mode()
-    def execute(self, sched: SchedulerOutput, requests: dict[str, Request]) -> ModelRunnerOutput:
-        batch = self.build_inputs(sched.scheduled, requests)
+    def execute(self, sched: SchedulerOutput, sequences: dict[str, Sequence]) -> ModelRunnerOutput:
+        batch = self.build_inputs(sched.scheduled, sequences)
         if batch.lora is None:
             hidden = self.network(batch.input_ids, batch.positions, batch.attn, self.kv_caches)  # [T, H]
         else:
@@ -163,19 +163,19 @@ class ModelRunner:
             )
         out = ModelRunnerOutput()
         for item in sched.scheduled:
-            if item.request_id in batch.prompt_logprob_spans:
-                first, count = batch.prompt_logprob_spans[item.request_id]
-                out.prompt_logprobs[item.request_id] = (
+            if item.sequence_id in batch.prompt_logprob_spans:
+                first, count = batch.prompt_logprob_spans[item.sequence_id]
+                out.prompt_logprobs[item.sequence_id] = (
                     item.start_position + 1,
                     self._prompt_logprobs(
-                        hidden[first : first + count], requests[item.request_id], item.start_position
+                        hidden[first : first + count], sequences[item.sequence_id], item.start_position
                     ),
                 )
         samplers = [item for item in sched.scheduled if item.sample]
         if not samplers:
             return out
         logits = self.network.compute_logits(hidden[batch.sample_rows]).float()  # [S, V]
-        rows = [self._sampling_row(requests[item.request_id]) for item in samplers]
+        rows = [self._sampling_row(sequences[item.sequence_id]) for item in samplers]
         self._apply_grammar_masks(samplers, rows, logits.shape[1])
         try:
             result = self.sampler(logits, rows)
@@ -187,49 +187,49 @@ class ModelRunner:
                     single = self.sampler(logits[i : i + 1], [row])
                     pairs.append((item, single.token_ids[0], single.logprobs[0]))
                 except Exception as exc:  # noqa: BLE001
-                    out.errors[item.request_id] = f"sampling failed: {exc}"
+                    out.errors[item.sequence_id] = f"sampling failed: {exc}"
         for item, token, logprob in pairs:
-            out.sampled[item.request_id] = token
-            out.logprobs[item.request_id] = logprob
+            out.sampled[item.sequence_id] = token
+            out.logprobs[item.sequence_id] = logprob
         return out
 
     def _apply_grammar_masks(
-        self, samplers: list[ScheduledRequest], rows: list[SamplingRow], vocab: int
+        self, samplers: list[ScheduledSequence], rows: list[SamplingRow], vocab: int
     ) -> None:
         """Only constrained rows pay for a mask; the others keep allowed_token_ids_mask None."""
-        constrained = [i for i, item in enumerate(samplers) if item.request_id in self._matchers]
+        constrained = [i for i, item in enumerate(samplers) if item.sequence_id in self._matchers]
         if not constrained:
             return
-        matchers = [self._matchers[samplers[i].request_id] for i in constrained]
+        matchers = [self._matchers[samplers[i].sequence_id] for i in constrained]
         masks = allowed_token_masks(matchers, vocab)  # [C, V]
         for k, i in enumerate(constrained):
             rows[i].allowed_token_ids_mask = masks[k]
 
-    def _prompt_logprobs(self, hidden: torch.Tensor, request: Request, start: int) -> list[TokenLogprob]:
+    def _prompt_logprobs(self, hidden: torch.Tensor, sequence: Sequence, start: int) -> list[TokenLogprob]:
         """Row i (position start+i) predicts the token at start+i+1; only prompt tokens are scored."""
-        prompt = request.prompt_token_ids
+        prompt = sequence.prompt_token_ids
         targets = prompt[start + 1 : start + 1 + hidden.shape[0]]
         if not targets:
             return []
         logits = self.network.compute_logits(hidden[: len(targets)]).float()  # [P, V]
-        k = request.sampling_params.prompt_logprobs or 0
+        k = sequence.sampling_params.prompt_logprobs or 0
         scored = self.sampler.prompt_logprobs(logits, prompt[start : start + 1 + len(targets)], k)
         return [lp for lp in scored if lp is not None]
 
-    def _sampling_row(self, request: Request) -> SamplingRow:
-        params = request.sampling_params
+    def _sampling_row(self, sequence: Sequence) -> SamplingRow:
+        params = sequence.sampling_params
         generator = None
-        seed = self._seeds.get(request.request_id)
+        seed = self._seeds.get(sequence.sequence_id)
         if seed is not None and not params.greedy:
-            generator = self._generators.get(request.request_id)
+            generator = self._generators.get(sequence.sequence_id)
             if generator is None:
                 generator = torch.Generator(device="cpu")
                 generator.manual_seed(seed)
-                self._generators[request.request_id] = generator
+                self._generators[sequence.sequence_id] = generator
         return SamplingRow(
             params=params,
-            prompt_token_ids=request.prompt_token_ids,
-            output_token_ids=request.output_token_ids,
+            prompt_token_ids=sequence.prompt_token_ids,
+            output_token_ids=sequence.output_token_ids,
             generator=generator,
             eos_token_ids=self.eos_token_ids,
             allowed_token_ids_mask=None,
