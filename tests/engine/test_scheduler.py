@@ -7,8 +7,10 @@ import zlib
 
 import pytest
 
+from ember.engine import block_manager as block_manager_module
 from ember.engine.engine_config import CacheConfig, SchedulerConfig
 from ember.engine.errors import QueueFullError
+from ember.engine.prefix_hash import hash_block
 from ember.engine.sampling_params import SamplingParams
 from ember.engine.scheduler import Scheduler
 from ember.engine.scheduler_output import SchedulerOutput
@@ -195,6 +197,39 @@ def test_abort_waiting_and_running_requests_frees_every_block() -> None:
     assert output.scheduled == [] and output.finished_ids == ["waiting", "running"]
     assert not scheduler.has_unfinished()
     assert step(scheduler).finished_ids == []
+
+
+def test_a_waiting_sequence_is_hashed_once_however_often_schedule_looks_at_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Block hashes live on the sequence: schedule() probing the prefix cache again and again for a sequence
+    that cannot start yet, and the blocks it later fills, never hash a block twice."""
+    num_hashed = 0
+
+    def counting_hash_block(parent: bytes | None, token_ids: list[int], namespace: bytes) -> bytes:
+        nonlocal num_hashed
+        num_hashed += 1
+        return hash_block(parent, token_ids, namespace)
+
+    monkeypatch.setattr(block_manager_module, "hash_block", counting_hash_block)
+    scheduler = make_scheduler(block_size=4, num_blocks=13)  # 12 usable blocks
+    running = make_sequence("running", list(range(100, 112)) + list(range(500, 520)), max_tokens=6)
+    waiting = make_sequence("waiting", list(range(100, 141)), max_tokens=8)  # its first 3 blocks are cached
+    scheduler.add_sequence(running)
+    scheduler.add_sequence(waiting)
+    for _ in range(5):
+        step(scheduler)
+        assert waiting.status is SequenceStatus.WAITING  # its 8 new blocks never fit next to "running"'s 8-10
+    assert len(waiting.block_hashes) == 4  # three cache hits, then the first miss ends each probe
+    assert num_hashed == len(running.block_hashes) + len(waiting.block_hashes)
+    while scheduler.has_unfinished():
+        for scheduled in step(scheduler).scheduled:
+            sequence = scheduler.get_sequence(scheduled.sequence_id)
+            if sequence is not None and sequence.num_output_tokens >= sequence.max_tokens:
+                scheduler.finish_sequence(scheduled.sequence_id, SequenceStatus.FINISHED_LENGTH)
+    # every full block that ran was hashed exactly once (the last sampled token never runs)
+    assert len(running.block_hashes) == (32 + 6 - 1) // 4 and len(waiting.block_hashes) == (41 + 8 - 1) // 4
+    assert num_hashed == len(running.block_hashes) + len(waiting.block_hashes)
 
 
 def test_waiting_queue_is_bounded() -> None:

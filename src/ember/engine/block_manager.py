@@ -41,7 +41,7 @@ class BlockManager:
         self._evictable: OrderedDict[int, None] = OrderedDict()  # cached, unreferenced; oldest free first
         self._cached: dict[BlockHash, int] = {}  # hash -> the one block holding that prefix
         self._tables: dict[str, list[int]] = {}
-        self._hashes: dict[str, list[BlockHash]] = {}  # per sequence: hashes of its full blocks so far
+        self._num_registered: dict[str, int] = {}  # per sequence: leading full blocks offered to the cache
         self._stats = PrefixCacheStats()
 
     # ---- queries ----------------------------------------------------------------------------------------
@@ -87,22 +87,18 @@ class BlockManager:
         """The longest cached prefix of the sequence's tokens, in full blocks, and its length in tokens.
 
         Never the whole sequence: at least one token is left to compute so there are logits to sample from.
-        Changes nothing; pass the blocks to allocate_slots in the same step to take them.
+        Changes nothing but the sequence's own block hashes; pass the blocks to allocate_slots in the same step
+        to take them.
         """
         if not self.uses_prefix_cache(sequence):
             return [], 0
-        namespace = cache_namespace(sequence.lora_key, sequence.cache_salt)
-        tokens = sequence.all_token_ids
-        size = self.block_size
         hits: list[int] = []
-        parent: BlockHash | None = None
-        for index in range((len(tokens) - 1) // size):
-            parent = hash_block(parent, tokens[index * size : (index + 1) * size], namespace)
-            block_id = self._cached.get(parent)
+        for index in range((sequence.num_tokens - 1) // self.block_size):
+            block_id = self._cached.get(self._block_hash(sequence, index))
             if block_id is None:
                 break
             hits.append(block_id)
-        return hits, len(hits) * size
+        return hits, len(hits) * self.block_size
 
     def allocate_slots(
         self, sequence: Sequence, num_new_tokens: int, computed_blocks: list[int] | None = None
@@ -137,22 +133,20 @@ class BlockManager:
 
         if table is None:
             table = self._tables[sequence.sequence_id] = []
-            self._hashes[sequence.sequence_id] = []
+            self._num_registered[sequence.sequence_id] = len(computed)  # cached already
             if self.uses_prefix_cache(sequence):
                 self._stats.queries += sequence.num_tokens
                 self._stats.hits += len(computed) * self.block_size
-        hashes = self._hashes[sequence.sequence_id]
         for block_id in computed:
             block = self._blocks[block_id]
             if block.ref_count == 0:
                 del self._evictable[block_id]
             block.ref_count += 1
             table.append(block_id)
-            hashes.append(block.block_hash)  # type: ignore[arg-type]  # checked above
         for _ in range(num_needed):
             table.append(self._take_free_block())
         if self.enable_prefix_caching:
-            self._register_full_blocks(sequence, table, hashes, total // self.block_size)
+            self._register_full_blocks(sequence, table, total // self.block_size)
         return True
 
     def free(self, sequence: Sequence, keep_cached: bool = True) -> None:
@@ -161,7 +155,7 @@ class BlockManager:
         allocation whose step never ran (a sequence preempted in the step that scheduled it); keep_cached=False
         uncaches them all (after a failed step their KV may be garbage)."""
         table = self._tables.pop(sequence.sequence_id, None) or []
-        self._hashes.pop(sequence.sequence_id, None)
+        self._num_registered.pop(sequence.sequence_id, None)
         num_written = sequence.num_computed_tokens // self.block_size if keep_cached else 0
         for index in reversed(range(len(table))):
             block = self._blocks[table[index]]
@@ -226,22 +220,29 @@ class BlockManager:
         block.ref_count = 1
         return block.block_id
 
-    def _register_full_blocks(
-        self, sequence: Sequence, table: list[int], hashes: list[BlockHash], num_full: int
-    ) -> None:
-        if len(hashes) >= num_full:
-            return
+    def _block_hash(self, sequence: Sequence, index: int) -> BlockHash:
+        """The hash of the sequence's full block `index`, from its kept hashes, extending them as needed."""
+        hashes = sequence.block_hashes
+        if index < len(hashes):
+            return hashes[index]
         tokens = sequence.all_token_ids
         size = self.block_size
         namespace = cache_namespace(sequence.lora_key, sequence.cache_salt)
-        for index in range(len(hashes), num_full):
-            block_hash = hash_block(
-                hashes[-1] if hashes else None, tokens[index * size : (index + 1) * size], namespace
-            )
-            hashes.append(block_hash)
+        for missing in range(len(hashes), index + 1):
+            parent = hashes[-1] if hashes else None
+            hashes.append(hash_block(parent, tokens[missing * size : (missing + 1) * size], namespace))
+        return hashes[index]
+
+    def _register_full_blocks(self, sequence: Sequence, table: list[int], num_full: int) -> None:
+        first = self._num_registered[sequence.sequence_id]
+        if first >= num_full:
+            return
+        for index in range(first, num_full):
+            block_hash = self._block_hash(sequence, index)
             block = self._blocks[table[index]]
             # Another block may already hold this prefix (computed in the same step, or skipped by a prompt-
             # logprob sequence): keep that one; this block stays private and is freed, not cached.
             if block_hash not in self._cached and block.block_hash is None:
                 block.block_hash = block_hash
                 self._cached[block_hash] = block.block_id
+        self._num_registered[sequence.sequence_id] = num_full

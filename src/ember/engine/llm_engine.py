@@ -5,10 +5,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from dataclasses import dataclass, field
 
 from ember.engine.detokenizer import IncrementalDetokenizer
-from ember.engine.engine_config import CacheConfig, SchedulerConfig
+from ember.engine.engine_config import CacheConfig, EngineConfig, SchedulerConfig
 from ember.engine.errors import QueueFullError
 from ember.engine.model_runner import ModelRunner, ModelRunnerOutput
 from ember.engine.outputs import RequestMetrics, RequestOutput
@@ -20,7 +19,6 @@ from ember.engine.sequence import Sequence, SequenceStatus
 from ember.engine.stats import EngineStats, StepTimer
 from ember.engine.stop_checker import StopChecker
 from ember.lora.adapter import LoraAdapter
-from ember.lora.config import LoraConfig
 from ember.lora.manager import LoraInfo, LoraManager
 from ember.models.kv_cache import allocate_kv_caches, kv_bytes_per_block
 from ember.models.loader import LoadedModel
@@ -36,20 +34,6 @@ _FINISH_STATUS = {
     "abort": SequenceStatus.FINISHED_ABORTED,
     "error": SequenceStatus.FINISHED_ERROR,
 }
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    """How much KV cache to reserve and how the scheduler batches; each part keeps its own section."""
-
-    cache: CacheConfig = field(default_factory=CacheConfig)
-    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
-    kv_cache_gib: float = 1.0
-    """Memory for the paged KV cache when cache.num_blocks is 0 (decided from this)."""
-    lora: LoraConfig = field(default_factory=LoraConfig)
-    adapt_threads: int = 0
-    """When > 0: re-measure the cores other processes leave free while running and move the compute thread count
-    between 1 and this many (`ember serve` without --threads: all cores it may use). 0: the count stays as set."""
 
 
 def child_sequence_id(request_id: str, index: int, count: int) -> str:
@@ -203,7 +187,9 @@ class LLMEngine:
         for state in request.sequences:
             if state.finish_reason is None:
                 self._finish(state, "abort", None)
-        return self._output(request)
+        output = self._output(request)
+        self._check_when_idle()
+        return output
 
     def fail_request(self, request_id: str, message: str) -> RequestOutput | None:
         """Ends the request with an error; its blocks leave the prefix cache, as their KV may be incomplete."""
@@ -214,10 +200,36 @@ class LLMEngine:
         for state in request.sequences:
             if state.finish_reason is None:
                 self._finish(state, "error", None)
-        return self._output(request)
+        output = self._output(request)
+        self._check_when_idle()
+        return output
 
     def has_unfinished(self) -> bool:
         return bool(self.requests)
+
+    def check_invariants(self) -> None:
+        """RuntimeError naming the first broken rule of the KV bookkeeping; when the engine is idle, also
+        anything still held: a block, a sequence or an adapter pin that no request owns any more."""
+        block_manager = self.scheduler.block_manager
+        block_manager.check_invariants()
+        if self.has_unfinished():
+            return
+        leaks = []
+        if block_manager.num_free_blocks != block_manager.num_usable_blocks:
+            leaks.append(f"{block_manager.num_usable_blocks - block_manager.num_free_blocks} KV blocks")
+        if self.scheduler.has_unfinished() or self.sequences:
+            leaks.append("sequences in the scheduler or the engine")
+        pinned = [info.name for info in self.lora_manager.list_adapters() if info.active_requests]
+        if pinned:
+            leaks.append(f"pins on adapters {pinned}")
+        if leaks:
+            raise RuntimeError(f"the engine is idle but still holds {', '.join(leaks)}")
+
+    def _check_when_idle(self) -> None:
+        """Debug mode (EngineConfig.debug_invariants, EMBER_DEBUG_INVARIANTS=1): check the bookkeeping each time
+        the engine runs out of work, as mini-sglang does; idle moments are when leaks show and checks are free."""
+        if self.config.debug_invariants and not self.has_unfinished():
+            self.check_invariants()
 
     # ---- adapters -------------------------------------------------------------------------------------
 
@@ -241,6 +253,7 @@ class LLMEngine:
         sched = self.scheduler.schedule()
         if not sched.scheduled:
             self.timer.cancel()
+            self._check_when_idle()
             return []
         self.timer.mark_forward_start()
         result = self.runner.execute(
@@ -250,6 +263,7 @@ class LLMEngine:
         outputs = self._postprocess(sched, result)
         self.timer.end()
         self.stats.record_step(sched, self.scheduler.stats())
+        self._check_when_idle()
         return outputs
 
     def _follow_free_cores(self, governor: ThreadGovernor) -> None:

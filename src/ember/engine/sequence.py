@@ -6,6 +6,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from ember.engine.prefix_hash import BlockHash
 from ember.engine.sampling_params import SamplingParams
 
 
@@ -60,6 +61,10 @@ class Sequence:
     num_cached_tokens: int = field(default=0, init=False)  # prefix-cache hit when first scheduled
     num_preemptions: int = field(default=0, init=False)
     status: SequenceStatus = field(default=SequenceStatus.WAITING, init=False)
+    # Chained hashes of the full blocks of all_token_ids, in order, as far as the block manager needed them
+    # (it alone knows the block size). Tokens are only ever appended, so a hash once computed stays true,
+    # across preemptions too: a waiting sequence is hashed once, not at every schedule().
+    block_hashes: list[BlockHash] = field(default_factory=list, init=False, repr=False)
     # prompt + outputs kept as one list so the hot path never concatenates
     _all_token_ids: list[int] = field(init=False, repr=False)
 
