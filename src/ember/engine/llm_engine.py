@@ -9,6 +9,7 @@ import time
 from ember.engine.detokenizer import IncrementalDetokenizer
 from ember.engine.engine_config import CacheConfig, EngineConfig, SchedulerConfig
 from ember.engine.errors import QueueFullError
+from ember.engine.generation_budget import resolve_max_tokens
 from ember.engine.model_runner import ModelRunner, ModelRunnerOutput
 from ember.engine.outputs import RequestMetrics, RequestOutput
 from ember.engine.request import Request, SequenceOutputState
@@ -94,13 +95,9 @@ class LLMEngine:
     # ---- requests in ----------------------------------------------------------------------------------
 
     def resolve_max_tokens(self, prompt_len: int, params: SamplingParams) -> int:
-        room = self.max_model_len - prompt_len
-        if room < 1:
-            raise ValueError(
-                f"the prompt has {prompt_len} tokens, which leaves no room to generate within the "
-                f"model's context length of {self.max_model_len} tokens"
-            )
-        return room if params.max_tokens is None else min(params.max_tokens, room)
+        """The request's generation budget (GenerationBudgetError, a ValueError, when the prompt leaves no room);
+        params.max_tokens is a cap, cut to the context left."""
+        return resolve_max_tokens(prompt_len, params.max_tokens, self.max_model_len)
 
     def add_request(
         self,
@@ -115,12 +112,10 @@ class LLMEngine:
     ) -> None:
         if request_id in self.requests:
             raise ValueError(f"request id {request_id!r} is already running")
-        if not prompt_token_ids:
-            raise ValueError("the prompt is empty; at least one token is needed")
+        max_tokens = self.resolve_max_tokens(len(prompt_token_ids), params)
         vocab = self.model.config.vocab_size
         if any(t < 0 or t >= vocab for t in prompt_token_ids):
             raise ValueError(f"prompt token ids must be in [0, {vocab})")
-        max_tokens = self.resolve_max_tokens(len(prompt_token_ids), params)
         # Compiled before anything is admitted: an invalid schema or grammar is the caller's ValueError.
         grammar = None if params.structured is None else self.grammar_compiler.compile(params.structured)
         now = arrival_time if arrival_time is not None else time.time()

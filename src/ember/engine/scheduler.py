@@ -16,6 +16,7 @@ from collections.abc import Callable
 from ember.engine.block_manager import BlockManager
 from ember.engine.engine_config import CacheConfig, SchedulerConfig
 from ember.engine.errors import QueueFullError
+from ember.engine.generation_budget import resolve_max_tokens
 from ember.engine.scheduler_output import ScheduledSequence, SchedulerOutput, SchedulerStats
 from ember.engine.sequence import Sequence, SequenceStatus
 
@@ -111,15 +112,8 @@ class Scheduler:
                 f"sequence {sequence.sequence_id!r} is not fresh (status {sequence.status.name})"
             )
         num_prompt = sequence.num_prompt_tokens
-        if num_prompt > config.max_model_len:
-            raise ValueError(
-                f"the prompt has {num_prompt} tokens, more than max_model_len {config.max_model_len}"
-            )
-        if num_prompt + sequence.max_tokens > config.max_model_len:
-            raise ValueError(
-                f"the prompt ({num_prompt} tokens) plus max_tokens ({sequence.max_tokens}) exceeds max_model_len "
-                f"{config.max_model_len}"
-            )
+        # The engine resolved max_tokens with the same rule; a sequence that does not fit would never finish.
+        resolve_max_tokens(num_prompt, sequence.max_tokens, config.max_model_len, behavior="error")
         # the last sampled token is never run, so a sequence holds at most prompt + max_tokens - 1 tokens of KV
         blocks_needed = self.block_manager.num_blocks_for(num_prompt + sequence.max_tokens - 1)
         if blocks_needed > self.block_manager.num_usable_blocks:

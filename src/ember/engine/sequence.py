@@ -50,7 +50,7 @@ class Sequence:
     sequence_id: str
     prompt_token_ids: list[int]
     sampling_params: SamplingParams
-    max_tokens: int  # resolved by the engine from sampling_params and the context left
+    max_tokens: int  # resolved by ember.engine.generation_budget from sampling_params and the context left
     arrival_time: float
     priority: int = 0  # lower runs first under the "priority" policy
     lora_key: str | None = None
@@ -75,10 +75,6 @@ class Sequence:
             raise ValueError(f"sequence {self.sequence_id!r}: the prompt has no tokens")
         if any(token_id < 0 for token_id in self.prompt_token_ids):
             raise ValueError(f"sequence {self.sequence_id!r}: prompt token ids must be non-negative")
-        if self.max_tokens < 1:
-            raise ValueError(
-                f"sequence {self.sequence_id!r}: max_tokens must be at least 1, got {self.max_tokens}"
-            )
         self.prompt_token_ids = list(self.prompt_token_ids)
         self._all_token_ids = list(self.prompt_token_ids)
 
