@@ -401,7 +401,14 @@ def step_checked(scheduler: Scheduler, kv: KVModel, live: dict[str, Sequence]) -
     """One step: check what was scheduled, write its KV, then check every context it attends to."""
     config = scheduler.scheduler_config
     starts = {sequence_id: sequence.num_computed_tokens for sequence_id, sequence in live.items()}
+    fresh = {
+        sequence_id for sequence_id, sequence in live.items() if sequence.status is SequenceStatus.WAITING
+    }
     output = step(scheduler)
+    # the runner sets up a sequence (its adapter key, seed, grammar) from `added`: each one once, when it first runs
+    first_runs = [s.sequence_id for s in output.scheduled if s.sequence_id in fresh]
+    assert [sequence.sequence_id for sequence in output.added] == first_runs
+    assert all(live[sequence.sequence_id] is sequence for sequence in output.added)
     assert output.num_batched_tokens == sum(len(s.token_ids) for s in output.scheduled)
     assert output.num_batched_tokens <= config.max_num_batched_tokens
     assert len({s.sequence_id for s in output.scheduled}) == len(output.scheduled) <= config.max_num_seqs
@@ -417,7 +424,6 @@ def step_checked(scheduler: Scheduler, kv: KVModel, live: dict[str, Sequence]) -
         assert scheduled.token_ids == sequence.all_token_ids[start:end]
         assert sequence.num_computed_tokens == end
         assert len(scheduled.block_ids) * kv.block_size >= end and 0 not in scheduled.block_ids
-        assert scheduled.lora_key == sequence.lora_key
         assert scheduled.needs_prompt_logprobs == (
             sequence.wants_prompt_logprobs and start < sequence.num_prompt_tokens
         )

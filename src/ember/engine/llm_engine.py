@@ -1,49 +1,38 @@
-"""The synchronous engine: add requests, then step() = schedule, run the batch, post-process."""
+"""The synchronous engine: add requests, then step() = schedule, run the batch, post-process.
+
+Who owns what: the scheduler owns each Sequence's place (waiting, running, preempted) and its KV blocks; the
+model runner owns per-sequence runtime state (random stream, grammar matcher, LoRA slot), which it sets up and
+lets go of only from SchedulerOutput.added / finished_ids; the engine owns each Request (text, logprobs,
+metrics, its adapter pins). The engine never reaches into the runner: the SchedulerOutput goes in, the
+ModelRunnerOutput comes back. docs/architecture.md draws the whole path.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 
-from ember.engine.detokenizer import IncrementalDetokenizer
 from ember.engine.engine_config import CacheConfig, EngineConfig, SchedulerConfig
 from ember.engine.errors import QueueFullError
 from ember.engine.generation_budget import resolve_max_tokens
+from ember.engine.invariants import check_engine_invariants
 from ember.engine.model_runner import ModelRunner, ModelRunnerOutput
 from ember.engine.outputs import RequestMetrics, RequestOutput
-from ember.engine.request import Request, SequenceOutputState
+from ember.engine.request import FINISH_STATUS, Request, SequenceOutputState, fan_out
 from ember.engine.sampling_params import SamplingParams
 from ember.engine.scheduler import Scheduler
 from ember.engine.scheduler_output import SchedulerOutput
-from ember.engine.sequence import Sequence, SequenceStatus
 from ember.engine.stats import EngineStats, StepTimer
-from ember.engine.stop_checker import StopChecker
 from ember.lora.adapter import LoraAdapter
 from ember.lora.manager import LoraInfo, LoraManager
 from ember.models.kv_cache import allocate_kv_caches, kv_bytes_per_block
 from ember.models.loader import LoadedModel
 from ember.structured.compiler import GrammarCompiler
-from ember.structured.matcher import GrammarMatcher
 from ember.threads import ThreadGovernor
 
+__all__ = ["EngineConfig", "LLMEngine"]  # EngineConfig lives in engine_config; many callers import it here
+
 logger = logging.getLogger(__name__)
-
-_FINISH_STATUS = {
-    "stop": SequenceStatus.FINISHED_STOPPED,
-    "length": SequenceStatus.FINISHED_LENGTH,
-    "abort": SequenceStatus.FINISHED_ABORTED,
-    "error": SequenceStatus.FINISHED_ERROR,
-}
-
-
-def child_sequence_id(request_id: str, index: int, count: int) -> str:
-    return request_id if count == 1 else f"{request_id}#{index}"
-
-
-def child_seed(seed: int, index: int) -> int:
-    """Distinct, reproducible streams for the n samples of one seeded request."""
-    return (seed * 1_000_003 + index) % (2**63)
 
 
 class LLMEngine:
@@ -76,7 +65,13 @@ class LLMEngine:
         for name, path in config.lora.adapters:
             self.lora_manager.register(name, path)
         self.runner = ModelRunner(
-            model.network, kv_caches, cache_cfg.block_size, model.device, eos, self.lora_manager
+            model.network,
+            kv_caches,
+            cache_cfg.block_size,
+            model.device,
+            eos,
+            lora_manager=self.lora_manager,
+            grammar_compiler=self.grammar_compiler,
         )
         self.scheduler = Scheduler(
             SchedulerConfig(**{**config.scheduler.__dict__, "max_model_len": self.max_model_len}),
@@ -118,60 +113,46 @@ class LLMEngine:
             raise ValueError(f"prompt token ids must be in [0, {vocab})")
         # Compiled before anything is admitted: an invalid schema or grammar is the caller's ValueError.
         grammar = None if params.structured is None else self.grammar_compiler.compile(params.structured)
-        now = arrival_time if arrival_time is not None else time.time()
-        request = Request(request_id, list(prompt_token_ids), params, RequestMetrics(arrival_time=now))
-        if params.prompt_logprobs is not None:
-            request.prompt_logprobs = [None] * len(prompt_token_ids)
         count = params.num_samples
-        # best_of ranks samples by cumulative logprob, so its sequences track logprobs even if not reported.
-        seq_params = params
-        if count > params.n and params.logprobs is None:
-            seq_params = dataclasses.replace(params, logprobs=0)
         room = self.config.scheduler.max_waiting - self.scheduler.num_waiting
         if count > room:  # all samples or none: a half-admitted request could never be answered
             raise QueueFullError(self.scheduler.num_waiting)
         if lora_id is not None and lora_id not in self.lora_manager:
             known = ", ".join(info.name for info in self.lora_manager.list_adapters()) or "none"
             raise ValueError(f"unknown LoRA adapter {lora_id!r} (registered: {known})")
-        # Each sequence pins the adapter until it finishes; the key names this registration in the prefix cache.
+        # The request pins its adapter once per sequence until it leaves the engine (_take_output); the key
+        # names this registration in the prefix cache and tells the runner which adapter the rows run with.
         lora_keys = [None if lora_id is None else self.lora_manager.acquire(lora_id) for _ in range(count)]
+        admitted: list[str] = []
         try:
-            for index in range(count):
-                sequence = Sequence(
-                    sequence_id=child_sequence_id(request_id, index, count),
-                    prompt_token_ids=list(prompt_token_ids),
-                    sampling_params=seq_params,
-                    arrival_time=now,
-                    priority=priority,
-                    lora_key=lora_keys[index],
-                    cache_salt=cache_salt,
-                    max_tokens=max_tokens,
-                )
-                state = SequenceOutputState(
-                    sequence=sequence,
-                    request_id=request_id,
-                    index=index,
-                    detokenizer=IncrementalDetokenizer(
-                        self.tokenizer, prompt_token_ids, params.skip_special_tokens
-                    ),
-                    stop_checker=StopChecker(params, self.eos_token_ids, max_tokens),
-                    logprobs=[] if seq_params.logprobs is not None else None,
-                )
-                request.sequences.append(state)
+            request = fan_out(
+                request_id,
+                prompt_token_ids,
+                params,
+                metrics=RequestMetrics(
+                    arrival_time=arrival_time if arrival_time is not None else time.time()
+                ),
+                max_tokens=max_tokens,
+                lora_keys=lora_keys,
+                grammar=grammar,
+                cache_salt=cache_salt,
+                priority=priority,
+                tokenizer=self.tokenizer,
+                eos_token_ids=self.eos_token_ids,
+            )
+            # Admit the first sample before the rest, so they find its prompt blocks in the prefix cache.
+            for state in request.sequences:
+                self.scheduler.add_sequence(state.sequence)
+                admitted.append(state.sequence.sequence_id)
         except BaseException:
+            for sequence_id in admitted:
+                self.scheduler.abort_sequence(sequence_id)
             for key in lora_keys:
                 if key is not None:
                     self.lora_manager.release(key)
             raise
-        # Admit the first sample before the rest, so they find its prompt blocks in the prefix cache.
         for state in request.sequences:
-            self.scheduler.add_sequence(state.sequence)
             self.sequences[state.sequence.sequence_id] = state
-            if params.seed is not None:
-                self.runner.register_seed(state.sequence.sequence_id, child_seed(params.seed, state.index))
-            if grammar is not None:
-                matcher = GrammarMatcher(self.grammar_compiler.grammar_tokenizer, grammar)
-                self.runner.register_matcher(state.sequence.sequence_id, matcher)
         self.requests[request_id] = request
 
     def abort_request(self, request_id: str) -> RequestOutput | None:
@@ -182,8 +163,8 @@ class LLMEngine:
         for state in request.sequences:
             if state.finish_reason is None:
                 self._finish(state, "abort", None)
-        output = self._output(request)
-        self._check_when_idle()
+        output = self._take_output(request)
+        self._settle_when_idle()
         return output
 
     def fail_request(self, request_id: str, message: str) -> RequestOutput | None:
@@ -191,12 +172,9 @@ class LLMEngine:
         request = self.requests.get(request_id)
         if request is None:
             return None
-        request.error = message
-        for state in request.sequences:
-            if state.finish_reason is None:
-                self._finish(state, "error", None)
-        output = self._output(request)
-        self._check_when_idle()
+        self._fail(request, message)
+        output = self._take_output(request)
+        self._settle_when_idle()
         return output
 
     def has_unfinished(self) -> bool:
@@ -204,26 +182,19 @@ class LLMEngine:
 
     def check_invariants(self) -> None:
         """RuntimeError naming the first broken rule of the KV bookkeeping; when the engine is idle, also
-        anything still held: a block, a sequence or an adapter pin that no request owns any more."""
-        block_manager = self.scheduler.block_manager
-        block_manager.check_invariants()
-        if self.has_unfinished():
-            return
-        leaks = []
-        if block_manager.num_free_blocks != block_manager.num_usable_blocks:
-            leaks.append(f"{block_manager.num_usable_blocks - block_manager.num_free_blocks} KV blocks")
-        if self.scheduler.has_unfinished() or self.sequences:
-            leaks.append("sequences in the scheduler or the engine")
-        pinned = [info.name for info in self.lora_manager.list_adapters() if info.active_requests]
-        if pinned:
-            leaks.append(f"pins on adapters {pinned}")
-        if leaks:
-            raise RuntimeError(f"the engine is idle but still holds {', '.join(leaks)}")
+        anything still held that no request owns any more (engine/invariants.py)."""
+        check_engine_invariants(self)
 
-    def _check_when_idle(self) -> None:
-        """Debug mode (EngineConfig.debug_invariants, EMBER_DEBUG_INVARIANTS=1): check the bookkeeping each time
-        the engine runs out of work, as mini-sglang does; idle moments are when leaks show and checks are free."""
-        if self.config.debug_invariants and not self.has_unfinished():
+    def _settle_when_idle(self) -> None:
+        """When the last request has left: hand the runner the finishes it has not heard of yet, through the one
+        channel there is (an empty SchedulerOutput), so an idle engine holds nothing. In debug mode
+        (EngineConfig.debug_invariants, EMBER_DEBUG_INVARIANTS=1) then check the bookkeeping, as mini-sglang
+        does: idle moments are when leaks show, and the check costs no step any time."""
+        if self.requests:
+            return
+        if self.scheduler.has_finished_to_report():
+            self.runner.execute(self.scheduler.schedule())
+        if self.config.debug_invariants:
             self.check_invariants()
 
     # ---- adapters -------------------------------------------------------------------------------------
@@ -247,18 +218,17 @@ class LLMEngine:
             self._follow_free_cores(self.thread_governor)
         sched = self.scheduler.schedule()
         if not sched.scheduled:
+            self.runner.execute(sched)  # nothing to run: the runner only lets go of what finished
             self.timer.cancel()
-            self._check_when_idle()
+            self._settle_when_idle()
             return []
         self.timer.mark_forward_start()
-        result = self.runner.execute(
-            sched, {s.sequence_id: self.sequences[s.sequence_id].sequence for s in sched.scheduled}
-        )
+        result = self.runner.execute(sched)
         self.timer.mark_forward_end()
         outputs = self._postprocess(sched, result)
         self.timer.end()
         self.stats.record_step(sched, self.scheduler.stats())
-        self._check_when_idle()
+        self._settle_when_idle()
         return outputs
 
     def _follow_free_cores(self, governor: ThreadGovernor) -> None:
@@ -289,10 +259,7 @@ class LLMEngine:
                 first, logprobs = scored
                 request.prompt_logprobs[first : first + len(logprobs)] = logprobs
             if item.sequence_id in result.errors:
-                request.error = result.errors[item.sequence_id]
-                for sibling in request.sequences:
-                    if sibling.finish_reason is None:
-                        self._finish(sibling, "error", None)
+                self._fail(request, result.errors[item.sequence_id])
                 touched[request.request_id] = request
                 continue
             token = result.sampled.get(item.sequence_id)
@@ -302,87 +269,48 @@ class LLMEngine:
             if request.metrics.first_token_time is None:
                 request.metrics.first_token_time = now
             try:
-                self._accept_token(state, token, result.logprobs.get(item.sequence_id))
+                grammar_finished = item.sequence_id in result.grammar_finished
+                self._accept_token(state, token, result.logprobs.get(item.sequence_id), grammar_finished)
             except Exception as exc:  # noqa: BLE001 - one request's failure must not stop the others
                 logger.exception("post-processing failed for sequence %s", item.sequence_id)
-                request.error = f"post-processing failed: {exc}"
-                for sibling in request.sequences:
-                    if sibling.finish_reason is None:
-                        self._finish(sibling, "error", None)
+                self._fail(request, f"post-processing failed: {exc}")
         outputs = []
         for request in touched.values():
-            output = self._output(request)
+            output = self._take_output(request)
             if output is not None:
                 outputs.append(output)
         return outputs
 
-    def _accept_token(self, state: SequenceOutputState, token: int, logprob) -> None:
+    def _accept_token(self, state: SequenceOutputState, token: int, logprob, grammar_finished: bool) -> None:
         if state.finish_reason is not None:
             return
-        sequence = state.sequence
-        sequence.append_output_token(token)
-        state.delta_token_ids.append(token)
-        if logprob is not None and state.logprobs is not None:
-            state.logprobs.append(logprob)
-            state.delta_logprobs.append(logprob)
-            state.cumulative_logprob += logprob.logprob
-        matcher = self.runner.matcher(sequence.sequence_id)
-        if matcher is not None:
-            matcher.accept(token)
-        new_text = state.detokenizer.add_tokens([token])
-        stop = state.stop_checker.check(token, new_text, sequence.num_output_tokens)
-        self._emit(state, stop.emit_text)
+        stop = state.add_token(token, logprob)
         if stop.finished:
-            self._finish(state, stop.finish_reason, stop.stop_reason)
-        elif matcher is not None and matcher.is_finished:
+            self._finish(state, stop.finish_reason, stop.stop_reason)  # type: ignore[arg-type]
+        elif grammar_finished:
             # The grammar admits nothing but EOS now: end here instead of spending a step to sample it.
-            self._emit(state, state.stop_checker.flush(state.detokenizer.flush()))
-            self._finish(state, "stop", None)
+            self._finish(state, "stop", None, flush=True)
 
-    def _emit(self, state: SequenceOutputState, text: str) -> None:
-        state.text += text
-        state.delta_text += text
+    def _fail(self, request: Request, message: str) -> None:
+        request.error = message
+        for state in request.sequences:
+            if state.finish_reason is None:
+                self._finish(state, "error", None)
 
-    def _finish(self, state: SequenceOutputState, reason: str, stop_reason: str | int | None) -> None:
-        state.finish_reason = reason
-        state.stop_reason = stop_reason
-        sid = state.sequence.sequence_id
-        # Text held back as a possible stop string, and incomplete bytes, are final now.
-        if reason == "length":
-            self._emit(state, state.stop_checker.flush(state.detokenizer.flush()))
-        self.scheduler.finish_sequence(sid, _FINISH_STATUS[reason])
-        self.runner.release(sid)
-        if state.sequence.lora_key is not None:
-            self.lora_manager.release(state.sequence.lora_key)
+    def _finish(
+        self, state: SequenceOutputState, reason: str, stop_reason: str | int | None, flush: bool = False
+    ) -> None:
+        """The scheduler frees the sequence's KV now and tells the runner in its next SchedulerOutput; the
+        adapter pin goes when the whole request leaves the engine (_take_output)."""
+        state.end(reason, stop_reason, flush=flush or reason == "length")
+        self.scheduler.finish_sequence(state.sequence.sequence_id, FINISH_STATUS[reason])
 
-    def _output(self, request: Request) -> RequestOutput | None:
-        finished = request.finished
-        if not finished and not request.streams_incrementally:
-            return None
-        chosen = request.chosen_sequences()
-        want_lps = request.params.logprobs is not None
-        outs = []
-        for new_index, state in enumerate(chosen):
-            out = state.take_output(want_lps)
-            out.index = new_index
-            if not want_lps:
-                out.logprobs = None
-            if not request.streams_incrementally:  # reported once, whole: the delta is everything
-                out.delta_text, out.delta_token_ids = out.text, list(out.token_ids)
-                out.delta_logprobs = list(out.logprobs) if out.logprobs is not None else None
-            outs.append(out)
-        if finished:
-            request.metrics.finished_time = time.time()
+    def _take_output(self, request: Request) -> RequestOutput | None:
+        output = request.take_output()
+        if request.finished:
             del self.requests[request.request_id]
             for state in request.sequences:
                 self.sequences.pop(state.sequence.sequence_id, None)
-        return RequestOutput(
-            request_id=request.request_id,
-            prompt_token_ids=request.prompt_token_ids,
-            outputs=outs,
-            finished=finished,
-            num_cached_tokens=request.num_cached_tokens,
-            prompt_logprobs=request.prompt_logprobs,
-            metrics=request.metrics,
-            error=request.error,
-        )
+                if state.sequence.lora_key is not None:
+                    self.lora_manager.release(state.sequence.lora_key)
+        return output

@@ -155,6 +155,7 @@ class Scheduler:
         budget = self.scheduler_config.max_num_batched_tokens
         planned: dict[str, tuple[Sequence, int]] = {}
         preempted: list[str] = []
+        added: list[Sequence] = []
 
         def remaining(sequence: Sequence) -> int:
             return sequence.num_tokens - sequence.num_computed_tokens
@@ -188,6 +189,7 @@ class Scheduler:
             if sequence.status is SequenceStatus.WAITING:
                 sequence.num_cached_tokens = num_cached
                 self._num_prompt_tokens += sequence.num_prompt_tokens
+                added.append(sequence)
             sequence.status = SequenceStatus.RUNNING
             sequence.num_computed_tokens = num_cached
             self._running.append(sequence)
@@ -199,6 +201,7 @@ class Scheduler:
         return SchedulerOutput(
             scheduled=scheduled,
             num_batched_tokens=self.scheduler_config.max_num_batched_tokens - budget,
+            added=added,
             preempted_ids=preempted,
             finished_ids=finished,
         )
@@ -207,6 +210,10 @@ class Scheduler:
 
     def has_unfinished(self) -> bool:
         return bool(self._sequences)
+
+    def has_finished_to_report(self) -> bool:
+        """Sequences finished since the last schedule(): the next SchedulerOutput tells the runner to let go."""
+        return bool(self._finished_ids)
 
     @property
     def num_waiting(self) -> int:
@@ -247,7 +254,6 @@ class Scheduler:
             start_position=start,
             block_ids=self.block_manager.block_ids(sequence.sequence_id),
             sample=end == sequence.num_tokens,
-            lora_key=sequence.lora_key,
             needs_prompt_logprobs=sequence.wants_prompt_logprobs and start < sequence.num_prompt_tokens,
         )
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ember.engine.sequence import Sequence
+
 
 @dataclass
 class ScheduledSequence:
@@ -14,7 +16,6 @@ class ScheduledSequence:
     start_position: int  # tokens already computed before this step
     block_ids: list[int]  # the whole block table, covering start_position + len(token_ids) tokens
     sample: bool  # every known token is computed after this step: sample the next one (False mid-prefill)
-    lora_key: str | None
     # the chunk covers prompt positions of a sequence that asked for prompt logprobs; after a preemption the
     # prompt is recomputed, so positions already answered may come again (start_position says which)
     needs_prompt_logprobs: bool
@@ -26,10 +27,12 @@ class ScheduledSequence:
 
 @dataclass
 class SchedulerOutput:
-    scheduled: list[
-        ScheduledSequence
-    ]  # running sequences first (decodes, then prefill chunks), then new ones
+    """The one channel from the scheduler to the model runner: what runs this step, and which sequences the
+    runner sets up (added) or lets go of (finished_ids) first."""
+
+    scheduled: list[ScheduledSequence]  # running ones first (decodes, then prefill chunks), then new ones
     num_batched_tokens: int
+    added: list[Sequence] = field(default_factory=list)  # scheduled for the first time (also in `scheduled`)
     preempted_ids: list[str] = field(default_factory=list)  # lost their KV this step; back in the queue
     finished_ids: list[str] = field(default_factory=list)  # finished or aborted since the previous step
 

@@ -44,7 +44,9 @@ class Sequence:
     """One generated sequence: an API request with n > 1 (or best_of) is fanned out by the engine into several.
 
     The scheduler advances `num_computed_tokens` when it schedules tokens; the engine appends each sampled
-    token with `append_output_token` and finishes the sequence through the scheduler.
+    token with `append_output_token` and finishes the sequence through the scheduler. The model runner reads
+    it (never writes it) from its first SchedulerOutput.added to its SchedulerOutput.finished_ids, and sets up
+    its own per-sequence state from `seed`, `grammar` and `lora_key`.
     """
 
     sequence_id: str
@@ -53,8 +55,10 @@ class Sequence:
     max_tokens: int  # resolved by ember.engine.generation_budget from sampling_params and the context left
     arrival_time: float
     priority: int = 0  # lower runs first under the "priority" policy
-    lora_key: str | None = None
+    lora_key: str | None = None  # the LoraManager key ("name#serial") of the adapter it runs with
     cache_salt: str | None = None  # tenants with different salts never share prefix-cache blocks
+    seed: int | None = None  # this sequence's own random stream (a seeded request's samples each get one)
+    grammar: str | None = None  # the compiled grammar its output must follow (structured output)
 
     output_token_ids: list[int] = field(default_factory=list, init=False)
     num_computed_tokens: int = field(default=0, init=False)  # tokens whose KV is (being) written
