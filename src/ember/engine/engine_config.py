@@ -84,5 +84,8 @@ class EngineConfig:
     adapt_threads: int = 0
     """When > 0: re-measure the cores other processes leave free while running and move the compute thread count
     between 1 and this many (`ember serve` without --threads: all cores it may use). 0: the count stays as set."""
+    fused_decode: bool = True
+    """Run decode-only batches through the native fused decode step when the model's weights are on the int8
+    kernels (packed GGUF on an AVX2 CPU); False keeps every step on the module-by-module torch path."""
     debug_invariants: bool = field(default_factory=debug_invariants_from_env)
     """Check the KV bookkeeping, and that nothing is left held, every time the engine runs out of work."""

@@ -72,6 +72,7 @@ class LLMEngine:
             eos,
             lora_manager=self.lora_manager,
             grammar_compiler=self.grammar_compiler,
+            fused_decode=config.fused_decode,
         )
         self.scheduler = Scheduler(
             SchedulerConfig(**{**config.scheduler.__dict__, "max_model_len": self.max_model_len}),
@@ -227,7 +228,7 @@ class LLMEngine:
         self.timer.mark_forward_end()
         outputs = self._postprocess(sched, result)
         self.timer.end()
-        self.stats.record_step(sched, self.scheduler.stats())
+        self.stats.record_step(sched, self.scheduler.stats(), result.forward_path)
         self._settle_when_idle()
         return outputs
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ember.engine.batch_inputs import BatchInputs, build_batch_inputs
+from ember.engine.forward_path import ForwardPath, NetworkForward
 from ember.engine.outputs import TokenLogprob
 from ember.engine.runner_states import RunnerSequence, RunnerStates
 from ember.engine.sampler import Sampler, SamplingRow
@@ -28,6 +29,7 @@ class ModelRunnerOutput:
     errors: dict[str, str] = field(default_factory=dict)  # sequences that failed this step, with the reason
     # constrained sequences whose grammar, with the token sampled now, admits nothing but end-of-sequence
     grammar_finished: set[str] = field(default_factory=set)
+    forward_path: ForwardPath | None = None  # which forward ran the batch; None when nothing was scheduled
 
 
 class ModelRunner:
@@ -43,8 +45,10 @@ class ModelRunner:
         eos_token_ids: tuple[int, ...],
         lora_manager: LoraManager | None = None,
         grammar_compiler: GrammarCompiler | None = None,
+        fused_decode: bool = True,
     ) -> None:
         self.network = network
+        self.forward = NetworkForward(network, fused_decode)
         self.kv_caches = kv_caches
         self.block_size = block_size
         self.device = device
@@ -80,12 +84,9 @@ class ModelRunner:
         if not sched.scheduled:
             return out
         batch = self.build_inputs(sched.scheduled)
-        if batch.lora is None:
-            hidden = self.network(batch.input_ids, batch.positions, batch.attn, self.kv_caches)  # [T, H]
-        else:
-            hidden = self.network(
-                batch.input_ids, batch.positions, batch.attn, self.kv_caches, lora=batch.lora
-            )
+        hidden, out.forward_path = self.forward(
+            batch.input_ids, batch.positions, batch.attn, self.kv_caches, batch.lora
+        )  # [T, H]
         live = [(item, self.states.get(item.sequence_id)) for item in sched.scheduled]
         for item, state in live:
             if state is not None and item.sequence_id in batch.prompt_logprob_spans:

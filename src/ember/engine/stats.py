@@ -6,6 +6,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from ember.engine.forward_path import ForwardPath
 from ember.engine.scheduler_output import SchedulerOutput, SchedulerStats
 
 
@@ -22,10 +23,18 @@ class EngineStats:
     generation_tokens_total: int = 0
     num_preemptions: int = 0
     num_steps: int = 0
+    num_fused_steps: int = 0  # steps the native fused decode step ran (ForwardPath.FUSED)
+    num_module_steps: int = 0  # steps DecoderModel.forward ran, module by module (ForwardPath.MODULES)
 
-    def record_step(self, sched: SchedulerOutput, stats: SchedulerStats) -> None:
-        """Counts one step and copies the scheduler's view as it stands after the step."""
+    def record_step(
+        self, sched: SchedulerOutput, stats: SchedulerStats, forward_path: ForwardPath | None
+    ) -> None:
+        """Counts one step and the forward that ran it, and copies the scheduler's view after the step."""
         self.num_steps += 1
+        if forward_path is ForwardPath.FUSED:
+            self.num_fused_steps += 1
+        elif forward_path is ForwardPath.MODULES:
+            self.num_module_steps += 1
         self.generation_tokens_total += sum(1 for item in sched.scheduled if item.sample)
         self.num_preemptions = stats.num_preemptions
         self.num_running = stats.num_running
