@@ -15,6 +15,7 @@ import time
 from ember.engine.engine_config import CacheConfig, EngineConfig, SchedulerConfig
 from ember.engine.errors import QueueFullError
 from ember.engine.generation_budget import resolve_max_tokens
+from ember.engine.generation_defaults import default_sampling_params
 from ember.engine.invariants import check_engine_invariants
 from ember.engine.model_runner import ModelRunner, ModelRunnerOutput
 from ember.engine.outputs import RequestMetrics, RequestOutput
@@ -53,6 +54,8 @@ class LLMEngine:
         kv_caches = allocate_kv_caches(mc, num_blocks, cache_cfg.block_size, dtype, model.device)
         eos = tuple(dict.fromkeys(model.generation.eos_token_ids + tuple(self.tokenizer.eos_token_ids)))
         self.eos_token_ids = eos
+        # The base for values a request leaves out (the API layer and LLM.generate build on it).
+        self.default_params = default_sampling_params(model.generation)
         self.grammar_compiler = GrammarCompiler(self.tokenizer, eos)
         self.lora_manager = LoraManager(
             config.lora.max_loaded,

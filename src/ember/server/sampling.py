@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from ember.engine import generation_budget
@@ -37,6 +37,7 @@ class SamplingLimits:
 
     vocab_size: int
     max_n: int
+    defaults: SamplingParams = field(default_factory=SamplingParams)  # for values a request leaves out
 
 
 # SamplingParams names the field first in each of its messages ("top_p must be in (0, 1]").
@@ -88,7 +89,7 @@ def build_sampling_params(
             )
     if structured is None:
         structured = response_format_spec(request.response_format)
-    defaults = SamplingParams()
+    defaults = limits.defaults
     try:
         return SamplingParams(
             n=n,
