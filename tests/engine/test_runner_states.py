@@ -4,11 +4,13 @@ finish or an abort is reported, and nothing is left once the engine is idle."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from ember.engine.llm_engine import LLMEngine
 from ember.engine.runner_states import RunnerSequence
 from ember.engine.sampling_params import SamplingParams
+from ember.engine.sequence import Sequence
 from ember.engine.testing import tiny_engine_config
 from ember.lora.adapter import LoraAdapter
 from ember.lora.targets import module_shapes
@@ -93,4 +95,31 @@ def test_a_finish_is_let_go_of_at_the_next_step_and_at_once_when_the_engine_goes
     engine.step()
     assert engine.runner.states.get("short") is None and engine.runner.states.get("long") is not None
     engine.abort_request("long")  # the last request: the engine hands the runner the abort at once
+    assert engine.runner.num_sequences == 0
+
+
+def test_a_sequence_whose_setup_fails_fails_its_request_alone(
+    tiny_llama: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = LLMEngine(tiny_llama, tiny_engine_config())
+    set_up = engine.runner.states._set_up
+
+    def failing_set_up(sequence: Sequence) -> RunnerSequence:
+        if sequence.sequence_id == "broken":
+            raise ValueError("no such grammar")
+        return set_up(sequence)
+
+    monkeypatch.setattr(engine.runner.states, "_set_up", failing_set_up)
+    prompt = tiny_llama.tokenizer.encode(TEXT)
+    params = SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True)
+    engine.add_request("fine", prompt, params)
+    engine.add_request("broken", prompt, params)
+    final = {}
+    while engine.has_unfinished():
+        for out in engine.step():
+            if out.finished:
+                final[out.request_id] = out
+    assert final["broken"].error == "setting up the sequence failed: no such grammar"
+    assert final["broken"].outputs[0].finish_reason == "error"
+    assert final["fine"].error is None and len(final["fine"].outputs[0].token_ids) == 4
     assert engine.runner.num_sequences == 0

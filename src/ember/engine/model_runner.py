@@ -87,6 +87,7 @@ class ModelRunner:
         hidden, out.forward_path = self.forward(
             batch.input_ids, batch.positions, batch.attn, self.kv_caches, batch.lora
         )  # [T, H]
+        # a sequence whose setup failed has no state: it is in out.errors and is neither scored nor sampled
         live = [(item, self.states.get(item.sequence_id)) for item in sched.scheduled]
         for item, state in live:
             if state is not None and item.sequence_id in batch.prompt_logprob_spans:
@@ -95,32 +96,36 @@ class ModelRunner:
                     item.start_position + 1,
                     self._prompt_logprobs(hidden[first : first + count], state, item.start_position),
                 )
-        # a sequence whose setup failed has no state: it is reported in errors and not sampled
-        sampling = [
-            (item, state, row)
-            for (item, state), row in zip(
-                [pair for pair in live if pair[0].sample], batch.sample_rows, strict=True
-            )
-            if state is not None
-        ]
+        sample_rows = iter(batch.sample_rows)
+        sampling = [(item, state, next(sample_rows)) for item, state in live if item.sample]
+        self._sample(out, [(item, state, row) for item, state, row in sampling if state is not None], hidden)
+        return out
+
+    def _sample(
+        self,
+        out: ModelRunnerOutput,
+        sampling: list[tuple[ScheduledSequence, RunnerSequence, int]],
+        hidden: torch.Tensor,
+    ) -> None:
+        """Sample one token per (sequence, its state, its row of hidden); advance grammar matchers past it."""
         if not sampling:
-            return out
-        samplers = [(item, state) for item, state, _ in sampling]
+            return
         logits = self.network.compute_logits(hidden[[row for _, _, row in sampling]]).float()  # [S, V]
-        rows = [self._sampling_row(state) for _, state in samplers]
-        self._apply_grammar_masks([state for _, state in samplers], rows, logits.shape[1])
+        states = [state for _, state, _ in sampling]
+        rows = [self._sampling_row(state) for state in states]
+        self._apply_grammar_masks(states, rows, logits.shape[1])
         try:
             result = self.sampler(logits, rows)
-            drawn = list(zip(samplers, result.token_ids, result.logprobs, strict=True))
+            drawn = list(zip(sampling, result.token_ids, result.logprobs, strict=True))
         except Exception:  # noqa: BLE001 - isolate the failing row, keep the others
             drawn = []
-            for i, (sampler_item, row) in enumerate(zip(samplers, rows, strict=True)):
+            for i, (entry, row) in enumerate(zip(sampling, rows, strict=True)):
                 try:
                     single = self.sampler(logits[i : i + 1], [row])
-                    drawn.append((sampler_item, single.token_ids[0], single.logprobs[0]))
+                    drawn.append((entry, single.token_ids[0], single.logprobs[0]))
                 except Exception as exc:  # noqa: BLE001
-                    out.errors[sampler_item[0].sequence_id] = f"sampling failed: {exc}"
-        for (item, state), token, logprob in drawn:
+                    out.errors[entry[0].sequence_id] = f"sampling failed: {exc}"
+        for (item, state, _), token, logprob in drawn:
             if state.matcher is not None:
                 try:
                     state.matcher.accept(token)
@@ -131,7 +136,6 @@ class ModelRunner:
                     out.grammar_finished.add(item.sequence_id)
             out.sampled[item.sequence_id] = token
             out.logprobs[item.sequence_id] = logprob
-        return out
 
     @staticmethod
     def _apply_grammar_masks(states: list[RunnerSequence], rows: list[SamplingRow], vocab: int) -> None:
