@@ -9,50 +9,50 @@ import pytest
 
 from ember.engine.block_manager import BlockManager
 from ember.engine.engine_config import CacheConfig
-from ember.engine.request import Request
 from ember.engine.sampling_params import SamplingParams
+from ember.engine.sequence import Sequence
 
 
-def make_request(
-    request_id: str,
+def make_sequence(
+    sequence_id: str,
     tokens: list[int],
-    lora_id: str | None = None,
+    lora_key: str | None = None,
     cache_salt: str | None = None,
     prompt_logprobs: int | None = None,
-) -> Request:
-    return Request(
-        request_id=request_id,
+) -> Sequence:
+    return Sequence(
+        sequence_id=sequence_id,
         prompt_token_ids=tokens,
         sampling_params=SamplingParams(prompt_logprobs=prompt_logprobs),
         max_tokens=16,
         arrival_time=0.0,
-        lora_id=lora_id,
+        lora_key=lora_key,
         cache_salt=cache_salt,
     )
 
 
-def admit(manager: BlockManager, request: Request) -> bool:
-    """Take the cached prefix and allocate the rest of the sequence, as the scheduler does for a new request."""
-    computed, num_cached = manager.get_computed_blocks(request)
-    if not manager.allocate_slots(request, request.num_tokens - num_cached, computed):
+def admit(manager: BlockManager, sequence: Sequence) -> bool:
+    """Take the cached prefix and allocate the rest of the sequence, as the scheduler does for a new sequence."""
+    computed, num_cached = manager.get_computed_blocks(sequence)
+    if not manager.allocate_slots(sequence, sequence.num_tokens - num_cached, computed):
         return False
-    request.num_computed_tokens = request.num_tokens
-    request.num_cached_tokens = num_cached
+    sequence.num_computed_tokens = sequence.num_tokens
+    sequence.num_cached_tokens = num_cached
     return True
 
 
-def decode(manager: BlockManager, request: Request, token_id: int) -> bool:
-    request.append_output_token(token_id)
-    if not manager.allocate_slots(request, 1):
+def decode(manager: BlockManager, sequence: Sequence, token_id: int) -> bool:
+    sequence.append_output_token(token_id)
+    if not manager.allocate_slots(sequence, 1):
         return False
-    request.num_computed_tokens += 1
+    sequence.num_computed_tokens += 1
     return True
 
 
 def test_modules_do_not_import_torch() -> None:
     code = (
         "import sys\n"
-        "import ember.engine.block_manager, ember.engine.scheduler, ember.engine.request\n"
+        "import ember.engine.block_manager, ember.engine.scheduler, ember.engine.sequence\n"
         "import ember.engine.kv_block, ember.engine.prefix_hash, ember.engine.engine_config\n"
         "import ember.engine.scheduler_output\n"
         "print('torch' in sys.modules)\n"
@@ -64,8 +64,8 @@ def test_modules_do_not_import_torch() -> None:
 def test_blocks_handed_out_lowest_free_first_then_least_recently_freed_cached() -> None:
     manager = BlockManager(num_blocks=8, block_size=4, enable_prefix_caching=True)
     assert manager.num_free_blocks == 7  # block 0 is the reserved null block
-    a = make_request("a", list(range(10)))  # 2 full blocks + 2 tokens
-    b = make_request("b", list(range(100, 105)))
+    a = make_sequence("a", list(range(10)))  # 2 full blocks + 2 tokens
+    b = make_sequence("b", list(range(100, 105)))
     assert admit(manager, a) and admit(manager, b)
     assert manager.block_ids("a") == [1, 2, 3]
     assert manager.block_ids("b") == [4, 5]
@@ -73,26 +73,26 @@ def test_blocks_handed_out_lowest_free_first_then_least_recently_freed_cached() 
     manager.free(a)  # full blocks 1, 2 stay cached; partial block 3 goes back to the free list
     assert manager.is_cached(1) and manager.is_cached(2) and not manager.is_cached(3)
     assert manager.num_free_blocks == 5
-    c = make_request("c", [7, 7, 7])
+    c = make_sequence("c", [7, 7, 7])
     assert admit(manager, c)
     assert manager.block_ids("c") == [3]
 
     # free list {6, 7} first, then eviction: a freed tail first, so block 2 goes before block 1
-    d = make_request("d", list(range(200, 212)))
+    d = make_sequence("d", list(range(200, 212)))
     assert admit(manager, d)
     assert manager.block_ids("d") == [6, 7, 2]
-    assert manager.get_computed_blocks(make_request("probe", list(range(10)))) == ([1], 4)
+    assert manager.get_computed_blocks(make_sequence("probe", list(range(10)))) == ([1], 4)
     manager.check_invariants()
 
 
 def test_shared_prefix_ref_counts_and_hits() -> None:
     manager = BlockManager(num_blocks=10, block_size=4, enable_prefix_caching=True)
     prompt = list(range(12))
-    a = make_request("a", prompt)
+    a = make_sequence("a", prompt)
     assert admit(manager, a)
     assert manager.block_ids("a") == [1, 2, 3]
 
-    b = make_request("b", prompt + [50, 51])
+    b = make_sequence("b", prompt + [50, 51])
     assert manager.get_computed_blocks(b) == ([1, 2, 3], 12)
     assert admit(manager, b)
     assert b.num_cached_tokens == 12
@@ -111,8 +111,8 @@ def test_shared_prefix_ref_counts_and_hits() -> None:
 
 def test_whole_prompt_is_never_a_hit() -> None:
     manager = BlockManager(num_blocks=10, block_size=4, enable_prefix_caching=True)
-    assert admit(manager, make_request("a", list(range(8))))
-    again = make_request("b", list(range(8)))
+    assert admit(manager, make_sequence("a", list(range(8))))
+    again = make_sequence("b", list(range(8)))
     # both blocks are cached, but the last token must be computed to have logits to sample from
     assert manager.get_computed_blocks(again) == ([1], 4)
     assert admit(manager, again)
@@ -124,8 +124,8 @@ def test_whole_prompt_is_never_a_hit() -> None:
 @pytest.mark.parametrize(
     ("first", "second"),
     [
-        ({"lora_id": "math"}, {"lora_id": None}),
-        ({"lora_id": "math"}, {"lora_id": "code"}),
+        ({"lora_key": "math"}, {"lora_key": None}),
+        ({"lora_key": "math"}, {"lora_key": "code"}),
         ({"cache_salt": "tenant-1"}, {"cache_salt": "tenant-2"}),
         ({"cache_salt": "tenant-1"}, {}),
         ({"cache_salt": ""}, {}),
@@ -136,16 +136,16 @@ def test_different_adapter_or_salt_never_shares(
 ) -> None:
     manager = BlockManager(num_blocks=10, block_size=4, enable_prefix_caching=True)
     prompt = list(range(13))
-    assert admit(manager, make_request("a", prompt, **first))
-    assert manager.get_computed_blocks(make_request("b", prompt, **second)) == ([], 0)
-    assert manager.get_computed_blocks(make_request("c", prompt, **first)) == ([1, 2, 3], 12)
+    assert admit(manager, make_sequence("a", prompt, **first))
+    assert manager.get_computed_blocks(make_sequence("b", prompt, **second)) == ([], 0)
+    assert manager.get_computed_blocks(make_sequence("c", prompt, **first)) == ([1, 2, 3], 12)
 
 
 def test_prompt_logprobs_requests_skip_hits() -> None:
     manager = BlockManager(num_blocks=10, block_size=4, enable_prefix_caching=True)
     prompt = list(range(13))
-    assert admit(manager, make_request("a", prompt))
-    wanting_logprobs = make_request("b", prompt, prompt_logprobs=0)
+    assert admit(manager, make_sequence("a", prompt))
+    wanting_logprobs = make_sequence("b", prompt, prompt_logprobs=0)
     assert manager.get_computed_blocks(wanting_logprobs) == ([], 0)
     assert admit(manager, wanting_logprobs)
     assert manager.block_ids("b") == [5, 6, 7, 8]
@@ -154,31 +154,31 @@ def test_prompt_logprobs_requests_skip_hits() -> None:
 def test_lru_eviction_order_of_freed_cached_blocks() -> None:
     manager = BlockManager(num_blocks=7, block_size=2, enable_prefix_caching=True)
     prompts = {"a": [1, 2, 3, 4], "b": [5, 6, 7, 8], "c": [9, 10, 11, 12]}
-    requests = {name: make_request(name, tokens) for name, tokens in prompts.items()}
-    for request in requests.values():
-        assert admit(manager, request)
+    sequences = {name: make_sequence(name, tokens) for name, tokens in prompts.items()}
+    for sequence in sequences.values():
+        assert admit(manager, sequence)
     assert [manager.block_ids(name) for name in "abc"] == [[1, 2], [3, 4], [5, 6]]
     for name in "acb":
-        manager.free(requests[name])
+        manager.free(sequences[name])
     assert manager.num_free_blocks == 6 and manager.usage == 0.0
 
     # free list is empty: evict least recently freed first (a's tail block, then a's head, then c's tail)
     evicted_into = []
     for index in range(3):
-        fresh = make_request(f"new{index}", [90 + index])
+        fresh = make_sequence(f"new{index}", [90 + index])
         assert admit(manager, fresh)
-        evicted_into += manager.block_ids(fresh.request_id)
+        evicted_into += manager.block_ids(fresh.sequence_id)
     assert evicted_into == [2, 1, 6]
 
     def probe(name: str) -> tuple[list[int], int]:
-        return manager.get_computed_blocks(make_request("probe", prompts[name] + [0]))
+        return manager.get_computed_blocks(make_sequence("probe", prompts[name] + [0]))
 
     assert probe("a") == ([], 0)
     assert probe("c") == ([5], 2)  # the chain stops at the evicted block 6
     assert probe("b") == ([3, 4], 4)
 
     # a hit takes b's blocks out of the evictable set; the next eviction is c's remaining block
-    reuse = make_request("reuse", prompts["b"] + [0])
+    reuse = make_sequence("reuse", prompts["b"] + [0])
     assert admit(manager, reuse)
     assert manager.block_ids("reuse") == [3, 4, 5]
     assert probe("c") == ([], 0)
@@ -187,28 +187,28 @@ def test_lru_eviction_order_of_freed_cached_blocks() -> None:
 
 def test_partial_block_is_shared_only_once_full() -> None:
     manager = BlockManager(num_blocks=12, block_size=4, enable_prefix_caching=True)
-    a = make_request("a", list(range(6)))
+    a = make_sequence("a", list(range(6)))
     assert admit(manager, a)
     follower = list(range(6)) + [60, 61, 62]
-    assert manager.get_computed_blocks(make_request("b", follower)) == ([1], 4)
+    assert manager.get_computed_blocks(make_sequence("b", follower)) == ([1], 4)
     assert not manager.is_cached(2)
 
     # a decodes two tokens: its second block becomes full and enters the cache
     assert decode(manager, a, 6) and decode(manager, a, 7)
     assert manager.is_cached(2)
-    assert manager.get_computed_blocks(make_request("c", list(range(8)) + [1])) == ([1, 2], 8)
-    assert manager.get_computed_blocks(make_request("d", follower)) == ([1], 4)
+    assert manager.get_computed_blocks(make_sequence("c", list(range(8)) + [1])) == ([1, 2], 8)
+    assert manager.get_computed_blocks(make_sequence("d", follower)) == ([1], 4)
 
 
 def test_failed_allocation_changes_nothing() -> None:
     manager = BlockManager(num_blocks=5, block_size=4, enable_prefix_caching=True)
     shared = list(range(8))
-    a = make_request("a", shared + [8])
+    a = make_sequence("a", shared + [8])
     assert admit(manager, a)
     assert manager.block_ids("a") == [1, 2, 3]
     manager.free(a)  # blocks 2, 1 evictable; 3 free
 
-    big = make_request("big", shared + list(range(100, 109)))  # 17 tokens: 5 blocks, the cache has 4
+    big = make_sequence("big", shared + list(range(100, 109)))  # 17 tokens: 5 blocks, the cache has 4
     computed, num_cached = manager.get_computed_blocks(big)
     assert (computed, num_cached) == ([1, 2], 8)
     assert not manager.allocate_slots(big, big.num_tokens - num_cached, computed)
@@ -216,11 +216,11 @@ def test_failed_allocation_changes_nothing() -> None:
     assert manager.num_free_blocks == 4
     assert manager.ref_count(1) == 0 and manager.ref_count(2) == 0
     assert manager.prefix_cache_stats.queries == 9  # the failed attempt is not counted
-    assert manager.get_computed_blocks(make_request("again", shared + [0])) == ([1, 2], 8)
+    assert manager.get_computed_blocks(make_sequence("again", shared + [0])) == ([1, 2], 8)
     manager.check_invariants()
 
     # revived cached blocks count once: 2 hits + 2 new blocks fill the 4 usable blocks exactly
-    fits = make_request("fits", shared + list(range(100, 107)))  # 15 tokens: 4 blocks, 2 of them hits
+    fits = make_sequence("fits", shared + list(range(100, 107)))  # 15 tokens: 4 blocks, 2 of them hits
     assert admit(manager, fits)
     assert manager.block_ids("fits") == [1, 2, 3, 4]
     assert manager.num_free_blocks == 0
@@ -229,30 +229,30 @@ def test_failed_allocation_changes_nothing() -> None:
 
 def test_free_returns_every_block_and_preempted_step_blocks_are_not_cached() -> None:
     manager = BlockManager(num_blocks=9, block_size=4, enable_prefix_caching=True)
-    a = make_request("a", list(range(10)))
+    a = make_sequence("a", list(range(10)))
     assert admit(manager, a)
-    b = make_request("b", list(range(100, 112)))
+    b = make_sequence("b", list(range(100, 112)))
     # scheduled 8 tokens but preempted before its step ran: num_computed_tokens stayed 0
     assert manager.allocate_slots(b, 8)
     assert manager.is_cached(manager.block_ids("b")[0])
     manager.free(b)
-    assert manager.get_computed_blocks(make_request("probe", list(range(100, 112)))) == ([], 0)
+    assert manager.get_computed_blocks(make_sequence("probe", list(range(100, 112)))) == ([], 0)
 
     manager.free(a, keep_cached=False)  # after a failed step nothing of a's may be reused
-    assert manager.get_computed_blocks(make_request("probe", list(range(10)))) == ([], 0)
+    assert manager.get_computed_blocks(make_sequence("probe", list(range(10)))) == ([], 0)
     assert manager.num_free_blocks == 8 and manager.usage == 0.0
     manager.check_invariants()
 
 
 def test_reset_prefix_cache_forgets_everything() -> None:
     manager = BlockManager(num_blocks=9, block_size=4, enable_prefix_caching=True)
-    a = make_request("a", list(range(9)))
-    held = make_request("held", list(range(50, 59)))
+    a = make_sequence("a", list(range(9)))
+    held = make_sequence("held", list(range(50, 59)))
     assert admit(manager, a) and admit(manager, held)
     manager.free(a)
     manager.reset_prefix_cache()
-    assert manager.get_computed_blocks(make_request("x", list(range(9)))) == ([], 0)
-    assert manager.get_computed_blocks(make_request("y", list(range(50, 59)))) == ([], 0)
+    assert manager.get_computed_blocks(make_sequence("x", list(range(9)))) == ([], 0)
+    assert manager.get_computed_blocks(make_sequence("y", list(range(50, 59)))) == ([], 0)
     manager.free(held)
     assert manager.num_free_blocks == 8
     manager.check_invariants()
@@ -260,10 +260,10 @@ def test_reset_prefix_cache_forgets_everything() -> None:
 
 def test_prefix_caching_disabled_never_hits() -> None:
     manager = BlockManager(num_blocks=9, block_size=4, enable_prefix_caching=False)
-    a = make_request("a", list(range(9)))
+    a = make_sequence("a", list(range(9)))
     assert admit(manager, a)
     manager.free(a)
-    assert manager.get_computed_blocks(make_request("b", list(range(9)))) == ([], 0)
+    assert manager.get_computed_blocks(make_sequence("b", list(range(9)))) == ([], 0)
     assert not any(manager.is_cached(i) for i in range(9))
     assert manager.prefix_cache_stats.queries == 0
 
@@ -276,10 +276,10 @@ def test_invalid_use_raises_value_error() -> None:
     with pytest.raises(ValueError, match="num_blocks"):
         CacheConfig(num_blocks=1)
     manager = BlockManager(num_blocks=9, block_size=4, enable_prefix_caching=True)
-    request = make_request("a", [1, 2, 3])
+    sequence = make_sequence("a", [1, 2, 3])
     with pytest.raises(ValueError, match="cannot schedule up to token 4"):
-        manager.allocate_slots(request, 4)
+        manager.allocate_slots(sequence, 4)
     with pytest.raises(ValueError, match="num_new_tokens"):
-        manager.allocate_slots(request, 0)
+        manager.allocate_slots(sequence, 0)
     with pytest.raises(ValueError, match="prompt has no tokens"):
-        make_request("empty", [])
+        make_sequence("empty", [])

@@ -52,7 +52,7 @@ def test_200_mixed_requests_finish_with_no_leaked_blocks(tiny_llama: LoadedModel
     assert set(finished.values()) <= {"stop", "length", "abort"}
     bm = engine.scheduler.block_manager
     assert bm.num_free_blocks == engine.num_blocks - 1
-    assert not engine.parents and not engine.sequences and not engine.runner._seeds
+    assert not engine.requests and not engine.sequences and engine.runner.num_sequences == 0
     assert engine.stats.num_preemptions > 0 and engine.stats.prefix_cache_hits > 0
 
 

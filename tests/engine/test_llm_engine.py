@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import pytest
 import torch
 
 from ember.engine.llm_engine import LLMEngine
@@ -41,7 +44,7 @@ def assert_no_leak(engine: LLMEngine) -> None:
     bm = engine.scheduler.block_manager
     bm.check_invariants()
     assert bm.num_free_blocks == engine.num_blocks - 1, "every block except the null block is free again"
-    assert not engine.parents and not engine.sequences
+    assert not engine.requests and not engine.sequences
 
 
 def test_batched_greedy_equals_one_at_a_time(tiny_llama: LoadedModel) -> None:
@@ -235,3 +238,35 @@ def test_max_tokens_stop_token_and_min_tokens(tiny_llama: LoadedModel) -> None:
         [SamplingParams(max_tokens=12, min_tokens=k + 2, temperature=0.0, stop_token_ids=[stop_at])],
     )["r0"].outputs[0]
     assert len(held.token_ids) >= k + 2 and stop_at not in held.token_ids[: k + 1]
+
+
+def test_debug_mode_checks_the_bookkeeping_each_time_the_engine_goes_idle(
+    tiny_llama: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = LLMEngine(tiny_llama, dataclasses.replace(tiny_engine_config(), debug_invariants=True))
+    manager = engine.scheduler.block_manager
+    busy_at_check: list[bool] = []
+    check = manager.check_invariants
+    monkeypatch.setattr(
+        manager, "check_invariants", lambda: (busy_at_check.append(engine.has_unfinished()), check())[1]
+    )
+    ids = encode_all(tiny_llama, PROMPTS[:2])
+    greedy = SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True)
+    run(engine, ids, [greedy, greedy])
+    assert busy_at_check == [False], "checked once, when the work ran out; never while busy"
+    engine.add_request("gone", ids[0], SamplingParams(max_tokens=50))
+    engine.step()
+    engine.abort_request("gone")
+    assert busy_at_check == [False, False]
+
+    manager._take_free_block()  # a block nobody holds: the next idle moment reports it
+    with pytest.raises(RuntimeError, match="ref count 1 but 0 holders"):
+        run(engine, ids[:1], [greedy])
+
+
+def test_without_debug_mode_nothing_is_checked(
+    tiny_llama: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = LLMEngine(tiny_llama, dataclasses.replace(tiny_engine_config(), debug_invariants=False))
+    monkeypatch.setattr(engine.scheduler.block_manager, "check_invariants", lambda: pytest.fail("checked"))
+    run(engine, encode_all(tiny_llama, PROMPTS[:1]), [SamplingParams(max_tokens=2)])

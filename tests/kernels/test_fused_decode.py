@@ -3,13 +3,19 @@ int8 kernel path, on tiny packed models of awkward shapes; and its refusal of ba
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 
 import pytest
 import torch
 from fused_models import VARIANTS, DecodeBatch, Variant, build_models, decode_batch
 
+from ember.engine.forward_path import ForwardPath, NetworkForward
+from ember.engine.llm_engine import LLMEngine
+from ember.engine.sampling_params import SamplingParams
+from ember.engine.testing import tiny_engine_config, tiny_loaded_model
 from ember.kernels import decode_step as native_step
+from ember.models.fused_decode import FusedDecodeStack
 from ember.models.llama import DecoderModel
 
 pytestmark = pytest.mark.usefixtures("fused_decode_kernels")
@@ -17,11 +23,14 @@ pytestmark = pytest.mark.usefixtures("fused_decode_kernels")
 
 def forward(
     model: DecoderModel, batch: DecodeBatch, fused: bool
-) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
-    model.fused_decode = fused
+) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]], ForwardPath]:
+    """The batch as the engine's runner runs it, with the fused decode step allowed or not."""
     caches = batch.cloned_caches()
     with torch.inference_mode():
-        return model(batch.input_ids, batch.positions, batch.attn, caches), caches
+        hidden, path = NetworkForward(model, fused_decode=fused)(
+            batch.input_ids, batch.positions, batch.attn, caches
+        )
+    return hidden, caches, path
 
 
 def row_errors(ours: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -49,11 +58,12 @@ def test_fused_step_matches_the_reference_paths(
 ) -> None:
     _, kernel, reference = models
     batch = decode_batch(kernel.config, m, seed=m + threads)
-    fused, fused_caches = forward(kernel, batch, fused=True)
-    assert kernel._fused is not None, "the kernel model must take the fused path"
-    modules, module_caches = forward(kernel, batch, fused=False)
-    exact, exact_caches = forward(reference, batch, fused=True)
-    assert reference._fused is None, "the fp32 reference never takes the fused path"
+    fused, fused_caches, path = forward(kernel, batch, fused=True)
+    assert path is ForwardPath.FUSED, "the kernel model must take the fused path"
+    modules, module_caches, path = forward(kernel, batch, fused=False)
+    assert path is ForwardPath.MODULES
+    exact, exact_caches, path = forward(reference, batch, fused=True)
+    assert path is ForwardPath.MODULES, "the fp32 reference never takes the fused path"
 
     # The same int8 rounding as the module path: only the float summation order differs, which now and then moves
     # one activation across a rounding edge (one int8 step, < 1% of the row).
@@ -95,20 +105,21 @@ def test_batches_with_a_prefill_chunk_take_the_module_path(
     attn.slot_mapping = torch.cat([attn.slot_mapping[:2], torch.tensor([first_slot]), attn.slot_mapping[2:]])
     batch.input_ids = torch.cat([batch.input_ids, batch.input_ids[-1:]])
     batch.positions = torch.tensor([0, 15, 15, 16])
-    fused, _ = forward(kernel, batch, fused=True)
-    modules, _ = forward(kernel, batch, fused=False)
+    fused, _, path = forward(kernel, batch, fused=True)
+    assert path is ForwardPath.MODULES
+    modules, _, _ = forward(kernel, batch, fused=False)
     assert torch.equal(fused, modules)
 
 
 def _step_args(kernel: DecoderModel, batch: DecodeBatch) -> dict[str, object]:
-    fused = kernel._fused_stack()
+    fused = FusedDecodeStack.build(kernel)
     assert fused is not None
     h = kernel.embed_tokens(batch.input_ids)
     cos, sin = kernel.rotary.cos_sin(batch.positions, torch.float32)
     assert batch.attn.block_tables is not None and batch.attn.slot_mapping is not None
     return dict(
         layer_table=fused.table,
-        dims=fused.dims,
+        dims=dataclasses.replace(fused.dims, block_size=batch.attn.block_size),  # as run() sets it per step
         x=h,
         final_norm=fused.final_norm,
         cos=cos,
@@ -138,7 +149,6 @@ def test_bad_batches_are_refused_before_any_work(
     _, kernel, _ = models
     batch = decode_batch(kernel.config, 3, seed=11)
     with torch.inference_mode():
-        forward(kernel, batch, fused=True)  # builds the stack
         args = _step_args(kernel, batch)
         before = [(k.clone(), v.clone()) for k, v in batch.caches]
         break_it(args)
@@ -146,5 +156,22 @@ def test_bad_batches_are_refused_before_any_work(
             native_step.decode_step(**args)  # type: ignore[arg-type]
     for (k, v), (bk, bv) in zip(batch.caches, before, strict=True):
         assert torch.equal(k, bk) and torch.equal(v, bv), "a refused step writes nothing"
-    fused, _ = forward(kernel, batch, fused=True)  # and the model keeps serving
-    assert bool(torch.isfinite(fused).all())
+    fused, _, path = forward(kernel, batch, fused=True)  # and the model keeps serving
+    assert path is ForwardPath.FUSED and bool(torch.isfinite(fused).all())
+
+
+@pytest.mark.parametrize("fused_decode", [True, False], ids=["fused-on", "fused-off"])
+def test_the_engine_counts_the_forward_each_step_ran(fused_decode: bool) -> None:
+    """The runner picks the path; the step stats say which ran: the prefill step on the modules, the decodes
+    fused when the engine allows it."""
+    kernel, _ = build_models(VARIANTS[0])
+    loaded = dataclasses.replace(tiny_loaded_model("llama"), network=kernel, config=kernel.config)
+    engine = LLMEngine(loaded, dataclasses.replace(tiny_engine_config(), fused_decode=fused_decode))
+    greedy = SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True)
+    engine.add_request("a", [5, 6, 7, 8, 9], greedy)
+    engine.add_request("b", list(range(20, 60)), greedy)
+    while engine.has_unfinished():
+        engine.step()
+    stats = engine.stats
+    assert stats.num_steps == 6 and stats.num_fused_steps + stats.num_module_steps == stats.num_steps
+    assert (stats.num_module_steps, stats.num_fused_steps) == ((1, 5) if fused_decode else (6, 0))

@@ -80,6 +80,19 @@ def test_sampling_params_follow_the_request() -> None:
     )
 
 
+def test_values_a_request_leaves_out_come_from_the_checkpoints_defaults() -> None:
+    from ember.engine.sampling_params import SamplingParams
+
+    # as LLMEngine.default_params holds a checkpoint's temperature, top_p and top_k
+    checkpoint = SamplingParams(temperature=0.6, top_p=0.9, top_k=20)
+    limits = SamplingLimits(vocab_size=100, max_n=4, defaults=checkpoint)
+    omitted = build_sampling_params(validate_body(CompletionRequest, {"prompt": "x"}), limits, max_tokens=4)
+    assert (omitted.temperature, omitted.top_p, omitted.top_k, omitted.min_p) == (0.6, 0.9, 20, 0.0)
+    body = validate_body(CompletionRequest, {"prompt": "x", "temperature": 1.0, "top_k": -1})
+    chosen = build_sampling_params(body, limits, max_tokens=4)
+    assert (chosen.temperature, chosen.top_p, chosen.top_k) == (1.0, 0.9, 0), "the request's own values win"
+
+
 @pytest.mark.parametrize(
     ("field", "value", "param"),
     [

@@ -60,7 +60,7 @@ def decode_throughput(engine: LLMEngine, prompts: PromptMaker, streams: int, new
     ids = [f"decode-{streams}-{i}" for i in range(streams)]
     for rid in ids:
         engine.add_request(rid, prompts.make(32), _greedy(new_tokens + 1))
-    while any(engine.sequences[rid].request.num_output_tokens == 0 for rid in ids):
+    while any(engine.sequences[rid].sequence.num_output_tokens == 0 for rid in ids):
         engine.step()
     engine.timer.step_times.clear()
     engine.timer.overhead_times.clear()

@@ -68,6 +68,7 @@ class AsyncEngine:
         self.max_model_len = engine.max_model_len
         self.chat_template = engine.model.chat_template
         self.model_name = engine.model.name
+        self.default_params = engine.default_params  # the checkpoint's defaults: the base for omitted values
         self.max_waiting = engine.config.scheduler.max_waiting
         self._commands: queue.SimpleQueue[_Add | _Abort | _Call | None] = queue.SimpleQueue()
         self._wake = threading.Event()
@@ -305,7 +306,7 @@ class AsyncEngine:
             self._stats = stats
 
     def _fail_all(self, exc: BaseException) -> None:
-        for request_id in list(self.engine.parents):
+        for request_id in list(self.engine.requests):
             self.engine.fail_request(request_id, str(exc))
         with self._lock:
             streams = list(self._streams.values())

@@ -1,10 +1,10 @@
-"""Which KV blocks each request holds, with prefix caching over full blocks.
+"""Which KV blocks each sequence holds, with prefix caching over full blocks.
 
 Block 0 is reserved as the null block: it is never handed out, so padding entries of block tables and
-slot mappings (which point at 0) can never overwrite a request's KV.
+slot mappings (which point at 0) can never overwrite a sequence's KV.
 
 Handing out order: a new block is the lowest-numbered block of the free list (blocks that hold no cached
-prefix). Only when that list is empty is a cached block evicted, least recently freed first. A request frees
+prefix). Only when that list is empty is a cached block evicted, least recently freed first. A sequence frees
 its blocks tail first, so its deepest blocks are evicted before the prefix it may share with others.
 """
 
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from ember.engine.kv_block import KVBlock
 from ember.engine.prefix_hash import BlockHash, cache_namespace, hash_block
-from ember.engine.request import Request
+from ember.engine.sequence import Sequence
 
 
 @dataclass
@@ -25,10 +25,6 @@ class PrefixCacheStats:
 
     queries: int = 0
     hits: int = 0
-
-    @property
-    def hit_rate(self) -> float:
-        return self.hits / self.queries if self.queries else 0.0
 
 
 class BlockManager:
@@ -45,7 +41,7 @@ class BlockManager:
         self._evictable: OrderedDict[int, None] = OrderedDict()  # cached, unreferenced; oldest free first
         self._cached: dict[BlockHash, int] = {}  # hash -> the one block holding that prefix
         self._tables: dict[str, list[int]] = {}
-        self._hashes: dict[str, list[BlockHash]] = {}  # per request: hashes of its full blocks so far
+        self._num_registered: dict[str, int] = {}  # per sequence: leading full blocks offered to the cache
         self._stats = PrefixCacheStats()
 
     # ---- queries ----------------------------------------------------------------------------------------
@@ -61,16 +57,16 @@ class BlockManager:
 
     @property
     def usage(self) -> float:
-        """Fraction of usable blocks held by requests (evictable cached blocks count as free)."""
+        """Fraction of usable blocks held by sequences (evictable cached blocks count as free)."""
         return 1.0 - self.num_free_blocks / self.num_usable_blocks
 
     @property
     def prefix_cache_stats(self) -> PrefixCacheStats:
         return PrefixCacheStats(self._stats.queries, self._stats.hits)
 
-    def block_ids(self, request_id: str) -> list[int]:
-        """The request's block table (a copy); empty when it holds no blocks."""
-        return list(self._tables.get(request_id, ()))
+    def block_ids(self, sequence_id: str) -> list[int]:
+        """The sequence's block table (a copy); empty when it holds no blocks."""
+        return list(self._tables.get(sequence_id, ()))
 
     def ref_count(self, block_id: int) -> int:
         return self._blocks[block_id].ref_count
@@ -81,57 +77,53 @@ class BlockManager:
     def num_blocks_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
 
-    def uses_prefix_cache(self, request: Request) -> bool:
-        """Prompt-logprob requests need logits at every prompt position, so they never take cached KV."""
-        return self.enable_prefix_caching and not request.wants_prompt_logprobs
+    def uses_prefix_cache(self, sequence: Sequence) -> bool:
+        """Prompt-logprob sequences need logits at every prompt position, so they never take cached KV."""
+        return self.enable_prefix_caching and not sequence.wants_prompt_logprobs
 
     # ---- allocation -------------------------------------------------------------------------------------
 
-    def get_computed_blocks(self, request: Request) -> tuple[list[int], int]:
-        """The longest cached prefix of the request's tokens, in full blocks, and its length in tokens.
+    def get_computed_blocks(self, sequence: Sequence) -> tuple[list[int], int]:
+        """The longest cached prefix of the sequence's tokens, in full blocks, and its length in tokens.
 
         Never the whole sequence: at least one token is left to compute so there are logits to sample from.
-        Changes nothing; pass the blocks to allocate_slots in the same step to take them.
+        Changes nothing but the sequence's own block hashes; pass the blocks to allocate_slots in the same step
+        to take them.
         """
-        if not self.uses_prefix_cache(request):
+        if not self.uses_prefix_cache(sequence):
             return [], 0
-        namespace = cache_namespace(request.lora_id, request.cache_salt)
-        tokens = request.all_token_ids
-        size = self.block_size
         hits: list[int] = []
-        parent: BlockHash | None = None
-        for index in range((len(tokens) - 1) // size):
-            parent = hash_block(parent, tokens[index * size : (index + 1) * size], namespace)
-            block_id = self._cached.get(parent)
+        for index in range((sequence.num_tokens - 1) // self.block_size):
+            block_id = self._cached.get(self._block_hash(sequence, index))
             if block_id is None:
                 break
             hits.append(block_id)
-        return hits, len(hits) * size
+        return hits, len(hits) * self.block_size
 
     def allocate_slots(
-        self, request: Request, num_new_tokens: int, computed_blocks: list[int] | None = None
+        self, sequence: Sequence, num_new_tokens: int, computed_blocks: list[int] | None = None
     ) -> bool:
-        """Grow the request's table to hold its computed tokens, `computed_blocks` and `num_new_tokens` more.
+        """Grow the sequence's table to hold its computed tokens, `computed_blocks` and `num_new_tokens` more.
 
         Returns False, changing nothing, when there are not enough free blocks. Blocks that become full with
         the new tokens enter the prefix cache now: their KV is written by the step these tokens run in.
         """
         computed = computed_blocks or []
-        table = self._tables.get(request.request_id)
+        table = self._tables.get(sequence.sequence_id)
         if num_new_tokens < 1:
             raise ValueError(f"num_new_tokens must be at least 1, got {num_new_tokens}")
-        if computed and (table or request.num_computed_tokens):
+        if computed and (table or sequence.num_computed_tokens):
             raise ValueError(
-                f"request {request.request_id!r}: computed blocks are only taken by a request holding none"
+                f"sequence {sequence.sequence_id!r}: computed blocks are only taken by a sequence holding none"
             )
         if any(self._blocks[block_id].block_hash is None for block_id in computed):
             raise ValueError(
-                f"request {request.request_id!r}: a computed block is no longer in the prefix cache"
+                f"sequence {sequence.sequence_id!r}: a computed block is no longer in the prefix cache"
             )
-        total = request.num_computed_tokens + len(computed) * self.block_size + num_new_tokens
-        if total > request.num_tokens:
+        total = sequence.num_computed_tokens + len(computed) * self.block_size + num_new_tokens
+        if total > sequence.num_tokens:
             raise ValueError(
-                f"request {request.request_id!r}: cannot schedule up to token {total}, it has {request.num_tokens}"
+                f"sequence {sequence.sequence_id!r}: cannot schedule up to token {total}, it has {sequence.num_tokens}"
             )
         num_held = len(table or ()) + len(computed)
         num_needed = max(0, self.num_blocks_for(total) - num_held)
@@ -140,33 +132,31 @@ class BlockManager:
             return False
 
         if table is None:
-            table = self._tables[request.request_id] = []
-            self._hashes[request.request_id] = []
-            if self.uses_prefix_cache(request):
-                self._stats.queries += request.num_tokens
+            table = self._tables[sequence.sequence_id] = []
+            self._num_registered[sequence.sequence_id] = len(computed)  # cached already
+            if self.uses_prefix_cache(sequence):
+                self._stats.queries += sequence.num_tokens
                 self._stats.hits += len(computed) * self.block_size
-        hashes = self._hashes[request.request_id]
         for block_id in computed:
             block = self._blocks[block_id]
             if block.ref_count == 0:
                 del self._evictable[block_id]
             block.ref_count += 1
             table.append(block_id)
-            hashes.append(block.block_hash)  # type: ignore[arg-type]  # checked above
         for _ in range(num_needed):
             table.append(self._take_free_block())
         if self.enable_prefix_caching:
-            self._register_full_blocks(request, table, hashes, total // self.block_size)
+            self._register_full_blocks(sequence, table, total // self.block_size)
         return True
 
-    def free(self, request: Request, keep_cached: bool = True) -> None:
-        """Drop the request's references, tail first. A full cached block within `request.num_computed_tokens`
+    def free(self, sequence: Sequence, keep_cached: bool = True) -> None:
+        """Drop the sequence's references, tail first. A full cached block within `sequence.num_computed_tokens`
         stays cached (evictable); the rest return to the free list. That uncaches blocks registered by an
-        allocation whose step never ran (a request preempted in the step that scheduled it); keep_cached=False
+        allocation whose step never ran (a sequence preempted in the step that scheduled it); keep_cached=False
         uncaches them all (after a failed step their KV may be garbage)."""
-        table = self._tables.pop(request.request_id, None) or []
-        self._hashes.pop(request.request_id, None)
-        num_written = request.num_computed_tokens // self.block_size if keep_cached else 0
+        table = self._tables.pop(sequence.sequence_id, None) or []
+        self._num_registered.pop(sequence.sequence_id, None)
+        num_written = sequence.num_computed_tokens // self.block_size if keep_cached else 0
         for index in reversed(range(len(table))):
             block = self._blocks[table[index]]
             block.ref_count -= 1
@@ -181,7 +171,7 @@ class BlockManager:
             heapq.heappush(self._free, block.block_id)
 
     def reset_prefix_cache(self) -> None:
-        """Forget every cached prefix; blocks in use stay with their requests but will not be shared."""
+        """Forget every cached prefix; blocks in use stay with their sequences but will not be shared."""
         for block_id in self._evictable:
             heapq.heappush(self._free, block_id)
         self._evictable.clear()
@@ -192,9 +182,9 @@ class BlockManager:
     def check_invariants(self) -> None:
         """Raise RuntimeError naming the first broken bookkeeping rule (for tests and debug runs)."""
         holders = [0] * self.num_blocks
-        for request_id, table in self._tables.items():
+        for sequence_id, table in self._tables.items():
             if len(set(table)) != len(table):
-                raise RuntimeError(f"request {request_id!r} holds a block twice: {table}")
+                raise RuntimeError(f"sequence {sequence_id!r} holds a block twice: {table}")
             for block_id in table:
                 holders[block_id] += 1
         free, evictable = set(self._free), set(self._evictable)
@@ -230,22 +220,29 @@ class BlockManager:
         block.ref_count = 1
         return block.block_id
 
-    def _register_full_blocks(
-        self, request: Request, table: list[int], hashes: list[BlockHash], num_full: int
-    ) -> None:
-        if len(hashes) >= num_full:
-            return
-        tokens = request.all_token_ids
+    def _block_hash(self, sequence: Sequence, index: int) -> BlockHash:
+        """The hash of the sequence's full block `index`, from its kept hashes, extending them as needed."""
+        hashes = sequence.block_hashes
+        if index < len(hashes):
+            return hashes[index]
+        tokens = sequence.all_token_ids
         size = self.block_size
-        namespace = cache_namespace(request.lora_id, request.cache_salt)
-        for index in range(len(hashes), num_full):
-            block_hash = hash_block(
-                hashes[-1] if hashes else None, tokens[index * size : (index + 1) * size], namespace
-            )
-            hashes.append(block_hash)
+        namespace = cache_namespace(sequence.lora_key, sequence.cache_salt)
+        for missing in range(len(hashes), index + 1):
+            parent = hashes[-1] if hashes else None
+            hashes.append(hash_block(parent, tokens[missing * size : (missing + 1) * size], namespace))
+        return hashes[index]
+
+    def _register_full_blocks(self, sequence: Sequence, table: list[int], num_full: int) -> None:
+        first = self._num_registered[sequence.sequence_id]
+        if first >= num_full:
+            return
+        for index in range(first, num_full):
+            block_hash = self._block_hash(sequence, index)
             block = self._blocks[table[index]]
             # Another block may already hold this prefix (computed in the same step, or skipped by a prompt-
-            # logprob request): keep that one; this block stays private and is freed, not cached.
+            # logprob sequence): keep that one; this block stays private and is freed, not cached.
             if block_hash not in self._cached and block.block_hash is None:
                 block.block_hash = block_hash
                 self._cached[block_hash] = block.block_id
+        self._num_registered[sequence.sequence_id] = num_full

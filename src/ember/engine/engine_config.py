@@ -1,8 +1,11 @@
-"""Settings of the KV cache and of the scheduler, each its own small frozen dataclass."""
+"""Settings of the engine: the KV cache, the scheduler and the engine as a whole, each its own frozen dataclass."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
+
+from ember.lora.config import LoraConfig
 
 SCHEDULING_POLICIES = ("fcfs", "priority")
 
@@ -62,3 +65,27 @@ class SchedulerConfig:
             raise ValueError(
                 f"unknown scheduling policy {self.policy!r}; expected one of {SCHEDULING_POLICIES}"
             )
+
+
+def debug_invariants_from_env() -> bool:
+    """EMBER_DEBUG_INVARIANTS=1 (the test suite sets it) turns the engine's idle-time checks on."""
+    return os.environ.get("EMBER_DEBUG_INVARIANTS", "") not in ("", "0")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How much KV cache to reserve and how the scheduler batches; each part keeps its own section."""
+
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    kv_cache_gib: float = 1.0
+    """Memory for the paged KV cache when cache.num_blocks is 0 (decided from this)."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    adapt_threads: int = 0
+    """When > 0: re-measure the cores other processes leave free while running and move the compute thread count
+    between 1 and this many (`ember serve` without --threads: all cores it may use). 0: the count stays as set."""
+    fused_decode: bool = True
+    """Run decode-only batches through the native fused decode step when the model's weights are on the int8
+    kernels (packed GGUF on an AVX2 CPU); False keeps every step on the module-by-module torch path."""
+    debug_invariants: bool = field(default_factory=debug_invariants_from_env)
+    """Check the KV bookkeeping, and that nothing is left held, every time the engine runs out of work."""

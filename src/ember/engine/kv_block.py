@@ -15,5 +15,5 @@ class KVBlock:
     """
 
     block_id: int
-    ref_count: int = 0  # requests whose block table holds this block
+    ref_count: int = 0  # sequences whose block table holds this block
     block_hash: BlockHash | None = None  # set once the block is full and registered in the prefix cache

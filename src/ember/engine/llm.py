@@ -31,8 +31,10 @@ class LLM:
         prompts: list[str] | list[list[int]],
         params: SamplingParams | list[SamplingParams] | None = None,
     ) -> list[RequestOutput]:
-        """Outputs in the order of the prompts; string prompts are tokenized as the completions API does."""
-        params_list = params if isinstance(params, list) else [params or SamplingParams()] * len(prompts)
+        """Outputs in the order of the prompts; string prompts are tokenized as the completions API does.
+        Without params, the checkpoint's generation defaults apply (LLMEngine.default_params)."""
+        default = params or self.engine.default_params
+        params_list = params if isinstance(params, list) else [default] * len(prompts)
         if len(params_list) != len(prompts):
             raise ValueError("give one SamplingParams, or one per prompt")
         order: list[str] = []

@@ -6,41 +6,35 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ember.engine.batch_inputs import BatchInputs, build_batch_inputs
+from ember.engine.forward_path import ForwardPath, NetworkForward
 from ember.engine.outputs import TokenLogprob
-from ember.engine.request import Request
+from ember.engine.runner_states import RunnerSequence, RunnerStates
 from ember.engine.sampler import Sampler, SamplingRow
-from ember.engine.scheduler_output import ScheduledRequest, SchedulerOutput
-from ember.lora.layers import LoraContext
+from ember.engine.scheduler_output import ScheduledSequence, SchedulerOutput
 from ember.lora.manager import LoraManager
 from ember.models.attention_metadata import AttentionMetadata
-from ember.structured.matcher import GrammarMatcher, allowed_token_masks
+from ember.structured.compiler import GrammarCompiler
+from ember.structured.matcher import allowed_token_masks
 
 
 @dataclass
 class ModelRunnerOutput:
-    """What one step produced, keyed by request id (only requests that sampled appear in `sampled`)."""
+    """What one step produced, keyed by sequence id (only sequences that sampled appear in `sampled`)."""
 
     sampled: dict[str, int] = field(default_factory=dict)
     logprobs: dict[str, TokenLogprob | None] = field(default_factory=dict)
-    # request id -> (position of the first scored prompt token, logprobs of that and the following tokens)
+    # sequence id -> (position of the first scored prompt token, logprobs of that and the following tokens)
     prompt_logprobs: dict[str, tuple[int, list[TokenLogprob]]] = field(default_factory=dict)
-    errors: dict[str, str] = field(default_factory=dict)  # requests whose sampling failed, with the reason
-
-
-@dataclass
-class BatchInputs:
-    input_ids: torch.Tensor  # [T]
-    positions: torch.Tensor  # [T]
-    attn: AttentionMetadata
-    sample_rows: list[int]  # index into the flattened batch of each sampling request's last token
-    prompt_logprob_spans: dict[
-        str, tuple[int, int]
-    ]  # request id -> (first row, num rows) for prompt logprobs
-    lora: LoraContext | None = None  # which rows run which adapter; None when every row is the base model
+    errors: dict[str, str] = field(default_factory=dict)  # sequences that failed this step, with the reason
+    # constrained sequences whose grammar, with the token sampled now, admits nothing but end-of-sequence
+    grammar_finished: set[str] = field(default_factory=set)
+    forward_path: ForwardPath | None = None  # which forward ran the batch; None when nothing was scheduled
 
 
 class ModelRunner:
-    """Owns the network, its paged KV cache and the per-sequence random generators."""
+    """Owns the network, its paged KV cache and every sequence's runner-side state (RunnerStates), which it
+    sets up and lets go of only as each SchedulerOutput says."""
 
     def __init__(
         self,
@@ -50,17 +44,17 @@ class ModelRunner:
         device: torch.device,
         eos_token_ids: tuple[int, ...],
         lora_manager: LoraManager | None = None,
+        grammar_compiler: GrammarCompiler | None = None,
+        fused_decode: bool = True,
     ) -> None:
         self.network = network
-        self.lora_manager = lora_manager
+        self.forward = NetworkForward(network, fused_decode)
         self.kv_caches = kv_caches
         self.block_size = block_size
         self.device = device
         self.eos_token_ids = eos_token_ids
         self.sampler = Sampler()
-        self._seeds: dict[str, int] = {}
-        self._generators: dict[str, torch.Generator] = {}
-        self._matchers: dict[str, GrammarMatcher] = {}
+        self.states = RunnerStates(grammar_compiler, lora_manager)
 
     @staticmethod
     def num_threads() -> int:
@@ -71,166 +65,107 @@ class ModelRunner:
     def set_num_threads(count: int) -> None:
         torch.set_num_threads(count)
 
-    def register_seed(self, request_id: str, seed: int) -> None:
-        """A seeded sequence draws only from its own generator, so the batch around it cannot change it."""
-        self._seeds[request_id] = seed
+    @property
+    def num_sequences(self) -> int:
+        """Sequences the runner holds state for: 0 once every finish has been reported to it."""
+        return len(self.states)
 
-    def register_matcher(self, request_id: str, matcher: GrammarMatcher) -> None:
-        """A constrained sequence: each of its sampling rows gets the matcher's allowed-token mask."""
-        self._matchers[request_id] = matcher
-
-    def matcher(self, request_id: str) -> GrammarMatcher | None:
-        return self._matchers.get(request_id)
-
-    def release(self, request_id: str) -> None:
-        self._seeds.pop(request_id, None)
-        self._generators.pop(request_id, None)
-        self._matchers.pop(request_id, None)
-
-    def build_inputs(self, scheduled: list[ScheduledRequest], requests: dict[str, Request]) -> BatchInputs:
-        ids: list[int] = []
-        positions: list[int] = []
-        slots: list[int] = []
-        query_lens: list[int] = []
-        context_lens: list[int] = []
-        sample_rows: list[int] = []
-        spans: dict[str, tuple[int, int]] = {}
-        bs = self.block_size
+    def build_inputs(self, scheduled: list[ScheduledSequence]) -> BatchInputs:
+        adapters = []
         for item in scheduled:
-            n = len(item.token_ids)
-            start = len(ids)
-            ids.extend(item.token_ids)
-            pos = range(item.start_position, item.start_position + n)
-            positions.extend(pos)
-            table = item.block_ids
-            slots.extend(table[p // bs] * bs + p % bs for p in pos)
-            query_lens.append(n)
-            context_lens.append(item.start_position + n)
-            if item.sample:
-                sample_rows.append(start + n - 1)
-            if item.needs_prompt_logprobs:
-                spans[item.request_id] = (start, n)
-        max_blocks = max(len(item.block_ids) for item in scheduled)
-        # One tensor from padded lists: a tensor per row costs ~8 us each, a visible share of a 32-stream step.
-        table = torch.tensor(
-            [list(item.block_ids) + [0] * (max_blocks - len(item.block_ids)) for item in scheduled],
-            dtype=torch.int64,
-        )  # [S, max_blocks]
-        qlens = torch.tensor(query_lens, dtype=torch.int64)
-        start_loc = torch.zeros(len(scheduled) + 1, dtype=torch.int64)
-        start_loc[1:] = torch.cumsum(qlens, 0)
-        dev = self.device
-        attn = AttentionMetadata(
-            query_lens=query_lens,
-            context_lens=context_lens,
-            query_start_loc=start_loc.to(dev),
-            context_lens_tensor=torch.tensor(context_lens, dtype=torch.int64, device=dev),
-            block_tables=table.to(dev),
-            slot_mapping=torch.tensor(slots, dtype=torch.int64, device=dev),
-            block_size=bs,
-        )
-        return BatchInputs(
-            input_ids=torch.tensor(ids, dtype=torch.int64, device=dev),
-            positions=torch.tensor(positions, dtype=torch.int64, device=dev),
-            attn=attn,
-            sample_rows=sample_rows,
-            prompt_logprob_spans=spans,
-            lora=self._lora_context(scheduled),
-        )
-
-    def _lora_context(self, scheduled: list[ScheduledRequest]) -> LoraContext | None:
-        """Base rows and rows of several adapters share one forward; each adapter touches only its rows."""
-        if all(item.lora_id is None for item in scheduled):
-            return None
-        if self.lora_manager is None:
-            raise ValueError("a request names a LoRA adapter but this runner has no adapter manager")
-        manager = self.lora_manager
-        return LoraContext.for_batch(
-            [
-                (None if item.lora_id is None else manager.adapter_for_key(item.lora_id), item.num_tokens)
-                for item in scheduled
-            ]
-        )
+            state = self.states.get(item.sequence_id)
+            adapters.append(None if state is None else state.adapter)
+        return build_batch_inputs(scheduled, adapters, self.block_size, self.device)
 
     @torch.inference_mode()
-    def execute(self, sched: SchedulerOutput, requests: dict[str, Request]) -> ModelRunnerOutput:
-        batch = self.build_inputs(sched.scheduled, requests)
-        if batch.lora is None:
-            hidden = self.network(batch.input_ids, batch.positions, batch.attn, self.kv_caches)  # [T, H]
-        else:
-            hidden = self.network(
-                batch.input_ids, batch.positions, batch.attn, self.kv_caches, lora=batch.lora
-            )
-        out = ModelRunnerOutput()
-        for item in sched.scheduled:
-            if item.request_id in batch.prompt_logprob_spans:
-                first, count = batch.prompt_logprob_spans[item.request_id]
-                out.prompt_logprobs[item.request_id] = (
-                    item.start_position + 1,
-                    self._prompt_logprobs(
-                        hidden[first : first + count], requests[item.request_id], item.start_position
-                    ),
-                )
-        samplers = [item for item in sched.scheduled if item.sample]
-        if not samplers:
+    def execute(self, sched: SchedulerOutput) -> ModelRunnerOutput:
+        """Set up and let go of per-sequence state as `sched` says, then run what it schedules (if anything)."""
+        out = ModelRunnerOutput(errors=self.states.update(sched))
+        if not sched.scheduled:
             return out
-        logits = self.network.compute_logits(hidden[batch.sample_rows]).float()  # [S, V]
-        rows = [self._sampling_row(requests[item.request_id]) for item in samplers]
-        self._apply_grammar_masks(samplers, rows, logits.shape[1])
-        try:
-            result = self.sampler(logits, rows)
-            pairs = list(zip(samplers, result.token_ids, result.logprobs, strict=True))
-        except Exception:  # noqa: BLE001 - isolate the failing row, keep the others
-            pairs = []
-            for i, (item, row) in enumerate(zip(samplers, rows, strict=True)):
-                try:
-                    single = self.sampler(logits[i : i + 1], [row])
-                    pairs.append((item, single.token_ids[0], single.logprobs[0]))
-                except Exception as exc:  # noqa: BLE001
-                    out.errors[item.request_id] = f"sampling failed: {exc}"
-        for item, token, logprob in pairs:
-            out.sampled[item.request_id] = token
-            out.logprobs[item.request_id] = logprob
+        batch = self.build_inputs(sched.scheduled)
+        hidden, out.forward_path = self.forward(
+            batch.input_ids, batch.positions, batch.attn, self.kv_caches, batch.lora
+        )  # [T, H]
+        # a sequence whose setup failed has no state: it is in out.errors and is neither scored nor sampled
+        live = [(item, self.states.get(item.sequence_id)) for item in sched.scheduled]
+        for item, state in live:
+            if state is not None and item.sequence_id in batch.prompt_logprob_spans:
+                first, count = batch.prompt_logprob_spans[item.sequence_id]
+                out.prompt_logprobs[item.sequence_id] = (
+                    item.start_position + 1,
+                    self._prompt_logprobs(hidden[first : first + count], state, item.start_position),
+                )
+        sample_rows = iter(batch.sample_rows)
+        sampling = [(item, state, next(sample_rows)) for item, state in live if item.sample]
+        self._sample(out, [(item, state, row) for item, state, row in sampling if state is not None], hidden)
         return out
 
-    def _apply_grammar_masks(
-        self, samplers: list[ScheduledRequest], rows: list[SamplingRow], vocab: int
+    def _sample(
+        self,
+        out: ModelRunnerOutput,
+        sampling: list[tuple[ScheduledSequence, RunnerSequence, int]],
+        hidden: torch.Tensor,
     ) -> None:
+        """Sample one token per (sequence, its state, its row of hidden); advance grammar matchers past it."""
+        if not sampling:
+            return
+        logits = self.network.compute_logits(hidden[[row for _, _, row in sampling]]).float()  # [S, V]
+        states = [state for _, state, _ in sampling]
+        rows = [self._sampling_row(state) for state in states]
+        self._apply_grammar_masks(states, rows, logits.shape[1])
+        try:
+            result = self.sampler(logits, rows)
+            drawn = list(zip(sampling, result.token_ids, result.logprobs, strict=True))
+        except Exception:  # noqa: BLE001 - isolate the failing row, keep the others
+            drawn = []
+            for i, (entry, row) in enumerate(zip(sampling, rows, strict=True)):
+                try:
+                    single = self.sampler(logits[i : i + 1], [row])
+                    drawn.append((entry, single.token_ids[0], single.logprobs[0]))
+                except Exception as exc:  # noqa: BLE001
+                    out.errors[entry[0].sequence_id] = f"sampling failed: {exc}"
+        for (item, state, _), token, logprob in drawn:
+            if state.matcher is not None:
+                try:
+                    state.matcher.accept(token)
+                except Exception as exc:  # noqa: BLE001 - one sequence's failure must not stop the others
+                    out.errors[item.sequence_id] = f"sampling failed: {exc}"
+                    continue
+                if state.matcher.is_finished:
+                    out.grammar_finished.add(item.sequence_id)
+            out.sampled[item.sequence_id] = token
+            out.logprobs[item.sequence_id] = logprob
+
+    @staticmethod
+    def _apply_grammar_masks(states: list[RunnerSequence], rows: list[SamplingRow], vocab: int) -> None:
         """Only constrained rows pay for a mask; the others keep allowed_token_ids_mask None."""
-        constrained = [i for i, item in enumerate(samplers) if item.request_id in self._matchers]
+        constrained = [i for i, state in enumerate(states) if state.matcher is not None]
         if not constrained:
             return
-        matchers = [self._matchers[samplers[i].request_id] for i in constrained]
-        masks = allowed_token_masks(matchers, vocab)  # [C, V]
+        masks = allowed_token_masks([states[i].matcher for i in constrained], vocab)  # type: ignore[misc]
         for k, i in enumerate(constrained):
             rows[i].allowed_token_ids_mask = masks[k]
 
-    def _prompt_logprobs(self, hidden: torch.Tensor, request: Request, start: int) -> list[TokenLogprob]:
+    def _prompt_logprobs(self, hidden: torch.Tensor, state: RunnerSequence, start: int) -> list[TokenLogprob]:
         """Row i (position start+i) predicts the token at start+i+1; only prompt tokens are scored."""
-        prompt = request.prompt_token_ids
+        sequence = state.sequence
+        prompt = sequence.prompt_token_ids
         targets = prompt[start + 1 : start + 1 + hidden.shape[0]]
         if not targets:
             return []
         logits = self.network.compute_logits(hidden[: len(targets)]).float()  # [P, V]
-        k = request.sampling_params.prompt_logprobs or 0
+        k = sequence.sampling_params.prompt_logprobs or 0
         scored = self.sampler.prompt_logprobs(logits, prompt[start : start + 1 + len(targets)], k)
         return [lp for lp in scored if lp is not None]
 
-    def _sampling_row(self, request: Request) -> SamplingRow:
-        params = request.sampling_params
-        generator = None
-        seed = self._seeds.get(request.request_id)
-        if seed is not None and not params.greedy:
-            generator = self._generators.get(request.request_id)
-            if generator is None:
-                generator = torch.Generator(device="cpu")
-                generator.manual_seed(seed)
-                self._generators[request.request_id] = generator
+    def _sampling_row(self, state: RunnerSequence) -> SamplingRow:
+        sequence = state.sequence
         return SamplingRow(
-            params=params,
-            prompt_token_ids=request.prompt_token_ids,
-            output_token_ids=request.output_token_ids,
-            generator=generator,
+            params=sequence.sampling_params,
+            prompt_token_ids=sequence.prompt_token_ids,
+            output_token_ids=sequence.output_token_ids,
+            generator=state.generator,
             eos_token_ids=self.eos_token_ids,
             allowed_token_ids_mask=None,
         )

@@ -16,9 +16,9 @@ BlockHash = bytes  # 32-byte sha256 digest
 _ROOT_PARENT = bytes(32)
 
 
-def cache_namespace(lora_id: str | None, cache_salt: str | None) -> bytes:
+def cache_namespace(lora_key: str | None, cache_salt: str | None) -> bytes:
     """The part of every block hash that keeps adapters and tenants apart (None and "" stay distinct)."""
-    return hashlib.sha256(json.dumps([lora_id, cache_salt]).encode()).digest()
+    return hashlib.sha256(json.dumps([lora_key, cache_salt]).encode()).digest()
 
 
 def hash_block(parent: BlockHash | None, token_ids: Sequence[int], namespace: bytes) -> BlockHash:

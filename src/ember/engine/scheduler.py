@@ -1,9 +1,9 @@
 """Continuous batching with chunked prefill, prefix caching and preemption by recompute.
 
-Each step: running requests first (decodes, then continuing prefill chunks), then waiting ones while the
+Each step: running sequences first (decodes, then continuing prefill chunks), then waiting ones while the
 token budget, max_num_seqs and free blocks allow. A prompt longer than the budget left is prefilled in
-chunks over several steps, so running decodes are never stalled. When a running request needs a block and
-none is free, the worst running request (by policy: latest arrival, or lowest priority then latest arrival)
+chunks over several steps, so running decodes are never stalled. When a running sequence needs a block and
+none is free, the worst running sequence (by policy: latest arrival, or lowest priority then latest arrival)
 loses its KV and goes back to the waiting queue with its output tokens, to be recomputed later.
 """
 
@@ -16,58 +16,59 @@ from collections.abc import Callable
 from ember.engine.block_manager import BlockManager
 from ember.engine.engine_config import CacheConfig, SchedulerConfig
 from ember.engine.errors import QueueFullError
-from ember.engine.request import Request, RequestStatus
-from ember.engine.scheduler_output import ScheduledRequest, SchedulerOutput, SchedulerStats
+from ember.engine.generation_budget import resolve_max_tokens
+from ember.engine.scheduler_output import ScheduledSequence, SchedulerOutput, SchedulerStats
+from ember.engine.sequence import Sequence, SequenceStatus
 
 OrderKey = tuple[float, ...]  # smaller runs first and is preempted last
 
 
 class _FcfsQueue:
-    """The order requests were added in; a preempted request goes back to the front."""
+    """The order sequences were added in; a preempted sequence goes back to the front."""
 
     def __init__(self) -> None:
-        self._items: deque[Request] = deque()
+        self._items: deque[Sequence] = deque()
 
-    def push(self, request: Request) -> None:
-        self._items.append(request)
+    def push(self, sequence: Sequence) -> None:
+        self._items.append(sequence)
 
-    def push_front(self, request: Request) -> None:
-        self._items.appendleft(request)
+    def push_front(self, sequence: Sequence) -> None:
+        self._items.appendleft(sequence)
 
-    def peek(self) -> Request:
+    def peek(self) -> Sequence:
         return self._items[0]
 
-    def pop(self) -> Request:
+    def pop(self) -> Sequence:
         return self._items.popleft()
 
-    def remove(self, request: Request) -> None:
-        self._items.remove(request)
+    def remove(self, sequence: Sequence) -> None:
+        self._items.remove(sequence)
 
     def __len__(self) -> int:
         return len(self._items)
 
 
 class _PriorityQueue:
-    """By order key (priority, arrival, admission number); a preempted request keeps its place by key."""
+    """By order key (priority, arrival, admission number); a preempted sequence keeps its place by key."""
 
-    def __init__(self, key: Callable[[Request], OrderKey]) -> None:
+    def __init__(self, key: Callable[[Sequence], OrderKey]) -> None:
         self._key = key
-        self._heap: list[tuple[OrderKey, Request]] = []  # keys are unique, so Requests are never compared
+        self._heap: list[tuple[OrderKey, Sequence]] = []  # keys are unique, so Sequences are never compared
 
-    def push(self, request: Request) -> None:
-        heapq.heappush(self._heap, (self._key(request), request))
+    def push(self, sequence: Sequence) -> None:
+        heapq.heappush(self._heap, (self._key(sequence), sequence))
 
-    def push_front(self, request: Request) -> None:
-        self.push(request)
+    def push_front(self, sequence: Sequence) -> None:
+        self.push(sequence)
 
-    def peek(self) -> Request:
+    def peek(self) -> Sequence:
         return self._heap[0][1]
 
-    def pop(self) -> Request:
+    def pop(self) -> Sequence:
         return heapq.heappop(self._heap)[1]
 
-    def remove(self, request: Request) -> None:
-        self._heap = [entry for entry in self._heap if entry[1] is not request]
+    def remove(self, sequence: Sequence) -> None:
+        self._heap = [entry for entry in self._heap if entry[1] is not sequence]
         heapq.heapify(self._heap)
 
     def __len__(self) -> int:
@@ -84,125 +85,123 @@ class Scheduler:
             cache_config.num_blocks, cache_config.block_size, cache_config.enable_prefix_caching
         )
         self._by_priority = scheduler_config.policy == "priority"
-        self._requests: dict[str, Request] = {}
+        self._sequences: dict[str, Sequence] = {}
         self._admission_number: dict[str, int] = {}  # breaks ties between equal arrival times
         self._next_admission_number = 0
         self._waiting: _FcfsQueue | _PriorityQueue = (
             _PriorityQueue(self._key) if self._by_priority else _FcfsQueue()
         )
-        self._running: list[Request] = []
+        self._running: list[Sequence] = []
         self._finished_ids: list[str] = []
         self._num_preemptions = 0
         self._num_prompt_tokens = 0
 
-    # ---- requests in and out ----------------------------------------------------------------------------
+    # ---- sequences in and out ----------------------------------------------------------------------------
 
-    def add_request(self, request: Request) -> None:
-        """Queue a fresh request; ValueError if it can never run, QueueFullError if the queue is at its bound."""
+    def add_sequence(self, sequence: Sequence) -> None:
+        """Queue a fresh sequence; ValueError if it can never run, QueueFullError if the queue is at its bound."""
         config = self.scheduler_config
-        if request.request_id in self._requests:
-            raise ValueError(f"request id {request.request_id!r} is already in the engine")
+        if sequence.sequence_id in self._sequences:
+            raise ValueError(f"sequence id {sequence.sequence_id!r} is already in the engine")
         if (
-            request.status is not RequestStatus.WAITING
-            or request.num_computed_tokens
-            or request.output_token_ids
+            sequence.status is not SequenceStatus.WAITING
+            or sequence.num_computed_tokens
+            or sequence.output_token_ids
         ):
-            raise ValueError(f"request {request.request_id!r} is not fresh (status {request.status.name})")
-        num_prompt = request.num_prompt_tokens
-        if num_prompt > config.max_model_len:
             raise ValueError(
-                f"the prompt has {num_prompt} tokens, more than max_model_len {config.max_model_len}"
+                f"sequence {sequence.sequence_id!r} is not fresh (status {sequence.status.name})"
             )
-        if num_prompt + request.max_tokens > config.max_model_len:
-            raise ValueError(
-                f"the prompt ({num_prompt} tokens) plus max_tokens ({request.max_tokens}) exceeds max_model_len "
-                f"{config.max_model_len}"
-            )
-        # the last sampled token is never run, so a request holds at most prompt + max_tokens - 1 tokens of KV
-        blocks_needed = self.block_manager.num_blocks_for(num_prompt + request.max_tokens - 1)
+        num_prompt = sequence.num_prompt_tokens
+        # The engine resolved max_tokens with the same rule; a sequence that does not fit would never finish.
+        resolve_max_tokens(num_prompt, sequence.max_tokens, config.max_model_len, behavior="error")
+        # the last sampled token is never run, so a sequence holds at most prompt + max_tokens - 1 tokens of KV
+        blocks_needed = self.block_manager.num_blocks_for(num_prompt + sequence.max_tokens - 1)
         if blocks_needed > self.block_manager.num_usable_blocks:
             raise ValueError(
-                f"the request needs up to {blocks_needed} KV blocks and the whole cache has "
+                f"the sequence needs up to {blocks_needed} KV blocks and the whole cache has "
                 f"{self.block_manager.num_usable_blocks}"
             )
         if len(self._waiting) >= config.max_waiting:
             raise QueueFullError(len(self._waiting))
-        self._requests[request.request_id] = request
-        self._admission_number[request.request_id] = self._next_admission_number
+        self._sequences[sequence.sequence_id] = sequence
+        self._admission_number[sequence.sequence_id] = self._next_admission_number
         self._next_admission_number += 1
-        self._waiting.push(request)
+        self._waiting.push(sequence)
 
-    def abort_request(self, request_id: str) -> bool:
-        """Free every block of a waiting or running request at once; False if it is unknown or already done."""
-        request = self._requests.get(request_id)
-        if request is None:
+    def abort_sequence(self, sequence_id: str) -> bool:
+        """Free every block of a waiting or running sequence at once; False if it is unknown or already done."""
+        sequence = self._sequences.get(sequence_id)
+        if sequence is None:
             return False
-        self._remove(request, RequestStatus.FINISHED_ABORTED)
+        self._remove(sequence, SequenceStatus.FINISHED_ABORTED)
         return True
 
-    def finish_request(self, request_id: str, status: RequestStatus) -> None:
+    def finish_sequence(self, sequence_id: str, status: SequenceStatus) -> None:
         """Called by the engine after its stop checks (or on failure) with a FINISHED_* status."""
         if not status.is_finished:
-            raise ValueError(f"finish_request needs a FINISHED_* status, got {status.name}")
-        request = self._requests.get(request_id)
-        if request is None:
-            raise ValueError(f"request {request_id!r} is not in the scheduler")
-        self._remove(request, status)
+            raise ValueError(f"finish_sequence needs a FINISHED_* status, got {status.name}")
+        sequence = self._sequences.get(sequence_id)
+        if sequence is None:
+            raise ValueError(f"sequence {sequence_id!r} is not in the scheduler")
+        self._remove(sequence, status)
 
-    def get_request(self, request_id: str) -> Request | None:
-        return self._requests.get(request_id)
+    def get_sequence(self, sequence_id: str) -> Sequence | None:
+        return self._sequences.get(sequence_id)
 
     # ---- the step ---------------------------------------------------------------------------------------
 
     def schedule(self) -> SchedulerOutput:
-        """Pick this step's tokens; advances num_computed_tokens of every scheduled request."""
+        """Pick this step's tokens; advances num_computed_tokens of every scheduled sequence."""
         budget = self.scheduler_config.max_num_batched_tokens
-        planned: dict[str, tuple[Request, int]] = {}
+        planned: dict[str, tuple[Sequence, int]] = {}
         preempted: list[str] = []
+        added: list[Sequence] = []
 
-        def remaining(request: Request) -> int:
-            return request.num_tokens - request.num_computed_tokens
+        def remaining(sequence: Sequence) -> int:
+            return sequence.num_tokens - sequence.num_computed_tokens
 
-        for request in sorted(self._running, key=lambda r: (remaining(r) > 1, self._key(r))):
-            num_new = min(remaining(request), budget)
-            if num_new <= 0 or request.status is not RequestStatus.RUNNING:
+        for sequence in sorted(self._running, key=lambda r: (remaining(r) > 1, self._key(r))):
+            num_new = min(remaining(sequence), budget)
+            if num_new <= 0 or sequence.status is not SequenceStatus.RUNNING:
                 continue
-            while not self.block_manager.allocate_slots(request, num_new):
+            while not self.block_manager.allocate_slots(sequence, num_new):
                 victim = max(self._running, key=self._key)
-                if victim.request_id in planned:
-                    budget += planned.pop(victim.request_id)[1]
+                if victim.sequence_id in planned:
+                    budget += planned.pop(victim.sequence_id)[1]
                 self._preempt(victim)
-                preempted.append(victim.request_id)
-                if victim is request:
+                preempted.append(victim.sequence_id)
+                if victim is sequence:
                     break
             else:
-                planned[request.request_id] = (request, num_new)
+                planned[sequence.sequence_id] = (sequence, num_new)
                 budget -= num_new
 
-        # admitting while preempting would only thrash: the new request would take the freed blocks
+        # admitting while preempting would only thrash: the new sequence would take the freed blocks
         while not preempted and self._waiting and budget > 0:
             if len(self._running) >= self.scheduler_config.max_num_seqs:
                 break
-            request = self._waiting.peek()
-            computed_blocks, num_cached = self.block_manager.get_computed_blocks(request)
-            num_new = min(request.num_tokens - num_cached, budget)
-            if not self.block_manager.allocate_slots(request, num_new, computed_blocks):
+            sequence = self._waiting.peek()
+            computed_blocks, num_cached = self.block_manager.get_computed_blocks(sequence)
+            num_new = min(sequence.num_tokens - num_cached, budget)
+            if not self.block_manager.allocate_slots(sequence, num_new, computed_blocks):
                 break
             self._waiting.pop()
-            if request.status is RequestStatus.WAITING:
-                request.num_cached_tokens = num_cached
-                self._num_prompt_tokens += request.num_prompt_tokens
-            request.status = RequestStatus.RUNNING
-            request.num_computed_tokens = num_cached
-            self._running.append(request)
-            planned[request.request_id] = (request, num_new)
+            if sequence.status is SequenceStatus.WAITING:
+                sequence.num_cached_tokens = num_cached
+                self._num_prompt_tokens += sequence.num_prompt_tokens
+                added.append(sequence)
+            sequence.status = SequenceStatus.RUNNING
+            sequence.num_computed_tokens = num_cached
+            self._running.append(sequence)
+            planned[sequence.sequence_id] = (sequence, num_new)
             budget -= num_new
 
-        scheduled = [self._advance(request, num_new) for request, num_new in planned.values()]
+        scheduled = [self._advance(sequence, num_new) for sequence, num_new in planned.values()]
         finished, self._finished_ids = self._finished_ids, []
         return SchedulerOutput(
             scheduled=scheduled,
             num_batched_tokens=self.scheduler_config.max_num_batched_tokens - budget,
+            added=added,
             preempted_ids=preempted,
             finished_ids=finished,
         )
@@ -210,7 +209,11 @@ class Scheduler:
     # ---- state ------------------------------------------------------------------------------------------
 
     def has_unfinished(self) -> bool:
-        return bool(self._requests)
+        return bool(self._sequences)
+
+    def has_finished_to_report(self) -> bool:
+        """Sequences finished since the last schedule(): the next SchedulerOutput tells the runner to let go."""
+        return bool(self._finished_ids)
 
     @property
     def num_waiting(self) -> int:
@@ -235,43 +238,42 @@ class Scheduler:
 
     # ---- internals --------------------------------------------------------------------------------------
 
-    def _key(self, request: Request) -> OrderKey:
-        admission = self._admission_number[request.request_id]
+    def _key(self, sequence: Sequence) -> OrderKey:
+        admission = self._admission_number[sequence.sequence_id]
         if self._by_priority:
-            return (request.priority, request.arrival_time, admission)
-        return (request.arrival_time, admission)
+            return (sequence.priority, sequence.arrival_time, admission)
+        return (sequence.arrival_time, admission)
 
-    def _advance(self, request: Request, num_new: int) -> ScheduledRequest:
-        start = request.num_computed_tokens
+    def _advance(self, sequence: Sequence, num_new: int) -> ScheduledSequence:
+        start = sequence.num_computed_tokens
         end = start + num_new
-        request.num_computed_tokens = end
-        return ScheduledRequest(
-            request_id=request.request_id,
-            token_ids=request.all_token_ids[start:end],
+        sequence.num_computed_tokens = end
+        return ScheduledSequence(
+            sequence_id=sequence.sequence_id,
+            token_ids=sequence.all_token_ids[start:end],
             start_position=start,
-            block_ids=self.block_manager.block_ids(request.request_id),
-            sample=end == request.num_tokens,
-            lora_id=request.lora_id,
-            needs_prompt_logprobs=request.wants_prompt_logprobs and start < request.num_prompt_tokens,
+            block_ids=self.block_manager.block_ids(sequence.sequence_id),
+            sample=end == sequence.num_tokens,
+            needs_prompt_logprobs=sequence.wants_prompt_logprobs and start < sequence.num_prompt_tokens,
         )
 
-    def _preempt(self, request: Request) -> None:
-        self._running.remove(request)
-        self.block_manager.free(request)
-        request.num_computed_tokens = 0
-        request.status = RequestStatus.PREEMPTED
-        request.num_preemptions += 1
+    def _preempt(self, sequence: Sequence) -> None:
+        self._running.remove(sequence)
+        self.block_manager.free(sequence)
+        sequence.num_computed_tokens = 0
+        sequence.status = SequenceStatus.PREEMPTED
+        sequence.num_preemptions += 1
         self._num_preemptions += 1
-        self._waiting.push_front(request)
+        self._waiting.push_front(sequence)
 
-    def _remove(self, request: Request, status: RequestStatus) -> None:
-        if request.status is RequestStatus.RUNNING:
-            self._running.remove(request)
+    def _remove(self, sequence: Sequence, status: SequenceStatus) -> None:
+        if sequence.status is SequenceStatus.RUNNING:
+            self._running.remove(sequence)
         else:
-            self._waiting.remove(request)
-        # after a failed step the KV of this request's new blocks may never have been written
-        self.block_manager.free(request, keep_cached=status is not RequestStatus.FINISHED_ERROR)
-        request.status = status
-        del self._requests[request.request_id]
-        del self._admission_number[request.request_id]
-        self._finished_ids.append(request.request_id)
+            self._waiting.remove(sequence)
+        # after a failed step the KV of this sequence's new blocks may never have been written
+        self.block_manager.free(sequence, keep_cached=status is not SequenceStatus.FINISHED_ERROR)
+        sequence.status = status
+        del self._sequences[sequence.sequence_id]
+        del self._admission_number[sequence.sequence_id]
+        self._finished_ids.append(sequence.sequence_id)

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ember.engine.sequence import Sequence
+
 
 @dataclass
-class ScheduledRequest:
-    """The tokens one request runs this step and where its KV lives."""
+class ScheduledSequence:
+    """The tokens one sequence runs this step and where its KV lives."""
 
-    request_id: str
+    sequence_id: str
     token_ids: list[int]  # the tokens to run: positions start_position .. start_position + len - 1
     start_position: int  # tokens already computed before this step
     block_ids: list[int]  # the whole block table, covering start_position + len(token_ids) tokens
     sample: bool  # every known token is computed after this step: sample the next one (False mid-prefill)
-    lora_id: str | None
-    # the chunk covers prompt positions of a request that asked for prompt logprobs; after a preemption the
+    # the chunk covers prompt positions of a sequence that asked for prompt logprobs; after a preemption the
     # prompt is recomputed, so positions already answered may come again (start_position says which)
     needs_prompt_logprobs: bool
 
@@ -26,14 +27,14 @@ class ScheduledRequest:
 
 @dataclass
 class SchedulerOutput:
-    scheduled: list[ScheduledRequest]  # running requests first (decodes, then prefill chunks), then new ones
+    """The one channel from the scheduler to the model runner: what runs this step, and which sequences the
+    runner sets up (added) or lets go of (finished_ids) first."""
+
+    scheduled: list[ScheduledSequence]  # running ones first (decodes, then prefill chunks), then new ones
     num_batched_tokens: int
+    added: list[Sequence] = field(default_factory=list)  # scheduled for the first time (also in `scheduled`)
     preempted_ids: list[str] = field(default_factory=list)  # lost their KV this step; back in the queue
     finished_ids: list[str] = field(default_factory=list)  # finished or aborted since the previous step
-
-    @property
-    def is_empty(self) -> bool:
-        return not self.scheduled
 
 
 @dataclass(frozen=True)
@@ -43,10 +44,10 @@ class SchedulerStats:
     num_running: int
     num_waiting: int
     num_free_blocks: int
-    kv_usage: float  # 0..1 of the usable blocks held by requests
+    kv_usage: float  # 0..1 of the usable blocks held by sequences
     prefix_cache_queries: (
-        int  # tokens looked up at admissions (a resumed request looks up again), since start-up
+        int  # tokens looked up at admissions (a resumed sequence looks up again), since start-up
     )
     prefix_cache_hits: int  # of which found in the cache
-    prompt_tokens_total: int  # prompt tokens of every request started, cached ones included, since start-up
+    prompt_tokens_total: int  # prompt tokens of every sequence started, cached ones included, since start-up
     num_preemptions: int  # since start-up

@@ -1,78 +1,114 @@
-"""Engine-side state of one generated sequence and of the API request that owns it (n, best_of)."""
+"""One generated sequence, the unit the scheduler runs: its tokens, how far its KV is computed, and where it
+stands. An API request (ember.engine.request.Request) with n > 1 or best_of is fanned out into several."""
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 
-from ember.engine.detokenizer import IncrementalDetokenizer
-from ember.engine.outputs import CompletionOutput, RequestMetrics, TokenLogprob
-from ember.engine.request import Request
+from ember.engine.prefix_hash import BlockHash
 from ember.engine.sampling_params import SamplingParams
-from ember.engine.stop_checker import StopChecker
 
 
-@dataclass
-class SequenceState:
-    """Text, logprobs and the delta not yet handed to the caller, for one scheduler Request."""
+class SequenceStatus(enum.Enum):
+    WAITING = 1  # never scheduled yet
+    RUNNING = 2
+    PREEMPTED = 3  # back in the waiting queue; its KV was dropped and will be recomputed
+    FINISHED_STOPPED = 4  # EOS, a stop token or a stop string
+    FINISHED_LENGTH = 5  # max_tokens or max_model_len reached
+    FINISHED_ABORTED = 6  # the client went away or cancelled
+    FINISHED_ERROR = 7  # failed inside the engine
 
-    request: Request
-    parent_id: str
-    index: int
-    detokenizer: IncrementalDetokenizer
-    stop_checker: StopChecker
-    text: str = ""
-    logprobs: list[TokenLogprob] | None = None
-    cumulative_logprob: float = 0.0
-    finish_reason: str | None = None
-    stop_reason: str | int | None = None
-    delta_text: str = ""
-    delta_token_ids: list[int] = field(default_factory=list)
-    delta_logprobs: list[TokenLogprob] = field(default_factory=list)
+    @property
+    def is_finished(self) -> bool:
+        return self.value >= SequenceStatus.FINISHED_STOPPED.value
 
-    def take_output(self, include_delta_logprobs: bool) -> CompletionOutput:
-        """The sequence as of now, with the delta since the previous call; resets the delta."""
-        output = CompletionOutput(
-            index=self.index,
-            text=self.text,
-            token_ids=list(self.request.output_token_ids),
-            delta_text=self.delta_text,
-            delta_token_ids=self.delta_token_ids,
-            logprobs=list(self.logprobs) if self.logprobs is not None else None,
-            delta_logprobs=self.delta_logprobs if include_delta_logprobs else None,
-            cumulative_logprob=self.cumulative_logprob,
-            finish_reason=self.finish_reason,
-            stop_reason=self.stop_reason,
-        )
-        self.delta_text = ""
-        self.delta_token_ids = []
-        self.delta_logprobs = []
-        return output
+    @property
+    def finish_reason(self) -> str | None:
+        """The OpenAI `finish_reason` of a finished status, None while the sequence is alive."""
+        match self:
+            case SequenceStatus.FINISHED_STOPPED:
+                return "stop"
+            case SequenceStatus.FINISHED_LENGTH:
+                return "length"
+            case SequenceStatus.FINISHED_ABORTED:
+                return "abort"
+            case SequenceStatus.FINISHED_ERROR:
+                return "error"
+            case _:
+                return None
 
 
-@dataclass
-class ParentRequest:
-    """One caller's request: its prompt, parameters and the num_samples sequences generated for it."""
+@dataclass(eq=False)
+class Sequence:
+    """One generated sequence: an API request with n > 1 (or best_of) is fanned out by the engine into several.
 
-    request_id: str
+    The scheduler advances `num_computed_tokens` when it schedules tokens; the engine appends each sampled
+    token with `append_output_token` and finishes the sequence through the scheduler. The model runner reads
+    it (never writes it) from its first SchedulerOutput.added to its SchedulerOutput.finished_ids, and sets up
+    its own per-sequence state from `seed`, `grammar` and `lora_key`.
+    """
+
+    sequence_id: str
     prompt_token_ids: list[int]
-    params: SamplingParams
-    metrics: RequestMetrics
-    sequences: list[SequenceState] = field(default_factory=list)
-    prompt_logprobs: list[TokenLogprob | None] | None = None
-    num_cached_tokens: int = 0
-    error: str | None = None
+    sampling_params: SamplingParams
+    max_tokens: int  # resolved by ember.engine.generation_budget from sampling_params and the context left
+    arrival_time: float
+    priority: int = 0  # lower runs first under the "priority" policy
+    lora_key: str | None = None  # the LoraManager key ("name#serial") of the adapter it runs with
+    cache_salt: str | None = None  # tenants with different salts never share prefix-cache blocks
+    seed: int | None = None  # this sequence's own random stream (a seeded request's samples each get one)
+    grammar: str | None = None  # the compiled grammar its output must follow (structured output)
+
+    output_token_ids: list[int] = field(default_factory=list, init=False)
+    num_computed_tokens: int = field(default=0, init=False)  # tokens whose KV is (being) written
+    num_cached_tokens: int = field(default=0, init=False)  # prefix-cache hit when first scheduled
+    num_preemptions: int = field(default=0, init=False)
+    status: SequenceStatus = field(default=SequenceStatus.WAITING, init=False)
+    # Chained hashes of the full blocks of all_token_ids, in order, as far as the block manager needed them
+    # (it alone knows the block size). Tokens are only ever appended, so a hash once computed stays true,
+    # across preemptions too: a waiting sequence is hashed once, not at every schedule().
+    block_hashes: list[BlockHash] = field(default_factory=list, init=False, repr=False)
+    # prompt + outputs kept as one list so the hot path never concatenates
+    _all_token_ids: list[int] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.sequence_id:
+            raise ValueError("sequence_id must be a non-empty string")
+        if not self.prompt_token_ids:
+            raise ValueError(f"sequence {self.sequence_id!r}: the prompt has no tokens")
+        if any(token_id < 0 for token_id in self.prompt_token_ids):
+            raise ValueError(f"sequence {self.sequence_id!r}: prompt token ids must be non-negative")
+        self.prompt_token_ids = list(self.prompt_token_ids)
+        self._all_token_ids = list(self.prompt_token_ids)
 
     @property
-    def finished(self) -> bool:
-        return all(seq.finish_reason is not None for seq in self.sequences)
+    def all_token_ids(self) -> list[int]:
+        """Prompt followed by outputs. The list is the sequence's own: read it, do not modify it."""
+        return self._all_token_ids
 
     @property
-    def streams_incrementally(self) -> bool:
-        """best_of > n must see every sequence finish before it can choose, so it reports only at the end."""
-        return self.params.best_of is None or self.params.best_of == self.params.n
+    def num_tokens(self) -> int:
+        return len(self._all_token_ids)
 
-    def chosen_sequences(self) -> list[SequenceState]:
-        if self.streams_incrementally:
-            return self.sequences
-        best = sorted(self.sequences, key=lambda s: s.cumulative_logprob, reverse=True)[: self.params.n]
-        return sorted(best, key=lambda s: s.index)
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.prompt_token_ids)
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.output_token_ids)
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status.is_finished
+
+    @property
+    def wants_prompt_logprobs(self) -> bool:
+        return self.sampling_params.prompt_logprobs is not None
+
+    def append_output_token(self, token_id: int) -> None:
+        if token_id < 0:
+            raise ValueError(f"sequence {self.sequence_id!r}: token id must be non-negative, got {token_id}")
+        self.output_token_ids.append(token_id)
+        self._all_token_ids.append(token_id)

@@ -6,6 +6,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from ember.engine.forward_path import ForwardPath
 from ember.engine.scheduler_output import SchedulerOutput, SchedulerStats
 
 
@@ -22,14 +23,18 @@ class EngineStats:
     generation_tokens_total: int = 0
     num_preemptions: int = 0
     num_steps: int = 0
+    num_fused_steps: int = 0  # steps the native fused decode step ran (ForwardPath.FUSED)
+    num_module_steps: int = 0  # steps DecoderModel.forward ran, module by module (ForwardPath.MODULES)
 
-    @property
-    def prefix_cache_hit_rate(self) -> float:
-        return self.prefix_cache_hits / self.prefix_cache_queries if self.prefix_cache_queries else 0.0
-
-    def record_step(self, sched: SchedulerOutput, stats: SchedulerStats) -> None:
-        """Counts one step and copies the scheduler's view as it stands after the step."""
+    def record_step(
+        self, sched: SchedulerOutput, stats: SchedulerStats, forward_path: ForwardPath | None
+    ) -> None:
+        """Counts one step and the forward that ran it, and copies the scheduler's view after the step."""
         self.num_steps += 1
+        if forward_path is ForwardPath.FUSED:
+            self.num_fused_steps += 1
+        elif forward_path is ForwardPath.MODULES:
+            self.num_module_steps += 1
         self.generation_tokens_total += sum(1 for item in sched.scheduled if item.sample)
         self.num_preemptions = stats.num_preemptions
         self.num_running = stats.num_running
@@ -44,7 +49,6 @@ class EngineStats:
 class StepTimer:
     """Splits each step's wall time into the model forward+sample and everything around it."""
 
-    window: int = 256
     step_times: deque[float] = field(default_factory=lambda: deque(maxlen=256))
     overhead_times: deque[float] = field(default_factory=lambda: deque(maxlen=256))
     _t0: float = 0.0
@@ -63,7 +67,7 @@ class StepTimer:
     def mark_forward_end(self) -> None:
         self._f1 = time.perf_counter()
 
-    def end(self, num_tokens: int) -> None:
+    def end(self) -> None:
         total = time.perf_counter() - self._t0
         self.step_times.append(total)
         self.overhead_times.append(total - (self._f1 - self._f0))

@@ -32,7 +32,8 @@ class StopChecker:
     """
 
     def __init__(self, params: SamplingParams, eos_token_ids: tuple[int, ...], max_tokens: int) -> None:
-        if max_tokens < 1:
+        """max_tokens: the sequence's budget, as ember.engine.generation_budget resolved it."""
+        if max_tokens < 1:  # a guard of this argument, with the budget rule's own message
             raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
         if any(not stop for stop in params.stop):
             raise ValueError("stop strings must not be empty")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ember.engine.llm_engine import EngineConfig
+from ember.engine.engine_config import EngineConfig
 from ember.models.checkpoint import GenerationDefaults
 from ember.models.config import ModelConfig
 from ember.models.loader import LoadedModel

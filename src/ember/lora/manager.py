@@ -2,9 +2,10 @@
 
 Running requests pin their adapter (acquire / release); a pinned adapter is never evicted, nor is one
 registered from memory (it has no file to be reloaded from), so the number loaded can exceed `max_loaded`
-while they are in use. Every registration gets a fresh `key` ("name#serial") that the engine uses as the
-request's lora_id: the prefix cache is keyed on it, so KV computed with an adapter is never reused by a
-different adapter, not even one registered later under the same name.
+while they are in use. Every registration gets a fresh `key` ("name#serial") that the engine keeps as each
+sequence's `lora_key` (callers name an adapter by its name, `lora_id`): the prefix cache is keyed on it, so
+KV computed with an adapter is never reused by a different adapter, not even one registered later under the
+same name.
 """
 
 from __future__ import annotations
@@ -149,7 +150,7 @@ class LoraManager:
             return self._ensure_loaded(entry)
 
     def acquire(self, name: str) -> str:
-        """Pin the adapter for a running request (loading it if needed); returns its key for lora_id."""
+        """Pin the adapter for a running request (loading it if needed); returns its key (a sequence's lora_key)."""
         with self._lock:
             entry = self._entry(name)
             self._ensure_loaded(entry)

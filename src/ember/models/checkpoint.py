@@ -16,7 +16,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class GenerationDefaults:
-    """Defaults the checkpoint ships (generation_config.json or GGUF metadata); requests may override."""
+    """Defaults the checkpoint ships (generation_config.json or GGUF metadata): the engine's end-of-sequence
+    ids, and the sampling values a request gets when it leaves them out (ember.engine.generation_defaults)."""
 
     eos_token_ids: tuple[int, ...] = ()
     temperature: float | None = None

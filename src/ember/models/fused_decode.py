@@ -48,15 +48,18 @@ def _joined_bias(parts: list[PackedLinear]) -> torch.Tensor | None:
 
 
 class FusedDecodeStack:
-    """A DecoderModel's weights described once for the native decode step; `run` then serves every step."""
+    """A DecoderModel's weights described once for the native decode step; `forward` then serves every step
+    the caller (the engine's runner) sends it, after `accepts` said yes."""
 
     def __init__(
         self,
+        model: DecoderModel,
         table: torch.Tensor,
         keep_alive: list[torch.Tensor],
         dims: native_step.DecodeDims,
         final_norm: torch.Tensor,
     ) -> None:
+        self.model = model  # its embedding and rotary tables run in torch around the native call
         self.table = table  # [num_layers, LAYER_TABLE_FIELDS] int64
         self.keep_alive = keep_alive  # every tensor the table points into
         self.dims = dims
@@ -66,9 +69,15 @@ class FusedDecodeStack:
 
     @staticmethod
     def build(model: DecoderModel) -> FusedDecodeStack | None:
-        """None when some part of the model is not on the kernels (then the torch path serves it)."""
+        """None when some part of the model is not on the kernels (then the torch path serves it). Build it
+        after the weights are loaded and on the kernels, and again if they are replaced."""
         config = model.config
-        if not native_step.available() or config.head_dim % 8 != 0 or not _is_fp32_cpu(model.norm.weight):
+        if (
+            not model.loaded
+            or not native_step.available()
+            or config.head_dim % 8 != 0
+            or not _is_fp32_cpu(model.norm.weight)
+        ):
             return None
         rows: list[list[int]] = []
         keep: list[torch.Tensor] = []
@@ -89,7 +98,7 @@ class FusedDecodeStack:
             scale=config.head_dim**-0.5,
         )
         table = torch.tensor(rows, dtype=torch.int64)
-        return FusedDecodeStack(table, keep, dims, model.norm.weight.detach())
+        return FusedDecodeStack(model, table, keep, dims, model.norm.weight.detach())
 
     @staticmethod
     def _layer_fields(layer: DecoderLayer, keep: list[torch.Tensor]) -> list[int] | None:
@@ -133,6 +142,19 @@ class FusedDecodeStack:
             return False
         keys = kv_caches[0][0]
         return keys.dtype == torch.float32 and keys.device.type == "cpu" and keys.shape[1] == attn.block_size
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        attn: AttentionMetadata,
+        kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
+    ) -> torch.Tensor:
+        """What DecoderModel.forward computes for an accepted batch (input_ids, positions [M] -> hidden [M, H]),
+        the whole stack in one native call; writes the new keys/values."""
+        h = self.model.embed_tokens(input_ids)  # [M, H]
+        cos, sin = self.model.rotary.cos_sin(positions, h.dtype)
+        return self.run(h, cos, sin, attn, kv_caches)
 
     def run(
         self,

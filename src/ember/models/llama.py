@@ -11,7 +11,6 @@ from torch import nn
 from ember.models.attention import AttentionBackend, TorchAttentionBackend
 from ember.models.attention_metadata import AttentionMetadata
 from ember.models.config import ModelConfig
-from ember.models.fused_decode import FusedDecodeStack
 from ember.models.layers import META, DecoderLayer, RMSNorm, TokenEmbedding
 from ember.models.linear import is_packed, make_linear, weight_shape
 from ember.models.rotary import RotaryEmbedding
@@ -82,11 +81,6 @@ class DecoderModel(nn.Module):
             config.head_dim, config.max_position_embeddings, config.rope_theta, config.rope_scaling
         )
         self.loaded = False
-        # The native whole-stack decode step, built at the first decode after loading (when the kernels are on);
-        # `fused_decode = False` keeps every step on the module-by-module torch path.
-        self.fused_decode = True
-        self._fused: FusedDecodeStack | None = None
-        self._fused_checked = False
 
     def load_weights(self, weights: dict[str, torch.Tensor | PackedWeight]) -> None:
         """Take every weight by its HF name; fuse q|k|v and gate|up. Raises ValueError naming any missing,
@@ -118,7 +112,6 @@ class DecoderModel(nn.Module):
         else:
             self.lm_head = make_linear([fp32[_LM_HEAD]], None)
         self.loaded = True
-        self._fused, self._fused_checked = None, False
 
     @staticmethod
     def _load_layer(
@@ -152,9 +145,11 @@ class DecoderModel(nn.Module):
         kv_caches: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
         lora: LoraContext | None = None,
     ) -> torch.Tensor:
-        """input_ids, positions [T] -> hidden [T, hidden]. With kv_caches, new keys/values are written to the
-        slots in attn.slot_mapping; without, attention is causal within each sequence (training). `lora` adds
-        adapter deltas to the projections of the token rows each adapter owns."""
+        """input_ids, positions [T] -> hidden [T, hidden], module by module. With kv_caches, new keys/values are
+        written to the slots in attn.slot_mapping; without, attention is causal within each sequence (training).
+        `lora` adds adapter deltas to the projections of the token rows each adapter owns. The native fused
+        decode step (models/fused_decode.py) is another entry point over the same weights; the engine's runner
+        chooses between the two (engine/forward_path.py), this method never does."""
         if not self.loaded:
             raise RuntimeError("DecoderModel has no weights yet; call load_weights first")
         if input_ids.dim() != 1 or positions.shape != input_ids.shape:
@@ -165,20 +160,10 @@ class DecoderModel(nn.Module):
             raise ValueError(f"got {len(kv_caches)} KV caches for {len(self.layers)} layers")
         h = self.embed_tokens(input_ids)  # [T, H]
         cos, sin = self.rotary.cos_sin(positions, h.dtype)  # [T, D] each, shared by all layers
-        if kv_caches is not None and lora is None and self.fused_decode:
-            fused = self._fused_stack()
-            if fused is not None and fused.accepts(attn, kv_caches):
-                return fused.run(h, cos, sin, attn, kv_caches)
         for i, layer in enumerate(self.layers):
             layer_lora = None if lora is None else lora.layer(i)
             h = layer(h, cos, sin, attn, None if kv_caches is None else kv_caches[i], layer_lora)
         return self.norm(h)
-
-    def _fused_stack(self) -> FusedDecodeStack | None:
-        if not self._fused_checked:
-            self._fused = FusedDecodeStack.build(self)
-            self._fused_checked = True
-        return self._fused
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [N, hidden] -> fp32 logits [N, vocab]."""

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from ember.engine import generation_budget
 from ember.engine.sampling_params import SamplingParams
 from ember.server.common.errors import APIError, invalid_request
 from ember.server.common.protocol import SamplingRequest
 from ember.structured import ReasoningSection, StructuredSpec, spec_from_response_format
 
-CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
+CONTEXT_LENGTH_EXCEEDED = generation_budget.CONTEXT_LENGTH_EXCEEDED  # the embeddings route uses it too
 T = TypeVar("T")
 
 
@@ -21,29 +22,13 @@ def resolve_max_tokens(
     behavior: str = "truncate",
     prompt_param: str = "prompt",
 ) -> int:
-    """How many tokens to generate at most, following Fireworks' context_length_exceeded_behavior.
-
-    The prompt alone must leave room for one generated token; otherwise it is always an error.
-    """
-    room = max_model_len - prompt_len
-    if room < 1:
-        raise invalid_request(
-            f"the prompt is {prompt_len} tokens long, which leaves no room to generate within this model's "
-            f"context length of {max_model_len} tokens; shorten the prompt",
-            param=prompt_param,
-            code=CONTEXT_LENGTH_EXCEEDED,
-        )
-    if requested is None:
-        return room
-    if requested > room and behavior == "error":
-        raise invalid_request(
-            f"this model's context length is {max_model_len} tokens; the prompt has {prompt_len} and max_tokens "
-            f"asks for {requested} more ({prompt_len + requested} in total). Lower max_tokens or send "
-            f'context_length_exceeded_behavior="truncate"',
-            param="max_tokens",
-            code=CONTEXT_LENGTH_EXCEEDED,
-        )
-    return min(requested, room)
+    """The engine's generation budget (ember.engine.generation_budget, with Fireworks'
+    context_length_exceeded_behavior); its refusal becomes a 400 naming the input at fault."""
+    try:
+        return generation_budget.resolve_max_tokens(prompt_len, requested, max_model_len, behavior)
+    except generation_budget.GenerationBudgetError as error:
+        param = prompt_param if error.param == "prompt" else error.param
+        raise invalid_request(str(error), param=param, code=error.code) from None
 
 
 @dataclass(frozen=True)
@@ -52,6 +37,7 @@ class SamplingLimits:
 
     vocab_size: int
     max_n: int
+    defaults: SamplingParams = field(default_factory=SamplingParams)  # for values a request leaves out
 
 
 # SamplingParams names the field first in each of its messages ("top_p must be in (0, 1]").
@@ -103,7 +89,7 @@ def build_sampling_params(
             )
     if structured is None:
         structured = response_format_spec(request.response_format)
-    defaults = SamplingParams()
+    defaults = limits.defaults
     try:
         return SamplingParams(
             n=n,

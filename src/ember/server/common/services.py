@@ -37,7 +37,11 @@ class ServingState:
 
     @property
     def limits(self) -> SamplingLimits:
-        return SamplingLimits(vocab_size=self.engine.model_config.vocab_size, max_n=self.config.max_n)
+        return SamplingLimits(
+            vocab_size=self.engine.model_config.vocab_size,
+            max_n=self.config.max_n,
+            defaults=self.engine.default_params,  # the checkpoint's generation defaults
+        )
 
     @property
     def max_model_len(self) -> int:
