@@ -126,7 +126,8 @@ def trial_steps(
             return None
     else:
         return None
-    return f"fails at its first tokens: {clean_message(matcher.get_error())}"
+    # The mask allowed the token, so this is one of llguidance's limits (items per step, lexer fuel...).
+    return f"over llguidance's limits at its first tokens: {clean_message(matcher.get_error())}"
 
 
 def _lowest_allowed(mask: bytes, excluded: set[int]) -> int | None:
