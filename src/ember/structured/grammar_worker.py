@@ -59,6 +59,7 @@ class GrammarWorker:
         self._process: subprocess.Popen[bytes] | None = None
         self._stderr: IO[bytes] | None = None
         self._lock = threading.Lock()
+        self._owner = os.getpid()  # a forked child must not use (or stop) its parent's worker
 
     @property
     def pid(self) -> int | None:
@@ -87,6 +88,8 @@ class GrammarWorker:
         return None if error is None else str(error)
 
     def stop(self) -> None:
+        if os.getpid() != self._owner:
+            return
         with self._lock:
             self._stop_locked()
 
@@ -227,6 +230,9 @@ class VerdictCache:
         with self._lock:
             self._verdicts.clear()
 
+    def reset_lock(self) -> None:
+        self._lock = threading.Lock()
+
 
 _worker: GrammarWorker | None = None
 _worker_lock = threading.Lock()
@@ -241,6 +247,17 @@ def shared_worker() -> GrammarWorker:
             _worker = GrammarWorker()
             atexit.register(_worker.stop)
         return _worker
+
+
+def _forget_parents_worker() -> None:
+    """In a forked child: the parent's worker and locks (perhaps held at the fork) are not ours."""
+    global _worker, _worker_lock
+    _worker = None
+    _worker_lock = threading.Lock()
+    _cache.reset_lock()
+
+
+os.register_at_fork(after_in_child=_forget_parents_worker)
 
 
 def verify_grammar(grammar: str) -> str | None:
