@@ -155,6 +155,7 @@ SMALL = GrammarLimits(
         ("json_schema", {"pattern": "a{50}"}, {"pattern": "a{51}"}, r"pattern: repetition bound of \{51\} is 51"),
         ("json_schema", {"patternProperties": {"(a{10}){10}": {}}}, {"patternProperties": {"(a{10}){11}": {}}}, "product of nested repetition bounds is 110"),
         ("json_schema", {"enum": [{"pattern": "a{999}"}]}, {"enum": [[[[[[1]]]]]]}, "nesting depth is 7"),
+        ("json_schema", {"properties": {"enum": {"pattern": "a{50}"}}}, {"properties": {"enum": {"pattern": "a{51}"}}}, r"repetition bound of \{51\}"),
         ("regex", "[a-z]{1,50}", "[a-z]{1,51}", r"repetition bound of \{1,51\} is 51"),
         ("regex", r"(\d{1,10}\.){10}", r"(\d{1,10}\.){11}", "product of nested repetition bounds is 110"),
         ("regex", "x" * 2000, "x" * 2001, "size in bytes is 2001, over the limit of 2000"),

@@ -115,8 +115,30 @@ def check_json_depth(value: Any, subject: str, limits: GrammarLimits = DEFAULT_L
 
 # ---------------------------------------------------------------------------------------------------- schemas
 
-# Keywords whose values are data, not subschemas: only their depth counts.
+# What a value in a schema document is: a schema (its keywords are checked), a map from names to schemas
+# ("properties": a property may be called "enum"), or data (only its depth counts).
+_SCHEMA, _MAP, _DATA = 0, 1, 2
 _DATA_KEYWORDS = frozenset({"enum", "const", "default", "examples", "example", "x-guidance", "description"})
+_MAP_KEYWORDS = frozenset({"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"})
+
+
+def _children(node: Any, role: int) -> list[tuple[Any, int]]:
+    """The dict and list values under `node`, each with its role."""
+    if isinstance(node, list):
+        return [(item, role) for item in node if isinstance(item, dict | list)]
+    out: list[tuple[Any, int]] = []
+    for key, child in node.items():
+        if not isinstance(child, dict | list):
+            continue
+        if role == _SCHEMA and key in _DATA_KEYWORDS:
+            out.append((child, _DATA))
+        elif role == _SCHEMA and key in _MAP_KEYWORDS and isinstance(child, dict):
+            out.append((child, _MAP))
+        else:
+            out.append((child, _DATA if role == _DATA else _SCHEMA))
+    return out
+
+
 _SIZE_KEYWORDS = (
     "minLength",
     "maxLength",
@@ -134,20 +156,14 @@ def check_schema(schema: Any, limits: GrammarLimits = DEFAULT_LIMITS, subject: s
     check_json_depth(schema, subject, limits)
     if not isinstance(schema, dict):
         return
-    stack: list[tuple[Any, bool]] = [(schema, False)]
+    stack: list[tuple[Any, int]] = [(schema, _SCHEMA)]
     while stack:
-        node, is_data = stack.pop()
-        if isinstance(node, list):
-            stack.extend((item, is_data) for item in node if isinstance(item, dict | list))
-            continue
-        if not isinstance(node, dict):
-            continue
-        if not is_data:
+        node, role = stack.pop()
+        if role == _SCHEMA and isinstance(node, dict):
             _check_schema_keywords(node, limits, subject)
-        for key, child in node.items():
-            if isinstance(child, dict | list):
-                stack.append((child, is_data or key in _DATA_KEYWORDS))
+        stack.extend(_children(node, role))
     _check_refs(schema, limits, subject)
+    _check_alternatives(schema, limits, subject)
 
 
 def _check_schema_keywords(node: dict[str, Any], limits: GrammarLimits, subject: str) -> None:
@@ -220,34 +236,28 @@ def _check_refs(schema: dict[str, Any], limits: GrammarLimits, subject: str) -> 
     memo: dict[int, tuple[int, int]] = {}
     on_path: set[int] = set()
 
-    def children(node: Any) -> list[tuple[Any, int]]:
-        """(child, 1 if reached through a $ref else 0)"""
-        if isinstance(node, list):
-            return [(item, 0) for item in node if isinstance(item, dict | list)]
-        out: list[tuple[Any, int]] = []
-        for key, child in node.items():
-            if key in _DATA_KEYWORDS:
-                continue
-            if key == "$ref" and isinstance(child, str):
-                target = _resolve(schema, child)
-                if isinstance(target, dict | list):
-                    out.append((target, 1))
-            elif isinstance(child, dict | list):
-                out.append((child, 0))
+    def children(node: Any, role: int) -> list[tuple[Any, int, int]]:
+        """(child, its role, 1 if reached through a $ref else 0); data is left out"""
+        out = [(child, child_role, 0) for child, child_role in _children(node, role) if child_role != _DATA]
+        ref = node.get("$ref") if role == _SCHEMA and isinstance(node, dict) else None
+        if isinstance(ref, str):
+            target = _resolve(schema, ref)
+            if isinstance(target, dict | list):
+                out.append((target, _SCHEMA, 1))
         return out
 
     # [node, children still to walk, deepest below, most hops below, hop of the edge that entered node]
-    stack: list[list[Any]] = [[schema, children(schema), 0, 0, 0]]
+    stack: list[list[Any]] = [[schema, children(schema, _SCHEMA), 0, 0, 0]]
     on_path.add(id(schema))
     while stack:
         frame = stack[-1]
         if frame[1]:
-            child, hop = frame[1].pop()
+            child, role, hop = frame[1].pop()
             if id(child) in on_path:  # a recursive schema: llguidance makes a recursive rule of it
                 continue
             if id(child) not in memo:
                 on_path.add(id(child))
-                stack.append([child, children(child), 0, 0, hop])
+                stack.append([child, children(child, role), 0, 0, hop])
                 continue
             child_depth, child_hops = memo[id(child)]
             frame[2] = max(frame[2], child_depth + 1)
@@ -265,7 +275,6 @@ def _check_refs(schema: dict[str, Any], limits: GrammarLimits, subject: str) -> 
         raise _over(subject, "length of a $ref chain", hops, limits.max_ref_chain)
     if depth + 1 > limits.max_depth_through_refs:
         raise _over(subject, "nesting depth through $refs", depth + 1, limits.max_depth_through_refs)
-    _check_alternatives(schema, limits, subject)
 
 
 def _check_alternatives(schema: dict[str, Any], limits: GrammarLimits, subject: str) -> None:
@@ -310,15 +319,12 @@ def _check_alternatives(schema: dict[str, Any], limits: GrammarLimits, subject: 
                 stack[-1][2] += total
         return widths[id(root)]
 
-    stack: list[Any] = [schema]
+    stack: list[tuple[Any, int]] = [(schema, _SCHEMA)]
     while stack:
-        node = stack.pop()
-        if isinstance(node, list):
-            stack.extend(item for item in node if isinstance(item, dict | list))
+        node, role = stack.pop()
+        stack.extend(item for item in _children(node, role) if item[1] != _DATA)
+        if role != _SCHEMA or not isinstance(node, dict):
             continue
-        for key, child in node.items():
-            if key not in _DATA_KEYWORDS and isinstance(child, dict | list):
-                stack.append(child)
         for keyword in ("anyOf", "oneOf"):
             alternatives = node.get(keyword)
             if isinstance(alternatives, list):
