@@ -185,6 +185,12 @@ def test_measuring_cannot_recurse_or_loop() -> None:
     check_schema(cycle)
     check_lark("start: a\na: b | start\nb: a")
     check_regex("(((((" + ")" * 9 + "{3}}{" + "\\" + "[")
+    # Texts that made an earlier tokenizer quadratic (minutes at 256 KiB); now each is one linear pass.
+    check_regex("[" + "[:a:" * 60_000)
+    check_regex("\\p{" * 80_000)
+    wide = GrammarLimits(max_rule_alternatives=10**6)
+    check_lark("start: " + "%json {" * 36_000, wide)
+    check_lark("start: " + "<|" * 120_000, wide)
     doubling = {"$defs": {f"d{i}": {"anyOf": [{"$ref": f"#/$defs/d{i + 1}"}, {"$ref": f"#/$defs/d{i + 1}"}]} for i in range(60)} | {"d60": {"type": "integer"}}}  # fmt: skip
     with pytest.raises(ValueError, match=r"anyOf alternatives .* is \d+, over the limit of 1000"):
         check_schema(doubling)

@@ -340,10 +340,12 @@ def _check_alternatives(schema: dict[str, Any], limits: GrammarLimits, subject: 
 
 # ---------------------------------------------------------------------------------------------------- regexes
 
+# Every pattern here is linear: no nested quantifier can backtrack (possessive *+ / ++), and no token scans
+# past where the next one of its kind could start, so a hostile text cannot make tokenizing quadratic.
 _REGEX_TOKEN = re.compile(
     r"""
-    (?P<escape>\\(?:[pP]\{[^}]*\}|x\{[^}]*\}|u\{[^}]*\}|.))
-    | (?P<cls>\[\^?\]?(?:\[:[a-z]+:\]|\\.|[^\]])*\])
+    (?P<escape>\\(?:[pPxu]\{[^}\n]{0,64}\}|.))
+    | (?P<cls>\[\^?\]?(?:\[:[a-z]{1,16}:\]|\\.|[^\]\\\[])*+\])
     | (?P<open>\((?:\?(?:[a-zA-Z:=!-]*|P?<[^>]*>))?)
     | (?P<close>\))
     | (?P<counted>\{(?P<low>\d+)(?P<comma>,(?P<high>\d*))?\}[?+]?)
@@ -432,9 +434,9 @@ _LARK_TOKEN = re.compile(
     (?P<newline>\n)
     | (?P<space>[ \t\r]+)
     | (?P<comment>//[^\n]*)
-    | (?P<string>"(?:[^"\\\n]|\\.)*"i?)
-    | (?P<regex>/(?:[^/\\\n]|\\.)+/[a-z]*)
-    | (?P<special><(?:\|[^\n]*?\||\[[^\]\n]*\])>)
+    | (?P<string>"(?:[^"\\\n]|\\.)*+"i?)
+    | (?P<regex>/(?:[^/\\\n]|\\.)++/[a-z]*)
+    | (?P<special><(?:\|[^|\n]{0,128}\||\[[^\]\n]{0,64}\])>)
     | (?P<directive>%[a-z_]+)
     | (?P<name>[?!]?@?[A-Za-z_][A-Za-z0-9_]*)
     | (?P<number>\d+)
@@ -524,6 +526,8 @@ def _lark_tokens(text: str, limits: GrammarLimits, subject: str) -> list[tuple[s
     and appear as one "json" token; regex tokens are checked."""
     tokens: list[tuple[str, str]] = []
     decoder = json.JSONDecoder()
+    decoding = True  # after one body fails to parse, llguidance refuses the grammar: parse no more (each
+    # failure costs a pass over the text to find its line number, so many would be quadratic)
     position = 0
     while position < len(text):
         match = _LARK_TOKEN.match(text, position)
@@ -536,7 +540,7 @@ def _lark_tokens(text: str, limits: GrammarLimits, subject: str) -> list[tuple[s
         if kind == "regex":
             check_regex(value[1 : value.rindex("/")], limits, f"{subject} regex")
         tokens.append((kind, value))
-        if kind == "directive" and value in ("%json", "%llguidance", "%regex"):
+        if decoding and kind == "directive" and value in ("%json", "%llguidance", "%regex"):
             start = position
             while start < len(text) and text[start] in " \t\r\n":
                 start += 1
@@ -549,7 +553,8 @@ def _lark_tokens(text: str, limits: GrammarLimits, subject: str) -> list[tuple[s
                         f"{limits.max_json_depth}"
                     ) from None
                 except json.JSONDecodeError:
-                    continue  # llguidance reports the syntax error
+                    decoding = False  # llguidance reports the syntax error
+                    continue
                 if value == "%json":
                     check_schema(body, limits, f"{subject} %json schema")
                 tokens.append(("json", ""))
