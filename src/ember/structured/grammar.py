@@ -18,7 +18,11 @@ import json
 from typing import Any
 
 import llguidance
+from llguidance.gbnf_to_lark import any_to_lark
 
+from ember.structured.grammar_check import trial_steps
+from ember.structured.grammar_limits import DEFAULT_LIMITS, check_lark, check_spec_limits, parse_json
+from ember.structured.grammar_worker import verify_grammar
 from ember.structured.spec import ReasoningSection, StructuredSpec
 
 # No free whitespace inside JSON: a small model given the choice can emit newlines until max_tokens. These are
@@ -31,16 +35,24 @@ JSON_FORMAT_OPTIONS: dict[str, Any] = {
 
 
 def grammar_for(spec: StructuredSpec, tokenizer: llguidance.LLTokenizer | None = None) -> str:
-    """The llguidance grammar of `spec`; ValueError naming the problem when the schema or grammar is invalid.
+    """The llguidance grammar of `spec`; ValueError naming the problem when the schema or grammar is invalid,
+    or bigger than ember compiles (grammar_limits: the message names the limit).
 
-    With a tokenizer the check also covers token-level problems (e.g. a special token the vocabulary lacks).
+    Safe on untrusted input: measured first, then compiled under llguidance's limits in a worker process
+    (grammar_worker: a crash there is this ValueError) with its first steps tried, verdicts cached. With a
+    tokenizer the check also covers token-level problems (e.g. a special token the vocabulary lacks) and the
+    first steps on the model's own vocabulary. Takes up to ~1 s for the largest grammars accepted (5 s at
+    most): call it off the event loop.
     """
+    check_spec_limits(spec)
     grammar = _raw_grammar(spec)
     if spec.reasoning is not None:
         grammar = _after_reasoning(grammar, spec.reasoning)
-    message = llguidance.LLMatcher.validate_grammar(grammar, tokenizer)
-    if message:
-        raise ValueError(f"invalid {_describe(spec.kind)}: {message.strip()}")
+    error = verify_grammar(grammar)
+    if error is None and tokenizer is not None:
+        error = trial_steps(grammar, tokenizer)
+    if error:
+        raise ValueError(f"invalid {_describe(spec.kind)}: {error}")
     return grammar
 
 
@@ -52,16 +64,23 @@ def _raw_grammar(spec: StructuredSpec) -> str:
             return llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=options)
         case "gbnf":
             try:
-                return llguidance.grammar_from("gbnf", spec.source)
-            except ValueError as error:
-                raise ValueError(f"invalid grammar: {error}") from None
+                lark = any_to_lark(spec.source)  # a Lark grammar comes back as it is
+            except Exception as error:  # noqa: BLE001 - the converter raises its own error types
+                message = f"Failed to convert the grammar from GBNF to Lark: {error}"
+                raise ValueError(f"invalid grammar: {message}") from None
+            check_lark(lark, DEFAULT_LIMITS)
+            return llguidance.LLMatcher.grammar_from_lark(lark)
         case "lark":
             return llguidance.LLMatcher.grammar_from_lark(spec.source)
         case "regex":
             return llguidance.LLMatcher.grammar_from_regex(spec.source)
         case "choice":
+            # One lexeme (an upper-case rule): the lexer matches it as one regex. As alternatives of a parser
+            # rule, 2000 choices or more fail at the first token (llguidance's 2000-item limit per step).
             options = _parse_choices(spec.source)
-            lark = "start: " + " | ".join(json.dumps(option, ensure_ascii=False) for option in options)
+            lark = "start: CHOICE\nCHOICE: " + " | ".join(
+                json.dumps(option, ensure_ascii=False) for option in options
+            )
             return llguidance.LLMatcher.grammar_from_lark(lark)
     raise ValueError(f"unknown structured output kind {spec.kind!r}")
 
@@ -82,20 +101,14 @@ def _after_reasoning(grammar: str, reasoning: ReasoningSection) -> str:
 
 
 def parse_schema(source: str) -> dict[str, Any] | bool:
-    try:
-        schema = json.loads(source)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"invalid JSON schema: not valid JSON ({error})") from None
+    schema = parse_json(source, "JSON schema")
     if not isinstance(schema, dict | bool):
         raise ValueError(f"invalid JSON schema: expected an object, got {type(schema).__name__}")
     return schema
 
 
 def _parse_choices(source: str) -> list[str]:
-    try:
-        options = json.loads(source)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"invalid choice list: not valid JSON ({error})") from None
+    options = parse_json(source, "choice list")
     if not isinstance(options, list) or not options or not all(isinstance(o, str) and o for o in options):
         raise ValueError("invalid choice list: expected a non-empty list of non-empty strings")
     return options

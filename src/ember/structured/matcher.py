@@ -5,6 +5,8 @@ from __future__ import annotations
 import llguidance
 import torch
 
+from ember.structured.grammar_check import clean_message, parser_limits
+
 # Bit i of a packed mask word stands for token 32 * word + i.
 _BIT_SHIFTS = torch.arange(32, dtype=torch.int32)
 
@@ -13,9 +15,9 @@ class GrammarMatcher:
     """Where one sequence stands in its grammar: which tokens may come next, and whether it may end."""
 
     def __init__(self, tokenizer: llguidance.LLTokenizer, grammar: str) -> None:
-        self._matcher = llguidance.LLMatcher(tokenizer, grammar, log_level=0)
+        self._matcher = llguidance.LLMatcher(tokenizer, grammar, log_level=0, limits=parser_limits())
         if self._matcher.is_error():
-            raise ValueError(f"invalid grammar: {self._matcher.get_error()}")
+            raise ValueError(f"invalid grammar: {clean_message(self._matcher.get_error())}")
         self.num_words = (tokenizer.vocab_size + 31) // 32
 
     def fill_bitmask(self, words: torch.Tensor) -> None:
@@ -27,7 +29,8 @@ class GrammarMatcher:
     def accept(self, token_id: int) -> None:
         """Advance past one sampled token; ValueError if the grammar does not allow it."""
         if not self._matcher.consume_token(token_id):
-            raise ValueError(f"token {token_id} violates the output grammar: {self._matcher.get_error()}")
+            error = clean_message(self._matcher.get_error())
+            raise ValueError(f"token {token_id} violates the output grammar: {error}")
 
     @property
     def is_finished(self) -> bool:

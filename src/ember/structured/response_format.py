@@ -8,6 +8,7 @@ import re
 from typing import Any
 
 from ember.structured.grammar import grammar_for
+from ember.structured.grammar_limits import check_json_depth
 from ember.structured.spec import ReasoningSection, StructuredSpec
 
 _SCHEMA_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -91,6 +92,7 @@ def _json_schema_spec(response_format: dict[str, Any]) -> StructuredSpec:
 def _schema_spec(schema: Any, where: str, strict: bool) -> StructuredSpec:
     if not isinstance(schema, dict | bool):
         raise ValueError(f"{where} must be a JSON schema object")
+    check_json_depth(schema, where)  # before json.dumps, which recurses
     return StructuredSpec("json_schema", json.dumps(schema), strict=strict)
 
 

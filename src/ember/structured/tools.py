@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ember.structured.grammar import JSON_FORMAT_OPTIONS, grammar_for
+from ember.structured.grammar_limits import check_json_depth
 from ember.structured.spec import ReasoningSection, StructuredSpec
 
 _FUNCTION_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -70,6 +71,7 @@ def parse_tools(tools: list[dict[str, Any]] | None) -> list[FunctionTool]:
             raise ValueError(f"{where}.function.parameters must be a JSON schema of type object")
         strict = bool(function.get("strict", False))
         try:
+            check_json_depth(parameters, "JSON schema")  # before json.dumps, which recurses
             grammar_for(StructuredSpec("json_schema", json.dumps(parameters), strict=strict))
         except ValueError as error:
             raise ValueError(f"{where}.function.parameters: {error}") from None
