@@ -5,12 +5,12 @@ from __future__ import annotations
 import dataclasses
 
 import httpx
-from ember.server.config import ServerConfig
 from live_server import MAX_MODEL_LEN, TINY_MODEL, start_server
 
 from ember.engine.async_engine import AsyncEngine
 from ember.engine.testing import tiny_engine_config, tiny_loaded_model
 from ember.models.checkpoint import GenerationDefaults
+from ember.server.common.config import ServerConfig
 
 
 def test_an_omitted_temperature_is_the_checkpoints() -> None:
