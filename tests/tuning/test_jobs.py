@@ -5,6 +5,7 @@ checkpoint, also across a server restart."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -54,6 +55,7 @@ class Server:
         self.store = TuningStore(tuning_db_path(data_dir))
         self.files = FileStorage(data_dir, self.store, lambda path: validate_dataset(path))
         self.succeeded: list[JobRecord] = []
+        self.frozen_pids: list[int] = []  # workers a test stopped with SIGSTOP
         self.service = FineTuningService(
             self.store,
             data_dir,
@@ -96,6 +98,9 @@ def servers(tmp_path: Path, tiny_model_dir: Path) -> Iterator[Callable[[], Serve
 
     yield start
     for server in started:
+        for pid in server.frozen_pids:  # a failed test may leave a worker stopped, deaf to stop()'s SIGTERM
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
         server.service.stop()
 
 
@@ -167,6 +172,7 @@ def frozen_after_first_checkpoint(server: Server, job_id: str) -> int:
     pid = server.service.runner.worker_pid
     assert pid is not None
     os.kill(pid, signal.SIGSTOP)
+    server.frozen_pids.append(pid)
     job = server.service.get_job(job_id)
     assert job.status == "running", f"the job ended before the test could interrupt it: {job.status}"
     assert max(metrics_steps(server, job_id)) < EPOCHS
