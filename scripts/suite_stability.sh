@@ -9,6 +9,7 @@ IDLE=${1:-5}
 LOADED=${2:-2}
 SEED=${3:-$RANDOM}
 LOG_DIR=${LOG_DIR:-$(mktemp -d /tmp/ember-stability.XXXX)}
+mkdir -p "$LOG_DIR"
 failures=0
 
 run() {  # run NAME [pytest args...]
