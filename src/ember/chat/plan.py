@@ -21,6 +21,7 @@ from ember.structured import (
     ToolCallSyntax,
     forced_tools,
     parse_tools,
+    response_format_message,
     spec_for_tool_choice,
     spec_from_response_format,
 )
@@ -184,10 +185,7 @@ def _response_format_spec(
     try:
         return spec_from_response_format(response_format, reasoning)
     except ValueError as error:
-        message = str(error)
-        if not message.startswith("response_format"):
-            message = f"response_format: {message}"
-        raise ChatRequestError(message, "response_format") from None
+        raise ChatRequestError(response_format_message(error), "response_format") from None
 
 
 def _constrains(response_format: Any) -> bool:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ember.structured.response_format import spec_from_response_format
+from ember.structured.response_format import response_format_message, spec_from_response_format
 from ember.structured.spec import ReasoningSection, StructuredSpec
 from ember.structured.tools import (
     HERMES,
@@ -25,6 +25,7 @@ __all__ = [
     "ToolCallSyntax",
     "forced_tools",
     "parse_tools",
+    "response_format_message",
     "spec_for_tool_choice",
     "spec_from_response_format",
 ]

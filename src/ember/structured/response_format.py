@@ -67,6 +67,12 @@ def spec_from_response_format(
     return spec
 
 
+def response_format_message(error: ValueError) -> str:
+    """A refusal of spec_from_response_format as the API reports it: always naming response_format."""
+    message = str(error)
+    return message if message.startswith("response_format") else f"response_format: {message}"
+
+
 def _json_schema_spec(response_format: dict[str, Any]) -> StructuredSpec:
     wrapper = response_format.get("json_schema")
     if wrapper is None:

@@ -9,7 +9,12 @@ from ember.engine import generation_budget
 from ember.engine.sampling_params import SamplingParams
 from ember.server.common.errors import APIError, invalid_request
 from ember.server.common.protocol import SamplingRequest
-from ember.structured import ReasoningSection, StructuredSpec, spec_from_response_format
+from ember.structured import (
+    ReasoningSection,
+    StructuredSpec,
+    response_format_message,
+    spec_from_response_format,
+)
 
 CONTEXT_LENGTH_EXCEEDED = generation_budget.CONTEXT_LENGTH_EXCEEDED  # the embeddings route uses it too
 T = TypeVar("T")
@@ -58,10 +63,7 @@ def response_format_spec(
     try:
         return spec_from_response_format(response_format, reasoning)
     except ValueError as error:
-        message = str(error)
-        if not message.startswith("response_format"):
-            message = f"response_format: {message}"
-        raise invalid_request(message, param="response_format") from None
+        raise invalid_request(response_format_message(error), param="response_format") from None
 
 
 def build_sampling_params(
