@@ -328,3 +328,15 @@ def test_async_client_runs_requests_concurrently(tiny_server: RunningServer) -> 
     texts, streamed, steps = asyncio.run(main())
     assert texts == alone and streamed == chat_alone
     assert steps < 6 * 6 + 4  # one step per token of each request would be 40: they were batched together
+
+
+def test_completions_without_max_tokens_stop_at_openais_default_of_16(client: openai.OpenAI) -> None:
+    """The seed snippet sends no max_tokens: like OpenAI, 16 tokens, not a run to the end of the context."""
+    completion = client.completions.create(
+        model=TINY_MODEL_ID, prompt="The quick brown fox", extra_body={"ignore_eos": True}
+    )
+    assert completion.usage.completion_tokens == 16 and completion.choices[0].finish_reason == "length"
+    chat = client.chat.completions.create(
+        model=TINY_MODEL_ID, messages=[{"role": "user", "content": "Hi"}], extra_body={"ignore_eos": True}
+    )
+    assert chat.usage.completion_tokens > 16  # chat runs to the end of the turn, capped by the context

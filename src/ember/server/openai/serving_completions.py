@@ -39,6 +39,9 @@ from ember.server.openai.responses import (
     usage_dict,
 )
 
+# OpenAI's documented default for /v1/completions; chat instead runs to the end of the turn.
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16
+
 
 @dataclass(frozen=True)
 class _Echo:
@@ -86,7 +89,8 @@ class CompletionServing:
         for i, prompt in enumerate(prompts):
             param = "prompt" if len(prompts) == 1 else f"prompt[{i}]"
             ids = state.encoder.encode(prompt, param)
-            max_tokens = resolve_max_tokens(len(ids), body.max_tokens, state.max_model_len, behavior, param)
+            requested = COMPLETIONS_DEFAULT_MAX_TOKENS if body.max_tokens is None else body.max_tokens
+            max_tokens = resolve_max_tokens(len(ids), requested, state.max_model_len, behavior, param)
             echo = _echo_for(body, prompt, ids, state)
             echoes.append(echo)
             params = build_sampling_params(
