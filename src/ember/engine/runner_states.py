@@ -22,9 +22,8 @@ class RunnerSequence:
     sequence: Sequence  # read, never written here: the scheduler and the engine own its tokens and progress
     generator: torch.Generator | None  # a seeded sequence draws only from its own stream, whatever the batch
     matcher: GrammarMatcher | None  # where a constrained sequence stands in its grammar
-    adapter: (
-        LoraAdapter | None
-    )  # its LoRA slot: the adapter its rows run with (pinned by the engine's request)
+    # its LoRA slot: the adapter its rows run with (pinned by the engine's request)
+    adapter: LoraAdapter | None
 
 
 class RunnerStates:

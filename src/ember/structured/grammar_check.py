@@ -6,6 +6,7 @@ Imports nothing heavier than llguidance, so the worker starts quickly.
 
 from __future__ import annotations
 
+import functools
 import re
 
 import llguidance
@@ -70,16 +71,10 @@ class _ByteVocabulary:
         return list(text.encode("utf-8") if isinstance(text, str) else text)
 
 
-_byte_tokenizer: llguidance.LLTokenizer | None = None
-
-
+@functools.cache
 def byte_tokenizer() -> llguidance.LLTokenizer:
-    global _byte_tokenizer
-    if _byte_tokenizer is None:
-        _byte_tokenizer = llguidance.LLTokenizer(
-            llguidance.TokenizerWrapper(_ByteVocabulary()), eos_token=[256]
-        )
-    return _byte_tokenizer
+    """Built once per process: it is immutable."""
+    return llguidance.LLTokenizer(llguidance.TokenizerWrapper(_ByteVocabulary()), eos_token=[256])
 
 
 # Errors of the trial that come from the byte vocabulary, not the grammar (it names special tokens the real
@@ -109,7 +104,7 @@ def trial_steps(
     matcher = llguidance.LLMatcher(tokenizer, grammar, log_level=0, limits=limits or parser_limits())
     if matcher.is_error():
         message = matcher.get_error()
-        if tokenizer is _byte_tokenizer and _VOCABULARY_ERRORS.search(message):
+        if tokenizer is byte_tokenizer() and _VOCABULARY_ERRORS.search(message):
             return None
         return f"fails at its first tokens: {clean_message(message)}"
     eos = set(tokenizer.eos_tokens)
