@@ -15,14 +15,12 @@ from ember.structured import spec_for_tool_choice, spec_from_response_format
 from ember.structured.compiler import build_grammar_tokenizer
 from ember.structured.grammar import grammar_for
 from ember.structured.grammar_check import clean_message
-from ember.structured.grammar_limits import (
-    GrammarLimits,
-    check_lark,
-    check_regex,
-    check_schema,
-    check_spec_limits,
-)
+from ember.structured.grammar_limits import check_spec_limits
+from ember.structured.lark_limits import check_lark
+from ember.structured.limits import GrammarLimits
 from ember.structured.matcher import GrammarMatcher, allowed_token_masks
+from ember.structured.regex_limits import check_regex
+from ember.structured.schema_limits import check_schema
 from ember.structured.spec import StructuredSpec
 
 

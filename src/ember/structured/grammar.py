@@ -21,8 +21,10 @@ import llguidance
 from llguidance.gbnf_to_lark import any_to_lark
 
 from ember.structured.grammar_check import trial_steps
-from ember.structured.grammar_limits import DEFAULT_LIMITS, check_lark, check_spec_limits, parse_json
+from ember.structured.grammar_limits import check_spec_limits
 from ember.structured.grammar_worker import verify_grammar
+from ember.structured.lark_limits import check_lark
+from ember.structured.limits import DEFAULT_LIMITS, parse_json
 from ember.structured.spec import ReasoningSection, StructuredSpec
 
 # No free whitespace inside JSON: a small model given the choice can emit newlines until max_tokens. These are

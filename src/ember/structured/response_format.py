@@ -8,7 +8,7 @@ import re
 from typing import Any
 
 from ember.structured.grammar import grammar_for
-from ember.structured.grammar_limits import check_json_depth
+from ember.structured.limits import check_json_depth
 from ember.structured.spec import ReasoningSection, StructuredSpec
 
 _SCHEMA_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")

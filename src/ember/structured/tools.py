@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ember.structured.grammar import JSON_FORMAT_OPTIONS, grammar_for
-from ember.structured.grammar_limits import check_json_depth
+from ember.structured.limits import check_json_depth
 from ember.structured.spec import ReasoningSection, StructuredSpec
 
 _FUNCTION_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
