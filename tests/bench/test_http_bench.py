@@ -95,3 +95,10 @@ def test_the_table_shows_http_next_to_the_engine_as_a_speed_ratio(capsys: pytest
 def test_bench_runs_through_http_unless_told_not_to() -> None:
     assert build_parser().parse_args(["bench"]).http is True
     assert build_parser().parse_args(["bench", "--no-http"]).http is False
+
+
+def test_a_key_that_starts_with_a_dash_reaches_the_server() -> None:
+    """secrets.token_urlsafe starts one key in 32 with "-": it failed a CI run as `--api-key: expected one
+    argument` before the command passed it as --api-key=KEY."""
+    command = tiny_launch(Path("/models/tiny")).command(port=8123, api_key="-dash_key")
+    assert build_parser().parse_args(command[3:]).api_key == ["-dash_key"]

@@ -68,7 +68,8 @@ class ServerLaunch:
 
     def command(self, port: int, api_key: str) -> list[str]:
         command = [sys.executable, "-m", "ember.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
-        command += ["--api-key", api_key, "--no-fine-tuning", "--threads", str(self.threads)]
+        # "=" keeps a key that starts with "-" (token_urlsafe draws one in 32) from reading as an option.
+        command += [f"--api-key={api_key}", "--no-fine-tuning", "--threads", str(self.threads)]
         command += ["--weight-format", self.weight_format, "--block-size", str(self.block_size)]
         command += ["--max-num-seqs", str(self.max_num_seqs)]
         command += ["--max-num-batched-tokens", str(self.max_num_batched_tokens)]
