@@ -1,4 +1,8 @@
-"""POST /v1/embeddings: mean-pooled hidden states of the served LLM, optionally truncated to `dimensions`."""
+"""POST /v1/embeddings: mean-pooled final hidden states of the served LLM, optionally truncated to `dimensions`.
+
+The inputs run through the engine's scheduler (LLMEngine.add_embedding_request): prefilled in chunks under the
+step's token budget beside running streams, aborted when the client disconnects, and capped per request at
+ServerConfig.max_embedding_tokens tokens in all."""
 
 from __future__ import annotations
 
@@ -7,8 +11,10 @@ import math
 from typing import Any
 
 import numpy as np
+from fastapi import Request
 
-from ember.server.common.errors import invalid_request
+from ember.server.common.errors import APIError, invalid_request
+from ember.server.common.generation import DisconnectWatch, new_id
 from ember.server.common.sampling import CONTEXT_LENGTH_EXCEEDED
 from ember.server.common.services import ServingState
 from ember.server.openai.protocol import EmbeddingRequest
@@ -34,7 +40,7 @@ class EmbeddingServing:
     def __init__(self, state: ServingState) -> None:
         self.state = state
 
-    async def create(self, body: EmbeddingRequest) -> dict[str, Any]:
+    async def create(self, body: EmbeddingRequest, http: Request) -> dict[str, Any]:
         state = self.state
         model = state.models.resolve(body.model)
         inputs = body.inputs()
@@ -48,7 +54,42 @@ class EmbeddingServing:
         hidden = state.engine.model_config.hidden_size
         if body.dimensions is not None and body.dimensions > hidden:
             raise invalid_request(f"dimensions must be at most {hidden} for this model", param="dimensions")
+        token_ids = self._encode(inputs)
+        request_id = new_id("embd")
+        watch = DisconnectWatch(http, state.engine, [request_id])
+        try:
+            output = await state.engine.embed(token_ids, request_id)
+        except ValueError as error:
+            raise invalid_request(str(error), param="input") from None
+        finally:
+            watch.close()
+        if output.finish_reason == "error":
+            raise APIError(500, f"embedding failed: {output.error}", code="embedding_failed")
+        if output.finish_reason != "stop":  # aborted: the client has gone, nobody reads this
+            raise APIError(499, "the request was cancelled", code="cancelled")
+        encoding_format = body.encoding_format or "float"
+        data = [
+            {
+                "object": "embedding",
+                "index": i,
+                "embedding": encode_vector(shorten(v, body.dimensions), encoding_format),
+            }
+            for i, v in enumerate(output.embeddings)
+        ]
+        prompt_tokens = output.num_prompt_tokens
+        return {
+            "object": "list",
+            "data": data,
+            "model": model,
+            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+        }
+
+    def _encode(self, inputs: list[str | list[int]]) -> list[list[int]]:
+        """Token ids of each input; a 400 as soon as one is over the context or all of them over the cap."""
+        state = self.state
+        cap = state.config.max_embedding_tokens
         token_ids: list[list[int]] = []
+        total = 0
         for i, item in enumerate(inputs):
             param = "input" if len(inputs) == 1 else f"input[{i}]"
             ids = state.encoder.encode(item, param)
@@ -58,21 +99,12 @@ class EmbeddingServing:
                     param=param,
                     code=CONTEXT_LENGTH_EXCEEDED,
                 )
+            total += len(ids)
+            if total > cap:
+                raise invalid_request(
+                    f"input has {total} tokens in its first {i + 1} items, over this server's limit of {cap} "
+                    "tokens per embeddings request (max_embedding_tokens); split it into several requests",
+                    param="input",
+                )
             token_ids.append(ids)
-        vectors = await state.engine.embed(token_ids)
-        encoding_format = body.encoding_format or "float"
-        data = [
-            {
-                "object": "embedding",
-                "index": i,
-                "embedding": encode_vector(shorten(v, body.dimensions), encoding_format),
-            }
-            for i, v in enumerate(vectors)
-        ]
-        prompt_tokens = sum(len(ids) for ids in token_ids)
-        return {
-            "object": "list",
-            "data": data,
-            "model": model,
-            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
-        }
+        return token_ids
