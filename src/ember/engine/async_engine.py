@@ -347,7 +347,7 @@ class AsyncEngine:
             self._stats = stats
 
     def _fail_all(self, exc: BaseException) -> None:
-        for request_id in list(self.engine.requests):
+        for request_id in [*self.engine.requests, *self.engine.embeddings.request_ids()]:
             self.engine.fail_request(request_id, str(exc))
         with self._lock:
             streams = list(self._streams.values())

@@ -69,6 +69,9 @@ class EmbeddingRequests:
     def __len__(self) -> int:
         return len(self._requests)
 
+    def request_ids(self) -> list[str]:
+        return list(self._requests)
+
     @property
     def num_sequences(self) -> int:
         """Inputs the scheduler holds for embedding requests now."""

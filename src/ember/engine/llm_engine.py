@@ -12,16 +12,15 @@ from __future__ import annotations
 import logging
 import time
 
-from ember.engine.admission import check_token_ids
+from ember.engine.admission import admit_request
 from ember.engine.embedding_requests import EmbeddingRequests
 from ember.engine.engine_config import CacheConfig, EngineConfig, SchedulerConfig
-from ember.engine.errors import QueueFullError
 from ember.engine.generation_budget import resolve_max_tokens
 from ember.engine.generation_defaults import default_sampling_params
 from ember.engine.invariants import check_engine_invariants
 from ember.engine.model_runner import ModelRunner, ModelRunnerOutput
-from ember.engine.outputs import EmbeddingOutput, RequestMetrics, RequestOutput
-from ember.engine.request import FINISH_STATUS, Request, SequenceOutputState, fan_out
+from ember.engine.outputs import EmbeddingOutput, RequestOutput
+from ember.engine.request import FINISH_STATUS, Request, SequenceOutputState
 from ember.engine.sampling_params import SamplingParams
 from ember.engine.scheduler import Scheduler
 from ember.engine.scheduler_output import SchedulerOutput
@@ -112,49 +111,19 @@ class LLMEngine:
         priority: int = 0,
         arrival_time: float | None = None,
     ) -> None:
-        """All or nothing: a refusal anywhere (budget, ids, grammar, queue, adapter, scheduler) raises with
-        nothing left in the scheduler, the runner, the block manager or the adapter pins."""
+        """All or nothing (engine/admission.py): a refusal anywhere raises with nothing left behind."""
         if request_id in self.requests or request_id in self.embeddings:
             raise ValueError(f"request id {request_id!r} is already running")
-        max_tokens = self.resolve_max_tokens(len(prompt_token_ids), params)
-        check_token_ids(prompt_token_ids, params, self.model.config.vocab_size)
-        # Compiled before anything is admitted: an invalid schema or grammar is the caller's ValueError.
-        grammar = None if params.structured is None else self.grammar_compiler.compile(params.structured)
-        count = params.num_samples
-        room = self.config.scheduler.max_waiting - self.scheduler.num_waiting
-        if count > room:  # all samples or none: a half-admitted request could never be answered
-            raise QueueFullError(self.scheduler.num_waiting)
-        if lora_id is not None and lora_id not in self.lora_manager:
-            known = ", ".join(info.name for info in self.lora_manager.list_adapters()) or "none"
-            raise ValueError(f"unknown LoRA adapter {lora_id!r} (registered: {known})")
-        # The request pins its adapter once per sequence until it leaves the engine (_take_output); the key
-        # names this registration in the prefix cache and tells the runner which adapter the rows run with.
-        lora_keys: list[str | None] = []
-        try:
-            for _ in range(count):  # acquiring loads an evicted adapter from its folder, which may fail
-                lora_keys.append(None if lora_id is None else self.lora_manager.acquire(lora_id))
-            request = fan_out(
-                request_id,
-                prompt_token_ids,
-                params,
-                metrics=RequestMetrics(
-                    arrival_time=arrival_time if arrival_time is not None else time.time()
-                ),
-                max_tokens=max_tokens,
-                lora_keys=lora_keys,
-                grammar=grammar,
-                cache_salt=cache_salt,
-                priority=priority,
-                tokenizer=self.tokenizer,
-                eos_token_ids=self.eos_token_ids,
-            )
-            # All samples or none; the first runs first, so the rest find its prompt blocks in the prefix cache.
-            self.scheduler.add_sequences([state.sequence for state in request.sequences])
-        except BaseException:
-            for key in lora_keys:
-                if key is not None:
-                    self.lora_manager.release(key)
-            raise
+        request = admit_request(
+            self,
+            request_id,
+            prompt_token_ids,
+            params,
+            lora_id=lora_id,
+            cache_salt=cache_salt,
+            priority=priority,
+            arrival_time=arrival_time,
+        )
         for state in request.sequences:
             self.sequences[state.sequence.sequence_id] = state
         self.requests[request_id] = request
