@@ -10,6 +10,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
+import torch
 from admission_helpers import (
     GREEDY,
     HEALTHY_PROMPTS,
@@ -26,9 +27,15 @@ from admission_helpers import (
 )
 
 from ember.engine.async_engine import AsyncEngine
+from ember.engine.engine_config import CacheConfig, SchedulerConfig
+from ember.engine.errors import QueueFullError
+from ember.engine.forward_isolation import forward_each_alone
 from ember.engine.llm_engine import LLMEngine
 from ember.engine.outputs import RequestOutput
 from ember.engine.sampling_params import SamplingParams
+from ember.engine.scheduler import Scheduler
+from ember.engine.scheduler_output import ScheduledSequence
+from ember.engine.sequence import Sequence
 from ember.models.loader import LoadedModel
 
 # Seeds at the edges are not failures: every seed maps into the generator's range, so these must run to the end.
@@ -167,3 +174,56 @@ def test_the_async_engine_hammered_at_every_admission_stage(
     stats = engine.stats()
     assert (stats.num_running, stats.num_waiting, stats.kv_usage) == (0, 0, 0.0)
     assert_idle_and_clean(inner)
+
+
+def sequence(sequence_id: str, prompt: list[int], max_tokens: int = 4) -> Sequence:
+    return Sequence(sequence_id, prompt, SamplingParams(max_tokens=max_tokens), max_tokens, arrival_time=0.0)
+
+
+@pytest.mark.parametrize(
+    ("second", "error"),
+    [
+        (sequence("a", [4, 5]), ValueError),  # an id the batch already has
+        (sequence("b", [1] * 60, max_tokens=10), ValueError),  # over the context
+        (sequence("b", [1] * 30, max_tokens=30), ValueError),  # more KV than the whole cache
+    ],
+)
+def test_the_scheduler_queues_every_sequence_or_none(second: Sequence, error: type[Exception]) -> None:
+    scheduler = Scheduler(
+        SchedulerConfig(max_num_seqs=4, max_num_batched_tokens=16, max_model_len=64, max_waiting=3),
+        CacheConfig(block_size=4, num_blocks=12),
+    )
+    with pytest.raises(error):
+        scheduler.add_sequences([sequence("a", [1, 2, 3]), second])
+    assert scheduler.num_waiting == 0 and not scheduler.has_unfinished()
+    assert scheduler.get_sequence("a") is None and not scheduler.has_finished_to_report()
+    scheduler.add_sequences([sequence("a", [1, 2, 3])])
+    with pytest.raises(QueueFullError):  # room for two more, not three
+        scheduler.add_sequences([sequence(f"q{i}", [1, 2]) for i in range(3)])
+    assert scheduler.num_waiting == 1
+
+
+def scheduled(sequence_id: str, start: int, num_tokens: int, blocks: list[int]) -> ScheduledSequence:
+    return ScheduledSequence(
+        sequence_id, [1] * num_tokens, start, blocks, sample=True, needs_prompt_logprobs=False
+    )
+
+
+def test_a_forward_fault_fails_the_sequence_alone_and_whoever_read_what_it_wrote() -> None:
+    # block size 4: "bad" writes positions 0-7 (blocks 1, 2) in this step; "reader" took block 1 from the prefix
+    # cache in this same step, so its context is what "bad" was writing; "other" shares nothing
+    items = [
+        scheduled("bad", 0, 8, [1, 2]),
+        scheduled("reader", 4, 3, [1, 3]),
+        scheduled("other", 0, 5, [4, 5]),
+    ]
+
+    def forward_one(item: ScheduledSequence) -> torch.Tensor:
+        if item.sequence_id == "bad":
+            raise RuntimeError("kernel fault")
+        return torch.full((item.num_tokens, 2), float(len(item.sequence_id)))  # [N, H]
+
+    survivors, hiddens, errors = forward_each_alone(items, forward_one, block_size=4)
+    assert [item.sequence_id for item in survivors] == ["other"]
+    assert hiddens[0].shape == (5, 2)
+    assert "kernel fault" in errors["bad"] and "failed in the same step" in errors["reader"]
