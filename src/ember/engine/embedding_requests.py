@@ -44,6 +44,10 @@ class EmbeddingRequest:
         return sum(len(ids) for ids in self.inputs)
 
     @property
+    def in_flight_tokens(self) -> int:
+        return sum(len(self.inputs[index]) for index in self.in_flight.values())
+
+    @property
     def done(self) -> bool:
         return self.next_input == len(self.inputs) and not self.in_flight
 
@@ -78,8 +82,8 @@ class EmbeddingRequests:
         return len(self._by_sequence)
 
     def in_flight_tokens(self, request_id: str) -> int:
-        request = self._requests[request_id]
-        return sum(len(request.inputs[index]) for index in request.in_flight.values())
+        """Tokens of the request's inputs the scheduler holds now: what bounds its KV blocks."""
+        return self._requests[request_id].in_flight_tokens
 
     # ---- in -------------------------------------------------------------------------------------------
 
@@ -127,7 +131,7 @@ class EmbeddingRequests:
         """Admit the next window of inputs (all of it or none); False when none could be admitted."""
         config = self.scheduler.scheduler_config
         room = config.max_waiting - self.scheduler.num_waiting
-        tokens = sum(len(request.inputs[index]) for index in request.in_flight.values())
+        tokens = request.in_flight_tokens
         window: list[Sequence] = []
         while request.next_input + len(window) < len(request.inputs) and len(window) < room:
             index = request.next_input + len(window)
