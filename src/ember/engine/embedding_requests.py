@@ -20,9 +20,6 @@ from ember.engine.sampling_params import SamplingParams
 from ember.engine.scheduler import Scheduler
 from ember.engine.sequence import Sequence, SequenceStatus
 
-# Pooling sequences never sample; their params only satisfy the Sequence type (greedy: nothing is drawn).
-POOLING_PARAMS = SamplingParams(max_tokens=1, temperature=0.0)
-
 
 @dataclass
 class EmbeddingRequest:
@@ -156,7 +153,7 @@ class EmbeddingRequests:
         return Sequence(
             sequence_id=request.sequence_id(index),
             prompt_token_ids=request.inputs[index],
-            sampling_params=POOLING_PARAMS,
+            sampling_params=SamplingParams(max_tokens=1, temperature=0.0),  # never used: it never samples
             max_tokens=0,
             arrival_time=request.metrics.arrival_time,
             priority=request.priority,
