@@ -163,18 +163,8 @@ class AsyncEngine:
         self.engine.resolve_max_tokens(len(prompt_token_ids), params)  # a ValueError here is the caller's 400
         if lora_id is not None and lora_id not in self.engine.lora_manager:  # the registry is thread-safe
             raise LoraError(f"unknown LoRA adapter {lora_id!r}")
-        stream = _Stream(asyncio.get_running_loop())
-        with self._lock:
-            waiting = self._stats.num_waiting + self._pending_adds
-            if waiting >= self.max_waiting:
-                raise QueueFullError(waiting)
-            if request_id in self._streams:
-                raise ValueError(f"request id {request_id!r} is already in use")
-            self._streams[request_id] = stream
-            self._pending_adds += 1
         kwargs = {"lora_id": lora_id, "cache_salt": cache_salt, "priority": priority}
-        self._commands.put(_Add(request_id, list(prompt_token_ids), params, kwargs))
-        self._wake.set()
+        stream = self._submit(_Add(request_id, list(prompt_token_ids), params, kwargs))
         finished = False
         try:
             while True:
@@ -187,11 +177,31 @@ class AsyncEngine:
                 if finished:
                     return
         finally:
-            with self._lock:
-                self._streams.pop(request_id, None)
-            if not finished:  # the caller went away (disconnect, cancel): free its KV within one step
-                self._commands.put(_Abort(request_id))
-                self._wake.set()
+            self._leave(request_id, finished)
+
+    def _submit(self, command: _Add | _AddEmbedding) -> _Stream:
+        """Opens the caller's stream and queues its request for the engine thread (QueueFullError, ValueError)."""
+        stream = _Stream(asyncio.get_running_loop())
+        with self._lock:
+            waiting = self._stats.num_waiting + self._pending_adds
+            if waiting >= self.max_waiting:
+                raise QueueFullError(waiting)
+            if command.request_id in self._streams:
+                raise ValueError(f"request id {command.request_id!r} is already in use")
+            self._streams[command.request_id] = stream
+            self._pending_adds += 1
+        self._commands.put(command)
+        self._wake.set()
+        return stream
+
+    def _leave(self, request_id: str, finished: bool) -> None:
+        """Closes the caller's stream; if it left before the end (disconnect, cancel), its KV is freed within
+        one step."""
+        with self._lock:
+            self._streams.pop(request_id, None)
+        if not finished:
+            self._commands.put(_Abort(request_id))
+            self._wake.set()
 
     async def abort(self, request_id: str) -> None:
         self._commands.put(_Abort(request_id))
@@ -221,17 +231,7 @@ class AsyncEngine:
         blocks freed within one step. ValueError / QueueFullError when it is refused."""
         if self._dead is not None:
             raise EngineDeadError(f"the engine stopped: {self._dead}")
-        stream = _Stream(asyncio.get_running_loop())
-        with self._lock:
-            waiting = self._stats.num_waiting + self._pending_adds
-            if waiting >= self.max_waiting:
-                raise QueueFullError(waiting)
-            if request_id in self._streams:
-                raise ValueError(f"request id {request_id!r} is already in use")
-            self._streams[request_id] = stream
-            self._pending_adds += 1
-        self._commands.put(_AddEmbedding(request_id, inputs, priority))
-        self._wake.set()
+        stream = self._submit(_AddEmbedding(request_id, inputs, priority))
         answered = False
         try:
             item = await stream.queue.get()
@@ -241,11 +241,7 @@ class AsyncEngine:
             assert isinstance(item, EmbeddingOutput)
             return item
         finally:
-            with self._lock:
-                self._streams.pop(request_id, None)
-            if not answered:
-                self._commands.put(_Abort(request_id))
-                self._wake.set()
+            self._leave(request_id, answered)
 
     # ---- the engine thread ------------------------------------------------------------------------------
 
