@@ -1,9 +1,9 @@
 """The synchronous engine: add requests, then step() = schedule, run the batch, post-process.
 
 Who owns what: the scheduler owns each Sequence's place (waiting, running, preempted) and its KV blocks; the
-model runner owns per-sequence runtime state (random stream, grammar matcher, LoRA slot), which it sets up and
-lets go of only from SchedulerOutput.added / finished_ids; the engine owns each Request (text, logprobs,
-metrics, its adapter pins). The engine never reaches into the runner: the SchedulerOutput goes in, the
+model runner owns per-sequence runtime state (random stream, grammar matcher, LoRA slot, pooled sum), which it
+sets up and lets go of only from SchedulerOutput.added / finished_ids; the engine owns each Request (text,
+logprobs, metrics, its adapter pins) and, in `embeddings`, each embedding request. The engine never reaches into the runner: the SchedulerOutput goes in, the
 ModelRunnerOutput comes back. docs/architecture.md draws the whole path.
 """
 
