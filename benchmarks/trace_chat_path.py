@@ -155,7 +155,8 @@ def traced(tracer: Tracer, url: str, path: str, body: dict[str, Any]) -> Trace:
 def summary(files: set[str], hops: list[tuple[str, str]]) -> str:
     back = Counter(caller for caller, _ in hops)
     busiest, times = back.most_common(1)[0] if back else ("-", 0)
-    return f"{len(files)} files, {len(hops)} hops, back to {busiest}: {times}"
+    serving = ", ".join(f"{name.rsplit('/', 1)[-1]}: {n}" for name, n in back.items() if "/serving_" in name)
+    return f"{len(files)} files, {len(hops)} hops, back to {busiest}: {times} (calls out of {serving or '-'})"
 
 
 def main() -> None:
