@@ -182,6 +182,7 @@ def test_every_route_that_tokenizes_does_it_on_a_preparation_thread(
 
 
 def test_a_refusal_made_during_preparation_is_a_400_naming_its_parameter(held_server: HeldServer) -> None:
+    abandoned_before = held_server.preparation.abandoned
     reply = httpx.post(
         f"{held_server.url}/v1/chat/completions",
         json={"model": TINY_MODEL, "messages": USER, "top_logprobs": 2},
@@ -190,3 +191,4 @@ def test_a_refusal_made_during_preparation_is_a_400_naming_its_parameter(held_se
     assert reply.status_code == 400
     assert reply.json()["error"]["param"] == "top_logprobs"
     assert held_server.preparation.in_flight == 0
+    assert held_server.preparation.abandoned == abandoned_before, "a refusal is not a departure"

@@ -129,8 +129,13 @@ async def _wait_for_disconnect(request: Request) -> None:
             return
 
 
-def _client_left() -> APIError:
-    return APIError(CLIENT_CLOSED_REQUEST, "the client closed the connection", code="client_closed_request")
+class ClientLeft(APIError):
+    """The client closed its connection before the answer (HTTP 499; nobody reads it)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            CLIENT_CLOSED_REQUEST, "the client closed the connection", code="client_closed_request"
+        )
 
 
 class DisconnectWatch:
@@ -157,12 +162,12 @@ class DisconnectWatch:
         if work.done():
             return work.result()
         work.cancel()
-        raise _client_left()
+        raise ClientLeft()
 
     async def open(self, requests: list[EngineRequest]) -> list[Generation]:
         """Submits the requests, aborted from now on if the client leaves; see open_generations."""
         if self.client_left:
-            raise _client_left()
+            raise ClientLeft()
         self._request_ids = [r.request_id for r in requests]
         try:
             generations = await open_generations(self._engine, requests)
@@ -173,7 +178,7 @@ class DisconnectWatch:
             for generation in generations:
                 await generation.close()
             self.close()
-            raise _client_left()
+            raise ClientLeft()
         return generations
 
     def close(self) -> None:

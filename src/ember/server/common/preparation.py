@@ -23,7 +23,8 @@ from ember.chat.reply import ReplyReader
 from ember.chat.tool_calls import new_tool_call_id
 from ember.engine import generation_budget
 from ember.engine.sampling_params import SamplingParams
-from ember.server.common.errors import APIError, invalid_request
+from ember.server.common.errors import invalid_request
+from ember.server.common.generation import ClientLeft
 from ember.server.common.prompts import PromptEncoder
 from ember.server.common.protocol import SamplingRequest
 from ember.server.common.served_models import ServedModels
@@ -247,7 +248,7 @@ class Preparation:
             return await waiting
         try:
             return await watch.unless_disconnected(waiting)
-        except APIError:
+        except ClientLeft:
             with self._lock:
                 self.abandoned += 1
             raise
