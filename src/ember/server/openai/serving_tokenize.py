@@ -3,7 +3,9 @@ threads, the JSON of the answer included: a 1M-token prompt or token list takes 
 
 from __future__ import annotations
 
-from fastapi.responses import JSONResponse
+from collections.abc import Sequence
+
+from fastapi.responses import JSONResponse, Response
 
 from ember.server.common.prompts import check_token_ids
 from ember.server.common.services import ServingState
@@ -14,13 +16,13 @@ class TokenizeServing:
     def __init__(self, state: ServingState) -> None:
         self.state = state
 
-    async def tokenize(self, body: TokenizeRequest) -> JSONResponse:
+    async def tokenize(self, body: TokenizeRequest) -> Response:
         return await self.state.preparation.run(self._tokenize, body)
 
     async def detokenize(self, body: DetokenizeRequest) -> JSONResponse:
         return await self.state.preparation.run(self._detokenize, body)
 
-    def _tokenize(self, body: TokenizeRequest) -> JSONResponse:
+    def _tokenize(self, body: TokenizeRequest) -> Response:
         encoder = self.state.preparation.encoder
         self.state.models.resolve(body.model)
         if body.messages is not None:
@@ -42,3 +44,9 @@ class TokenizeServing:
         self.state.models.resolve(body.model)
         tokens = check_token_ids(body.tokens, self.state.engine.model_config.vocab_size, "tokens")
         return JSONResponse({"prompt": self.state.engine.tokenizer.decode(tokens)})
+
+
+def _joined_ids(ids: Sequence[int], chunk: int = 65536) -> str:
+    """The ids comma-joined, a chunk at a time: json.dumps of 1M ids holds the GIL ~0.3 s in one C call, and
+    so would stall the event loop even from this thread; between chunks the loop gets its turn."""
+    return ",".join(",".join(map(str, ids[start : start + chunk])) for start in range(0, len(ids), chunk))
