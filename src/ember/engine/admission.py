@@ -18,8 +18,13 @@ if TYPE_CHECKING:
     from ember.engine.llm_engine import LLMEngine
 
 
-def check_token_ids(prompt_token_ids: list[int], params: SamplingParams, vocab_size: int) -> None:
-    if any(t < 0 or t >= vocab_size for t in prompt_token_ids):
+def ids_outside(token_ids: list[int], vocab_size: int) -> bool:
+    """Whether any id is outside [0, vocab_size): min and max run in C, a Python loop per id would not."""
+    return bool(token_ids) and (min(token_ids) < 0 or max(token_ids) >= vocab_size)
+
+
+def check_ids_in_vocabulary(prompt_token_ids: list[int], params: SamplingParams, vocab_size: int) -> None:
+    if ids_outside(prompt_token_ids, vocab_size):
         raise ValueError(f"prompt token ids must be in [0, {vocab_size})")
     outside = [t for t in params.logit_bias if t < 0 or t >= vocab_size]
     if outside:
@@ -39,7 +44,7 @@ def admit_request(
 ) -> Request:
     """The request with its sequences queued in the scheduler and its adapter pinned; the engine registers it."""
     max_tokens = engine.resolve_max_tokens(len(prompt_token_ids), params)
-    check_token_ids(prompt_token_ids, params, engine.model.config.vocab_size)
+    check_ids_in_vocabulary(prompt_token_ids, params, engine.model.config.vocab_size)
     # Compiled before anything is admitted: an invalid schema or grammar is the caller's ValueError.
     grammar = None if params.structured is None else engine.grammar_compiler.compile(params.structured)
     count = params.num_samples

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from ember.engine.admission import ids_outside
 from ember.engine.errors import QueueFullError
 from ember.engine.model_runner import ModelRunnerOutput
 from ember.engine.outputs import EmbeddingOutput, RequestMetrics
@@ -101,7 +102,7 @@ class EmbeddingRequests:
                 raise ValueError(
                     f"embedding input {i} has {len(ids)} tokens; at most {longest} fit (the context length)"
                 )
-            if any(t < 0 or t >= self.vocab_size for t in ids):
+            if ids_outside(ids, self.vocab_size):
                 raise ValueError(f"embedding input {i}: token ids must be in [0, {self.vocab_size})")
         request = EmbeddingRequest(
             request_id,

@@ -1,11 +1,12 @@
 """POST /v1/embeddings: mean-pooled final hidden states of the served LLM, optionally truncated to `dimensions`.
 
-The inputs run through the engine's scheduler (LLMEngine.add_embedding_request): prefilled in chunks under the
-step's token budget beside running streams, aborted when the client disconnects, and capped per request at
-ServerConfig.max_embedding_tokens tokens in all."""
+The inputs are tokenized on the preparation threads, then run through the engine's scheduler
+(LLMEngine.add_embedding_request): prefilled in chunks under the step's token budget beside running streams,
+aborted when the client disconnects, and capped per request at ServerConfig.max_embedding_tokens tokens in all."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import math
 from typing import Any
@@ -14,8 +15,8 @@ import numpy as np
 from fastapi import Request
 
 from ember.server.common.errors import APIError, invalid_request
-from ember.server.common.generation import DisconnectWatch, new_id
-from ember.server.common.sampling import CONTEXT_LENGTH_EXCEEDED
+from ember.server.common.generation import ClientLeft, DisconnectWatch
+from ember.server.common.preparation import CONTEXT_LENGTH_EXCEEDED, new_id
 from ember.server.common.services import ServingState
 from ember.server.openai.protocol import EmbeddingRequest
 
@@ -54,19 +55,22 @@ class EmbeddingServing:
         hidden = state.engine.model_config.hidden_size
         if body.dimensions is not None and body.dimensions > hidden:
             raise invalid_request(f"dimensions must be at most {hidden} for this model", param="dimensions")
-        token_ids = self._encode(inputs)
-        request_id = new_id("embd")
-        watch = DisconnectWatch(http, state.engine, [request_id])
+        watch = DisconnectWatch(http, state.engine)
         try:
-            output = await state.engine.embed(token_ids, request_id)
-        except ValueError as error:
-            raise invalid_request(str(error), param="input") from None
+            # Tokenized on the preparation threads: 256 long inputs take seconds, which the event loop cannot spare.
+            token_ids = await state.preparation.run(self._token_ids, inputs, watch=watch)
+            # A client that leaves cancels the wait, and AsyncEngine.embed aborts the request: its KV is freed.
+            embedding = asyncio.ensure_future(state.engine.embed(token_ids, new_id("embd")))
+            try:
+                output = await watch.unless_disconnected(embedding)
+            except ValueError as error:
+                raise invalid_request(str(error), param="input") from None
         finally:
             watch.close()
-        if output.finish_reason == "error":
+        if output.finish_reason == "abort":
+            raise ClientLeft()
+        if output.finish_reason != "stop":
             raise APIError(500, f"embedding failed: {output.error}", code="embedding_failed")
-        if output.finish_reason != "stop":  # aborted: the client has gone, nobody reads this
-            raise APIError(499, "the request was cancelled", code="cancelled")
         encoding_format = body.encoding_format or "float"
         data = [
             {
@@ -84,7 +88,7 @@ class EmbeddingServing:
             "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
         }
 
-    def _encode(self, inputs: list[str | list[int]]) -> list[list[int]]:
+    def _token_ids(self, inputs: list[str | list[int]]) -> list[list[int]]:
         """Token ids of each input; a 400 as soon as one is over the context or all of them over the cap."""
         state = self.state
         cap = state.config.max_embedding_tokens
@@ -92,7 +96,7 @@ class EmbeddingServing:
         total = 0
         for i, item in enumerate(inputs):
             param = "input" if len(inputs) == 1 else f"input[{i}]"
-            ids = state.encoder.encode(item, param)
+            ids = state.preparation.encoder.encode(item, param)
             if len(ids) > state.max_model_len:
                 raise invalid_request(
                     f"{param} is {len(ids)} tokens long; this model's context length is {state.max_model_len}",
