@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from ember.server.common.protocol import APIModel
+from ember.server.common.protocol import APIModel, NonZeroProbability, Temperature
 
 _USER_BLOCKS = ("text", "tool_result")
 _ASSISTANT_BLOCKS = ("text", "tool_use", "thinking", "redacted_thinking")
@@ -162,8 +162,8 @@ class CountTokensRequest(APIModel):
 class MessagesRequest(CountTokensRequest):
     max_tokens: Annotated[int, Field(ge=1)]
     stop_sequences: list[str] | None = None
-    temperature: Annotated[float, Field(ge=0.0)] | None = None
-    top_p: float | None = None
+    temperature: Temperature | None = None
+    top_p: NonZeroProbability | None = None
     top_k: Annotated[int, Field(ge=-1)] | None = None
     stream: bool | None = None
     metadata: dict[str, Any] | None = None
