@@ -111,26 +111,35 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 T = TypeVar("T")
 
 
+# Names pydantic gives the members of a union in an error's location; they are not parameters.
+_UNION_MEMBER_NAMES = frozenset({"int", "float", "str", "bool", "bytes", "none", "list", "dict"})
+
+
 def param_path(loc: tuple[int | str, ...]) -> str:
     """('messages', 0, 'role') -> 'messages[0].role', the way OpenAI names a nested parameter."""
     path = ""
     for part in loc:
         if isinstance(part, int):
             path += f"[{part}]"
+        elif not part.isidentifier() or part in _UNION_MEMBER_NAMES:
+            continue  # a union member's tag: `list[int]`, `literal['auto']`, `function-after[...]`, `str`
         elif not path:
             path = part
-        elif not part.startswith(("function-", "json-", "list[", "str", "int", "bool", "float", "dict[")):
-            # pydantic adds union-member tags (`list[int]`, `str`) to the location; they are not parameters.
+        else:
             path += f".{part}"
     return path
 
 
 def validation_error(error: ValidationError) -> Exception:
-    first = error.errors()[0]
-    param = param_path(tuple(first["loc"]))
-    message = first["msg"]
-    if first["type"] == "missing":
-        message = "is required"
+    """The first invalid parameter as a 400; a value that fits no member of a union lists why for each."""
+    errors = error.errors()
+    param = param_path(tuple(errors[0]["loc"]))
+    messages: list[str] = []
+    for detail in errors:
+        message = "is required" if detail["type"] == "missing" else detail["msg"]
+        if param_path(tuple(detail["loc"])) == param and message not in messages:
+            messages.append(message)
+    message = ", or ".join(messages)
     return invalid_request(f"{param}: {message}" if param else message, param=param or None)
 
 
