@@ -121,7 +121,7 @@ def param_path(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             path += f"[{part}]"
-        elif not part.isidentifier() or part in _UNION_MEMBER_NAMES:
+        elif "[" in part or part in _UNION_MEMBER_NAMES or part.startswith(("function-", "json-")):
             continue  # a union member's tag: `list[int]`, `literal['auto']`, `function-after[...]`, `str`
         elif not path:
             path = part
