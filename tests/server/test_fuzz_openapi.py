@@ -59,7 +59,8 @@ def envelope_problem(path: str, body: object) -> str | None:
         if body.get("type") != "error" or not isinstance(error.get("message"), str):
             return f"not Anthropic's error shape: {body}"
         return None
-    if set(error) != {"message", "type", "param", "code"} or not error["message"]:
+    # Extra fields are allowed (a rejected upload adds `validation`, the list of its problems).
+    if not {"message", "type", "param", "code"} <= set(error) or not error["message"]:
         return f"not OpenAI's error envelope: {body}"
     return None
 
