@@ -276,3 +276,30 @@ def test_an_upload_with_deeply_nested_tool_arguments_is_rejected_not_a_500(http:
     )
     assert response.status_code == 400, response.text[:500]
     still_serving(http)
+
+
+def test_numbers_too_big_to_store_are_400_and_listings_keep_working(http: httpx.Client) -> None:
+    rows = [{"messages": [*USER, {"role": "assistant", "content": "Hello."}]}] * 3
+    upload = http.post("/v1/files", files={"file": ("t.jsonl", jsonl(rows))}, data={"purpose": "fine-tune"})
+    assert upload.status_code == 200, upload.text
+    job = {"model": TINY_MODEL, "training_file": upload.json()["id"]}
+    assert http.post(f"{DATASETS}", json={"datasetId": "numbers"}).status_code == 200
+    assert (
+        http.post(f"{DATASETS}/numbers:upload", files={"file": ("t.jsonl", jsonl(rows))}).status_code == 200
+    )
+    sft = {"dataset": "numbers", "baseModel": TINY_MODEL}
+    cases = [
+        (JOBS, {**job, "seed": 10**30}, "seed"),  # OverflowError in SQLite: a 500 before
+        (JOBS, {**job, "hyperparameters": {"n_epochs": 10**30}}, "hyperparameters.n_epochs"),
+        (
+            JOBS,
+            {**job, "hyperparameters": {"learning_rate_multiplier": 1e308}},
+            "hyperparameters.learning_rate_multiplier",
+        ),
+        (SFT, {**sft, "learningRate": 1e308}, "learningRate"),  # shown as an inf multiplier: listings failed
+        (SFT, {**sft, "loraRank": 10**30}, "loraRank"),
+    ]
+    for path, body, param in cases:
+        assert_400(http.post(path, json=body), path, param)
+    assert http.get(JOBS).status_code == 200
+    assert http.get(SFT).status_code == 200

@@ -7,15 +7,22 @@ tuning/job_objects.py, the job service and the trainer's settings; unknown field
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
 from ember.server.common.protocol import APIModel
 
-AutoInt = Literal["auto"] | int
-AutoFloat = Literal["auto"] | float
-JobSeed = int  # checked by the trainer's settings
+# Only bounds that keep a value storable and its derived values finite: SQLite holds 64-bit integers (10**30
+# was an OverflowError, a 500), and a learning rate of 1e308 turned into inf when shown as a multiplier (every
+# later job listing failed). The trainer's settings check what makes sense (positive, at least 2 tokens...).
+Int64 = Annotated[int, Field(le=2**63 - 1)]
+JobSeed = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+MAX_LEARNING_RATE = 10.0
+MAX_LEARNING_RATE_MULTIPLIER = 10_000.0  # x ember's 2e-4
+LearningRate = Annotated[float, Field(le=MAX_LEARNING_RATE)]
+AutoInt = Literal["auto"] | Int64
+AutoFloat = Literal["auto"] | Annotated[float, Field(le=MAX_LEARNING_RATE_MULTIPLIER)]
 
 
 class Hyperparameters(APIModel):
@@ -55,11 +62,11 @@ class SupervisedFineTuningJobCreate(APIModel):
     displayName: str | None = None  # noqa: N815
     earlyStop: bool = False  # noqa: N815
     evalAutoCarveout: bool = False  # noqa: N815
-    epochs: int | None = None
-    learningRate: float | None = None  # noqa: N815
-    loraRank: int | None = None  # noqa: N815
-    maxContextLength: int | None = None  # noqa: N815
-    batchSize: int | None = None  # noqa: N815
+    epochs: Int64 | None = None
+    learningRate: LearningRate | None = None  # noqa: N815
+    loraRank: Int64 | None = None  # noqa: N815
+    maxContextLength: Int64 | None = None  # noqa: N815
+    batchSize: Int64 | None = None  # noqa: N815
 
 
 class DatasetFields(APIModel):
