@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
@@ -36,7 +36,16 @@ if TYPE_CHECKING:
     from ember.engine.async_engine import AsyncEngine
 
 logger = logging.getLogger(__name__)
-EMBER_VERSION = version("ember")
+
+
+def _installed_version() -> str:
+    try:
+        return version("ember")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "0+unknown"
+
+
+EMBER_VERSION = _installed_version()
 
 API_PREFIXES = (
     "/v1",
