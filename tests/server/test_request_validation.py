@@ -303,3 +303,26 @@ def test_numbers_too_big_to_store_are_400_and_listings_keep_working(http: httpx.
         assert_400(http.post(path, json=body), path, param)
     assert http.get(JOBS).status_code == 200
     assert http.get(SFT).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        [{"type": "tool_result", "tool_use_id": "t1", "content": 5}],  # AttributeError: a 500 before
+        [{"type": "tool_result", "tool_use_id": "t1", "content": [5]}],  # same
+        [{"type": "tool_result", "tool_use_id": "t1", "content": [{"type": "image"}]}],
+    ],
+)
+def test_wrong_anthropic_content_blocks_are_400(http: httpx.Client, content: list[Any]) -> None:
+    body = {**MINIMAL_BODIES[MESSAGES], "messages": [{"role": "user", "content": content}]}
+    assert_400(http.post(MESSAGES, json=body), MESSAGES, None)
+    still_serving(http)
+
+
+def test_a_tool_use_id_must_be_a_string(http: httpx.Client) -> None:
+    turns = [
+        *USER,
+        {"role": "assistant", "content": [{"type": "tool_use", "id": 5, "name": "f", "input": {}}]},
+    ]
+    body = {**MINIMAL_BODIES[MESSAGES], "messages": turns}
+    assert_400(http.post(MESSAGES, json=body), MESSAGES, None, "id must be a string")

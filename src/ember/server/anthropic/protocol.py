@@ -22,6 +22,8 @@ def _text_of_blocks(blocks: str | list[dict[str, Any]]) -> str:
 def _check_text_blocks(blocks: str | list[dict[str, Any]] | None) -> str | list[dict[str, Any]] | None:
     if isinstance(blocks, list):
         for block in blocks:
+            if not isinstance(block, dict):
+                raise ValueError(f"a content block must be an object, got {type(block).__name__}")
             if block.get("type") != "text":
                 raise ValueError(
                     f"only text content blocks are supported here, got type {block.get('type')!r}"
@@ -48,8 +50,15 @@ def _check_block(block: dict[str, Any], allowed: tuple[str, ...]) -> None:
         raise ValueError(f"a {kind} content block needs a string field {required[0]!r}")
     if kind == "tool_use" and not isinstance(block.get("input", {}), dict):
         raise ValueError("a tool_use content block's input must be an object")
+    if kind == "tool_use" and not isinstance(block.get("id", ""), str):
+        raise ValueError("a tool_use content block's id must be a string")
     if kind == "tool_result":
-        _check_text_blocks(block.get("content") if isinstance(block.get("content"), list) else None)
+        content = block.get("content")
+        if content is not None and not isinstance(content, str | list):
+            raise ValueError(
+                "a tool_result content block's content must be a string or a list of text blocks"
+            )
+        _check_text_blocks(content if isinstance(content, list) else None)
 
 
 class AnthropicMessage(APIModel):
