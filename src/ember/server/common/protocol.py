@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import Request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator
 
 from ember.engine.sampling_params import (
     MAX_ABS_LOGIT_BIAS,
@@ -21,6 +21,7 @@ from ember.engine.sampling_params import (
 )
 from ember.server.common.errors import invalid_request
 from ember.server.common.json_depth import check_body_depth, too_deep
+from ember.server.common.schema_docs import RESPONSE_FORMAT
 
 # Every optional field accepts null; unknown fields are ignored, as OpenAI-compatible servers do.
 NonNegativeInt = Annotated[int, Field(ge=0)]
@@ -72,7 +73,7 @@ class SamplingRequest(APIModel):
     skip_special_tokens: bool | None = None
     # {"type": "text" | "json_object" | "json_schema" | "grammar" | "regex" | "choice", ...}: checked by
     # ember.structured.spec_from_response_format, so it stays an untyped object here.
-    response_format: Any = None
+    response_format: Annotated[Any, WithJsonSchema(RESPONSE_FORMAT)] = None
 
     @field_validator("stop")
     @classmethod

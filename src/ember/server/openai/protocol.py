@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, WithJsonSchema, field_validator, model_validator
 
 from ember.server.common.protocol import APIModel, NonNegativeInt, SamplingRequest
+from ember.server.common.schema_docs import OPENAI_TOOL_CHOICE, OPENAI_TOOLS
 
 CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
 
@@ -74,8 +75,8 @@ class ChatCompletionRequest(SamplingRequest):
     add_generation_prompt: bool | None = None
     chat_template_kwargs: dict[str, Any] | None = None
     # Checked by ember.structured.parse_tools / forced_tools and ember.chat.reasoning.template_switches.
-    tools: list[Any] | None = None
-    tool_choice: Any = None
+    tools: Annotated[list[Any] | None, WithJsonSchema(OPENAI_TOOLS)] = None
+    tool_choice: Annotated[Any, WithJsonSchema(OPENAI_TOOL_CHOICE)] = None
     parallel_tool_calls: bool | None = None
     reasoning_effort: str | bool | None = None
     # The deprecated single-function API: clients are told to send tools instead.
