@@ -7,6 +7,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, WithJsonSchema, field_validator, model_validator
 
+from ember.engine.sampling_params import MAX_LOGPROBS
 from ember.server.common.protocol import APIModel, NonNegativeInt, SamplingRequest
 from ember.server.common.schema_docs import OPENAI_TOOL_CHOICE, OPENAI_TOOLS
 
@@ -70,8 +71,8 @@ class ChatMessage(APIModel):
 class ChatCompletionRequest(SamplingRequest):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
-    logprobs: bool | Annotated[int, Field(ge=0, le=20)] | None = None
-    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    logprobs: bool | Annotated[int, Field(ge=0, le=MAX_LOGPROBS)] | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=MAX_LOGPROBS)] | None = None
     add_generation_prompt: bool | None = None
     chat_template_kwargs: dict[str, Any] | None = None
     # Checked by ember.structured.parse_tools / forced_tools and ember.chat.reasoning.template_switches.
@@ -104,7 +105,7 @@ class CompletionRequest(SamplingRequest):
     best_of: Annotated[int, Field(ge=1)] | None = None
     echo: bool | None = None
     echo_last: NonNegativeInt | None = None
-    logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    logprobs: Annotated[int, Field(ge=0, le=MAX_LOGPROBS)] | None = None
     suffix: str | None = None
     return_token_ids: bool | None = None
 
