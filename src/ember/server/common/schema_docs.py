@@ -127,3 +127,11 @@ ANTHROPIC_THINKING: dict[str, Any] = {
         {"type": "null"},
     ]
 }
+
+CHAT_CONTENT: dict[str, Any] = {
+    "anyOf": [
+        {"type": "string"},
+        {"type": "array", "items": _kind("text", {"text": {"type": "string"}}, ("text",))},
+        {"type": "null"},
+    ]
+}

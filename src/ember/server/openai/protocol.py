@@ -9,14 +9,14 @@ from pydantic import Field, WithJsonSchema, field_validator, model_validator
 
 from ember.engine.sampling_params import MAX_LOGPROBS
 from ember.server.common.protocol import APIModel, NonNegativeInt, SamplingRequest
-from ember.server.common.schema_docs import OPENAI_TOOL_CHOICE, OPENAI_TOOLS
+from ember.server.common.schema_docs import CHAT_CONTENT, OPENAI_TOOL_CHOICE, OPENAI_TOOLS
 
 CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
 
 
 class ChatMessage(APIModel):
-    role: str
-    content: str | list[dict[str, Any]] | None = None
+    role: Annotated[str, WithJsonSchema({"enum": list(CHAT_ROLES)})]  # checked below, naming the roles
+    content: Annotated[str | list[dict[str, Any]] | None, WithJsonSchema(CHAT_CONTENT)] = None
     name: str | None = None
     tool_call_id: str | None = None
     tool_calls: list[Any] | None = None
