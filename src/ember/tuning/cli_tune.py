@@ -53,7 +53,8 @@ def add_tune_subparser(subparsers: argparse._SubParsersAction[argparse.ArgumentP
     create.add_argument("--learning-rate", type=float, default=None)
     create.add_argument("--lora-rank", type=int, default=None)
     create.add_argument("--lora-alpha", type=float, default=None)
-    create.add_argument("--batch-tokens", type=int, default=None, help="tokens per packed batch")
+    create.add_argument("--batch-size", type=int, default=None, help="examples per step (default: auto)")
+    create.add_argument("--batch-tokens", type=int, default=None, help="tokens per packed micro-batch")
     create.add_argument("--max-context-length", type=int, default=None)
     create.add_argument("--early-stop", action="store_true")
     create.add_argument("--suffix", default=None, help="part of the fine-tuned model's name")
@@ -146,6 +147,7 @@ def _create(
             learning_rate=args.learning_rate,
             lora_rank=args.lora_rank,
             lora_alpha=args.lora_alpha,
+            batch_size=args.batch_size,
             batch_tokens=args.batch_tokens,
             max_context_length=args.max_context_length,
             early_stop=args.early_stop,

@@ -115,30 +115,31 @@ class FineTuningRuntime:
         """Stops the runner and its worker; a running job stays `running` and resumes at the next start."""
         await asyncio.to_thread(self.service.stop)
 
-    async def serve_job_adapter(self, job: JobRecord) -> None:
+    async def serve_job_adapter(self, job: JobRecord, *, strict: bool = False) -> None:
+        """Serve a job's adapter. At start-up (not strict) a broken adapter is logged and skipped, so one bad
+        adapter does not keep the server or the others down; for a job about to succeed (strict) it raises."""
         names = job_adapter_names(job)
         if self.adapters.models.adapter(names.lora_id) is not None:
             return
         path = self.service.adapter_path(job)
-        if not path.is_dir():
-            logger.warning("job %s succeeded but its adapter %s is missing; not serving it", job.id, path)
-            return
         try:
+            if not path.is_dir():
+                raise FileNotFoundError(f"the adapter folder {path} is missing")
             await self.adapters.load(names.lora_id, str(path), names.aliases, check_base_model=False)
-        except Exception:  # one bad adapter must not keep the server (or the other adapters) down
+        except Exception:
+            if strict:
+                raise
             logger.exception("cannot serve the adapter of job %s", job.id)
             return
         logger.info("serving the adapter of job %s as %s", job.id, ", ".join(names.aliases))
 
     def _job_succeeded(self, job: JobRecord) -> None:
-        # Called on the job runner's thread: the registration runs on the server's event loop.
+        # Called on the job runner's thread before the job turns succeeded: the registration runs on the
+        # server's event loop, and an exception fails the job rather than leave a succeeded job uncallable.
         if self._loop is None or self._loop.is_closed():
-            return
-        future = asyncio.run_coroutine_threadsafe(self.serve_job_adapter(job), self._loop)
-        try:
-            future.result(timeout=120)
-        except Exception:
-            logger.exception("registering the adapter of job %s failed", job.id)
+            raise RuntimeError("the server is shutting down")
+        future = asyncio.run_coroutine_threadsafe(self.serve_job_adapter(job, strict=True), self._loop)
+        future.result(timeout=120)
 
 
 class JobsServing:
