@@ -59,8 +59,10 @@ def test_checkpointed_layers_give_the_same_loss_and_gradients() -> None:
     batch = pack(examples)
     grads = []
     losses = []
-    for checkpointing, chunk in ((False, 10_000), (True, 4)):
-        config = TrainerConfig(seed=1, activation_checkpointing=checkpointing, loss_chunk_tokens=chunk)
+    for checkpoint_from, chunk in ((None, 10_000), (0, 4)):
+        config = TrainerConfig(
+            seed=1, activation_checkpoint_min_tokens=checkpoint_from, loss_chunk_tokens=chunk
+        )
         trainer = LoraTrainer(model, LoraSettings(rank=4, alpha=8), config, "tiny")
         with torch.no_grad():
             for lora_b in trainer.lora.lora_B.values():

@@ -142,9 +142,10 @@ def test_job_runs_to_succeeded_in_a_worker_process(servers: Callable[[], Server]
     wait_for(lambda: len(server.succeeded) == 1)
     assert server.succeeded[0].id == job.id
     checkpoints = server.service.list_checkpoints(job.id)
-    assert [c.step for c in checkpoints] == sorted({m["step"] for m in metrics if m["epoch"]}, reverse=True)[
-        : len(checkpoints)
-    ]
+    epoch_ends = {
+        max(m["step"] for m in metrics if m["epoch"] == epoch) for epoch in {m["epoch"] for m in metrics}
+    }
+    assert [c.step for c in checkpoints] == sorted(epoch_ends, reverse=True)[: len(checkpoints)]
     assert (
         checkpoints[0].fine_tuned_model_checkpoint
         == f"{done.fine_tuned_model}:ckpt-step-{checkpoints[0].step}"

@@ -28,6 +28,7 @@ LORA_RANK = 8
 LORA_ALPHA_PER_RANK = 2.0  # alpha = 2 * rank
 MAX_CONTEXT_LENGTH = 2048
 BATCH_TOKENS = 4096  # tokens of one packed micro-batch: bounds the memory of a step, not what it learns
+ACTIVATION_CHECKPOINT_MIN_TOKENS = 1024  # micro-batches from this size recompute each layer in backward
 LOSS_CHUNK_TOKENS = 512  # trained positions whose vocabulary logits exist at one time
 LOW_TOKEN_ACCURACY = 0.5  # a job ending below this mean training token accuracy gets a warning event
 

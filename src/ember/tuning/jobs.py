@@ -22,7 +22,7 @@ import os
 import sys
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -220,7 +220,9 @@ def _prepare(
 
     settings = job.metadata
     try:
-        config = TrainerConfig(**settings["trainer"])
+        # fields a newer or older ember wrote that this one does not know are dropped, so an upgrade can resume
+        known = {f.name for f in fields(TrainerConfig)}
+        config = TrainerConfig(**{k: v for k, v in settings["trainer"].items() if k in known})
         lora = LoraSettings(
             **{**settings["lora"], "target_modules": tuple(settings["lora"]["target_modules"])}
         )

@@ -231,7 +231,8 @@ class LoraTrainer:
         checkpointing, each layer is recomputed in backward from its saved input instead of keeping its
         intermediates (attention scores, the MLP's [T, intermediate] tensors) for the whole forward pass."""
         network, lora, attention = self.network, self.lora.context(), batch.attention()
-        if not (self.config.activation_checkpointing and torch.is_grad_enabled()):
+        threshold = self.config.activation_checkpoint_min_tokens
+        if threshold is None or batch.num_tokens < threshold or not torch.is_grad_enabled():
             return network(batch.input_ids, batch.positions, attention, None, lora=lora)
         h = network.embed_tokens(batch.input_ids)  # [T, H]
         cos, sin = network.rotary.cos_sin(batch.positions, h.dtype)  # [T, D] each

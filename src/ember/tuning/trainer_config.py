@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from ember.lora.targets import TARGET_MODULES, check_target_modules
 from ember.tuning.hyperparameters import (
+    ACTIVATION_CHECKPOINT_MIN_TOKENS,
     BASE_LEARNING_RATE,
     BATCH_TOKENS,
     LORA_ALPHA_PER_RANK,
@@ -63,7 +64,9 @@ class TrainerConfig:
     early_stop_patience: int = 1  # evaluations without improvement before stopping
     checkpoint_every_steps: int | None = None  # besides the checkpoint at the end of every epoch
     loss_chunk_tokens: int = LOSS_CHUNK_TOKENS  # trained positions whose [n, vocab] logits exist at once
-    activation_checkpointing: bool = True  # keep only each layer's input; recompute the layer in backward
+    # micro-batches of at least this many tokens keep only each layer's input and recompute the layer in
+    # backward; None: never. Smaller ones keep everything: little memory, and recomputing costs ~30% of a step
+    activation_checkpoint_min_tokens: int | None = ACTIVATION_CHECKPOINT_MIN_TOKENS
 
     def __post_init__(self) -> None:
         positive = {
