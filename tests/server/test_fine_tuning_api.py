@@ -5,6 +5,7 @@ middle of a job, after which the job resumes from its checkpoint and earlier ada
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -307,6 +308,13 @@ def test_fireworks_job_on_a_dataset_serves_its_output_model(server: TuningServer
     done = httpx.get(f"{jobs}/elephants").json()
     assert done["state"] == "JOB_STATE_COMPLETED", done["status"]
     assert done["jobProgress"]["percent"] == 100.0 and done["completedTime"].endswith("Z")
+    assert done["jobProgress"]["epoch"] == 7 and done["jobProgress"]["inputTokens"] > 0  # counted from 0
+    # Fireworks' metrics file: one JSON line per step with OpenAI's metric names.
+    metrics_file = httpx.get(done["metricsFileSignedUrl"])
+    assert metrics_file.status_code == 200, done["metricsFileSignedUrl"]
+    steps = [json.loads(line) for line in metrics_file.text.splitlines()]
+    assert [m["step"] for m in steps] == list(range(1, 9))
+    assert all(0.0 <= m["train_mean_token_accuracy"] <= 1.0 and m["train_loss"] > 0 for m in steps)
 
     output_model = f"accounts/{ACCOUNT}/models/elephant-facts"
     wait_for(lambda: httpx.get(f"{server.v1}/models/{output_model}").status_code == 200)

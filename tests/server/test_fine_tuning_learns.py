@@ -23,7 +23,9 @@ from ember.server.app import build_app
 from ember.server.common.config import FineTuningConfig, ServerConfig
 from ember.tuning.hyperparameters import BASE_LEARNING_RATE
 
-pytestmark = pytest.mark.timeout(1800)  # a hang guard: ~2 minutes on an idle 2-core machine, more under load
+pytestmark = pytest.mark.timeout(
+    3600
+)  # a hang guard: ~2 minutes on an idle 2-core machine, far more under load
 
 MODEL = "SmolLM2-135M-Instruct"
 SYSTEM = "You are the help desk assistant of Kestrel Labs."
@@ -106,7 +108,7 @@ def test_default_settings_teach_a_fact_and_succeeded_means_callable(client: open
     assert "n_epochs=10" in first.message and "batch_size=1" in first.message, first.message
     assert first.data["learning_rate"] == BASE_LEARNING_RATE  # type: ignore[index]
 
-    deadline = time.monotonic() + 1500  # a hang guard only
+    deadline = time.monotonic() + 3300  # a hang guard only
     while (status := client.fine_tuning.jobs.retrieve(job.id).status) not in (
         "succeeded",
         "failed",

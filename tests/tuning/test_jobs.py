@@ -320,7 +320,8 @@ def test_cli_creates_follows_and_lists_a_job(tmp_path: Path, tiny_model_dir: Pat
 
     code, output = run(
         "create", "--model", str(tiny_model_dir), "--train", str(train), "--epochs", "3",
-        "--learning-rate", "0.02", "--max-context-length", "128", "--batch-tokens", "512", "--suffix", "cli",
+        "--learning-rate", "0.02", "--max-context-length", "128", "--batch-tokens", "512", "--batch-size", "4",
+        "--suffix", "cli",
     )  # fmt: skip
     assert code == 0, output
     assert "step 3/3" in output and "100.0%" in output and "ETA" in output

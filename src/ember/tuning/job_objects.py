@@ -174,8 +174,11 @@ def fireworks_job_request(account: str, body: dict[str, Any], job_id: str | None
     )
 
 
-def fireworks_job(job: JobRecord, progress: float | None = None) -> dict[str, Any]:
-    """The Fireworks job object; `progress` (0..1) from the latest metrics event, when known."""
+def fireworks_job(
+    job: JobRecord, latest: dict[str, Any] | None = None, jobs_url: str | None = None
+) -> dict[str, Any]:
+    """The Fireworks job object. `latest`: the data of its latest metrics event, when known; `jobs_url`: the
+    supervisedFineTuningJobs collection URL its metrics file (one JSON line per step) is served under."""
     fields = job.metadata.get("fireworks") or {}
     account = fields.get("account", "ember")
     trainer = job.metadata.get("trainer", {})
@@ -208,8 +211,20 @@ def fireworks_job(job: JobRecord, progress: float | None = None) -> dict[str, An
         "learningRateWarmupSteps": trainer.get("warmup_steps"),
         "optimizerWeightDecay": trainer.get("weight_decay"),
         "earlyStop": trainer.get("early_stop", False),
-        "jobProgress": {"percent": round(100 * (progress or 0.0), 1) if job.status != "succeeded" else 100.0},
+        "jobProgress": _job_progress(job, latest),
+        "metricsFileSignedUrl": None
+        if jobs_url is None or latest is None
+        else f"{jobs_url}/{job.id}/metrics",
     }
+
+
+def _job_progress(job: JobRecord, latest: dict[str, Any] | None) -> dict[str, Any]:
+    progress = 1.0 if job.status == "succeeded" else float((latest or {}).get("progress") or 0.0)
+    shown: dict[str, Any] = {"percent": round(100 * progress, 1)}
+    if latest is not None:
+        shown["epoch"] = max(int(latest.get("epoch", 1)) - 1, 0)  # Fireworks counts epochs from 0
+        shown["inputTokens"] = job.trained_tokens
+    return shown
 
 
 def fireworks_output_model(job: JobRecord) -> str:

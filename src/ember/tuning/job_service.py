@@ -230,12 +230,23 @@ class FineTuningService:
         """Oldest first after `after_seq`: for following a job live (the CLI's progress bar)."""
         return self.store.list_job_events(job_id, after_seq=after_seq, limit=limit)
 
-    def progress(self, job_id: str) -> float | None:
-        """0..1 from the job's latest metrics event; None before its first step."""
+    def latest_metrics(self, job_id: str) -> dict[str, Any] | None:
+        """The data of the job's latest metrics event (step, progress 0..1, losses, accuracies); None before
+        its first step."""
         for event in self.store.list_job_events(job_id, limit=50, newest_first=True):
             if event.type == "metrics" and event.data is not None:
-                return float(event.data.get("progress", 0.0))
+                return event.data
         return None
+
+    def metrics_history(self, job_id: str) -> list[dict[str, Any]]:
+        """Every step's metrics, oldest first (the rows of Fireworks' metrics file)."""
+        self.get_job(job_id)
+        rows: list[dict[str, Any]] = []
+        seq = 0
+        while page := self.store.list_job_events(job_id, after_seq=seq, limit=10_000):
+            rows += [e.data for e in page if e.type == "metrics" and e.data is not None]
+            seq = page[-1].seq
+        return rows
 
     def list_checkpoints(self, job_id: str) -> list[JobCheckpoint]:
         """Newest first."""

@@ -10,6 +10,7 @@ adapters of every job that succeeded earlier are registered again, so a restart 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -201,19 +202,24 @@ class JobsServing:
         job = self._call(lambda: self.service.create_job(fireworks_job_request(account, body, job_id)))
         return fireworks_job(job)
 
-    def fireworks_list(self, page_size: int, page_token: str | None) -> dict[str, Any]:
+    def fireworks_list(self, page_size: int, page_token: str | None, jobs_url: str) -> dict[str, Any]:
         """Every job, whichever API created it (one server, one tenant)."""
         _check_limit(page_size, "pageSize")
         page = self._call(
             lambda: self.service.list_jobs(after=page_token or None, limit=page_size), "pageToken"
         )
-        jobs = [fireworks_job(job, self.service.progress(job.id)) for job in page.data]
+        jobs = [fireworks_job(job, self.service.latest_metrics(job.id), jobs_url) for job in page.data]
         next_token = page.data[-1].id if page.has_more and page.data else ""
         return {"supervisedFineTuningJobs": jobs, "nextPageToken": next_token, "totalSize": len(jobs)}
 
-    def fireworks_get(self, job_id: str) -> dict[str, Any]:
+    def fireworks_get(self, job_id: str, jobs_url: str) -> dict[str, Any]:
         job = self._call(lambda: self.service.get_job(job_id))
-        return fireworks_job(job, self.service.progress(job_id))
+        return fireworks_job(job, self.service.latest_metrics(job_id), jobs_url)
+
+    def fireworks_metrics(self, job_id: str) -> str:
+        """The job's metrics file: one JSON object per training step (loss, token accuracy, validation)."""
+        rows = self._call(lambda: self.service.metrics_history(job_id))
+        return "".join(json.dumps(row) + "\n" for row in rows)
 
     def fireworks_delete(self, job_id: str) -> dict[str, Any]:
         self._call(lambda: self.service.delete_job(job_id))
@@ -221,7 +227,7 @@ class JobsServing:
 
     def fireworks_resume(self, job_id: str) -> dict[str, Any]:
         job = self._call(lambda: self.service.resume_job(job_id), conflict_status=400)
-        return fireworks_job(job, self.service.progress(job_id))
+        return fireworks_job(job, self.service.latest_metrics(job_id))
 
     @staticmethod
     def _call(action: Callable[[], T], param: str | None = None, conflict_status: int = 409) -> T:
