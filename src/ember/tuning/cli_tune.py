@@ -213,13 +213,15 @@ def _follow(service: FineTuningService, job_id: str, out: TextIO, run_queue: boo
 
 
 def _progress_bar(data: dict[str, Any], eta_s: float | None, width: int = 30) -> str:
-    """`[#####.....]  50.0% step 2/4 loss 1.2345 valid 1.3 ETA 0:42` (ETA --:-- until two steps are in)."""
+    """`[#####.....]  50.0% step 2/4 loss 1.2345 acc 0.61 valid 1.3 ETA 0:42` (ETA --:-- until two steps are in)."""
     progress = float(data.get("progress") or 0.0)
     filled = int(round(width * progress))
     text = (
         f"[{'#' * filled}{'.' * (width - filled)}] {100 * progress:5.1f}% "
         f"step {data.get('step')}/{data.get('total_steps')} loss {float(data.get('train_loss') or 0.0):.4f}"
     )
+    if data.get("train_mean_token_accuracy") is not None:
+        text += f" acc {float(data['train_mean_token_accuracy']):.2f}"
     if data.get("valid_loss") is not None:
         text += f" valid {float(data['valid_loss']):.4f}"
     if eta_s is None:
