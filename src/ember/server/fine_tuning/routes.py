@@ -140,12 +140,21 @@ async def list_fireworks_jobs(
     pageSize: int = 50,  # noqa: N803 - Fireworks' query parameter names
     pageToken: str | None = None,  # noqa: N803
 ) -> Response:
-    return JSONResponse(services_of(request).require_jobs().fireworks_list(pageSize, pageToken))
+    jobs_url = str(request.url_for("list_fireworks_jobs", account=account))
+    return JSONResponse(services_of(request).require_jobs().fireworks_list(pageSize, pageToken, jobs_url))
 
 
 @router.get("/accounts/{account}/supervisedFineTuningJobs/{job_id}")
 async def get_fireworks_job(account: str, job_id: str, request: Request) -> Response:
-    return JSONResponse(services_of(request).require_jobs().fireworks_get(job_id))
+    jobs_url = str(request.url_for("list_fireworks_jobs", account=account))
+    return JSONResponse(services_of(request).require_jobs().fireworks_get(job_id, jobs_url))
+
+
+@router.get("/accounts/{account}/supervisedFineTuningJobs/{job_id}/metrics")
+async def fireworks_job_metrics(account: str, job_id: str, request: Request) -> Response:
+    """The file `metricsFileSignedUrl` points at: JSON lines, one per training step."""
+    text = services_of(request).require_jobs().fireworks_metrics(job_id)
+    return Response(text, media_type="application/jsonl")
 
 
 @router.delete("/accounts/{account}/supervisedFineTuningJobs/{job_id}")
