@@ -57,6 +57,10 @@ class MessagesServing:
                 tool_choice=body.tool_choice,
                 parallel_tool_calls=body.parallel_tool_calls(),
                 reasoning_effort=body.reasoning_effort(),
+                continue_final_message=body.continues_final_message(),
+                generic_tools=self.state.config.generic_tools
+                if body.generic_tools is None
+                else body.generic_tools,
             )
         except ValueError as error:
             message = str(error)

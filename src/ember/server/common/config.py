@@ -24,6 +24,9 @@ class ServerConfig:
     """Upper bound for n and best_of: each sample holds its own KV cache."""
     max_embedding_inputs: int = 256
     """Upper bound for the number of inputs of one embeddings request."""
+    generic_tools: bool = True
+    """Tools on a model whose chat template has no tool support use ember's generic format (a request's
+    `generic_tools` overrides it); False: such requests get a 400 (`ember serve --no-generic-tools`)."""
 
     def __post_init__(self) -> None:
         if not self.model_name or "/" in self.model_name:

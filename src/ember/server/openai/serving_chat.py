@@ -70,7 +70,9 @@ class ChatServing:
             reasoning_effort=body.reasoning_effort,
             response_format=body.response_format,
             template_kwargs=body.chat_template_kwargs,
-            add_generation_prompt=body.add_generation_prompt is not False,
+            add_generation_prompt=body.add_generation_prompt,
+            continue_final_message=bool(body.continue_final_message),
+            generic_tools=state.config.generic_tools if body.generic_tools is None else body.generic_tools,
         )
         try:
             plan = plan_chat(state.encoder, inputs)
