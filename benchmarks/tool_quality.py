@@ -30,7 +30,10 @@ from ember.bench.http_server import ServerLaunch, running_server
 
 def _tool(name: str, description: str, properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
     parameters = {"type": "object", "properties": properties, "required": required}
-    return {"type": "function", "function": {"name": name, "description": description, "parameters": parameters}}
+    return {
+        "type": "function",
+        "function": {"name": name, "description": description, "parameters": parameters},
+    }
 
 
 TOOLS = [
@@ -70,7 +73,9 @@ TOOLS = [
 class Case:
     prompt: str
     tool: str | None  # the tool the prompt needs; None: it needs no tool
-    arguments: dict[str, Any] = field(default_factory=dict)  # expected values (strings match case-insensitively)
+    arguments: dict[str, Any] = field(
+        default_factory=dict
+    )  # expected values (strings match case-insensitively)
 
 
 CASES = [
@@ -135,7 +140,9 @@ class Outcome:
 
 def _call_is_valid(call: dict[str, Any]) -> bool:
     function = call["function"]
-    schema = next((t["function"]["parameters"] for t in TOOLS if t["function"]["name"] == function["name"]), None)
+    schema = next(
+        (t["function"]["parameters"] for t in TOOLS if t["function"]["name"] == function["name"]), None
+    )
     if schema is None:
         return False
     try:
@@ -193,7 +200,9 @@ def run(url: str, api_key: str, args: argparse.Namespace) -> None:
         rows = [["tool_choice", "replies with calls", "valid calls", "right tool", "right arguments", "no call when none needed"]]  # fmt: skip
         for mode in ("auto", "required"):
             with ThreadPoolExecutor(args.concurrency) as pool:
-                outcomes = list(pool.map(lambda case: ask(client, model, case, mode, args), CASES))
+                outcomes = list(
+                    pool.map(ask, *zip(*[(client, model, c, mode, args) for c in CASES], strict=True))
+                )
             if args.show:
                 for o in outcomes:
                     calls = [(c["function"]["name"], c["function"]["arguments"]) for c in o.calls]
@@ -206,7 +215,9 @@ def run(url: str, api_key: str, args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--url", default=None, help="a running server (default: start the default model)")
     parser.add_argument("--api-key", default="none")
     parser.add_argument("--model", default=None, help="model name to send (default: the first of /v1/models)")
