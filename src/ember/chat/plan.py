@@ -98,8 +98,7 @@ def plan_chat(
     syntax = _tool_syntax(template, tools, messages, inputs.generic_tools)
     parses_tools = bool(tools) and not _is_none(tool_choice)
     template_tools: list[Any] | None = tools or None
-    if syntax == GENERIC:  # the template never sees tools: ember writes them into the messages
-        assert template is not None
+    if syntax == GENERIC and template is not None:  # the template never sees tools: ember writes them
         messages, template_tools = generic_messages(messages), None
         if parses_tools:
             instruction = tools_instruction(parsed, forced, inputs.parallel_tool_calls)
@@ -189,9 +188,9 @@ def _tool_syntax(
     syntax = syntax_for_template(template)
     if syntax is not None and template is not None and "tools" in template:
         return syntax
-    if not tools and not has_tool_history(messages):
-        return syntax
-    if generic and template is not None:
+    if template is None or (not tools and not has_tool_history(messages)):
+        return syntax  # no template at all: rendering refuses the chat with its own message
+    if generic:
         return GENERIC
     if not tools:
         return syntax  # a tool history on a template without tools: rendered as the template does
