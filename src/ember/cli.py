@@ -64,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--block-size", type=int, default=16, help="tokens per KV block")
     serve.add_argument("--no-prefix-caching", action="store_true", help="disable automatic prefix caching")
     serve.add_argument(
+        "--no-generic-tools",
+        action="store_true",
+        help="refuse tools (400) when the chat template has no tool support, instead of ember's generic "
+        "tool format (a request's generic_tools field overrides this)",
+    )
+    serve.add_argument(
         "--lora",
         action="append",
         default=[],

@@ -83,6 +83,7 @@ def serve_from_args(args: argparse.Namespace) -> int:
         model_name=args.served_model_name or loaded.name,
         api_keys=keys,
         max_embedding_tokens=args.max_embedding_tokens,
+        generic_tools=not args.no_generic_tools,
     )
     kv_tokens = engine.engine.num_blocks * engine.engine.block_size
     logger.info(
