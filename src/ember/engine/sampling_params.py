@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from ember.engine.speculation.config import SpeculationParams
     from ember.structured.spec import StructuredSpec
 
 
@@ -39,6 +40,7 @@ class SamplingParams:
     prompt_logprobs: int | None = None  # same, for every prompt token (echo + logprobs)
     skip_special_tokens: bool = True
     structured: StructuredSpec | None = None  # output constrained to a JSON schema / grammar (token masks)
+    speculation: SpeculationParams | None = None  # predicted output and n-gram lookup overrides (drafts only)
 
     def __post_init__(self) -> None:
         if self.top_k == -1:
