@@ -86,13 +86,21 @@ def test_auto_backs_off_after_failed_drafts_and_resumes_after_a_success() -> Non
         ({"prompt_lookup": "sometimes"}, None, "prompt_lookup mode"),
         ({"num_speculative_tokens": 0}, None, "num_speculative_tokens"),
         ({"prompt_lookup_min": 3, "prompt_lookup_max": 2}, None, "must not exceed"),
-        ({}, {"prompt_lookup_min": 5}, "must not exceed"),
+        ({}, {"prompt_lookup_min": 5, "prompt_lookup_max": 4}, "must not exceed"),
         ({}, {"num_speculative_tokens": 17}, "between 1 and 16"),
     ],
 )
 def test_bad_settings_are_refused(config: dict, params: dict | None, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         DraftSettings.resolve(SpeculationConfig(**config), SpeculationParams(**params) if params else None)
+
+
+def test_a_request_setting_one_side_of_the_ngram_range_moves_the_other() -> None:
+    config = SpeculationConfig(prompt_lookup_min=2, prompt_lookup_max=4)
+    wider = DraftSettings.resolve(config, SpeculationParams(prompt_lookup_min=6))
+    assert (wider.min_n, wider.max_n) == (6, 6)
+    narrower = DraftSettings.resolve(config, SpeculationParams(prompt_lookup_max=1, prompt_lookup="on"))
+    assert (narrower.min_n, narrower.max_n, narrower.prompt_lookup) == (1, 1, "on")
 
 
 def _sequence(sequence_id: str, prompt: list[int], max_tokens: int = 32) -> Sequence:

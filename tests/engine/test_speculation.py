@@ -227,15 +227,6 @@ def test_many_streams_do_not_draft(tiny_llama: LoadedModel) -> None:
     assert all(out.accepted_prediction_tokens == 0 for out in outputs)
 
 
-def test_a_bad_per_request_setting_is_refused_before_admission(tiny_llama: LoadedModel) -> None:
-    engine = _engine(tiny_llama, "on", prompt_lookup_max=3)
-    params = SamplingParams(max_tokens=5, speculation=SpeculationParams(prompt_lookup_min=4))
-    with pytest.raises(ValueError, match="must not exceed"):
-        engine.add_request("bad", PROMPTS[0], params)
-    assert not engine.has_unfinished()
-    engine.check_invariants()
-
-
 def test_rejection_keeps_the_draft_with_its_probability_and_resamples_the_rest() -> None:
     """With a deterministic draft t the kept token is t with probability p(t), and otherwise follows p without t."""
     probs = torch.tensor([0.5, 0.3, 0.15, 0.05])

@@ -122,8 +122,10 @@ class LLMEngine:
             raise ValueError(f"prompt token ids must be in [0, {vocab})")
         # Compiled before anything is admitted: an invalid schema or grammar is the caller's ValueError.
         grammar = None if params.structured is None else self.grammar_compiler.compile(params.structured)
-        # A bad per-request speculation setting is the caller's ValueError, before anything is admitted.
+        # How this request drafts: the server's speculation settings with the request's overrides.
         draft_settings = DraftSettings.resolve(self.config.speculation, params.speculation)
+        if any(t < 0 or t >= vocab for t in draft_settings.prediction_token_ids):
+            raise ValueError(f"prediction token ids must be in [0, {vocab})")
         count = params.num_samples
         room = self.config.scheduler.max_waiting - self.scheduler.num_waiting
         if count > room:  # all samples or none: a half-admitted request could never be answered

@@ -81,8 +81,11 @@ class DraftSettings:
         p = params or SpeculationParams()
         min_n = p.prompt_lookup_min if p.prompt_lookup_min is not None else config.prompt_lookup_min
         max_n = p.prompt_lookup_max if p.prompt_lookup_max is not None else config.prompt_lookup_max
-        if min_n > max_n:  # one side from the request, the other from the server
-            raise ValueError(f"prompt_lookup_min ({min_n}) must not exceed prompt_lookup_max ({max_n})")
+        if min_n > max_n:  # one side from the request, the other from the server: the request's side wins
+            if p.prompt_lookup_min is not None:
+                max_n = min_n
+            else:
+                min_n = max_n
         return DraftSettings(
             prediction_token_ids=tuple(p.prediction_token_ids),
             prompt_lookup=p.prompt_lookup or config.prompt_lookup,

@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 
 from ember.engine import generation_budget
 from ember.engine.sampling_params import SamplingParams
+from ember.engine.speculation.config import SpeculationParams
 from ember.server.common.errors import APIError, invalid_request
 from ember.server.common.protocol import SamplingRequest
 from ember.structured import (
@@ -75,6 +76,7 @@ def build_sampling_params(
     logprobs: int | None = None,
     prompt_logprobs: int | None = None,
     structured: StructuredSpec | None = None,
+    speculation: SpeculationParams | None = None,
 ) -> SamplingParams:
     """SamplingParams for one prompt of `request`; any out-of-range value becomes a 400 naming its parameter.
 
@@ -115,6 +117,7 @@ def build_sampling_params(
             prompt_logprobs=prompt_logprobs,
             skip_special_tokens=_or(request.skip_special_tokens, True),
             structured=structured,
+            speculation=speculation,
         )
     except ValueError as error:
         raise _params_error(error) from None

@@ -24,6 +24,7 @@ from ember.server.common.generation import (
     response_request_id,
 )
 from ember.server.common.metrics import RequestTimer, TokenCounts, perf_headers, perf_metrics
+from ember.server.common.prediction import speculation_params
 from ember.server.common.sampling import build_sampling_params, resolve_max_tokens
 from ember.server.common.services import ServingState
 from ember.server.common.sse import DONE, event_stream, sse_data
@@ -91,6 +92,7 @@ class ChatServing:
             max_tokens=max_tokens,
             logprobs=body.num_top_logprobs() if body.wants_logprobs() else None,
             structured=plan.structured,
+            speculation=speculation_params(body, state.encoder),
         )
         if plan.stop:
             params.stop = [*params.stop, *plan.stop]
@@ -184,9 +186,11 @@ class _ChatBuilder:
             prompt=len(final.prompt_token_ids),
             cached=final.num_cached_tokens,
             generated=sum(len(seq.token_ids) for seq in final.outputs),
+            accepted_prediction=final.accepted_prediction_tokens,
+            rejected_prediction=final.rejected_prediction_tokens,
         )
         self.state.metrics.observe_request(self.timer, [c["finish_reason"] for c in choices])
-        usage = usage_dict(counts.prompt, counts.generated, counts.cached)
+        usage = usage_dict(counts)
         payload = completion_object("chat.completion", self.id, self.created, self.model, choices, usage)
         if self.body.perf_metrics_in_response:
             payload["perf_metrics"] = perf_metrics(counts, self.timer)

@@ -24,6 +24,7 @@ from ember.server.common.generation import (
     response_request_id,
 )
 from ember.server.common.metrics import RequestTimer, TokenCounts, perf_headers, perf_metrics
+from ember.server.common.prediction import speculation_params
 from ember.server.common.sampling import build_sampling_params, resolve_max_tokens
 from ember.server.common.services import ServingState
 from ember.server.common.sse import DONE, event_stream, sse_data
@@ -100,6 +101,7 @@ class CompletionServing:
                 best_of=body.best_of,
                 logprobs=body.logprobs,
                 prompt_logprobs=body.logprobs if echo is not None else None,
+                speculation=speculation_params(body, state.encoder),
             )
             lora_id = state.models.lora_id(body.model)
             requests.append(EngineRequest(f"{completion_id}-{i}", ids, params, salt, param, lora_id))
@@ -198,9 +200,11 @@ class _CompletionBuilder:
             prompt=sum(len(f.prompt_token_ids) for f in finals),
             cached=sum(f.num_cached_tokens for f in finals),
             generated=generated,
+            accepted_prediction=sum(f.accepted_prediction_tokens for f in finals),
+            rejected_prediction=sum(f.rejected_prediction_tokens for f in finals),
         )
         self.state.metrics.observe_request(self.timer, [c["finish_reason"] for c in choices])
-        usage = usage_dict(counts.prompt, counts.generated, counts.cached)
+        usage = usage_dict(counts)
         payload = completion_object("text_completion", self.id, self.created, self.model, choices, usage)
         if self.body.perf_metrics_in_response:
             payload["perf_metrics"] = perf_metrics(counts, self.timer)
