@@ -219,6 +219,23 @@ def test_lora_rows_verify_their_drafts_with_the_adapter(tiny_llama: LoadedModel)
     assert got.accepted_prediction_tokens > 10
 
 
+def test_preemption_under_speculation_keeps_greedy_output_and_frees_every_block(
+    tiny_llama: LoadedModel,
+) -> None:
+    params = SamplingParams(max_tokens=40, temperature=0.0, ignore_eos=True)
+    plain = _run(_engine(tiny_llama, "off"), [(p, params) for p in PROMPTS])
+    config = dataclasses.replace(
+        tiny_engine_config(num_blocks=40, block_size=4),
+        speculation=SpeculationConfig(prompt_lookup="on"),
+        debug_invariants=True,
+    )
+    tight = LLMEngine(tiny_llama, config)
+    got = _run(tight, [(p, params) for p in PROMPTS])
+    assert [out.outputs[0].token_ids for out in got] == [out.outputs[0].token_ids for out in plain]
+    assert tight.stats.num_preemptions > 0, "the small cache must have forced a preemption"
+    assert tight.stats.spec_decode_num_accepted_tokens > 0
+
+
 def test_many_streams_do_not_draft(tiny_llama: LoadedModel) -> None:
     params = SamplingParams(max_tokens=10, temperature=0.0, ignore_eos=True)
     engine = _engine(tiny_llama, "on", max_batch=4)
