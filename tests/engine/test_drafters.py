@@ -3,6 +3,8 @@ draft slots in the block manager and scheduler."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from ember.engine.block_manager import BlockManager
@@ -60,24 +62,28 @@ def test_the_drafter_asks_the_prediction_first_and_caps_the_length() -> None:
     )
     drafter = SequenceDrafter(settings)
     assert drafter.propose([1, 2, 1], 3, max_tokens=5) == [7, 8]
-    lookup_only = SequenceDrafter(DraftSettings.resolve(SpeculationConfig(prompt_lookup="on"), None))
+    lookup_only = SequenceDrafter(
+        DraftSettings.resolve(SpeculationConfig(prompt_lookup="on", prompt_lookup_min=2), None)
+    )
     assert lookup_only.propose([1, 2, 3, 1, 2], 3, max_tokens=1) == [3]
 
 
-def test_auto_backs_off_after_failed_drafts_and_resumes_after_a_success() -> None:
-    drafter = SequenceDrafter(DraftSettings.resolve(SpeculationConfig(prompt_lookup="auto"), None))
+def test_auto_backs_off_after_failed_drafts_and_follows_the_kept_length() -> None:
+    config = SpeculationConfig(prompt_lookup="auto", prompt_lookup_min=2, num_speculative_tokens=8)
+    drafter = SequenceDrafter(DraftSettings.resolve(config, None))
     tokens = [1, 2, 3, 1, 2]
-    assert drafter.propose(tokens, 1, 4)
-    drafter.observe(num_drafted=4, num_accepted=0)
-    assert drafter.propose(tokens, 1, 4) == []  # paused one step
-    assert drafter.propose(tokens, 1, 4)
-    drafter.observe(num_drafted=4, num_accepted=0)
-    assert [bool(drafter.propose(tokens, 1, 4)) for _ in range(3)] == [False, False, True]  # paused two
+    assert len(drafter.propose(tokens, 1, 8)) == 8
+    drafter.observe(num_drafted=8, num_accepted=0)
+    assert [bool(drafter.propose(tokens, 1, 8)) for _ in range(5)] == [False] * 4 + [True]  # paused 4
+    drafter.observe(num_drafted=2, num_accepted=0)
+    assert [bool(drafter.propose(tokens, 1, 8)) for _ in range(9)] == [False] * 8 + [True]  # then 8
+    drafter.observe(num_drafted=2, num_accepted=2)  # all kept: the next draft may be twice as long
+    assert len(drafter.propose(tokens, 1, 8)) == 4
     drafter.observe(num_drafted=4, num_accepted=1)
-    assert drafter.propose(tokens, 1, 4)
-    on = SequenceDrafter(DraftSettings.resolve(SpeculationConfig(prompt_lookup="on"), None))
-    on.observe(num_drafted=4, num_accepted=0)
-    assert on.propose(tokens, 1, 4)  # 'on' never pauses
+    assert len(drafter.propose(tokens, 1, 8)) == 2
+    on = SequenceDrafter(DraftSettings.resolve(dataclasses.replace(config, prompt_lookup="on"), None))
+    on.observe(num_drafted=8, num_accepted=0)
+    assert len(on.propose(tokens, 1, 8)) == 8  # 'on' never pauses nor shortens
 
 
 @pytest.mark.parametrize(
@@ -139,7 +145,9 @@ def test_scheduler_drafts_only_for_small_batches_and_within_max_tokens() -> None
             DraftPolicy(max_batch),
         )
 
-    settings = DraftSettings.resolve(SpeculationConfig(prompt_lookup="on", num_speculative_tokens=8), None)
+    settings = DraftSettings.resolve(
+        SpeculationConfig(prompt_lookup="on", num_speculative_tokens=8, prompt_lookup_min=2), None
+    )
     for max_batch, expect_drafts in ((2, True), (1, False)):
         sched = scheduler(max_batch)
         sequences = [_sequence(f"s{i}", [1, 2, 3, 1, 2, 3, 1, 2], max_tokens=4) for i in range(2)]

@@ -78,7 +78,7 @@ def test_greedy_output_is_identical_with_and_without_speculation(
     lookup_engine = _engine(tiny_llama, "on")
     lookup = _run(lookup_engine, [(p, params) for p in PROMPTS])
     assert [out.outputs[0].token_ids for out in lookup] == expected
-    predicted_engine = _engine(tiny_llama, "off")
+    predicted_engine = _engine(tiny_llama, "on")  # 'on': every step drafts, whole length, no pauses
     predicted = _run(
         predicted_engine,
         [

@@ -26,13 +26,15 @@ class SpeculationConfig:
 
     prompt_lookup: str = "auto"
     """n-gram lookup over the prompt and the output: 'off', 'on' (draft whenever the last n tokens occurred
-    before) or 'auto' (like 'on', but a sequence whose drafts keep failing drafts less often)."""
+    before, always num_speculative_tokens) or 'auto' (like 'on', but a sequence whose drafts keep failing pauses,
+    and the draft length follows what was kept)."""
 
     num_speculative_tokens: int = 8
     """Most tokens drafted for one sequence per step (k; the verification runs k + 1 tokens)."""
 
-    prompt_lookup_min: int = 2
-    """Shortest suffix of the output looked up in the prompt and output (n-gram size)."""
+    prompt_lookup_min: int = 3
+    """Shortest suffix of the output looked up in the prompt and output (n-gram size); 2-grams of prose
+    ("of the") match everywhere and mostly draft the wrong continuation."""
 
     prompt_lookup_max: int = 4
     """Longest suffix looked up; longer matches are tried first."""

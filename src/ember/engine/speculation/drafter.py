@@ -12,10 +12,14 @@ from typing import Protocol
 from ember.engine.speculation.config import DraftSettings
 from ember.engine.speculation.ngram import LatestNgramIndex, NgramPositions
 
-# 'auto' backs off after a draft of which nothing was accepted: it skips this many steps, doubling per
-# further failure up to the cap, and starts over after any accepted token.
-_FIRST_BACKOFF = 1
-_MAX_BACKOFF = 16
+# Unless lookup is 'on', a draft of which nothing was kept pauses drafting for this many steps, doubling per
+# further failure up to the cap, and any kept token starts over. A verification step costs several plain
+# steps on this path (docs/decisions.md), so a sequence whose text repeats nothing must stop paying for it.
+_FIRST_BACKOFF = 4
+_MAX_BACKOFF = 64
+# ... and the next draft is at most twice the last kept run (at least this long): a partly kept draft is
+# followed by a shorter one, a wholly kept one by a longer one, up to num_speculative_tokens.
+_MIN_ADAPTIVE_LENGTH = 2
 
 
 class DraftSource(Protocol):
@@ -82,13 +86,15 @@ class SequenceDrafter:
             self._sources.append(PromptLookupDraft(settings.min_n, settings.max_n))
         self._backoff = 0  # the length of the next pause after a failed draft
         self._paused = 0  # steps left without drafting
+        self._adaptive = settings.prompt_lookup != "on"
+        self._length = settings.num_speculative_tokens  # the next draft's length at most
 
     @staticmethod
     def for_settings(settings: DraftSettings) -> SequenceDrafter | None:
         return SequenceDrafter(settings) if settings.drafts else None
 
     def propose(self, token_ids: list[int], num_prompt_tokens: int, max_tokens: int) -> list[int]:
-        max_tokens = min(max_tokens, self.settings.num_speculative_tokens)
+        max_tokens = min(max_tokens, self._length)
         if max_tokens <= 0:
             return []
         if self._paused:
@@ -102,7 +108,11 @@ class SequenceDrafter:
 
     def observe(self, num_drafted: int, num_accepted: int) -> None:
         """The verification's verdict on the last draft."""
-        if num_accepted or self.settings.prompt_lookup == "on" or num_drafted == 0:
+        if not self._adaptive or num_drafted == 0:
+            return
+        limit = self.settings.num_speculative_tokens
+        self._length = min(limit, max(_MIN_ADAPTIVE_LENGTH, 2 * num_accepted))
+        if num_accepted:
             self._backoff = 0
             return
         self._backoff = min(_MAX_BACKOFF, max(_FIRST_BACKOFF, self._backoff * 2))
