@@ -188,6 +188,18 @@ def test_a_grammar_cuts_the_draft_at_the_first_token_it_rejects(tiny_llama: Load
     assert got.outputs[0].text == plain.outputs[0].text
     assert got.outputs[0].finish_reason == plain.outputs[0].finish_reason
     assert got.accepted_prediction_tokens > 0
+    # an end-of-sequence token inside the draft (here where the grammar may end) is not walked through: the
+    # matcher cannot roll back over it, and it ends the run anyway
+    open_ended = dataclasses.replace(
+        params, max_tokens=12, structured=StructuredSpec(kind="regex", source="(ab|cd)+")
+    )
+    (plain,) = _run(_engine(tiny_llama, "off"), [(PROMPTS[1], open_ended)])
+    tokens = list(plain.outputs[0].token_ids)
+    eos = tiny_llama.config.eos_token_ids[0]
+    for cut in range(1, len(tokens)):
+        with_eos = tuple(tokens[:cut] + [eos] + tokens[cut:])
+        (again,) = _run(_engine(tiny_llama, "off"), [(PROMPTS[1], _with_prediction(open_ended, with_eos))])
+        assert again.outputs[0].token_ids == tokens
 
 
 def _adapter(model: LoadedModel) -> LoraAdapter:

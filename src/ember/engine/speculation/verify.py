@@ -67,8 +67,10 @@ def verify_drafts(
     for entry in entries:
         sequence = entry.state.sequence
         matcher = entry.state.matcher
-        draft = entry.draft if matcher is None else entry.draft[: matcher.num_valid(entry.draft)]
-        masks = _grammar_masks(matcher, draft, logits.shape[1]) if matcher is not None else None
+        draft = entry.draft
+        masks = None
+        if matcher is not None:
+            draft, masks = _grammar_masks(matcher, draft, eos_token_ids, logits.shape[1])
         generator = entry.state.generator
         saved.append(generator.get_state() if generator is not None else None)
         starts.append(len(rows))
@@ -116,13 +118,25 @@ def _draw(generator: torch.Generator | None, shared: torch.Generator | None) -> 
     return float(torch.rand(1, dtype=torch.float64, generator=generator or shared)[0])
 
 
-def _grammar_masks(matcher: GrammarMatcher, draft: list[int], vocab_size: int) -> torch.Tensor:
-    """Masks [len(draft) + 1, V]: row j is what the grammar allows after the drafts before it. The matcher
-    walks the draft and comes back, so it is where it was when this returns."""
-    masks = []
-    for token in draft:
-        masks.append(allowed_token_masks([matcher], vocab_size)[0])
-        matcher.accept(token)
-    masks.append(allowed_token_masks([matcher], vocab_size)[0])
-    matcher.rollback(len(draft))
-    return torch.stack(masks)
+def _grammar_masks(
+    matcher: GrammarMatcher, draft: list[int], eos_token_ids: tuple[int, ...], vocab_size: int
+) -> tuple[list[int], torch.Tensor]:
+    """The part of the draft worth verifying under the grammar, and masks [len(part) + 1, V]: row j is what
+    the grammar allows after the drafts before it. The part ends before the first token the grammar rejects,
+    before an end-of-sequence token, and after a token that completes the grammar (a plain decode ends there;
+    and llguidance's rollback does not count an end-of-sequence token). The matcher walks the part and comes
+    back, so it is where it was when this returns."""
+    draft = draft[: matcher.num_valid(draft)]
+    eos = set(eos_token_ids)
+    masks = [allowed_token_masks([matcher], vocab_size)[0]]
+    walked = 0
+    try:
+        for token in draft:
+            if token in eos or matcher.is_finished:
+                break
+            matcher.accept(token)
+            walked += 1
+            masks.append(allowed_token_masks([matcher], vocab_size)[0])
+    finally:
+        matcher.rollback(walked)
+    return draft[:walked], torch.stack(masks)
