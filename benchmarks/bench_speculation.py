@@ -161,7 +161,9 @@ def main() -> None:
         "off": LLMEngine(
             loaded, dataclasses.replace(base, speculation=SpeculationConfig(prompt_lookup="off"))
         ),
-        "on": LLMEngine(loaded, dataclasses.replace(base, speculation=SpeculationConfig())),
+        "on": LLMEngine(
+            loaded, dataclasses.replace(base, speculation=SpeculationConfig(prompt_lookup="auto"))
+        ),
     }
     for engine in engines.values():
         engine.scheduler.block_manager.enable_prefix_caching = False  # every run pays its own prefill

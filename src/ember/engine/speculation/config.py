@@ -24,10 +24,12 @@ def _check_lookup(mode: str | None, num_tokens: int | None, min_n: int | None, m
 class SpeculationConfig:
     """The server's speculative decoding (`ember serve --speculation-*`)."""
 
-    prompt_lookup: str = "auto"
+    prompt_lookup: str = "off"
     """n-gram lookup over the prompt and the output: 'off', 'on' (draft whenever the last n tokens occurred
     before, always num_speculative_tokens) or 'auto' (like 'on', but a sequence whose drafts keep failing pauses,
-    and the draft length follows what was kept)."""
+    and the draft length follows what was kept). Off by default while verification runs the module path, where
+    it measured slower than plain fused decoding on the 2-core CPU (docs/decisions.md); a request's
+    `prediction` drafts whatever this says."""
 
     num_speculative_tokens: int = 8
     """Most tokens drafted for one sequence per step (k; the verification runs k + 1 tokens)."""
