@@ -22,6 +22,9 @@ class ScheduledSequence:
     # speculative decoding: tokens to verify after token_ids (a decode of one token); they run in the same
     # forward at the following positions, and their slots are covered by block_ids
     draft_token_ids: list[int] = field(default_factory=list)
+    # an embedding input's chunk: its final hidden states are added to the sequence's pooled sum; the chunk
+    # that reaches the end of the prompt completes the embedding (such a sequence never samples)
+    pool: bool = False
 
     @property
     def num_tokens(self) -> int:
