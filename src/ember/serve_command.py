@@ -10,6 +10,7 @@ import sys
 
 from ember.engine.engine_config import CacheConfig, SchedulerConfig
 from ember.engine.llm_engine import EngineConfig
+from ember.engine.speculation.config import SpeculationConfig
 from ember.lora.config import LoraConfig
 from ember.models.errors import ModelLoadError
 from ember.models.loader import LoadConfig, load_model
@@ -64,6 +65,17 @@ def serve_from_args(args: argparse.Namespace) -> int:
     except ModelLoadError as error:  # the user's file, not our bug: one line, no traceback
         print(f"ember serve: cannot load the model: {error}", file=sys.stderr)
         return 1
+    try:
+        speculation = SpeculationConfig(
+            prompt_lookup=args.prompt_lookup,
+            num_speculative_tokens=args.num_speculative_tokens,
+            prompt_lookup_min=args.prompt_lookup_min,
+            prompt_lookup_max=args.prompt_lookup_max,
+            max_batch=args.speculation_max_batch,
+        )
+    except ValueError as error:
+        print(f"ember serve: {error}", file=sys.stderr)
+        return 1
     engine_cfg = EngineConfig(
         cache=CacheConfig(block_size=args.block_size, enable_prefix_caching=not args.no_prefix_caching),
         scheduler=SchedulerConfig(
@@ -76,6 +88,7 @@ def serve_from_args(args: argparse.Namespace) -> int:
         lora=LoraConfig(max_loaded=args.max_loras, adapters=lora_adapters_from(args.lora)),
         # --threads pins the count; by default it follows the cores other processes leave free.
         adapt_threads=0 if args.threads else len(os.sched_getaffinity(0)),
+        speculation=speculation,
     )
     engine = AsyncEngine.from_loaded(loaded, engine_cfg)
     keys = api_keys_from(args)

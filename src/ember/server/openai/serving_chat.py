@@ -158,9 +158,11 @@ class _ChatBuilder:
             prompt=len(final.prompt_token_ids),
             cached=final.num_cached_tokens,
             generated=sum(len(seq.token_ids) for seq in final.outputs),
+            accepted_prediction=final.accepted_prediction_tokens,
+            rejected_prediction=final.rejected_prediction_tokens,
         )
         self.state.metrics.observe_request(self.timer, [c["finish_reason"] for c in choices])
-        usage = usage_dict(counts.prompt, counts.generated, counts.cached)
+        usage = usage_dict(counts)
         payload = completion_object("chat.completion", self.id, self.created, self.model, choices, usage)
         if self.body.perf_metrics_in_response:
             payload["perf_metrics"] = perf_metrics(counts, self.timer)
