@@ -84,7 +84,10 @@ def classify(case: Case, status: int, body: str) -> tuple[str, str | None]:
     return "4xx other", f"{status}: {body}"
 
 
-async def run_case(soak: Soak, client: httpx.AsyncClient, case: Case, rng: random.Random) -> None:
+async def run_case(
+    soak: Soak, client: httpx.AsyncClient, case: Case, rng: random.Random, previous: str
+) -> str:
+    """Sends one case and tallies it; returns its class (the next request of this client notes it)."""
     started = time.monotonic()
     tally = soak.tally(case.kind)
     try:
@@ -92,8 +95,12 @@ async def run_case(soak: Soak, client: httpx.AsyncClient, case: Case, rng: rando
     except TimeoutError:
         cls, note = "timeout", f"no answer within {REQUEST_TIMEOUT_S:g} s"
     except httpx.TransportError as error:
-        cls, note = "conn err", f"{type(error).__name__}: {error}"
+        # A pooled connection the server closed after the previous answer fails the next request this way.
+        cls, note = "conn err", f"{type(error).__name__} {error}; this client's previous request: {previous}"
+    if note and case.label:
+        note = f"{case.label} -> {note}"
     tally.add(cls, time.monotonic() - started, note)
+    return f"{case.kind} ({cls})"
 
 
 async def send(
@@ -162,9 +169,10 @@ async def upload_cut_off(client: httpx.AsyncClient, url: str) -> tuple[str, str 
 async def client_loop(soak: Soak, seed: int, bad_share: float) -> None:
     rng = random.Random(seed)
     async with httpx.AsyncClient(headers=soak.headers, timeout=REQUEST_TIMEOUT_S) as client:
+        previous = "none"
         while time.monotonic() < soak.deadline and soak.crashed is None:
             case = bad_input(rng, MODEL) if rng.random() < bad_share else ordinary(rng, MODEL)
-            await run_case(soak, client, case, rng)
+            previous = await run_case(soak, client, case, rng, previous)
 
 
 async def probe_health(soak: Soak) -> None:

@@ -24,6 +24,16 @@ class Case:
     files: dict[str, Any] = field(default_factory=dict)  # multipart upload
     data: dict[str, str] = field(default_factory=dict)  # multipart text fields
 
+    @property
+    def label(self) -> str:
+        """What a finding shows of the request: the fields that make it this case (a bad input's bad part)."""
+        if self.raw is not None:
+            return self.raw[-60:].decode(errors="replace")
+        if isinstance(self.body, dict):
+            keys = [k for k in self.body if k not in ("model", "messages", "max_tokens", "stream", "prompt")]
+            return json.dumps({k: self.body[k] for k in keys})[:120]
+        return ""
+
 
 TOPICS = ("bread", "rivers", "owls", "tea", "chess", "volcanoes", "the moon", "bicycles")
 TRAINING_ROW = {"messages": [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "Hi!"}]}

@@ -4,6 +4,7 @@ was at, its attempt given back) and resumes from that step at the next start."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fine_tuning_server import start_tuning_server, write_tiny_model
 from serve_process import HANG_GUARD_S, ServeProcess, start_serve
 
 from ember.engine.testing import write_tiny_hf_folder
@@ -82,6 +84,36 @@ def test_a_server_killed_mid_upload_leaves_no_part_file_after_its_restart(tmp_pa
     finally:
         restarted.process.send_signal(signal.SIGTERM)
         assert restarted.wait() == 0
+
+
+def test_an_upload_cut_off_mid_body_leaves_no_file_and_logs_no_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = start_tuning_server(write_tiny_model(tmp_path / "tiny-llama"), tmp_path / "data")
+    uvicorn_log = logging.getLogger("uvicorn.error")  # does not propagate to the root logger caplog reads
+    uvicorn_log.addHandler(caplog.handler)
+    boundary = "cutoff"
+
+    def body() -> Iterator[bytes]:
+        yield (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="train.jsonl"\r\n\r\n'
+        ).encode()
+        yield ROW * 100
+        raise ConnectionAbortedError("the client gives up mid-upload")
+
+    try:
+        caplog.set_level(logging.INFO)
+        headers = {"content-type": f"multipart/form-data; boundary={boundary}"}
+        with pytest.raises(ConnectionAbortedError):
+            httpx.post(f"{server.v1}/files", content=body(), headers=headers, timeout=HANG_GUARD_S)
+        wait_until(lambda: not server._server.server_state.tasks, "the server to finish the request")
+        assert part_files(server.data_dir) == []
+        errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert errors == [], [r.getMessage() for r in errors]
+        assert httpx.get(f"{server.v1}/files", timeout=30).json()["data"] == []
+    finally:
+        uvicorn_log.removeHandler(caplog.handler)
+        server.stop()
 
 
 def test_start_up_removes_part_files_by_their_writer_and_the_rest_by_age(tmp_path: Path) -> None:

@@ -170,7 +170,7 @@ class AsyncEngine:
         if self._dead is not None:
             raise EngineDeadError(f"the engine stopped: {self._dead}")
         if self._closed is not None:
-            raise self._closed
+            raise ServerShuttingDownError(str(self._closed))
         self.engine.resolve_max_tokens(len(prompt_token_ids), params)  # a ValueError here is the caller's 400
         if lora_id is not None and lora_id not in self.engine.lora_manager:  # the registry is thread-safe
             raise LoraError(f"unknown LoRA adapter {lora_id!r}")
