@@ -105,10 +105,8 @@ def as_api_error(exc: Exception) -> APIError:
         return APIError(503, str(exc), code="engine_unavailable", headers=_retry_after(5.0))
     if isinstance(
         exc, ClientDisconnect
-    ):  # the client left mid-body (e.g. an upload cut off): not our failure
-        return APIError(
-            400, "the client disconnected before its request body was received", code="client_disconnected"
-        )
+    ):  # left mid-body (an upload cut off): 499 as ClientLeft, nobody reads it
+        return APIError(499, "the client closed the connection", code="client_closed_request")
     if isinstance(exc, StarletteHTTPException):
         if exc.status_code == 404:
             return APIError(
