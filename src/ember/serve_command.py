@@ -86,7 +86,11 @@ def serve_from_args(args: argparse.Namespace) -> int:
     )
     engine = AsyncEngine.from_loaded(loaded, engine_cfg)
     keys = api_keys_from(args)
-    server_cfg = ServerConfig(model_name=args.served_model_name or loaded.name, api_keys=keys)
+    server_cfg = ServerConfig(
+        model_name=args.served_model_name or loaded.name,
+        api_keys=keys,
+        max_embedding_tokens=args.max_embedding_tokens,
+    )
     kv_tokens = engine.engine.num_blocks * engine.engine.block_size
     logger.info(
         "model %s from %s (%s, %s) served as %s weights on %s with %d threads; loaded in %.2f s, peak RSS %.0f MiB",
