@@ -124,6 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--max-upload-mib", type=int, default=512, help="largest training-data upload accepted (MiB)"
     )
+    serve.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="on SIGTERM/SIGINT, how long requests in flight may finish before they are ended with an error "
+        "(default: 30; a second signal ends them at once)",
+    )
 
     bench = sub.add_parser("bench", help="benchmark the engine against installed peers and print a table")
     _add_model_args(bench)

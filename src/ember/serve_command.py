@@ -1,4 +1,5 @@
-"""`ember serve`: load the model, start the engine thread, run the HTTP server until SIGTERM/SIGINT."""
+"""`ember serve`: load the model, start the engine thread, run the HTTP server until SIGTERM/SIGINT (then drain:
+serve_shutdown.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from ember.engine.speculation.config import SpeculationConfig
 from ember.lora.config import LoraConfig
 from ember.models.errors import ModelLoadError
 from ember.models.loader import LoadConfig, load_model
+from ember.serve_shutdown import DrainConfig, DrainingServer
 from ember.server.common.config import FineTuningConfig
 from ember.threads import configure_torch_threads, release_openmp_team
 
@@ -57,6 +59,11 @@ def serve_from_args(args: argparse.Namespace) -> int:
     from ember.server.app import build_app
     from ember.server.common.config import ServerConfig
 
+    try:
+        drain = DrainConfig(timeout_s=args.drain_timeout)
+    except ValueError as error:
+        print(f"ember serve: {error}", file=sys.stderr)
+        return 2
     threads = configure_torch_threads(args.threads)
     try:
         loaded = load_model(
@@ -125,5 +132,15 @@ def serve_from_args(args: argparse.Namespace) -> int:
     # From here on every step runs on the engine thread: the main thread's idle OpenMP team, left over from
     # loading, would only slow it down (see release_openmp_team).
     release_openmp_team()
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=30)
+    uvicorn_config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="info",
+        timeout_graceful_shutdown=drain.uvicorn_timeout_s,
+    )
+    jobs = app.state.services.jobs
+    # The training worker checkpoints and stops while the requests drain, not after them.
+    on_drain_start = [jobs.service.begin_stop] if jobs is not None else []
+    DrainingServer(uvicorn_config, engine, drain, on_drain_start).run()
     return 0
