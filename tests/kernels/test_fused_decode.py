@@ -166,7 +166,9 @@ def test_the_engine_counts_the_forward_each_step_ran(fused_decode: bool) -> None
     fused when the engine allows it."""
     kernel, _ = build_models(VARIANTS[0])
     loaded = dataclasses.replace(tiny_loaded_model("llama"), network=kernel, config=kernel.config)
-    engine = LLMEngine(loaded, dataclasses.replace(tiny_engine_config(), fused_decode=fused_decode))
+    engine = LLMEngine(  # one token per step: speculation would fold decodes into fewer steps
+        loaded, dataclasses.replace(tiny_engine_config(prompt_lookup="off"), fused_decode=fused_decode)
+    )
     greedy = SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True)
     engine.add_request("a", [5, 6, 7, 8, 9], greedy)
     engine.add_request("b", list(range(20, 60)), greedy)
