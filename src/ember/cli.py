@@ -7,6 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
+from ember.serve_access import add_access_args
 from ember.tuning.cli_tune import add_tune_subparser, run_tune
 
 
@@ -38,11 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="serve the OpenAI/Fireworks-compatible HTTP API")
     _add_model_args(serve)
-    serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument(
-        "--api-key", action="append", default=[], help="accepted bearer key (repeatable; env EMBER_API_KEYS)"
-    )
+    add_access_args(serve)
     serve.add_argument(
         "--served-model-name", default=None, help="name clients use (default: the model's name)"
     )

@@ -13,16 +13,11 @@ from ember.engine.llm_engine import EngineConfig
 from ember.lora.config import LoraConfig
 from ember.models.errors import ModelLoadError
 from ember.models.loader import LoadConfig, load_model
+from ember.serve_access import AccessConfigError, access_from_args
 from ember.server.common.config import FineTuningConfig
 from ember.threads import configure_torch_threads, release_openmp_team
 
 logger = logging.getLogger("ember.serve")
-
-
-def api_keys_from(args: argparse.Namespace) -> tuple[str, ...]:
-    from ember.server.common.middleware import api_keys_from_env
-
-    return tuple(dict.fromkeys([*args.api_key, *api_keys_from_env()]))
 
 
 def lora_adapters_from(specs: list[str]) -> tuple[tuple[str, str], ...]:
@@ -56,6 +51,13 @@ def serve_from_args(args: argparse.Namespace) -> int:
     from ember.server.app import build_app
     from ember.server.common.config import ServerConfig
 
+    try:  # before the model loads: a bad keys file or flag fails at once
+        access = access_from_args(args)
+    except AccessConfigError as error:
+        print(f"ember serve: {error}", file=sys.stderr)
+        return 1
+    for warning in access.warnings:
+        logger.warning("%s", warning)
     threads = configure_torch_threads(args.threads)
     try:
         loaded = load_model(
@@ -78,8 +80,14 @@ def serve_from_args(args: argparse.Namespace) -> int:
         adapt_threads=0 if args.threads else len(os.sched_getaffinity(0)),
     )
     engine = AsyncEngine.from_loaded(loaded, engine_cfg)
-    keys = api_keys_from(args)
-    server_cfg = ServerConfig(model_name=args.served_model_name or loaded.name, api_keys=keys)
+    server_cfg = ServerConfig(
+        model_name=args.served_model_name or loaded.name,
+        api_keys=access.api_keys,
+        tenant_keys=access.tenant_keys,
+        allowed_origins=access.allowed_origins,
+        allowed_hosts=access.allowed_hosts,
+        adapter_dirs=access.adapter_dirs,
+    )
     kv_tokens = engine.engine.num_blocks * engine.engine.block_size
     logger.info(
         "model %s from %s (%s, %s) served as %s weights on %s with %d threads; loaded in %.2f s, peak RSS %.0f MiB",
@@ -101,11 +109,11 @@ def serve_from_args(args: argparse.Namespace) -> int:
         kv_tokens,
         engine_cfg.kv_cache_gib,
     )
-    logger.info("serving on http://%s:%d/v1 (also /inference/v1)", args.host, args.port)
+    logger.info("serving on http://%s:%d/v1 (also /inference/v1)", access.host, args.port)
     fine_tuning = fine_tuning_config_from(args, threads)
     app = build_app(engine, server_cfg, fine_tuning)
     # From here on every step runs on the engine thread: the main thread's idle OpenMP team, left over from
     # loading, would only slow it down (see release_openmp_team).
     release_openmp_team()
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=30)
+    uvicorn.run(app, host=access.host, port=args.port, log_level="info", timeout_graceful_shutdown=30)
     return 0
