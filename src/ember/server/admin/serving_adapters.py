@@ -45,6 +45,7 @@ class AdapterServing:
     ) -> ServedAdapter:
         """POST /v1/adapters: a folder under the adapter roots (adapter_roots.py), served to the caller's
         account (an admin's: to every key). Errors name the folder as the client wrote it."""
+        self._check_name(name)
         try:
             resolved = self.roots.resolve(requested, lambda job_id: self.job_visible(job_id, tenant))
         except AdapterPathError as error:
@@ -73,12 +74,7 @@ class AdapterServing:
 
         With `check_base_model`, an adapter whose adapter_config.json names another base model is refused even
         when its shapes happen to fit (models of one family share shapes)."""
-        if not _ADAPTER_NAME.fullmatch(name):
-            raise APIError(
-                400, f"adapter name {name!r} must be 1-128 letters, digits, '_', '.' or '-'", param="name"
-            )
-        if name in self.models.names or self.models.adapter(name, any_owner=True) is not None:
-            raise APIError(409, f"a model named {name!r} is already served", param="name", code="conflict")
+        self._check_name(name)
         if not Path(path).is_dir():
             raise APIError(400, f"adapter folder {shown_as or path!r} does not exist", param="path")
         try:
@@ -92,6 +88,14 @@ class AdapterServing:
         except ValueError as error:
             await self.engine.unregister_lora(name)
             raise APIError(409, str(error), param="name", code="conflict") from error
+
+    def _check_name(self, name: str) -> None:
+        if not _ADAPTER_NAME.fullmatch(name):
+            raise APIError(
+                400, f"adapter name {name!r} must be 1-128 letters, digits, '_', '.' or '-'", param="name"
+            )
+        if name in self.models.names or self.models.adapter(name, any_owner=True) is not None:
+            raise APIError(409, f"a model named {name!r} is already served", param="name", code="conflict")
 
     async def unload(self, requested: str) -> ServedAdapter:
         adapter = self.models.adapter(requested)
