@@ -10,7 +10,15 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ember.server.common.api_keys import ApiKey, KeysFileError, admin_keys, keys_from_file
+from ember.server.common.api_keys import (
+    ApiKey,
+    KeyRing,
+    KeysFileError,
+    admin_keys,
+    default_tenant,
+    keys_from_file,
+    plain_keys,
+)
 from ember.server.common.browser_guard import origin_is_valid
 from ember.server.common.config import DEFAULT_ACCOUNT
 from ember.server.common.middleware import (
@@ -106,6 +114,11 @@ def access_from_args(args: argparse.Namespace, environ: dict[str, str] | None = 
         except KeysFileError as error:
             raise AccessConfigError(f"bad API keys file: {error}") from error
     has_keys = bool(api_keys or tenant_keys)
+    if has_keys:
+        try:  # one key in two places: which account would it act for?
+            KeyRing(plain_keys(api_keys, default_tenant(account)) + tenant_keys)
+        except ValueError as error:
+            raise AccessConfigError(str(error)) from error
     host = bind_host(args.host)
     if not has_keys and host not in LOOPBACK_HOSTS:
         warnings.append(

@@ -79,7 +79,9 @@ def keys_from_file(path: Path, server_account: str) -> tuple[ApiKey, ...]:
     for index, entry in enumerate(entries):
         key = _entry(entry, server_account, f"{path}: keys[{index}]")
         if any(hmac.compare_digest(key.digest, other.digest) for other in keys):
-            raise KeysFileError(f"{path}: keys[{index}] repeats the key of an earlier entry")
+            raise KeysFileError(
+                f"{path}: keys[{index}] ({entry.get('name')!r}) repeats the key of an earlier entry"
+            )
         keys.append(key)
     return tuple(keys)
 
