@@ -50,7 +50,7 @@ def key_digest(key: str | bytes) -> bytes:
 
 def default_tenant(server_account: str) -> Tenant:
     """The tenant of --api-key / EMBER_API_KEYS keys: the server's own account (as before tenancy)."""
-    return Tenant(server_account, owns_unowned=True, label="--api-key")
+    return Tenant(server_account, owns_unowned=True, label="server key")
 
 
 def plain_keys(keys: tuple[str, ...], tenant: Tenant) -> tuple[ApiKey, ...]:
@@ -58,7 +58,9 @@ def plain_keys(keys: tuple[str, ...], tenant: Tenant) -> tuple[ApiKey, ...]:
 
 
 def admin_keys(keys: tuple[str, ...], server_account: str) -> tuple[ApiKey, ...]:
-    return plain_keys(keys, Tenant(server_account, admin=True, owns_unowned=True, label="admin"))
+    return plain_keys(
+        keys, Tenant(server_account, admin=True, owns_unowned=True, label="EMBER_ADMIN_API_KEYS")
+    )
 
 
 def keys_from_file(path: Path, server_account: str) -> tuple[ApiKey, ...]:
@@ -149,9 +151,10 @@ class KeyRing:
         return found
 
     def describe(self) -> str:
-        """For the start-up log: how many keys act for which accounts (no key material)."""
-        accounts: dict[str, int] = {}
+        """For the start-up log: the keys' names by account, e.g. `alice: alice-laptop, ci; fireworks (admin):
+        ops` (never key material)."""
+        accounts: dict[str, list[str]] = {}
         for key in self.keys:
-            label = f"{key.tenant.account} (admin)" if key.tenant.admin else key.tenant.account
-            accounts[label] = accounts.get(label, 0) + 1
-        return ", ".join(f"{account}: {count}" for account, count in sorted(accounts.items()))
+            account = f"{key.tenant.account} (admin)" if key.tenant.admin else key.tenant.account
+            accounts.setdefault(account, []).append(key.tenant.label)
+        return "; ".join(f"{account}: {', '.join(names)}" for account, names in sorted(accounts.items()))
