@@ -277,6 +277,20 @@ def test_adapters_a_key_loads_are_its_own(tenants: Tenants) -> None:
     assert tenants.delete(BOB, "/adapters/bob-style").status_code == 200
 
 
+def test_an_adapter_an_admin_loads_serves_every_key_and_only_admins_unload_it(tenants: Tenants) -> None:
+    loaded = tenants.post(ADMIN, "/adapters", json={"name": "house-style", "path": "shared-style"})
+    assert loaded.status_code == 200 and loaded.json()["owned_by"] is None
+    try:
+        for key in (ALICE, BOB, SERVER):
+            assert "house-style" in [a["name"] for a in tenants.get(key, "/adapters").json()["data"]]
+        body = {"model": "house-style", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+        assert tenants.post(BOB, "/chat/completions", json=body).status_code == 200
+        refused = tenants.delete(BOB, "/adapters/house-style")
+        assert refused.status_code == 403 and "only an admin key" in refused.json()["error"]["message"]
+    finally:
+        assert tenants.delete(ADMIN, "/adapters/house-style").status_code == 200
+
+
 def test_the_server_key_is_the_servers_account_and_owns_the_rows_from_before(tenants: Tenants) -> None:
     server, alice = tenants.client(SERVER), tenants.client(ALICE)
     assert LEGACY_FILE in [f.id for f in server.files.list()]

@@ -63,5 +63,5 @@ async def get_adapter(name: str, request: Request) -> Response:
 
 @router.delete("/adapters/{name:path}")
 async def unload_adapter(name: str, request: Request) -> Response:
-    adapter = await services_of(request).adapters.unload(name)
+    adapter = await services_of(request).adapters.unload(name, tenant_of(request))
     return JSONResponse({"id": adapter.model_id, "object": "adapter", "deleted": True})

@@ -97,10 +97,18 @@ class AdapterServing:
         if name in self.models.names or self.models.adapter(name, any_owner=True) is not None:
             raise APIError(409, f"a model named {name!r} is already served", param="name", code="conflict")
 
-    async def unload(self, requested: str) -> ServedAdapter:
+    async def unload(self, requested: str, tenant: Tenant) -> ServedAdapter:
+        """Unload an adapter of the caller's account; one served to every key only with an admin key."""
         adapter = self.models.adapter(requested)
         if adapter is None:
             raise APIError(404, f"no adapter {requested!r} is loaded", param="name", code="not_found")
+        if not tenant.admin and adapter.owner != tenant.account:
+            raise APIError(
+                403,
+                f"adapter {requested!r} is served to every key; only an admin key can unload it",
+                param="name",
+                code="permission_denied",
+            )
         try:
             await self.engine.unregister_lora(adapter.lora_id)
         except LoraError as error:  # still used by running requests
