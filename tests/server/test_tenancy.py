@@ -218,6 +218,12 @@ def test_a_job_is_its_owners_alone_and_cannot_train_on_others_data(tenants: Tena
             j["name"] for j in tenants.get(BOB, fireworks_jobs).json()["supervisedFineTuningJobs"]
         ]
         assert tenants.get(BOB, f"/accounts/alice/supervisedFineTuningJobs/{job.id}").status_code == 404
+        squatting = tenants.post(
+            BOB,
+            fireworks_jobs,
+            json={"dataset": "d", "baseModel": TINY_MODEL, "outputModel": "accounts/alice/models/x"},
+        )
+        assert squatting.status_code == 400 and squatting.json()["error"]["param"] == "outputModel"
 
         assert admin.fine_tuning.jobs.retrieve(job.id).id == job.id
         assert job.id in [j.id for j in admin.fine_tuning.jobs.list()]

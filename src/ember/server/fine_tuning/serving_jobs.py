@@ -32,6 +32,7 @@ from ember.tuning.job_objects import (
     openai_job_list,
     openai_job_request,
 )
+from ember.tuning.job_request import JobRequestError
 from ember.tuning.job_runner import RunnerConfig
 from ember.tuning.job_service import FineTuningService, tuning_db_path
 from ember.tuning.job_store import JobRecord
@@ -225,6 +226,14 @@ class JobsServing:
         # The path's account owns the job (the auth middleware let only its keys and admins through).
         def create() -> JobRecord:
             request = fireworks_job_request(account, body, job_id)
+            output_model = request.extra_metadata["fireworks"]["outputModel"]
+            if output_model is not None and not output_model.startswith(f"accounts/{account}/models/"):
+                # the model is served under that name: another account's namespace is not the caller's to fill
+                raise JobRequestError(
+                    f"outputModel must be a model of the job's account (accounts/{account}/models/<id>), "
+                    f"got {output_model!r}",
+                    "outputModel",
+                )
             return self.service.create_job(request, owner=account, scope=tenant.scope)
 
         return fireworks_job(self._call(create))
