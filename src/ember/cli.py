@@ -1,4 +1,4 @@
-"""`ember serve`, `ember bench` and `ember tune`: the command line entry points."""
+"""`ember serve`, `ember bench`, `ember tune` and `ember keys`: the command line entry points."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
+from ember.keys_command import add_keys_subparser, run_keys
 from ember.serve_access import add_access_args
 from ember.tuning.cli_tune import add_tune_subparser, run_tune
 
@@ -93,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     add_tune_subparser(sub)
+    add_keys_subparser(sub)
     return parser
 
 
@@ -122,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "tune":
         return run_tune(args)
+    if args.command == "keys":
+        return run_keys(args)
     return 2
 
 

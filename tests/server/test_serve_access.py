@@ -133,3 +133,33 @@ def test_origins_and_adapter_folders_are_checked(tmp_path: Path) -> None:
     assert resolve("--adapter-dir", str(tmp_path)).adapter_dirs == (tmp_path,)
     with pytest.raises(AccessConfigError, match="not a folder"):
         resolve("--adapter-dir", str(tmp_path / "missing"))
+
+
+def test_ember_keys_new_writes_an_entry_the_server_reads_and_keeps_the_key_out_of_it(tmp_path: Path) -> None:
+    keys_file = tmp_path / "keys.toml"
+    made = []
+    for argv in (["--name", 'alice "laptop"', "--account", "alice"], ["--name", "ops", "--admin"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "ember.cli", "keys", "new", *argv],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        key = done.stderr.strip().rsplit(": ", 1)[1]
+        assert key.startswith("sk-ember-") and key not in done.stdout
+        with keys_file.open("a") as out:
+            out.write(done.stdout)
+        made.append(key)
+    ring = KeyRing(resolve("--api-keys-file", str(keys_file)).tenant_keys)
+    alice, admin = ring.tenant_for(made[0].encode()), ring.tenant_for(made[1].encode())
+    assert alice is not None and alice.account == "alice" and alice.label == 'alice "laptop"'
+    assert admin is not None and admin.admin
+    hashed = subprocess.run(
+        [sys.executable, "-m", "ember.cli", "keys", "hash"], input=made[0], capture_output=True, text=True
+    )
+    assert hashed.stdout.strip() == hashlib.sha256(made[0].encode()).hexdigest()
+    refused = subprocess.run(
+        [sys.executable, "-m", "ember.cli", "keys", "new", "--name", "x"], capture_output=True, text=True
+    )
+    assert refused.returncode == 2 and "--account is required" in refused.stderr
