@@ -8,7 +8,7 @@ the context carries the tenant there without threading it through each of them.
 
 from __future__ import annotations
 
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from dataclasses import dataclass
 
 from fastapi import Request
@@ -47,13 +47,13 @@ def viewing_tenant() -> Tenant | None:
     return _VIEWING_TENANT.get()
 
 
-def enter_tenant(tenant: Tenant) -> object:
+def enter_tenant(tenant: Tenant) -> Token[Tenant | None]:
     """Make `tenant` the viewing tenant of the current context; returns the token `leave_tenant` takes."""
     return _VIEWING_TENANT.set(tenant)
 
 
-def leave_tenant(token: object) -> None:
-    _VIEWING_TENANT.reset(token)  # type: ignore[arg-type]
+def leave_tenant(token: Token[Tenant | None]) -> None:
+    _VIEWING_TENANT.reset(token)
 
 
 def tenant_of(request: Request) -> Tenant:
