@@ -5,6 +5,7 @@ adapter folders."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,8 @@ from ember.bench.http_server import free_port
 from ember.cli import build_parser
 from ember.serve_access import ARGV_KEY_WARNING, AccessConfigError, AccessSettings, access_from_args
 from ember.server.common.api_keys import KeyRing
+from ember.server.common.config import ServerConfig
+from ember.server.common.server_access import key_ring, log_access_policy
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -163,3 +166,15 @@ def test_ember_keys_new_writes_an_entry_the_server_reads_and_keeps_the_key_out_o
         [sys.executable, "-m", "ember.cli", "keys", "new", "--name", "x"], capture_output=True, text=True
     )
     assert refused.returncode == 2 and "--account is required" in refused.stderr
+
+
+def test_any_origin_without_a_key_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    open_config = ServerConfig(model_name="m", allowed_origins=("*",))
+    log_access_policy(open_config, key_ring(open_config))
+    assert "--allowed-origins '*' without an API key" in caplog.text
+    caplog.clear()
+    keyed = ServerConfig(model_name="m", allowed_origins=("*",), api_keys=("sk-1",))
+    log_access_policy(keyed, key_ring(keyed))
+    assert "without an API key" not in caplog.text and "fireworks: server key" in caplog.text
+    assert "sk-1" not in caplog.text
