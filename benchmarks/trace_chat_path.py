@@ -3,7 +3,8 @@ engine (and on to the last byte of the response), on a tiny random model in-proc
 
 Run: `python benchmarks/trace_chat_path.py` (add `--list` to print the files and the cross-file calls).
 
-A profile hook on the server's thread records every Python call made while a request is served. A call is
+A profile hook on the server's thread, and on the preparation threads the server hands a request's preparation
+to (ember.server.common.preparation), records every Python call made while a request is served. A call is
 a *hop* when the nearest ember frame below it belongs to another file: reading the code, that is a jump to
 another file and, when the callee returns, back again. Coroutine resumptions (an `await` continuing) are not
 calls. Counted per request, for a plain chat, a streamed chat and a chat with tools (forced tool call):
@@ -11,6 +12,7 @@ calls. Counted per request, for a plain chat, a streamed chat and a chat with to
 - hops: cross-file calls; `back to X: n` is how many times control left the busiest file X and came back.
 `route -> engine` stops at the first call of AsyncEngine.generate (the request entering the engine);
 `whole request` follows the response to its last byte (engine files included, the engine thread not).
+Besides the three chat cases, /v1/completions and Anthropic's /v1/messages (which share the preparation step).
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ from ember.server.app import build_app
 from ember.server.common.config import ServerConfig
 
 SRC = str(Path(ember.__file__).resolve().parent) + "/"
-ROUTE_NAMES = {"create_chat_completion"}
+ROUTE_NAMES = {"create_chat_completion", "create_completion", "create_message"}
+PREPARATION_THREAD_PREFIX = "ember-prepare"
 CO_COROUTINE_LIKE = 0x80 | 0x200 | 0x20  # CO_COROUTINE | CO_ASYNC_GENERATOR | CO_GENERATOR
 
 # A Hermes-style template with tools (as tests/server/tools_server.py), so tool_choice required has a syntax.
@@ -78,7 +81,9 @@ class Trace:
                 self.active, self.thread = True, threading.get_ident()
             else:
                 return
-        if threading.get_ident() != self.thread or not code.co_filename.startswith(SRC):
+        if not code.co_filename.startswith(SRC):
+            return
+        if threading.get_ident() != self.thread and not _is_preparation_thread():
             return
         if code.co_flags & CO_COROUTINE_LIKE:
             if id(frame) in self.started:
@@ -95,6 +100,10 @@ class Trace:
             self.files_to_engine.add(callee)
             if caller is not None and caller != callee:
                 self.hops_to_engine.append((caller, callee))
+
+
+def _is_preparation_thread() -> bool:
+    return threading.current_thread().name.startswith(PREPARATION_THREAD_PREFIX)
 
 
 def _ember_caller(frame: FrameType | None) -> str | None:
@@ -132,11 +141,12 @@ class Tracer:
             self.trace.profile(frame, event, arg)
 
 
-def traced(tracer: Tracer, url: str, body: dict[str, Any]) -> Trace:
+def traced(tracer: Tracer, url: str, path: str, body: dict[str, Any]) -> Trace:
     with httpx.Client(timeout=60) as client:
-        client.post(f"{url}/v1/chat/completions", json=body).read()  # warm-up: first-step and compile work
+        warm = client.post(f"{url}{path}", json=body)  # warm-up: first-step and compile work
+        warm.raise_for_status()
         tracer.trace = trace = Trace()
-        client.post(f"{url}/v1/chat/completions", json=body).read()
+        client.post(f"{url}{path}", json=body).read()
         time.sleep(0.2)  # the server's side of the response ends
         tracer.trace = None
     return trace
@@ -145,7 +155,8 @@ def traced(tracer: Tracer, url: str, body: dict[str, Any]) -> Trace:
 def summary(files: set[str], hops: list[tuple[str, str]]) -> str:
     back = Counter(caller for caller, _ in hops)
     busiest, times = back.most_common(1)[0] if back else ("-", 0)
-    return f"{len(files)} files, {len(hops)} hops, back to {busiest}: {times}"
+    serving = ", ".join(f"{name.rsplit('/', 1)[-1]}: {n}" for name, n in back.items() if "/serving_" in name)
+    return f"{len(files)} files, {len(hops)} hops, back to {busiest}: {times} (calls out of {serving or '-'})"
 
 
 def main() -> None:
@@ -153,22 +164,26 @@ def main() -> None:
     parser.add_argument("--list", action="store_true", help="print the files and the hops")
     args = parser.parse_args()
     messages = [{"role": "user", "content": "What is the weather in Paris?"}]
+    chat = "/v1/chat/completions"
     cases = [
-        ("chat", None, {"messages": messages, "max_tokens": 4}),
-        ("chat stream", None, {"messages": messages, "max_tokens": 4, "stream": True}),
+        ("chat", None, chat, {"messages": messages, "max_tokens": 4}),
+        ("chat stream", None, chat, {"messages": messages, "max_tokens": 4, "stream": True}),
         (
             "chat tools",
             TOOLS_TEMPLATE,
+            chat,
             {"messages": messages, "max_tokens": 24, "tools": [TOOL], "tool_choice": "required"},
         ),
+        ("completion", None, "/v1/completions", {"prompt": "The weather in Paris is", "max_tokens": 4}),
+        ("messages", None, "/v1/messages", {"messages": messages, "max_tokens": 4}),
     ]
     tracer = Tracer()
     threading.setprofile(tracer)  # before the server and engine threads start, so they inherit it
     servers: dict[str | None, tuple[uvicorn.Server, threading.Thread, str]] = {}
-    for name, template, body in cases:
+    for name, template, path, body in cases:
         if template not in servers:
             servers[template] = serve(template)
-        trace = traced(tracer, servers[template][2], body)
+        trace = traced(tracer, servers[template][2], path, body)
         print(f"{name:12} route -> engine: {summary(trace.files_to_engine, trace.hops_to_engine)}")
         print(f"{'':12} whole request:  {summary(trace.files, trace.hops)}")
         if args.list:

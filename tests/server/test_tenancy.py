@@ -261,6 +261,16 @@ def test_fine_tuned_models_are_listed_and_callable_for_their_owner_only(tenants:
         assert refused.status_code == 404 and refused.json()["error"]["code"] == "model_not_found"
         assert tenants.get(key, f"/models/{model}").status_code == 404
     assert chat(SERVER, legacy_model).status_code == 200 and chat(ADMIN, alice_model).status_code == 200
+    # every surface that names a model: completions, embeddings, tokenize, Anthropic's messages
+    for path, body in (
+        ("/completions", {"prompt": "Hi", "max_tokens": 2}),
+        ("/embeddings", {"input": "Hi"}),
+        ("/tokenize", {"prompt": "Hi"}),
+        ("/messages", {"max_tokens": 2, "messages": [{"role": "user", "content": "Hi"}]}),
+    ):
+        assert tenants.post(ALICE, path, json={**body, "model": alice_model}).status_code == 200, path
+        refused = tenants.post(BOB, path, json={**body, "model": alice_model})
+        assert refused.status_code == 404, (path, refused.text)
 
 
 def test_adapters_a_key_loads_are_its_own(tenants: Tenants) -> None:

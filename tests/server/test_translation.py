@@ -12,8 +12,8 @@ from ember.server.anthropic.protocol import MessagesRequest
 from ember.server.common.api_keys import KeyRing, default_tenant, plain_keys
 from ember.server.common.errors import APIError
 from ember.server.common.middleware import api_keys_from_env, presented_key
+from ember.server.common.preparation import SamplingLimits, build_sampling_params, resolve_max_tokens
 from ember.server.common.protocol import param_path, parse_json, validate_body
-from ember.server.common.sampling import SamplingLimits, build_sampling_params, resolve_max_tokens
 from ember.server.openai.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from ember.server.openai.serving_embeddings import encode_vector, shorten
 

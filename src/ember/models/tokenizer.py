@@ -168,7 +168,9 @@ class Tokenizer:
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
         """Token ids of `text`. With add_special_tokens, BOS is prepended when `add_bos` is set and the text
         does not already start with it."""
-        ids: list[int] = self._backend.encode(text, add_special_tokens=False).ids
+        # encode_batch, not encode: only the batch call lets go of the GIL while it works, and a 1M-token text
+        # takes seconds, during which the server's event loop (on another thread) could not run at all.
+        ids: list[int] = self._backend.encode_batch([text], add_special_tokens=False)[0].ids
         bos = self.bos_token_id
         if add_special_tokens and self.add_bos and bos is not None and ids[:1] != [bos]:
             ids = [bos, *ids]

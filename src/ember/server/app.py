@@ -20,6 +20,7 @@ from ember.server.common.config import FineTuningConfig, ServerConfig
 from ember.server.common.errors import install_error_handlers
 from ember.server.common.metrics import ServerMetrics
 from ember.server.common.middleware import APIKeyMiddleware, BodyLimitMiddleware
+from ember.server.common.preparation import Preparation, SamplingLimits
 from ember.server.common.prompts import PromptEncoder
 from ember.server.common.served_models import ServedModels
 from ember.server.common.server_access import key_ring, log_access_policy, open_tenant
@@ -57,11 +58,19 @@ def build_app(
     With `fine_tuning`, the files, datasets and fine-tuning job routes work over its data directory, and the
     job worker runs while the app does; without it they answer 404 saying so."""
     keys = key_ring(config)
+    models = ServedModels(config, engine.max_model_len)
+    vocab_size = engine.model_config.vocab_size
+    limits = SamplingLimits(vocab_size, config.max_n, defaults=engine.default_params)  # the checkpoint's
     state = ServingState(
         engine=engine,
         config=config,
-        models=ServedModels(config, engine.max_model_len),
-        encoder=PromptEncoder(engine.tokenizer, engine.model_config.vocab_size, engine.chat_template),
+        models=models,
+        preparation=Preparation(
+            PromptEncoder(engine.tokenizer, vocab_size, engine.chat_template),
+            models,
+            limits,
+            engine.max_model_len,
+        ),
         metrics=ServerMetrics(config.model_id),
     )
     for info in engine.list_loras():  # registered with the engine at start-up (ember serve --lora)
@@ -85,6 +94,7 @@ def build_app(
         finally:
             if tuning is not None:
                 await tuning.stop()
+            state.preparation.close()
             await engine.shutdown()
 
     app = FastAPI(title="ember", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)

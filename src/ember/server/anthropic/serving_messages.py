@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
@@ -9,24 +10,16 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
-from ember.chat.plan import ChatInputs, ChatPlan, ChatRequestError, plan_chat
+from ember.chat.plan import ChatInputs
 from ember.chat.reply import ReplyReader
 from ember.engine.outputs import CompletionOutput
 from ember.server.anthropic.content_blocks import BlockEvents, content_blocks, new_tool_use_id
 from ember.server.anthropic.protocol import CountTokensRequest, MessagesRequest
 from ember.server.common.errors import APIError, as_api_error, error_body, invalid_request
-from ember.server.common.generation import (
-    DisconnectWatch,
-    EngineRequest,
-    Generation,
-    collect_finals,
-    new_id,
-    open_generations,
-    response_request_id,
-)
+from ember.server.common.generation import DisconnectWatch, Generation, collect_finals
 from ember.server.common.metrics import RequestTimer, TokenCounts, perf_headers
+from ember.server.common.preparation import ChatAsk
 from ember.server.common.protocol import SamplingRequest
-from ember.server.common.sampling import build_sampling_params, resolve_max_tokens
 from ember.server.common.services import ServingState
 from ember.server.common.sse import event_stream, sse_event
 
@@ -45,64 +38,64 @@ def stop_fields(seq: CompletionOutput, num_tool_calls: int = 0) -> tuple[str | N
     return "end_turn", None
 
 
+def messages_ask(body: CountTokensRequest) -> ChatAsk:
+    """The request as the preparation step takes it: Anthropic's sampling fields on OpenAI's names (count_tokens
+    has none; it only needs the prompt)."""
+    sampling = SamplingRequest()
+    max_tokens = None
+    if isinstance(body, MessagesRequest):
+        sampling = SamplingRequest(
+            temperature=body.temperature, top_p=body.top_p, top_k=body.top_k, stop=body.stop_sequences
+        )
+        max_tokens = body.max_tokens
+    return ChatAsk(
+        model=body.model,
+        inputs=functools.partial(_chat_inputs, body),
+        sampling=sampling,
+        max_tokens=max_tokens,
+        id_prefix="msg",
+        new_tool_id=new_tool_use_id,
+        param_names=_ANTHROPIC_PARAMS,
+    )
+
+
+def _chat_inputs(body: CountTokensRequest) -> ChatInputs:
+    try:
+        return ChatInputs(
+            messages=body.chat_messages(),
+            tools=body.openai_tools(),
+            tool_choice=body.tool_choice,
+            parallel_tool_calls=body.parallel_tool_calls(),
+            reasoning_effort=body.reasoning_effort(),
+        )
+    except ValueError as error:
+        message = str(error)
+        raise invalid_request(message, param=message.split(".", 1)[0].split("[", 1)[0]) from None
+
+
 class MessagesServing:
     def __init__(self, state: ServingState) -> None:
         self.state = state
 
-    def _plan(self, body: CountTokensRequest) -> ChatPlan:
-        try:
-            inputs = ChatInputs(
-                messages=body.chat_messages(),
-                tools=body.openai_tools(),
-                tool_choice=body.tool_choice,
-                parallel_tool_calls=body.parallel_tool_calls(),
-                reasoning_effort=body.reasoning_effort(),
-            )
-        except ValueError as error:
-            message = str(error)
-            raise invalid_request(message, param=message.split(".", 1)[0].split("[", 1)[0]) from None
-        try:
-            return plan_chat(self.state.encoder, inputs, new_tool_use_id)
-        except ChatRequestError as error:
-            raise invalid_request(str(error), param=_ANTHROPIC_PARAMS.get(error.param, error.param)) from None
-
     async def count_tokens(self, body: CountTokensRequest) -> dict[str, int]:
-        self.state.models.resolve(body.model)
-        return {"input_tokens": len(self._plan(body).prompt_token_ids)}
+        preparation = self.state.preparation
+        return {"input_tokens": await preparation.run(preparation.count_chat_tokens, messages_ask(body))}
 
     async def create(self, body: MessagesRequest, http: Request) -> Response:
         timer = RequestTimer()
         state = self.state
-        model = state.models.resolve(body.model)
-        plan = self._plan(body)
-        ids = plan.prompt_token_ids
-        max_tokens = resolve_max_tokens(
-            len(ids), body.max_tokens, state.max_model_len, "truncate", "messages"
-        )
-        sampling = SamplingRequest(
-            temperature=body.temperature,
-            top_p=body.top_p,
-            top_k=body.top_k,
-            stop=[*(body.stop_sequences or []), *plan.stop] or None,
-            skip_special_tokens=False if plan.keep_special_tokens else None,
-        )
-        params = build_sampling_params(
-            sampling, state.limits, max_tokens=max_tokens, structured=plan.structured
-        )
-        message_id = new_id("msg")
-        watch = DisconnectWatch(http, state.engine, [message_id])
+        watch = DisconnectWatch(http, state.engine)
         try:
-            (generation,) = await open_generations(
-                state.engine,
-                [EngineRequest(message_id, ids, params, None, "messages", state.models.lora_id(body.model))],
-            )
+            prepared = await state.preparation.chat(messages_ask(body), http.headers, watch)
         except BaseException:
             watch.close()
             raise
-        request_id = response_request_id(http, message_id)
+        (generation,) = await watch.open(prepared.requests)
+        reader = prepared.reader
+        assert reader is not None  # every chat preparation makes one
         if body.stream:
-            events = self._stream(generation, watch, model, timer, plan.reader)
-            return event_stream(events, {"x-request-id": request_id})
+            events = self._stream(generation, watch, prepared.model, timer, reader)
+            return event_stream(events, {"x-request-id": prepared.request_id})
         try:
             (final,) = await collect_finals([generation], timer)
         finally:
@@ -111,21 +104,23 @@ class MessagesServing:
             raise APIError(500, f"generation failed: {final.error}", code="generation_failed")
         timer.mark_end()
         seq = final.outputs[0]
-        reply = plan.reader.parse(seq.text)
+        reply = reader.parse(seq.text)
         stop_reason, stop_sequence = stop_fields(seq, len(reply.tool_calls))
         state.metrics.observe_request(timer, [seq.finish_reason])
-        counts = TokenCounts(len(ids), final.num_cached_tokens, len(seq.token_ids))
+        counts = TokenCounts(prepared.prompt_tokens, final.num_cached_tokens, len(seq.token_ids))
         payload = {
-            "id": message_id,
+            "id": prepared.response_id,
             "type": "message",
             "role": "assistant",
-            "model": model,
+            "model": prepared.model,
             "content": content_blocks(reply),
             "stop_reason": stop_reason,
             "stop_sequence": stop_sequence,
             "usage": self._usage(counts),
         }
-        return JSONResponse(payload, headers={"x-request-id": request_id, **perf_headers(counts, timer)})
+        return JSONResponse(
+            payload, headers={"x-request-id": prepared.request_id, **perf_headers(counts, timer)}
+        )
 
     @staticmethod
     def _usage(counts: TokenCounts) -> dict[str, int]:

@@ -1,53 +1,26 @@
-"""One API request's life in the engine: its ids and cache salt, open it (refusals become HTTP errors before any
-byte is sent), read its outputs, and abort it as soon as the client goes away."""
+"""A prepared request's life in the engine: open it (refusals become HTTP errors before any byte is sent), read
+its outputs, and abort it as soon as the client goes away (watched from the end of the body on, so a client that
+leaves during the preparation never gets an engine request)."""
 
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import aclosing
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from fastapi import Request
 
 from ember.engine.outputs import RequestOutput
-from ember.engine.sampling_params import SamplingParams
-from ember.server.common.errors import invalid_request
+from ember.server.common.errors import APIError, invalid_request
 from ember.server.common.metrics import RequestTimer
 
 if TYPE_CHECKING:
     from ember.engine.async_engine import AsyncEngine
+    from ember.server.common.preparation import EngineRequest
 
-CACHE_ISOLATION_HEADER = "x-prompt-cache-isolation-key"
-
-
-def new_id(prefix: str) -> str:
-    """A new request id (`chatcmpl-...`, `msg-...`): the engine's request id and the response's `id`."""
-    return f"{prefix}-{uuid.uuid4().hex}"
-
-
-def response_request_id(http: Request, generated: str) -> str:
-    """x-request-id: the client's own, when it sent one, so it can correlate; ours otherwise."""
-    return http.headers.get("x-request-id") or generated
-
-
-def cache_salt(http: Request, body_key: str | None) -> str | None:
-    """prompt_cache_isolation_key from the body, else its header: tenants with different keys never share KV."""
-    return body_key if body_key is not None else http.headers.get(CACHE_ISOLATION_HEADER)
-
-
-@dataclass(frozen=True)
-class EngineRequest:
-    """One prompt to run: a completion with several prompts makes one of these per prompt."""
-
-    request_id: str
-    prompt_token_ids: list[int]
-    params: SamplingParams
-    cache_salt: str | None = None
-    prompt_param: str = "prompt"
-    lora_id: str | None = None  # the registered adapter to run with (ServedModels.lora_id); None: base model
+T = TypeVar("T")
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left before the answer; nobody reads it
 
 
 class Generation:
@@ -156,18 +129,57 @@ async def _wait_for_disconnect(request: Request) -> None:
             return
 
 
-class DisconnectWatch:
-    """Aborts the given engine requests when the client disconnects; close() when the answer is done."""
+class ClientLeft(APIError):
+    """The client closed its connection before the answer (HTTP 499; nobody reads it)."""
 
-    def __init__(self, request: Request, engine: AsyncEngine, request_ids: list[str]) -> None:
+    def __init__(self) -> None:
+        super().__init__(
+            CLIENT_CLOSED_REQUEST, "the client closed the connection", code="client_closed_request"
+        )
+
+
+class DisconnectWatch:
+    """Watches one HTTP request for its client leaving, from the end of its body until close(): a
+    preparation still running is abandoned, engine requests already open are aborted."""
+
+    def __init__(self, request: Request, engine: AsyncEngine) -> None:
         self._engine = engine
-        self._request_ids = request_ids
+        self._request_ids: list[str] = []
         self._task = asyncio.create_task(self._watch(request))
+
+    @property
+    def client_left(self) -> bool:
+        return self._task.done() and not self._task.cancelled()
 
     async def _watch(self, request: Request) -> None:
         await _wait_for_disconnect(request)
         for request_id in self._request_ids:
             await self._engine.abort(request_id)
+
+    async def unless_disconnected(self, work: asyncio.Future[T]) -> T:
+        """The result of `work`, unless the client leaves first: then `work` is cancelled and a 499 raised."""
+        await asyncio.wait((work, self._task), return_when=asyncio.FIRST_COMPLETED)
+        if work.done():
+            return work.result()
+        work.cancel()
+        raise ClientLeft()
+
+    async def open(self, requests: list[EngineRequest]) -> list[Generation]:
+        """Submits the requests, aborted from now on if the client leaves; see open_generations."""
+        if self.client_left:
+            raise ClientLeft()
+        self._request_ids = [r.request_id for r in requests]
+        try:
+            generations = await open_generations(self._engine, requests)
+        except BaseException:
+            self.close()
+            raise
+        if self.client_left:  # it left while they were submitted: the watch's aborts may have come first
+            for generation in generations:
+                await generation.close()
+            self.close()
+            raise ClientLeft()
+        return generations
 
     def close(self) -> None:
         self._task.cancel()

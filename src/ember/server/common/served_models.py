@@ -95,6 +95,12 @@ class ServedModels:
         adapter = self.adapter(requested)
         return None if adapter is None else adapter.lora_id
 
+    def lookup(self, requested: str | None) -> tuple[str, str | None]:
+        """(the name to echo in responses, the engine adapter to run with or None for the base model) of a
+        request's `model`; an unknown name is a 404."""
+        name = self.resolve(requested)
+        return name, self.lora_id(requested)
+
     def resolve(self, requested: str | None) -> str:
         """The name to echo in responses; no model means the served one; an unknown name is a 404."""
         if requested is None:

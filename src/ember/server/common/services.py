@@ -11,8 +11,7 @@ from fastapi import Request
 from ember.server.common.config import ServerConfig
 from ember.server.common.errors import APIError
 from ember.server.common.metrics import ServerMetrics
-from ember.server.common.prompts import PromptEncoder
-from ember.server.common.sampling import SamplingLimits
+from ember.server.common.preparation import Preparation
 from ember.server.common.served_models import ServedModels
 
 if TYPE_CHECKING:
@@ -32,16 +31,8 @@ class ServingState:
     engine: AsyncEngine
     config: ServerConfig
     models: ServedModels
-    encoder: PromptEncoder
+    preparation: Preparation  # every request's prompt ids and SamplingParams, built off the event loop
     metrics: ServerMetrics
-
-    @property
-    def limits(self) -> SamplingLimits:
-        return SamplingLimits(
-            vocab_size=self.engine.model_config.vocab_size,
-            max_n=self.config.max_n,
-            defaults=self.engine.default_params,  # the checkpoint's generation defaults
-        )
 
     @property
     def max_model_len(self) -> int:

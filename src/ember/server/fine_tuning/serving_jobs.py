@@ -130,7 +130,7 @@ class FineTuningRuntime:
 
     async def serve_job_adapter(self, job: JobRecord) -> None:
         names = job_adapter_names(job)
-        if self.adapters.models.adapter(names.lora_id) is not None:
+        if self.adapters.models.adapter(names.lora_id, any_owner=True) is not None:
             return
         path = self.service.adapter_path(job)
         if not path.is_dir():

@@ -40,13 +40,13 @@ async def create_embeddings(request: Request) -> Response:
 @router.post("/tokenize")
 async def tokenize(request: Request) -> Response:
     body = await read_body(request, TokenizeRequest)
-    return JSONResponse(services_of(request).tokenize.tokenize(body))
+    return await services_of(request).tokenize.tokenize(body)
 
 
 @router.post("/detokenize")
 async def detokenize(request: Request) -> Response:
     body = await read_body(request, DetokenizeRequest)
-    return JSONResponse(services_of(request).tokenize.detokenize(body))
+    return await services_of(request).tokenize.detokenize(body)
 
 
 @router.get("/models")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
@@ -9,22 +10,13 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
-from ember.chat.plan import ChatInputs, ChatRequestError, plan_chat
+from ember.chat.plan import ChatInputs
 from ember.chat.reply import ReplyReader, ReplyStream
 from ember.engine.outputs import CompletionOutput, RequestOutput
 from ember.server.common.errors import APIError, as_api_error, error_body, invalid_request
-from ember.server.common.generation import (
-    DisconnectWatch,
-    EngineRequest,
-    Generation,
-    cache_salt,
-    collect_finals,
-    new_id,
-    open_generations,
-    response_request_id,
-)
+from ember.server.common.generation import DisconnectWatch, Generation, collect_finals
 from ember.server.common.metrics import RequestTimer, TokenCounts, perf_headers, perf_metrics
-from ember.server.common.sampling import build_sampling_params, resolve_max_tokens
+from ember.server.common.preparation import ChatAsk
 from ember.server.common.services import ServingState
 from ember.server.common.sse import DONE, event_stream, sse_data
 from ember.server.openai.chat_deltas import chat_finish_reason, coalesced_deltas, tool_call_dict
@@ -40,7 +32,23 @@ from ember.server.openai.responses import (
 )
 
 
-def _refuse_legacy_functions(body: ChatCompletionRequest) -> None:
+def chat_ask(body: ChatCompletionRequest) -> ChatAsk:
+    """The request as the preparation step takes it."""
+    wants_logprobs = body.wants_logprobs()
+    return ChatAsk(
+        model=body.model,
+        inputs=functools.partial(_chat_inputs, body),
+        sampling=body,
+        max_tokens=body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens,
+        behavior=body.context_length_exceeded_behavior or "truncate",
+        logprobs=body.num_top_logprobs() if wants_logprobs else None,
+        cache_key=body.prompt_cache_isolation_key,
+    )
+
+
+def _chat_inputs(body: ChatCompletionRequest) -> ChatInputs:
+    """The plan's inputs (on the preparation thread: a long conversation converts there), after the refusals
+    only a chat body can have."""
     for name in body.UNSUPPORTED:
         if getattr(body, name) not in (None, []):
             raise invalid_request(
@@ -49,80 +57,39 @@ def _refuse_legacy_functions(body: ChatCompletionRequest) -> None:
                 param=name,
                 code="unsupported_parameter",
             )
+    if body.top_logprobs is not None and not body.wants_logprobs():
+        raise invalid_request("top_logprobs needs logprobs set to true", param="top_logprobs")
+    return ChatInputs(
+        messages=[m.for_template() for m in body.messages],
+        tools=body.tools,
+        tool_choice=body.tool_choice,
+        parallel_tool_calls=body.parallel_tool_calls is not False,
+        reasoning_effort=body.reasoning_effort,
+        response_format=body.response_format,
+        template_kwargs=body.chat_template_kwargs,
+        add_generation_prompt=body.add_generation_prompt is not False,
+    )
 
 
 class ChatServing:
     def __init__(self, state: ServingState) -> None:
         self.state = state
 
-    def engine_request(
-        self, body: ChatCompletionRequest, http: Request, request_id: str
-    ) -> tuple[EngineRequest, ReplyReader]:
-        state = self.state
-        _refuse_legacy_functions(body)
-        if body.top_logprobs is not None and not body.wants_logprobs():
-            raise invalid_request("top_logprobs needs logprobs set to true", param="top_logprobs")
-        inputs = ChatInputs(
-            messages=[m.for_template() for m in body.messages],
-            tools=body.tools,
-            tool_choice=body.tool_choice,
-            parallel_tool_calls=body.parallel_tool_calls is not False,
-            reasoning_effort=body.reasoning_effort,
-            response_format=body.response_format,
-            template_kwargs=body.chat_template_kwargs,
-            add_generation_prompt=body.add_generation_prompt is not False,
-        )
-        try:
-            plan = plan_chat(state.encoder, inputs)
-        except ChatRequestError as error:
-            raise invalid_request(str(error), param=error.param) from None
-        ids = plan.prompt_token_ids
-        requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-        max_tokens = resolve_max_tokens(
-            len(ids),
-            requested,
-            state.max_model_len,
-            body.context_length_exceeded_behavior or "truncate",
-            "messages",
-        )
-        params = build_sampling_params(
-            body,
-            state.limits,
-            max_tokens=max_tokens,
-            logprobs=body.num_top_logprobs() if body.wants_logprobs() else None,
-            structured=plan.structured,
-        )
-        if plan.stop:
-            params.stop = [*params.stop, *plan.stop]
-        if plan.keep_special_tokens and body.skip_special_tokens is None:
-            params.skip_special_tokens = False
-        request = EngineRequest(
-            request_id,
-            ids,
-            params,
-            cache_salt(http, body.prompt_cache_isolation_key),
-            "messages",
-            lora_id=state.models.lora_id(body.model),
-        )
-        return request, plan.reader
-
     async def create(self, body: ChatCompletionRequest, http: Request) -> Response:
         timer = RequestTimer()
-        model = self.state.models.resolve(body.model)
-        chat_id = new_id("chatcmpl")
-        request, reader = self.engine_request(body, http, chat_id)
-        watch = DisconnectWatch(http, self.state.engine, [chat_id])
+        watch = DisconnectWatch(http, self.state.engine)
         try:
-            generations = await open_generations(self.state.engine, [request])
+            prepared = await self.state.preparation.chat(chat_ask(body), http.headers, watch)
         except BaseException:
             watch.close()
             raise
-        builder = _ChatBuilder(self.state, body, chat_id, model, timer, reader)
-        request_id = response_request_id(http, chat_id)
+        generations = await watch.open(prepared.requests)
+        assert prepared.reader is not None  # every chat preparation makes one
+        builder = _ChatBuilder(self.state, body, prepared.response_id, prepared.model, timer, prepared.reader)
         if body.stream:
             headers = {
-                "x-request-id": request_id,
-                "fireworks-prompt-tokens": str(len(request.prompt_token_ids)),
+                "x-request-id": prepared.request_id,
+                "fireworks-prompt-tokens": str(prepared.prompt_tokens),
             }
             return event_stream(builder.stream(generations[0], watch), headers)
         try:
@@ -130,7 +97,9 @@ class ChatServing:
         finally:
             watch.close()
         payload, counts = builder.full_response(final)
-        return JSONResponse(payload, headers={"x-request-id": request_id, **perf_headers(counts, timer)})
+        return JSONResponse(
+            payload, headers={"x-request-id": prepared.request_id, **perf_headers(counts, timer)}
+        )
 
 
 class _ChatBuilder:

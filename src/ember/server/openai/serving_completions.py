@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from contextlib import aclosing
-from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
@@ -12,19 +12,9 @@ from fastapi.responses import JSONResponse, Response
 
 from ember.engine.outputs import CompletionOutput, RequestOutput
 from ember.server.common.errors import APIError, as_api_error, error_body, invalid_request
-from ember.server.common.generation import (
-    DisconnectWatch,
-    EngineRequest,
-    Generation,
-    cache_salt,
-    collect_finals,
-    merged_outputs,
-    new_id,
-    open_generations,
-    response_request_id,
-)
+from ember.server.common.generation import DisconnectWatch, Generation, collect_finals, merged_outputs
 from ember.server.common.metrics import RequestTimer, TokenCounts, perf_headers, perf_metrics
-from ember.server.common.sampling import build_sampling_params, resolve_max_tokens
+from ember.server.common.preparation import PromptEcho, PromptsAsk
 from ember.server.common.services import ServingState
 from ember.server.common.sse import DONE, event_stream, sse_data
 from ember.server.openai.logprob_objects import LegacyLogprobs
@@ -43,86 +33,57 @@ from ember.server.openai.responses import (
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
 
 
-@dataclass(frozen=True)
-class _Echo:
-    """The part of a prompt returned in front of the completion (echo / Fireworks' echo_last)."""
+def prompts_ask(body: CompletionRequest) -> PromptsAsk:
+    """The request as the preparation step takes it."""
+    return PromptsAsk(
+        model=body.model,
+        prompts=functools.partial(_prompts, body),
+        sampling=body,
+        max_tokens=COMPLETIONS_DEFAULT_MAX_TOKENS if body.max_tokens is None else body.max_tokens,
+        behavior=body.context_length_exceeded_behavior or "truncate",
+        best_of=body.best_of,
+        logprobs=body.logprobs,
+        echo=bool(body.echo),
+        echo_last=body.echo_last,
+        cache_key=body.prompt_cache_isolation_key,
+    )
 
-    text: str
-    token_ids: list[int]
-    first_position: int  # index of token_ids[0] in the prompt
 
-
-def _echo_for(
-    body: CompletionRequest, prompt: str | list[int], ids: list[int], state: ServingState
-) -> _Echo | None:
-    if body.echo:
-        text = prompt if isinstance(prompt, str) else state.engine.tokenizer.decode(ids)
-        return _Echo(text, ids, 0)
-    if body.echo_last:
-        start = max(0, len(ids) - body.echo_last)
-        return _Echo(state.engine.tokenizer.decode(ids[start:]), ids[start:], start)
-    return None
+def _prompts(body: CompletionRequest) -> list[str | list[int]]:
+    """The prompts (on the preparation thread: a long token list is copied there), after the refusals only a
+    completion body can have."""
+    if body.suffix:
+        raise invalid_request(
+            "suffix is not supported by this server", param="suffix", code="unsupported_parameter"
+        )
+    prompts = body.prompts()
+    if not prompts:
+        raise invalid_request("prompt must not be empty", param="prompt")
+    if body.stream and body.best_of is not None and body.best_of > (body.n or 1):
+        raise invalid_request("best_of > n cannot be streamed; set stream to false", param="best_of")
+    return prompts
 
 
 class CompletionServing:
     def __init__(self, state: ServingState) -> None:
         self.state = state
 
-    def engine_requests(
-        self, body: CompletionRequest, http: Request, completion_id: str
-    ) -> tuple[list[EngineRequest], list[_Echo | None]]:
-        """One engine request per prompt, with what each echoes back; every refusal here is a 400."""
-        state = self.state
-        if body.suffix:
-            raise invalid_request(
-                "suffix is not supported by this server", param="suffix", code="unsupported_parameter"
-            )
-        prompts = body.prompts()
-        if not prompts:
-            raise invalid_request("prompt must not be empty", param="prompt")
-        if body.stream and body.best_of is not None and body.best_of > (body.n or 1):
-            raise invalid_request("best_of > n cannot be streamed; set stream to false", param="best_of")
-        behavior = body.context_length_exceeded_behavior or "truncate"
-        salt = cache_salt(http, body.prompt_cache_isolation_key)
-        echoes: list[_Echo | None] = []
-        requests: list[EngineRequest] = []
-        for i, prompt in enumerate(prompts):
-            param = "prompt" if len(prompts) == 1 else f"prompt[{i}]"
-            ids = state.encoder.encode(prompt, param)
-            requested = COMPLETIONS_DEFAULT_MAX_TOKENS if body.max_tokens is None else body.max_tokens
-            max_tokens = resolve_max_tokens(len(ids), requested, state.max_model_len, behavior, param)
-            echo = _echo_for(body, prompt, ids, state)
-            echoes.append(echo)
-            params = build_sampling_params(
-                body,
-                state.limits,
-                max_tokens=max_tokens,
-                best_of=body.best_of,
-                logprobs=body.logprobs,
-                prompt_logprobs=body.logprobs if echo is not None else None,
-            )
-            lora_id = state.models.lora_id(body.model)
-            requests.append(EngineRequest(f"{completion_id}-{i}", ids, params, salt, param, lora_id))
-        return requests, echoes
-
     async def create(self, body: CompletionRequest, http: Request) -> Response:
         timer = RequestTimer()
-        state = self.state
-        model = state.models.resolve(body.model)
-        completion_id = new_id("cmpl")
-        requests, echoes = self.engine_requests(body, http, completion_id)
-        watch = DisconnectWatch(http, state.engine, [r.request_id for r in requests])
+        watch = DisconnectWatch(http, self.state.engine)
         try:
-            generations = await open_generations(state.engine, requests)
+            prepared = await self.state.preparation.prompts(prompts_ask(body), http.headers, watch)
         except BaseException:
             watch.close()
             raise
-        builder = _CompletionBuilder(state, body, completion_id, model, echoes, timer)
-        request_id = response_request_id(http, completion_id)
+        generations = await watch.open(prepared.requests)
+        builder = _CompletionBuilder(
+            self.state, body, prepared.response_id, prepared.model, list(prepared.echoes), timer
+        )
         if body.stream:
             headers = {
-                "x-request-id": request_id,
-                "fireworks-prompt-tokens": str(sum(len(r.prompt_token_ids) for r in requests)),
+                "x-request-id": prepared.request_id,
+                "fireworks-prompt-tokens": str(prepared.prompt_tokens),
             }
             return event_stream(builder.stream(generations, watch), headers)
         try:
@@ -130,7 +91,9 @@ class CompletionServing:
         finally:
             watch.close()
         payload, counts = builder.full_response(finals)
-        return JSONResponse(payload, headers={"x-request-id": request_id, **perf_headers(counts, timer)})
+        return JSONResponse(
+            payload, headers={"x-request-id": prepared.request_id, **perf_headers(counts, timer)}
+        )
 
 
 class _CompletionBuilder:
@@ -140,7 +103,7 @@ class _CompletionBuilder:
         body: CompletionRequest,
         completion_id: str,
         model: str,
-        echoes: list[_Echo | None],
+        echoes: list[PromptEcho | None],
         timer: RequestTimer,
     ) -> None:
         self.state = state
@@ -158,7 +121,7 @@ class _CompletionBuilder:
         return LegacyLogprobs(self.state.engine.tokenizer, self.body.logprobs)
 
     def _add_echo(
-        self, logprobs: LegacyLogprobs | None, echo: _Echo | None, output: RequestOutput
+        self, logprobs: LegacyLogprobs | None, echo: PromptEcho | None, output: RequestOutput
     ) -> dict[str, Any] | None:
         if logprobs is None or echo is None:
             return None

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ember.server.common.errors import invalid_request
-from ember.server.common.sampling import CONTEXT_LENGTH_EXCEEDED
+from ember.server.common.preparation import CONTEXT_LENGTH_EXCEEDED
 from ember.server.common.services import ServingState
 from ember.server.openai.protocol import EmbeddingRequest
 
@@ -48,17 +48,8 @@ class EmbeddingServing:
         hidden = state.engine.model_config.hidden_size
         if body.dimensions is not None and body.dimensions > hidden:
             raise invalid_request(f"dimensions must be at most {hidden} for this model", param="dimensions")
-        token_ids: list[list[int]] = []
-        for i, item in enumerate(inputs):
-            param = "input" if len(inputs) == 1 else f"input[{i}]"
-            ids = state.encoder.encode(item, param)
-            if len(ids) > state.max_model_len:
-                raise invalid_request(
-                    f"{param} is {len(ids)} tokens long; this model's context length is {state.max_model_len}",
-                    param=param,
-                    code=CONTEXT_LENGTH_EXCEEDED,
-                )
-            token_ids.append(ids)
+        # Tokenized on the preparation threads: 256 long inputs take seconds, which the event loop cannot spare.
+        token_ids = await state.preparation.run(self._token_ids, inputs)
         vectors = await state.engine.embed(token_ids)
         encoding_format = body.encoding_format or "float"
         data = [
@@ -76,3 +67,18 @@ class EmbeddingServing:
             "model": model,
             "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
         }
+
+    def _token_ids(self, inputs: list[str | list[int]]) -> list[list[int]]:
+        state = self.state
+        token_ids: list[list[int]] = []
+        for i, item in enumerate(inputs):
+            param = "input" if len(inputs) == 1 else f"input[{i}]"
+            ids = state.preparation.encoder.encode(item, param)
+            if len(ids) > state.max_model_len:
+                raise invalid_request(
+                    f"{param} is {len(ids)} tokens long; this model's context length is {state.max_model_len}",
+                    param=param,
+                    code=CONTEXT_LENGTH_EXCEEDED,
+                )
+            token_ids.append(ids)
+        return token_ids
