@@ -52,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-num-batched-tokens", type=int, default=512, help="token budget of one step")
     serve.add_argument("--max-waiting", type=int, default=256, help="queued requests before 429")
     serve.add_argument(
+        "--max-embedding-tokens",
+        type=int,
+        default=65_536,
+        help="tokens of all inputs of one /v1/embeddings request together; above it a 400",
+    )
+    serve.add_argument(
         "--kv-cache-gib", type=float, default=1.0, help="memory reserved for the paged KV cache"
     )
     serve.add_argument("--block-size", type=int, default=16, help="tokens per KV block")

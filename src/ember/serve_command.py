@@ -87,6 +87,7 @@ def serve_from_args(args: argparse.Namespace) -> int:
         allowed_origins=access.allowed_origins,
         allowed_hosts=access.allowed_hosts,
         adapter_dirs=access.adapter_dirs,
+        max_embedding_tokens=args.max_embedding_tokens,
     )
     kv_tokens = engine.engine.num_blocks * engine.engine.block_size
     logger.info(

@@ -225,9 +225,11 @@ def test_embeddings_are_normalised_and_input_dependent(tiny_llama: LoadedModel) 
         await engine.start()
         try:
             tok = tiny_llama.tokenizer
-            return await engine.embed(
-                [tok.encode("a cat"), tok.encode("a cat"), tok.encode("quantum chromodynamics")]
+            output = await engine.embed(
+                [tok.encode("a cat"), tok.encode("a cat"), tok.encode("quantum chromodynamics")], "e1"
             )
+            assert output.finish_reason == "stop" and output.num_prompt_tokens == 8
+            return output.embeddings
         finally:
             await engine.shutdown()
 

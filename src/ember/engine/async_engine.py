@@ -14,7 +14,7 @@ from typing import Any
 
 from ember.engine.errors import EngineDeadError, EngineStepError, QueueFullError
 from ember.engine.llm_engine import EngineConfig, LLMEngine
-from ember.engine.outputs import RequestOutput
+from ember.engine.outputs import EmbeddingOutput, RequestOutput
 from ember.engine.sampling_params import SamplingParams
 from ember.engine.stats import EngineStats
 from ember.lora.adapter import LoraAdapter
@@ -33,6 +33,13 @@ class _Add:
 
 
 @dataclass
+class _AddEmbedding:
+    request_id: str
+    inputs: list[list[int]]
+    priority: int
+
+
+@dataclass
 class _Abort:
     request_id: str
 
@@ -48,13 +55,13 @@ class _Call:
 class _Stream:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.queue: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
+        self.queue: asyncio.Queue[RequestOutput | EmbeddingOutput | BaseException] = asyncio.Queue()
 
-    def put(self, item: RequestOutput | BaseException) -> None:
+    def put(self, item: RequestOutput | EmbeddingOutput | BaseException) -> None:
         self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
 
 
-def _deliver(items: list[tuple[_Stream, RequestOutput]]) -> None:
+def _deliver(items: list[tuple[_Stream, RequestOutput | EmbeddingOutput]]) -> None:
     """Runs on the event loop: one step's outputs into their streams' queues."""
     for stream, output in items:
         stream.queue.put_nowait(output)
@@ -70,7 +77,7 @@ class AsyncEngine:
         self.model_name = engine.model.name
         self.default_params = engine.default_params  # the checkpoint's defaults: the base for omitted values
         self.max_waiting = engine.config.scheduler.max_waiting
-        self._commands: queue.SimpleQueue[_Add | _Abort | _Call | None] = queue.SimpleQueue()
+        self._commands: queue.SimpleQueue[_Add | _AddEmbedding | _Abort | _Call | None] = queue.SimpleQueue()
         self._wake = threading.Event()
         self._streams: dict[str, _Stream] = {}
         self._lock = threading.Lock()  # guards _streams and _pending_adds across the two threads
@@ -156,18 +163,8 @@ class AsyncEngine:
         self.engine.resolve_max_tokens(len(prompt_token_ids), params)  # a ValueError here is the caller's 400
         if lora_id is not None and lora_id not in self.engine.lora_manager:  # the registry is thread-safe
             raise LoraError(f"unknown LoRA adapter {lora_id!r}")
-        stream = _Stream(asyncio.get_running_loop())
-        with self._lock:
-            waiting = self._stats.num_waiting + self._pending_adds
-            if waiting >= self.max_waiting:
-                raise QueueFullError(waiting)
-            if request_id in self._streams:
-                raise ValueError(f"request id {request_id!r} is already in use")
-            self._streams[request_id] = stream
-            self._pending_adds += 1
         kwargs = {"lora_id": lora_id, "cache_salt": cache_salt, "priority": priority}
-        self._commands.put(_Add(request_id, list(prompt_token_ids), params, kwargs))
-        self._wake.set()
+        stream = self._submit(_Add(request_id, list(prompt_token_ids), params, kwargs))
         finished = False
         try:
             while True:
@@ -180,11 +177,31 @@ class AsyncEngine:
                 if finished:
                     return
         finally:
-            with self._lock:
-                self._streams.pop(request_id, None)
-            if not finished:  # the caller went away (disconnect, cancel): free its KV within one step
-                self._commands.put(_Abort(request_id))
-                self._wake.set()
+            self._leave(request_id, finished)
+
+    def _submit(self, command: _Add | _AddEmbedding) -> _Stream:
+        """Opens the caller's stream and queues its request for the engine thread (QueueFullError, ValueError)."""
+        stream = _Stream(asyncio.get_running_loop())
+        with self._lock:
+            waiting = self._stats.num_waiting + self._pending_adds
+            if waiting >= self.max_waiting:
+                raise QueueFullError(waiting)
+            if command.request_id in self._streams:
+                raise ValueError(f"request id {command.request_id!r} is already in use")
+            self._streams[command.request_id] = stream
+            self._pending_adds += 1
+        self._commands.put(command)
+        self._wake.set()
+        return stream
+
+    def _leave(self, request_id: str, finished: bool) -> None:
+        """Closes the caller's stream; if it left before the end (disconnect, cancel), its KV is freed within
+        one step."""
+        with self._lock:
+            self._streams.pop(request_id, None)
+        if not finished:
+            self._commands.put(_Abort(request_id))
+            self._wake.set()
 
     async def abort(self, request_id: str) -> None:
         self._commands.put(_Abort(request_id))
@@ -208,8 +225,23 @@ class AsyncEngine:
         """Safe from any thread: the registry takes its own lock."""
         return self.engine.list_loras()
 
-    async def embed(self, token_ids: list[list[int]]) -> list[list[float]]:
-        return await self.run_on_engine(lambda engine: engine.runner.embed(token_ids))
+    async def embed(self, inputs: list[list[int]], request_id: str, *, priority: int = 0) -> EmbeddingOutput:
+        """Embeds the inputs (token ids) through the scheduler, beside running streams
+        (LLMEngine.add_embedding_request). If the caller goes away (cancelled), the request is aborted and its KV
+        blocks freed within one step. ValueError / QueueFullError when it is refused."""
+        if self._dead is not None:
+            raise EngineDeadError(f"the engine stopped: {self._dead}")
+        stream = self._submit(_AddEmbedding(request_id, inputs, priority))
+        answered = False
+        try:
+            item = await stream.queue.get()
+            answered = True
+            if isinstance(item, BaseException):
+                raise item
+            assert isinstance(item, EmbeddingOutput)
+            return item
+        finally:
+            self._leave(request_id, answered)
 
     # ---- the engine thread ------------------------------------------------------------------------------
 
@@ -257,7 +289,7 @@ class AsyncEngine:
                 return
             if command is None:
                 return
-            if isinstance(command, _Add):
+            if isinstance(command, _Add | _AddEmbedding):
                 self._add(command)
             elif isinstance(command, _Abort):
                 output = self.engine.abort_request(command.request_id)
@@ -268,26 +300,31 @@ class AsyncEngine:
                 except Exception as exc:  # noqa: BLE001 - delivered to the awaiting caller
                     command.future.set_exception(exc)
 
-    def _add(self, command: _Add) -> None:
+    def _add(self, command: _Add | _AddEmbedding) -> None:
         with self._lock:
             self._pending_adds -= 1
             stream = self._streams.get(command.request_id)
         if stream is None:  # the caller left before the engine saw the request
             return
         try:
-            self.engine.add_request(
-                command.request_id, command.prompt_token_ids, command.params, **command.kwargs
-            )
+            if isinstance(command, _AddEmbedding):
+                self.engine.add_embedding_request(
+                    command.request_id, command.inputs, priority=command.priority
+                )
+            else:
+                self.engine.add_request(
+                    command.request_id, command.prompt_token_ids, command.params, **command.kwargs
+                )
         except Exception as exc:  # noqa: BLE001 - refused requests go back to their caller
             stream.put(exc)
         self._snapshot_stats()
 
-    def _publish(self, outputs: list[RequestOutput]) -> None:
+    def _publish(self, outputs: list[RequestOutput | EmbeddingOutput]) -> None:
         """Hands one step's outputs to their streams with one wake-up per event loop, not one per stream:
         each call_soon_threadsafe writes to the loop's self-pipe, and at 32 streams those writes and the
         loop's wake-ups were a visible share of the step (measured in the HTTP benchmark's profile)."""
         self._snapshot_stats()
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Stream, RequestOutput]]] = {}
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Stream, RequestOutput | EmbeddingOutput]]] = {}
         with self._lock:
             for output in outputs:
                 stream = self._streams.get(output.request_id)
@@ -306,7 +343,7 @@ class AsyncEngine:
             self._stats = stats
 
     def _fail_all(self, exc: BaseException) -> None:
-        for request_id in list(self.engine.requests):
+        for request_id in [*self.engine.requests, *self.engine.embeddings.request_ids()]:
             self.engine.fail_request(request_id, str(exc))
         with self._lock:
             streams = list(self._streams.values())

@@ -22,6 +22,9 @@ class BatchInputs:
     prompt_logprob_spans: dict[
         str, tuple[int, int]
     ]  # sequence id -> (first row, num rows) for prompt logprobs
+    pool_spans: dict[
+        str, tuple[int, int]
+    ]  # sequence id -> (first row, num rows) of an embedding input's chunk
     lora: LoraContext | None = None  # which rows run which adapter; None when every row is the base model
 
 
@@ -39,6 +42,7 @@ def build_batch_inputs(
     context_lens: list[int] = []
     sample_rows: list[int] = []
     spans: dict[str, tuple[int, int]] = {}
+    pool_spans: dict[str, tuple[int, int]] = {}
     bs = block_size
     for item in scheduled:
         n = len(item.token_ids)
@@ -54,6 +58,8 @@ def build_batch_inputs(
             sample_rows.append(start + n - 1)
         if item.needs_prompt_logprobs:
             spans[item.sequence_id] = (start, n)
+        if item.pool:
+            pool_spans[item.sequence_id] = (start, n)
     max_blocks = max(len(item.block_ids) for item in scheduled)
     # One tensor from padded lists: a tensor per row costs ~8 us each, a visible share of a 32-stream step.
     table = torch.tensor(
@@ -84,5 +90,6 @@ def build_batch_inputs(
         attn=attn,
         sample_rows=sample_rows,
         prompt_logprob_spans=spans,
+        pool_spans=pool_spans,
         lora=lora,
     )

@@ -78,8 +78,14 @@ class BlockManager:
         return -(-num_tokens // self.block_size)
 
     def uses_prefix_cache(self, sequence: Sequence) -> bool:
-        """Prompt-logprob sequences need logits at every prompt position, so they never take cached KV."""
-        return self.enable_prefix_caching and not sequence.wants_prompt_logprobs
+        """Prompt-logprob and pooling (embedding) sequences need the network's output at every prompt position,
+        so they never take cached KV."""
+        return self.enable_prefix_caching and not sequence.wants_prompt_logprobs and not sequence.pooling
+
+    def populates_prefix_cache(self, sequence: Sequence) -> bool:
+        """Embedding inputs do not offer their blocks either: bulk documents embedded once would evict the
+        chat prefixes that are reused, and their blocks go straight back to the free list when they finish."""
+        return self.enable_prefix_caching and not sequence.pooling
 
     # ---- allocation -------------------------------------------------------------------------------------
 
@@ -145,7 +151,7 @@ class BlockManager:
             table.append(block_id)
         for _ in range(num_needed):
             table.append(self._take_free_block())
-        if self.enable_prefix_caching:
+        if self.populates_prefix_cache(sequence):
             self._register_full_blocks(sequence, table, total // self.block_size)
         return True
 

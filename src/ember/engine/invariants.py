@@ -1,5 +1,6 @@
 """The engine's bookkeeping checked as a whole: the block manager's own rules always, and when the engine is
-idle, that nothing is left held (a KV block, a sequence, runner state or an adapter pin no request owns)."""
+idle, that nothing is left held (a KV block, a sequence or embedding input, runner state or an adapter pin no
+request owns)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ def check_engine_invariants(engine: LLMEngine) -> None:
     leaks = []
     if block_manager.num_free_blocks != block_manager.num_usable_blocks:
         leaks.append(f"{block_manager.num_usable_blocks - block_manager.num_free_blocks} KV blocks")
-    if engine.scheduler.has_unfinished() or engine.sequences:
+    if engine.scheduler.has_unfinished() or engine.sequences or engine.embeddings.num_sequences:
         leaks.append("sequences in the scheduler or the engine")
     if engine.runner.num_sequences:
         leaks.append(f"runner state of {engine.runner.num_sequences} sequences")

@@ -1,9 +1,9 @@
 """The synchronous engine: add requests, then step() = schedule, run the batch, post-process.
 
 Who owns what: the scheduler owns each Sequence's place (waiting, running, preempted) and its KV blocks; the
-model runner owns per-sequence runtime state (random stream, grammar matcher, LoRA slot), which it sets up and
-lets go of only from SchedulerOutput.added / finished_ids; the engine owns each Request (text, logprobs,
-metrics, its adapter pins). The engine never reaches into the runner: the SchedulerOutput goes in, the
+model runner owns per-sequence runtime state (random stream, grammar matcher, LoRA slot, pooled sum), which it
+sets up and lets go of only from SchedulerOutput.added / finished_ids; the engine owns each Request (text,
+logprobs, metrics, its adapter pins) and, in `embeddings`, each embedding request. The engine never reaches into the runner: the SchedulerOutput goes in, the
 ModelRunnerOutput comes back. docs/architecture.md draws the whole path.
 """
 
@@ -12,14 +12,15 @@ from __future__ import annotations
 import logging
 import time
 
+from ember.engine.admission import admit_request
+from ember.engine.embedding_requests import EmbeddingRequests
 from ember.engine.engine_config import CacheConfig, EngineConfig, SchedulerConfig
-from ember.engine.errors import QueueFullError
 from ember.engine.generation_budget import resolve_max_tokens
 from ember.engine.generation_defaults import default_sampling_params
 from ember.engine.invariants import check_engine_invariants
 from ember.engine.model_runner import ModelRunner, ModelRunnerOutput
-from ember.engine.outputs import RequestMetrics, RequestOutput
-from ember.engine.request import FINISH_STATUS, Request, SequenceOutputState, fan_out
+from ember.engine.outputs import EmbeddingOutput, RequestOutput
+from ember.engine.request import FINISH_STATUS, Request, SequenceOutputState
 from ember.engine.sampling_params import SamplingParams
 from ember.engine.scheduler import Scheduler
 from ember.engine.scheduler_output import SchedulerOutput
@@ -82,6 +83,7 @@ class LLMEngine:
             CacheConfig(**{**cache_cfg.__dict__, "num_blocks": num_blocks}),
         )
         self.requests: dict[str, Request] = {}
+        self.embeddings = EmbeddingRequests(self.scheduler, mc.vocab_size)
         self.sequences: dict[str, SequenceOutputState] = {}
         self.stats = EngineStats()
         self.timer = StepTimer()
@@ -109,58 +111,44 @@ class LLMEngine:
         priority: int = 0,
         arrival_time: float | None = None,
     ) -> None:
-        if request_id in self.requests:
+        """All or nothing (engine/admission.py): a refusal anywhere raises with nothing left behind."""
+        if request_id in self.requests or request_id in self.embeddings:
             raise ValueError(f"request id {request_id!r} is already running")
-        max_tokens = self.resolve_max_tokens(len(prompt_token_ids), params)
-        vocab = self.model.config.vocab_size
-        if any(t < 0 or t >= vocab for t in prompt_token_ids):
-            raise ValueError(f"prompt token ids must be in [0, {vocab})")
-        # Compiled before anything is admitted: an invalid schema or grammar is the caller's ValueError.
-        grammar = None if params.structured is None else self.grammar_compiler.compile(params.structured)
-        count = params.num_samples
-        room = self.config.scheduler.max_waiting - self.scheduler.num_waiting
-        if count > room:  # all samples or none: a half-admitted request could never be answered
-            raise QueueFullError(self.scheduler.num_waiting)
-        if lora_id is not None and lora_id not in self.lora_manager:
-            known = ", ".join(info.name for info in self.lora_manager.list_adapters()) or "none"
-            raise ValueError(f"unknown LoRA adapter {lora_id!r} (registered: {known})")
-        # The request pins its adapter once per sequence until it leaves the engine (_take_output); the key
-        # names this registration in the prefix cache and tells the runner which adapter the rows run with.
-        lora_keys = [None if lora_id is None else self.lora_manager.acquire(lora_id) for _ in range(count)]
-        admitted: list[str] = []
-        try:
-            request = fan_out(
-                request_id,
-                prompt_token_ids,
-                params,
-                metrics=RequestMetrics(
-                    arrival_time=arrival_time if arrival_time is not None else time.time()
-                ),
-                max_tokens=max_tokens,
-                lora_keys=lora_keys,
-                grammar=grammar,
-                cache_salt=cache_salt,
-                priority=priority,
-                tokenizer=self.tokenizer,
-                eos_token_ids=self.eos_token_ids,
-            )
-            # Admit the first sample before the rest, so they find its prompt blocks in the prefix cache.
-            for state in request.sequences:
-                self.scheduler.add_sequence(state.sequence)
-                admitted.append(state.sequence.sequence_id)
-        except BaseException:
-            for sequence_id in admitted:
-                self.scheduler.abort_sequence(sequence_id)
-            for key in lora_keys:
-                if key is not None:
-                    self.lora_manager.release(key)
-            raise
+        request = admit_request(
+            self,
+            request_id,
+            prompt_token_ids,
+            params,
+            lora_id=lora_id,
+            cache_salt=cache_salt,
+            priority=priority,
+            arrival_time=arrival_time,
+        )
         for state in request.sequences:
             self.sequences[state.sequence.sequence_id] = state
         self.requests[request_id] = request
 
-    def abort_request(self, request_id: str) -> RequestOutput | None:
+    def add_embedding_request(
+        self,
+        request_id: str,
+        inputs: list[list[int]],
+        *,
+        priority: int = 0,
+        arrival_time: float | None = None,
+    ) -> None:
+        """Embed each input (token ids): mean-pooled final hidden states, prefilled in chunks under the step's
+        token budget beside running streams; one EmbeddingOutput when all are done (engine/embedding_requests.py).
+        All or nothing, like add_request."""
+        if request_id in self.requests:
+            raise ValueError(f"request id {request_id!r} is already running")
+        self.embeddings.add(request_id, inputs, priority, arrival_time)
+
+    def abort_request(self, request_id: str) -> RequestOutput | EmbeddingOutput | None:
         """Stops every sequence of the request and frees its KV blocks at once."""
+        if request_id in self.embeddings:
+            output = self.embeddings.abort(request_id)
+            self._settle_when_idle()
+            return output
         request = self.requests.get(request_id)
         if request is None:
             return None
@@ -171,8 +159,12 @@ class LLMEngine:
         self._settle_when_idle()
         return output
 
-    def fail_request(self, request_id: str, message: str) -> RequestOutput | None:
+    def fail_request(self, request_id: str, message: str) -> RequestOutput | EmbeddingOutput | None:
         """Ends the request with an error; its blocks leave the prefix cache, as their KV may be incomplete."""
+        if request_id in self.embeddings:
+            output = self.embeddings.fail(request_id, message)
+            self._settle_when_idle()
+            return output
         request = self.requests.get(request_id)
         if request is None:
             return None
@@ -182,7 +174,7 @@ class LLMEngine:
         return output
 
     def has_unfinished(self) -> bool:
-        return bool(self.requests)
+        return bool(self.requests) or bool(self.embeddings)
 
     def check_invariants(self) -> None:
         """RuntimeError naming the first broken rule of the KV bookkeeping; when the engine is idle, also
@@ -194,7 +186,7 @@ class LLMEngine:
         channel there is (an empty SchedulerOutput), so an idle engine holds nothing. In debug mode
         (EngineConfig.debug_invariants, EMBER_DEBUG_INVARIANTS=1) then check the bookkeeping, as mini-sglang
         does: idle moments are when leaks show, and the check costs no step any time."""
-        if self.requests:
+        if self.has_unfinished():
             return
         if self.scheduler.has_finished_to_report():
             self.runner.execute(self.scheduler.schedule())
@@ -216,20 +208,27 @@ class LLMEngine:
 
     # ---- the step -------------------------------------------------------------------------------------
 
-    def step(self) -> list[RequestOutput]:
+    def step(self) -> list[RequestOutput | EmbeddingOutput]:
         self.timer.begin()
         if self.thread_governor is not None:
             self._follow_free_cores(self.thread_governor)
+        refused: list[RequestOutput | EmbeddingOutput] = list(self.embeddings.feed())
         sched = self.scheduler.schedule()
         if not sched.scheduled:
             self.runner.execute(sched)  # nothing to run: the runner only lets go of what finished
             self.timer.cancel()
             self._settle_when_idle()
-            return []
+            return refused
         self.timer.mark_forward_start()
-        result = self.runner.execute(sched)
+        try:
+            result = self.runner.execute(sched)
+        except Exception as exc:  # noqa: BLE001 - the runner isolates forward faults; this is anything else
+            logger.exception("engine step failed; failing the requests it ran")
+            # Only the requests this step ran fail: a waiting one, or one left out of the batch, never ran.
+            message = f"internal error in the engine step: {exc}"
+            result = ModelRunnerOutput(errors={item.sequence_id: message for item in sched.scheduled})
         self.timer.mark_forward_end()
-        outputs = self._postprocess(sched, result)
+        outputs = refused + self._postprocess(sched, result) + self.embeddings.on_step(result)
         self.timer.end()
         self.stats.record_step(sched, self.scheduler.stats(), result.forward_path)
         self._settle_when_idle()

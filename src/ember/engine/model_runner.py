@@ -1,21 +1,25 @@
-"""Turns one SchedulerOutput into tensors, runs the network once over the whole batch, and samples."""
+"""Turns one SchedulerOutput into tensors, runs the network once over the whole batch, then samples, scores
+prompt logprobs and pools embedding inputs."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import torch
 
 from ember.engine.batch_inputs import BatchInputs, build_batch_inputs
+from ember.engine.forward_isolation import forward_each_alone
 from ember.engine.forward_path import ForwardPath, NetworkForward
 from ember.engine.outputs import TokenLogprob
 from ember.engine.runner_states import RunnerSequence, RunnerStates
 from ember.engine.sampler import Sampler, SamplingRow
 from ember.engine.scheduler_output import ScheduledSequence, SchedulerOutput
 from ember.lora.manager import LoraManager
-from ember.models.attention_metadata import AttentionMetadata
 from ember.structured.compiler import GrammarCompiler
 from ember.structured.matcher import allowed_token_masks
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -29,6 +33,8 @@ class ModelRunnerOutput:
     errors: dict[str, str] = field(default_factory=dict)  # sequences that failed this step, with the reason
     # constrained sequences whose grammar, with the token sampled now, admits nothing but end-of-sequence
     grammar_finished: set[str] = field(default_factory=set)
+    # embedding inputs whose last chunk ran this step: their mean-pooled, L2-normalised final hidden state
+    pooled: dict[str, list[float]] = field(default_factory=dict)
     forward_path: ForwardPath | None = None  # which forward ran the batch; None when nothing was scheduled
 
 
@@ -83,12 +89,15 @@ class ModelRunner:
         out = ModelRunnerOutput(errors=self.states.update(sched))
         if not sched.scheduled:
             return out
-        batch = self.build_inputs(sched.scheduled)
-        hidden, out.forward_path = self.forward(
-            batch.input_ids, batch.positions, batch.attn, self.kv_caches, batch.lora
-        )  # [T, H]
-        # a sequence whose setup failed has no state: it is in out.errors and is neither scored nor sampled
-        live = [(item, self.states.get(item.sequence_id)) for item in sched.scheduled]
+        forwarded = self._forward(sched.scheduled, out)
+        if forwarded is None:  # every sequence failed
+            return out
+        scheduled, batch, hidden = forwarded  # hidden [T, H]
+        # a sequence whose setup or forward failed is in out.errors: it is neither scored, pooled nor sampled
+        live = [
+            (item, None if item.sequence_id in out.errors else self.states.get(item.sequence_id))
+            for item in scheduled
+        ]
         for item, state in live:
             if state is not None and item.sequence_id in batch.prompt_logprob_spans:
                 first, count = batch.prompt_logprob_spans[item.sequence_id]
@@ -96,10 +105,45 @@ class ModelRunner:
                     item.start_position + 1,
                     self._prompt_logprobs(hidden[first : first + count], state, item.start_position),
                 )
+            if state is not None and state.pool is not None and item.sequence_id in batch.pool_spans:
+                first, count = batch.pool_spans[item.sequence_id]
+                state.pool.add_chunk(hidden[first : first + count], item.start_position)
+                if item.start_position + count == state.sequence.num_prompt_tokens:
+                    out.pooled[item.sequence_id] = state.pool.result()
         sample_rows = iter(batch.sample_rows)
         sampling = [(item, state, next(sample_rows)) for item, state in live if item.sample]
         self._sample(out, [(item, state, row) for item, state, row in sampling if state is not None], hidden)
         return out
+
+    def _forward(
+        self, scheduled: list[ScheduledSequence], out: ModelRunnerOutput
+    ) -> tuple[list[ScheduledSequence], BatchInputs, torch.Tensor] | None:
+        """The batch's hidden states [T, H]. If the batched forward raises, every sequence runs alone
+        (engine/forward_isolation.py): those that fail alone go to out.errors, the rest continue this step."""
+        try:
+            batch = self.build_inputs(scheduled)
+            hidden, out.forward_path = self.forward(
+                batch.input_ids, batch.positions, batch.attn, self.kv_caches, batch.lora
+            )
+            return scheduled, batch, hidden
+        except Exception:  # noqa: BLE001 - narrowed to the sequences at fault below
+            logger.exception(
+                "the batched forward failed; running each of its %d sequences alone", len(scheduled)
+            )
+
+        def forward_one(item: ScheduledSequence) -> torch.Tensor:
+            one = self.build_inputs([item])
+            hidden, out.forward_path = self.forward(
+                one.input_ids, one.positions, one.attn, self.kv_caches, one.lora
+            )
+            return hidden
+
+        survivors, hiddens, errors = forward_each_alone(scheduled, forward_one, self.block_size)
+        out.errors.update(errors)
+        if not survivors:
+            return None
+        # build_batch_inputs lays each sequence's rows out contiguously in order: the same rows as the hiddens
+        return survivors, self.build_inputs(survivors), torch.cat(hiddens)
 
     def _sample(
         self,
@@ -169,17 +213,3 @@ class ModelRunner:
             eos_token_ids=self.eos_token_ids,
             allowed_token_ids_mask=None,
         )
-
-    @torch.inference_mode()
-    def embed(self, token_ids: list[list[int]]) -> list[list[float]]:
-        """Mean-pooled, L2-normalised final hidden states, one forward over all inputs, no KV cache."""
-        if not token_ids or any(not ids for ids in token_ids):
-            raise ValueError("every input to embed must have at least one token")
-        lens = [len(ids) for ids in token_ids]
-        flat = torch.tensor([t for ids in token_ids for t in ids], dtype=torch.int64, device=self.device)
-        positions = torch.cat([torch.arange(n, dtype=torch.int64) for n in lens]).to(self.device)
-        attn = AttentionMetadata.for_prefill_without_cache(lens)
-        hidden = self.network(flat, positions, attn, None).float()  # [T, H]
-        pooled = torch.stack([chunk.mean(0) for chunk in torch.split(hidden, lens)])  # [B, H]
-        pooled = torch.nn.functional.normalize(pooled, dim=-1)
-        return pooled.cpu().tolist()

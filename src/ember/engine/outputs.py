@@ -1,4 +1,5 @@
-"""What the engine hands to its callers: per-request outputs, with the text delta since the last one."""
+"""What the engine hands to its callers: per-request outputs, with the text delta since the last one, and the
+vectors of an embedding request."""
 
 from __future__ import annotations
 
@@ -57,3 +58,19 @@ class RequestOutput:
     prompt_logprobs: list[TokenLogprob | None] | None = None  # first entry None: no logprob for token 0
     metrics: RequestMetrics | None = None
     error: str | None = None  # set when the request failed inside the engine; the others keep running
+
+
+@dataclass
+class EmbeddingOutput:
+    """An embedding request's answer, handed out once, when it is finished."""
+
+    request_id: str
+    embeddings: list[list[float]]  # one unit-length vector per input, in input order; empty unless "stop"
+    num_prompt_tokens: int  # tokens of all its inputs
+    finish_reason: str  # "stop": every input pooled; "abort"; "error"
+    metrics: RequestMetrics
+    error: str | None = None  # set when it failed inside the engine
+
+    @property
+    def finished(self) -> bool:
+        return True

@@ -1,5 +1,6 @@
-"""The per-sequence state the model runner keeps between steps, set up and let go of only from what the
-scheduler reports in each SchedulerOutput: `added` (first scheduled) and `finished_ids`."""
+"""The per-sequence state the model runner keeps between steps (random stream, grammar matcher, LoRA slot, an
+embedding input's pooled sum), set up and let go of only from what the scheduler reports in each
+SchedulerOutput: `added` (first scheduled) and `finished_ids`."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ember.engine.pooling import MeanPool
 from ember.engine.scheduler_output import SchedulerOutput
 from ember.engine.sequence import Sequence
 from ember.lora.adapter import LoraAdapter
@@ -24,6 +26,7 @@ class RunnerSequence:
     matcher: GrammarMatcher | None  # where a constrained sequence stands in its grammar
     # its LoRA slot: the adapter its rows run with (pinned by the engine's request)
     adapter: LoraAdapter | None
+    pool: MeanPool | None = None  # an embedding input's pooled hidden states so far
 
 
 class RunnerStates:
@@ -75,4 +78,5 @@ class RunnerStates:
             if self._lora_manager is None:
                 raise ValueError("the sequence names a LoRA adapter but this runner has no adapter manager")
             adapter = self._lora_manager.adapter_for_key(sequence.lora_key)
-        return RunnerSequence(sequence, generator, matcher, adapter)
+        pool = MeanPool() if sequence.pooling else None
+        return RunnerSequence(sequence, generator, matcher, adapter, pool)

@@ -5,6 +5,9 @@ token budget, max_num_seqs and free blocks allow. A prompt longer than the budge
 chunks over several steps, so running decodes are never stalled. When a running sequence needs a block and
 none is free, the worst running sequence (by policy: latest arrival, or lowest priority then latest arrival)
 loses its KV and goes back to the waiting queue with its output tokens, to be recomputed later.
+
+An embedding input is a pooling sequence: a prompt that is prefilled in chunks under the same budget and never
+samples; it is done when its last chunk has run (the engine then finishes it and its blocks are freed).
 """
 
 from __future__ import annotations
@@ -100,6 +103,25 @@ class Scheduler:
 
     def add_sequence(self, sequence: Sequence) -> None:
         """Queue a fresh sequence; ValueError if it can never run, QueueFullError if the queue is at its bound."""
+        self.add_sequences([sequence])
+
+    def add_sequences(self, sequences: list[Sequence]) -> None:
+        """Queue fresh sequences all together or none of them: every check is made before the first is queued,
+        so a refusal (ValueError, QueueFullError) leaves no trace. They run in the order given."""
+        ids = [sequence.sequence_id for sequence in sequences]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"sequence ids must be distinct, got {ids}")
+        for sequence in sequences:
+            self._check_admissible(sequence)
+        if len(self._waiting) + len(sequences) > self.scheduler_config.max_waiting:
+            raise QueueFullError(len(self._waiting))
+        for sequence in sequences:
+            self._sequences[sequence.sequence_id] = sequence
+            self._admission_number[sequence.sequence_id] = self._next_admission_number
+            self._next_admission_number += 1
+            self._waiting.push(sequence)
+
+    def _check_admissible(self, sequence: Sequence) -> None:
         config = self.scheduler_config
         if sequence.sequence_id in self._sequences:
             raise ValueError(f"sequence id {sequence.sequence_id!r} is already in the engine")
@@ -112,21 +134,21 @@ class Scheduler:
                 f"sequence {sequence.sequence_id!r} is not fresh (status {sequence.status.name})"
             )
         num_prompt = sequence.num_prompt_tokens
-        # The engine resolved max_tokens with the same rule; a sequence that does not fit would never finish.
-        resolve_max_tokens(num_prompt, sequence.max_tokens, config.max_model_len, behavior="error")
-        # the last sampled token is never run, so a sequence holds at most prompt + max_tokens - 1 tokens of KV
-        blocks_needed = self.block_manager.num_blocks_for(num_prompt + sequence.max_tokens - 1)
+        if sequence.pooling:
+            if sequence.max_tokens != 0 or num_prompt > config.max_model_len:
+                raise ValueError(
+                    f"an embedding input of {num_prompt} tokens must fit max_model_len {config.max_model_len} "
+                    "and generate nothing"
+                )
+        else:
+            # The engine resolved max_tokens with the same rule; a sequence that does not fit would never finish.
+            resolve_max_tokens(num_prompt, sequence.max_tokens, config.max_model_len, behavior="error")
+        blocks_needed = self.block_manager.num_blocks_for(sequence.num_kv_tokens)
         if blocks_needed > self.block_manager.num_usable_blocks:
             raise ValueError(
                 f"the sequence needs up to {blocks_needed} KV blocks and the whole cache has "
                 f"{self.block_manager.num_usable_blocks}"
             )
-        if len(self._waiting) >= config.max_waiting:
-            raise QueueFullError(len(self._waiting))
-        self._sequences[sequence.sequence_id] = sequence
-        self._admission_number[sequence.sequence_id] = self._next_admission_number
-        self._next_admission_number += 1
-        self._waiting.push(sequence)
 
     def abort_sequence(self, sequence_id: str) -> bool:
         """Free every block of a waiting or running sequence at once; False if it is unknown or already done."""
@@ -216,6 +238,12 @@ class Scheduler:
         return bool(self._finished_ids)
 
     @property
+    def max_pooling_tokens(self) -> int:
+        """The longest embedding input that can ever run: the context length, and what the whole cache holds."""
+        cache_tokens = self.block_manager.num_usable_blocks * self.block_manager.block_size
+        return min(self.scheduler_config.max_model_len, cache_tokens)
+
+    @property
     def num_waiting(self) -> int:
         return len(self._waiting)
 
@@ -253,7 +281,8 @@ class Scheduler:
             token_ids=sequence.all_token_ids[start:end],
             start_position=start,
             block_ids=self.block_manager.block_ids(sequence.sequence_id),
-            sample=end == sequence.num_tokens,
+            sample=end == sequence.num_tokens and not sequence.pooling,
+            pool=sequence.pooling,
             needs_prompt_logprobs=sequence.wants_prompt_logprobs and start < sequence.num_prompt_tokens,
         )
 

@@ -19,6 +19,9 @@ class ScheduledSequence:
     # the chunk covers prompt positions of a sequence that asked for prompt logprobs; after a preemption the
     # prompt is recomputed, so positions already answered may come again (start_position says which)
     needs_prompt_logprobs: bool
+    # an embedding input's chunk: its final hidden states are added to the sequence's pooled sum; the chunk
+    # that reaches the end of the prompt completes the embedding (such a sequence never samples)
+    pool: bool = False
 
     @property
     def num_tokens(self) -> int:

@@ -59,6 +59,9 @@ class Sequence:
     cache_salt: str | None = None  # tenants with different salts never share prefix-cache blocks
     seed: int | None = None  # this sequence's own random stream (a seeded request's samples each get one)
     grammar: str | None = None  # the compiled grammar its output must follow (structured output)
+    # An embedding input: prefill only, never samples; the runner mean-pools its final hidden states chunk by
+    # chunk and the sequence is done when its last prompt token is computed (max_tokens is 0).
+    pooling: bool = False
 
     output_token_ids: list[int] = field(default_factory=list, init=False)
     num_computed_tokens: int = field(default=0, init=False)  # tokens whose KV is (being) written
@@ -102,6 +105,12 @@ class Sequence:
     @property
     def is_finished(self) -> bool:
         return self.status.is_finished
+
+    @property
+    def num_kv_tokens(self) -> int:
+        """The most tokens whose KV the sequence ever holds: the last sampled token is never run, and a
+        pooling sequence generates nothing."""
+        return self.num_prompt_tokens + max(self.max_tokens - 1, 0)
 
     @property
     def wants_prompt_logprobs(self) -> bool:

@@ -40,6 +40,9 @@ class ServerConfig:
     """Upper bound for n and best_of: each sample holds its own KV cache."""
     max_embedding_inputs: int = 256
     """Upper bound for the number of inputs of one embeddings request."""
+    max_embedding_tokens: int = 65_536
+    """Upper bound for the tokens of all inputs of one embeddings request together (a 400 above it); OpenAI's is
+    300,000, which on a CPU is ~10 minutes of prefill (docs/decisions.md)."""
 
     def __post_init__(self) -> None:
         if not self.model_name or "/" in self.model_name:
@@ -53,7 +56,7 @@ class ServerConfig:
             raise ValueError(
                 f"allowed origins must be '*' or scheme://host[:port] (no path), got {', '.join(bad_origins)}"
             )
-        for name in ("max_body_bytes", "max_n", "max_embedding_inputs"):
+        for name in ("max_body_bytes", "max_n", "max_embedding_inputs", "max_embedding_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
 

@@ -34,7 +34,7 @@ async def create_chat_completion(request: Request) -> Response:
 @router.post("/embeddings")
 async def create_embeddings(request: Request) -> Response:
     body = await read_body(request, EmbeddingRequest)
-    return JSONResponse(await services_of(request).embeddings.create(body))
+    return JSONResponse(await services_of(request).embeddings.create(body, request))
 
 
 @router.post("/tokenize")

@@ -1,15 +1,22 @@
-"""POST /v1/embeddings: mean-pooled hidden states of the served LLM, optionally truncated to `dimensions`."""
+"""POST /v1/embeddings: mean-pooled final hidden states of the served LLM, optionally truncated to `dimensions`.
+
+The inputs are tokenized on the preparation threads, then run through the engine's scheduler
+(LLMEngine.add_embedding_request): prefilled in chunks under the step's token budget beside running streams,
+aborted when the client disconnects, and capped per request at ServerConfig.max_embedding_tokens tokens in all."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import math
 from typing import Any
 
 import numpy as np
+from fastapi import Request
 
-from ember.server.common.errors import invalid_request
-from ember.server.common.preparation import CONTEXT_LENGTH_EXCEEDED
+from ember.server.common.errors import APIError, invalid_request
+from ember.server.common.generation import ClientLeft, DisconnectWatch
+from ember.server.common.preparation import CONTEXT_LENGTH_EXCEEDED, new_id
 from ember.server.common.services import ServingState
 from ember.server.openai.protocol import EmbeddingRequest
 
@@ -34,7 +41,7 @@ class EmbeddingServing:
     def __init__(self, state: ServingState) -> None:
         self.state = state
 
-    async def create(self, body: EmbeddingRequest) -> dict[str, Any]:
+    async def create(self, body: EmbeddingRequest, http: Request) -> dict[str, Any]:
         state = self.state
         model = state.models.resolve(body.model)
         inputs = body.inputs()
@@ -48,9 +55,22 @@ class EmbeddingServing:
         hidden = state.engine.model_config.hidden_size
         if body.dimensions is not None and body.dimensions > hidden:
             raise invalid_request(f"dimensions must be at most {hidden} for this model", param="dimensions")
-        # Tokenized on the preparation threads: 256 long inputs take seconds, which the event loop cannot spare.
-        token_ids = await state.preparation.run(self._token_ids, inputs)
-        vectors = await state.engine.embed(token_ids)
+        watch = DisconnectWatch(http, state.engine)
+        try:
+            # Tokenized on the preparation threads: 256 long inputs take seconds, which the event loop cannot spare.
+            token_ids = await state.preparation.run(self._token_ids, inputs, watch=watch)
+            # A client that leaves cancels the wait, and AsyncEngine.embed aborts the request: its KV is freed.
+            embedding = asyncio.ensure_future(state.engine.embed(token_ids, new_id("embd")))
+            try:
+                output = await watch.unless_disconnected(embedding)
+            except ValueError as error:
+                raise invalid_request(str(error), param="input") from None
+        finally:
+            watch.close()
+        if output.finish_reason == "abort":
+            raise ClientLeft()
+        if output.finish_reason != "stop":
+            raise APIError(500, f"embedding failed: {output.error}", code="embedding_failed")
         encoding_format = body.encoding_format or "float"
         data = [
             {
@@ -58,9 +78,9 @@ class EmbeddingServing:
                 "index": i,
                 "embedding": encode_vector(shorten(v, body.dimensions), encoding_format),
             }
-            for i, v in enumerate(vectors)
+            for i, v in enumerate(output.embeddings)
         ]
-        prompt_tokens = sum(len(ids) for ids in token_ids)
+        prompt_tokens = output.num_prompt_tokens
         return {
             "object": "list",
             "data": data,
@@ -69,8 +89,11 @@ class EmbeddingServing:
         }
 
     def _token_ids(self, inputs: list[str | list[int]]) -> list[list[int]]:
+        """Token ids of each input; a 400 as soon as one is over the context or all of them over the cap."""
         state = self.state
+        cap = state.config.max_embedding_tokens
         token_ids: list[list[int]] = []
+        total = 0
         for i, item in enumerate(inputs):
             param = "input" if len(inputs) == 1 else f"input[{i}]"
             ids = state.preparation.encoder.encode(item, param)
@@ -79,6 +102,13 @@ class EmbeddingServing:
                     f"{param} is {len(ids)} tokens long; this model's context length is {state.max_model_len}",
                     param=param,
                     code=CONTEXT_LENGTH_EXCEEDED,
+                )
+            total += len(ids)
+            if total > cap:
+                raise invalid_request(
+                    f"input has {total} tokens in its first {i + 1} items, over this server's limit of {cap} "
+                    "tokens per embeddings request (max_embedding_tokens); split it into several requests",
+                    param="input",
                 )
             token_ids.append(ids)
         return token_ids
