@@ -8,7 +8,7 @@ KERNEL_SOURCES := setup.py $(wildcard csrc/quant_kernels/*)
 # of letting the kernel tests skip. Without a compiler the install still works and the torch fallback runs.
 HAVE_CXX := $(shell command -v c++ >/dev/null 2>&1 && echo 1 || echo 0)
 
-.PHONY: serve test setup lint format check bench peers
+.PHONY: serve test setup lint format check bench peers fuzz
 
 $(STAMP): pyproject.toml Makefile
 	python3 -m venv $(VENV)
@@ -43,6 +43,12 @@ test: check $(KERNELS)
 	EMBER_REQUIRE_KERNELS=$(HAVE_CXX) $(PY) -m pytest tests $(PYTEST_ARGS)
 
 lint: check
+
+# The schemathesis run of the suite, long and random: FUZZ_EXAMPLES requests per operation and mode (the suite
+# runs 6, derandomized). Every finding is printed with a curl command that replays it.
+FUZZ_EXAMPLES ?= 200
+fuzz: $(STAMP)
+	EMBER_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest tests/server/test_fuzz_openapi.py -s --timeout=0 $(PYTEST_ARGS)
 
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix src tests benchmarks setup.py

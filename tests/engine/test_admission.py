@@ -38,8 +38,9 @@ from ember.engine.scheduler_output import ScheduledSequence
 from ember.engine.sequence import Sequence
 from ember.models.loader import LoadedModel
 
-# Seeds at the edges are not failures: every seed maps into the generator's range, so these must run to the end.
-EDGE_SEEDS = (-(2**70), 2**100)
+# Seeds at the edges of what SamplingParams accepts (64 bits, signed or not) are not failures: every seed maps into
+# the generator's range, so these must run to the end.
+EDGE_SEEDS = (-(2**63), 2**64 - 1)
 
 
 def clean_run(model: LoadedModel) -> dict[str, list[int]]:

@@ -5,6 +5,8 @@ middle of a job, after which the job resumes from its checkpoint and earlier ada
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,12 +26,14 @@ from fine_tuning_server import (
 )
 
 from ember.cli import main
+from ember.tuning.hyperparameters import BASE_LEARNING_RATE
 
 pytestmark = pytest.mark.timeout(240)
 
 TAUGHT = "Purple elephants dance at noon."
 ROWS = [chat_row(f"Tell me fact {i}.", TAUGHT) for i in range(4)]
-FAST = {"n_epochs": 8, "learning_rate_multiplier": 100}  # 2e-2: a tiny model learns one reply in a few steps
+# 2e-2 on all 4 rows per step: a tiny model learns one reply in a few steps
+FAST = {"n_epochs": 8, "batch_size": 4, "learning_rate_multiplier": 100}
 
 
 @pytest.fixture(scope="module")
@@ -95,8 +99,10 @@ def test_job_succeeds_and_its_adapter_is_served(server: TuningServer, client: op
     assert [m["step"] for m in metrics] == list(range(1, len(metrics) + 1)) and len(metrics) >= 8  # type: ignore[index]
     assert metrics[-1]["train_loss"] < 0.5 * metrics[0]["train_loss"]  # type: ignore[index]
     assert any("successfully completed" in e.message for e in events)
+    assert all(0.0 <= m["train_mean_token_accuracy"] <= 1.0 for m in metrics)  # type: ignore[index]
     checkpoints = client.fine_tuning.jobs.checkpoints.list(job_id).data
     assert checkpoints and checkpoints[0].fine_tuned_model_checkpoint.startswith(job.fine_tuned_model)
+    assert checkpoints[0].metrics.train_mean_token_accuracy is not None
 
     # Served at once: under its ft: name and as accounts/<account>/models/<job id>, listed with its parent.
     wait_for(
@@ -122,6 +128,75 @@ def test_job_succeeds_and_its_adapter_is_served(server: TuningServer, client: op
     with pytest.raises(openai.BadRequestError) as finished:
         client.fine_tuning.jobs.cancel(job_id)
     assert "succeeded" in finished.value.message
+
+
+def poll_until_final(client: openai.OpenAI, job_id: str) -> str:
+    """Every 0.1 s, as an impatient user would; returns the first final status seen."""
+    deadline = time.monotonic() + 240  # a hang guard only
+    while (status := client.fine_tuning.jobs.retrieve(job_id).status) not in (
+        "succeeded",
+        "failed",
+        "cancelled",
+    ):
+        assert time.monotonic() < deadline, f"{job_id} did not finish"
+        time.sleep(0.1)
+    return status
+
+
+def test_the_first_succeeded_is_already_callable(server: TuningServer, client: openai.OpenAI) -> None:
+    job_id = create_job(client, FAST, suffix="eager")
+    assert poll_until_final(client, job_id) == "succeeded"
+    # No wait: the adapter is served before the job says succeeded, under both of its names.
+    job = client.fine_tuning.jobs.retrieve(job_id)
+    for name in (job.fine_tuned_model, f"accounts/{ACCOUNT}/models/{job_id}"):
+        answer = client.chat.completions.create(
+            model=name, messages=[{"role": "user", "content": "Tell me fact 2."}], max_tokens=4, temperature=0
+        )
+        assert answer.model == name
+    events = [e.message for e in client.fine_tuning.jobs.list_events(job_id, limit=100).data]
+    assert events[0].startswith("The job has successfully completed")  # the last event, after deploying
+
+
+def test_auto_hyperparameters_resolve_from_the_dataset(server: TuningServer, client: openai.OpenAI) -> None:
+    # 4 rows: 100 // 4 = 25 epochs (OpenAI's cap), batch size 1, the base learning rate; shown at creation.
+    training_file = client.files.create(file=as_file(ROWS), purpose="fine-tune").id
+    job = client.fine_tuning.jobs.create(model=TINY_MODEL, training_file=training_file)
+    assert (job.hyperparameters.n_epochs, job.hyperparameters.batch_size) == (25, 1)
+    assert job.hyperparameters.learning_rate_multiplier == 1.0
+    first = client.fine_tuning.jobs.list_events(job.id, limit=100).data[-1]
+    assert "n_epochs=25, batch_size=1" in first.message and "4 training examples" in first.message
+    explicit = client.fine_tuning.jobs.create(
+        model=TINY_MODEL,
+        training_file=training_file,
+        method={
+            "type": "supervised",
+            "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": "auto"}},
+        },  # type: ignore[typeddict-item]
+    )
+    assert (explicit.hyperparameters.n_epochs, explicit.hyperparameters.batch_size) == (2, 1)
+
+    # Fireworks: the same rule for the fields left out.
+    datasets = f"{server.v1}/accounts/{ACCOUNT}/datasets"
+    assert httpx.post(datasets, json={"datasetId": "auto-rows"}).status_code == 200
+    assert (
+        httpx.post(f"{datasets}/auto-rows:upload", files={"file": ("f.jsonl", jsonl(ROWS))}).status_code
+        == 200
+    )
+    jobs = f"{server.v1}/accounts/{ACCOUNT}/supervisedFineTuningJobs"
+    created = httpx.post(jobs, json={"dataset": "auto-rows", "baseModel": TINY_MODEL}).json()
+    assert (created["epochs"], created["batchSizeSamples"]) == (25, 1)
+    assert created["learningRate"] == pytest.approx(BASE_LEARNING_RATE)
+    for job_id in (job.id, explicit.id, created["name"].rsplit("/", 1)[-1]):
+        client.fine_tuning.jobs.cancel(job_id)
+
+
+def test_a_job_that_learns_little_says_so(client: openai.OpenAI) -> None:
+    job_id = create_job(client, {"n_epochs": 1, "batch_size": 4, "learning_rate_multiplier": 0.001}, "slow")
+    assert poll_until_final(client, job_id) == "succeeded"
+    warnings = [
+        e.message for e in client.fine_tuning.jobs.list_events(job_id, limit=100).data if e.level == "warn"
+    ]
+    assert any("token accuracy" in w and "n_epochs" in w for w in warnings), warnings
 
 
 def test_cancel_and_resume(server: TuningServer, client: openai.OpenAI) -> None:
@@ -213,6 +288,7 @@ def test_fireworks_job_on_a_dataset_serves_its_output_model(server: TuningServer
         "loraRank": 4,
         "maxContextLength": 256,
         "batchSize": 1024,
+        "batchSizeSamples": 4,
         "earlyStop": False,
     }
     created = httpx.post(jobs, json=body, params={"supervisedFineTuningJobId": "elephants"})
@@ -221,6 +297,7 @@ def test_fireworks_job_on_a_dataset_serves_its_output_model(server: TuningServer
     assert job["name"] == f"accounts/{ACCOUNT}/supervisedFineTuningJobs/elephants"
     assert job["state"] == "JOB_STATE_VALIDATING" and job["dataset"] == f"accounts/{ACCOUNT}/datasets/facts"
     assert (job["loraRank"], job["epochs"], job["maxContextLength"], job["batchSize"]) == (4, 8, 256, 1024)
+    assert job["batchSizeSamples"] == 4 and job["learningRate"] == 0.02
     assert job["outputModel"] == f"accounts/{ACCOUNT}/models/elephant-facts"
     assert "elephants" in [
         j["name"].rsplit("/", 1)[-1] for j in httpx.get(jobs).json()["supervisedFineTuningJobs"]
@@ -231,6 +308,13 @@ def test_fireworks_job_on_a_dataset_serves_its_output_model(server: TuningServer
     done = httpx.get(f"{jobs}/elephants").json()
     assert done["state"] == "JOB_STATE_COMPLETED", done["status"]
     assert done["jobProgress"]["percent"] == 100.0 and done["completedTime"].endswith("Z")
+    assert done["jobProgress"]["epoch"] == 7 and done["jobProgress"]["inputTokens"] > 0  # counted from 0
+    # Fireworks' metrics file: one JSON line per step with OpenAI's metric names.
+    metrics_file = httpx.get(done["metricsFileSignedUrl"])
+    assert metrics_file.status_code == 200, done["metricsFileSignedUrl"]
+    steps = [json.loads(line) for line in metrics_file.text.splitlines()]
+    assert [m["step"] for m in steps] == list(range(1, 9))
+    assert all(0.0 <= m["train_mean_token_accuracy"] <= 1.0 and m["train_loss"] > 0 for m in steps)
 
     output_model = f"accounts/{ACCOUNT}/models/elephant-facts"
     wait_for(lambda: httpx.get(f"{server.v1}/models/{output_model}").status_code == 200)
@@ -260,7 +344,7 @@ def test_restart_mid_job_resumes_and_serves_earlier_adapters(
         client = openai.OpenAI(base_url=first.v1, api_key="unused", max_retries=0)
         done_id = create_job(client, FAST, suffix="before")
         assert wait_status(client, done_id, ("succeeded", "failed")) == "succeeded"
-        long_id = create_job(client, {"n_epochs": 60, "learning_rate_multiplier": 100}, suffix="during")
+        long_id = create_job(client, {**FAST, "n_epochs": 60}, suffix="during")
         wait_for(
             lambda: client.fine_tuning.jobs.checkpoints.list(long_id).data != [], what="the first checkpoint"
         )

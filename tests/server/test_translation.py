@@ -103,13 +103,15 @@ def test_values_a_request_leaves_out_come_from_the_checkpoints_defaults() -> Non
         ("n", 5, "n"),
         ("logit_bias", {"nope": 1.0}, "logit_bias"),
         ("logit_bias", {"100": 1.0}, "logit_bias"),
-        ("logit_bias", {"3": 500.0}, "logit_bias"),
+        ("logit_bias", {"3": 500.0}, "logit_bias.3"),
         ("stop_token_ids", [100], "stop_token_ids"),
+        ("repetition_penalty", 1e-300, "repetition_penalty"),
     ],
 )
 def test_out_of_range_sampling_values_name_their_parameter(field: str, value: object, param: str) -> None:
-    body = validate_body(CompletionRequest, {"prompt": "x", field: value})
+    # A bound the request field declares is refused while validating the body, the rest when building params.
     with raises_400(param=param):
+        body = validate_body(CompletionRequest, {"prompt": "x", field: value})
         build_sampling_params(body, LIMITS, max_tokens=4)
 
 

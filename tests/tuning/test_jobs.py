@@ -82,7 +82,7 @@ class Server:
             learning_rate=2e-2,
             max_context_length=128,
             batch_tokens=512,
-            **fields,  # type: ignore[arg-type]
+            **{"batch_size": 4, **fields},  # type: ignore[arg-type]  # all 4 rows: one step per epoch
         )
         return self.service.create_job(request)
 
@@ -142,9 +142,10 @@ def test_job_runs_to_succeeded_in_a_worker_process(servers: Callable[[], Server]
     wait_for(lambda: len(server.succeeded) == 1)
     assert server.succeeded[0].id == job.id
     checkpoints = server.service.list_checkpoints(job.id)
-    assert [c.step for c in checkpoints] == sorted({m["step"] for m in metrics if m["epoch"]}, reverse=True)[
-        : len(checkpoints)
-    ]
+    epoch_ends = {
+        max(m["step"] for m in metrics if m["epoch"] == epoch) for epoch in {m["epoch"] for m in metrics}
+    }
+    assert [c.step for c in checkpoints] == sorted(epoch_ends, reverse=True)[: len(checkpoints)]
     assert (
         checkpoints[0].fine_tuned_model_checkpoint
         == f"{done.fine_tuned_model}:ckpt-step-{checkpoints[0].step}"
@@ -319,7 +320,8 @@ def test_cli_creates_follows_and_lists_a_job(tmp_path: Path, tiny_model_dir: Pat
 
     code, output = run(
         "create", "--model", str(tiny_model_dir), "--train", str(train), "--epochs", "3",
-        "--learning-rate", "0.02", "--max-context-length", "128", "--batch-tokens", "512", "--suffix", "cli",
+        "--learning-rate", "0.02", "--max-context-length", "128", "--batch-tokens", "512", "--batch-size", "4",
+        "--suffix", "cli",
     )  # fmt: skip
     assert code == 0, output
     assert "step 3/3" in output and "100.0%" in output and "ETA" in output

@@ -13,7 +13,7 @@ from tuning_helpers import good_row
 from ember.engine.testing import tiny_loaded_model
 from ember.lora.adapter import load_peft_adapter
 from ember.models.loader import LoadedModel
-from ember.tuning.batching import pack, plan_batches
+from ember.tuning.batching import micro_batches, pack, plan_batches
 from ember.tuning.masking import ConversationMasker, TokenizedExample
 from ember.tuning.trainer import (
     LoraTrainer,
@@ -57,7 +57,8 @@ def test_loss_decreases_and_the_adapter_predicts_the_taught_reply(tmp_path: Path
         callbacks=TrainingCallbacks(on_metrics=lambda m: losses.append(m.train_loss)),
     )
     after = trainer.evaluate(examples)
-    assert after < 0.2 * before and losses[-1] < 0.2 * losses[0]
+    assert after.loss < 0.2 * before.loss and losses[-1] < 0.2 * losses[0]
+    assert after.mean_token_accuracy == 1.0 and result.final_train_accuracy == 1.0
     assert result.steps == len(losses) and result.epochs_completed == 12
 
     # Greedy, teacher-forced: the adapted model predicts every token of the reply after the prompt.
@@ -83,8 +84,8 @@ def test_packed_batch_loss_equals_the_examples_run_alone() -> None:
     with torch.no_grad():
         for lora_b in trainer.lora.lora_B.values():
             lora_b.normal_()  # a non-zero adapter, so the LoRA path counts too
-        together = float(trainer.weighted_loss_sum(pack(examples)))
-        alone = sum(float(trainer.weighted_loss_sum(pack([e]))) for e in examples)
+        together = float(trainer.token_loss(pack(examples)).weighted_sum)
+        alone = sum(float(trainer.token_loss(pack([e])).weighted_sum) for e in examples)
     assert together == pytest.approx(alone, rel=1e-5)
 
 
@@ -92,11 +93,19 @@ def test_plan_respects_token_and_example_budgets_and_the_seed() -> None:
     model = tiny_loaded_model()
     examples = fixed_reply_examples(model, n=10)
     sizes = [e.num_tokens - 1 for e in examples]
-    plan = plan_batches(examples, max_batch_tokens=3 * max(sizes), seed=1, max_batch_examples=2)
+    by_tokens = plan_batches(examples, max_batch_tokens=3 * max(sizes), seed=1)
+    assert sorted(i for batch in by_tokens for i in batch) == list(range(10))
+    assert all(sum(sizes[i] for i in batch) <= 3 * max(sizes) for batch in by_tokens)
+    # OpenAI's batch_size: exactly that many examples per step, however long; micro-batches bound the tokens.
+    plan = plan_batches(examples, max_batch_tokens=max(sizes), seed=1, max_batch_examples=3)
+    assert [len(batch) for batch in plan] == [3, 3, 3, 1]
     assert sorted(i for batch in plan for i in batch) == list(range(10))
-    assert all(len(batch) <= 2 and sum(sizes[i] for i in batch) <= 3 * max(sizes) for batch in plan)
-    assert plan == plan_batches(examples, 3 * max(sizes), seed=1, max_batch_examples=2)
-    assert plan != plan_batches(examples, 3 * max(sizes), seed=2, max_batch_examples=2)
+    packs = micro_batches(plan[0], examples, max(sizes))
+    assert [i for p in packs for i in p] == plan[0] and all(
+        sum(sizes[i] for i in p) <= max(sizes) for p in packs
+    )
+    assert plan == plan_batches(examples, max(sizes), seed=1, max_batch_examples=3)
+    assert plan != plan_batches(examples, max(sizes), seed=2, max_batch_examples=3)
     batch = pack([examples[i] for i in plan[0]])
     assert batch.positions.tolist() == [p for i in plan[0] for p in range(sizes[i])]
 
@@ -150,7 +159,7 @@ def test_early_stop_when_validation_loss_rises() -> None:
         train,
         contrary,
         callbacks=TrainingCallbacks(
-            on_metrics=lambda m: valid.append(m.valid_loss) if m.valid_loss else None
+            on_metrics=lambda m: valid.append(m.full_valid_loss) if m.full_valid_loss else None
         ),
     )
     assert result.stopped_early and result.epochs_completed < 20

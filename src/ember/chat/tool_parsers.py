@@ -30,7 +30,10 @@ from ember.chat.tool_calls import (
     new_tool_call_id,
 )
 from ember.chat.tool_stream import AFTER_CALL, CALL, TEXT, WHITESPACE, ToolCallStream, ToolFamily
+from ember.structured.limits import json_depth
 from ember.structured.tools import HERMES, LLAMA3_JSON, MISTRAL, ToolCallSyntax
+
+MAX_ARGUMENTS_DEPTH = 256  # a past call's arguments go through the template's tojson, which recurses
 
 __all__ = [
     "ParsedToolCalls",
@@ -166,6 +169,8 @@ def _decoded_call(call: object, where: str) -> dict[str, Any]:
     if isinstance(arguments, str):
         try:
             arguments = json.loads(arguments) if arguments.strip() else {}
-        except ValueError:
-            raise ValueError(f"{where}.function.arguments is not valid JSON") from None
+        except (ValueError, RecursionError):
+            raise ValueError(f"{where}.function.arguments is not valid JSON (or nested too deeply)") from None
+    if json_depth(arguments) > MAX_ARGUMENTS_DEPTH:
+        raise ValueError(f"{where}.function.arguments nests more than {MAX_ARGUMENTS_DEPTH} levels deep")
     return {**call, "function": {**function, "arguments": arguments}}

@@ -2,11 +2,32 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ember.structured.spec import StructuredSpec
+
+# The bounds of the sampling values: OpenAI's where it defines one (penalties, logit_bias, top_logprobs), vLLM's
+# otherwise. The API's request fields declare the same bounds, so /openapi.json shows them.
+MAX_TEMPERATURE = 100.0
+MAX_ABS_PENALTY = 2.0  # presence_penalty and frequency_penalty
+MAX_ABS_LOGIT_BIAS = 100.0
+MAX_LOGPROBS = 20
+# vLLM only asks for > 0, but 1e-300 divides a logit into +inf and the sampler then sees NaN. Between these
+# bounds every penalized logit stays finite even at the smallest sampled temperature.
+MIN_REPETITION_PENALTY = 0.01
+MAX_REPETITION_PENALTY = 100.0
+_FLOAT_FIELDS = (
+    "temperature",
+    "top_p",
+    "min_p",
+    "typical_p",
+    "repetition_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+)
 
 
 @dataclass
@@ -43,6 +64,9 @@ class SamplingParams:
     def __post_init__(self) -> None:
         if self.top_k == -1:
             self.top_k = 0
+        for name in _FLOAT_FIELDS:
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
         checks: list[tuple[bool, str]] = [
             (self.n >= 1, "n must be at least 1"),
             (self.best_of is None or self.best_of >= self.n, "best_of must be at least n"),
@@ -52,22 +76,41 @@ class SamplingParams:
                 self.max_tokens is None or self.min_tokens <= self.max_tokens,
                 "min_tokens must not exceed max_tokens",
             ),
-            (0.0 <= self.temperature <= 100.0, "temperature must be between 0 and 100"),
+            (
+                0.0 <= self.temperature <= MAX_TEMPERATURE,
+                f"temperature must be between 0 and {MAX_TEMPERATURE:g}",
+            ),
             (0.0 < self.top_p <= 1.0, "top_p must be in (0, 1]"),
             (self.top_k >= 0, "top_k must be -1, 0 or positive"),
             (0.0 <= self.min_p <= 1.0, "min_p must be in [0, 1]"),
             (0.0 < self.typical_p <= 1.0, "typical_p must be in (0, 1]"),
-            (self.repetition_penalty > 0.0, "repetition_penalty must be positive"),
-            (-2.0 <= self.presence_penalty <= 2.0, "presence_penalty must be between -2 and 2"),
-            (-2.0 <= self.frequency_penalty <= 2.0, "frequency_penalty must be between -2 and 2"),
-            (self.logprobs is None or 0 <= self.logprobs <= 20, "logprobs must be between 0 and 20"),
             (
-                self.prompt_logprobs is None or 0 <= self.prompt_logprobs <= 20,
-                "prompt_logprobs must be between 0 and 20",
+                MIN_REPETITION_PENALTY <= self.repetition_penalty <= MAX_REPETITION_PENALTY,
+                f"repetition_penalty must be between {MIN_REPETITION_PENALTY:g} and {MAX_REPETITION_PENALTY:g}",
             ),
             (
-                all(-100.0 <= b <= 100.0 for b in self.logit_bias.values()),
-                "logit_bias values must be between -100 and 100",
+                abs(self.presence_penalty) <= MAX_ABS_PENALTY,
+                f"presence_penalty must be between -{MAX_ABS_PENALTY:g} and {MAX_ABS_PENALTY:g}",
+            ),
+            (
+                abs(self.frequency_penalty) <= MAX_ABS_PENALTY,
+                f"frequency_penalty must be between -{MAX_ABS_PENALTY:g} and {MAX_ABS_PENALTY:g}",
+            ),
+            (
+                self.logprobs is None or 0 <= self.logprobs <= MAX_LOGPROBS,
+                f"logprobs must be between 0 and {MAX_LOGPROBS}",
+            ),
+            (
+                self.prompt_logprobs is None or 0 <= self.prompt_logprobs <= MAX_LOGPROBS,
+                f"prompt_logprobs must be between 0 and {MAX_LOGPROBS}",
+            ),
+            (
+                all(abs(b) <= MAX_ABS_LOGIT_BIAS for b in self.logit_bias.values()),
+                f"logit_bias values must be between -{MAX_ABS_LOGIT_BIAS:g} and {MAX_ABS_LOGIT_BIAS:g}",
+            ),
+            (
+                self.seed is None or -(2**63) <= self.seed < 2**64,
+                "seed must fit in 64 bits",
             ),
         ]
         for ok, message in checks:

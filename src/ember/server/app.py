@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
@@ -20,6 +21,7 @@ from ember.server.common.config import FineTuningConfig, ServerConfig
 from ember.server.common.errors import install_error_handlers
 from ember.server.common.metrics import ServerMetrics
 from ember.server.common.middleware import APIKeyMiddleware, BodyLimitMiddleware
+from ember.server.common.openapi import install_docs
 from ember.server.common.preparation import Preparation, SamplingLimits
 from ember.server.common.prompts import PromptEncoder
 from ember.server.common.served_models import ServedModels
@@ -39,10 +41,25 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+
+def _installed_version() -> str:
+    try:
+        return version("ember")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "0+unknown"
+
+
+EMBER_VERSION = _installed_version()
+
 API_PREFIXES = (
     "/v1",
     "/inference/v1",
 )  # Fireworks' SDK posts to {base}/v1; its docs give OpenAI .../inference/v1
+API_DESCRIPTION = (
+    "OpenAI, Fireworks and Anthropic compatible inference and LoRA fine-tuning. Every route under /v1 is "
+    "also served under /inference/v1 (Fireworks' OpenAI base URL); only /v1 is listed. Errors use OpenAI's "
+    "envelope, except under /v1/messages, which uses Anthropic's."
+)
 
 
 def is_upload_path(path: str) -> bool:
@@ -97,7 +114,14 @@ def build_app(
             state.preparation.close()
             await engine.shutdown()
 
-    app = FastAPI(title="ember", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(
+        title="ember",
+        version=EMBER_VERSION,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
     app.state.services = Services(
         state=state,
         completions=CompletionServing(state),
@@ -111,8 +135,9 @@ def build_app(
     )
     for prefix in API_PREFIXES:
         for routes in (openai_routes, anthropic_routes, fine_tuning_routes, admin_routes):
-            app.include_router(routes.router, prefix=prefix)
+            app.include_router(routes.router, prefix=prefix, include_in_schema=prefix == API_PREFIXES[0])
     app.include_router(admin_routes.root_router)
+    install_docs(app, API_DESCRIPTION)
     install_error_handlers(app)
     app.add_middleware(
         APIKeyMiddleware, keys=keys, open_tenant=open_tenant(config), public_account=config.account

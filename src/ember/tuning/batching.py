@@ -117,10 +117,12 @@ def plan_batches(
     seed: int,
     max_batch_examples: int | None = None,
 ) -> list[list[int]]:
-    """Example indices per batch for one epoch: shuffled with `seed`, then filled greedily in that order.
+    """Example indices per batch for one epoch, shuffled with `seed`.
 
-    A batch holds at most `max_batch_tokens` input tokens (and `max_batch_examples` examples when given); the
-    plan depends only on its arguments, so a resumed run replays the very same batches.
+    Without `max_batch_examples` a batch is filled greedily up to `max_batch_tokens` input tokens. With it, a
+    batch is that many examples (OpenAI's batch_size; the last batch of an epoch may be smaller) whatever their
+    length: `micro_batches` then splits it into packs of <= `max_batch_tokens` tokens for the forward passes.
+    The plan depends only on its arguments, so a resumed run replays the very same batches.
     """
     if max_batch_tokens < 1:
         raise ValueError(f"max_batch_tokens must be positive, got {max_batch_tokens}")
@@ -128,9 +130,6 @@ def plan_batches(
         raise ValueError(f"max_batch_examples must be positive, got {max_batch_examples}")
     order = [i for i, e in enumerate(examples) if e.num_trained_tokens > 0]
     random.Random(seed).shuffle(order)
-    batches: list[list[int]] = []
-    current: list[int] = []
-    current_tokens = 0
     for index in order:
         size = examples[index].num_tokens - 1
         if size > max_batch_tokens:
@@ -138,12 +137,23 @@ def plan_batches(
                 f"an example of {size + 1} tokens does not fit the batch size of {max_batch_tokens} tokens; "
                 "raise the batch size to at least the max context length"
             )
-        full = max_batch_examples is not None and len(current) >= max_batch_examples
-        if current and (current_tokens + size > max_batch_tokens or full):
-            batches.append(current)
+    if max_batch_examples is not None:
+        return [order[i : i + max_batch_examples] for i in range(0, len(order), max_batch_examples)]
+    return micro_batches(order, examples, max_batch_tokens)
+
+
+def micro_batches(indices: list[int], examples: list[TokenizedExample], max_tokens: int) -> list[list[int]]:
+    """`indices` in order, cut into consecutive packs of at most `max_tokens` input tokens each."""
+    packs: list[list[int]] = []
+    current: list[int] = []
+    current_tokens = 0
+    for index in indices:
+        size = examples[index].num_tokens - 1
+        if current and current_tokens + size > max_tokens:
+            packs.append(current)
             current, current_tokens = [], 0
         current.append(index)
         current_tokens += size
     if current:
-        batches.append(current)
-    return batches
+        packs.append(current)
+    return packs

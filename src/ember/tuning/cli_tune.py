@@ -53,7 +53,8 @@ def add_tune_subparser(subparsers: argparse._SubParsersAction[argparse.ArgumentP
     create.add_argument("--learning-rate", type=float, default=None)
     create.add_argument("--lora-rank", type=int, default=None)
     create.add_argument("--lora-alpha", type=float, default=None)
-    create.add_argument("--batch-tokens", type=int, default=None, help="tokens per packed batch")
+    create.add_argument("--batch-size", type=int, default=None, help="examples per step (default: auto)")
+    create.add_argument("--batch-tokens", type=int, default=None, help="tokens per packed micro-batch")
     create.add_argument("--max-context-length", type=int, default=None)
     create.add_argument("--early-stop", action="store_true")
     create.add_argument("--suffix", default=None, help="part of the fine-tuned model's name")
@@ -146,6 +147,7 @@ def _create(
             learning_rate=args.learning_rate,
             lora_rank=args.lora_rank,
             lora_alpha=args.lora_alpha,
+            batch_size=args.batch_size,
             batch_tokens=args.batch_tokens,
             max_context_length=args.max_context_length,
             early_stop=args.early_stop,
@@ -211,13 +213,15 @@ def _follow(service: FineTuningService, job_id: str, out: TextIO, run_queue: boo
 
 
 def _progress_bar(data: dict[str, Any], eta_s: float | None, width: int = 30) -> str:
-    """`[#####.....]  50.0% step 2/4 loss 1.2345 valid 1.3 ETA 0:42` (ETA --:-- until two steps are in)."""
+    """`[#####.....]  50.0% step 2/4 loss 1.2345 acc 0.61 valid 1.3 ETA 0:42` (ETA --:-- until two steps are in)."""
     progress = float(data.get("progress") or 0.0)
     filled = int(round(width * progress))
     text = (
         f"[{'#' * filled}{'.' * (width - filled)}] {100 * progress:5.1f}% "
         f"step {data.get('step')}/{data.get('total_steps')} loss {float(data.get('train_loss') or 0.0):.4f}"
     )
+    if data.get("train_mean_token_accuracy") is not None:
+        text += f" acc {float(data['train_mean_token_accuracy']):.2f}"
     if data.get("valid_loss") is not None:
         text += f" valid {float(data['valid_loss']):.4f}"
     if eta_s is None:

@@ -89,11 +89,7 @@ def openai_checkpoint(checkpoint: JobCheckpoint) -> dict[str, Any]:
         "created_at": checkpoint.created_at,
         "fine_tuned_model_checkpoint": checkpoint.fine_tuned_model_checkpoint,
         "step_number": checkpoint.step,
-        "metrics": {
-            "step": checkpoint.step,
-            "train_loss": checkpoint.train_loss,
-            "valid_loss": checkpoint.valid_loss,
-        },
+        "metrics": {"step": checkpoint.step, **checkpoint.metrics},
         "fine_tuning_job_id": checkpoint.job_id,
     }
 
@@ -160,19 +156,29 @@ def fireworks_job_request(account: str, body: dict[str, Any], job_id: str | None
         model=body["baseModel"],
         training_file=dataset,
         validation_file=None if evaluation is None else _dataset_name(account, evaluation),
-        n_epochs=1 if body.get("epochs") is None else _number(body["epochs"], "epochs", int),
+        # left out: the same dataset-size rule as OpenAI's "auto" (hyperparameters.py)
+        n_epochs=_number(body.get("epochs"), "epochs", int),
         learning_rate=_number(body.get("learningRate"), "learningRate", float),
+        batch_size=_number(body.get("batchSizeSamples"), "batchSizeSamples", int),
         lora_rank=_number(body.get("loraRank"), "loraRank", int),
         max_context_length=_number(body.get("maxContextLength"), "maxContextLength", int),
         batch_tokens=_number(body.get("batchSize"), "batchSize", int),
+        grad_accumulation=_or(
+            _number(body.get("gradientAccumulationSteps"), "gradientAccumulationSteps", int), 1
+        ),
+        warmup_steps=_or(_number(body.get("learningRateWarmupSteps"), "learningRateWarmupSteps", int), 0),
+        weight_decay=_or(_number(body.get("optimizerWeightDecay"), "optimizerWeightDecay", float), 0.0),
         early_stop=bool(body.get("earlyStop", False)),
         job_id=job_id,
         extra_metadata=extra,
     )
 
 
-def fireworks_job(job: JobRecord, progress: float | None = None) -> dict[str, Any]:
-    """The Fireworks job object; `progress` (0..1) from the latest metrics event, when known."""
+def fireworks_job(
+    job: JobRecord, latest: dict[str, Any] | None = None, jobs_url: str | None = None
+) -> dict[str, Any]:
+    """The Fireworks job object. `latest`: the data of its latest metrics event, when known; `jobs_url`: the
+    supervisedFineTuningJobs collection URL its metrics file (one JSON line per step) is served under."""
     fields = job.metadata.get("fireworks") or {}
     account = fields.get("account", "ember")
     trainer = job.metadata.get("trainer", {})
@@ -200,9 +206,25 @@ def fireworks_job(job: JobRecord, progress: float | None = None) -> dict[str, An
         "loraRank": job.metadata.get("lora", {}).get("rank"),
         "maxContextLength": trainer.get("max_context_length"),
         "batchSize": trainer.get("batch_tokens"),
+        "batchSizeSamples": trainer.get("batch_examples"),
+        "gradientAccumulationSteps": trainer.get("grad_accumulation"),
+        "learningRateWarmupSteps": trainer.get("warmup_steps"),
+        "optimizerWeightDecay": trainer.get("weight_decay"),
         "earlyStop": trainer.get("early_stop", False),
-        "jobProgress": {"percent": round(100 * (progress or 0.0), 1) if job.status != "succeeded" else 100.0},
+        "jobProgress": _job_progress(job, latest),
+        "metricsFileSignedUrl": None
+        if jobs_url is None or latest is None
+        else f"{jobs_url}/{job.id}/metrics",
     }
+
+
+def _job_progress(job: JobRecord, latest: dict[str, Any] | None) -> dict[str, Any]:
+    progress = 1.0 if job.status == "succeeded" else float((latest or {}).get("progress") or 0.0)
+    shown: dict[str, Any] = {"percent": round(100 * progress, 1)}
+    if latest is not None:
+        shown["epoch"] = max(int(latest.get("epoch", 1)) - 1, 0)  # Fireworks counts epochs from 0
+        shown["inputTokens"] = job.trained_tokens
+    return shown
 
 
 def fireworks_output_model(job: JobRecord) -> str:
@@ -219,6 +241,10 @@ def _timestamp(unix: int | None) -> str | None:
     if unix is None:
         return None
     return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _or(value: Any, default: Any) -> Any:
+    return default if value is None else value
 
 
 def _auto(value: Any, param: str, kind: type) -> Any:

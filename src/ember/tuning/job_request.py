@@ -1,5 +1,6 @@
 """A request for a new fine-tuning job, as both APIs and the CLI describe it, and the trainer settings it
-resolves to (every "auto" or missing value replaced by ember's default)."""
+resolves to: "auto" epochs, batch size and learning rate from the training dataset's size (hyperparameters.py),
+every other missing value from ember's defaults."""
 
 from __future__ import annotations
 
@@ -7,13 +8,16 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from ember.tuning.hyperparameters import (
+    BATCH_TOKENS,
+    LORA_ALPHA_PER_RANK,
+    LORA_RANK,
+    MAX_CONTEXT_LENGTH,
+    ResolvedHyperparameters,
+    resolve_hyperparameters,
+)
 from ember.tuning.trainer_config import LoraSettings, TrainerConfig
 
-DEFAULT_EPOCHS = 3  # OpenAI's n_epochs "auto" on small datasets
-DEFAULT_LEARNING_RATE = 2e-4  # LoRA; learning_rate_multiplier scales it
-DEFAULT_MAX_CONTEXT_LENGTH = 2048
-DEFAULT_BATCH_TOKENS = 4096
-DEFAULT_LORA_RANK = 8
 T = TypeVar("T")
 
 
@@ -35,8 +39,10 @@ class JobRequest:
     suffix: str | None = None
     seed: int | None = None
     n_epochs: int | None = None
-    batch_size: int | None = None  # examples per batch (OpenAI)
-    batch_tokens: int | None = None  # tokens per batch (Fireworks batchSize)
+    batch_size: int | None = (
+        None  # examples per optimizer step (OpenAI batch_size, Fireworks batchSizeSamples)
+    )
+    batch_tokens: int | None = None  # tokens per packed micro-batch (Fireworks batchSize)
     learning_rate_multiplier: float | None = None
     learning_rate: float | None = None  # absolute; wins over the multiplier (Fireworks learningRate)
     lora_rank: int | None = None
@@ -47,25 +53,40 @@ class JobRequest:
     early_stop: bool = False
     warmup_steps: int = 0
     grad_accumulation: int = 1
+    weight_decay: float = 0.0
     job_id: str | None = None
     extra_metadata: dict[str, Any] = field(default_factory=dict)  # e.g. the Fireworks fields
 
 
-def resolve_settings(request: JobRequest) -> tuple[TrainerConfig, LoraSettings]:
-    """The trainer and LoRA settings of a request, with defaults for everything left "auto"."""
+@dataclass(frozen=True)
+class JobSettings:
+    """What a request resolves to: the numbers OpenAI shows, the trainer's loop and the adapter's shape."""
+
+    hyperparameters: ResolvedHyperparameters
+    trainer: TrainerConfig
+    lora: LoraSettings
+
+
+def resolve_settings(request: JobRequest, n_examples: int) -> JobSettings:
+    """The settings of a request whose training file has `n_examples` rows; "auto" resolved from that count."""
     # `is None`, not `or`: an explicit 0 is an invalid value to report, not "auto"
-    max_context = _or_default(request.max_context_length, DEFAULT_MAX_CONTEXT_LENGTH)
-    learning_rate = request.learning_rate
-    if learning_rate is None:
-        learning_rate = DEFAULT_LEARNING_RATE * (request.learning_rate_multiplier or 1.0)
-    rank = _or_default(request.lora_rank, DEFAULT_LORA_RANK)
+    max_context = _or_default(request.max_context_length, MAX_CONTEXT_LENGTH)
+    rank = _or_default(request.lora_rank, LORA_RANK)
     try:
+        resolved = resolve_hyperparameters(
+            n_examples,
+            n_epochs=request.n_epochs,
+            batch_size=request.batch_size,
+            learning_rate_multiplier=request.learning_rate_multiplier,
+            learning_rate=request.learning_rate,
+        )
         trainer = TrainerConfig(
-            epochs=_or_default(request.n_epochs, DEFAULT_EPOCHS),
-            learning_rate=learning_rate,
+            epochs=resolved.n_epochs,
+            learning_rate=resolved.learning_rate,
             warmup_steps=request.warmup_steps,
-            batch_tokens=_or_default(request.batch_tokens, max(DEFAULT_BATCH_TOKENS, max_context)),
-            batch_examples=request.batch_size,
+            weight_decay=request.weight_decay,
+            batch_tokens=_or_default(request.batch_tokens, max(BATCH_TOKENS, max_context)),
+            batch_examples=resolved.batch_size,
             grad_accumulation=request.grad_accumulation,
             max_context_length=max_context,
             seed=request.seed if request.seed is not None else secrets.randbelow(2**31),
@@ -73,13 +94,13 @@ def resolve_settings(request: JobRequest) -> tuple[TrainerConfig, LoraSettings]:
         )
         lora = LoraSettings(
             rank=rank,
-            alpha=_or_default(request.lora_alpha, 2.0 * rank),
+            alpha=_or_default(request.lora_alpha, LORA_ALPHA_PER_RANK * rank),
             dropout=request.lora_dropout,
             target_modules=request.target_modules or LoraSettings().target_modules,
         )
     except ValueError as error:
         raise JobRequestError(f"invalid hyperparameters: {error}", "hyperparameters") from error
-    return trainer, lora
+    return JobSettings(resolved, trainer, lora)
 
 
 def _or_default(value: T | None, default: T) -> T:

@@ -3,7 +3,11 @@ worker process at a time (the machine's cores serve requests too).
 
 validating_files -> queued:   the job's files are checked (structure rules only; tokens are counted by the worker)
 queued -> running:            claimed atomically in the store, then `python -m ember.tuning.jobs` is started
-running -> succeeded/failed/cancelled:  written by the worker (cancel: by the service; the worker notices)
+running -> failed/cancelled:  written by the worker (cancel: by the service; the worker notices)
+running -> succeeded:         the worker saved the adapter and marked the job trained, then exited; the runner
+                              calls `before_succeeded(job)` (the server serves the adapter there) and only then
+                              writes `succeeded`, so a succeeded job's model answers at once. A hook that raises
+                              fails the job instead.
 
 A worker that is gone while its job is still `running` (killed, out of memory, the server restarted and
 terminated it) leaves the job re-queued, and the next worker resumes from the job's last checkpoint. After
@@ -58,8 +62,9 @@ class _Worker:
 
 
 class JobRunner:
-    """Call `start()` once at server start-up and `stop()` at shutdown; `on_finished(job)` gets every job that
-    reached a final status while this runner watched it (e.g. to register a succeeded job's adapter)."""
+    """Call `start()` once at server start-up and `stop()` at shutdown; `before_succeeded(job)` runs for every
+    trained job before it turns succeeded (e.g. to serve its adapter), `on_finished(job)` for every job that
+    reached a final status while this runner watched it."""
 
     def __init__(
         self,
@@ -67,11 +72,13 @@ class JobRunner:
         data_dir: Path,
         config: RunnerConfig | None = None,
         on_finished: Callable[[JobRecord], None] | None = None,
+        before_succeeded: Callable[[JobRecord], None] | None = None,
     ) -> None:
         self.store = store
         self.data_dir = Path(data_dir)
         self.config = config or RunnerConfig()
         self.on_finished = on_finished
+        self.before_succeeded = before_succeeded
         self._worker: _Worker | None = None
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -118,6 +125,8 @@ class JobRunner:
             if isinstance(pid, int) and _worker_alive(pid, job.id) and self._worker is None:
                 self._worker = _Worker(job.id, pid, None)
                 logger.info("adopted the running worker %d of job %s", pid, job.id)
+            elif job.metadata.get("trained"):
+                self._complete(job)
             else:
                 self._lost_worker(job, "its worker process is gone (server restart)")
 
@@ -156,8 +165,8 @@ class JobRunner:
         if self.store.update_job(job.id, status="queued", expect_status=("validating_files",)):
             self.store.add_job_event(job.id, "Files validated; the job is queued")
 
-    def _fail(self, job: JobRecord, message: str, param: str | None) -> None:
-        error = {"message": message, "param": param, "code": "invalid_file"}
+    def _fail(self, job: JobRecord, message: str, param: str | None, code: str = "invalid_file") -> None:
+        error = {"message": message, "param": param, "code": code}
         changed = self.store.update_job(
             job.id,
             status="failed",
@@ -185,15 +194,39 @@ class JobRunner:
         job = self.store.get_job(worker.job_id)
         if job is None:
             return
-        if job.status == "running":
+        if job.status == "running" and job.metadata.get("trained"):
+            self._complete(job)
+        elif job.status == "running":
             self._lost_worker(job, f"its worker process exited unexpectedly (exit code {code})")
         else:
+            self._finished(job.id)
+
+    def _complete(self, job: JobRecord) -> None:
+        """A trained job: make its model callable (`before_succeeded`), then mark it succeeded."""
+        if self.before_succeeded is not None:
+            try:
+                self.before_succeeded(job)
+            except Exception as error:
+                logger.exception("job %s trained but its model cannot be served", job.id)
+                self._fail(
+                    job, f"the adapter was trained but cannot be served: {error}", None, "serving_failed"
+                )
+                return
+        name = job.metadata.get("fine_tuned_model")
+        if self.store.update_job(
+            job.id,
+            status="succeeded",
+            fine_tuned_model=name,
+            finished_at=int(time.time()),
+            expect_status=("running",),
+        ):
+            self.store.add_job_event(job.id, f"The job has successfully completed: {name}")
             self._finished(job.id)
 
     def _lost_worker(self, job: JobRecord, why: str) -> None:
         attempts = int(job.metadata.get("attempts", 1))
         if attempts >= self.config.max_attempts:
-            self._fail(job, f"training stopped {attempts} times: {why}", None)
+            self._fail(job, f"training stopped {attempts} times: {why}", None, "worker_lost")
             return
         metadata = {**job.metadata, "worker_pid": None}
         if self.store.update_job(job.id, status="queued", metadata=metadata, expect_status=("running",)):
@@ -238,7 +271,8 @@ class JobRunner:
                     start_new_session=True,  # a Ctrl-C meant for the server does not kill training mid-step
                 )
             self.store.update_job(
-                job.id, metadata={**job.metadata, "worker_pid": process.pid, "attempts": attempts}
+                job.id,
+                metadata={**job.metadata, "worker_pid": process.pid, "attempts": attempts, "trained": None},
             )
             self._worker = _Worker(job.id, process.pid, process)
             self.store.add_job_event(

@@ -16,9 +16,10 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from ember.tuning.file_storage import ConflictError, NotFoundError
-from ember.tuning.job_request import DEFAULT_LEARNING_RATE, JobRequest, JobRequestError, resolve_settings
+from ember.tuning.job_request import JobRequest, JobRequestError, resolve_settings
 from ember.tuning.job_runner import JobRunner, RunnerConfig
 from ember.tuning.job_store import JobEvent, JobRecord
 from ember.tuning.jobs import JobPaths
@@ -60,12 +61,14 @@ class JobCheckpoint:
     valid_loss: float | None
     path: str  # relative to the data directory; a PEFT adapter folder
     fine_tuned_model_checkpoint: str
+    metrics: dict[str, Any]  # OpenAI's checkpoint metrics (train_loss, train_mean_token_accuracy, ...)
 
 
 class FineTuningService:
     """Jobs over one store and data directory. `base_models` maps the model names a job may name to a GGUF
     file or HF folder (None: the embedded default model). `on_succeeded(job)` runs in the server process when
-    a job this server watched succeeds, with the adapter at `adapter_path(job)`."""
+    a job's training finished, with the adapter at `adapter_path(job)`, before the job turns `succeeded`: it
+    makes the fine-tuned model callable (an exception fails the job instead)."""
 
     def __init__(
         self,
@@ -82,7 +85,7 @@ class FineTuningService:
         self.data_dir = Path(data_dir)
         self.base_models = dict(base_models)
         self.on_succeeded = on_succeeded
-        self.runner = JobRunner(store, self.data_dir, runner_config, on_finished=self._job_finished)
+        self.runner = JobRunner(store, self.data_dir, runner_config, before_succeeded=self._job_trained)
 
     def start(self) -> None:
         """Recover jobs a previous server left running, then start processing the queue."""
@@ -106,23 +109,20 @@ class FineTuningService:
     ) -> JobRecord:
         """A job owned by the account `owner`, training only on files and datasets `scope` sees."""
         base_name, base_path = self._base_model(request.model)
-        training_path = self._dataset_path(request.training_file, "training_file", scope)
+        training_path, training_rows = self._dataset_path(request.training_file, "training_file", scope)
         validation_path = (
             None
             if request.validation_file is None
-            else self._dataset_path(request.validation_file, "validation_file", scope)
+            else self._dataset_path(request.validation_file, "validation_file", scope)[0]
         )
-        trainer, lora = resolve_settings(request)
+        settings = resolve_settings(request, training_rows)
+        trainer, lora = settings.trainer, settings.lora
         job_id = request.job_id or new_id("ftjob")
         if not _JOB_ID.fullmatch(job_id):
             raise JobRequestError(f"job id {job_id!r} must be lowercase letters, digits and dashes", "job_id")
         if request.suffix is not None and not _SUFFIX.fullmatch(request.suffix):
             raise JobRequestError("suffix must be 1-64 letters, digits, '_', '.' or '-'", "suffix")
-        hyperparameters = {
-            "n_epochs": trainer.epochs,
-            "batch_size": request.batch_size if request.batch_size is not None else "auto",
-            "learning_rate_multiplier": trainer.learning_rate / DEFAULT_LEARNING_RATE,
-        }
+        hyperparameters = settings.hyperparameters.as_openai()
         metadata = {
             **request.extra_metadata,
             "base_model_name": base_name,
@@ -150,7 +150,22 @@ class FineTuningService:
             self.store.insert_job(job)
         except ValueError as error:  # StoreConflictError: the id is taken
             raise ConflictError(f"a fine-tuning job {job_id!r} already exists") from error
-        self.store.add_job_event(job_id, f"Created fine-tuning job {job_id}")
+        auto = [name for name, value in _requested(request).items() if value is None]
+        self.store.add_job_event(
+            job_id,
+            f"Created fine-tuning job {job_id}: {settings.hyperparameters.describe()}; "
+            + (
+                f"{', '.join(auto)} resolved from {training_rows} training examples"
+                if auto
+                else "as requested"
+            ),
+            data={
+                **hyperparameters,
+                "learning_rate": trainer.learning_rate,
+                "training_examples": training_rows,
+                "auto": auto,
+            },
+        )
         self.runner.wake()
         return job
 
@@ -222,12 +237,23 @@ class FineTuningService:
         """Oldest first after `after_seq`: for following a job live (the CLI's progress bar)."""
         return self.store.list_job_events(job_id, after_seq=after_seq, limit=limit)
 
-    def progress(self, job_id: str) -> float | None:
-        """0..1 from the job's latest metrics event; None before its first step."""
+    def latest_metrics(self, job_id: str) -> dict[str, Any] | None:
+        """The data of the job's latest metrics event (step, progress 0..1, losses, accuracies); None before
+        its first step."""
         for event in self.store.list_job_events(job_id, limit=50, newest_first=True):
             if event.type == "metrics" and event.data is not None:
-                return float(event.data.get("progress", 0.0))
+                return event.data
         return None
+
+    def metrics_history(self, job_id: str) -> list[dict[str, Any]]:
+        """Every step's metrics, oldest first (the rows of Fireworks' metrics file)."""
+        self.get_job(job_id)
+        rows: list[dict[str, Any]] = []
+        seq = 0
+        while page := self.store.list_job_events(job_id, after_seq=seq, limit=10_000):
+            rows += [e.data for e in page if e.type == "metrics" and e.data is not None]
+            seq = page[-1].seq
+        return rows
 
     def list_checkpoints(self, job_id: str) -> list[JobCheckpoint]:
         """Newest first."""
@@ -249,14 +275,16 @@ class FineTuningService:
                     valid_loss=info.valid_loss,
                     path=str(path.relative_to(self.data_dir)),
                     fine_tuned_model_checkpoint=f"{name}:ckpt-step-{info.step}",
+                    metrics=info.metrics
+                    or {"step": info.step, "train_loss": info.train_loss, "valid_loss": info.valid_loss},
                 )
             )
         return checkpoints
 
     # -- internals -----------------------------------------------------------------------------------------
 
-    def _job_finished(self, job: JobRecord) -> None:
-        if job.status == "succeeded" and self.on_succeeded is not None:
+    def _job_trained(self, job: JobRecord) -> None:
+        if self.on_succeeded is not None:
             self.on_succeeded(job)
 
     def _base_model(self, model: str) -> tuple[str, str | None]:
@@ -268,8 +296,8 @@ class FineTuningService:
         known = ", ".join(sorted(self.base_models))
         raise JobRequestError(f"unknown base model {model!r}; this server can fine-tune: {known}", "model")
 
-    def _dataset_path(self, name: str, param: str, scope: OwnerScope | None) -> str:
-        """The data-directory-relative path of an OpenAI file id or a Fireworks dataset name (one `scope`
+    def _dataset_path(self, name: str, param: str, scope: OwnerScope | None) -> tuple[str, int]:
+        """(data-directory-relative path, rows) of an OpenAI file id or a Fireworks dataset name (one `scope`
         sees: another owner's data is as unknown as a missing one)."""
         if name.startswith("file-"):
             record = self.store.get_file(name, scope)
@@ -277,10 +305,28 @@ class FineTuningService:
                 raise JobRequestError(f"no file {name!r}", param)
             if record.purpose != "fine-tune":
                 raise JobRequestError(f"file {name!r} has purpose {record.purpose!r}, not 'fine-tune'", param)
-            return record.path
+            return record.path, self._rows(record.path, record.example_count)
         dataset = self.store.get_dataset(name)
         if dataset is None or not sees(scope, dataset.account):
             raise JobRequestError(f"no file or dataset {name!r}", param)
         if dataset.state != "READY" or dataset.path is None:
             raise JobRequestError(f"dataset {name!r} is {dataset.state}; upload its file first", param)
-        return dataset.path
+        return dataset.path, self._rows(dataset.path, dataset.example_count)
+
+    def _rows(self, relative: str, recorded: int | None) -> int:
+        """The example count validation recorded at upload, else the non-blank lines of the file."""
+        if recorded is not None:
+            return recorded
+        with open(self.data_dir / relative, "rb") as lines:
+            return sum(1 for line in lines if line.strip())
+
+
+def _requested(request: JobRequest) -> dict[str, object]:
+    """The hyperparameters the auto rule fills in, as the request gave them (None: "auto")."""
+    return {
+        "n_epochs": request.n_epochs,
+        "batch_size": request.batch_size,
+        "learning_rate_multiplier": (
+            request.learning_rate if request.learning_rate is not None else request.learning_rate_multiplier
+        ),
+    }

@@ -2,8 +2,12 @@
 
 Training runs outside the server process so serving stays responsive and a crash cannot take the server down.
 Everything the worker needs is in the job's row (the settings in `metadata`) and the data directory; it
-reports through the same SQLite store: metrics and message events, the latest checkpoint, and the final
-status. It polls the job's status before every step and stops when the job was cancelled.
+reports through the same SQLite store: metrics and message events, the latest checkpoint, and the end of
+training. It polls the job's status before every step and stops when the job was cancelled.
+
+A worker that trained to the end saves the adapter and marks the job `trained` (in its metadata; the status
+stays `running`). Turning it `succeeded` is the job runner's part (job_runner.py): the server first serves the
+adapter, so a client that sees `succeeded` can call the fine-tuned model at once.
 
 Per-job files under the data directory:
     jobs/<job id>/checkpoints/step-NNNNNN/   PEFT adapter + optimizer state + progress (the resume points)
@@ -18,12 +22,15 @@ import os
 import sys
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ember.tuning.hyperparameters import LOW_TOKEN_ACCURACY
 from ember.tuning.job_store import JobRecord
 from ember.tuning.store import TuningStore
+
+TRAINED = "trained"  # what run_job returns when the adapter is saved and the job awaits `succeeded`
 
 if TYPE_CHECKING:
     from ember.models.loader import LoadedModel
@@ -104,19 +111,29 @@ def _train(store: TuningStore, paths: JobPaths, job: JobRecord) -> str:
     trainer, train_examples, eval_examples = _prepare(store, paths, job, model)
 
     def on_metrics(m: TrainingMetrics) -> None:
-        text = f"Step {m.step}/{m.total_steps}: training loss={m.train_loss:.4f}"
+        text = (
+            f"Step {m.step}/{m.total_steps}: training loss={m.train_loss:.4f}, "
+            f"token accuracy={m.train_mean_token_accuracy:.3f}"
+        )
         if m.valid_loss is not None:
             text += f", validation loss={m.valid_loss:.4f}"
+        if m.full_valid_loss is not None:
+            text += f", full validation loss={m.full_valid_loss:.4f}"
         data = {
             "step": m.step,
             "total_steps": m.total_steps,
             "epoch": m.epoch,
             "train_loss": m.train_loss,
+            "train_mean_token_accuracy": m.train_mean_token_accuracy,
             "valid_loss": m.valid_loss,
+            "valid_mean_token_accuracy": m.valid_mean_token_accuracy,
             "progress": m.progress,
             "learning_rate": m.learning_rate,
             "tokens_per_second": m.tokens_per_second,
         }
+        if m.full_valid_loss is not None:
+            data["full_valid_loss"] = m.full_valid_loss
+            data["full_valid_mean_token_accuracy"] = m.full_valid_mean_token_accuracy
         _event(store, job.id, text, type="metrics", data=data)
 
     def on_checkpoint(info: CheckpointInfo) -> None:
@@ -147,19 +164,31 @@ def _train(store: TuningStore, paths: JobPaths, job: JobRecord) -> str:
         _event(store, job.id, f"Training stopped: the job is no longer running ({stop})")
         current = store.get_job(job.id)
         return current.status if current is not None else "cancelled"
-    finished = store.update_job(
+    accuracy = result.final_train_accuracy
+    if accuracy is not None and accuracy < LOW_TOKEN_ACCURACY:
+        _event(
+            store,
+            job.id,
+            f"The final training token accuracy is {accuracy:.2f}: the model has not learned most of the "
+            "training tokens. Consider more epochs (n_epochs) or a larger learning_rate_multiplier.",
+            level="warn",
+        )
+    current = store.get_job(job.id)
+    if current is None or current.status != "running":
+        return current.status if current is not None else "cancelled"
+    trained = {
+        "trained_tokens": result.processed_tokens,
+        "final_train_loss": result.final_train_loss,
+        "final_train_mean_token_accuracy": accuracy,
+    }
+    store.update_job(
         job.id,
-        status="succeeded",
-        fine_tuned_model=settings.get("fine_tuned_model"),
-        finished_at=int(time.time()),
         trained_tokens=result.processed_tokens,
+        metadata={**current.metadata, "trained": trained},
         expect_status=("running",),
     )
-    if not finished:
-        current = store.get_job(job.id)
-        return current.status if current is not None else "cancelled"
-    store.add_job_event(job.id, f"The job has successfully completed: {settings.get('fine_tuned_model')}")
-    return "succeeded"
+    _event(store, job.id, "Training finished; the adapter is saved and is being deployed")
+    return TRAINED
 
 
 def _event(store: TuningStore, job_id: str, message: str, **kwargs: Any) -> None:
@@ -191,7 +220,9 @@ def _prepare(
 
     settings = job.metadata
     try:
-        config = TrainerConfig(**settings["trainer"])
+        # fields a newer or older ember wrote that this one does not know are dropped, so an upgrade can resume
+        known = {f.name for f in fields(TrainerConfig)}
+        config = TrainerConfig(**{k: v for k, v in settings["trainer"].items() if k in known})
         lora = LoraSettings(
             **{**settings["lora"], "target_modules": tuple(settings["lora"]["target_modules"])}
         )
@@ -258,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     store = TuningStore(args.db)
     status = run_job(store, Path(args.data_dir), args.job_id)
     print(f"job {args.job_id} ended {status} (worker pid {os.getpid()})", flush=True)
-    return 0 if status in ("succeeded", "cancelled") else 1
+    return 0 if status in (TRAINED, "succeeded", "cancelled") else 1
 
 
 if __name__ == "__main__":

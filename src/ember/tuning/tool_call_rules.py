@@ -93,4 +93,6 @@ def tool_call_error(call: Any, tool_names: set[str] | None) -> str | None:
         json.loads(arguments)
     except json.JSONDecodeError as error:
         return f".function.arguments is not valid JSON ({error.msg} at column {error.colno})"
+    except RecursionError:
+        return ".function.arguments is nested too deeply"
     return None

@@ -3,8 +3,13 @@ gradient accumulation, validation loss with early stopping, and checkpoints a ru
 
 The loss of one optimizer step is sum(weight_t * CE_t) / (number of trained tokens in the step), over every
 batch the step accumulates: per-sample weights are real multipliers, and a step's size does not depend on how
-its tokens were split into batches. Logits are computed only at trained positions, which keeps the [N, vocab]
-tensor small when most of a conversation is context.
+its tokens were split into micro-batches. Logits are computed only at trained positions and only `loss_chunk_tokens`
+of them at a time (chunked_loss.py), and with activation checkpointing each decoder layer keeps only its input
+for backward, so a step's memory is bounded by its micro-batch, not by the vocabulary or the batch size.
+
+Metrics are the ones OpenAI reports: each step's training loss and mean token accuracy (trained positions whose
+argmax is the target); with validation data, the loss and accuracy of one validation batch every
+`valid_every` steps, and of the whole validation set at the end of each epoch (full_valid_*).
 
 Everything random is a function of the seed: the adapter's initialisation, the carve-out, each epoch's batch
 order (seed + epoch), and LoRA dropout (torch's global generator: `train` seeds it, checkpoints save it). A
@@ -22,12 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from ember.lora.adapter import LoraAdapter, save_peft_adapter
 from ember.lora.layers import TrainableLora, attach_trainable_lora
 from ember.models.loader import LoadedModel
-from ember.tuning.batching import PackedBatch, pack, plan_batches
+from ember.tuning.batching import PackedBatch, micro_batches, pack, plan_batches
+from ember.tuning.chunked_loss import TokenLoss, chunked_cross_entropy
 from ember.tuning.masking import TokenizedExample
 from ember.tuning.trainer_config import LoraSettings, TrainerConfig
 from ember.tuning.training_state import (
@@ -48,7 +54,11 @@ class TrainingMetrics:
     total_steps: int
     epoch: int  # 1-based epoch the step belongs to
     train_loss: float  # weighted mean cross-entropy of the step's trained tokens
-    valid_loss: float | None  # set on steps that ended with an evaluation
+    train_mean_token_accuracy: float  # share of the step's trained tokens the model predicted (argmax)
+    valid_loss: float | None  # of one validation batch, on steps that evaluated one
+    valid_mean_token_accuracy: float | None
+    full_valid_loss: float | None  # of the whole validation set, on steps that ended an epoch
+    full_valid_mean_token_accuracy: float | None
     learning_rate: float
     progress: float  # step / total_steps
     tokens_per_second: float  # input tokens of the step / its wall time
@@ -63,6 +73,7 @@ class TrainingResult:
     trained_tokens: int  # tokens that carried loss, over all steps
     processed_tokens: int  # input tokens of all steps
     final_train_loss: float | None
+    final_train_accuracy: float | None  # token accuracy over the last epoch
     best_valid_loss: float | None
     stopped_early: bool
 
@@ -90,11 +101,19 @@ def split_carve_out(
 
 
 @dataclass(frozen=True)
+class Evaluation:
+    loss: float  # weighted mean cross-entropy over the trained tokens
+    mean_token_accuracy: float
+
+
+@dataclass(frozen=True)
 class _Run:
     """What stays fixed during one call of `train`."""
 
     train: list[TokenizedExample]
     eval: list[TokenizedExample]
+    eval_batches: list[list[int]]  # the validation batches, taken in turn every `valid_every` steps
+    valid_every: int
     steps_per_epoch: int
     total_steps: int
     checkpoint_dir: Path | None
@@ -148,11 +167,17 @@ class LoraTrainer:
             train_examples, self.config.batch_tokens, self.config.seed, self.config.batch_examples
         )
         steps_per_epoch = math.ceil(len(plan) / self.config.grad_accumulation)
+        total_steps = self.config.epochs * steps_per_epoch
+        eval_batches = plan_batches(
+            eval_examples, self.config.batch_tokens, seed=0, max_batch_examples=self.config.batch_examples
+        )
         run = _Run(
             train_examples,
             eval_examples,
+            eval_batches,
+            self.config.eval_every_steps or max(1, total_steps // 20),
             steps_per_epoch,
-            self.config.epochs * steps_per_epoch,
+            total_steps,
             checkpoint_dir,
             callbacks,
         )
@@ -170,31 +195,50 @@ class LoraTrainer:
             trained_tokens=progress.trained_tokens,
             processed_tokens=progress.processed_tokens,
             final_train_loss=progress.last_train_loss,
+            final_train_accuracy=progress.last_epoch_accuracy,
             best_valid_loss=progress.best_valid_loss,
             stopped_early=progress.stopped_early,
         )
 
     @torch.no_grad()
-    def evaluate(self, examples: list[TokenizedExample]) -> float:
-        """Weighted mean cross-entropy over the trained tokens of `examples`, without dropout."""
+    def evaluate(self, examples: list[TokenizedExample], indices: list[int] | None = None) -> Evaluation:
+        """Loss and token accuracy over the trained tokens of `examples` (or of those at `indices`), no dropout."""
         self.lora.eval()
+        chosen = list(range(len(examples))) if indices is None else indices
         total = 0.0
-        count = 0
-        for indices in plan_batches(examples, self.config.batch_tokens, seed=0):
-            batch = pack([examples[i] for i in indices])
-            total += float(self.weighted_loss_sum(batch))
-            count += batch.num_trained_tokens
-        return total / max(count, 1)
+        correct = count = 0
+        for pack_indices in micro_batches(chosen, examples, self.config.batch_tokens):
+            terms = self.token_loss(pack([examples[i] for i in pack_indices]))
+            total += float(terms.weighted_sum)
+            correct += terms.correct
+            count += terms.count
+        return Evaluation(total / max(count, 1), correct / max(count, 1))
 
-    def weighted_loss_sum(self, batch: PackedBatch) -> torch.Tensor:
-        """sum(weight_t * cross-entropy_t) over the trained positions of one packed batch, with the adapter."""
-        hidden = self.network(
-            batch.input_ids, batch.positions, batch.attention(), None, lora=self.lora.context()
-        )  # [T, H]
+    def token_loss(self, batch: PackedBatch) -> TokenLoss:
+        """sum(weight_t * cross-entropy_t) and the argmax hits over the trained positions of one packed batch."""
+        hidden = self._hidden_states(batch)  # [T, H]
         trained = (batch.loss_weights > 0).nonzero().squeeze(1)  # [N]
-        logits = self.network.compute_logits(hidden[trained])  # [N, V]
-        losses = F.cross_entropy(logits, batch.target_ids[trained], reduction="none")  # [N]
-        return (losses * batch.loss_weights[trained]).sum()
+        return chunked_cross_entropy(
+            hidden[trained],
+            batch.target_ids[trained],
+            batch.loss_weights[trained],
+            self.network.compute_logits,
+            self.config.loss_chunk_tokens,
+        )
+
+    def _hidden_states(self, batch: PackedBatch) -> torch.Tensor:
+        """The network's final hidden states [T, H] with the adapter; under autograd with activation
+        checkpointing, each layer is recomputed in backward from its saved input instead of keeping its
+        intermediates (attention scores, the MLP's [T, intermediate] tensors) for the whole forward pass."""
+        network, lora, attention = self.network, self.lora.context(), batch.attention()
+        threshold = self.config.activation_checkpoint_min_tokens
+        if threshold is None or batch.num_tokens < threshold or not torch.is_grad_enabled():
+            return network(batch.input_ids, batch.positions, attention, None, lora=lora)
+        h = network.embed_tokens(batch.input_ids)  # [T, H]
+        cos, sin = network.rotary.cos_sin(batch.positions, h.dtype)  # [T, D] each
+        for i, layer in enumerate(network.layers):
+            h = checkpoint(layer, h, cos, sin, attention, None, lora.layer(i), use_reentrant=False)
+        return network.norm(h)
 
     def _run_epoch(self, run: _Run, progress: TrainingProgress) -> None:
         """The remaining steps of the current epoch (all of them unless resumed mid-epoch)."""
@@ -206,34 +250,53 @@ class LoraTrainer:
             if run.callbacks.should_stop is not None and run.callbacks.should_stop():
                 raise TrainingCancelled(f"stopped at step {progress.step}")
             first = progress.step_in_epoch * config.grad_accumulation
-            chosen = plan[first : first + config.grad_accumulation]
-            batches = [pack([run.train[i] for i in indices]) for indices in chosen]
+            chosen = [i for batch in plan[first : first + config.grad_accumulation] for i in batch]
+            batches = [
+                pack([run.train[i] for i in indices])
+                for indices in micro_batches(chosen, run.train, config.batch_tokens)
+            ]
             learning_rate = config.learning_rate_at(progress.step, run.total_steps)
             started = time.perf_counter()
-            train_loss = self._step(batches, learning_rate)
+            train = self._step(batches, learning_rate)
             elapsed = max(time.perf_counter() - started, 1e-9)
+            trained = sum(b.num_trained_tokens for b in batches)
             progress.step += 1
             progress.step_in_epoch += 1
-            progress.trained_tokens += sum(b.num_trained_tokens for b in batches)
+            progress.trained_tokens += trained
             progress.processed_tokens += sum(b.num_tokens for b in batches)
-            progress.last_train_loss = train_loss
+            progress.last_train_loss = train.loss
+            progress.last_train_accuracy = train.mean_token_accuracy
+            progress.epoch_correct += round(train.mean_token_accuracy * trained)
+            progress.epoch_trained += trained
             epoch_done = progress.step_in_epoch == run.steps_per_epoch
-            valid_loss = None
-            every = config.eval_every_steps
-            if run.eval and (epoch_done or (every is not None and progress.step % every == 0)):
-                valid_loss = self.evaluate(run.eval)
-                self._note_valid_loss(progress, valid_loss)
+            valid = full_valid = None
+            if run.eval_batches and progress.step % run.valid_every == 0:
+                turn = (progress.step // run.valid_every - 1) % len(run.eval_batches)
+                valid = self.evaluate(run.eval, run.eval_batches[turn])
+                progress.last_valid_loss = valid.loss
+                progress.last_valid_accuracy = valid.mean_token_accuracy
+            if run.eval and epoch_done:
+                full_valid = self.evaluate(run.eval)
+                self._note_full_valid(progress, full_valid)
             if epoch_done:
                 progress.epoch += 1
                 progress.step_in_epoch = 0
+                progress.last_epoch_accuracy = progress.epoch_correct / max(progress.epoch_trained, 1)
+                progress.epoch_correct = progress.epoch_trained = 0
             if run.callbacks.on_metrics is not None:
                 run.callbacks.on_metrics(
                     TrainingMetrics(
                         step=progress.step,
                         total_steps=run.total_steps,
                         epoch=progress.epoch if epoch_done else progress.epoch + 1,
-                        train_loss=train_loss,
-                        valid_loss=valid_loss,
+                        train_loss=train.loss,
+                        train_mean_token_accuracy=train.mean_token_accuracy,
+                        valid_loss=None if valid is None else valid.loss,
+                        valid_mean_token_accuracy=None if valid is None else valid.mean_token_accuracy,
+                        full_valid_loss=None if full_valid is None else full_valid.loss,
+                        full_valid_mean_token_accuracy=(
+                            None if full_valid is None else full_valid.mean_token_accuracy
+                        ),
                         learning_rate=learning_rate,
                         progress=progress.step / run.total_steps,
                         tokens_per_second=sum(b.num_tokens for b in batches) / elapsed,
@@ -253,26 +316,31 @@ class LoraTrainer:
             if epoch_done:
                 return
 
-    def _step(self, batches: list[PackedBatch], learning_rate: float) -> float:
-        """One optimizer step over the accumulated batches; returns the step's training loss."""
+    def _step(self, batches: list[PackedBatch], learning_rate: float) -> Evaluation:
+        """One optimizer step over the micro-batches of a step; returns the step's loss and token accuracy."""
         self.lora.train()
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate
         self.optimizer.zero_grad(set_to_none=True)
         trained = sum(b.num_trained_tokens for b in batches)
         loss_sum = 0.0
+        correct = 0
         for batch in batches:
-            loss = self.weighted_loss_sum(batch) / trained
+            terms = self.token_loss(batch)
+            loss = terms.weighted_sum / trained
             loss.backward()
             loss_sum += float(loss.detach())
+            correct += terms.correct
         if self.config.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(self.lora.parameters(), self.config.max_grad_norm)
         self.optimizer.step()
-        return loss_sum
+        return Evaluation(loss_sum, correct / max(trained, 1))
 
-    def _note_valid_loss(self, progress: TrainingProgress, valid_loss: float) -> None:
+    def _note_full_valid(self, progress: TrainingProgress, evaluation: Evaluation) -> None:
         """Record an evaluation; sets `stopped_early` once early stopping has seen enough evaluations fail."""
-        progress.last_valid_loss = valid_loss
+        valid_loss = evaluation.loss
+        progress.last_full_valid_loss = valid_loss
+        progress.last_full_valid_accuracy = evaluation.mean_token_accuracy
         if progress.best_valid_loss is None or valid_loss < progress.best_valid_loss:
             progress.best_valid_loss = valid_loss
             progress.evals_without_improvement = 0

@@ -6,6 +6,16 @@ import math
 from dataclasses import dataclass
 
 from ember.lora.targets import TARGET_MODULES, check_target_modules
+from ember.tuning.hyperparameters import (
+    ACTIVATION_CHECKPOINT_MIN_TOKENS,
+    BASE_LEARNING_RATE,
+    BATCH_TOKENS,
+    LORA_ALPHA_PER_RANK,
+    LORA_RANK,
+    LOSS_CHUNK_TOKENS,
+    MAX_CONTEXT_LENGTH,
+    TARGET_EPOCHS,
+)
 
 LR_SCHEDULES = ("cosine", "linear", "constant")
 
@@ -14,8 +24,8 @@ LR_SCHEDULES = ("cosine", "linear", "constant")
 class LoraSettings:
     """The trainable adapter: delta = (alpha / rank) * B @ A on each target projection of every layer."""
 
-    rank: int = 8
-    alpha: float = 16.0
+    rank: int = LORA_RANK
+    alpha: float = LORA_RANK * LORA_ALPHA_PER_RANK
     dropout: float = 0.0  # on the adapter's input, during training only
     target_modules: tuple[str, ...] = TARGET_MODULES
 
@@ -31,26 +41,32 @@ class LoraSettings:
 
 @dataclass(frozen=True)
 class TrainerConfig:
-    """The training loop. One optimizer step = `grad_accumulation` packed batches of <= `batch_tokens` tokens."""
+    """The training loop. One optimizer step takes `batch_examples` examples (OpenAI's batch_size), or without
+    it as many as fill `batch_tokens`, times `grad_accumulation`; the examples of a step are packed into
+    micro-batches of <= `batch_tokens` tokens, so memory does not grow with the batch size."""
 
-    epochs: int = 1
-    learning_rate: float = 1e-4
+    epochs: int = TARGET_EPOCHS
+    learning_rate: float = BASE_LEARNING_RATE
     warmup_steps: int = 0  # linear warmup from 0 to learning_rate
     lr_schedule: str = "cosine"  # decay after warmup, down to min_lr_ratio * learning_rate at the last step
     min_lr_ratio: float = 0.0
     weight_decay: float = 0.0
     max_grad_norm: float | None = 1.0  # None: no clipping
-    batch_tokens: int = 4096  # input tokens per packed batch
-    batch_examples: int | None = None  # also cap examples per batch (OpenAI's batch_size)
+    batch_tokens: int = BATCH_TOKENS  # input tokens per packed micro-batch
+    batch_examples: int | None = None  # examples per step (OpenAI's batch_size); None: fill batch_tokens
     grad_accumulation: int = 1
-    max_context_length: int = 2048  # longer examples are dropped (see batching.py)
+    max_context_length: int = MAX_CONTEXT_LENGTH  # longer examples are dropped (see batching.py)
     seed: int = 42
     eval_fraction: float = 0.1  # carved out of the training data when no evaluation dataset is given
     min_eval_carve_out_examples: int = 10  # below this many examples nothing is carved out
-    eval_every_steps: int | None = None  # None: evaluate at the end of each epoch only
+    eval_every_steps: int | None = None  # a validation batch every N steps; None: about 20 in a run
     early_stop: bool = False  # stop once the validation loss stops improving
     early_stop_patience: int = 1  # evaluations without improvement before stopping
     checkpoint_every_steps: int | None = None  # besides the checkpoint at the end of every epoch
+    loss_chunk_tokens: int = LOSS_CHUNK_TOKENS  # trained positions whose [n, vocab] logits exist at once
+    # micro-batches of at least this many tokens keep only each layer's input and recompute the layer in
+    # backward; None: never. Smaller ones keep everything: little memory, and recomputing costs ~30% of a step
+    activation_checkpoint_min_tokens: int | None = ACTIVATION_CHECKPOINT_MIN_TOKENS
 
     def __post_init__(self) -> None:
         positive = {
@@ -58,6 +74,7 @@ class TrainerConfig:
             "batch_tokens": self.batch_tokens,
             "grad_accumulation": self.grad_accumulation,
             "early_stop_patience": self.early_stop_patience,
+            "loss_chunk_tokens": self.loss_chunk_tokens,
         }
         for name, value in positive.items():
             if value < 1:

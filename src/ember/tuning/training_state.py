@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -35,8 +36,15 @@ class TrainingProgress:
     trained_tokens: int = 0  # tokens that carried loss
     processed_tokens: int = 0  # input tokens
     last_train_loss: float | None = None
-    last_valid_loss: float | None = None
-    best_valid_loss: float | None = None
+    last_train_accuracy: float | None = None  # mean token accuracy of the last step
+    last_valid_loss: float | None = None  # of the last validation batch
+    last_valid_accuracy: float | None = None
+    last_full_valid_loss: float | None = None  # of the last evaluation of the whole validation set
+    last_full_valid_accuracy: float | None = None
+    best_valid_loss: float | None = None  # best full validation loss (early stopping)
+    epoch_correct: int = 0  # trained tokens predicted right in the current epoch so far
+    epoch_trained: int = 0
+    last_epoch_accuracy: float | None = None  # token accuracy over the last completed epoch
     evals_without_improvement: int = 0
     stopped_early: bool = False
 
@@ -49,6 +57,7 @@ class CheckpointInfo:
     train_loss: float | None
     valid_loss: float | None
     created_at: float
+    metrics: dict[str, Any] = field(default_factory=dict)  # OpenAI's checkpoint metrics at this step
 
 
 def save_checkpoint(
@@ -70,13 +79,36 @@ def save_checkpoint(
     }
     torch.save(state, partial / STATE_FILE)
     info = CheckpointInfo(
-        final, progress.step, progress.epoch, progress.last_train_loss, progress.last_valid_loss, time.time()
+        final,
+        progress.step,
+        progress.epoch,
+        progress.last_train_loss,
+        progress.last_full_valid_loss,
+        time.time(),
+        checkpoint_metrics(progress),
     )
     record = {k: v for k, v in asdict(info).items() if k != "path"}
     (partial / INFO_FILE).write_text(json.dumps(record), encoding="utf-8")
     shutil.rmtree(final, ignore_errors=True)
     partial.rename(final)
     return info
+
+
+def checkpoint_metrics(progress: TrainingProgress) -> dict[str, Any]:
+    """The metrics OpenAI lists on a checkpoint; validation ones only when there is validation data."""
+    metrics: dict[str, Any] = {
+        "step": progress.step,
+        "train_loss": progress.last_train_loss,
+        "train_mean_token_accuracy": progress.last_train_accuracy,
+    }
+    validation = {
+        "valid_loss": progress.last_valid_loss,
+        "valid_mean_token_accuracy": progress.last_valid_accuracy,
+        "full_valid_loss": progress.last_full_valid_loss,
+        "full_valid_mean_token_accuracy": progress.last_full_valid_accuracy,
+    }
+    metrics.update({name: value for name, value in validation.items() if value is not None})
+    return metrics
 
 
 def restore_checkpoint(

@@ -8,8 +8,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
+from ember.server.admin.protocol import AdapterLoad
 from ember.server.common.errors import APIError
-from ember.server.common.protocol import read_json_object
+from ember.server.common.openapi import json_body
+from ember.server.common.protocol import read_json_object, validate_body
 from ember.server.common.services import services_of
 from ember.server.common.tenancy import tenant_of
 
@@ -38,8 +40,10 @@ router = APIRouter()
 
 
 @router.post("/adapters")
+@json_body(AdapterLoad)
 async def load_adapter(request: Request) -> Response:
     body = await read_json_object(request)
+    validate_body(AdapterLoad, body)
     for field in ("name", "path"):
         if not isinstance(body.get(field), str) or not body[field]:
             raise APIError(400, f"{field} is required and must be a non-empty string", param=field)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, WithJsonSchema, field_validator, model_validator
 
-from ember.server.common.protocol import APIModel
+from ember.server.common.protocol import APIModel, NonZeroProbability, Temperature
+from ember.server.common.schema_docs import ANTHROPIC_THINKING, ANTHROPIC_TOOL_CHOICE, ANTHROPIC_TOOLS
 
 _USER_BLOCKS = ("text", "tool_result")
 _ASSISTANT_BLOCKS = ("text", "tool_use", "thinking", "redacted_thinking")
@@ -22,6 +23,8 @@ def _text_of_blocks(blocks: str | list[dict[str, Any]]) -> str:
 def _check_text_blocks(blocks: str | list[dict[str, Any]] | None) -> str | list[dict[str, Any]] | None:
     if isinstance(blocks, list):
         for block in blocks:
+            if not isinstance(block, dict):
+                raise ValueError(f"a content block must be an object, got {type(block).__name__}")
             if block.get("type") != "text":
                 raise ValueError(
                     f"only text content blocks are supported here, got type {block.get('type')!r}"
@@ -48,8 +51,15 @@ def _check_block(block: dict[str, Any], allowed: tuple[str, ...]) -> None:
         raise ValueError(f"a {kind} content block needs a string field {required[0]!r}")
     if kind == "tool_use" and not isinstance(block.get("input", {}), dict):
         raise ValueError("a tool_use content block's input must be an object")
+    if kind == "tool_use" and not isinstance(block.get("id", ""), str):
+        raise ValueError("a tool_use content block's id must be a string")
     if kind == "tool_result":
-        _check_text_blocks(block.get("content") if isinstance(block.get("content"), list) else None)
+        content = block.get("content")
+        if content is not None and not isinstance(content, str | list):
+            raise ValueError(
+                "a tool_result content block's content must be a string or a list of text blocks"
+            )
+        _check_text_blocks(content if isinstance(content, list) else None)
 
 
 class AnthropicMessage(APIModel):
@@ -106,9 +116,9 @@ class CountTokensRequest(APIModel):
     model: str | None = None
     messages: Annotated[list[AnthropicMessage], Field(min_length=1)]
     system: str | list[dict[str, Any]] | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: dict[str, Any] | None = None
-    thinking: dict[str, Any] | None = None
+    tools: Annotated[list[dict[str, Any]] | None, WithJsonSchema(ANTHROPIC_TOOLS)] = None
+    tool_choice: Annotated[dict[str, Any] | None, WithJsonSchema(ANTHROPIC_TOOL_CHOICE)] = None
+    thinking: Annotated[dict[str, Any] | None, WithJsonSchema(ANTHROPIC_THINKING)] = None
 
     @field_validator("system")
     @classmethod
@@ -162,8 +172,8 @@ class CountTokensRequest(APIModel):
 class MessagesRequest(CountTokensRequest):
     max_tokens: Annotated[int, Field(ge=1)]
     stop_sequences: list[str] | None = None
-    temperature: Annotated[float, Field(ge=0.0)] | None = None
-    top_p: float | None = None
+    temperature: Temperature | None = None
+    top_p: NonZeroProbability | None = None
     top_k: Annotated[int, Field(ge=-1)] | None = None
     stream: bool | None = None
     metadata: dict[str, Any] | None = None

@@ -4,21 +4,40 @@ JSON body into a model, with OpenAI-style 400s that name the bad parameter."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Callable
 from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import Request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator
 
+from ember.engine.sampling_params import (
+    MAX_ABS_LOGIT_BIAS,
+    MAX_ABS_PENALTY,
+    MAX_REPETITION_PENALTY,
+    MAX_TEMPERATURE,
+    MIN_REPETITION_PENALTY,
+)
 from ember.server.common.errors import invalid_request
+from ember.server.common.json_depth import check_body_depth, too_deep
+from ember.server.common.schema_docs import RESPONSE_FORMAT
 
 # Every optional field accepts null; unknown fields are ignored, as OpenAI-compatible servers do.
 NonNegativeInt = Annotated[int, Field(ge=0)]
 SeedInt = Annotated[int, Field(ge=-(2**63), le=2**64 - 1)]
+Temperature = Annotated[float, Field(ge=0.0, le=MAX_TEMPERATURE)]
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+NonZeroProbability = Annotated[float, Field(gt=0.0, le=1.0)]
+Penalty = Annotated[float, Field(ge=-MAX_ABS_PENALTY, le=MAX_ABS_PENALTY)]
+RepetitionPenalty = Annotated[float, Field(ge=MIN_REPETITION_PENALTY, le=MAX_REPETITION_PENALTY)]
+LogitBias = Annotated[float, Field(ge=-MAX_ABS_LOGIT_BIAS, le=MAX_ABS_LOGIT_BIAS)]
+OFF_LOOP_PARSE_BYTES = 64 * 1024  # bodies above this are parsed and validated in a worker thread
 
 
 class APIModel(BaseModel):
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    # NaN and infinity are never a valid value of any field: a number that overflows a float (1e400) too.
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, allow_inf_nan=False)
 
 
 class StreamOptions(APIModel):
@@ -32,15 +51,15 @@ class SamplingRequest(APIModel):
     n: Annotated[int, Field(ge=1)] | None = None
     max_tokens: Annotated[int, Field(ge=1)] | None = None
     min_tokens: NonNegativeInt | None = None
-    temperature: float | None = None
-    top_p: float | None = None
+    temperature: Temperature | None = None
+    top_p: NonZeroProbability | None = None
     top_k: Annotated[int, Field(ge=-1)] | None = None
-    min_p: float | None = None
-    typical_p: float | None = None
-    repetition_penalty: float | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    logit_bias: dict[str, float] | None = None
+    min_p: Probability | None = None
+    typical_p: NonZeroProbability | None = None
+    repetition_penalty: RepetitionPenalty | None = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    logit_bias: dict[str, LogitBias] | None = None
     seed: SeedInt | None = None
     stop: str | list[str] | None = None
     stop_token_ids: list[NonNegativeInt] | None = None
@@ -54,7 +73,7 @@ class SamplingRequest(APIModel):
     skip_special_tokens: bool | None = None
     # {"type": "text" | "json_object" | "json_schema" | "grammar" | "regex" | "choice", ...}: checked by
     # ember.structured.spec_from_response_format, so it stays an untyped object here.
-    response_format: Any = None
+    response_format: Annotated[Any, WithJsonSchema(RESPONSE_FORMAT)] = None
 
     @field_validator("stop")
     @classmethod
@@ -90,6 +109,11 @@ class SamplingRequest(APIModel):
 # -- reading a request body into a model ------------------------------------------------------------------
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
+T = TypeVar("T")
+
+
+# Names pydantic gives the members of a union in an error's location; they are not parameters.
+_UNION_MEMBER_NAMES = frozenset({"int", "float", "str", "bool", "bytes", "none", "list", "dict"})
 
 
 def param_path(loc: tuple[int | str, ...]) -> str:
@@ -98,47 +122,78 @@ def param_path(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             path += f"[{part}]"
+        elif "[" in part or part in _UNION_MEMBER_NAMES or part.startswith(("function-", "json-")):
+            continue  # a union member's tag: `list[int]`, `literal['auto']`, `function-after[...]`, `str`
         elif not path:
             path = part
-        elif not part.startswith(("function-", "json-", "list[", "str", "int", "bool", "float", "dict[")):
-            # pydantic adds union-member tags (`list[int]`, `str`) to the location; they are not parameters.
+        else:
             path += f".{part}"
     return path
 
 
 def validation_error(error: ValidationError) -> Exception:
-    first = error.errors()[0]
-    param = param_path(tuple(first["loc"]))
-    message = first["msg"]
-    if first["type"] == "missing":
-        message = "is required"
+    """The first invalid parameter as a 400; a value that fits no member of a union lists why for each."""
+    errors = error.errors()
+    param = param_path(tuple(errors[0]["loc"]))
+    messages: list[str] = []
+    for detail in errors:
+        message = "is required" if detail["type"] == "missing" else detail["msg"]
+        if param_path(tuple(detail["loc"])) == param and message not in messages:
+            messages.append(message)
+    message = ", or ".join(messages)
     return invalid_request(f"{param}: {message}" if param else message, param=param or None)
 
 
+def _reject_constant(name: str) -> float:
+    # Python's json reads NaN, Infinity and -Infinity, which JSON does not have.
+    raise ValueError(f"{name} is not a JSON value")
+
+
 def parse_json(raw: bytes) -> object:
+    """The body's JSON value; a 400 naming the problem when it is not JSON."""
     if not raw.strip():
         raise invalid_request("the request body is empty; send a JSON object")
     try:
-        return json.loads(raw.decode("utf-8"))
+        return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
     except UnicodeDecodeError as error:
         raise invalid_request(f"the request body is not valid UTF-8 (byte {error.start})") from None
     except json.JSONDecodeError as error:
         raise invalid_request(
             f"the request body is not valid JSON: {error.msg} at line {error.lineno} column {error.colno}"
         ) from None
+    except ValueError as error:
+        raise invalid_request(f"the request body is not valid JSON: {error}") from None
+    except RecursionError:
+        raise too_deep() from None
+
+
+def json_object(payload: object) -> dict[str, Any]:
+    """`payload` if it is a JSON object nested no deeper than MAX_BODY_DEPTH, else a 400."""
+    if not isinstance(payload, dict):
+        raise invalid_request(f"the request body must be a JSON object, got {type(payload).__name__}")
+    check_body_depth(payload)
+    return payload
 
 
 def validate_body(model: type[ModelT], payload: object) -> ModelT:
-    if not isinstance(payload, dict):
-        raise invalid_request(f"the request body must be a JSON object, got {type(payload).__name__}")
+    """`payload` as `model`; its depth is checked before pydantic (or anything recursive) walks it."""
     try:
-        return model.model_validate(payload)
+        return model.model_validate(json_object(payload))
     except ValidationError as error:
         raise validation_error(error) from None
 
 
+async def _off_loop_if_big(raw: bytes, read: Callable[[bytes], T]) -> T:
+    # Parsing and validating a few MiB holds the event loop for tens of milliseconds, and every stream's next
+    # token waits behind it: big bodies are read in a worker thread.
+    if len(raw) > OFF_LOOP_PARSE_BYTES:
+        return await asyncio.to_thread(read, raw)
+    return read(raw)
+
+
 async def read_body(request: Request, model: type[ModelT]) -> ModelT:
-    return validate_body(model, parse_json(await request.body()))
+    """The request's JSON body as `model`; a 400 naming the bad parameter otherwise."""
+    return await _off_loop_if_big(await request.body(), lambda raw: validate_body(model, parse_json(raw)))
 
 
 async def read_json_object(request: Request, allow_empty: bool = False) -> dict[str, Any]:
@@ -146,7 +201,4 @@ async def read_json_object(request: Request, allow_empty: bool = False) -> dict[
     raw = await request.body()
     if allow_empty and not raw.strip():
         return {}
-    payload = parse_json(raw)
-    if not isinstance(payload, dict):
-        raise invalid_request(f"the request body must be a JSON object, got {type(payload).__name__}")
-    return payload
+    return await _off_loop_if_big(raw, lambda raw: json_object(parse_json(raw)))

@@ -8,14 +8,23 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from ember.server.common.protocol import read_json_object
+from ember.server.common.openapi import json_body, multipart_body
+from ember.server.common.protocol import read_json_object, validate_body
 from ember.server.common.services import services_of
 from ember.server.common.tenancy import tenant_of
+from ember.server.fine_tuning.protocol import (
+    DatasetCreate,
+    DatasetUpload,
+    FileUpload,
+    FineTuningJobCreate,
+    SupervisedFineTuningJobCreate,
+)
 
 router = APIRouter()
 
 
 @router.post("/files")
+@multipart_body(FileUpload)
 async def create_file(request: Request) -> Response:
     return await services_of(request).require_files().create_file(request, tenant_of(request))
 
@@ -45,12 +54,15 @@ async def delete_file(file_id: str, request: Request) -> Response:
 
 
 @router.post("/accounts/{account}/datasets")
+@json_body(DatasetCreate)
 async def create_dataset(account: str, request: Request) -> Response:
     body = await read_json_object(request)
+    validate_body(DatasetCreate, body)  # JSON types; the values are checked by the storage
     return JSONResponse(services_of(request).require_files().create_dataset(account, body))
 
 
 @router.post("/accounts/{account}/datasets/{dataset_id}:upload")
+@multipart_body(DatasetUpload)
 async def upload_dataset(account: str, dataset_id: str, request: Request) -> Response:
     return await services_of(request).require_files().upload_dataset(account, dataset_id, request)
 
@@ -71,8 +83,10 @@ async def delete_dataset(account: str, dataset_id: str, request: Request) -> Res
 
 
 @router.post("/fine_tuning/jobs")
+@json_body(FineTuningJobCreate)
 async def create_job(request: Request) -> Response:
     body = await read_json_object(request)
+    validate_body(FineTuningJobCreate, body)  # JSON types; the values are checked by the job service
     return JSONResponse(services_of(request).require_jobs().create(body, tenant_of(request)))
 
 
@@ -111,12 +125,16 @@ async def resume_fireworks_job(account: str, job_id: str, request: Request) -> R
 
 
 @router.post("/accounts/{account}/supervisedFineTuningJobs")
+@json_body(SupervisedFineTuningJobCreate)
 async def create_fireworks_job(
     account: str,
     request: Request,
     supervisedFineTuningJobId: str | None = None,  # noqa: N803 - Fireworks' name
 ) -> Response:
     body = await read_json_object(request)
+    validate_body(
+        SupervisedFineTuningJobCreate, body
+    )  # JSON types; the values are checked by the job service
     jobs = services_of(request).require_jobs()
     return JSONResponse(jobs.fireworks_create(account, body, supervisedFineTuningJobId, tenant_of(request)))
 
@@ -128,14 +146,23 @@ async def list_fireworks_jobs(
     pageSize: int = 50,  # noqa: N803 - Fireworks' query parameter names
     pageToken: str | None = None,  # noqa: N803
 ) -> Response:
-    return JSONResponse(
-        services_of(request).require_jobs().fireworks_list(pageSize, pageToken, tenant_of(request))
-    )
+    jobs_url = str(request.url_for("list_fireworks_jobs", account=account))
+    jobs = services_of(request).require_jobs()
+    return JSONResponse(jobs.fireworks_list(pageSize, pageToken, jobs_url, tenant_of(request)))
 
 
 @router.get("/accounts/{account}/supervisedFineTuningJobs/{job_id}")
 async def get_fireworks_job(account: str, job_id: str, request: Request) -> Response:
-    return JSONResponse(services_of(request).require_jobs().fireworks_get(job_id, tenant_of(request)))
+    jobs_url = str(request.url_for("list_fireworks_jobs", account=account))
+    jobs = services_of(request).require_jobs()
+    return JSONResponse(jobs.fireworks_get(job_id, jobs_url, tenant_of(request)))
+
+
+@router.get("/accounts/{account}/supervisedFineTuningJobs/{job_id}/metrics")
+async def fireworks_job_metrics(account: str, job_id: str, request: Request) -> Response:
+    """The file `metricsFileSignedUrl` points at: JSON lines, one per training step."""
+    text = services_of(request).require_jobs().fireworks_metrics(job_id, tenant_of(request))
+    return Response(text, media_type="application/jsonl")
 
 
 @router.delete("/accounts/{account}/supervisedFineTuningJobs/{job_id}")

@@ -10,6 +10,7 @@ adapters of every job that succeeded earlier are registered again, so a restart 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -128,15 +129,16 @@ class FineTuningRuntime:
         """Stops the runner and its worker; a running job stays `running` and resumes at the next start."""
         await asyncio.to_thread(self.service.stop)
 
-    async def serve_job_adapter(self, job: JobRecord) -> None:
+    async def serve_job_adapter(self, job: JobRecord, *, strict: bool = False) -> None:
+        """Serve a job's adapter. At start-up (not strict) a broken adapter is logged and skipped, so one bad
+        adapter does not keep the server or the others down; for a job about to succeed (strict) it raises."""
         names = job_adapter_names(job)
         if self.adapters.models.adapter(names.lora_id, any_owner=True) is not None:
             return
         path = self.service.adapter_path(job)
-        if not path.is_dir():
-            logger.warning("job %s succeeded but its adapter %s is missing; not serving it", job.id, path)
-            return
         try:
+            if not path.is_dir():
+                raise FileNotFoundError(f"the adapter folder {path} is missing")
             await self.adapters.load(
                 names.lora_id,
                 str(path),
@@ -144,20 +146,20 @@ class FineTuningRuntime:
                 check_base_model=False,
                 owner=job.owner or self.account,  # a fine-tuned model is its owner's (and the admins')
             )
-        except Exception:  # one bad adapter must not keep the server (or the other adapters) down
+        except Exception:
+            if strict:
+                raise
             logger.exception("cannot serve the adapter of job %s", job.id)
             return
         logger.info("serving the adapter of job %s as %s", job.id, ", ".join(names.aliases))
 
     def _job_succeeded(self, job: JobRecord) -> None:
-        # Called on the job runner's thread: the registration runs on the server's event loop.
+        # Called on the job runner's thread before the job turns succeeded: the registration runs on the
+        # server's event loop, and an exception fails the job rather than leave a succeeded job uncallable.
         if self._loop is None or self._loop.is_closed():
-            return
-        future = asyncio.run_coroutine_threadsafe(self.serve_job_adapter(job), self._loop)
-        try:
-            future.result(timeout=120)
-        except Exception:
-            logger.exception("registering the adapter of job %s failed", job.id)
+            raise RuntimeError("the server is shutting down")
+        future = asyncio.run_coroutine_threadsafe(self.serve_job_adapter(job, strict=True), self._loop)
+        future.result(timeout=120)
 
 
 class JobsServing:
@@ -238,20 +240,28 @@ class JobsServing:
 
         return fireworks_job(self._call(create))
 
-    def fireworks_list(self, page_size: int, page_token: str | None, tenant: Tenant) -> dict[str, Any]:
+    def fireworks_list(
+        self, page_size: int, page_token: str | None, jobs_url: str, tenant: Tenant
+    ) -> dict[str, Any]:
         """Every job the caller sees, whichever API created it."""
         _check_limit(page_size, "pageSize")
         page = self._call(
             lambda: self.service.list_jobs(after=page_token or None, limit=page_size, scope=tenant.scope),
             "pageToken",
         )
-        jobs = [fireworks_job(job, self.service.progress(job.id)) for job in page.data]
+        jobs = [fireworks_job(job, self.service.latest_metrics(job.id), jobs_url) for job in page.data]
         next_token = page.data[-1].id if page.has_more and page.data else ""
         return {"supervisedFineTuningJobs": jobs, "nextPageToken": next_token, "totalSize": len(jobs)}
 
-    def fireworks_get(self, job_id: str, tenant: Tenant) -> dict[str, Any]:
+    def fireworks_get(self, job_id: str, jobs_url: str, tenant: Tenant) -> dict[str, Any]:
         job = self._visible_job(job_id, tenant)
-        return fireworks_job(job, self.service.progress(job_id))
+        return fireworks_job(job, self.service.latest_metrics(job_id), jobs_url)
+
+    def fireworks_metrics(self, job_id: str, tenant: Tenant) -> str:
+        """The job's metrics file: one JSON object per training step (loss, token accuracy, validation)."""
+        self._visible_job(job_id, tenant)
+        rows = self._call(lambda: self.service.metrics_history(job_id))
+        return "".join(json.dumps(row) + "\n" for row in rows)
 
     def fireworks_delete(self, job_id: str, tenant: Tenant) -> dict[str, Any]:
         self._visible_job(job_id, tenant)
@@ -261,7 +271,7 @@ class JobsServing:
     def fireworks_resume(self, job_id: str, tenant: Tenant) -> dict[str, Any]:
         self._visible_job(job_id, tenant)
         job = self._call(lambda: self.service.resume_job(job_id), conflict_status=400)
-        return fireworks_job(job, self.service.progress(job_id))
+        return fireworks_job(job, self.service.latest_metrics(job_id))
 
     def _visible_job(self, job_id: str, tenant: Tenant) -> JobRecord:
         """The job, or the same 404 as for a missing one when it is another account's."""

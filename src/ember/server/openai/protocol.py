@@ -5,16 +5,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, WithJsonSchema, field_validator, model_validator
 
+from ember.engine.sampling_params import MAX_LOGPROBS
 from ember.server.common.protocol import APIModel, NonNegativeInt, SamplingRequest
+from ember.server.common.schema_docs import CHAT_CONTENT, OPENAI_TOOL_CHOICE, OPENAI_TOOLS
 
 CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
 
 
 class ChatMessage(APIModel):
-    role: str
-    content: str | list[dict[str, Any]] | None = None
+    role: Annotated[str, WithJsonSchema({"enum": list(CHAT_ROLES)})]  # checked below, naming the roles
+    content: Annotated[str | list[dict[str, Any]] | None, WithJsonSchema(CHAT_CONTENT)] = None
     name: str | None = None
     tool_call_id: str | None = None
     tool_calls: list[Any] | None = None
@@ -69,13 +71,13 @@ class ChatMessage(APIModel):
 class ChatCompletionRequest(SamplingRequest):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
-    logprobs: bool | Annotated[int, Field(ge=0, le=20)] | None = None
-    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    logprobs: bool | Annotated[int, Field(ge=0, le=MAX_LOGPROBS)] | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=MAX_LOGPROBS)] | None = None
     add_generation_prompt: bool | None = None
     chat_template_kwargs: dict[str, Any] | None = None
     # Checked by ember.structured.parse_tools / forced_tools and ember.chat.reasoning.template_switches.
-    tools: list[Any] | None = None
-    tool_choice: Any = None
+    tools: Annotated[list[Any] | None, WithJsonSchema(OPENAI_TOOLS)] = None
+    tool_choice: Annotated[Any, WithJsonSchema(OPENAI_TOOL_CHOICE)] = None
     parallel_tool_calls: bool | None = None
     reasoning_effort: str | bool | None = None
     # The deprecated single-function API: clients are told to send tools instead.
@@ -103,7 +105,7 @@ class CompletionRequest(SamplingRequest):
     best_of: Annotated[int, Field(ge=1)] | None = None
     echo: bool | None = None
     echo_last: NonNegativeInt | None = None
-    logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    logprobs: Annotated[int, Field(ge=0, le=MAX_LOGPROBS)] | None = None
     suffix: str | None = None
     return_token_ids: bool | None = None
 

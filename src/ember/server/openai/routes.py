@@ -6,6 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from ember.server.common.openapi import json_body
 from ember.server.common.protocol import read_body
 from ember.server.common.services import services_of
 from ember.server.openai.protocol import (
@@ -20,30 +21,35 @@ router = APIRouter()
 
 
 @router.post("/completions")
+@json_body(CompletionRequest)
 async def create_completion(request: Request) -> Response:
     body = await read_body(request, CompletionRequest)
     return await services_of(request).completions.create(body, request)
 
 
 @router.post("/chat/completions")
+@json_body(ChatCompletionRequest)
 async def create_chat_completion(request: Request) -> Response:
     body = await read_body(request, ChatCompletionRequest)
     return await services_of(request).chat.create(body, request)
 
 
 @router.post("/embeddings")
+@json_body(EmbeddingRequest)
 async def create_embeddings(request: Request) -> Response:
     body = await read_body(request, EmbeddingRequest)
     return JSONResponse(await services_of(request).embeddings.create(body, request))
 
 
 @router.post("/tokenize")
+@json_body(TokenizeRequest)
 async def tokenize(request: Request) -> Response:
     body = await read_body(request, TokenizeRequest)
     return await services_of(request).tokenize.tokenize(body)
 
 
 @router.post("/detokenize")
+@json_body(DetokenizeRequest)
 async def detokenize(request: Request) -> Response:
     body = await read_body(request, DetokenizeRequest)
     return await services_of(request).tokenize.detokenize(body)

@@ -1,0 +1,69 @@
+"""Cross-entropy over the vocabulary without the [N, vocab] logits of a whole batch.
+
+A 2048-token row of a 49k-vocabulary model has 400 MB of fp32 logits, and their softmax gradient as much
+again; a packed batch of several rows multiplies that. Here the trained positions are taken `chunk` at a time:
+each chunk's logits are computed, reduced to its weighted loss and its correct-prediction count, and dropped;
+backward recomputes them one chunk at a time (activation checkpointing of the output layer), so at most one
+chunk's logits exist at any moment. Values and gradients equal the full-logits loss (tested).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+
+@dataclass(frozen=True)
+class TokenLoss:
+    """What one batch's trained positions give: sum(weight * cross-entropy) and how many the model predicts."""
+
+    weighted_sum: torch.Tensor  # [] fp32, differentiable
+    correct: int  # positions whose argmax is the target
+    count: int  # trained positions
+
+
+def chunked_cross_entropy(
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    weights: torch.Tensor,
+    compute_logits: Callable[[torch.Tensor], torch.Tensor],
+    chunk: int,
+) -> TokenLoss:
+    """hidden [N, H] at trained positions, targets [N], weights [N] -> TokenLoss; at most `chunk` rows of logits
+    at a time (also in backward, when autograd is on)."""
+    if chunk < 1:
+        raise ValueError(f"chunk must be at least 1, got {chunk}")
+    total = hidden.new_zeros((), dtype=torch.float32)
+    correct = 0
+    for start in range(0, hidden.shape[0], chunk):
+        piece = slice(start, start + chunk)
+        if torch.is_grad_enabled() and hidden.requires_grad:
+            loss, hits = checkpoint(
+                _chunk_loss,
+                hidden[piece],
+                targets[piece],
+                weights[piece],
+                compute_logits,
+                use_reentrant=False,
+            )
+        else:
+            loss, hits = _chunk_loss(hidden[piece], targets[piece], weights[piece], compute_logits)
+        total = total + loss
+        correct += int(hits)
+    return TokenLoss(total, correct, int(hidden.shape[0]))
+
+
+def _chunk_loss(
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    weights: torch.Tensor,
+    compute_logits: Callable[[torch.Tensor], torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    logits = compute_logits(hidden)  # [n, V] fp32
+    losses = F.cross_entropy(logits, targets, reduction="none")  # [n]
+    hits = (logits.detach().argmax(dim=-1) == targets).sum()  # [] int64, no gradient
+    return (losses * weights).sum(), hits
