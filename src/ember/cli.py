@@ -7,6 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
+from ember.engine.speculation.config import PROMPT_LOOKUP_MODES, SpeculationConfig
 from ember.keys_command import add_keys_subparser, run_keys
 from ember.serve_access import add_access_args
 from ember.tuning.cli_tune import add_tune_subparser, run_tune
@@ -32,6 +33,35 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--threads", type=int, default=0, help="compute threads (default: the idle cores)")
+
+
+def _add_speculation_args(serve: argparse.ArgumentParser) -> None:
+    """Speculative decoding without a draft model (engine/speculation); requests may override each value."""
+    defaults = SpeculationConfig()
+    serve.add_argument(
+        "--prompt-lookup",
+        choices=PROMPT_LOOKUP_MODES,
+        default=defaults.prompt_lookup,
+        help="n-gram prompt lookup drafts: off, on, or auto (on, pausing for sequences whose drafts keep failing)",
+    )
+    serve.add_argument(
+        "--num-speculative-tokens",
+        type=int,
+        default=defaults.num_speculative_tokens,
+        help="most tokens drafted per sequence and step (prediction and prompt lookup)",
+    )
+    serve.add_argument(
+        "--prompt-lookup-min", type=int, default=defaults.prompt_lookup_min, help="shortest n-gram looked up"
+    )
+    serve.add_argument(
+        "--prompt-lookup-max", type=int, default=defaults.prompt_lookup_max, help="longest n-gram looked up"
+    )
+    serve.add_argument(
+        "--speculation-max-batch",
+        type=int,
+        default=defaults.max_batch,
+        help="no drafting in steps with more decoding sequences than this (0: never draft)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--block-size", type=int, default=16, help="tokens per KV block")
     serve.add_argument("--no-prefix-caching", action="store_true", help="disable automatic prefix caching")
     serve.add_argument(
+        "--no-generic-tools",
+        action="store_true",
+        help="refuse tools (400) when the chat template has no tool support, instead of ember's generic "
+        "tool format (a request's generic_tools field overrides this)",
+    )
+    serve.add_argument(
         "--lora",
         action="append",
         default=[],
@@ -72,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--max-loras", type=int, default=8, help="adapters kept in memory; more are reloaded on demand (LRU)"
     )
+    _add_speculation_args(serve)
     serve.add_argument(
         "--data-dir",
         type=Path,
@@ -85,6 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--max-upload-mib", type=int, default=512, help="largest training-data upload accepted (MiB)"
+    )
+    serve.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="on SIGTERM/SIGINT, how long requests in flight may finish before they are ended with an error "
+        "(default: 30; a second signal ends them at once)",
     )
 
     bench = sub.add_parser("bench", help="benchmark the engine against installed peers and print a table")

@@ -1,4 +1,5 @@
-"""`ember serve`: load the model, start the engine thread, run the HTTP server until SIGTERM/SIGINT."""
+"""`ember serve`: load the model, start the engine thread, run the HTTP server until SIGTERM/SIGINT (then drain:
+serve_shutdown.py)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ import sys
 
 from ember.engine.engine_config import CacheConfig, SchedulerConfig
 from ember.engine.llm_engine import EngineConfig
+from ember.engine.speculation.config import SpeculationConfig
 from ember.lora.config import LoraConfig
 from ember.models.errors import ModelLoadError
 from ember.models.loader import LoadConfig, load_model
 from ember.serve_access import AccessConfigError, access_from_args
+from ember.serve_shutdown import DrainConfig, DrainingServer
 from ember.server.common.config import FineTuningConfig
 from ember.threads import configure_torch_threads, release_openmp_team
 
@@ -58,6 +61,11 @@ def serve_from_args(args: argparse.Namespace) -> int:
         return 1
     for warning in access.warnings:
         logger.warning("%s", warning)
+    try:
+        drain = DrainConfig(timeout_s=args.drain_timeout)
+    except ValueError as error:
+        print(f"ember serve: {error}", file=sys.stderr)
+        return 2
     threads = configure_torch_threads(args.threads)
     try:
         loaded = load_model(
@@ -65,6 +73,17 @@ def serve_from_args(args: argparse.Namespace) -> int:
         )
     except ModelLoadError as error:  # the user's file, not our bug: one line, no traceback
         print(f"ember serve: cannot load the model: {error}", file=sys.stderr)
+        return 1
+    try:
+        speculation = SpeculationConfig(
+            prompt_lookup=args.prompt_lookup,
+            num_speculative_tokens=args.num_speculative_tokens,
+            prompt_lookup_min=args.prompt_lookup_min,
+            prompt_lookup_max=args.prompt_lookup_max,
+            max_batch=args.speculation_max_batch,
+        )
+    except ValueError as error:
+        print(f"ember serve: {error}", file=sys.stderr)
         return 1
     engine_cfg = EngineConfig(
         cache=CacheConfig(block_size=args.block_size, enable_prefix_caching=not args.no_prefix_caching),
@@ -78,6 +97,7 @@ def serve_from_args(args: argparse.Namespace) -> int:
         lora=LoraConfig(max_loaded=args.max_loras, adapters=lora_adapters_from(args.lora)),
         # --threads pins the count; by default it follows the cores other processes leave free.
         adapt_threads=0 if args.threads else len(os.sched_getaffinity(0)),
+        speculation=speculation,
     )
     engine = AsyncEngine.from_loaded(loaded, engine_cfg)
     server_cfg = ServerConfig(
@@ -88,6 +108,7 @@ def serve_from_args(args: argparse.Namespace) -> int:
         allowed_hosts=access.allowed_hosts,
         adapter_dirs=access.adapter_dirs,
         max_embedding_tokens=args.max_embedding_tokens,
+        generic_tools=not args.no_generic_tools,
     )
     kv_tokens = engine.engine.num_blocks * engine.engine.block_size
     logger.info(
@@ -116,5 +137,15 @@ def serve_from_args(args: argparse.Namespace) -> int:
     # From here on every step runs on the engine thread: the main thread's idle OpenMP team, left over from
     # loading, would only slow it down (see release_openmp_team).
     release_openmp_team()
-    uvicorn.run(app, host=access.host, port=args.port, log_level="info", timeout_graceful_shutdown=30)
+    uvicorn_config = uvicorn.Config(
+        app,
+        host=access.host,
+        port=args.port,
+        log_level="info",
+        timeout_graceful_shutdown=drain.uvicorn_timeout_s,
+    )
+    jobs = app.state.services.jobs
+    # The training worker checkpoints and stops while the requests drain, not after them.
+    on_drain_start = [jobs.service.begin_stop] if jobs is not None else []
+    DrainingServer(uvicorn_config, engine, drain, on_drain_start).run()
     return 0

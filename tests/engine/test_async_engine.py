@@ -18,7 +18,8 @@ from ember.models.loader import LoadedModel
 
 
 def make_engine(model: LoadedModel, **scheduler: object) -> AsyncEngine:
-    return AsyncEngine(LLMEngine(model, tiny_engine_config(**scheduler)))
+    # these tests count steps: one token per step, so no speculative decoding
+    return AsyncEngine(LLMEngine(model, tiny_engine_config(prompt_lookup="off", **scheduler)))
 
 
 async def collect(
@@ -36,7 +37,7 @@ async def collect(
 def test_concurrent_streams_match_the_offline_engine(tiny_llama: LoadedModel) -> None:
     prompts = [tiny_llama.tokenizer.encode(p) for p in ("Hello there", "1 2 3 4", "The weather today")]
     params = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
-    offline = LLMEngine(tiny_llama, tiny_engine_config())
+    offline = LLMEngine(tiny_llama, tiny_engine_config(prompt_lookup="off"))
     expected = []
     for i, prompt in enumerate(prompts):
         offline.add_request(f"o{i}", prompt, params)

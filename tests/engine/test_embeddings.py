@@ -167,7 +167,9 @@ def wait_until(predicate: Callable[[], bool], what: str) -> None:
 
 def test_a_stream_keeps_decoding_while_a_big_embedding_runs(tiny_llama: LoadedModel) -> None:
     budget = 64
-    engine = AsyncEngine(LLMEngine(tiny_llama, tiny_engine_config(max_num_batched_tokens=budget)))
+    # one token per step (no speculative drafts), so the stream is still decoding while the embedding runs
+    config = tiny_engine_config(max_num_batched_tokens=budget, prompt_lookup="off")
+    engine = AsyncEngine(LLMEngine(tiny_llama, config))
     inputs = random_inputs(tiny_llama, [1000] * 4, seed=5)  # 4000 tokens: at least 62 steps of prefill
 
     def generated() -> int:

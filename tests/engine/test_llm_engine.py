@@ -193,7 +193,8 @@ def test_preemption_by_recompute_keeps_greedy_output(tiny_llama: LoadedModel) ->
     ids = encode_all(tiny_llama, PROMPTS)
     greedy = SamplingParams(max_tokens=40, temperature=0.0, ignore_eos=True)
     roomy = run(LLMEngine(tiny_llama, tiny_engine_config(num_blocks=256)), ids, [greedy] * 4)
-    tight_engine = LLMEngine(tiny_llama, tiny_engine_config(num_blocks=24))
+    # one token per step (no drafts), so the sequences grow together until the cache runs out
+    tight_engine = LLMEngine(tiny_llama, tiny_engine_config(num_blocks=24, prompt_lookup="off"))
     tight = run(tight_engine, ids, [greedy] * 4)
     assert tight_engine.stats.num_preemptions > 0, "the small cache must have forced a preemption"
     for rid in roomy:

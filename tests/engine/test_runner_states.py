@@ -41,7 +41,8 @@ def kinds(state: RunnerSequence) -> tuple[bool, bool, bool]:
 def test_runner_state_follows_the_scheduler_through_preemption_finish_and_abort(
     tiny_llama: LoadedModel,
 ) -> None:
-    engine = LLMEngine(tiny_llama, tiny_engine_config(num_blocks=14))  # small: forces preemptions
+    # small, and one token per step (no drafts): forces preemptions
+    engine = LLMEngine(tiny_llama, tiny_engine_config(num_blocks=14, prompt_lookup="off"))
     engine.register_lora("one", small_adapter(tiny_llama.config))
     long = SamplingParams(max_tokens=30, temperature=1.0, ignore_eos=True)
     jobs = {

@@ -218,16 +218,21 @@ def test_server_restart_resumes_a_running_job(servers: Callable[[], Server]) -> 
     job = first.create(epochs=EPOCHS)
     pid = frozen_after_first_checkpoint(first, job.id)
     os.kill(pid, signal.SIGCONT)  # a stopped process would not act on the SIGTERM of stop() below
-    first.service.stop()  # terminates the worker: the job is left `running`
-    assert first.service.get_job(job.id).status == "running"
+    first.service.stop()  # SIGTERM: the worker saves the step it is at and puts the job back in the queue
+    paused = first.service.get_job(job.id)
+    assert paused.status == "queued" and paused.metadata["attempts"] == 0
+    paused_at = max(metrics_steps(first, job.id))
+    assert paused.checkpoint_path is not None and paused.checkpoint_path.endswith(f"step-{paused_at:06d}")
 
-    second = servers()  # recovery at start-up re-queues it
+    second = servers()  # the queue picks it up again
     wait_for(lambda: second.service.get_job(job.id).status in ("succeeded", "failed"))
     assert second.service.get_job(job.id).status == "succeeded"
     wait_for(lambda: len(second.succeeded) == 1)  # the runner reaps the worker, then calls the hook
     assert [j.id for j in second.succeeded] == [job.id]
     messages = [e.message for e in second.service.events_since(job.id, limit=10_000)]
-    assert any("server restart" in m for m in messages)
+    assert any(m.startswith("Training paused: the worker received SIGTERM") for m in messages)
+    assert any(m.startswith(f"Resumed from checkpoint at step {paused_at} ") for m in messages)
+    assert metrics_steps(second, job.id) == list(range(1, EPOCHS + 1))  # no step lost, none done twice
 
 
 def test_restarted_server_adopts_a_worker_that_outlived_it(servers: Callable[[], Server]) -> None:

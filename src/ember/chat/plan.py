@@ -10,16 +10,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ember.chat.continuation import ContinuationError, continued_prompt
+from ember.chat.generic_tools import generic_messages, has_tool_history, tools_instruction, with_instruction
 from ember.chat.reasoning import ReasoningParser, template_switches
 from ember.chat.reasoning import parser_for_template as reasoning_parser_for_template
 from ember.chat.reply import ReplyReader
 from ember.chat.tool_parsers import ToolParser, messages_for_template, new_tool_call_id, syntax_for_template
 from ember.structured import (
+    GENERIC,
     MISTRAL,
+    FunctionTool,
     ReasoningSection,
     StructuredSpec,
     ToolCallSyntax,
     forced_tools,
+    lazy_spec_for_tools,
     parse_tools,
     response_format_message,
     spec_for_tool_choice,
@@ -67,7 +72,9 @@ class ChatInputs:
     reasoning_effort: str | bool | None = None
     response_format: Any = None
     template_kwargs: dict[str, Any] | None = None
-    add_generation_prompt: bool = True
+    add_generation_prompt: bool | None = None  # None: yes, unless the final message is continued
+    continue_final_message: bool = False  # the reply carries on the final message's text (a prefill)
+    generic_tools: bool = True  # a template without tool support gets ember's generic format, not a 400
 
 
 @dataclass(frozen=True)
@@ -87,8 +94,15 @@ def plan_chat(
     messages = _prepared_messages(inputs.messages)
     tools = list(inputs.tools or [])
     tool_choice = inputs.tool_choice if inputs.tool_choice is not None else ("auto" if tools else "none")
-    forced = _forced(tools, tool_choice)
-    syntax = _tool_syntax(template, tools)
+    parsed, forced = _forced(tools, tool_choice)
+    syntax = _tool_syntax(template, tools, messages, inputs.generic_tools)
+    parses_tools = bool(tools) and not _is_none(tool_choice)
+    template_tools: list[Any] | None = tools or None
+    if syntax == GENERIC and template is not None:  # the template never sees tools: ember writes them
+        messages, template_tools = generic_messages(messages), None
+        if parses_tools:
+            instruction = tools_instruction(parsed, forced, inputs.parallel_tool_calls)
+            messages = with_instruction(messages, instruction, template)
     try:
         switches = template_switches(inputs.reasoning_effort, template)
     except ValueError as error:
@@ -100,15 +114,10 @@ def plan_chat(
             "reasoning cannot be turned on",
             "reasoning_effort",
         )
-    prompt = encoder.render_chat(
-        messages,
-        add_generation_prompt=inputs.add_generation_prompt,
-        template_kwargs={**switches, **(inputs.template_kwargs or {})},
-        tools=tools or None,
-    )
+    kwargs = {**switches, **(inputs.template_kwargs or {})}
+    prompt = _render(encoder, messages, inputs, kwargs, template_tools)
     reasoning_parser = reasoning_parser_for_template(template, prompt)
     section = _reasoning_section(reasoning_parser, prompt)
-    parses_tools = bool(tools) and not _is_none(tool_choice)
     if forced:
         assert syntax is not None
         structured = _tool_spec(tools, tool_choice, syntax, inputs.parallel_tool_calls, section)
@@ -117,6 +126,8 @@ def plan_chat(
         structured = _tools_or_answer_spec(
             tools, syntax, inputs.parallel_tool_calls, inputs.response_format, section
         )
+    elif parses_tools and syntax == GENERIC:
+        structured = _lazy_tool_spec(tools, inputs.parallel_tool_calls, section)
     else:
         structured = _response_format_spec(inputs.response_format, section)
     stop: tuple[str, ...] = ()
@@ -130,6 +141,37 @@ def plan_chat(
     return ChatPlan(prompt, ids, structured, reader, stop, keep_special_tokens)
 
 
+def _render(
+    encoder: ChatRenderer,
+    messages: list[dict[str, Any]],
+    inputs: ChatInputs,
+    template_kwargs: dict[str, Any],
+    tools: list[Any] | None,
+) -> str:
+    if not inputs.continue_final_message:
+        return encoder.render_chat(
+            messages,
+            add_generation_prompt=inputs.add_generation_prompt is not False,
+            template_kwargs=template_kwargs,
+            tools=tools,
+        )
+    if inputs.add_generation_prompt:
+        raise ChatRequestError(
+            "continue_final_message and add_generation_prompt cannot both be true: the reply either "
+            "continues the final message or starts a new one",
+            "continue_final_message",
+        )
+    try:
+        return continued_prompt(
+            messages,
+            lambda shown: encoder.render_chat(
+                shown, add_generation_prompt=False, template_kwargs=template_kwargs, tools=tools
+            ),
+        )
+    except ContinuationError as error:
+        raise ChatRequestError(str(error), "continue_final_message") from None
+
+
 def _prepared_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     try:
         return messages_for_template(messages)
@@ -138,25 +180,37 @@ def _prepared_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         raise ChatRequestError(message, message.split(" ", 1)[0]) from None
 
 
-def _tool_syntax(template: str | None, tools: list[Any]) -> ToolCallSyntax | None:
+def _tool_syntax(
+    template: str | None, tools: list[Any], messages: list[dict[str, Any]], generic: bool
+) -> ToolCallSyntax | None:
+    """The template's own tool format; GENERIC when it has none and the request has tools or a tool
+    history (unless the generic format is off); None: no tools anywhere."""
     syntax = syntax_for_template(template)
-    if tools and (syntax is None or template is None or "tools" not in template):
-        raise ChatRequestError(
-            "tools: this model's chat template does not support tool calling (it neither renders a `tools` "
-            "variable nor writes a known tool-call format: Hermes/Qwen <tool_call>, Llama-3 JSON, Mistral "
-            "[TOOL_CALLS]); send the request without tools",
-            "tools",
-        )
-    return syntax
+    if syntax is not None and template is not None and "tools" in template:
+        return syntax
+    if template is None or (not tools and not has_tool_history(messages)):
+        return syntax  # no template at all: rendering refuses the chat with its own message
+    if generic:
+        return GENERIC
+    if not tools:
+        return syntax  # a tool history on a template without tools: rendered as the template does
+    raise ChatRequestError(
+        "tools: this model's chat template does not support tool calling (it neither renders a `tools` "
+        "variable nor writes a known tool-call format: Hermes/Qwen <tool_call>, Llama-3 JSON, Mistral "
+        "[TOOL_CALLS]), and ember's generic tool format is turned off (generic_tools false, or the server "
+        "runs with --no-generic-tools); send the request without tools",
+        "tools",
+    )
 
 
-def _forced(tools: list[Any], tool_choice: Any) -> bool:
+def _forced(tools: list[Any], tool_choice: Any) -> tuple[list[FunctionTool], list[FunctionTool]]:
+    """The tools, validated, and those tool_choice forces a call of (empty: the reply may be text)."""
     try:
         parsed = parse_tools(tools)
     except ValueError as error:
         raise ChatRequestError(str(error), "tools") from None
     try:
-        return bool(forced_tools(parsed, tool_choice))
+        return parsed, forced_tools(parsed, tool_choice)
     except ValueError as error:
         raise ChatRequestError(str(error), "tool_choice") from None
 
@@ -207,6 +261,13 @@ def _tool_spec(
         raise ChatRequestError(str(error), "tools") from None
     assert spec is not None
     return spec
+
+
+def _lazy_tool_spec(tools: list[Any], parallel: bool, section: ReasoningSection | None) -> StructuredSpec:
+    try:
+        return lazy_spec_for_tools(tools, parallel, section)
+    except ValueError as error:
+        raise ChatRequestError(str(error), "tools") from None
 
 
 def _tools_or_answer_spec(

@@ -2,7 +2,9 @@
 
 Families: Hermes / Qwen (`<tool_call>{"name": ..., "arguments": {...}}</tool_call>`, repeated),
 Llama-3 JSON (the reply is `{"name": ..., "parameters": {...}}`, calls separated by `;`), Mistral
-(`[TOOL_CALLS][{...}, ...]`), and a plain fallback that returns the text as content. Each family is a few
+(`[TOOL_CALLS][{...}, ...]`), ember's generic format for templates without tool support
+(`<tool_call>[{...}, ...]</tool_call>`, chat/generic_tools.py), and a plain fallback that returns the text as
+content. Each family is a few
 parameters of the one streaming machine (tool_stream.py). `parse(text)` is defined as the reassembly of the
 streaming parser fed the whole text, so streamed deltas always reassemble into the non-streamed message.
 
@@ -31,7 +33,7 @@ from ember.chat.tool_calls import (
 )
 from ember.chat.tool_stream import AFTER_CALL, CALL, TEXT, WHITESPACE, ToolCallStream, ToolFamily
 from ember.structured.limits import json_depth
-from ember.structured.tools import HERMES, LLAMA3_JSON, MISTRAL, ToolCallSyntax
+from ember.structured.tools import GENERIC, GENERIC_TRIGGER, HERMES, LLAMA3_JSON, MISTRAL, ToolCallSyntax
 
 MAX_ARGUMENTS_DEPTH = 256  # a past call's arguments go through the template's tojson, which recurses
 
@@ -81,8 +83,26 @@ MISTRAL_FAMILY = ToolFamily(
         AFTER_CALL: {",": "call_start", "]": TEXT},
     },
 )
+# Generic: content, then <tool_call> [ {json}, {json} ] </tool_call>. A reply cut before the closing tag still
+# has its calls.
+GENERIC_FAMILY = ToolFamily(
+    GENERIC,
+    marker=GENERIC_TRIGGER,
+    after_marker="open",
+    punctuation={
+        "open": {"[": "call_start"},
+        "call_start": {"{": CALL, "]": "close"},
+        AFTER_CALL: {",": "call_start", "]": "close"},
+        "close": {GENERIC.list_suffix[1:]: TEXT},
+    },
+    ends=frozenset({AFTER_CALL, "close"}),
+)
 PLAIN_FAMILY = ToolFamily(None)
-_FAMILIES = {HERMES.family: HERMES_FAMILY, LLAMA3_JSON.family: LLAMA3_FAMILY, MISTRAL.family: MISTRAL_FAMILY}
+_FAMILIES = {
+    family.syntax.family: family
+    for family in (HERMES_FAMILY, LLAMA3_FAMILY, MISTRAL_FAMILY, GENERIC_FAMILY)
+    if family.syntax is not None
+}
 
 
 class ToolParser:

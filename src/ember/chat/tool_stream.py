@@ -36,6 +36,9 @@ class ToolFamily:
     name_first: bool = False  # every call object must start with its name
     skip: str = WHITESPACE  # skipped before punctuation
     punctuation: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # state -> {token: next}
+    # Punctuation states where the reply may end: what is left there is no content (e.g. a closing tag a
+    # stop string or max_tokens cut off).
+    ends: frozenset[str] = frozenset({AFTER_CALL})
 
 
 class _ContentGate:
@@ -163,7 +166,7 @@ class ToolCallStream:
             if not final and any(t.startswith(rest) for t in tokens):
                 return False  # an empty or partial token: wait
             if not rest:
-                if self._mode == AFTER_CALL:
+                if self._mode in self.family.ends:
                     self._pending = ""  # the calls ended: trailing separators are no content
                 else:
                     self._fallback()

@@ -13,6 +13,8 @@ from ember.engine.errors import QueueFullError
 from ember.engine.outputs import RequestMetrics
 from ember.engine.request import Request, fan_out
 from ember.engine.sampling_params import SamplingParams
+from ember.engine.speculation.config import DraftSettings
+from ember.engine.speculation.drafter import SequenceDrafter
 
 if TYPE_CHECKING:
     from ember.engine.llm_engine import LLMEngine
@@ -47,6 +49,10 @@ def admit_request(
     check_ids_in_vocabulary(prompt_token_ids, params, engine.model.config.vocab_size)
     # Compiled before anything is admitted: an invalid schema or grammar is the caller's ValueError.
     grammar = None if params.structured is None else engine.grammar_compiler.compile(params.structured)
+    # How this request drafts (speculative decoding): the server's settings with the request's overrides.
+    draft_settings = DraftSettings.resolve(engine.config.speculation, params.speculation)
+    if ids_outside(list(draft_settings.prediction_token_ids), engine.model.config.vocab_size):
+        raise ValueError(f"prediction token ids must be in [0, {engine.model.config.vocab_size})")
     count = params.num_samples
     room = engine.config.scheduler.max_waiting - engine.scheduler.num_waiting
     if count > room:  # all samples or none: a half-admitted request could never be answered
@@ -73,6 +79,8 @@ def admit_request(
             tokenizer=engine.tokenizer,
             eos_token_ids=engine.eos_token_ids,
         )
+        for state in request.sequences:  # each sample reads the prediction along its own output
+            state.sequence.drafter = SequenceDrafter.for_settings(draft_settings)
         # All samples or none; the first runs first, so the rest find its prompt blocks in the prefix cache.
         engine.scheduler.add_sequences([state.sequence for state in request.sequences])
     except BaseException:

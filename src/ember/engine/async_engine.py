@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from ember.engine.errors import EngineDeadError, EngineStepError, QueueFullError
+from ember.engine.errors import EngineDeadError, EngineStepError, QueueFullError, ServerShuttingDownError
 from ember.engine.llm_engine import EngineConfig, LLMEngine
 from ember.engine.outputs import EmbeddingOutput, RequestOutput
 from ember.engine.sampling_params import SamplingParams
@@ -86,6 +86,9 @@ class AsyncEngine:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._dead: BaseException | None = None
+        self._closed: ServerShuttingDownError | None = (
+            None  # set by end_all_requests: every new request gets it
+        )
         self._pause = threading.Condition()  # guards the two flags below
         self._pause_requested = False
         self._paused = False  # set by the engine thread at a step boundary while a pause is requested
@@ -110,6 +113,19 @@ class AsyncEngine:
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, 30)
             self._thread = None
+
+    async def end_all_requests(self, error: ServerShuttingDownError) -> int:
+        """The end of a shutdown's drain: from now on every new request is refused with `error`, and every
+        request in flight ends with it (a stream sends it as its error event, a whole response is a 503); their
+        KV blocks are freed. Returns how many requests were ended."""
+        self._closed = error
+        with self._lock:
+            ended = len(self._streams)
+        if self._thread is None or not self._thread.is_alive():
+            self._fail_streams(error)  # no engine thread to ask; its requests are gone with it
+            return ended
+        await self.run_on_engine(lambda _: self._fail_all(error))
+        return ended
 
     def pause(self, timeout_s: float = 60.0) -> None:
         """Stops stepping between two steps and returns once no step is in flight (from any thread).
@@ -160,6 +176,8 @@ class AsyncEngine:
     ) -> AsyncIterator[RequestOutput]:
         if self._dead is not None:
             raise EngineDeadError(f"the engine stopped: {self._dead}")
+        if self._closed is not None:
+            raise ServerShuttingDownError(str(self._closed))
         self.engine.resolve_max_tokens(len(prompt_token_ids), params)  # a ValueError here is the caller's 400
         if lora_id is not None and lora_id not in self.engine.lora_manager:  # the registry is thread-safe
             raise LoraError(f"unknown LoRA adapter {lora_id!r}")
@@ -306,6 +324,8 @@ class AsyncEngine:
             stream = self._streams.get(command.request_id)
         if stream is None:  # the caller left before the engine saw the request
             return
+        if self._closed is not None:  # shutting down: end_all_requests fails (or failed) its stream
+            return
         try:
             if isinstance(command, _AddEmbedding):
                 self.engine.add_embedding_request(
@@ -345,6 +365,10 @@ class AsyncEngine:
     def _fail_all(self, exc: BaseException) -> None:
         for request_id in [*self.engine.requests, *self.engine.embeddings.request_ids()]:
             self.engine.fail_request(request_id, str(exc))
+        self._snapshot_stats()
+        self._fail_streams(exc)
+
+    def _fail_streams(self, exc: BaseException) -> None:
         with self._lock:
             streams = list(self._streams.values())
         for stream in streams:

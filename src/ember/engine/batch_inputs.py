@@ -45,9 +45,12 @@ def build_batch_inputs(
     pool_spans: dict[str, tuple[int, int]] = {}
     bs = block_size
     for item in scheduled:
-        n = len(item.token_ids)
+        n = item.num_tokens
         start = len(ids)
         ids.extend(item.token_ids)
+        ids.extend(
+            item.draft_token_ids
+        )  # verified in this forward: rows start + n - 1 - len(draft) .. start + n - 1
         pos = range(item.start_position, item.start_position + n)
         positions.extend(pos)
         table = item.block_ids

@@ -107,12 +107,18 @@ class BlockManager:
         return hits, len(hits) * self.block_size
 
     def allocate_slots(
-        self, sequence: Sequence, num_new_tokens: int, computed_blocks: list[int] | None = None
+        self,
+        sequence: Sequence,
+        num_new_tokens: int,
+        computed_blocks: list[int] | None = None,
+        num_lookahead_tokens: int = 0,
     ) -> bool:
         """Grow the sequence's table to hold its computed tokens, `computed_blocks` and `num_new_tokens` more.
 
         Returns False, changing nothing, when there are not enough free blocks. Blocks that become full with
         the new tokens enter the prefix cache now: their KV is written by the step these tokens run in.
+        `num_lookahead_tokens` more slots are held for draft tokens (speculative decoding), which are not the
+        sequence's tokens: no block is registered for them, and trim() gives back what verification rejects.
         """
         computed = computed_blocks or []
         table = self._tables.get(sequence.sequence_id)
@@ -132,7 +138,7 @@ class BlockManager:
                 f"sequence {sequence.sequence_id!r}: cannot schedule up to token {total}, it has {sequence.num_tokens}"
             )
         num_held = len(table or ()) + len(computed)
-        num_needed = max(0, self.num_blocks_for(total) - num_held)
+        num_needed = max(0, self.num_blocks_for(total + num_lookahead_tokens) - num_held)
         num_revived = sum(1 for block_id in computed if self._blocks[block_id].ref_count == 0)
         if num_needed > self.num_free_blocks - num_revived:
             return False
@@ -174,6 +180,18 @@ class BlockManager:
             if block.block_hash is not None:
                 del self._cached[block.block_hash]
                 block.block_hash = None
+            heapq.heappush(self._free, block.block_id)
+
+    def trim(self, sequence: Sequence) -> None:
+        """Give back the blocks past the sequence's computed tokens: those held only for draft tokens that
+        verification rejected. They were never registered in the prefix cache, so they go to the free list."""
+        table = self._tables.get(sequence.sequence_id)
+        if table is None:
+            return
+        keep = self.num_blocks_for(sequence.num_computed_tokens)
+        while len(table) > keep:
+            block = self._blocks[table.pop()]  # private: only full blocks of computed tokens are shared
+            block.ref_count -= 1
             heapq.heappush(self._free, block.block_id)
 
     def reset_prefix_cache(self) -> None:

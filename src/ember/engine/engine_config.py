@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from ember.engine.speculation.config import SpeculationConfig
 from ember.lora.config import LoraConfig
 
 SCHEDULING_POLICIES = ("fcfs", "priority")
@@ -87,5 +88,7 @@ class EngineConfig:
     fused_decode: bool = True
     """Run decode-only batches through the native fused decode step when the model's weights are on the int8
     kernels (packed GGUF on an AVX2 CPU); False keeps every step on the module-by-module torch path."""
+    speculation: SpeculationConfig = field(default_factory=SpeculationConfig)
+    """Speculative decoding without a draft model: the request's prediction and n-gram prompt lookup."""
     debug_invariants: bool = field(default_factory=debug_invariants_from_env)
     """Check the KV bookkeeping, and that nothing is left held, every time the engine runs out of work."""

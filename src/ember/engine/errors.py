@@ -18,3 +18,8 @@ class EngineDeadError(RuntimeError):
 
 class EngineStepError(RuntimeError):
     """An engine step failed for a reason that is not the request's fault (HTTP 500); the engine keeps serving."""
+
+
+class ServerShuttingDownError(EngineDeadError):
+    """The server is shutting down and ended this request (HTTP 503): it was still running when the drain
+    timeout ran out, or it arrived after that."""

@@ -24,6 +24,8 @@ from ember.engine.request import FINISH_STATUS, Request, SequenceOutputState
 from ember.engine.sampling_params import SamplingParams
 from ember.engine.scheduler import Scheduler
 from ember.engine.scheduler_output import SchedulerOutput
+from ember.engine.speculation.policy import DraftPolicy
+from ember.engine.speculation.verify import VerifiedTokens
 from ember.engine.stats import EngineStats, StepTimer
 from ember.lora.adapter import LoraAdapter
 from ember.lora.manager import LoraInfo, LoraManager
@@ -81,6 +83,7 @@ class LLMEngine:
         self.scheduler = Scheduler(
             SchedulerConfig(**{**config.scheduler.__dict__, "max_model_len": self.max_model_len}),
             CacheConfig(**{**cache_cfg.__dict__, "num_blocks": num_blocks}),
+            DraftPolicy(config.speculation.max_batch),
         )
         self.requests: dict[str, Request] = {}
         self.embeddings = EmbeddingRequests(self.scheduler, mc.vocab_size)
@@ -265,6 +268,13 @@ class LLMEngine:
                 self._fail(request, result.errors[item.sequence_id])
                 touched[request.request_id] = request
                 continue
+            verified = result.verified.get(item.sequence_id)
+            if verified is not None:
+                touched[request.request_id] = request
+                if request.metrics.first_token_time is None:
+                    request.metrics.first_token_time = now
+                self._accept_verified(request, state, verified, item.sequence_id in result.grammar_finished)
+                continue
             token = result.sampled.get(item.sequence_id)
             if token is None:
                 continue
@@ -293,6 +303,29 @@ class LLMEngine:
         elif grammar_finished:
             # The grammar admits nothing but EOS now: end here instead of spending a step to sample it.
             self._finish(state, "stop", None, flush=True)
+
+    def _accept_verified(
+        self, request: Request, state: SequenceOutputState, verified: VerifiedTokens, grammar_finished: bool
+    ) -> None:
+        """Speculative decoding: the tokens a verified draft yields, one by one as plain decodes would have
+        added them (a stop ends the run there); then the scheduler rolls back the slots of rejected drafts."""
+        sequence_id = state.sequence.sequence_id
+        num_added = 0
+        try:
+            for token, logprob in zip(verified.token_ids, verified.logprobs, strict=True):
+                num_added += 1
+                last = num_added == len(verified.token_ids)
+                self._accept_token(state, token, logprob, grammar_finished and last)
+                if state.finish_reason is not None:
+                    break
+        except Exception as exc:  # noqa: BLE001 - one request's failure must not stop the others
+            logger.exception("post-processing failed for sequence %s", sequence_id)
+            self._fail(request, f"post-processing failed: {exc}")
+        kept = min(num_added, verified.num_accepted)
+        request.accepted_prediction_tokens += kept
+        request.rejected_prediction_tokens += verified.num_drafted - kept
+        self.stats.record_draft(verified.num_drafted, verified.num_accepted, max(0, num_added - 1))
+        self.scheduler.accept_draft(sequence_id, verified.num_accepted)
 
     def _fail(self, request: Request, message: str) -> None:
         request.error = message

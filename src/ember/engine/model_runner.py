@@ -15,6 +15,7 @@ from ember.engine.outputs import TokenLogprob
 from ember.engine.runner_states import RunnerSequence, RunnerStates
 from ember.engine.sampler import Sampler, SamplingRow
 from ember.engine.scheduler_output import ScheduledSequence, SchedulerOutput
+from ember.engine.speculation.verify import DraftRows, VerifiedTokens, verify_drafts
 from ember.lora.manager import LoraManager
 from ember.structured.compiler import GrammarCompiler
 from ember.structured.matcher import allowed_token_masks
@@ -36,6 +37,8 @@ class ModelRunnerOutput:
     # embedding inputs whose last chunk ran this step: their mean-pooled, L2-normalised final hidden state
     pooled: dict[str, list[float]] = field(default_factory=dict)
     forward_path: ForwardPath | None = None  # which forward ran the batch; None when nothing was scheduled
+    # sequences that verified drafts (speculative decoding): their tokens this step, instead of `sampled`
+    verified: dict[str, VerifiedTokens] = field(default_factory=dict)
 
 
 class ModelRunner:
@@ -112,7 +115,9 @@ class ModelRunner:
                     out.pooled[item.sequence_id] = state.pool.result()
         sample_rows = iter(batch.sample_rows)
         sampling = [(item, state, next(sample_rows)) for item, state in live if item.sample]
-        self._sample(out, [(item, state, row) for item, state, row in sampling if state is not None], hidden)
+        ready = [(item, state, row) for item, state, row in sampling if state is not None]
+        self._sample(out, [entry for entry in ready if not entry[0].draft_token_ids], hidden)
+        self._verify(out, [entry for entry in ready if entry[0].draft_token_ids], hidden)
         return out
 
     def _forward(
@@ -180,6 +185,44 @@ class ModelRunner:
                     out.grammar_finished.add(item.sequence_id)
             out.sampled[item.sequence_id] = token
             out.logprobs[item.sequence_id] = logprob
+
+    def _verify(
+        self,
+        out: ModelRunnerOutput,
+        drafted: list[tuple[ScheduledSequence, RunnerSequence, int]],
+        hidden: torch.Tensor,
+    ) -> None:
+        """Speculative decoding: verify each sequence's draft from its k + 1 rows (engine/speculation)."""
+        if not drafted:
+            return
+        entries: list[DraftRows] = []
+        rows: list[int] = []
+        for item, state, last_row in drafted:
+            first_row = last_row - len(item.draft_token_ids)
+            entries.append(DraftRows(item.sequence_id, state, item.draft_token_ids, len(rows)))
+            rows.extend(range(first_row, last_row + 1))
+        logits = self.network.compute_logits(hidden[rows]).float()  # [sum(k_i + 1), V]
+        try:
+            verdicts = verify_drafts(self.sampler, logits, entries, self.eos_token_ids)
+        except Exception as exc:  # noqa: BLE001 - the rows of a failed verification fail, the others go on
+            for entry in entries:
+                out.errors[entry.sequence_id] = f"sampling failed: {exc}"
+            return
+        for entry in entries:
+            verdict = verdicts[entry.sequence_id]
+            matcher = entry.state.matcher
+            if matcher is not None:
+                try:
+                    for i, token in enumerate(verdict.token_ids):
+                        matcher.accept(token)
+                        if matcher.is_finished:  # a plain decode would end here: so does the run
+                            verdict.truncate(i + 1)
+                            out.grammar_finished.add(entry.sequence_id)
+                            break
+                except Exception as exc:  # noqa: BLE001 - one sequence's failure must not stop the others
+                    out.errors[entry.sequence_id] = f"sampling failed: {exc}"
+                    continue
+            out.verified[entry.sequence_id] = verdict
 
     @staticmethod
     def _apply_grammar_masks(states: list[RunnerSequence], rows: list[SamplingRow], vocab: int) -> None:

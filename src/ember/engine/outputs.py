@@ -58,6 +58,9 @@ class RequestOutput:
     prompt_logprobs: list[TokenLogprob | None] | None = None  # first entry None: no logprob for token 0
     metrics: RequestMetrics | None = None
     error: str | None = None  # set when the request failed inside the engine; the others keep running
+    # speculative decoding, over all sequences: draft tokens kept in the output, and drafted but not kept
+    accepted_prediction_tokens: int = 0
+    rejected_prediction_tokens: int = 0
 
 
 @dataclass

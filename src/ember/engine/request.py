@@ -105,6 +105,8 @@ class Request:
     prompt_logprobs: list[TokenLogprob | None] | None = None
     num_cached_tokens: int = 0
     error: str | None = None
+    accepted_prediction_tokens: int = 0  # speculative decoding: drafts kept in the output
+    rejected_prediction_tokens: int = 0  # drafted and verified, but not kept
 
     @property
     def finished(self) -> bool:
@@ -149,6 +151,8 @@ class Request:
             prompt_logprobs=self.prompt_logprobs,
             metrics=self.metrics,
             error=self.error,
+            accepted_prediction_tokens=self.accepted_prediction_tokens,
+            rejected_prediction_tokens=self.rejected_prediction_tokens,
         )
 
 

@@ -35,6 +35,9 @@ class SamplingRow:
     generator: torch.Generator | None = None  # seeded sequences: their only source of randomness
     eos_token_ids: tuple[int, ...] = ()
     allowed_token_ids_mask: torch.Tensor | None = None  # [V] bool; tokens outside it get -inf
+    # the draw's uniform in [0, 1), given by the caller instead of taken from a generator (speculative
+    # verification draws a sequence's uniforms itself, so it can give back those it does not use)
+    uniform: float | None = None
 
     @property
     def banned_token_ids(self) -> list[int]:
@@ -134,11 +137,13 @@ class Sampler:
         if not torch.isfinite(total).all():
             raise ValueError("logits contain NaN or +inf; cannot sample")
         uniforms = torch.empty(num_rows, dtype=torch.float64)  # [R]
-        shared = [i for i, row in enumerate(rows) if row.generator is None]
+        shared = [i for i, row in enumerate(rows) if row.generator is None and row.uniform is None]
         if shared:
             uniforms[shared] = torch.rand(len(shared), dtype=torch.float64, generator=self._generator)
         for i, row in enumerate(rows):
-            if row.generator is not None:
+            if row.uniform is not None:
+                uniforms[i] = row.uniform
+            elif row.generator is not None:
                 uniforms[i] = torch.rand(1, dtype=torch.float64, generator=row.generator)[0]
         # The first index whose cumulative mass exceeds the target; zero-probability tokens never qualify.
         # Keeping the target strictly below the total guards against u * total rounding up to it.

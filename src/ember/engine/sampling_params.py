@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from ember.engine.speculation.config import SpeculationParams
     from ember.structured.spec import StructuredSpec
 
 # The bounds of the sampling values: OpenAI's where it defines one (penalties, logit_bias, top_logprobs), vLLM's
@@ -60,6 +61,7 @@ class SamplingParams:
     prompt_logprobs: int | None = None  # same, for every prompt token (echo + logprobs)
     skip_special_tokens: bool = True
     structured: StructuredSpec | None = None  # output constrained to a JSON schema / grammar (token masks)
+    speculation: SpeculationParams | None = None  # predicted output and n-gram lookup overrides (drafts only)
 
     def __post_init__(self) -> None:
         if self.top_k == -1:

@@ -22,6 +22,7 @@ from ember.engine.errors import QueueFullError
 from ember.engine.generation_budget import resolve_max_tokens
 from ember.engine.scheduler_output import ScheduledSequence, SchedulerOutput, SchedulerStats
 from ember.engine.sequence import Sequence, SequenceStatus
+from ember.engine.speculation.policy import DraftPolicy
 
 OrderKey = tuple[float, ...]  # smaller runs first and is preempted last
 
@@ -79,7 +80,12 @@ class _PriorityQueue:
 
 
 class Scheduler:
-    def __init__(self, scheduler_config: SchedulerConfig, cache_config: CacheConfig) -> None:
+    def __init__(
+        self,
+        scheduler_config: SchedulerConfig,
+        cache_config: CacheConfig,
+        draft_policy: DraftPolicy | None = None,
+    ) -> None:
         if cache_config.num_blocks == 0:
             raise ValueError("cache_config.num_blocks is 0: size the KV cache before building the scheduler")
         self.scheduler_config = scheduler_config
@@ -98,6 +104,8 @@ class Scheduler:
         self._finished_ids: list[str] = []
         self._num_preemptions = 0
         self._num_prompt_tokens = 0
+        self._draft_policy = draft_policy
+        self._drafted: dict[str, int] = {}  # sequences verifying drafts this step -> draft length
 
     # ---- sequences in and out ----------------------------------------------------------------------------
 
@@ -182,14 +190,26 @@ class Scheduler:
         def remaining(sequence: Sequence) -> int:
             return sequence.num_tokens - sequence.num_computed_tokens
 
+        self._settle_unverified_drafts()
+        drafts: dict[str, list[int]] = {}
+        policy = self._draft_policy
+        speculates = policy is not None and policy.speculates(sum(remaining(r) == 1 for r in self._running))
         for sequence in sorted(self._running, key=lambda r: (remaining(r) > 1, self._key(r))):
             num_new = min(remaining(sequence), budget)
             if num_new <= 0 or sequence.status is not SequenceStatus.RUNNING:
                 continue
+            if speculates and remaining(sequence) == 1:
+                assert policy is not None
+                draft = policy.draft(sequence, budget - 1)
+                if draft and self.block_manager.allocate_slots(sequence, 1, num_lookahead_tokens=len(draft)):
+                    drafts[sequence.sequence_id] = draft
+                    planned[sequence.sequence_id] = (sequence, 1)
+                    budget -= 1 + len(draft)
+                    continue
             while not self.block_manager.allocate_slots(sequence, num_new):
                 victim = max(self._running, key=self._key)
                 if victim.sequence_id in planned:
-                    budget += planned.pop(victim.sequence_id)[1]
+                    budget += planned.pop(victim.sequence_id)[1] + len(drafts.pop(victim.sequence_id, ()))
                 self._preempt(victim)
                 preempted.append(victim.sequence_id)
                 if victim is sequence:
@@ -219,6 +239,11 @@ class Scheduler:
             budget -= num_new
 
         scheduled = [self._advance(sequence, num_new) for sequence, num_new in planned.values()]
+        for item in scheduled:
+            draft = drafts.get(item.sequence_id)
+            if draft:
+                item.draft_token_ids = draft
+                self._drafted[item.sequence_id] = len(draft)
         finished, self._finished_ids = self._finished_ids, []
         return SchedulerOutput(
             scheduled=scheduled,
@@ -227,6 +252,25 @@ class Scheduler:
             preempted_ids=preempted,
             finished_ids=finished,
         )
+
+    def accept_draft(self, sequence_id: str, num_accepted: int) -> None:
+        """After verification: the first num_accepted draft tokens (now the sequence's own, appended by the
+        engine) have their KV written; the slots of the rest are rolled back and their blocks freed."""
+        num_drafted = self._drafted.pop(sequence_id, None)
+        sequence = self._sequences.get(sequence_id)
+        if num_drafted is None or sequence is None:
+            return  # finished (its blocks are freed already) or nothing drafted
+        if not 0 <= num_accepted <= num_drafted:
+            raise ValueError(f"sequence {sequence_id!r}: {num_accepted} of {num_drafted} drafts accepted")
+        sequence.num_computed_tokens += num_accepted
+        self.block_manager.trim(sequence)
+        if sequence.drafter is not None:
+            sequence.drafter.observe(num_drafted, num_accepted)
+
+    def _settle_unverified_drafts(self) -> None:
+        """Drafts nobody reported on (their step failed before post-processing) count as all rejected."""
+        for sequence_id in list(self._drafted):
+            self.accept_draft(sequence_id, 0)
 
     # ---- state ------------------------------------------------------------------------------------------
 

@@ -19,13 +19,17 @@ class ScheduledSequence:
     # the chunk covers prompt positions of a sequence that asked for prompt logprobs; after a preemption the
     # prompt is recomputed, so positions already answered may come again (start_position says which)
     needs_prompt_logprobs: bool
+    # speculative decoding: tokens to verify after token_ids (a decode of one token); they run in the same
+    # forward at the following positions, and their slots are covered by block_ids
+    draft_token_ids: list[int] = field(default_factory=list)
     # an embedding input's chunk: its final hidden states are added to the sequence's pooled sum; the chunk
     # that reaches the end of the prompt completes the embedding (such a sequence never samples)
     pool: bool = False
 
     @property
     def num_tokens(self) -> int:
-        return len(self.token_ids)
+        """Tokens this sequence runs in the forward: its own and its draft."""
+        return len(self.token_ids) + len(self.draft_token_ids)
 
 
 @dataclass

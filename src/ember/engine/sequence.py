@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ember.engine.prefix_hash import BlockHash
 from ember.engine.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from ember.engine.speculation.drafter import SequenceDrafter
 
 
 class SequenceStatus(enum.Enum):
@@ -59,6 +63,7 @@ class Sequence:
     cache_salt: str | None = None  # tenants with different salts never share prefix-cache blocks
     seed: int | None = None  # this sequence's own random stream (a seeded request's samples each get one)
     grammar: str | None = None  # the compiled grammar its output must follow (structured output)
+    drafter: SequenceDrafter | None = None  # proposes tokens to verify ahead (speculative decoding)
     # An embedding input: prefill only, never samples; the runner mean-pools its final hidden states chunk by
     # chunk and the sequence is done when its last prompt token is computed (max_tokens is 0).
     pooling: bool = False

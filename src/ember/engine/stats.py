@@ -25,6 +25,24 @@ class EngineStats:
     num_steps: int = 0
     num_fused_steps: int = 0  # steps the native fused decode step ran (ForwardPath.FUSED)
     num_module_steps: int = 0  # steps DecoderModel.forward ran, module by module (ForwardPath.MODULES)
+    # speculative decoding, vLLM's spec_decode_* counters: drafts verified, their tokens, the tokens kept, and
+    # the tokens kept at each draft position (index 0: the first drafted token)
+    spec_decode_num_drafts: int = 0
+    spec_decode_num_draft_tokens: int = 0
+    spec_decode_num_accepted_tokens: int = 0
+    spec_decode_accepted_per_pos: tuple[int, ...] = ()  # replaced, never mutated: snapshots copy shallowly
+
+    def record_draft(self, num_drafted: int, num_accepted: int, num_extra_tokens: int) -> None:
+        """One verified draft; num_extra_tokens: tokens it added beyond the one a plain decode yields."""
+        self.spec_decode_num_drafts += 1
+        self.spec_decode_num_draft_tokens += num_drafted
+        self.spec_decode_num_accepted_tokens += num_accepted
+        per_pos = list(self.spec_decode_accepted_per_pos)
+        per_pos.extend([0] * (num_drafted - len(per_pos)))
+        for position in range(num_accepted):
+            per_pos[position] += 1
+        self.spec_decode_accepted_per_pos = tuple(per_pos)
+        self.generation_tokens_total += num_extra_tokens
 
     def record_step(
         self, sched: SchedulerOutput, stats: SchedulerStats, forward_path: ForwardPath | None

@@ -92,13 +92,19 @@ def tiny_loaded_model(architecture: str = "llama", seed: int = 0, **overrides: o
     )
 
 
-def tiny_engine_config(num_blocks: int = 256, block_size: int = 16, **scheduler: object) -> EngineConfig:
+def tiny_engine_config(
+    num_blocks: int = 256, block_size: int = 16, prompt_lookup: str = "auto", **scheduler: object
+) -> EngineConfig:
+    """prompt_lookup 'off' for tests that count steps (one token each) or need a preemption: speculative
+    decoding yields several tokens per step (the server's default, 'auto', drafts when the output repeats)."""
     from ember.engine.engine_config import CacheConfig, SchedulerConfig
+    from ember.engine.speculation.config import SpeculationConfig
 
     sched = {"max_num_seqs": 32, "max_num_batched_tokens": 256, "max_model_len": 1024, **scheduler}
     return EngineConfig(
         cache=CacheConfig(block_size=block_size, num_blocks=num_blocks),
         scheduler=SchedulerConfig(**sched),  # type: ignore[arg-type]
+        speculation=SpeculationConfig(prompt_lookup=prompt_lookup),
     )
 
 

@@ -16,6 +16,9 @@ import torch.nn.functional as F
 
 from ember.models.attention_metadata import AttentionMetadata
 
+# Chunks over cached context up to this many tokens attend as one decode per token (speculative verification).
+_MAX_QUERY_AS_DECODES = 16
+
 
 class AttentionBackend(ABC):
     @abstractmethod
@@ -117,23 +120,40 @@ def _attend_with_cache(
 
     out = torch.empty_like(q)  # [T, Hq, D]
     spans = _spans(attn.query_lens)
-    decode_seqs = [i for i, n in enumerate(attn.query_lens) if n == 1]
-    if decode_seqs:
-        seq_index = torch.tensor(decode_seqs, dtype=torch.int64, device=q.device)
-        rows = attn.query_start_loc.to(q.device)[seq_index]  # [S_dec] token row of each decode
+    # Decodes are batched; a short chunk over cached context (a speculative verification's k + 1 tokens) gathers
+    # its context once and takes one masked GEMM per KV head for all its queries, instead of scaled_dot_product
+    # with GQA and a boolean mask (measured ~20x slower for 9 queries over 300 cached tokens).
+    decode_rows: list[int] = []
+    decode_seqs: list[int] = []
+    decode_context_lens: list[int] = []
+    short: set[int] = set()
+    for seq, (start, end) in enumerate(spans):
+        query_len, context_len = end - start, attn.context_lens[seq]
+        if query_len == 1:
+            decode_rows.append(start)
+            decode_seqs.append(seq)
+            decode_context_lens.append(context_len)
+        elif query_len <= _MAX_QUERY_AS_DECODES and context_len > query_len:
+            short.add(seq)
+            out[start:end] = _short_chunk(
+                q[start:end], key_cache, value_cache, attn.block_tables[seq], context_len, scale
+            )
+    if decode_rows:
+        rows = torch.tensor(decode_rows, dtype=torch.int64, device=q.device)  # [R]
+        seq_index = torch.tensor(decode_seqs, dtype=torch.int64, device=q.device)  # [R]
         out[rows] = _decode_batched(
             q[rows],
             key_cache,
             value_cache,
             attn.block_tables[seq_index],
-            [attn.context_lens[i] for i in decode_seqs],
+            decode_context_lens,
             scale,
             gather_bytes,
         )
     for seq, (start, end) in enumerate(spans):
-        query_len = end - start
-        if query_len == 1:
+        if end - start == 1 or seq in short:
             continue
+        query_len = end - start
         context_len = attn.context_lens[seq]
         if context_len == query_len:
             # Nothing cached before this chunk: the fresh k/v are the whole context.
@@ -146,6 +166,36 @@ def _attend_with_cache(
         visible = key_positions[None, :] <= query_positions[:, None]  # [Q, C]
         out[start:end] = _sdpa(q[start:end], keys.to(q.dtype), values.to(q.dtype), scale, mask=visible)
     return out
+
+
+def _short_chunk(
+    q: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    context_len: int,
+    scale: float,
+) -> torch.Tensor:
+    """q [Q, Hq, D], the last Q tokens of a sequence of context_len, each over its own prefix -> [Q, Hq, D]."""
+    num_queries, num_heads, head_dim = q.shape
+    keys, values = _gather_context(key_cache, value_cache, block_table, context_len)  # [C, Hkv, D] each
+    num_kv_heads = keys.shape[1]
+    group = num_heads // num_kv_heads
+    grouped_q = q.reshape(num_queries, num_kv_heads, group, head_dim).permute(1, 0, 2, 3)  # [Hkv, Q, G, D]
+    grouped_q = grouped_q.reshape(num_kv_heads, num_queries * group, head_dim)  # [Hkv, Q*G, D]
+    # heads-first copies: a GEMM over strided [C, Hkv, D] views was ~10x slower than the copy plus a plain one
+    keys = keys.to(q.dtype).permute(1, 0, 2).contiguous()  # [Hkv, C, D]
+    values = values.to(q.dtype).permute(1, 0, 2).contiguous()  # [Hkv, C, D]
+    scores = torch.bmm(grouped_q.contiguous(), keys.transpose(1, 2)).mul_(scale)  # [Hkv, Q*G, C]
+    first = context_len - num_queries
+    hidden = (
+        torch.arange(context_len, device=q.device)[None, :]
+        > torch.arange(first, context_len, device=q.device)[:, None]
+    )  # [Q, C]: keys after each query's own position
+    scores.masked_fill_(hidden.repeat_interleave(group, dim=0)[None], float("-inf"))
+    probs = torch.softmax(scores, dim=-1)  # [Hkv, Q*G, C]
+    out = torch.bmm(probs, values)  # [Hkv, Q*G, D]
+    return out.reshape(num_kv_heads, num_queries, group, head_dim).permute(1, 0, 2, 3).reshape(q.shape)
 
 
 def _decode_batched(

@@ -5,17 +5,22 @@ from __future__ import annotations
 from ember.structured.response_format import response_format_message, spec_from_response_format
 from ember.structured.spec import ReasoningSection, StructuredSpec
 from ember.structured.tools import (
+    GENERIC,
+    GENERIC_TRIGGER,
     HERMES,
     LLAMA3_JSON,
     MISTRAL,
     FunctionTool,
     ToolCallSyntax,
     forced_tools,
+    lazy_spec_for_tools,
     parse_tools,
     spec_for_tool_choice,
 )
 
 __all__ = [
+    "GENERIC",
+    "GENERIC_TRIGGER",
     "HERMES",
     "LLAMA3_JSON",
     "MISTRAL",
@@ -24,6 +29,7 @@ __all__ = [
     "StructuredSpec",
     "ToolCallSyntax",
     "forced_tools",
+    "lazy_spec_for_tools",
     "parse_tools",
     "response_format_message",
     "spec_for_tool_choice",

@@ -32,6 +32,15 @@ class GrammarMatcher:
             error = clean_message(self._matcher.get_error())
             raise ValueError(f"token {token_id} violates the output grammar: {error}")
 
+    def num_valid(self, token_ids: list[int]) -> int:
+        """How many of token_ids, from the first, the grammar allows in turn from here (nothing changes)."""
+        return self._matcher.validate_tokens(token_ids)
+
+    def rollback(self, num_tokens: int) -> None:
+        """Undo the last num_tokens accepted tokens (drafts speculative verification did not keep)."""
+        if num_tokens and not self._matcher.rollback(num_tokens):
+            raise ValueError(f"cannot roll the grammar back by {num_tokens} tokens")
+
     @property
     def is_finished(self) -> bool:
         """The grammar is complete and cannot be extended: nothing but end-of-sequence may follow."""

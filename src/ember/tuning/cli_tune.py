@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
 import shutil
 import sys
 import time
@@ -24,7 +23,7 @@ from ember.tuning.job_request import JobRequest, JobRequestError
 from ember.tuning.job_runner import RunnerConfig
 from ember.tuning.job_service import FINAL_STATUSES, FineTuningService, tuning_db_path
 from ember.tuning.job_store import JobEvent
-from ember.tuning.multipart_upload import ReceivedUpload
+from ember.tuning.multipart_upload import ReceivedUpload, incoming_upload_path
 from ember.tuning.store import TuningStore
 from ember.tuning.validation import validate_dataset
 
@@ -163,7 +162,7 @@ def _register(storage: FileStorage, path: Path) -> str:
     """Copy a local JSONL file into the data directory as a validated fine-tune file; returns its id."""
     if not path.is_file():
         raise ValueError(f"{path}: no such file")
-    incoming = storage.incoming_dir / f"upload-{secrets.token_hex(8)}.part"
+    incoming = incoming_upload_path(storage.incoming_dir)
     shutil.copyfile(path, incoming)
     upload = ReceivedUpload(incoming, path.name, incoming.stat().st_size, {})
     return storage.create_file(upload, "fine-tune").id

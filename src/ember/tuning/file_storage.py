@@ -7,7 +7,7 @@ the row leaves a file without a row, which `FileStorage.remove_orphans` deletes 
 at a missing or unvalidated file.
 
 Layout under the data directory:
-    incoming/upload-<random>.part                 uploads being received or validated
+    incoming/upload-<pid>-<start>-<random>.part   uploads being received or validated (by that process)
     files/<file id>.jsonl                         OpenAI files
     datasets/<account>/<dataset id>-<random>.jsonl  Fireworks datasets
 """
@@ -22,7 +22,12 @@ from collections.abc import AsyncIterable, Callable
 from pathlib import Path
 
 from ember.tuning.dataset_report import ValidationReport
-from ember.tuning.multipart_upload import ReceivedUpload, UploadLimits, receive_multipart
+from ember.tuning.multipart_upload import (
+    ReceivedUpload,
+    UploadLimits,
+    receive_multipart,
+    upload_writer_gone,
+)
 from ember.tuning.ownership import OwnerScope
 from ember.tuning.store import TuningStore
 from ember.tuning.tuning_db import StoreConflictError, new_id
@@ -201,7 +206,10 @@ class FileStorage:
     def remove_orphans(self, min_age_s: float = 3600.0) -> list[Path]:
         """Delete stale incoming uploads and stored files that no row refers to; returns what was removed.
 
-        `min_age_s` keeps files an upload in flight (in this or another process) may still be committing.
+        An incoming `.part` file goes as soon as the process that was writing it is gone (its name says which:
+        multipart_upload.incoming_upload_path), however new it is: a server killed mid-upload leaves nothing
+        behind after its restart. Other files must be older than `min_age_s`, which keeps what an upload in
+        flight (in this or another process) may still be committing.
         """
         cutoff = time.time() - min_age_s
         referenced = {
@@ -211,8 +219,10 @@ class FileStorage:
         }
         removed = []
         for path in sorted(self.data_dir.glob("incoming/*")) + sorted(self.data_dir.glob("files/*")):
-            orphan = path.parent.name == "incoming" or self.store.get_file(path.stem) is None
-            if orphan and path.stat().st_mtime < cutoff:
+            incoming = path.parent.name == "incoming"
+            writer_gone = upload_writer_gone(path) if incoming else None
+            orphan = incoming or self.store.get_file(path.stem) is None
+            if writer_gone or (orphan and writer_gone is None and path.stat().st_mtime < cutoff):
                 path.unlink(missing_ok=True)
                 removed.append(path)
         for path in sorted(self.data_dir.glob("datasets/*/*")):

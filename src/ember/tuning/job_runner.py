@@ -9,8 +9,9 @@ running -> succeeded:         the worker saved the adapter and marked the job tr
                               writes `succeeded`, so a succeeded job's model answers at once. A hook that raises
                               fails the job instead.
 
-A worker that is gone while its job is still `running` (killed, out of memory, the server restarted and
-terminated it) leaves the job re-queued, and the next worker resumes from the job's last checkpoint. After
+A server that stops sends its worker SIGTERM: the worker saves a checkpoint of the step in progress and puts
+its job back to `queued` itself, without using up an attempt (worker_stop.py). A worker that is gone while its
+job is still `running` (killed, out of memory, too slow to stop) leaves the job re-queued, and the next worker resumes from the job's last checkpoint. After
 `max_attempts` such losses the job fails instead of looping forever. At start-up, `running` jobs whose worker
 process is still alive (it outlived a server restart) are adopted and watched until they end.
 """
@@ -42,6 +43,8 @@ class RunnerConfig:
     python: str = sys.executable
     worker_threads: int | None = None  # torch threads of the training worker; None: torch's default
     worker_nice: int = 10  # the worker yields the cores to serving (0: same priority as the server)
+    # After SIGTERM, the time a worker gets to finish its step and save a checkpoint before it is killed.
+    worker_stop_timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
         if self.poll_interval_s <= 0:
@@ -50,6 +53,8 @@ class RunnerConfig:
             raise ValueError(f"max_attempts must be at least 1, got {self.max_attempts}")
         if not 0 <= self.worker_nice <= 19:
             raise ValueError(f"worker_nice must be in [0, 19], got {self.worker_nice}")
+        if self.worker_stop_timeout_s < 0:
+            raise ValueError(f"worker_stop_timeout_s must be 0 or more, got {self.worker_stop_timeout_s}")
         if self.worker_threads is not None and self.worker_threads < 1:
             raise ValueError(f"worker_threads must be at least 1 when set, got {self.worker_threads}")
 
@@ -92,22 +97,40 @@ class JobRunner:
         self._thread = threading.Thread(target=self._loop, name="ember-job-runner", daemon=True)
         self._thread.start()
 
+    def begin_stop(self, timeout_s: float = 10.0) -> None:
+        """The first half of `stop`, returning at once: no new job starts, and the worker is asked to pause
+        (SIGTERM), so it saves its checkpoint while the server does the rest of its shutdown."""
+        self._stop_watching(timeout_s)
+        worker = self._worker
+        if worker is not None and worker.process is not None and worker.process.poll() is None:
+            worker.process.terminate()
+
     def stop(self, terminate_worker: bool = True, timeout_s: float = 10.0) -> None:
-        """Stop watching; by default also stop the worker (its job stays `running` and resumes at next start)."""
-        self._stopping.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-            self._thread = None
+        """Stop watching; by default also stop the worker: it pauses its job (`queued`, resumed at the next
+        start) within `RunnerConfig.worker_stop_timeout_s`, or is killed (then the next start re-queues it)."""
+        self._stop_watching(timeout_s)
         worker = self._worker
         if terminate_worker and worker is not None and worker.process is not None:
             worker.process.terminate()
             try:
-                worker.process.wait(timeout_s)
+                worker.process.wait(self.config.worker_stop_timeout_s)
             except subprocess.TimeoutExpired:
+                logger.warning(
+                    "the training worker of job %s did not stop within %g s; killing it",
+                    worker.job_id,
+                    self.config.worker_stop_timeout_s,
+                )
                 worker.process.kill()
                 worker.process.wait()
         self._worker = None
+
+    def _stop_watching(self, timeout_s: float) -> None:
+        self._stopping.set()
+        self._wake.set()
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout_s)  # a tick in progress ends first: it may be starting a worker
+            self._thread = None
 
     def wake(self) -> None:
         """Look at the queue now rather than at the next poll (after a create, cancel or resume)."""

@@ -91,6 +91,10 @@ class FineTuningService:
         """Recover jobs a previous server left running, then start processing the queue."""
         self.runner.start()
 
+    def begin_stop(self) -> None:
+        """No new job starts, and the running one is asked to pause; `stop` then waits for it."""
+        self.runner.begin_stop()
+
     def stop(self) -> None:
         self.runner.stop()
 

@@ -3,7 +3,9 @@
 Training runs outside the server process so serving stays responsive and a crash cannot take the server down.
 Everything the worker needs is in the job's row (the settings in `metadata`) and the data directory; it
 reports through the same SQLite store: metrics and message events, the latest checkpoint, and the end of
-training. It polls the job's status before every step and stops when the job was cancelled.
+training. It polls the job's status before every step and stops when the job was cancelled. SIGTERM or SIGINT
+(the server shutting down) pauses it: the step in progress is saved as a checkpoint and the job is queued
+again (worker_stop.py).
 
 A worker that trained to the end saves the adapter and marks the job `trained` (in its metadata; the status
 stays `running`). Turning it `succeeded` is the job runner's part (job_runner.py): the server first serves the
@@ -29,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from ember.tuning.hyperparameters import LOW_TOKEN_ACCURACY
 from ember.tuning.job_store import JobRecord
 from ember.tuning.store import TuningStore
+from ember.tuning.worker_stop import StopSignals, WorkerStopRequested
 
 TRAINED = "trained"  # what run_job returns when the adapter is saved and the job awaits `succeeded`
 
@@ -78,8 +81,10 @@ class JobFailure(Exception):
         self.code = code
 
 
-def run_job(store: TuningStore, data_dir: Path, job_id: str) -> str:
-    """Train the job (already claimed as `running`) to its end; returns the final status it recorded."""
+def run_job(store: TuningStore, data_dir: Path, job_id: str, stop: StopSignals | None = None) -> str:
+    """Train the job (already claimed as `running`) to its end; returns the status it recorded (`queued`
+    when `stop` saw a signal: the job was paused to resume later)."""
+    stop = stop or StopSignals()
     job = store.get_job(job_id)
     if job is None:
         raise LookupError(f"no fine-tuning job {job_id!r}")
@@ -87,7 +92,9 @@ def run_job(store: TuningStore, data_dir: Path, job_id: str) -> str:
         return job.status
     paths = JobPaths(data_dir, job_id)
     try:
-        return _train(store, paths, job)
+        return _train(store, paths, job, stop)
+    except WorkerStopRequested:
+        return _pause(store, job_id, stop)
     except JobFailure as failure:
         error = {"message": str(failure), "param": failure.param, "code": failure.code}
     except Exception as exc:  # the worker's last resort: whatever broke is recorded on the job, not lost
@@ -102,13 +109,14 @@ def run_job(store: TuningStore, data_dir: Path, job_id: str) -> str:
     return current.status if current is not None else "failed"
 
 
-def _train(store: TuningStore, paths: JobPaths, job: JobRecord) -> str:
+def _train(store: TuningStore, paths: JobPaths, job: JobRecord, stop: StopSignals) -> str:
     from ember.tuning.trainer import TrainingCallbacks, TrainingCancelled, TrainingMetrics
     from ember.tuning.training_state import CheckpointInfo
 
     settings = job.metadata
-    model = _load_model(settings)
-    trainer, train_examples, eval_examples = _prepare(store, paths, job, model)
+    with stop.interruptible():  # nothing to save yet: a stop signal ends this at once
+        model = _load_model(settings)
+        trainer, train_examples, eval_examples = _prepare(store, paths, job, model)
 
     def on_metrics(m: TrainingMetrics) -> None:
         text = (
@@ -141,6 +149,8 @@ def _train(store: TuningStore, paths: JobPaths, job: JobRecord) -> str:
         _event(store, job.id, f"Checkpoint saved at step {info.step}")
 
     def should_stop() -> bool:
+        if stop.requested:
+            return True
         current = store.get_job(job.id)
         return current is None or current.status != "running"
 
@@ -150,6 +160,7 @@ def _train(store: TuningStore, paths: JobPaths, job: JobRecord) -> str:
         on_checkpoint=on_checkpoint,
         on_message=lambda text: _event(store, job.id, text),
         should_stop=should_stop,
+        pause_on_stop=lambda: stop.requested,
     )
     try:
         result = trainer.train(
@@ -160,8 +171,10 @@ def _train(store: TuningStore, paths: JobPaths, job: JobRecord) -> str:
             output_dir=paths.adapter,
             callbacks=callbacks,
         )
-    except TrainingCancelled as stop:
-        _event(store, job.id, f"Training stopped: the job is no longer running ({stop})")
+    except TrainingCancelled as cancelled:
+        if stop.requested:
+            return _pause(store, job.id, stop)
+        _event(store, job.id, f"Training stopped: the job is no longer running ({cancelled})")
         current = store.get_job(job.id)
         return current.status if current is not None else "cancelled"
     accuracy = result.final_train_accuracy
@@ -189,6 +202,27 @@ def _train(store: TuningStore, paths: JobPaths, job: JobRecord) -> str:
     )
     _event(store, job.id, "Training finished; the adapter is saved and is being deployed")
     return TRAINED
+
+
+def _pause(store: TuningStore, job_id: str, stop: StopSignals) -> str:
+    """After a stop signal: the job back to `queued`, to resume from its newest checkpoint at the next start.
+    Its attempt is given back, as a shutdown is not one of the failures `max_attempts` counts."""
+    job = store.get_job(job_id)
+    if job is None:
+        return "cancelled"
+    attempts = int(job.metadata.get("attempts", 1))
+    metadata = {**job.metadata, "worker_pid": None, "attempts": max(attempts - 1, 0)}
+    if not store.update_job(job_id, status="queued", metadata=metadata, expect_status=("running",)):
+        current = store.get_job(job_id)  # cancelled or deleted meanwhile: that stands
+        return current.status if current is not None else "cancelled"
+    where = f"from checkpoint {Path(job.checkpoint_path).name}" if job.checkpoint_path else "from the start"
+    _event(
+        store,
+        job_id,
+        f"Training paused: the worker received {stop.name} (the server is shutting down); the job is queued "
+        f"and resumes {where}",
+    )
+    return "queued"
 
 
 def _event(store: TuningStore, job_id: str, message: str, **kwargs: Any) -> None:
@@ -280,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch compute threads (default: torch's)")
     parser.add_argument("--nice", type=int, default=0, help="lower the worker's CPU priority by this much")
     args = parser.parse_args(argv)
+    stop = StopSignals()
+    stop.install()  # first: a signal during the imports below pauses the job too
     if args.nice:
         os.nice(args.nice)
     if args.threads is not None:
@@ -287,9 +323,9 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
     store = TuningStore(args.db)
-    status = run_job(store, Path(args.data_dir), args.job_id)
+    status = run_job(store, Path(args.data_dir), args.job_id, stop)
     print(f"job {args.job_id} ended {status} (worker pid {os.getpid()})", flush=True)
-    return 0 if status in (TRAINED, "succeeded", "cancelled") else 1
+    return 0 if status in (TRAINED, "succeeded", "cancelled", "queued") else 1
 
 
 if __name__ == "__main__":

@@ -1,11 +1,15 @@
 """Receiving an upload: a multipart body (or raw bytes) streamed to a file in `incoming/` under a size limit.
 
 What is received is not yet validated or stored; file_storage.py validates it and commits it or deletes it.
-On any failure while receiving, the partial file is deleted here, so nothing is left in `incoming/`.
+On any failure while receiving, the partial file is deleted here, so nothing is left in `incoming/`; a process
+killed while receiving cannot delete it, so each `.part` name says which process writes it, and the next
+start-up removes those whose writer is gone.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import secrets
 from collections.abc import AsyncIterable, Iterable
 from dataclasses import dataclass
@@ -196,4 +200,40 @@ def receive_stream(
 
 def _incoming_path(incoming_dir: Path) -> Path:
     incoming_dir.mkdir(parents=True, exist_ok=True)
-    return incoming_dir / f"upload-{secrets.token_hex(8)}.part"
+    return incoming_upload_path(incoming_dir)
+
+
+def incoming_upload_path(incoming_dir: Path) -> Path:
+    """A new `.part` name in `incoming/` that names its writer (pid and the process's start time), so a later
+    start-up can tell an upload still in flight from one a killed process left behind (`upload_writer_gone`)."""
+    pid = os.getpid()
+    return incoming_dir / f"upload-{pid}-{_process_start(pid) or 0}-{secrets.token_hex(8)}.part"
+
+
+def upload_writer_gone(path: Path) -> bool | None:
+    """True when the process that named this `.part` file has exited, False while it runs; None when the name
+    does not say (an older name) or this system cannot tell (no /proc)."""
+    match = _PART_NAME.fullmatch(path.name)
+    if match is None:
+        return None
+    pid, started = int(match["pid"]), int(match["started"])
+    if started == 0:
+        return None
+    now = _process_start(pid)
+    if now is None:
+        return None if not Path("/proc/self/stat").exists() else True
+    return now != started  # another process has that pid now: the writer is gone
+
+
+_PART_NAME = re.compile(r"upload-(?P<pid>\d+)-(?P<started>\d+)-[0-9a-f]+\.part")
+
+
+def _process_start(pid: int) -> int | None:
+    """When the process started, in clock ticks since boot (/proc/<pid>/stat field 22); None if it is gone
+    or there is no /proc. Together with the pid it names one process: pids are reused, start times are not."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[-1].split()  # the command name, in parentheses, may hold spaces
+    return int(fields[19])  # field 22 of the line; fields[0] is field 3 (state)

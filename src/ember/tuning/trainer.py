@@ -45,7 +45,8 @@ from ember.tuning.training_state import (
 
 
 class TrainingCancelled(Exception):
-    """`should_stop` asked the run to stop; the last checkpoint stays valid to resume from."""
+    """`should_stop` asked the run to stop; the last checkpoint (for a pause: of the last step) is where a
+    resumed run continues."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,9 @@ class TrainingCallbacks:
     on_checkpoint: Callable[[CheckpointInfo], None] | None = None
     on_message: Callable[[str], None] | None = None
     should_stop: Callable[[], bool] | None = None  # polled before every step
+    # Asked once should_stop is true: whether this stop is a pause, which first saves a checkpoint of the steps
+    # done since the last one (the worker stopped at a server's shutdown), rather than a cancel.
+    pause_on_stop: Callable[[], bool] | None = None
 
 
 def split_carve_out(
@@ -138,6 +142,7 @@ class LoraTrainer:
         self.optimizer = torch.optim.AdamW(
             self.lora.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
         )
+        self._checkpointed_step = 0  # the step of the newest checkpoint: a pause saves only steps after it
 
     def train(
         self,
@@ -163,6 +168,7 @@ class LoraTrainer:
         if resume_from is not None:
             progress = restore_checkpoint(resume_from, self.lora, self.optimizer, self.model.config)
             _say(callbacks, f"Resumed from checkpoint at step {progress.step} (epoch {progress.epoch})")
+        self._checkpointed_step = progress.step
         plan = plan_batches(
             train_examples, self.config.batch_tokens, self.config.seed, self.config.batch_examples
         )
@@ -248,6 +254,9 @@ class LoraTrainer:
         )
         while progress.step_in_epoch < run.steps_per_epoch and not progress.stopped_early:
             if run.callbacks.should_stop is not None and run.callbacks.should_stop():
+                pause = run.callbacks.pause_on_stop is not None and run.callbacks.pause_on_stop()
+                if pause and run.checkpoint_dir is not None and progress.step > self._checkpointed_step:
+                    self._save_checkpoint(run, progress)
                 raise TrainingCancelled(f"stopped at step {progress.step}")
             first = progress.step_in_epoch * config.grad_accumulation
             chosen = [i for batch in plan[first : first + config.grad_accumulation] for i in batch]
@@ -308,13 +317,16 @@ class LoraTrainer:
                 and progress.step % config.checkpoint_every_steps == 0
             )
             if run.checkpoint_dir is not None and (epoch_done or progress.stopped_early or periodic):
-                info = save_checkpoint(
-                    run.checkpoint_dir, self.lora, self.optimizer, progress, self.base_model_name
-                )
-                if run.callbacks.on_checkpoint is not None:
-                    run.callbacks.on_checkpoint(info)
+                self._save_checkpoint(run, progress)
             if epoch_done:
                 return
+
+    def _save_checkpoint(self, run: _Run, progress: TrainingProgress) -> None:
+        assert run.checkpoint_dir is not None
+        info = save_checkpoint(run.checkpoint_dir, self.lora, self.optimizer, progress, self.base_model_name)
+        self._checkpointed_step = progress.step
+        if run.callbacks.on_checkpoint is not None:
+            run.callbacks.on_checkpoint(info)
 
     def _step(self, batches: list[PackedBatch], learning_rate: float) -> Evaluation:
         """One optimizer step over the micro-batches of a step; returns the step's loss and token accuracy."""

@@ -119,6 +119,7 @@ class CountTokensRequest(APIModel):
     tools: Annotated[list[dict[str, Any]] | None, WithJsonSchema(ANTHROPIC_TOOLS)] = None
     tool_choice: Annotated[dict[str, Any] | None, WithJsonSchema(ANTHROPIC_TOOL_CHOICE)] = None
     thinking: Annotated[dict[str, Any] | None, WithJsonSchema(ANTHROPIC_THINKING)] = None
+    generic_tools: bool | None = None  # ember: false refuses tools on templates without tool support
 
     @field_validator("system")
     @classmethod
@@ -135,6 +136,20 @@ class CountTokensRequest(APIModel):
         for message in self.messages:
             messages += message.chat_messages()
         return messages
+
+    def continues_final_message(self) -> bool:
+        """A final assistant turn is a prefill: the reply continues its text. ValueError (naming `messages`)
+        for one Anthropic refuses: with tool_use blocks, or text ending in whitespace."""
+        final = self.messages[-1]
+        where = f"messages[{len(self.messages) - 1}]"
+        if final.role != "assistant":
+            return False
+        if isinstance(final.content, list) and any(b["type"] == "tool_use" for b in final.content):
+            raise ValueError(f"{where}: a final assistant message (a prefill) cannot hold tool_use blocks")
+        text = final.text()
+        if text != text.rstrip():
+            raise ValueError(f"{where}: final assistant content cannot end with trailing whitespace")
+        return True
 
     def openai_tools(self) -> list[dict[str, Any]]:
         """Anthropic's custom tools as OpenAI function tools; ValueError names a tool this server cannot run."""

@@ -38,7 +38,7 @@ def stop_fields(seq: CompletionOutput, num_tool_calls: int = 0) -> tuple[str | N
     return "end_turn", None
 
 
-def messages_ask(body: CountTokensRequest) -> ChatAsk:
+def messages_ask(body: CountTokensRequest, generic_tools: bool = True) -> ChatAsk:
     """The request as the preparation step takes it: Anthropic's sampling fields on OpenAI's names (count_tokens
     has none; it only needs the prompt)."""
     sampling = SamplingRequest()
@@ -50,7 +50,7 @@ def messages_ask(body: CountTokensRequest) -> ChatAsk:
         max_tokens = body.max_tokens
     return ChatAsk(
         model=body.model,
-        inputs=functools.partial(_chat_inputs, body),
+        inputs=functools.partial(_chat_inputs, body, generic_tools),
         sampling=sampling,
         max_tokens=max_tokens,
         id_prefix="msg",
@@ -59,7 +59,7 @@ def messages_ask(body: CountTokensRequest) -> ChatAsk:
     )
 
 
-def _chat_inputs(body: CountTokensRequest) -> ChatInputs:
+def _chat_inputs(body: CountTokensRequest, generic_tools: bool) -> ChatInputs:
     try:
         return ChatInputs(
             messages=body.chat_messages(),
@@ -67,6 +67,8 @@ def _chat_inputs(body: CountTokensRequest) -> ChatInputs:
             tool_choice=body.tool_choice,
             parallel_tool_calls=body.parallel_tool_calls(),
             reasoning_effort=body.reasoning_effort(),
+            continue_final_message=body.continues_final_message(),
+            generic_tools=generic_tools if body.generic_tools is None else body.generic_tools,
         )
     except ValueError as error:
         message = str(error)
@@ -79,14 +81,20 @@ class MessagesServing:
 
     async def count_tokens(self, body: CountTokensRequest) -> dict[str, int]:
         preparation = self.state.preparation
-        return {"input_tokens": await preparation.run(preparation.count_chat_tokens, messages_ask(body))}
+        return {
+            "input_tokens": await preparation.run(
+                preparation.count_chat_tokens, messages_ask(body, self.state.config.generic_tools)
+            )
+        }
 
     async def create(self, body: MessagesRequest, http: Request) -> Response:
         timer = RequestTimer()
         state = self.state
         watch = DisconnectWatch(http, state.engine)
         try:
-            prepared = await state.preparation.chat(messages_ask(body), http.headers, watch)
+            prepared = await state.preparation.chat(
+                messages_ask(body, state.config.generic_tools), http.headers, watch
+            )
         except BaseException:
             watch.close()
             raise

@@ -43,6 +43,9 @@ class ServerConfig:
     max_embedding_tokens: int = 65_536
     """Upper bound for the tokens of all inputs of one embeddings request together (a 400 above it); OpenAI's is
     300,000, which on a CPU is ~10 minutes of prefill (docs/decisions.md)."""
+    generic_tools: bool = True
+    """Tools on a model whose chat template has no tool support use ember's generic format (a request's
+    `generic_tools` overrides it); False: such requests get a 400 (`ember serve --no-generic-tools`)."""
 
     def __post_init__(self) -> None:
         if not self.model_name or "/" in self.model_name:

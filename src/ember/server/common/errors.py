@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from ember.engine.errors import EngineDeadError, QueueFullError
 
@@ -102,6 +103,10 @@ def as_api_error(exc: Exception) -> APIError:
         return APIError(429, str(exc), code="rate_limit_exceeded", headers=_retry_after(exc.retry_after_s))
     if isinstance(exc, EngineDeadError):
         return APIError(503, str(exc), code="engine_unavailable", headers=_retry_after(5.0))
+    if isinstance(
+        exc, ClientDisconnect
+    ):  # left mid-body (an upload cut off): 499 as ClientLeft, nobody reads it
+        return APIError(499, "the client closed the connection", code="client_closed_request")
     if isinstance(exc, StarletteHTTPException):
         if exc.status_code == 404:
             return APIError(
@@ -126,6 +131,7 @@ def install_error_handlers(app: FastAPI) -> None:
         EngineDeadError,
         StarletteHTTPException,
         RequestValidationError,
+        ClientDisconnect,  # its own handler: the catch-all one logs a traceback and re-raises to uvicorn
         Exception,
     ):
         app.add_exception_handler(exc_type, handle)

@@ -3,7 +3,7 @@
 
 The Prometheus names are vLLM's own (`vllm:` prefix, `model_name` label), so dashboards and alerts written
 for vLLM work unchanged against ember: vllm:num_requests_running, vllm:num_requests_waiting,
-vllm:kv_cache_usage_perc, vllm:prefix_cache_queries_total, vllm:prefix_cache_hits_total,
+vllm:kv_cache_usage_perc, vllm:prefix_cache_queries_total, vllm:prefix_cache_hits_total, vllm:spec_decode_*,
 vllm:prompt_tokens_total, vllm:generation_tokens_total, vllm:num_preemptions_total,
 vllm:request_success_total{finished_reason}, and the histograms vllm:time_to_first_token_seconds,
 vllm:inter_token_latency_seconds, vllm:e2e_request_latency_seconds. Engine gauges and counters are read
@@ -15,6 +15,7 @@ from __future__ import annotations
 import bisect
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ember.engine.stats import EngineStats
@@ -60,6 +61,8 @@ class TokenCounts:
     prompt: int
     cached: int
     generated: int
+    accepted_prediction: int = 0  # speculative decoding: draft tokens kept in the reply
+    rejected_prediction: int = 0  # draft tokens verified but not kept
 
 
 def perf_metrics(counts: TokenCounts, timer: RequestTimer) -> dict[str, float | int]:
@@ -79,6 +82,9 @@ def perf_metrics(counts: TokenCounts, timer: RequestTimer) -> dict[str, float | 
     }
     if ttft is not None:
         metrics["server-time-to-first-token"] = round(ttft, 6)
+    if counts.accepted_prediction or counts.rejected_prediction:
+        metrics["speculation-accepted-tokens"] = counts.accepted_prediction
+        metrics["speculation-rejected-tokens"] = counts.rejected_prediction
     return metrics
 
 
@@ -210,6 +216,29 @@ class ServerMetrics:
         for reason in finish_reasons:
             self.finished[reason or "unknown"] += 1
 
+    def _render_spec_decode(self, stats: EngineStats, metric: Callable[..., None], lines: list[str]) -> None:
+        """Speculative decoding under vLLM's names: drafts verified, their tokens, the tokens kept, and the
+        tokens kept per draft position."""
+        metric(
+            "vllm:spec_decode_num_drafts_total", "counter", "Drafts verified.", stats.spec_decode_num_drafts
+        )
+        metric(
+            "vllm:spec_decode_num_draft_tokens_total",
+            "counter",
+            "Draft tokens verified.",
+            stats.spec_decode_num_draft_tokens,
+        )
+        metric(
+            "vllm:spec_decode_num_accepted_tokens_total",
+            "counter",
+            "Draft tokens accepted.",
+            stats.spec_decode_num_accepted_tokens,
+        )
+        name = "vllm:spec_decode_num_accepted_tokens_per_pos_total"
+        lines += [f"# HELP {name} Draft tokens accepted at each draft position.", f"# TYPE {name} counter"]
+        for position, count in enumerate(stats.spec_decode_accepted_per_pos):
+            lines.append(f'{name}{{{self.labels},position="{position}"}} {count}')
+
     def render(self, stats: EngineStats) -> str:
         labels = self.labels
         lines: list[str] = []
@@ -247,6 +276,7 @@ class ServerMetrics:
             "Requests preempted to free KV cache.",
             stats.num_preemptions,
         )
+        self._render_spec_decode(stats, metric, lines)
         lines += [
             "# HELP vllm:request_success_total Finished requests by finish reason.",
             "# TYPE vllm:request_success_total counter",

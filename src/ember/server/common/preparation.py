@@ -24,8 +24,10 @@ from ember.chat.reply import ReplyReader
 from ember.chat.tool_calls import new_tool_call_id
 from ember.engine import generation_budget
 from ember.engine.sampling_params import SamplingParams
+from ember.engine.speculation.config import SpeculationParams
 from ember.server.common.errors import invalid_request
 from ember.server.common.generation import ClientLeft
+from ember.server.common.prediction import speculation_params
 from ember.server.common.prompts import PromptEncoder
 from ember.server.common.protocol import SamplingRequest
 from ember.server.common.served_models import ServedModels
@@ -88,6 +90,7 @@ def build_sampling_params(
     logprobs: int | None = None,
     prompt_logprobs: int | None = None,
     structured: StructuredSpec | None = None,
+    speculation: SpeculationParams | None = None,
 ) -> SamplingParams:
     """SamplingParams for one prompt of `request`; any out-of-range value becomes a 400 naming its parameter.
     `structured` (a StructuredSpec, or None for free text) is the output constraint, built by the caller."""
@@ -124,6 +127,7 @@ def build_sampling_params(
             prompt_logprobs=prompt_logprobs,
             skip_special_tokens=_or(request.skip_special_tokens, True),
             structured=structured,
+            speculation=speculation,
         )
     except ValueError as error:
         message = str(error)
@@ -291,6 +295,7 @@ class Preparation:
             max_tokens=max_tokens,
             logprobs=ask.logprobs,
             structured=plan.structured,
+            speculation=speculation_params(ask.sampling, self.encoder),
         )
         if plan.stop:
             params.stop = [*params.stop, *plan.stop]
@@ -318,6 +323,7 @@ class Preparation:
         model, lora_id = self.models.lookup(ask.model)
         prompts = ask.prompts()
         structured: StructuredSpec | None = None
+        speculation: SpeculationParams | None = None
         response_id = new_id("cmpl")
         salt = _cache_salt(headers, ask.cache_key)
         requests: list[EngineRequest] = []
@@ -330,6 +336,7 @@ class Preparation:
             echoes.append(echo)
             if i == 0:  # checked once, after the first prompt (as each prompt's SamplingParams used to)
                 structured = response_format_spec(ask.sampling.response_format)
+                speculation = speculation_params(ask.sampling, self.encoder)
             params = build_sampling_params(
                 ask.sampling,
                 self.limits,
@@ -338,6 +345,7 @@ class Preparation:
                 logprobs=ask.logprobs,
                 prompt_logprobs=ask.logprobs if echo is not None else None,
                 structured=structured,
+                speculation=speculation,
             )
             requests.append(EngineRequest(f"{response_id}-{i}", ids, params, salt, param, lora_id))
         return PreparedRequest(

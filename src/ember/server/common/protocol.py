@@ -44,6 +44,32 @@ class StreamOptions(APIModel):
     include_usage: bool | None = None
 
 
+class PredictionTextPart(APIModel):
+    type: Literal["text"]
+    text: str
+
+
+class Prediction(APIModel):
+    """OpenAI's / Fireworks' Predicted Outputs: text the reply is expected to repeat (drafts to verify)."""
+
+    type: Literal["content"]
+    content: str | list[PredictionTextPart]
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class PromptLookup(APIModel):
+    """ember's per-request n-gram prompt lookup (speculative decoding); null fields keep the server's value."""
+
+    mode: Literal["off", "on", "auto"] | None = None
+    num_speculative_tokens: Annotated[int, Field(ge=1, le=16)] | None = None
+    min_ngram: Annotated[int, Field(ge=1, le=16)] | None = None
+    max_ngram: Annotated[int, Field(ge=1, le=16)] | None = None
+
+
 class SamplingRequest(APIModel):
     """The sampler, stopping and Fireworks fields common to /completions and /chat/completions."""
 
@@ -74,6 +100,8 @@ class SamplingRequest(APIModel):
     # {"type": "text" | "json_object" | "json_schema" | "grammar" | "regex" | "choice", ...}: checked by
     # ember.structured.spec_from_response_format, so it stays an untyped object here.
     response_format: Annotated[Any, WithJsonSchema(RESPONSE_FORMAT)] = None
+    prediction: Prediction | None = None
+    prompt_lookup: PromptLookup | None = None
 
     @field_validator("stop")
     @classmethod

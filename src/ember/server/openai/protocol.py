@@ -74,9 +74,11 @@ class ChatCompletionRequest(SamplingRequest):
     logprobs: bool | Annotated[int, Field(ge=0, le=MAX_LOGPROBS)] | None = None
     top_logprobs: Annotated[int, Field(ge=0, le=MAX_LOGPROBS)] | None = None
     add_generation_prompt: bool | None = None
+    continue_final_message: bool | None = None  # vLLM: the reply continues the final message's text
     chat_template_kwargs: dict[str, Any] | None = None
     # Checked by ember.structured.parse_tools / forced_tools and ember.chat.reasoning.template_switches.
     tools: Annotated[list[Any] | None, WithJsonSchema(OPENAI_TOOLS)] = None
+    generic_tools: bool | None = None  # ember: false refuses tools on templates without tool support
     tool_choice: Annotated[Any, WithJsonSchema(OPENAI_TOOL_CHOICE)] = None
     parallel_tool_calls: bool | None = None
     reasoning_effort: str | bool | None = None

@@ -42,12 +42,18 @@ def completion_object(
     }
 
 
-def usage_dict(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict[str, Any]:
+def usage_dict(counts: TokenCounts) -> dict[str, Any]:
+    """OpenAI's usage object; completion_tokens_details counts the draft tokens speculative decoding verified
+    (Predicted Outputs' names, also for n-gram drafts): kept in the reply, and drafted but not kept."""
     return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": cached_tokens},
+        "prompt_tokens": counts.prompt,
+        "completion_tokens": counts.generated,
+        "total_tokens": counts.prompt + counts.generated,
+        "prompt_tokens_details": {"cached_tokens": counts.cached},
+        "completion_tokens_details": {
+            "accepted_prediction_tokens": counts.accepted_prediction,
+            "rejected_prediction_tokens": counts.rejected_prediction,
+        },
     }
 
 
@@ -97,12 +103,14 @@ class StreamProgress:
         self.finished: dict[int, str | None] = {}
         self.started: set[int] = set()
         self._cached: dict[int, int] = {}
+        self._predictions: dict[int, tuple[int, int]] = {}  # position -> (accepted, rejected) draft tokens
 
     def pieces(self, position: int, output: RequestOutput) -> Iterator[ChoicePiece]:
         """The sequences of `output` that have something to send: new tokens, or their finish."""
         if output.error:
             raise APIError(500, f"generation failed: {output.error}", code="generation_failed")
         self._cached[position] = output.num_cached_tokens
+        self._predictions[position] = (output.accepted_prediction_tokens, output.rejected_prediction_tokens)
         for seq in output.outputs:
             index = position * self.n + seq.index
             if index in self.finished:
@@ -123,7 +131,13 @@ class StreamProgress:
         return len(self.finished) == self.total_choices
 
     def counts(self) -> TokenCounts:
-        return TokenCounts(self.prompt_tokens, sum(self._cached.values()), self.generated)
+        return TokenCounts(
+            self.prompt_tokens,
+            sum(self._cached.values()),
+            self.generated,
+            accepted_prediction=sum(accepted for accepted, _ in self._predictions.values()),
+            rejected_prediction=sum(rejected for _, rejected in self._predictions.values()),
+        )
 
     def chunk_extras(self, perf_in_response: bool) -> dict[str, Any]:
         """`usage` (and perf_metrics) for the chunk just built: filled only on the last finishing chunk."""
@@ -133,7 +147,7 @@ class StreamProgress:
         counts = self.counts()
         extras: dict[str, Any] = {"usage": None}
         if self.usage.on_finish_chunk:
-            extras["usage"] = usage_dict(counts.prompt, counts.generated, counts.cached)
+            extras["usage"] = usage_dict(counts)
         if perf_in_response:
             extras["perf_metrics"] = perf_metrics(counts, self.timer)
         return extras
@@ -142,5 +156,4 @@ class StreamProgress:
         """The usage of OpenAI's trailing `choices: []` chunk, when the client asked for it."""
         if not self.usage.final_chunk:
             return None
-        counts = self.counts()
-        return usage_dict(counts.prompt, counts.generated, counts.cached)
+        return usage_dict(self.counts())

@@ -32,12 +32,13 @@ from ember.server.openai.responses import (
 )
 
 
-def chat_ask(body: ChatCompletionRequest) -> ChatAsk:
-    """The request as the preparation step takes it."""
+def chat_ask(body: ChatCompletionRequest, generic_tools: bool = True) -> ChatAsk:
+    """The request as the preparation step takes it; `generic_tools`: the server's setting, which the body's
+    own field overrides."""
     wants_logprobs = body.wants_logprobs()
     return ChatAsk(
         model=body.model,
-        inputs=functools.partial(_chat_inputs, body),
+        inputs=functools.partial(_chat_inputs, body, generic_tools),
         sampling=body,
         max_tokens=body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens,
         behavior=body.context_length_exceeded_behavior or "truncate",
@@ -46,7 +47,7 @@ def chat_ask(body: ChatCompletionRequest) -> ChatAsk:
     )
 
 
-def _chat_inputs(body: ChatCompletionRequest) -> ChatInputs:
+def _chat_inputs(body: ChatCompletionRequest, generic_tools: bool) -> ChatInputs:
     """The plan's inputs (on the preparation thread: a long conversation converts there), after the refusals
     only a chat body can have."""
     for name in body.UNSUPPORTED:
@@ -67,7 +68,9 @@ def _chat_inputs(body: ChatCompletionRequest) -> ChatInputs:
         reasoning_effort=body.reasoning_effort,
         response_format=body.response_format,
         template_kwargs=body.chat_template_kwargs,
-        add_generation_prompt=body.add_generation_prompt is not False,
+        add_generation_prompt=body.add_generation_prompt,
+        continue_final_message=bool(body.continue_final_message),
+        generic_tools=generic_tools if body.generic_tools is None else body.generic_tools,
     )
 
 
@@ -79,7 +82,9 @@ class ChatServing:
         timer = RequestTimer()
         watch = DisconnectWatch(http, self.state.engine)
         try:
-            prepared = await self.state.preparation.chat(chat_ask(body), http.headers, watch)
+            prepared = await self.state.preparation.chat(
+                chat_ask(body, self.state.config.generic_tools), http.headers, watch
+            )
         except BaseException:
             watch.close()
             raise
@@ -153,9 +158,11 @@ class _ChatBuilder:
             prompt=len(final.prompt_token_ids),
             cached=final.num_cached_tokens,
             generated=sum(len(seq.token_ids) for seq in final.outputs),
+            accepted_prediction=final.accepted_prediction_tokens,
+            rejected_prediction=final.rejected_prediction_tokens,
         )
         self.state.metrics.observe_request(self.timer, [c["finish_reason"] for c in choices])
-        usage = usage_dict(counts.prompt, counts.generated, counts.cached)
+        usage = usage_dict(counts)
         payload = completion_object("chat.completion", self.id, self.created, self.model, choices, usage)
         if self.body.perf_metrics_in_response:
             payload["perf_metrics"] = perf_metrics(counts, self.timer)

@@ -161,9 +161,11 @@ class _CompletionBuilder:
             prompt=sum(len(f.prompt_token_ids) for f in finals),
             cached=sum(f.num_cached_tokens for f in finals),
             generated=generated,
+            accepted_prediction=sum(f.accepted_prediction_tokens for f in finals),
+            rejected_prediction=sum(f.rejected_prediction_tokens for f in finals),
         )
         self.state.metrics.observe_request(self.timer, [c["finish_reason"] for c in choices])
-        usage = usage_dict(counts.prompt, counts.generated, counts.cached)
+        usage = usage_dict(counts)
         payload = completion_object("text_completion", self.id, self.created, self.model, choices, usage)
         if self.body.perf_metrics_in_response:
             payload["perf_metrics"] = perf_metrics(counts, self.timer)

@@ -1,0 +1,129 @@
+"""Tool calling for chat templates that know nothing of tools: ember writes the tools, the past calls and the
+tool results into ordinary messages, in one compact format the model can read and the parser reads back.
+
+The format (docs/decisions.md, "Tool calls on templates without tool support"), close to the one SmolLM2
+was instruction-tuned on:
+- the tools, one JSON object a line (name, description, parameters), between <tools> and </tools>, with two
+  sentences on how to call them, appended to the system message (a new system message when there is none;
+  the first user message when the template has no system role);
+- a call: `<tool_call>[{"name": ..., "arguments": {...}}, ...]</tool_call>`, all calls of a turn in one list;
+  past assistant calls are rendered that way after the assistant's text;
+- a tool result: a user turn of `<tool_response>\n...\n</tool_response>` blocks, the results of one turn
+  together, in the order of the calls.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ember.chat.template import ChatTemplate, ChatTemplateError
+from ember.structured import GENERIC, FunctionTool
+
+_SYSTEM_PROBE = "\ue000ember-system-probe\ue000"
+
+
+def tools_instruction(tools: Sequence[FunctionTool], forced: Sequence[FunctionTool], parallel: bool) -> str:
+    """The text that shows the model its tools and how to call them. `forced`: the tools tool_choice makes
+    it call (empty under auto)."""
+    lines = [json.dumps(_tool_object(tool), ensure_ascii=False) for tool in tools]
+    call = (
+        f'{GENERIC.list_prefix}{{"name": "<tool name>", "arguments": {{<arguments>}}}}{GENERIC.list_suffix}'
+    )
+    if len(forced) == 1 and len(tools) > 1:
+        when = f"Call the tool {forced[0].name} now: reply with {call}."
+    elif forced:
+        when = f"Call a tool now: reply with {call}."
+    else:
+        when = f"To call a tool, reply with {call}. If no tool is needed, answer in plain text."
+    several = " To call several tools, put several calls in the list." if parallel else ""
+    return "You can use these tools:\n<tools>\n" + "\n".join(lines) + "\n</tools>\n" + when + several
+
+
+def _tool_object(tool: FunctionTool) -> dict[str, Any]:
+    shown: dict[str, Any] = {"name": tool.name}
+    if tool.description:
+        shown["description"] = tool.description
+    shown["parameters"] = tool.parameters
+    return shown
+
+
+def calls_text(calls: Sequence[Mapping[str, Any]]) -> str:
+    """Past tool calls (OpenAI's shape, arguments decoded to objects) as the model writes them."""
+    objects = []
+    for call in calls:
+        function = call["function"]
+        objects.append({"name": function["name"], "arguments": function.get("arguments") or {}})
+    body = ", ".join(json.dumps(o, ensure_ascii=False) for o in objects)
+    return f"{GENERIC.list_prefix}{body}{GENERIC.list_suffix}"
+
+
+def has_tool_history(messages: Sequence[Mapping[str, Any]]) -> bool:
+    return any(m.get("role") == "tool" or m.get("tool_calls") for m in messages)
+
+
+def generic_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The conversation without tool roles or tool_calls fields: assistant calls written after the
+    assistant's text, each run of tool results one user turn. `messages` come from messages_for_template."""
+    converted: list[dict[str, Any]] = []
+    results: list[str] = []
+    for message in messages:
+        if message.get("role") == "tool":
+            results.append(f"<tool_response>\n{_text(message.get('content'))}\n</tool_response>")
+            continue
+        if results:
+            converted.append({"role": "user", "content": "\n".join(results)})
+            results = []
+        copy = {k: v for k, v in message.items() if k not in ("tool_calls", "tool_call_id")}
+        calls = message.get("tool_calls")
+        if calls:
+            text = _text(message.get("content"))
+            copy["content"] = (text + "\n" if text else "") + calls_text(calls)
+        converted.append(copy)
+    if results:
+        converted.append({"role": "user", "content": "\n".join(results)})
+    return converted
+
+
+def with_instruction(
+    messages: list[dict[str, Any]], instruction: str, template_source: str
+) -> list[dict[str, Any]]:
+    """`instruction` merged into the system message (added as one when there is none), or into the first
+    user message when the template has no system role."""
+    out = [dict(m) for m in messages]
+    if out and out[0].get("role") == "system":
+        system = _text(out[0].get("content"))
+        out[0]["content"] = f"{system}\n\n{instruction}" if system else instruction
+        return out
+    if has_system_role(template_source):
+        return [{"role": "system", "content": instruction}, *out]
+    for message in out:
+        if message.get("role") == "user":
+            message["content"] = f"{instruction}\n\n{_text(message.get('content'))}"
+            return out
+    return [{"role": "user", "content": instruction}, *out]
+
+
+@functools.lru_cache(maxsize=32)
+def has_system_role(template_source: str) -> bool:
+    """Whether the template renders a system message's text (some raise on the role or drop it)."""
+    try:
+        template = ChatTemplate(template_source)
+        rendered = template.render(
+            [{"role": "system", "content": _SYSTEM_PROBE}, {"role": "user", "content": "hi"}]
+        )
+    except ChatTemplateError:
+        return False
+    return _SYSTEM_PROBE in rendered
+
+
+def _text(content: Any) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # text parts
+        return "".join(p.get("text", "") for p in content if isinstance(p, Mapping))
+    return str(content)

@@ -1,0 +1,119 @@
+"""Draft sources behind one interface, and the per-sequence drafter that asks them in turn.
+
+A DraftSource proposes the tokens it expects next, given everything the sequence holds; a small draft model
+would be one more implementation. The verification never trusts a draft: it only decides how many steps of
+the target model a step of verification saves.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from ember.engine.speculation.config import DraftSettings
+from ember.engine.speculation.ngram import LatestNgramIndex, NgramPositions
+
+# Unless lookup is 'on', a draft of which nothing was kept pauses drafting for this many steps, doubling per
+# further failure up to the cap, and any kept token starts over. A verification step costs several plain
+# steps on this path (docs/decisions.md), so a sequence whose text repeats nothing must stop paying for it.
+_FIRST_BACKOFF = 4
+_MAX_BACKOFF = 64
+# ... and the next draft is at most twice the last kept run (at least this long): a partly kept draft is
+# followed by a shorter one, a wholly kept one by a longer one, up to num_speculative_tokens.
+_MIN_ADAPTIVE_LENGTH = 2
+
+
+class DraftSource(Protocol):
+    def propose(self, token_ids: list[int], num_prompt_tokens: int, max_tokens: int) -> list[int]:
+        """Up to max_tokens tokens expected to follow token_ids (prompt then output); [] when no guess."""
+        ...
+
+
+class PredictionDraft:
+    """The request's predicted output (OpenAI / Fireworks Predicted Outputs), read along with the output.
+
+    A cursor says which predicted token should come next. While the output follows the prediction the cursor
+    moves with it; after a mismatch the longest tail of the output that occurs in the prediction re-finds it
+    (preferring the place ahead of where it was lost, as an edit usually changes a span and then resumes),
+    and failing that the output token is taken as a substitute for the predicted one.
+    """
+
+    def __init__(self, prediction: tuple[int, ...], max_n: int) -> None:
+        self._prediction = prediction
+        self._positions = NgramPositions(prediction, max_n)
+        self._cursor = 0  # index into the prediction of the next expected token
+        self._num_read = 0  # output tokens already compared with the prediction
+
+    def propose(self, token_ids: list[int], num_prompt_tokens: int, max_tokens: int) -> list[int]:
+        output = token_ids[num_prompt_tokens:]
+        for index in range(self._num_read, len(output)):
+            self._read(output, index)
+        self._num_read = len(output)
+        return list(self._prediction[self._cursor : self._cursor + max_tokens])
+
+    def _read(self, output: list[int], index: int) -> None:
+        cursor = self._cursor
+        if cursor < len(self._prediction) and self._prediction[cursor] == output[index]:
+            self._cursor = cursor + 1
+            return
+        # the match must reach past the predicted token just refused, or the same refusal would come again
+        found = self._positions.find(
+            output[max(0, index + 1 - self._positions.max_n) : index + 1], cursor + 1
+        )
+        self._cursor = found if found is not None else cursor + 1
+
+
+class PromptLookupDraft:
+    """n-gram prompt lookup: the continuation of the longest suffix (min_n..max_n tokens) of prompt + output
+    at its latest earlier occurrence (transformers' prompt_lookup_num_tokens, vLLM's `ngram` method)."""
+
+    def __init__(self, min_n: int, max_n: int) -> None:
+        self._index = LatestNgramIndex(min_n, max_n)
+
+    def propose(self, token_ids: list[int], num_prompt_tokens: int, max_tokens: int) -> list[int]:
+        return self._index.continuation(token_ids, max_tokens)
+
+
+class SequenceDrafter:
+    """One sequence's drafting: its sources in order (prediction first), the draft length, and (unless lookup
+    is 'on') the back-off that keeps failing drafts from costing a sequence whose text repeats nothing."""
+
+    def __init__(self, settings: DraftSettings) -> None:
+        self.settings = settings
+        self._sources: list[DraftSource] = []
+        if settings.prediction_token_ids:
+            self._sources.append(PredictionDraft(settings.prediction_token_ids, settings.max_n))
+        if settings.prompt_lookup != "off":
+            self._sources.append(PromptLookupDraft(settings.min_n, settings.max_n))
+        self._backoff = 0  # the length of the next pause after a failed draft
+        self._paused = 0  # steps left without drafting
+        self._adaptive = settings.prompt_lookup != "on"
+        self._length = settings.num_speculative_tokens  # the next draft's length at most
+
+    @staticmethod
+    def for_settings(settings: DraftSettings) -> SequenceDrafter | None:
+        return SequenceDrafter(settings) if settings.drafts else None
+
+    def propose(self, token_ids: list[int], num_prompt_tokens: int, max_tokens: int) -> list[int]:
+        max_tokens = min(max_tokens, self._length)
+        if max_tokens <= 0:
+            return []
+        if self._paused:
+            self._paused -= 1
+            return []
+        for source in self._sources:
+            draft = source.propose(token_ids, num_prompt_tokens, max_tokens)
+            if draft:
+                return draft
+        return []
+
+    def observe(self, num_drafted: int, num_accepted: int) -> None:
+        """The verification's verdict on the last draft."""
+        if not self._adaptive or num_drafted == 0:
+            return
+        limit = self.settings.num_speculative_tokens
+        self._length = min(limit, max(_MIN_ADAPTIVE_LENGTH, 2 * num_accepted))
+        if num_accepted:
+            self._backoff = 0
+            return
+        self._backoff = min(_MAX_BACKOFF, max(_FIRST_BACKOFF, self._backoff * 2))
+        self._paused = self._backoff

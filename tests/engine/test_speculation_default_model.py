@@ -1,0 +1,64 @@
+"""Speculative decoding on the default model (SmolLM2-135M-Instruct, GGUF): replies that repeat text get drafts
+accepted, and greedy output stays the same as without speculation.
+
+Identity on this model holds up to floating point: verification runs DecoderModel.forward while plain decodes
+run the fused native step, and the two round differently, so a near-tie between the top two tokens can flip
+(docs/decisions.md, "Speculative decoding"). These prompts keep clear margins for their length."""
+
+from __future__ import annotations
+
+import pytest
+
+from ember.engine.engine_config import CacheConfig, EngineConfig
+from ember.engine.llm_engine import LLMEngine
+from ember.engine.sampling_params import SamplingParams
+from ember.engine.speculation.config import SpeculationConfig, SpeculationParams
+from ember.models.loader import LoadConfig, LoadedModel, load_model
+
+USERS = (
+    "Repeat this line three times: the cat sat on the mat.",
+    "Copy this list exactly: apple, banana, cherry, apple, banana, cherry, apple, banana, cherry.",
+)
+LIST_REPLY = "The list is: apple, banana, cherry, apple, banana, cherry, apple, banana, cherry"
+
+
+@pytest.fixture(scope="module")
+def default_model() -> LoadedModel:
+    return load_model(LoadConfig())
+
+
+def _generate(model: LoadedModel, mode: str, prediction: str | None = None) -> list[tuple[list[int], int]]:
+    config = EngineConfig(
+        cache=CacheConfig(block_size=16),
+        kv_cache_gib=0.1,
+        speculation=SpeculationConfig(prompt_lookup=mode),
+        debug_invariants=True,
+    )
+    engine = LLMEngine(model, config)
+    results = []
+    for i, user in enumerate(USERS):
+        prompt = engine.tokenizer.encode(f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n")
+        speculation = None
+        if prediction is not None:
+            speculation = SpeculationParams(prediction_token_ids=tuple(engine.tokenizer.encode(prediction)))
+        engine.add_request(
+            f"r{i}", prompt, SamplingParams(max_tokens=48, temperature=0.0, speculation=speculation)
+        )
+        while engine.has_unfinished():
+            for output in engine.step():
+                if output.finished:
+                    results.append((output.outputs[0].token_ids, output.accepted_prediction_tokens))
+    engine.check_invariants()
+    return results
+
+
+def test_prompt_lookup_and_prediction_keep_greedy_replies_on_the_default_model(
+    default_model: LoadedModel,
+) -> None:
+    plain = [tokens for tokens, _ in _generate(default_model, "off")]
+    lookup = _generate(default_model, "on")
+    assert [tokens for tokens, _ in lookup] == plain
+    assert sum(accepted for _, accepted in lookup) > 20
+    predicted = _generate(default_model, "off", prediction=LIST_REPLY)
+    assert [tokens for tokens, _ in predicted] == plain
+    assert predicted[1][1] > 15  # the list reply follows the prediction

@@ -1,0 +1,153 @@
+"""Tool calling and prefill on the default model (SmolLM2-135M-Instruct, whose template has no tool support)
+through the clients people use: the openai SDK, the anthropic SDK and LangChain's ChatOpenAI.bind_tools, each
+through a whole agent loop (call -> tool result -> final answer)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import anthropic
+import openai
+import pytest
+from langchain_core.messages import HumanMessage, ToolMessage
+from langchain_core.tools import tool
+from langchain_openai import ChatOpenAI
+from live_server import RunningServer, start_server
+
+from ember.engine.async_engine import AsyncEngine
+from ember.engine.engine_config import SchedulerConfig
+from ember.engine.llm_engine import EngineConfig
+from ember.models.loader import LoadConfig, load_model
+from ember.server.common.config import ServerConfig
+
+CITY = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}}, "required": ["city"]}
+QUESTION = "What's the weather in Paris right now?"
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[RunningServer]:
+    model = load_model(LoadConfig())
+    engine = AsyncEngine.from_loaded(
+        model, EngineConfig(scheduler=SchedulerConfig(max_model_len=2048), kv_cache_gib=0.25)
+    )
+    running = start_server(engine, ServerConfig(model_name=model.name))
+    yield running
+    running.stop()
+
+
+@tool
+def get_weather(city: str) -> str:
+    """Get the current weather in a city."""
+    return f"It is 18 degrees and sunny in {city}."
+
+
+def test_openai_sdk_agent_loop(server: RunningServer) -> None:
+    client = openai.OpenAI(base_url=server.openai_base, api_key="unused", max_retries=0, timeout=300)
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "Get the current weather in a city", "parameters": CITY}}]  # fmt: skip
+    messages: list[dict[str, object]] = [{"role": "user", "content": QUESTION}]
+    first = client.chat.completions.create(
+        model=server.config.model_name,
+        messages=messages,  # type: ignore[arg-type]
+        tools=tools,  # type: ignore[arg-type]
+        tool_choice="required",
+        parallel_tool_calls=False,
+        max_tokens=60,
+        temperature=0,
+    )
+    choice = first.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    (call,) = choice.message.tool_calls or []
+    assert call.function.name == "get_weather" and json.loads(call.function.arguments)["city"] == "Paris"
+    messages += [
+        choice.message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": get_weather.invoke({"city": "Paris"})},
+    ]
+    final = client.chat.completions.create(
+        model=server.config.model_name,
+        messages=messages,  # type: ignore[arg-type]
+        tools=tools,  # type: ignore[arg-type]
+        max_tokens=40,
+        temperature=0,
+    )
+    answer = final.choices[0]
+    assert answer.finish_reason in ("stop", "length") and not answer.message.tool_calls
+    assert answer.message.content and answer.message.content.strip()
+
+
+def test_langchain_bind_tools_agent_loop(server: RunningServer) -> None:
+    llm = ChatOpenAI(
+        base_url=server.openai_base,
+        api_key="unused",  # type: ignore[arg-type]
+        model=server.config.model_name,
+        temperature=0,
+        max_tokens=60,  # type: ignore[call-arg]
+        max_retries=0,
+        timeout=300,
+    )
+    forced = llm.bind_tools([get_weather], tool_choice="required")
+    messages: list[object] = [HumanMessage(QUESTION)]
+    reply = forced.invoke(messages)  # type: ignore[arg-type]
+    assert len(reply.tool_calls) >= 1  # type: ignore[attr-defined]
+    call = reply.tool_calls[0]  # type: ignore[attr-defined]
+    assert call["name"] == "get_weather" and call["args"]["city"] == "Paris"
+    messages += [reply, ToolMessage(get_weather.invoke(call["args"]), tool_call_id=call["id"])]
+    final = llm.bind_tools([get_weather]).invoke(messages)  # type: ignore[arg-type]
+    assert not final.tool_calls and isinstance(final.content, str) and final.content.strip()  # type: ignore[attr-defined]
+
+
+def test_anthropic_sdk_agent_loop(server: RunningServer) -> None:
+    claude = anthropic.Anthropic(base_url=server.url, api_key="unused", max_retries=0, timeout=300)
+    tools = [
+        {"name": "get_weather", "description": "Get the current weather in a city", "input_schema": CITY}
+    ]
+    messages: list[dict[str, object]] = [{"role": "user", "content": QUESTION}]
+    first = claude.messages.create(
+        model=server.config.model_name,
+        max_tokens=60,
+        messages=messages,  # type: ignore[arg-type]
+        tools=tools,  # type: ignore[arg-type]
+        tool_choice={"type": "any", "disable_parallel_tool_use": True},
+        extra_body={"temperature": 0},  # this SDK version has no temperature argument
+    )
+    assert first.stop_reason == "tool_use"
+    (use,) = [block for block in first.content if block.type == "tool_use"]
+    assert use.name == "get_weather" and use.input == {"city": "Paris"}
+    messages += [
+        {"role": "assistant", "content": [block.model_dump(exclude_none=True) for block in first.content]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": get_weather.invoke({"city": "Paris"})}]},
+    ]  # fmt: skip
+    final = claude.messages.create(
+        model=server.config.model_name,
+        max_tokens=40,
+        messages=messages,  # type: ignore[arg-type]
+        tools=tools,  # type: ignore[arg-type]
+        extra_body={"temperature": 0},
+    )
+    assert final.stop_reason in ("end_turn", "max_tokens")
+    assert [block.type for block in final.content] == ["text"] and final.content[0].text.strip()  # type: ignore[union-attr]
+
+
+def test_a_prefill_is_continued_in_place(server: RunningServer) -> None:
+    messages = [
+        {"role": "user", "content": "What is the capital of France?"},
+        {"role": "assistant", "content": "The capital of France is"},
+    ]
+    claude = anthropic.Anthropic(base_url=server.url, api_key="unused", max_retries=0, timeout=300)
+    message = claude.messages.create(
+        model=server.config.model_name,
+        max_tokens=4,
+        messages=messages,  # type: ignore[arg-type]
+        extra_body={"temperature": 0},
+    )
+    assert message.content[0].text.startswith(" Paris")  # type: ignore[union-attr]
+    client = openai.OpenAI(base_url=server.openai_base, api_key="unused", max_retries=0, timeout=300)
+    chat = client.chat.completions.create(
+        model=server.config.model_name,
+        messages=messages,  # type: ignore[arg-type]
+        max_tokens=4,
+        temperature=0,
+        extra_body={"continue_final_message": True, "add_generation_prompt": False},
+    )
+    assert (chat.choices[0].message.content or "").startswith(" Paris")
+    assert chat.usage is not None and chat.usage.prompt_tokens == message.usage.input_tokens
