@@ -1,4 +1,4 @@
-"""`ember serve`, `ember bench` and `ember tune`: the command line entry points."""
+"""`ember serve`, `ember bench`, `ember tune` and `ember keys`: the command line entry points."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 from ember.engine.speculation.config import PROMPT_LOOKUP_MODES, SpeculationConfig
+from ember.keys_command import add_keys_subparser, run_keys
+from ember.serve_access import add_access_args
 from ember.tuning.cli_tune import add_tune_subparser, run_tune
 
 
@@ -68,11 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="serve the OpenAI/Fireworks-compatible HTTP API")
     _add_model_args(serve)
-    serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument(
-        "--api-key", action="append", default=[], help="accepted bearer key (repeatable; env EMBER_API_KEYS)"
-    )
+    add_access_args(serve)
     serve.add_argument(
         "--served-model-name", default=None, help="name clients use (default: the model's name)"
     )
@@ -146,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     add_tune_subparser(sub)
+    add_keys_subparser(sub)
     return parser
 
 
@@ -175,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "tune":
         return run_tune(args)
+    if args.command == "keys":
+        return run_keys(args)
     return 2
 
 

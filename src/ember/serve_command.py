@@ -15,17 +15,12 @@ from ember.engine.speculation.config import SpeculationConfig
 from ember.lora.config import LoraConfig
 from ember.models.errors import ModelLoadError
 from ember.models.loader import LoadConfig, load_model
+from ember.serve_access import AccessConfigError, access_from_args
 from ember.serve_shutdown import DrainConfig, DrainingServer
 from ember.server.common.config import FineTuningConfig
 from ember.threads import configure_torch_threads, release_openmp_team
 
 logger = logging.getLogger("ember.serve")
-
-
-def api_keys_from(args: argparse.Namespace) -> tuple[str, ...]:
-    from ember.server.common.middleware import api_keys_from_env
-
-    return tuple(dict.fromkeys([*args.api_key, *api_keys_from_env()]))
 
 
 def lora_adapters_from(specs: list[str]) -> tuple[tuple[str, str], ...]:
@@ -59,6 +54,13 @@ def serve_from_args(args: argparse.Namespace) -> int:
     from ember.server.app import build_app
     from ember.server.common.config import ServerConfig
 
+    try:  # before the model loads: a bad keys file or flag fails at once
+        access = access_from_args(args)
+    except AccessConfigError as error:
+        print(f"ember serve: {error}", file=sys.stderr)
+        return 1
+    for warning in access.warnings:
+        logger.warning("%s", warning)
     try:
         drain = DrainConfig(timeout_s=args.drain_timeout)
     except ValueError as error:
@@ -98,10 +100,13 @@ def serve_from_args(args: argparse.Namespace) -> int:
         speculation=speculation,
     )
     engine = AsyncEngine.from_loaded(loaded, engine_cfg)
-    keys = api_keys_from(args)
     server_cfg = ServerConfig(
         model_name=args.served_model_name or loaded.name,
-        api_keys=keys,
+        api_keys=access.api_keys,
+        tenant_keys=access.tenant_keys,
+        allowed_origins=access.allowed_origins,
+        allowed_hosts=access.allowed_hosts,
+        adapter_dirs=access.adapter_dirs,
         max_embedding_tokens=args.max_embedding_tokens,
         generic_tools=not args.no_generic_tools,
     )
@@ -126,7 +131,7 @@ def serve_from_args(args: argparse.Namespace) -> int:
         kv_tokens,
         engine_cfg.kv_cache_gib,
     )
-    logger.info("serving on http://%s:%d/v1 (also /inference/v1)", args.host, args.port)
+    logger.info("serving on http://%s:%d/v1 (also /inference/v1)", access.host, args.port)
     fine_tuning = fine_tuning_config_from(args, threads)
     app = build_app(engine, server_cfg, fine_tuning)
     # From here on every step runs on the engine thread: the main thread's idle OpenMP team, left over from
@@ -134,7 +139,7 @@ def serve_from_args(args: argparse.Namespace) -> int:
     release_openmp_team()
     uvicorn_config = uvicorn.Config(
         app,
-        host=args.host,
+        host=access.host,
         port=args.port,
         log_level="info",
         timeout_graceful_shutdown=drain.uvicorn_timeout_s,

@@ -57,10 +57,14 @@ def start_tuning_server(
     max_body_bytes: int = 20_000,
     max_model_len: int = 256,
     engine_config: Any = None,
+    **server_options: Any,
 ) -> TuningServer:
+    """`server_options` are more ServerConfig fields (API keys, adapter folders, allowed origins ...)."""
     loaded = load_model(LoadConfig(str(model_dir), "fp32"))
     engine = AsyncEngine.from_loaded(loaded, engine_config or tiny_engine_config(max_model_len=max_model_len))
-    config = ServerConfig(model_name=TINY_MODEL, account=ACCOUNT, max_body_bytes=max_body_bytes)
+    config = ServerConfig(
+        model_name=TINY_MODEL, account=ACCOUNT, max_body_bytes=max_body_bytes, **server_options
+    )
     fine_tuning = FineTuningConfig(
         data_dir=data_dir, max_upload_bytes=max_upload_bytes, worker_threads=1, poll_interval_s=0.1
     )

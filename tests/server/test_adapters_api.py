@@ -12,43 +12,18 @@ from pathlib import Path
 
 import httpx
 import pytest
-import torch
+from adapter_files import write_adapter
 from fine_tuning_server import ACCOUNT, TINY_MODEL, TuningServer, start_tuning_server, write_tiny_model
 
 from ember.cli import build_parser
 from ember.engine.testing import tiny_config, tiny_engine_config
-from ember.lora.adapter import LoraAdapter, save_peft_adapter
 from ember.lora.config import LoraConfig
-from ember.lora.targets import module_shapes
-from ember.models.config import ModelConfig
 from ember.serve_command import lora_adapters_from
 
 pytestmark = pytest.mark.timeout(120)
 
 BASE_ID = f"accounts/{ACCOUNT}/models/{TINY_MODEL}"
 PROMPTS = ["Tell me a story.", "What is the capital of France?", "Count to five."]
-
-
-def write_adapter(
-    folder: Path,
-    config: ModelConfig,
-    seed: int,
-    rank: int = 4,
-    modules: tuple[str, ...] = ("q_proj", "v_proj", "down_proj"),
-    base_model: str = TINY_MODEL,
-) -> Path:
-    """A random PEFT adapter whose deltas are large enough to change greedy tokens."""
-    gen = torch.Generator().manual_seed(seed)
-    shapes = module_shapes(config)
-    weights = {}
-    for layer in range(config.num_layers):
-        for module in modules:
-            out_features, in_features = shapes[module]
-            a = torch.randn(rank, in_features, generator=gen) / in_features**0.5
-            b = torch.randn(out_features, rank, generator=gen) / rank**0.5
-            weights[(layer, module)] = (a, b)
-    save_peft_adapter(LoraAdapter(folder.name, rank, 2.0 * rank, modules, weights), str(folder), base_model)
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +43,9 @@ def server(root: Path) -> Iterator[TuningServer]:
     engine_config = dataclasses.replace(
         tiny_engine_config(max_model_len=256), lora=LoraConfig(adapters=lora_adapters_from(args.lora))
     )
-    running = start_tuning_server(root / TINY_MODEL, root / "data", engine_config=engine_config)
+    running = start_tuning_server(
+        root / TINY_MODEL, root / "data", engine_config=engine_config, adapter_dirs=(root,)
+    )
     yield running
     running.stop()
 
@@ -121,19 +98,18 @@ def test_load_serve_and_unload_an_adapter(server: TuningServer, root: Path) -> N
     assert httpx.delete(f"{server.v1}/adapters/alpha").status_code == 404
 
 
-def test_adapters_that_do_not_fit_are_clear_400s(server: TuningServer, root: Path, tmp_path: Path) -> None:
+def test_adapters_that_do_not_fit_are_clear_400s(server: TuningServer, root: Path) -> None:
+    bad = root / "bad"  # inside the server's --adapter-dir
     config = tiny_config("llama", max_position_embeddings=2048)
-    wrong_shape = write_adapter(
-        tmp_path / "wide", tiny_config("llama", hidden_size=2 * config.hidden_size), 5
-    )
-    other_base = write_adapter(tmp_path / "other", config, 6, base_model="meta-llama/Llama-3.1-70B")
-    bad_rank = write_adapter(tmp_path / "rank", config, 7)
+    wrong_shape = write_adapter(bad / "wide", tiny_config("llama", hidden_size=2 * config.hidden_size), 5)
+    other_base = write_adapter(bad / "other", config, 6, base_model="meta-llama/Llama-3.1-70B")
+    bad_rank = write_adapter(bad / "rank", config, 7)
     settings = json.loads((bad_rank / "adapter_config.json").read_text())
     (bad_rank / "adapter_config.json").write_text(json.dumps({**settings, "r": 16}))
-    bad_modules = write_adapter(tmp_path / "modules", config, 8)
+    bad_modules = write_adapter(bad / "modules", config, 8)
     settings = json.loads((bad_modules / "adapter_config.json").read_text())
     (bad_modules / "adapter_config.json").write_text(json.dumps({**settings, "target_modules": ["q_proj"]}))
-    unknown_module = write_adapter(tmp_path / "unknown", config, 9)
+    unknown_module = write_adapter(bad / "unknown", config, 9)
     (unknown_module / "adapter_config.json").write_text(
         json.dumps({**settings, "target_modules": ["q_proj", "v_proj", "down_proj", "lm_head"]})
     )
@@ -143,7 +119,7 @@ def test_adapters_that_do_not_fit_are_clear_400s(server: TuningServer, root: Pat
         "rank": (bad_rank, "rank"),
         "modules": (bad_modules, "target_modules"),
         "unknown": (unknown_module, "lm_head"),
-        "missing": (tmp_path / "nowhere", "does not exist"),
+        "missing": (bad / "nowhere", "no adapter folder"),
     }
     for name, (path, words) in cases.items():
         response = httpx.post(f"{server.v1}/adapters", json={"name": name, "path": str(path)})

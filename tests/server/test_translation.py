@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from ember.server.anthropic.protocol import MessagesRequest
+from ember.server.common.api_keys import KeyRing, default_tenant, plain_keys
 from ember.server.common.errors import APIError
-from ember.server.common.middleware import api_keys_from_env, key_matches, presented_key
+from ember.server.common.middleware import api_keys_from_env, presented_key
 from ember.server.common.preparation import SamplingLimits, build_sampling_params, resolve_max_tokens
 from ember.server.common.protocol import param_path, parse_json, validate_body
 from ember.server.openai.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
@@ -185,7 +186,8 @@ def test_auth_keys() -> None:
     assert presented_key({b"authorization": b"Bearer abc"}) == b"abc"
     assert presented_key({b"x-api-key": b"xyz"}) == b"xyz"
     assert presented_key({b"authorization": b"Basic abc"}) is None
-    assert key_matches(b"k2", (b"k1", b"k2")) and not key_matches(b"k3", (b"k1", b"k2"))
+    ring = KeyRing(plain_keys(("k1", "k2"), default_tenant("fireworks")))
+    assert ring.tenant_for(b"k2") == default_tenant("fireworks") and ring.tenant_for(b"k3") is None
     assert api_keys_from_env({"EMBER_API_KEYS": " a, b ,,"}) == ("a", "b")
 
 

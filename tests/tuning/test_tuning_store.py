@@ -13,7 +13,7 @@ import pytest
 
 from ember.tuning.job_store import JobRecord
 from ember.tuning.store import TuningStore
-from ember.tuning.tuning_db import StoreConflictError, new_id
+from ember.tuning.tuning_db import SCHEMA_VERSION, StoreConflictError, new_id
 from ember.tuning.upload_store import DatasetRecord, FileRecord
 
 
@@ -51,7 +51,7 @@ def test_schema_wal_mode_and_reopen(tmp_path: Path) -> None:
     store.insert_file(make_file("file-1"))
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"files", "datasets", "jobs", "job_events"} <= tables
     assert TuningStore(db).get_file("file-1") == make_file("file-1")

@@ -12,9 +12,11 @@ from typing import TYPE_CHECKING
 from fastapi import FastAPI
 
 from ember.server.admin import routes as admin_routes
+from ember.server.admin.adapter_roots import AdapterRoots
 from ember.server.admin.serving_adapters import AdapterServing
 from ember.server.anthropic import routes as anthropic_routes
 from ember.server.anthropic.serving_messages import MessagesServing
+from ember.server.common.browser_guard import install_browser_guard
 from ember.server.common.config import FineTuningConfig, ServerConfig
 from ember.server.common.errors import install_error_handlers
 from ember.server.common.metrics import ServerMetrics
@@ -23,6 +25,7 @@ from ember.server.common.openapi import install_docs
 from ember.server.common.preparation import Preparation, SamplingLimits
 from ember.server.common.prompts import PromptEncoder
 from ember.server.common.served_models import ServedModels
+from ember.server.common.server_access import key_ring, log_access_policy, open_tenant
 from ember.server.common.services import Services, ServingState
 from ember.server.fine_tuning import routes as fine_tuning_routes
 from ember.server.fine_tuning.serving_files import FilesServing
@@ -71,6 +74,7 @@ def build_app(
 
     With `fine_tuning`, the files, datasets and fine-tuning job routes work over its data directory, and the
     job worker runs while the app does; without it they answer 404 saying so."""
+    keys = key_ring(config)
     models = ServedModels(config, engine.max_model_len)
     vocab_size = engine.model_config.vocab_size
     limits = SamplingLimits(vocab_size, config.max_n, defaults=engine.default_params)  # the checkpoint's
@@ -88,21 +92,16 @@ def build_app(
     )
     for info in engine.list_loras():  # registered with the engine at start-up (ember serve --lora)
         state.models.add_adapter(info.name, info.path)
-    adapter_serving = AdapterServing(engine, state.models)
+    adapter_serving = AdapterServing(engine, state.models, AdapterRoots(config.adapter_dirs))
     tuning = (
         None
         if fine_tuning is None
-        else FineTuningRuntime(engine, config.model_name, fine_tuning, adapter_serving)
+        else FineTuningRuntime(engine, config.model_name, fine_tuning, adapter_serving, config.account)
     )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if config.api_keys:
-            logger.info(
-                "API keys: %d configured; /v1 routes need Authorization: Bearer <key>", len(config.api_keys)
-            )
-        else:
-            logger.warning("no API keys configured: the API is open to anyone who can reach this address")
+        log_access_policy(config, keys)
         await engine.start()
         try:
             if tuning is not None:
@@ -132,7 +131,7 @@ def build_app(
         tokenize=TokenizeServing(state),
         adapters=adapter_serving,
         files=None if tuning is None else FilesServing(tuning),
-        jobs=None if tuning is None else JobsServing(tuning, config.account),
+        jobs=None if tuning is None else JobsServing(tuning),
     )
     for prefix in API_PREFIXES:
         for routes in (openai_routes, anthropic_routes, fine_tuning_routes, admin_routes):
@@ -140,9 +139,10 @@ def build_app(
     app.include_router(admin_routes.root_router)
     install_docs(app, API_DESCRIPTION)
     install_error_handlers(app)
-    if config.api_keys:
-        app.add_middleware(APIKeyMiddleware, api_keys=config.api_keys)
-    app.add_middleware(  # added last: runs first
-        BodyLimitMiddleware, max_body_bytes=config.max_body_bytes, exempt=is_upload_path
+    app.add_middleware(
+        APIKeyMiddleware, keys=keys, open_tenant=open_tenant(config), public_account=config.account
     )
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=config.max_body_bytes, exempt=is_upload_path)
+    # added last, so they run first: preflights are answered and foreign origins refused before auth
+    install_browser_guard(app, config.allowed_origins, not config.has_keys, config.allowed_hosts)
     return app

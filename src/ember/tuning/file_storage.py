@@ -28,6 +28,7 @@ from ember.tuning.multipart_upload import (
     receive_multipart,
     upload_writer_gone,
 )
+from ember.tuning.ownership import OwnerScope
 from ember.tuning.store import TuningStore
 from ember.tuning.tuning_db import StoreConflictError, new_id
 from ember.tuning.upload_store import DatasetRecord, FileRecord
@@ -91,8 +92,9 @@ class FileStorage:
 
     # -- OpenAI files --------------------------------------------------------------------------------------
 
-    def create_file(self, upload: ReceivedUpload, purpose: str) -> FileRecord:
-        """Validate and commit an upload as a file; the upload is consumed (committed or deleted)."""
+    def create_file(self, upload: ReceivedUpload, purpose: str, owner: str | None = None) -> FileRecord:
+        """Validate and commit an upload as a file owned by the account `owner`; the upload is consumed
+        (committed or deleted)."""
         try:
             if purpose not in FILE_PURPOSES:
                 raise ValueError(f"purpose must be one of {', '.join(FILE_PURPOSES)}, got {purpose!r}")
@@ -110,14 +112,16 @@ class FileStorage:
                 example_count=report.example_count,
                 estimated_token_count=report.estimated_token_count,
                 validation=report.to_dict(),
+                owner=owner,
             )
             self._commit(upload, relative, lambda: self.store.insert_file(record))
             return record
         finally:
             upload.discard()
 
-    def delete_file(self, file_id: str) -> FileRecord:
-        record = self.store.delete_file(file_id)
+    def delete_file(self, file_id: str, scope: OwnerScope | None = None) -> FileRecord:
+        """Remove a file `scope` sees (another owner's file is not found)."""
+        record = self.store.delete_file(file_id, scope)
         if record is None:
             raise NotFoundError(f"no file {file_id!r}")
         (self.data_dir / record.path).unlink(missing_ok=True)

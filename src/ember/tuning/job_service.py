@@ -23,6 +23,7 @@ from ember.tuning.job_request import JobRequest, JobRequestError, resolve_settin
 from ember.tuning.job_runner import JobRunner, RunnerConfig
 from ember.tuning.job_store import JobEvent, JobRecord
 from ember.tuning.jobs import JobPaths
+from ember.tuning.ownership import OwnerScope, sees
 from ember.tuning.store import TuningStore
 from ember.tuning.training_state import read_checkpoint_info
 from ember.tuning.tuning_db import new_id
@@ -107,13 +108,16 @@ class FineTuningService:
 
     # -- jobs ----------------------------------------------------------------------------------------------
 
-    def create_job(self, request: JobRequest) -> JobRecord:
+    def create_job(
+        self, request: JobRequest, owner: str | None = None, scope: OwnerScope | None = None
+    ) -> JobRecord:
+        """A job owned by the account `owner`, training only on files and datasets `scope` sees."""
         base_name, base_path = self._base_model(request.model)
-        training_path, training_rows = self._dataset_path(request.training_file, "training_file")
+        training_path, training_rows = self._dataset_path(request.training_file, "training_file", scope)
         validation_path = (
             None
             if request.validation_file is None
-            else self._dataset_path(request.validation_file, "validation_file")[0]
+            else self._dataset_path(request.validation_file, "validation_file", scope)[0]
         )
         settings = resolve_settings(request, training_rows)
         trainer, lora = settings.trainer, settings.lora
@@ -144,6 +148,7 @@ class FineTuningService:
             suffix=request.suffix,
             seed=trainer.seed,
             metadata=metadata,
+            owner=owner,
         )
         try:
             self.store.insert_job(job)
@@ -174,9 +179,11 @@ class FineTuningService:
             raise NotFoundError(f"no fine-tuning job {job_id!r}")
         return job
 
-    def list_jobs(self, after: str | None = None, limit: int = 20) -> JobPage:
-        """Newest first; `after` is the last job id of the previous page."""
-        jobs = self.store.list_jobs(after=after, limit=limit + 1)
+    def list_jobs(
+        self, after: str | None = None, limit: int = 20, scope: OwnerScope | None = None
+    ) -> JobPage:
+        """Newest first (the jobs `scope` sees); `after` is the last job id of the previous page."""
+        jobs = self.store.list_jobs(after=after, limit=limit + 1, scope=scope)
         return JobPage(jobs[:limit], len(jobs) > limit)
 
     def cancel_job(self, job_id: str) -> JobRecord:
@@ -293,17 +300,18 @@ class FineTuningService:
         known = ", ".join(sorted(self.base_models))
         raise JobRequestError(f"unknown base model {model!r}; this server can fine-tune: {known}", "model")
 
-    def _dataset_path(self, name: str, param: str) -> tuple[str, int]:
-        """(data-directory-relative path, rows) of an OpenAI file id or a Fireworks dataset name."""
+    def _dataset_path(self, name: str, param: str, scope: OwnerScope | None) -> tuple[str, int]:
+        """(data-directory-relative path, rows) of an OpenAI file id or a Fireworks dataset name (one `scope`
+        sees: another owner's data is as unknown as a missing one)."""
         if name.startswith("file-"):
-            record = self.store.get_file(name)
+            record = self.store.get_file(name, scope)
             if record is None:
                 raise JobRequestError(f"no file {name!r}", param)
             if record.purpose != "fine-tune":
                 raise JobRequestError(f"file {name!r} has purpose {record.purpose!r}, not 'fine-tune'", param)
             return record.path, self._rows(record.path, record.example_count)
         dataset = self.store.get_dataset(name)
-        if dataset is None:
+        if dataset is None or not sees(scope, dataset.account):
             raise JobRequestError(f"no file or dataset {name!r}", param)
         if dataset.state != "READY" or dataset.path is None:
             raise JobRequestError(f"dataset {name!r} is {dataset.state}; upload its file first", param)

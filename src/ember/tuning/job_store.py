@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
+from ember.tuning.ownership import OwnerScope, sees
 from ember.tuning.tuning_db import TuningDb, check_choice, check_limit, check_names, from_row
 
 JOB_STATUSES = ("validating_files", "queued", "running", "succeeded", "failed", "cancelled")
@@ -34,6 +35,7 @@ class JobRecord:
     trained_tokens: int | None = None
     checkpoint_path: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)  # e.g. the Fireworks job fields
+    owner: str | None = None  # the account that created it (ownership.py)
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,7 @@ class JobEvent:
     data: dict[str, Any] | None = None
 
 
-_JOB_UPDATABLE = frozenset(f.name for f in fields(JobRecord)) - {"id", "created_at"}
+_JOB_UPDATABLE = frozenset(f.name for f in fields(JobRecord)) - {"id", "created_at", "owner"}
 
 
 class JobStore(TuningDb):
@@ -57,12 +59,17 @@ class JobStore(TuningDb):
         check_choice("job status", record.status, JOB_STATUSES)
         self._insert("jobs", record)
 
-    def get_job(self, job_id: str) -> JobRecord | None:
-        return self._get(JobRecord, "SELECT * FROM jobs WHERE id = ?", (job_id,))
+    def get_job(self, job_id: str, scope: OwnerScope | None = None) -> JobRecord | None:
+        """The job, or None when there is none or `scope` does not see it (another owner's job)."""
+        record = self._get(JobRecord, "SELECT * FROM jobs WHERE id = ?", (job_id,))
+        return record if record is not None and sees(scope, record.owner) else None
 
-    def list_jobs(self, after: str | None = None, limit: int = 20) -> list[JobRecord]:
+    def list_jobs(
+        self, after: str | None = None, limit: int = 20, scope: OwnerScope | None = None
+    ) -> list[JobRecord]:
         """Newest first; `after` is the id of the last job of the previous page."""
-        return self._page(JobRecord, "jobs", "id", "created_at", "1", [], after, limit)
+        where, params = ("1", []) if scope is None else scope.where()
+        return self._page(JobRecord, "jobs", "id", "created_at", where, params, after, limit)
 
     def list_jobs_with_status(self, statuses: tuple[str, ...]) -> list[JobRecord]:
         """Oldest first, e.g. the queue a worker takes jobs from."""

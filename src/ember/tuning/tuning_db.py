@@ -6,11 +6,12 @@ own connection (cheap for SQLite) and writes run in `BEGIN IMMEDIATE` transactio
 database lock (busy timeout) instead of failing, and a read never sees half a write. The db is in WAL mode so
 readers do not block the writer. The four tables share one schema version because they share one file.
 
-Schema (version 1, in `PRAGMA user_version`):
+Schema (version 2, in `PRAGMA user_version`; version 1 had no `owner` columns and is migrated in place, its rows
+left without an owner: see ownership.py):
 
     files        id TEXT PK ("file-..."), bytes INT, created_at INT (unix s), filename TEXT, purpose TEXT,
                  status TEXT ("processed"), path TEXT (relative to the data directory), example_count INT,
-                 estimated_token_count INT, validation TEXT (ValidationReport JSON)
+                 estimated_token_count INT, validation TEXT (ValidationReport JSON), owner TEXT (account)
     datasets     name TEXT PK ("accounts/<a>/datasets/<id>"), account TEXT, dataset_id TEXT, display_name TEXT,
                  format TEXT ("CHAT"), state TEXT (UPLOADING | READY), example_count INT,
                  estimated_token_count INT, create_time REAL, update_time REAL (unix s), filename TEXT,
@@ -19,7 +20,7 @@ Schema (version 1, in `PRAGMA user_version`):
                  validation_file TEXT, hyperparameters TEXT (JSON object), suffix TEXT, seed INT,
                  fine_tuned_model TEXT, error TEXT (JSON object: message, param, code), created_at INT,
                  started_at INT, finished_at INT, trained_tokens INT, checkpoint_path TEXT,
-                 metadata TEXT (JSON object, e.g. the Fireworks job fields)
+                 metadata TEXT (JSON object, e.g. the Fireworks job fields), owner TEXT (account)
     job_events   job_id TEXT -> jobs.id ON DELETE CASCADE, seq INT (1, 2, ... per job), created_at INT,
                  level TEXT (info | warn | error), message TEXT, type TEXT (message | metrics), data TEXT (JSON)
                  PRIMARY KEY (job_id, seq)
@@ -36,13 +37,16 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+from ember.tuning.ownership import OwnerScope
+
+SCHEMA_VERSION = 2
+_OWNER_COLUMNS = {"files": "owner", "jobs": "owner"}  # added by version 2 (datasets carry their account)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
     id TEXT PRIMARY KEY, bytes INTEGER NOT NULL, created_at INTEGER NOT NULL, filename TEXT NOT NULL,
     purpose TEXT NOT NULL, status TEXT NOT NULL, path TEXT NOT NULL, example_count INTEGER,
-    estimated_token_count INTEGER, validation TEXT
+    estimated_token_count INTEGER, validation TEXT, owner TEXT
 );
 CREATE TABLE IF NOT EXISTS datasets (
     name TEXT PRIMARY KEY, account TEXT NOT NULL, dataset_id TEXT NOT NULL, display_name TEXT NOT NULL,
@@ -54,7 +58,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY, status TEXT NOT NULL, model TEXT NOT NULL, training_file TEXT NOT NULL,
     validation_file TEXT, hyperparameters TEXT NOT NULL, suffix TEXT, seed INTEGER, fine_tuned_model TEXT,
     error TEXT, created_at INTEGER NOT NULL, started_at INTEGER, finished_at INTEGER, trained_tokens INTEGER,
-    checkpoint_path TEXT, metadata TEXT NOT NULL
+    checkpoint_path TEXT, metadata TEXT NOT NULL, owner TEXT
 );
 CREATE TABLE IF NOT EXISTS job_events (
     job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE, seq INTEGER NOT NULL,
@@ -64,6 +68,8 @@ CREATE TABLE IF NOT EXISTS job_events (
 CREATE INDEX IF NOT EXISTS files_by_time ON files (created_at);
 CREATE INDEX IF NOT EXISTS datasets_by_account ON datasets (account, create_time);
 CREATE INDEX IF NOT EXISTS jobs_by_time ON jobs (created_at);
+CREATE INDEX IF NOT EXISTS files_by_owner ON files (owner, created_at);
+CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, created_at);
 """
 
 
@@ -88,10 +94,13 @@ class TuningDb:
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
         with self._write() as conn:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, SCHEMA_VERSION):
+            if version not in (0, 1, SCHEMA_VERSION):
                 raise ValueError(
                     f"{self.db_path} has schema version {version}; this ember expects {SCHEMA_VERSION}"
                 )
+            if version == 1:  # before tenancy: the rows stay, without an owner
+                for table, column in _OWNER_COLUMNS.items():
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} TEXT")
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
@@ -164,10 +173,20 @@ class TuningDb:
             row = conn.execute(sql, params).fetchone()
         return None if row is None else from_row(cls, row)
 
-    def _delete(self, cls: type, table: str, key: str, key_value: str, only_state: str | None = None) -> Any:
+    def _delete(
+        self,
+        cls: type,
+        table: str,
+        key: str,
+        key_value: str,
+        only_state: str | None = None,
+        scope: OwnerScope | None = None,
+    ) -> Any:
         with self._write() as conn:
             row = conn.execute(f"SELECT * FROM {table} WHERE {key} = ?", (key_value,)).fetchone()
             if row is None or (only_state is not None and row["state"] != only_state):
+                return None
+            if scope is not None and not scope.sees(row["owner"]):
                 return None
             conn.execute(f"DELETE FROM {table} WHERE {key} = ?", (key_value,))
         return from_row(cls, row)
@@ -188,7 +207,10 @@ class TuningDb:
         sql = f"SELECT * FROM {table} WHERE {where}"
         with self._connect() as conn:
             if after is not None:
-                cursor = conn.execute(f"SELECT {time_column}, rowid FROM {table} WHERE {key} = ?", (after,))
+                # The cursor must be a row the caller sees: another owner's id is as unknown as a made-up one.
+                cursor = conn.execute(
+                    f"SELECT {time_column}, rowid FROM {table} WHERE {key} = ? AND {where}", (after, *params)
+                )
                 position = cursor.fetchone()
                 if position is None:
                     raise ValueError(f"unknown pagination cursor 'after': {after!r}")

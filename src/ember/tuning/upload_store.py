@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from ember.tuning.ownership import OwnerScope, sees
 from ember.tuning.tuning_db import TuningDb, check_choice, check_names, from_row
 
 DATASET_STATES = ("UPLOADING", "READY")
@@ -26,6 +27,7 @@ class FileRecord:
     example_count: int | None = None
     estimated_token_count: int | None = None
     validation: dict[str, Any] | None = None
+    owner: str | None = None  # the account that uploaded it (ownership.py)
 
 
 @dataclass(frozen=True)
@@ -52,19 +54,34 @@ class UploadStore(TuningDb):
     def insert_file(self, record: FileRecord) -> None:
         self._insert("files", record)
 
-    def get_file(self, file_id: str) -> FileRecord | None:
-        return self._get(FileRecord, "SELECT * FROM files WHERE id = ?", (file_id,))
+    def get_file(self, file_id: str, scope: OwnerScope | None = None) -> FileRecord | None:
+        """The file, or None when there is none or `scope` does not see it (another owner's file)."""
+        record = self._get(FileRecord, "SELECT * FROM files WHERE id = ?", (file_id,))
+        return record if record is not None and sees(scope, record.owner) else None
 
     def list_files(
-        self, purpose: str | None = None, after: str | None = None, limit: int = 100
+        self,
+        purpose: str | None = None,
+        after: str | None = None,
+        limit: int = 100,
+        scope: OwnerScope | None = None,
     ) -> list[FileRecord]:
         """Newest first; `after` is the id of the last file of the previous page."""
-        where, params = ("purpose = ?", [purpose]) if purpose is not None else ("1", [])
+        conditions, params = ["1"], []
+        if purpose is not None:
+            conditions.append("purpose = ?")
+            params.append(purpose)
+        if scope is not None:
+            condition, values = scope.where()
+            conditions.append(condition)
+            params += values
+        where = " AND ".join(conditions)
         return self._page(FileRecord, "files", "id", "created_at", where, params, after, limit)
 
-    def delete_file(self, file_id: str) -> FileRecord | None:
-        """Remove the row and return it (None when there was none); the caller removes the content."""
-        return self._delete(FileRecord, "files", "id", file_id)
+    def delete_file(self, file_id: str, scope: OwnerScope | None = None) -> FileRecord | None:
+        """Remove the row and return it (None when there was none, or `scope` does not see it); the caller
+        removes the content."""
+        return self._delete(FileRecord, "files", "id", file_id, scope=scope)
 
     # -- datasets ------------------------------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """Routes for operating the server. GET /health and GET /metrics (unauthenticated: load balancers and Prometheus
 scrape them; mounted at the root). ember's adapter routes under the API prefixes: POST /adapters {"name", "path"}
-serves an existing PEFT LoRA folder as a model, GET /adapters lists them, GET/DELETE /adapters/{name} shows /
+serves a PEFT LoRA folder under the adapter roots (--adapter-dir, the caller's fine-tuning jobs) as a model, GET /adapters lists them, GET/DELETE /adapters/{name} shows /
 unloads one (name: any name the adapter answers to)."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from ember.server.common.errors import APIError
 from ember.server.common.openapi import json_body
 from ember.server.common.protocol import read_json_object, validate_body
 from ember.server.common.services import services_of
+from ember.server.common.tenancy import tenant_of
 
 root_router = APIRouter()  # mounted without the API prefixes
 
@@ -50,7 +51,7 @@ async def load_adapter(request: Request) -> Response:
     if not isinstance(check, bool):
         raise APIError(400, "check_base_model must be a boolean", param="check_base_model")
     adapters = services_of(request).adapters
-    await adapters.load(body["name"], body["path"], check_base_model=check)
+    await adapters.load_requested(body["name"], body["path"], tenant_of(request), check_base_model=check)
     return JSONResponse(adapters.get(body["name"]))
 
 
@@ -66,5 +67,5 @@ async def get_adapter(name: str, request: Request) -> Response:
 
 @router.delete("/adapters/{name:path}")
 async def unload_adapter(name: str, request: Request) -> Response:
-    adapter = await services_of(request).adapters.unload(name)
+    adapter = await services_of(request).adapters.unload(name, tenant_of(request))
     return JSONResponse({"id": adapter.model_id, "object": "adapter", "deleted": True})

@@ -1,9 +1,15 @@
-"""What the HTTP layer needs to know that the engine does not: names, keys and request limits."""
+"""What the HTTP layer needs to know that the engine does not: names, keys, browser and adapter access, and
+request limits; and where fine-tuning keeps its state."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+
+from ember.server.common.api_keys import ApiKey
+from ember.server.common.browser_guard import origin_is_valid
+
+DEFAULT_ACCOUNT = "fireworks"  # as in Fireworks' accounts/fireworks/models/<name>
 
 
 @dataclass(frozen=True)
@@ -14,10 +20,20 @@ class ServerConfig:
     """Short name of the served model, e.g. SmolLM2-135M-Instruct; its full id is accounts/<account>/models/<name>."""
     aliases: tuple[str, ...] = ()
     """More names clients may send as `model` (e.g. the OpenAI-style short alias they already use)."""
-    account: str = "fireworks"
+    account: str = DEFAULT_ACCOUNT
     """Account segment of model ids, as in Fireworks' accounts/fireworks/models/<name>."""
     api_keys: tuple[str, ...] = ()
-    """Bearer keys accepted on /v1 routes; empty means the server is open (it says so at start-up)."""
+    """Bearer keys of the server's own account (--api-key, EMBER_API_KEYS): one tenant, as before tenancy."""
+    tenant_keys: tuple[ApiKey, ...] = ()
+    """Keys with their own accounts or admin rights (--api-keys-file, EMBER_ADMIN_API_KEYS). With neither kind
+    of key the server is open: one tenant that sees everything (it says so at start-up)."""
+    allowed_origins: tuple[str, ...] = ()
+    """Browser origins CORS allows (`*`: any); a cross-origin request from any other origin is refused."""
+    allowed_hosts: tuple[str, ...] = ()
+    """Without API keys, Host names accepted besides localhost and IP addresses (the --host name, and
+    --allowed-hosts); `*` turns the DNS-rebinding check off."""
+    adapter_dirs: tuple[Path, ...] = ()
+    """Folders POST /v1/adapters may load adapters from (--adapter-dir), besides the data directory."""
     max_body_bytes: int = 8 * 2**20
     """Larger request bodies get a 413."""
     max_n: int = 16
@@ -38,6 +54,11 @@ class ServerConfig:
             raise ValueError(f"account must be a non-empty name without '/', got {self.account!r}")
         if any(not key for key in self.api_keys):
             raise ValueError("api_keys must not contain empty keys")
+        bad_origins = [o for o in self.allowed_origins if not origin_is_valid(o)]
+        if bad_origins:
+            raise ValueError(
+                f"allowed origins must be '*' or scheme://host[:port] (no path), got {', '.join(bad_origins)}"
+            )
         for name in ("max_body_bytes", "max_n", "max_embedding_inputs", "max_embedding_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -45,6 +66,10 @@ class ServerConfig:
     @property
     def model_id(self) -> str:
         return f"accounts/{self.account}/models/{self.model_name}"
+
+    @property
+    def has_keys(self) -> bool:
+        return bool(self.api_keys or self.tenant_keys)
 
 
 @dataclass(frozen=True)

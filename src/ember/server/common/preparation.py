@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import threading
 import uuid
 from collections.abc import Callable, Mapping
@@ -245,7 +246,8 @@ class Preparation:
         a queued one never starts, a running one finishes unseen, and no engine request is ever made."""
         with self._lock:
             self.in_flight += 1
-        future = self._executor.submit(self._call, fn, *args)
+        # In the caller's context: the request's tenant (tenancy.viewing_tenant) decides which adapters it may use.
+        future = self._executor.submit(contextvars.copy_context().run, self._call, fn, *args)
         future.add_done_callback(self._done)
         waiting = asyncio.wrap_future(future)
         if watch is None:

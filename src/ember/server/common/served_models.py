@@ -2,7 +2,8 @@
 
 Besides the base model, LoRA adapters registered with the engine are served as models of their own: each under
 its engine name, its `accounts/<account>/models/<name>` id and any more aliases (a fine-tuning job's
-`ft:<base>:<suffix>:<job id>` name). A request naming one runs on the base model with that adapter.
+`ft:<base>:<suffix>:<job id>` name). A request naming one runs on the base model with that adapter. An adapter with an owner (loaded by that
+account's key, or a fine-tuning job's) is served to that account's keys and admin keys only.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 from ember.server.common.config import ServerConfig
 from ember.server.common.errors import APIError
+from ember.server.common.tenancy import viewing_tenant
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,7 @@ class ServedAdapter:
     names: frozenset[str]
     path: str | None
     created: int
+    owner: str | None = None  # the account it is served to (and admins); None: every key
 
 
 class ServedModels:
@@ -45,15 +48,18 @@ class ServedModels:
     def adapter_model_id(self, lora_id: str) -> str:
         return f"accounts/{self.account}/models/{lora_id}"
 
-    def add_adapter(self, lora_id: str, path: str | None, aliases: tuple[str, ...] = ()) -> ServedAdapter:
-        """Serve `lora_id` (already registered with the engine) under its names; ValueError on a name clash."""
+    def add_adapter(
+        self, lora_id: str, path: str | None, aliases: tuple[str, ...] = (), owner: str | None = None
+    ) -> ServedAdapter:
+        """Serve `lora_id` (already registered with the engine) under its names, to the account `owner` only
+        (None: to every key); ValueError on a name clash."""
         model_id = self.adapter_model_id(lora_id)
         names = frozenset((lora_id, model_id, *aliases))
         with self._lock:
             clash = names & self._all_names(exclude=lora_id)
             if clash:
                 raise ValueError(f"the model name(s) {', '.join(sorted(clash))} are already served")
-            adapter = ServedAdapter(lora_id, model_id, names, path, int(time.time()))
+            adapter = ServedAdapter(lora_id, model_id, names, path, int(time.time()), owner)
             self._adapters[lora_id] = adapter
         return adapter
 
@@ -61,14 +67,26 @@ class ServedModels:
         with self._lock:
             return self._adapters.pop(lora_id, None)
 
-    def adapter(self, requested: str) -> ServedAdapter | None:
-        """The adapter a request's `model` names, or None for the base model (or an unknown name)."""
+    def adapter(self, requested: str, *, any_owner: bool = False) -> ServedAdapter | None:
+        """The adapter a request's `model` names, or None for the base model (or an unknown name). Another
+        account's adapter is unknown to a request (tenancy.viewing_tenant), unless `any_owner`."""
+        viewer = None if any_owner else viewing_tenant()
         with self._lock:
-            return next((a for a in self._adapters.values() if requested in a.names), None)
+            return next(
+                (
+                    a
+                    for a in self._adapters.values()
+                    if requested in a.names and (viewer is None or viewer.sees_adapter(a.owner))
+                ),
+                None,
+            )
 
     def adapters(self) -> list[ServedAdapter]:
+        """The adapters the current request's tenant sees (all of them outside a request)."""
+        viewer = viewing_tenant()
         with self._lock:
-            return sorted(self._adapters.values(), key=lambda a: a.lora_id)
+            visible = [a for a in self._adapters.values() if viewer is None or viewer.sees_adapter(a.owner)]
+        return sorted(visible, key=lambda a: a.lora_id)
 
     def lora_id(self, requested: str | None) -> str | None:
         """The engine adapter to run a request for `requested` with; None for the base model."""

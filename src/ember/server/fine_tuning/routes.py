@@ -1,6 +1,7 @@
 """The fine-tuning routes. OpenAI files: POST/GET /files, GET/DELETE /files/{id}, GET /files/{id}/content
 (purpose fine-tune). Fireworks datasets: POST /accounts/{a}/datasets, POST .../datasets/{id}:upload, GET list/get,
-DELETE. Jobs: OpenAI's /fine_tuning/jobs and Fireworks' /accounts/{a}/supervisedFineTuningJobs."""
+DELETE. Jobs: OpenAI's /fine_tuning/jobs and Fireworks' /accounts/{a}/supervisedFineTuningJobs. Every route acts
+for the caller's tenant (tenancy.py): it sees only its own account's files, datasets and jobs."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from fastapi.responses import JSONResponse, Response
 from ember.server.common.openapi import json_body, multipart_body
 from ember.server.common.protocol import read_json_object, validate_body
 from ember.server.common.services import services_of
+from ember.server.common.tenancy import tenant_of
 from ember.server.fine_tuning.protocol import (
     DatasetCreate,
     DatasetUpload,
@@ -24,29 +26,31 @@ router = APIRouter()
 @router.post("/files")
 @multipart_body(FileUpload)
 async def create_file(request: Request) -> Response:
-    return await services_of(request).require_files().create_file(request)
+    return await services_of(request).require_files().create_file(request, tenant_of(request))
 
 
 @router.get("/files")
 async def list_files(
     request: Request, purpose: str | None = None, after: str | None = None, limit: int = 10_000
 ) -> Response:
-    return JSONResponse(services_of(request).require_files().list_files(purpose, after, limit))
+    return JSONResponse(
+        services_of(request).require_files().list_files(purpose, after, limit, tenant_of(request))
+    )
 
 
 @router.get("/files/{file_id}")
 async def get_file(file_id: str, request: Request) -> Response:
-    return JSONResponse(services_of(request).require_files().get_file(file_id))
+    return JSONResponse(services_of(request).require_files().get_file(file_id, tenant_of(request)))
 
 
 @router.get("/files/{file_id}/content")
 async def file_content(file_id: str, request: Request) -> Response:
-    return services_of(request).require_files().file_content(file_id)
+    return services_of(request).require_files().file_content(file_id, tenant_of(request))
 
 
 @router.delete("/files/{file_id}")
 async def delete_file(file_id: str, request: Request) -> Response:
-    return JSONResponse(services_of(request).require_files().delete_file(file_id))
+    return JSONResponse(services_of(request).require_files().delete_file(file_id, tenant_of(request)))
 
 
 @router.post("/accounts/{account}/datasets")
@@ -83,39 +87,41 @@ async def delete_dataset(account: str, dataset_id: str, request: Request) -> Res
 async def create_job(request: Request) -> Response:
     body = await read_json_object(request)
     validate_body(FineTuningJobCreate, body)  # JSON types; the values are checked by the job service
-    return JSONResponse(services_of(request).require_jobs().create(body))
+    return JSONResponse(services_of(request).require_jobs().create(body, tenant_of(request)))
 
 
 @router.get("/fine_tuning/jobs")
 async def list_jobs(request: Request, after: str | None = None, limit: int = 20) -> Response:
-    return JSONResponse(services_of(request).require_jobs().list(after, limit))
+    return JSONResponse(services_of(request).require_jobs().list(after, limit, tenant_of(request)))
 
 
 @router.get("/fine_tuning/jobs/{job_id}")
 async def get_job(job_id: str, request: Request) -> Response:
-    return JSONResponse(services_of(request).require_jobs().get(job_id))
+    return JSONResponse(services_of(request).require_jobs().get(job_id, tenant_of(request)))
 
 
 @router.post("/fine_tuning/jobs/{job_id}/cancel")
 async def cancel_job(job_id: str, request: Request) -> Response:
-    return JSONResponse(services_of(request).require_jobs().cancel(job_id))
+    return JSONResponse(services_of(request).require_jobs().cancel(job_id, tenant_of(request)))
 
 
 @router.get("/fine_tuning/jobs/{job_id}/events")
 async def list_events(job_id: str, request: Request, after: str | None = None, limit: int = 20) -> Response:
-    return JSONResponse(services_of(request).require_jobs().events(job_id, after, limit))
+    return JSONResponse(services_of(request).require_jobs().events(job_id, after, limit, tenant_of(request)))
 
 
 @router.get("/fine_tuning/jobs/{job_id}/checkpoints")
 async def list_checkpoints(
     job_id: str, request: Request, after: str | None = None, limit: int = 10
 ) -> Response:
-    return JSONResponse(services_of(request).require_jobs().checkpoints(job_id, after, limit))
+    return JSONResponse(
+        services_of(request).require_jobs().checkpoints(job_id, after, limit, tenant_of(request))
+    )
 
 
 @router.post("/accounts/{account}/supervisedFineTuningJobs/{job_id}:resume")
 async def resume_fireworks_job(account: str, job_id: str, request: Request) -> Response:
-    return JSONResponse(services_of(request).require_jobs().fireworks_resume(job_id))
+    return JSONResponse(services_of(request).require_jobs().fireworks_resume(job_id, tenant_of(request)))
 
 
 @router.post("/accounts/{account}/supervisedFineTuningJobs")
@@ -130,7 +136,7 @@ async def create_fireworks_job(
         SupervisedFineTuningJobCreate, body
     )  # JSON types; the values are checked by the job service
     jobs = services_of(request).require_jobs()
-    return JSONResponse(jobs.fireworks_create(account, body, supervisedFineTuningJobId))
+    return JSONResponse(jobs.fireworks_create(account, body, supervisedFineTuningJobId, tenant_of(request)))
 
 
 @router.get("/accounts/{account}/supervisedFineTuningJobs")
@@ -141,22 +147,24 @@ async def list_fireworks_jobs(
     pageToken: str | None = None,  # noqa: N803
 ) -> Response:
     jobs_url = str(request.url_for("list_fireworks_jobs", account=account))
-    return JSONResponse(services_of(request).require_jobs().fireworks_list(pageSize, pageToken, jobs_url))
+    jobs = services_of(request).require_jobs()
+    return JSONResponse(jobs.fireworks_list(pageSize, pageToken, jobs_url, tenant_of(request)))
 
 
 @router.get("/accounts/{account}/supervisedFineTuningJobs/{job_id}")
 async def get_fireworks_job(account: str, job_id: str, request: Request) -> Response:
     jobs_url = str(request.url_for("list_fireworks_jobs", account=account))
-    return JSONResponse(services_of(request).require_jobs().fireworks_get(job_id, jobs_url))
+    jobs = services_of(request).require_jobs()
+    return JSONResponse(jobs.fireworks_get(job_id, jobs_url, tenant_of(request)))
 
 
 @router.get("/accounts/{account}/supervisedFineTuningJobs/{job_id}/metrics")
 async def fireworks_job_metrics(account: str, job_id: str, request: Request) -> Response:
     """The file `metricsFileSignedUrl` points at: JSON lines, one per training step."""
-    text = services_of(request).require_jobs().fireworks_metrics(job_id)
+    text = services_of(request).require_jobs().fireworks_metrics(job_id, tenant_of(request))
     return Response(text, media_type="application/jsonl")
 
 
 @router.delete("/accounts/{account}/supervisedFineTuningJobs/{job_id}")
 async def delete_fireworks_job(account: str, job_id: str, request: Request) -> Response:
-    return JSONResponse(services_of(request).require_jobs().fireworks_delete(job_id))
+    return JSONResponse(services_of(request).require_jobs().fireworks_delete(job_id, tenant_of(request)))

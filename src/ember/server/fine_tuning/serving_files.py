@@ -3,6 +3,9 @@
 Uploads stream to disk as they arrive (never held in memory), are validated with the served model's chat
 template in a worker thread, and only then stored; a rejected upload is a 400 listing each problem with its line
 and message index, and leaves nothing behind (a Fireworks dataset whose upload is rejected is deleted too).
+
+A file belongs to the account of the key that uploaded it; other accounts' keys get 404s, as for a missing
+file. A dataset belongs to the account in its name, which the auth middleware keeps to the key's own.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from fastapi import Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from ember.server.common.errors import APIError
+from ember.server.common.tenancy import Tenant
 from ember.server.fine_tuning.file_objects import (
     fireworks_dataset,
     openai_file,
@@ -35,27 +39,32 @@ class FilesServing:
 
     # -- OpenAI files ---------------------------------------------------------------------------------------
 
-    async def create_file(self, http: Request) -> Response:
+    async def create_file(self, http: Request, tenant: Tenant) -> Response:
         upload = await self._receive(http)
         purpose = upload.fields.get("purpose")
         if purpose is None:
             upload.discard()
             raise APIError(400, "purpose is required (use 'fine-tune')", param="purpose")
         try:
-            record = await asyncio.to_thread(self.storage.create_file, upload, purpose)
+            record = await asyncio.to_thread(self.storage.create_file, upload, purpose, tenant.account)
         except UploadRejectedError as error:
             return rejected_upload_response(error)
         except ValueError as error:
             raise APIError(400, str(error), param="purpose") from error
         return JSONResponse(openai_file(record))
 
-    def list_files(self, purpose: str | None, after: str | None, limit: int) -> dict[str, Any]:
-        """Newest first, as OpenAI lists them; `after` is the last file id of the previous page."""
+    def list_files(
+        self, purpose: str | None, after: str | None, limit: int, tenant: Tenant
+    ) -> dict[str, Any]:
+        """The caller's files, newest first, as OpenAI lists them; `after` is the last file id of the previous
+        page."""
         if not 1 <= limit <= 10_000:
             raise APIError(400, f"limit must be between 1 and 10000, got {limit}", param="limit")
         try:
             # one more than asked tells whether there is a next page (the store serves at most 10000 rows)
-            records = self.store.list_files(purpose=purpose, after=after, limit=min(limit + 1, 10_000))
+            records = self.store.list_files(
+                purpose=purpose, after=after, limit=min(limit + 1, 10_000), scope=tenant.scope
+            )
         except (LookupError, ValueError) as error:
             raise APIError(400, str(error), param="after") from error
         data = [openai_file(r) for r in records[:limit]]
@@ -67,21 +76,21 @@ class FilesServing:
             "last_id": data[-1]["id"] if data else None,
         }
 
-    def get_file(self, file_id: str) -> dict[str, Any]:
-        record = self.store.get_file(file_id)
+    def get_file(self, file_id: str, tenant: Tenant) -> dict[str, Any]:
+        record = self.store.get_file(file_id, tenant.scope)  # another account's file is not found
         if record is None:
             raise APIError(404, f"no file {file_id!r}", param="file_id", code="not_found")
         return openai_file(record)
 
-    def file_content(self, file_id: str) -> Response:
-        record = self.store.get_file(file_id)
+    def file_content(self, file_id: str, tenant: Tenant) -> Response:
+        record = self.store.get_file(file_id, tenant.scope)
         if record is None:
             raise APIError(404, f"no file {file_id!r}", param="file_id", code="not_found")
         return FileResponse(self.storage.file_path(record), media_type="application/jsonl")
 
-    def delete_file(self, file_id: str) -> dict[str, Any]:
+    def delete_file(self, file_id: str, tenant: Tenant) -> dict[str, Any]:
         try:
-            record = self.storage.delete_file(file_id)
+            record = self.storage.delete_file(file_id, tenant.scope)
         except LookupError as error:
             raise tuning_api_error(error) from error
         return {"id": record.id, "object": "file", "deleted": True}

@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ember.server.admin.serving_adapters import AdapterServing
 from ember.server.common.config import FineTuningConfig
 from ember.server.common.errors import APIError
+from ember.server.common.tenancy import Tenant
 from ember.server.fine_tuning.file_objects import tuning_api_error
-from ember.tuning.file_storage import ConflictError, FileStorage
+from ember.tuning.file_storage import ConflictError, FileStorage, NotFoundError
 from ember.tuning.job_objects import (
     event_cursor,
     fireworks_job,
@@ -32,11 +33,13 @@ from ember.tuning.job_objects import (
     openai_job_list,
     openai_job_request,
 )
+from ember.tuning.job_request import JobRequestError
 from ember.tuning.job_runner import RunnerConfig
 from ember.tuning.job_service import FineTuningService, tuning_db_path
 from ember.tuning.job_store import JobRecord
 from ember.tuning.masking import ConversationMasker
 from ember.tuning.multipart_upload import UploadLimits
+from ember.tuning.ownership import sees
 from ember.tuning.store import TuningStore
 from ember.tuning.validation import ValidationOptions, validate_dataset
 
@@ -69,9 +72,15 @@ class FineTuningRuntime:
     """Everything the files, datasets and fine-tuning routes use; `start` in the app's lifespan."""
 
     def __init__(
-        self, engine: AsyncEngine, model_name: str, config: FineTuningConfig, adapters: AdapterServing
+        self,
+        engine: AsyncEngine,
+        model_name: str,
+        config: FineTuningConfig,
+        adapters: AdapterServing,
+        account: str = "fireworks",
     ) -> None:
         self.config = config
+        self.account = account  # the server's own: it owns the jobs that have no owner
         self.engine = engine
         self.adapters = adapters
         data_dir = config.data_dir
@@ -94,6 +103,10 @@ class FineTuningRuntime:
             on_succeeded=self._job_succeeded,
         )
         self._loop: asyncio.AbstractEventLoop | None = None
+        adapters.allow_job_folders(data_dir, self.job_visible)
+
+    def job_visible(self, job_id: str, tenant: Tenant) -> bool:
+        return self.store.get_job(job_id, tenant.scope) is not None
 
     @property
     def data_dir(self) -> Path:
@@ -120,13 +133,19 @@ class FineTuningRuntime:
         """Serve a job's adapter. At start-up (not strict) a broken adapter is logged and skipped, so one bad
         adapter does not keep the server or the others down; for a job about to succeed (strict) it raises."""
         names = job_adapter_names(job)
-        if self.adapters.models.adapter(names.lora_id) is not None:
+        if self.adapters.models.adapter(names.lora_id, any_owner=True) is not None:
             return
         path = self.service.adapter_path(job)
         try:
             if not path.is_dir():
                 raise FileNotFoundError(f"the adapter folder {path} is missing")
-            await self.adapters.load(names.lora_id, str(path), names.aliases, check_base_model=False)
+            await self.adapters.load(
+                names.lora_id,
+                str(path),
+                names.aliases,
+                check_base_model=False,
+                owner=job.owner or self.account,  # a fine-tuned model is its owner's (and the admins')
+            )
         except Exception:
             if strict:
                 raise
@@ -146,39 +165,44 @@ class FineTuningRuntime:
 class JobsServing:
     """The OpenAI and Fireworks job routes over one FineTuningService; both APIs see the same jobs."""
 
-    def __init__(self, runtime: FineTuningRuntime, account: str) -> None:
+    def __init__(self, runtime: FineTuningRuntime) -> None:
         self.service = runtime.service
-        self.account = account
 
     # -- OpenAI ---------------------------------------------------------------------------------------------
 
-    def create(self, body: dict[str, Any]) -> dict[str, Any]:
+    def create(self, body: dict[str, Any], tenant: Tenant) -> dict[str, Any]:
         def create() -> JobRecord:
-            # The job's Fireworks name and output model live under this server's account.
+            # The job's Fireworks name and output model live under the caller's account, which owns the job.
             request = openai_job_request(body)
-            request = replace(request, extra_metadata={"fireworks": {"account": self.account}})
-            return self.service.create_job(request)
+            request = replace(request, extra_metadata={"fireworks": {"account": tenant.account}})
+            return self.service.create_job(request, owner=tenant.account, scope=tenant.scope)
 
         return openai_job(self._call(create))
 
-    def list(self, after: str | None, limit: int) -> dict[str, Any]:
+    def list(self, after: str | None, limit: int, tenant: Tenant) -> dict[str, Any]:
         _check_limit(limit)
-        return openai_job_list(self._call(lambda: self.service.list_jobs(after=after, limit=limit), "after"))
+        page = self._call(
+            lambda: self.service.list_jobs(after=after, limit=limit, scope=tenant.scope), "after"
+        )
+        return openai_job_list(page)
 
-    def get(self, job_id: str) -> dict[str, Any]:
-        return openai_job(self._call(lambda: self.service.get_job(job_id)))
+    def get(self, job_id: str, tenant: Tenant) -> dict[str, Any]:
+        return openai_job(self._visible_job(job_id, tenant))
 
-    def cancel(self, job_id: str) -> dict[str, Any]:
+    def cancel(self, job_id: str, tenant: Tenant) -> dict[str, Any]:
+        self._visible_job(job_id, tenant)
         # OpenAI answers a cancel of a job that already ended with a 400
         return openai_job(self._call(lambda: self.service.cancel_job(job_id), conflict_status=400))
 
-    def events(self, job_id: str, after: str | None, limit: int) -> dict[str, Any]:
+    def events(self, job_id: str, after: str | None, limit: int, tenant: Tenant) -> dict[str, Any]:
         _check_limit(limit)
         cursor = self._call(lambda: event_cursor(after), "after")
+        self._visible_job(job_id, tenant)
         return openai_event_list(self._call(lambda: self.service.list_events(job_id, cursor, limit)))
 
-    def checkpoints(self, job_id: str, after: str | None, limit: int) -> dict[str, Any]:
+    def checkpoints(self, job_id: str, after: str | None, limit: int, tenant: Tenant) -> dict[str, Any]:
         _check_limit(limit)
+        self._visible_job(job_id, tenant)
         checkpoints = [
             openai_checkpoint(c) for c in self._call(lambda: self.service.list_checkpoints(job_id))
         ]
@@ -198,36 +222,63 @@ class JobsServing:
 
     # -- Fireworks ------------------------------------------------------------------------------------------
 
-    def fireworks_create(self, account: str, body: dict[str, Any], job_id: str | None) -> dict[str, Any]:
-        job = self._call(lambda: self.service.create_job(fireworks_job_request(account, body, job_id)))
-        return fireworks_job(job)
+    def fireworks_create(
+        self, account: str, body: dict[str, Any], job_id: str | None, tenant: Tenant
+    ) -> dict[str, Any]:
+        # The path's account owns the job (the auth middleware let only its keys and admins through).
+        def create() -> JobRecord:
+            request = fireworks_job_request(account, body, job_id)
+            output_model = request.extra_metadata["fireworks"]["outputModel"]
+            if output_model is not None and not output_model.startswith(f"accounts/{account}/models/"):
+                # the model is served under that name: another account's namespace is not the caller's to fill
+                raise JobRequestError(
+                    f"outputModel must be a model of the job's account (accounts/{account}/models/<id>), "
+                    f"got {output_model!r}",
+                    "outputModel",
+                )
+            return self.service.create_job(request, owner=account, scope=tenant.scope)
 
-    def fireworks_list(self, page_size: int, page_token: str | None, jobs_url: str) -> dict[str, Any]:
-        """Every job, whichever API created it (one server, one tenant)."""
+        return fireworks_job(self._call(create))
+
+    def fireworks_list(
+        self, page_size: int, page_token: str | None, jobs_url: str, tenant: Tenant
+    ) -> dict[str, Any]:
+        """Every job the caller sees, whichever API created it."""
         _check_limit(page_size, "pageSize")
         page = self._call(
-            lambda: self.service.list_jobs(after=page_token or None, limit=page_size), "pageToken"
+            lambda: self.service.list_jobs(after=page_token or None, limit=page_size, scope=tenant.scope),
+            "pageToken",
         )
         jobs = [fireworks_job(job, self.service.latest_metrics(job.id), jobs_url) for job in page.data]
         next_token = page.data[-1].id if page.has_more and page.data else ""
         return {"supervisedFineTuningJobs": jobs, "nextPageToken": next_token, "totalSize": len(jobs)}
 
-    def fireworks_get(self, job_id: str, jobs_url: str) -> dict[str, Any]:
-        job = self._call(lambda: self.service.get_job(job_id))
+    def fireworks_get(self, job_id: str, jobs_url: str, tenant: Tenant) -> dict[str, Any]:
+        job = self._visible_job(job_id, tenant)
         return fireworks_job(job, self.service.latest_metrics(job_id), jobs_url)
 
-    def fireworks_metrics(self, job_id: str) -> str:
+    def fireworks_metrics(self, job_id: str, tenant: Tenant) -> str:
         """The job's metrics file: one JSON object per training step (loss, token accuracy, validation)."""
+        self._visible_job(job_id, tenant)
         rows = self._call(lambda: self.service.metrics_history(job_id))
         return "".join(json.dumps(row) + "\n" for row in rows)
 
-    def fireworks_delete(self, job_id: str) -> dict[str, Any]:
+    def fireworks_delete(self, job_id: str, tenant: Tenant) -> dict[str, Any]:
+        self._visible_job(job_id, tenant)
         self._call(lambda: self.service.delete_job(job_id))
         return {}
 
-    def fireworks_resume(self, job_id: str) -> dict[str, Any]:
+    def fireworks_resume(self, job_id: str, tenant: Tenant) -> dict[str, Any]:
+        self._visible_job(job_id, tenant)
         job = self._call(lambda: self.service.resume_job(job_id), conflict_status=400)
         return fireworks_job(job, self.service.latest_metrics(job_id))
+
+    def _visible_job(self, job_id: str, tenant: Tenant) -> JobRecord:
+        """The job, or the same 404 as for a missing one when it is another account's."""
+        job = self._call(lambda: self.service.get_job(job_id))
+        if not sees(tenant.scope, job.owner):
+            raise tuning_api_error(NotFoundError(f"no fine-tuning job {job_id!r}"))
+        return job
 
     @staticmethod
     def _call(action: Callable[[], T], param: str | None = None, conflict_status: int = 409) -> T:
