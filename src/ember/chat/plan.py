@@ -205,6 +205,8 @@ def _tool_syntax(
 
 def _forced(tools: list[Any], tool_choice: Any) -> tuple[list[FunctionTool], list[FunctionTool]]:
     """The tools, validated, and those tool_choice forces a call of (empty: the reply may be text)."""
+    if not tools and _is_none(tool_choice):
+        return [], []  # a plain chat: nothing to validate, and the tool machinery stays off its path
     try:
         parsed = parse_tools(tools)
     except ValueError as error:
@@ -236,6 +238,8 @@ def _response_format_spec(
 ) -> StructuredSpec | None:
     """The constraint of `response_format` (after `reasoning`, for thinking models), as the server's
     sampling.response_format_spec builds it for completions."""
+    if response_format is None:
+        return None  # plain text, decided here so a plain chat never enters the structured package
     try:
         return spec_from_response_format(response_format, reasoning)
     except ValueError as error:
