@@ -53,8 +53,9 @@ def parse_json(text: str, subject: str, limits: GrammarLimits = DEFAULT_LIMITS) 
         raise ValueError(f"invalid {subject}: not valid JSON ({error})") from None
 
 
-def json_depth(value: Any) -> int:
-    """Nesting depth of objects and arrays in a parsed JSON value (a scalar is 0), without recursion."""
+def json_depth(value: Any, stop_above: int | None = None) -> int:
+    """Nesting depth of objects and arrays in a parsed JSON value (a scalar is 0), without recursion; with
+    `stop_above`, counting stops as soon as the depth passes it (a hostile body is not walked to its end)."""
     deepest = 0
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
@@ -65,7 +66,10 @@ def json_depth(value: Any) -> int:
             children = node
         else:
             continue
-        deepest = max(deepest, depth)
+        if depth > deepest:
+            deepest = depth
+            if stop_above is not None and deepest > stop_above:
+                return deepest
         stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
     return deepest
 
