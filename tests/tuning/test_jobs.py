@@ -167,16 +167,19 @@ EPOCHS = 24  # one step each: seconds of training after the first checkpoint, fo
 
 def frozen_after_first_checkpoint(server: Server, job_id: str) -> int:
     """Waits for the job's first checkpoint, then stops its worker with SIGSTOP, so what the test checks next
-    holds for a job that is certainly still running, however fast this machine trains. Returns the pid. (The
-    database stays readable; a stopped worker may hold its write lock, so thaw it before writing.)"""
+    holds for a job that is certainly still running, however fast this machine trains. Returns the pid. The
+    job is read just before the stop, never while the worker is stopped: a worker stopped while closing the
+    last SQLite connection holds WAL's exclusive lock, and every reader would wait on it. (A step takes far
+    longer than the microseconds between the read and the stop.)"""
     wait_for(lambda: server.service.get_job(job_id).checkpoint_path is not None)
     pid = server.service.runner.worker_pid
     assert pid is not None
+    job = server.service.get_job(job_id)
+    steps = metrics_steps(server, job_id)
     os.kill(pid, signal.SIGSTOP)
     server.frozen_pids.append(pid)
-    job = server.service.get_job(job_id)
     assert job.status == "running", f"the job ended before the test could interrupt it: {job.status}"
-    assert max(metrics_steps(server, job_id)) < EPOCHS
+    assert max(steps) < EPOCHS
     return pid
 
 

@@ -107,11 +107,6 @@ class TuningDb:
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         with self._connect() as conn:
             conn.execute("PRAGMA journal_mode=WAL")  # persistent: set once per db file, outside a transaction
-        # Held open for this object's life. In WAL mode the last connection to close checkpoints and deletes the
-        # WAL under an exclusive lock; with every other connection short-lived, that last one is often a training
-        # worker's, and a worker paused there (SIGSTOP, a swapped-out process) locks every reader out for as long
-        # as it stays paused. While this one is open, no other connection is ever the last.
-        self._keeper = sqlite3.connect(self.db_path, timeout=self.busy_timeout_s, check_same_thread=False)
 
     # -- for the record stores: connections, transactions and generic row access ---------------------------
 
