@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import aclosing
 from typing import Any
 
@@ -14,9 +14,15 @@ from ember.chat.plan import ChatInputs
 from ember.chat.reply import ReplyReader, ReplyStream
 from ember.engine.outputs import CompletionOutput, RequestOutput
 from ember.server.common.errors import APIError, as_api_error, error_body, invalid_request
-from ember.server.common.generation import DisconnectWatch, Generation, collect_finals
+from ember.server.common.generation import (
+    ClientLeft,
+    DisconnectWatch,
+    EngineWatch,
+    Generation,
+    collect_finals,
+)
 from ember.server.common.metrics import RequestTimer, TokenCounts, perf_headers, perf_metrics
-from ember.server.common.preparation import ChatAsk
+from ember.server.common.preparation import ChatAsk, PreparedRequest
 from ember.server.common.services import ServingState
 from ember.server.common.sse import DONE, event_stream, sse_data
 from ember.server.openai.chat_deltas import chat_finish_reason, coalesced_deltas, tool_call_dict
@@ -81,9 +87,33 @@ class ChatServing:
     async def create(self, body: ChatCompletionRequest, http: Request) -> Response:
         timer = RequestTimer()
         watch = DisconnectWatch(http, self.state.engine)
+        prepared, generations, builder = await self._start(body, http.headers, watch, timer)
+        if body.stream:
+            headers = {
+                "x-request-id": prepared.request_id,
+                "fireworks-prompt-tokens": str(prepared.prompt_tokens),
+            }
+            return event_stream(builder.stream(generations[0], watch), headers)
+        payload, counts = await self._finish(builder, generations, watch)
+        return JSONResponse(
+            payload, headers={"x-request-id": prepared.request_id, **perf_headers(counts, timer)}
+        )
+
+    async def answer(self, body: ChatCompletionRequest, watch: EngineWatch) -> dict[str, Any]:
+        """The whole chat.completion of a request that has no HTTP connection of its own (a batch line): the
+        same preparation, engine requests and response as `create`, at the watch's priority."""
+        if body.stream:
+            raise invalid_request("stream is not supported here; leave it out", param="stream")
+        prepared, generations, builder = await self._start(body, {}, watch, RequestTimer())
+        payload, _ = await self._finish(builder, generations, watch)
+        return payload
+
+    async def _start(
+        self, body: ChatCompletionRequest, headers: Mapping[str, str], watch: EngineWatch, timer: RequestTimer
+    ) -> tuple[PreparedRequest, list[Generation], _ChatBuilder]:
         try:
             prepared = await self.state.preparation.chat(
-                chat_ask(body, self.state.config.generic_tools), http.headers, watch
+                chat_ask(body, self.state.config.generic_tools), headers, watch
             )
         except BaseException:
             watch.close()
@@ -91,20 +121,18 @@ class ChatServing:
         generations = await watch.open(prepared.requests)
         assert prepared.reader is not None  # every chat preparation makes one
         builder = _ChatBuilder(self.state, body, prepared.response_id, prepared.model, timer, prepared.reader)
-        if body.stream:
-            headers = {
-                "x-request-id": prepared.request_id,
-                "fireworks-prompt-tokens": str(prepared.prompt_tokens),
-            }
-            return event_stream(builder.stream(generations[0], watch), headers)
+        return prepared, generations, builder
+
+    async def _finish(
+        self, builder: _ChatBuilder, generations: list[Generation], watch: EngineWatch
+    ) -> tuple[dict[str, Any], TokenCounts]:
         try:
-            (final,) = await collect_finals(generations, timer)
+            (final,) = await collect_finals(generations, builder.timer)
         finally:
             watch.close()
-        payload, counts = builder.full_response(final)
-        return JSONResponse(
-            payload, headers={"x-request-id": prepared.request_id, **perf_headers(counts, timer)}
-        )
+        if watch.client_left:  # aborted: the final output is cut short
+            raise ClientLeft()
+        return builder.full_response(final)
 
 
 class _ChatBuilder:
@@ -216,7 +244,7 @@ class _ChatBuilder:
             chunks.append({**self._chunk([choice]), **extras})
         return chunks
 
-    async def stream(self, generation: Generation, watch: DisconnectWatch) -> AsyncIterator[str]:
+    async def stream(self, generation: Generation, watch: EngineWatch) -> AsyncIterator[str]:
         usage = StreamUsage(self.body.stream_options)
         progress = StreamProgress(
             1, self.body.n or 1, len(generation.request.prompt_token_ids), usage, self.timer

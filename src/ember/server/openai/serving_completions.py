@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import aclosing
 from typing import Any
 
@@ -12,9 +12,16 @@ from fastapi.responses import JSONResponse, Response
 
 from ember.engine.outputs import CompletionOutput, RequestOutput
 from ember.server.common.errors import APIError, as_api_error, error_body, invalid_request
-from ember.server.common.generation import DisconnectWatch, Generation, collect_finals, merged_outputs
+from ember.server.common.generation import (
+    ClientLeft,
+    DisconnectWatch,
+    EngineWatch,
+    Generation,
+    collect_finals,
+    merged_outputs,
+)
 from ember.server.common.metrics import RequestTimer, TokenCounts, perf_headers, perf_metrics
-from ember.server.common.preparation import PromptEcho, PromptsAsk
+from ember.server.common.preparation import PreparedRequest, PromptEcho, PromptsAsk
 from ember.server.common.services import ServingState
 from ember.server.common.sse import DONE, event_stream, sse_data
 from ember.server.openai.logprob_objects import LegacyLogprobs
@@ -71,8 +78,32 @@ class CompletionServing:
     async def create(self, body: CompletionRequest, http: Request) -> Response:
         timer = RequestTimer()
         watch = DisconnectWatch(http, self.state.engine)
+        prepared, generations, builder = await self._start(body, http.headers, watch, timer)
+        if body.stream:
+            headers = {
+                "x-request-id": prepared.request_id,
+                "fireworks-prompt-tokens": str(prepared.prompt_tokens),
+            }
+            return event_stream(builder.stream(generations, watch), headers)
+        payload, counts = await self._finish(builder, generations, watch)
+        return JSONResponse(
+            payload, headers={"x-request-id": prepared.request_id, **perf_headers(counts, timer)}
+        )
+
+    async def answer(self, body: CompletionRequest, watch: EngineWatch) -> dict[str, Any]:
+        """The whole text_completion of a request that has no HTTP connection of its own (a batch line): the
+        same preparation, engine requests and response as `create`, at the watch's priority."""
+        if body.stream:
+            raise invalid_request("stream is not supported here; leave it out", param="stream")
+        prepared, generations, builder = await self._start(body, {}, watch, RequestTimer())
+        payload, _ = await self._finish(builder, generations, watch)
+        return payload
+
+    async def _start(
+        self, body: CompletionRequest, headers: Mapping[str, str], watch: EngineWatch, timer: RequestTimer
+    ) -> tuple[PreparedRequest, list[Generation], _CompletionBuilder]:
         try:
-            prepared = await self.state.preparation.prompts(prompts_ask(body), http.headers, watch)
+            prepared = await self.state.preparation.prompts(prompts_ask(body), headers, watch)
         except BaseException:
             watch.close()
             raise
@@ -80,20 +111,18 @@ class CompletionServing:
         builder = _CompletionBuilder(
             self.state, body, prepared.response_id, prepared.model, list(prepared.echoes), timer
         )
-        if body.stream:
-            headers = {
-                "x-request-id": prepared.request_id,
-                "fireworks-prompt-tokens": str(prepared.prompt_tokens),
-            }
-            return event_stream(builder.stream(generations, watch), headers)
+        return prepared, generations, builder
+
+    async def _finish(
+        self, builder: _CompletionBuilder, generations: list[Generation], watch: EngineWatch
+    ) -> tuple[dict[str, Any], TokenCounts]:
         try:
-            finals = await collect_finals(generations, timer)
+            finals = await collect_finals(generations, builder.timer)
         finally:
             watch.close()
-        payload, counts = builder.full_response(finals)
-        return JSONResponse(
-            payload, headers={"x-request-id": prepared.request_id, **perf_headers(counts, timer)}
-        )
+        if watch.client_left:  # aborted: the final outputs are cut short
+            raise ClientLeft()
+        return builder.full_response(finals)
 
 
 class _CompletionBuilder:
@@ -174,7 +203,7 @@ class _CompletionBuilder:
     def _chunk(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
         return completion_object("text_completion", self.id, self.created, self.model, choices, None)
 
-    async def stream(self, generations: list[Generation], watch: DisconnectWatch) -> AsyncIterator[str]:
+    async def stream(self, generations: list[Generation], watch: EngineWatch) -> AsyncIterator[str]:
         prompt_tokens = sum(len(g.request.prompt_token_ids) for g in generations)
         progress = StreamProgress(
             len(generations), self.n, prompt_tokens, StreamUsage(self.body.stream_options), self.timer

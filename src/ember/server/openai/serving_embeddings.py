@@ -15,7 +15,7 @@ import numpy as np
 from fastapi import Request
 
 from ember.server.common.errors import APIError, invalid_request
-from ember.server.common.generation import ClientLeft, DisconnectWatch
+from ember.server.common.generation import ClientLeft, DisconnectWatch, EngineWatch
 from ember.server.common.preparation import CONTEXT_LENGTH_EXCEEDED, new_id
 from ember.server.common.services import ServingState
 from ember.server.openai.protocol import EmbeddingRequest
@@ -42,25 +42,32 @@ class EmbeddingServing:
         self.state = state
 
     async def create(self, body: EmbeddingRequest, http: Request) -> dict[str, Any]:
+        return await self.answer(body, DisconnectWatch(http, self.state.engine))
+
+    async def answer(self, body: EmbeddingRequest, watch: EngineWatch) -> dict[str, Any]:
+        """The embeddings list, its engine request at the watch's priority; the watch is closed at the end."""
         state = self.state
-        model = state.models.resolve(body.model)
-        inputs = body.inputs()
-        if not inputs:
-            raise invalid_request("input must not be empty", param="input")
-        if len(inputs) > state.config.max_embedding_inputs:
-            raise invalid_request(
-                f"input has {len(inputs)} items; at most {state.config.max_embedding_inputs} per request",
-                param="input",
-            )
-        hidden = state.engine.model_config.hidden_size
-        if body.dimensions is not None and body.dimensions > hidden:
-            raise invalid_request(f"dimensions must be at most {hidden} for this model", param="dimensions")
-        watch = DisconnectWatch(http, state.engine)
         try:
+            model = state.models.resolve(body.model)
+            inputs = body.inputs()
+            if not inputs:
+                raise invalid_request("input must not be empty", param="input")
+            if len(inputs) > state.config.max_embedding_inputs:
+                raise invalid_request(
+                    f"input has {len(inputs)} items; at most {state.config.max_embedding_inputs} per request",
+                    param="input",
+                )
+            hidden = state.engine.model_config.hidden_size
+            if body.dimensions is not None and body.dimensions > hidden:
+                raise invalid_request(
+                    f"dimensions must be at most {hidden} for this model", param="dimensions"
+                )
             # Tokenized on the preparation threads: 256 long inputs take seconds, which the event loop cannot spare.
             token_ids = await state.preparation.run(self._token_ids, inputs, watch=watch)
             # A client that leaves cancels the wait, and AsyncEngine.embed aborts the request: its KV is freed.
-            embedding = asyncio.ensure_future(state.engine.embed(token_ids, new_id("embd")))
+            embedding = asyncio.ensure_future(
+                state.engine.embed(token_ids, new_id("embd"), priority=watch.priority)
+            )
             try:
                 output = await watch.unless_disconnected(embedding)
             except ValueError as error:
