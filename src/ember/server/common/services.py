@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from ember.engine.async_engine import AsyncEngine
     from ember.server.admin.serving_adapters import AdapterServing
     from ember.server.anthropic.serving_messages import MessagesServing
+    from ember.server.batches.serving import BatchesServing
     from ember.server.fine_tuning.serving_files import FilesServing
     from ember.server.fine_tuning.serving_jobs import JobsServing
     from ember.server.openai.serving_chat import ChatServing
@@ -52,6 +53,7 @@ class Services:
     adapters: AdapterServing
     files: FilesServing | None = None  # None: the server runs without a data directory
     jobs: JobsServing | None = None
+    batches: BatchesServing | None = None
 
     def require_files(self) -> FilesServing:
         if self.files is None:
@@ -63,11 +65,16 @@ class Services:
             raise _tuning_disabled()
         return self.jobs
 
+    def require_batches(self) -> BatchesServing:
+        if self.batches is None:
+            raise _tuning_disabled()
+        return self.batches
+
 
 def _tuning_disabled() -> APIError:
     return APIError(
         404,
-        "files, datasets and fine-tuning are not enabled on this server (it was started without a data "
+        "files, datasets, batches and fine-tuning are not enabled on this server (it was started without a data "
         "directory; see ember serve --data-dir)",
         code="fine_tuning_disabled",
     )
