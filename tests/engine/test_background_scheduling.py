@@ -7,7 +7,11 @@ import pytest
 from test_scheduler import make_scheduler, make_sequence, shape, step
 
 from ember.engine.engine_config import BACKGROUND_PRIORITY, SchedulerConfig
+from ember.engine.llm_engine import LLMEngine
+from ember.engine.sampling_params import SamplingParams
 from ember.engine.sequence import SequenceStatus
+from ember.engine.testing import tiny_engine_config
+from ember.models.loader import LoadedModel
 
 POLICIES = ["fcfs", "priority"]
 
@@ -82,3 +86,38 @@ def test_a_running_live_sequence_takes_blocks_from_a_background_one_not_from_an_
     output = step(scheduler)  # every sequence needs a third block and none is free
     assert output.preempted_ids == ["batch"]
     assert shape(output) == [("old", 4, 1), ("new", 4, 1)]
+
+
+def test_in_the_engine_a_live_request_runs_at_once_beside_background_ones_whose_output_is_unchanged(
+    tiny_llama: LoadedModel,
+) -> None:
+    def engine() -> LLMEngine:
+        return LLMEngine(tiny_llama, tiny_engine_config(prompt_lookup="off", max_num_seqs=2))
+
+    prompts = {f"batch{i}": tiny_llama.tokenizer.encode(f"Batch line {i}") for i in range(3)}
+    params = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
+    alone = {}
+    for name, prompt in prompts.items():
+        solo = engine()
+        solo.add_request(name, prompt, params)
+        while solo.has_unfinished():
+            outputs = solo.step()
+        alone[name] = outputs[-1].outputs[0].token_ids
+
+    mixed = engine()
+    for name, prompt in prompts.items():
+        mixed.add_request(name, prompt, params, priority=BACKGROUND_PRIORITY)
+    mixed.step()
+    mixed.add_request(
+        "live", tiny_llama.tokenizer.encode("Live"), SamplingParams(max_tokens=4, ignore_eos=True)
+    )
+    finished: dict[str, list[int]] = {}
+    steps_to_live = 0
+    while mixed.has_unfinished():
+        steps_to_live += "live" not in finished
+        for output in mixed.step():
+            if output.finished:
+                finished[output.request_id] = list(output.outputs[0].token_ids)
+    # one row is the background limit's (max_num_seqs 2 // 2), the other the live request's from its first step
+    assert steps_to_live == 4 and list(finished)[0] == "live"
+    assert {name: finished[name] for name in prompts} == {name: list(ids) for name, ids in alone.items()}

@@ -106,6 +106,7 @@ def test_chat_batch_output_matches_the_live_route_and_bad_lines_go_to_the_error_
         chat_line("q-1", "Count to three.", max_tokens=12),
         chat_line("bad-max-tokens", "Hi", max_tokens=-1),
         chat_line("bad-model", "Hi", model="no-such-model"),
+        chat_line("streamed", "Hi", stream=True),
         chat_line("q-2", "Say hello.", max_tokens=5),
     ]
     upload = client.files.create(file=as_file(lines, "requests.jsonl"), purpose="batch")
@@ -117,7 +118,7 @@ def test_chat_batch_output_matches_the_live_route_and_bad_lines_go_to_the_error_
         metadata={"job": "eval-1"},
     )
     assert batch.object == "batch" and batch.status in ("validating", "in_progress")
-    assert batch.request_counts is not None and batch.request_counts.total == 5
+    assert batch.request_counts is not None and batch.request_counts.total == 6
     assert batch.expires_at == batch.created_at + 24 * 3600 and batch.metadata == {"job": "eval-1"}
 
     # a live request while the batch runs is served
@@ -129,7 +130,7 @@ def test_chat_batch_output_matches_the_live_route_and_bad_lines_go_to_the_error_
     done = finished(client, batch.id)
     assert done.status == "completed" and done.completed_at is not None
     assert done.request_counts is not None
-    assert (done.request_counts.completed, done.request_counts.failed) == (3, 2)
+    assert (done.request_counts.completed, done.request_counts.failed) == (3, 3)
     assert done.usage is not None and done.usage.output_tokens > 0
 
     outputs = {row["custom_id"]: row for row in file_lines(client, done.output_file_id)}
@@ -146,7 +147,8 @@ def test_chat_batch_output_matches_the_live_route_and_bad_lines_go_to_the_error_
         assert batched["usage"]["completion_tokens"] == answer.usage.completion_tokens  # type: ignore[union-attr]
 
     errors = {row["custom_id"]: row for row in file_lines(client, done.error_file_id)}
-    assert list(errors) == ["bad-max-tokens", "bad-model"]
+    assert list(errors) == ["bad-max-tokens", "bad-model", "streamed"]
+    assert errors["streamed"]["response"]["body"]["error"]["param"] == "stream"
     too_few = errors["bad-max-tokens"]["response"]
     assert too_few["status_code"] == 400 and too_few["body"]["error"]["param"] == "max_tokens"
     unknown = errors["bad-model"]["response"]
@@ -279,6 +281,15 @@ def test_cancel_keeps_the_finished_lines(server: TuningServer) -> None:
             input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
         )
         wait_for(lambda: client.batches.retrieve(batch.id).request_counts.completed == 2, 60, "two lines")  # type: ignore[union-attr]
+        # a batch queued behind the held one is cancelled at once, without waiting for its turn
+        queued = client.batches.create(
+            input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        client.batches.cancel(queued.id)
+        closed = finished(client, queued.id)
+        assert closed.status == "cancelled" and closed.output_file_id is None
+        assert len(file_lines(client, closed.error_file_id)) == 8
+        assert client.batches.retrieve(batch.id).status == "in_progress"
         cancelling = client.batches.cancel(batch.id)
         assert cancelling.status in ("cancelling", "cancelled") and cancelling.cancelling_at is not None
         done = finished(client, batch.id)

@@ -24,7 +24,7 @@ from ember.tuning.file_storage import FileStorage
 
 logger = logging.getLogger(__name__)
 
-LINES_IN_FLIGHT = 4  # enough to keep the background rows busy; more would only wait in the engine's queue
+LINES_IN_FLIGHT = 8  # at most; BatchesServing.build keeps it within the scheduler's background rows
 RETRY_DELAY_S = 0.5  # before a request the engine could not take (queue full) is tried again
 
 
@@ -46,6 +46,9 @@ class BatchRunner:
         self._wake = asyncio.Event()
         self._cancels: dict[str, asyncio.Event] = {}
         self._task: asyncio.Task[None] | None = None
+        self._running_id: str | None = None  # the batch whose requests run now
+        self._closing: set[str] = set()  # cancelled batches closed beside it
+        self._side_tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         self.work_dir.mkdir(parents=True, exist_ok=True)
@@ -53,18 +56,37 @@ class BatchRunner:
 
     async def stop(self) -> None:
         """Stops at once: requests in flight are aborted and stay pending, to run after the next start."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in [self._task, *self._side_tasks]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     def wake(self) -> None:
         self._wake.set()
 
     def cancel(self, batch_id: str) -> None:
-        """The batch was moved to `cancelling`: abort what runs of it."""
+        """The batch was moved to `cancelling`: abort what runs of it. A batch still waiting its turn is closed
+        at once, beside the one running (its cancel does not wait for another batch to finish)."""
         self._cancel_event(batch_id).set()
+        if batch_id != self._running_id and batch_id not in self._closing:
+            self._closing.add(batch_id)
+            task = asyncio.create_task(self._close_cancelled(batch_id))
+            self._side_tasks.add(task)
+            task.add_done_callback(self._side_tasks.discard)
         self._wake.set()
+
+    async def _close_cancelled(self, batch_id: str) -> None:
+        try:
+            record = self.store.get(batch_id)
+            if record is not None and record.status == "cancelling":
+                await self._finalize(record, "cancelled")
+        except Exception:  # noqa: BLE001 - the loop retries it as any unfinished batch
+            logger.exception("closing the cancelled batch %s failed", batch_id)
+        finally:
+            self._closing.discard(batch_id)
+            self._cancels.pop(batch_id, None)
+            self._wake.set()
 
     def _cancel_event(self, batch_id: str) -> asyncio.Event:
         return self._cancels.setdefault(batch_id, asyncio.Event())
@@ -78,10 +100,11 @@ class BatchRunner:
     async def _loop(self) -> None:
         while True:
             self._wake.clear()
-            batches = self.store.unfinished()
+            batches = [b for b in self.store.unfinished() if b.id not in self._closing]
             if not batches:
                 await self._wake.wait()
                 continue
+            self._running_id = batches[0].id  # before any await: a cancel from now on is this run's to handle
             try:
                 await self._run(batches[0])
             except asyncio.CancelledError:

@@ -21,7 +21,7 @@ from ember.server.batches.protocol import (
     check_fireworks_job,
     job_body_defaults,
 )
-from ember.server.batches.runner import BatchRunner
+from ember.server.batches.runner import LINES_IN_FLIGHT, BatchRunner
 from ember.server.batches.store import DB_FILE, BatchRecord, BatchStore
 from ember.server.common.config import ServerConfig
 from ember.server.common.errors import APIError, invalid_request
@@ -40,13 +40,18 @@ CANCELLABLE = ("validating", "in_progress")
 
 class BatchesServing:
     def __init__(
-        self, runtime: FineTuningRuntime, lines: LineRunner, models: ServedModels, account: str
+        self,
+        runtime: FineTuningRuntime,
+        lines: LineRunner,
+        models: ServedModels,
+        account: str,
+        lines_in_flight: int = LINES_IN_FLIGHT,
     ) -> None:
         self.files = runtime.files
         self.tuning_store = runtime.store
         self.models = models
         self.store = BatchStore(runtime.data_dir / DB_FILE)
-        self.runner = BatchRunner(self.store, runtime.files, lines, account)
+        self.runner = BatchRunner(self.store, runtime.files, lines, account, lines_in_flight)
 
     @classmethod
     def build(
@@ -58,7 +63,11 @@ class BatchesServing:
         config: ServerConfig,
     ) -> BatchesServing:
         """The batches of a server with a data directory, each request run by the live routes' serving objects."""
-        return cls(runtime, LineRunner(chat, completions, embeddings), chat.state.models, config.account)
+        # A few requests at a time, within the rows the scheduler gives background work: more would queue on the
+        # preparation threads live requests use too.
+        in_flight = min(LINES_IN_FLIGHT, chat.state.engine.engine.config.scheduler.background_seq_limit)
+        lines = LineRunner(chat, completions, embeddings)
+        return cls(runtime, lines, chat.state.models, config.account, in_flight)
 
     async def start(self) -> None:
         await self.runner.start()
