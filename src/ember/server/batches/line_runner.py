@@ -92,7 +92,7 @@ class LineRunner:
         raise APIError(400, f"url {line.url!r} cannot be batched", param="url")
 
     def _watch(self, cancelled: asyncio.Event) -> EngineWatch:
-        return EngineWatch(cancelled.wait(), self.engine, priority=BATCH_PRIORITY)
+        return EngineWatch(cancelled.wait, self.engine, priority=BATCH_PRIORITY)
 
 
 def output_line(line: LineRecord) -> dict[str, Any]:

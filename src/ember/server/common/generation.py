@@ -5,7 +5,8 @@ leaves during the preparation never gets an engine request)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Coroutine
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -144,11 +145,11 @@ class ClientLeft(APIError):
 
 
 class EngineWatch:
-    """Watches the party a request runs for, from the end of its body until close(): when it goes away (the
-    `gone` awaitable completes), a preparation still running is abandoned and engine requests already open are
+    """Watches the party a request runs for, from the end of its body until close(): when it goes away (what
+    `gone()` returns completes), a preparation still running is abandoned and engine requests already open are
     aborted. Its engine requests run at `priority` (lower first; live requests 0, batch lines a background one)."""
 
-    def __init__(self, gone: Coroutine[Any, Any, Any], engine: AsyncEngine, priority: int = 0) -> None:
+    def __init__(self, gone: Callable[[], Awaitable[Any]], engine: AsyncEngine, priority: int = 0) -> None:
         self._engine = engine
         self.priority = priority
         self._request_ids: list[str] = []
@@ -158,8 +159,8 @@ class EngineWatch:
     def client_left(self) -> bool:
         return self._task.done() and not self._task.cancelled()
 
-    async def _watch(self, gone: Coroutine[Any, Any, Any]) -> None:
-        await gone
+    async def _watch(self, gone: Callable[[], Awaitable[Any]]) -> None:
+        await gone()  # made only once the task runs: a watch closed at once leaves no coroutine unawaited
         for request_id in self._request_ids:
             await self._engine.abort(request_id)
 
@@ -196,4 +197,4 @@ class DisconnectWatch(EngineWatch):
     """An HTTP request's watch: its client leaving is the disconnect."""
 
     def __init__(self, request: Request, engine: AsyncEngine) -> None:
-        super().__init__(_wait_for_disconnect(request), engine)
+        super().__init__(functools.partial(_wait_for_disconnect, request), engine)
