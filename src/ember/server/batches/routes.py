@@ -52,10 +52,8 @@ async def create_batch_inference_job(
     batchInferenceJobId: str | None = None,  # noqa: N803 - Fireworks' name
 ) -> Response:
     body = await read_body(request, FireworksJobCreate)
-    batches = _batches(request)
-    return JSONResponse(
-        await batches.fireworks_create(account, body, batchInferenceJobId, tenant_of(request))
-    )
+    # the job belongs to `account`, which the auth middleware keeps to the key's own
+    return JSONResponse(await _batches(request).fireworks_create(account, body, batchInferenceJobId))
 
 
 @router.get("/accounts/{account}/batchInferenceJobs")

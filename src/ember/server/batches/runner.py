@@ -129,6 +129,9 @@ class BatchRunner:
             cancelled.set()
         if record.status in ("validating", "in_progress"):
             await self._run_lines(record, cancelled)
+            unfinished = not cancelled.is_set() and _now() < record.expires_at
+            if unfinished and self.store.pending_lines(record.id, limit=1):
+                return  # a line the engine gave back unfinished: the loop runs the batch again
         # a cancel that came meanwhile has made it `cancelling`: then this does nothing
         self.store.set_status(record.id, "finalizing", only_from=("in_progress",), finalizing_at=_now())
         current = self.store.get(record.id)
@@ -137,7 +140,7 @@ class BatchRunner:
             return
         if current.status == "cancelling":
             final = "cancelled"
-        elif _now() >= current.expires_at and self.store.pending_lines(record.id):
+        elif _now() >= current.expires_at and self.store.pending_lines(record.id, limit=1):
             final = "expired"
         else:
             final = "completed"
@@ -145,7 +148,8 @@ class BatchRunner:
         self._cancels.pop(record.id, None)
 
     async def _run_lines(self, record: BatchRecord, cancelled: asyncio.Event) -> None:
-        pending = iter(self.store.pending_lines(record.id))
+        # read a page at a time as the workers take them: a 50,000-line batch is never all in memory
+        pending = (line for line in self.store.lines(record.id) if line.state == "pending")
         tenant = self.tenant_of(record)
 
         async def worker() -> None:

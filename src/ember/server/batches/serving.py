@@ -145,7 +145,7 @@ class BatchesServing:
     # -- Fireworks ---------------------------------------------------------------------------------------------
 
     async def fireworks_create(
-        self, account: str, body: FireworksJobCreate, job_id: str | None, tenant: Tenant
+        self, account: str, body: FireworksJobCreate, job_id: str | None
     ) -> dict[str, Any]:
         check_fireworks_job(body)
         job_id = job_id or f"batch-{secrets.token_hex(6)}"
@@ -173,7 +173,7 @@ class BatchesServing:
         record = BatchRecord(
             id=name,
             api="fireworks",
-            owner=tenant.account,
+            owner=account,  # a Fireworks resource belongs to the account in its name, as datasets do
             endpoint="/v1/chat/completions",
             input_file_id=dataset.name,
             completion_window="24h",
@@ -236,7 +236,7 @@ class BatchesServing:
 
     async def _created(self, record: BatchRecord, lines: list[BatchLine]) -> BatchRecord:
         try:
-            self.store.create(record, lines)
+            await asyncio.to_thread(self.store.create, record, lines)  # thousands of rows: off the event loop
         except ValueError as error:
             raise APIError(409, str(error), code="already_exists") from None
         self.runner.wake()

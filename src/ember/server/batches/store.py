@@ -203,11 +203,12 @@ class BatchStore:
 
     # -- requests ---------------------------------------------------------------------------------------------
 
-    def pending_lines(self, batch_id: str) -> list[LineRecord]:
+    def pending_lines(self, batch_id: str, limit: int = -1) -> list[LineRecord]:
+        """The requests still to run, in file order (at most `limit`; -1: all)."""
         with self._connect() as conn:
             rows = conn.execute(
-                "SELECT * FROM batch_lines WHERE batch_id = ? AND state = 'pending' ORDER BY line",
-                (batch_id,),
+                "SELECT * FROM batch_lines WHERE batch_id = ? AND state = 'pending' ORDER BY line LIMIT ?",
+                (batch_id, limit),
             ).fetchall()
         return [_record(LineRecord, row) for row in rows]
 
