@@ -266,6 +266,10 @@ def test_batches_list_newest_first_with_cursor_pagination(server: TuningServer) 
     second = client.batches.list(limit=2, after=first.data[-1].id)
     assert second.data[0].id == ids[0]
     assert ids[::-1] == [b.id for b in client.batches.list(limit=100) if b.id in ids]
+    with pytest.raises(openai.BadRequestError) as cursor:
+        client.batches.list(after="batch_unknown")
+    assert cursor.value.body["param"] == "after"  # type: ignore[index]
+    assert client.batches.retrieve(ids[0]).model == TINY_MODEL
     for batch_id in ids:
         finished(client, batch_id)
 

@@ -100,7 +100,6 @@ class BatchesServing:
                     "request of a batch goes to its endpoint",
                     param="input_file_id",
                 )
-        models = {line.body.get("model") for line in lines}
         now = int(time.time())
         record = BatchRecord(
             id=f"batch_{secrets.token_hex(12)}",
@@ -113,7 +112,7 @@ class BatchesServing:
             created_at=now,
             in_progress_at=now,
             expires_at=now + COMPLETION_WINDOW_S[body.completion_window],
-            model=models.pop() if len(models) == 1 and isinstance(next(iter(models)), str) else None,
+            model=_one_model(lines),
             metadata=body.metadata,
         )
         return openai_batch(await self._created(record, lines))
@@ -287,6 +286,13 @@ class BatchesServing:
             return read_batch_lines(path, url_required=url_required)
         except ValueError as error:
             raise invalid_request(f"the input is not a batch of requests: {error}", param=param) from None
+
+
+def _one_model(lines: list[BatchLine]) -> str | None:
+    """The batch's `model`: the one its requests name, when they all name the same."""
+    models = {line.body.get("model") for line in lines}
+    model = models.pop() if len(models) == 1 else None
+    return model if isinstance(model, str) else None
 
 
 def _dataset_id(given: str, account: str, param: str) -> str:
