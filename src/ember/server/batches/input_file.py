@@ -78,21 +78,31 @@ def validate_batch_file(
     )
 
 
-def read_batch_lines(path: Path, *, url_required: bool = True) -> list[BatchLine]:
-    """The requests of a file that passed validate_batch_file; ValueError naming the first problem otherwise."""
+def read_batch_lines(
+    path: Path, *, url_required: bool = True, max_line_bytes: int | None = None
+) -> list[BatchLine]:
+    """The requests of a file that passed validate_batch_file; ValueError naming the first problem otherwise,
+    also for a line longer than `max_line_bytes` (the server's request body limit: a line is a request)."""
     lines: list[BatchLine] = []
-    for item in _read(path, url_required):
+    for item in _read(path, url_required, max_line_bytes):
         if isinstance(item, Problem):
             raise ValueError(str(item))
         lines.append(item)
     return lines
 
 
-def _read(path: Path, url_required: bool) -> Iterator[BatchLine | Problem]:
+def _read(path: Path, url_required: bool, max_line_bytes: int | None = None) -> Iterator[BatchLine | Problem]:
     seen: dict[str, int] = {}
     with open(path, "rb") as file:
         for number, raw in enumerate(file, start=1):
             if not raw.strip():
+                continue
+            if max_line_bytes is not None and len(raw) > max_line_bytes:
+                yield _problem(
+                    number,
+                    "line_too_large",
+                    f"the line is {len(raw)} bytes, over this server's request body limit of {max_line_bytes}",
+                )
                 continue
             item = _parse(raw, number, url_required)
             if isinstance(item, BatchLine):

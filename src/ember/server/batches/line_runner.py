@@ -81,13 +81,13 @@ class LineRunner:
         body: BaseModel
         match line.url:
             case "/v1/chat/completions":
-                body = validate_body(ChatCompletionRequest, line.body)
+                body = await asyncio.to_thread(validate_body, ChatCompletionRequest, line.body)
                 return await self.chat.answer(body, self._watch(cancelled))
             case "/v1/completions":
-                body = validate_body(CompletionRequest, line.body)
+                body = await asyncio.to_thread(validate_body, CompletionRequest, line.body)
                 return await self.completions.answer(body, self._watch(cancelled))
             case "/v1/embeddings":
-                body = validate_body(EmbeddingRequest, line.body)
+                body = await asyncio.to_thread(validate_body, EmbeddingRequest, line.body)
                 return await self.embeddings.answer(body, self._watch(cancelled))
         raise APIError(400, f"url {line.url!r} cannot be batched", param="url")
 

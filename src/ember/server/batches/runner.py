@@ -14,7 +14,6 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from ember.server.batches.line_runner import LineRunner, NotNow, output_line, unrun_line
@@ -148,31 +147,55 @@ class BatchRunner:
         self._cancels.pop(record.id, None)
 
     async def _run_lines(self, record: BatchRecord, cancelled: asyncio.Event) -> None:
-        # read a page at a time as the workers take them: a 50,000-line batch is never all in memory
-        pending = (line for line in self.store.lines(record.id) if line.state == "pending")
+        """The pending requests, `lines_in_flight` at a time, until done, cancelled or past the window. The
+        db is read a page at a time off the event loop: a 50,000-line batch is never all in memory, and a big
+        body's JSON is never parsed on the loop."""
+        queue: asyncio.Queue[LineRecord | None] = asyncio.Queue(maxsize=self.lines_in_flight)
         tenant = self.tenant_of(record)
 
-        async def worker() -> None:
-            for line in _until(pending, cancelled, record.expires_at):
-                while True:
+        def stopped() -> bool:
+            return cancelled.is_set() or _now() >= record.expires_at
+
+        async def feed() -> None:
+            last = 0
+            while not stopped():
+                page = await asyncio.to_thread(self.store.pending_lines, record.id, 32, last)
+                if not page:
+                    break
+                for line in page:
+                    await queue.put(line)
+                last = page[-1].line
+            for _ in range(self.lines_in_flight):
+                await queue.put(None)
+
+        async def work() -> None:
+            while (line := await queue.get()) is not None:
+                outcome = None
+                while not stopped():
                     try:
                         outcome = await self.lines.run(line, tenant, cancelled)
+                        break
                     except NotNow:
-                        if cancelled.is_set() or _now() >= record.expires_at:
-                            return
                         await asyncio.sleep(RETRY_DELAY_S)
-                        continue
-                    break
                 if outcome is not None:
-                    self.store.finish_line(record.id, line.line, outcome.ok, outcome.result, outcome.usage)
+                    await asyncio.to_thread(
+                        self.store.finish_line,
+                        record.id,
+                        line.line,
+                        outcome.ok,
+                        outcome.result,
+                        outcome.usage,
+                    )
 
-        workers = [asyncio.create_task(worker()) for _ in range(self.lines_in_flight)]
+        tasks = [asyncio.create_task(feed())] + [
+            asyncio.create_task(work()) for _ in range(self.lines_in_flight)
+        ]
         try:
-            await asyncio.gather(*workers)
+            await asyncio.gather(*tasks)
         finally:
-            for task in workers:
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     # -- closing a batch -----------------------------------------------------------------------------------
 
@@ -235,14 +258,6 @@ class BatchRunner:
             for row in err:
                 out.write(row)
         self.files.add_output_dataset(name, output, counts[0] + counts[1], "BIJ_results.jsonl")
-
-
-def _until(lines: Iterator[LineRecord], cancelled: asyncio.Event, expires_at: int) -> Iterator[LineRecord]:
-    """The pending requests, shared by the workers, until the batch is cancelled or its window ends."""
-    for line in lines:
-        if cancelled.is_set() or _now() >= expires_at:
-            return
-        yield line
 
 
 def _now() -> int:

@@ -46,7 +46,9 @@ class BatchesServing:
         models: ServedModels,
         account: str,
         lines_in_flight: int = LINES_IN_FLIGHT,
+        max_line_bytes: int | None = None,
     ) -> None:
+        self.max_line_bytes = max_line_bytes  # a line is a request: the request body limit applies
         self.files = runtime.files
         self.tuning_store = runtime.store
         self.models = models
@@ -67,7 +69,7 @@ class BatchesServing:
         # preparation threads live requests use too.
         in_flight = min(LINES_IN_FLIGHT, chat.state.engine.engine.config.scheduler.background_seq_limit)
         lines = LineRunner(chat, completions, embeddings)
-        return cls(runtime, lines, chat.state.models, config.account, in_flight)
+        return cls(runtime, lines, chat.state.models, config.account, in_flight, config.max_body_bytes)
 
     async def start(self) -> None:
         await self.runner.start()
@@ -280,10 +282,9 @@ class BatchesServing:
             )
         return dataset
 
-    @staticmethod
-    def _read(path: Any, url_required: bool, param: str) -> list[BatchLine]:
+    def _read(self, path: Any, url_required: bool, param: str) -> list[BatchLine]:
         try:
-            return read_batch_lines(path, url_required=url_required)
+            return read_batch_lines(path, url_required=url_required, max_line_bytes=self.max_line_bytes)
         except ValueError as error:
             raise invalid_request(f"the input is not a batch of requests: {error}", param=param) from None
 

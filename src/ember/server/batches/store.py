@@ -203,12 +203,13 @@ class BatchStore:
 
     # -- requests ---------------------------------------------------------------------------------------------
 
-    def pending_lines(self, batch_id: str, limit: int = -1) -> list[LineRecord]:
-        """The requests still to run, in file order (at most `limit`; -1: all)."""
+    def pending_lines(self, batch_id: str, limit: int = -1, after_line: int = 0) -> list[LineRecord]:
+        """The requests still to run after line `after_line`, in file order (at most `limit`; -1: all)."""
         with self._connect() as conn:
             rows = conn.execute(
-                "SELECT * FROM batch_lines WHERE batch_id = ? AND state = 'pending' ORDER BY line LIMIT ?",
-                (batch_id, limit),
+                "SELECT * FROM batch_lines WHERE batch_id = ? AND state = 'pending' AND line > ? "
+                "ORDER BY line LIMIT ?",
+                (batch_id, after_line, limit),
             ).fetchall()
         return [_record(LineRecord, row) for row in rows]
 
