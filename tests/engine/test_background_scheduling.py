@@ -30,16 +30,33 @@ def test_a_waiting_live_sequence_starts_before_background_ones_that_arrived_earl
 
 
 @pytest.mark.parametrize("policy", POLICIES)
-def test_background_sequences_leave_rows_free_even_when_nothing_else_runs(policy: str) -> None:
+def test_background_sequences_leave_rows_free_and_yield_steps_to_live_work(policy: str) -> None:
     scheduler = make_scheduler(max_num_seqs=4, policy=policy)
     for index in range(4):
         scheduler.add_sequence(make_sequence(f"batch{index}", [1, 2], priority=BACKGROUND_PRIORITY))
+    assert [s.sequence_id for s in step(scheduler).scheduled] == ["batch0", "batch1"]  # half of the rows
+    scheduler.add_sequence(make_sequence("live", [5, 6], max_tokens=2, arrival_time=1.0))
+    # beside live work one background row runs a step; batch1 keeps its KV and waits
+    for _ in range(2):
+        assert sorted(s.sequence_id for s in step(scheduler).scheduled) == ["batch0", "live"]
+    batch1 = scheduler.get_sequence("batch1")
+    assert batch1 is not None and batch1.status is SequenceStatus.RUNNING and batch1.num_computed_tokens == 2
+    scheduler.finish_sequence("live", SequenceStatus.FINISHED_LENGTH)
     assert [s.sequence_id for s in step(scheduler).scheduled] == ["batch0", "batch1"]
-    scheduler.add_sequence(make_sequence("live", [5, 6], arrival_time=1.0))
-    output = step(scheduler)
-    assert [s.sequence_id for s in output.scheduled] == ["batch0", "batch1", "live"]
     scheduler.finish_sequence("batch0", SequenceStatus.FINISHED_STOPPED)
     assert "batch2" in [s.sequence_id for s in step(scheduler).scheduled]
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_a_background_prompt_prefills_in_small_chunks_beside_live_work(policy: str) -> None:
+    scheduler = make_scheduler(max_num_seqs=4, max_num_batched_tokens=64, policy=policy)
+    scheduler.add_sequence(make_sequence("live", [1, 2, 3], max_tokens=8))
+    step(scheduler)
+    scheduler.add_sequence(make_sequence("batch", list(range(100, 180)), priority=BACKGROUND_PRIORITY))
+    assert shape(step(scheduler)) == [("live", 3, 1), ("batch", 0, 32)]  # background_tokens_beside_live
+    assert shape(step(scheduler)) == [("live", 4, 1), ("batch", 32, 32)]
+    scheduler.finish_sequence("live", SequenceStatus.FINISHED_STOPPED)
+    assert shape(step(scheduler)) == [("batch", 64, 16)]  # alone: the whole budget
 
 
 def test_the_background_limit_is_configurable() -> None:
@@ -48,6 +65,8 @@ def test_the_background_limit_is_configurable() -> None:
     assert SchedulerConfig(max_num_seqs=8, max_background_seqs=8).background_seq_limit == 8
     with pytest.raises(ValueError, match="max_background_seqs"):
         SchedulerConfig(max_background_seqs=-1)
+    with pytest.raises(ValueError, match="background_tokens_beside_live"):
+        SchedulerConfig(background_tokens_beside_live=-1)
 
 
 @pytest.mark.parametrize("policy", POLICIES)

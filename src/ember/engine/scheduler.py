@@ -21,6 +21,7 @@ from __future__ import annotations
 import heapq
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from ember.engine.block_manager import BlockManager
 from ember.engine.engine_config import CacheConfig, SchedulerConfig
@@ -83,6 +84,19 @@ class _PriorityQueue:
 
     def __len__(self) -> int:
         return len(self._heap)
+
+
+@dataclass
+class _BackgroundShare:
+    """The rows and tokens background sequences may still take in the step being planned."""
+
+    rows: int
+    tokens: int
+    limited: bool  # live work is present: the share is SchedulerConfig's *_beside_live
+
+    def take(self, num_tokens: int) -> None:
+        self.rows -= 1
+        self.tokens -= num_tokens
 
 
 class Scheduler:
@@ -203,11 +217,17 @@ class Scheduler:
         drafts: dict[str, list[int]] = {}
         policy = self._draft_policy
         speculates = policy is not None and policy.speculates(sum(remaining(r) == 1 for r in self._running))
+        share = self._background_share()
         for sequence in sorted(self._running, key=lambda r: (remaining(r) > 1, self._key(r))):
-            num_new = min(remaining(sequence), budget)
+            background = self._is_background(sequence)
+            num_new = min(remaining(sequence), budget, share.tokens if background else budget)
+            if background and share.rows <= 0:
+                continue  # paused this step: it keeps its KV while live requests run
             if num_new <= 0 or sequence.status is not SequenceStatus.RUNNING:
                 continue
-            if speculates and remaining(sequence) == 1:
+            if background:
+                share.take(num_new)
+            if speculates and remaining(sequence) == 1 and not (background and share.limited):
                 assert policy is not None
                 draft = policy.draft(sequence, budget - 1)
                 if draft and self.block_manager.allocate_slots(sequence, 1, num_lookahead_tokens=len(draft)):
@@ -235,7 +255,10 @@ class Scheduler:
             if sequence is None:
                 break
             computed_blocks, num_cached = self.block_manager.get_computed_blocks(sequence)
-            num_new = min(sequence.num_tokens - num_cached, budget)
+            background = self._is_background(sequence)
+            num_new = min(sequence.num_tokens - num_cached, budget, share.tokens if background else budget)
+            if background and (share.rows <= 0 or num_new <= 0):
+                break
             room = len(self._running) < self.scheduler_config.max_num_seqs
             if not (room and self.block_manager.allocate_slots(sequence, num_new, computed_blocks)):
                 victim = None if self._is_background(sequence) else self._background_victim()
@@ -248,6 +271,8 @@ class Scheduler:
                 preempted.append(victim.sequence_id)
                 continue
             self._queue_of(sequence).pop()
+            if background:
+                share.take(num_new)
             if sequence.status is SequenceStatus.WAITING:
                 sequence.num_cached_tokens = num_cached
                 self._num_prompt_tokens += sequence.num_prompt_tokens
@@ -352,6 +377,18 @@ class Scheduler:
         if running >= self.scheduler_config.background_seq_limit:
             return None
         return self._background.peek()
+
+    def _background_share(self) -> _BackgroundShare:
+        """What background sequences may run this step: without live work, as much as any; while a live
+        sequence runs or waits, a few rows and tokens (on a CPU every extra row lengthens the step that each live
+        token waits for)."""
+        config = self.scheduler_config
+        live = bool(self._waiting) or any(not self._is_background(r) for r in self._running)
+        if not live:
+            return _BackgroundShare(config.max_num_seqs, config.max_num_batched_tokens, limited=False)
+        return _BackgroundShare(
+            config.background_seqs_beside_live, config.background_tokens_beside_live, limited=True
+        )
 
     def _background_victim(self) -> Sequence | None:
         """The running background sequence to preempt first (the last by order), if any runs."""
