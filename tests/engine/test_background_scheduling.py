@@ -52,11 +52,11 @@ def test_a_background_prompt_prefills_in_small_chunks_beside_live_work(policy: s
     scheduler = make_scheduler(max_num_seqs=4, max_num_batched_tokens=64, policy=policy)
     scheduler.add_sequence(make_sequence("live", [1, 2, 3], max_tokens=8))
     step(scheduler)
-    scheduler.add_sequence(make_sequence("batch", list(range(100, 180)), priority=BACKGROUND_PRIORITY))
-    assert shape(step(scheduler)) == [("live", 3, 1), ("batch", 0, 32)]  # background_tokens_beside_live
-    assert shape(step(scheduler)) == [("live", 4, 1), ("batch", 32, 32)]
+    scheduler.add_sequence(make_sequence("batch", list(range(100, 120)), priority=BACKGROUND_PRIORITY))
+    assert shape(step(scheduler)) == [("live", 3, 1), ("batch", 0, 8)]  # background_tokens_beside_live
+    assert shape(step(scheduler)) == [("live", 4, 1), ("batch", 8, 8)]
     scheduler.finish_sequence("live", SequenceStatus.FINISHED_STOPPED)
-    assert shape(step(scheduler)) == [("batch", 64, 16)]  # alone: the whole budget
+    assert shape(step(scheduler)) == [("batch", 16, 4)]  # alone: the whole budget
 
 
 def test_the_background_limit_is_configurable() -> None:

@@ -68,7 +68,7 @@ class SchedulerConfig:
     """While a live request runs or waits, how many background sequences take part in a step (the others keep
     their KV and wait): on a CPU each extra row lengthens the step every live token waits for."""
 
-    background_tokens_beside_live: int = 32
+    background_tokens_beside_live: int = 8
     """...and how many tokens they may run in such a step, so a background prompt's prefill never holds up a
     live decode for long (it is cut into chunks of this size)."""
 
