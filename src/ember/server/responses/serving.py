@@ -1,0 +1,374 @@
+"""POST /v1/responses on the chat pipeline: input items become chat messages (after the stored conversation of
+previous_response_id), chat.plan renders them and builds the constraint and the reply reader, the engine
+generates, and the reply comes back as output items, whole or as OpenAI's typed stream events; stored responses
+are read, listed and deleted per owner account."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import aclosing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response
+
+from ember.chat.plan import ChatInputs
+from ember.engine.outputs import CompletionOutput, RequestOutput
+from ember.server.common.errors import APIError, as_api_error, invalid_request
+from ember.server.common.generation import DisconnectWatch, Generation, collect_finals
+from ember.server.common.metrics import RequestTimer, TokenCounts, perf_headers
+from ember.server.common.preparation import CONTEXT_LENGTH_EXCEEDED, ChatAsk, PreparedRequest
+from ember.server.common.protocol import SamplingRequest
+from ember.server.common.services import ServingState
+from ember.server.common.sse import event_stream, sse_event
+from ember.server.common.tenancy import Tenant, tenant_of
+from ember.server.openai.logprob_objects import chat_logprobs
+from ember.server.responses.conversation import chat_messages, input_items
+from ember.server.responses.events import Event, OutputItems, is_delta, obfuscation
+from ember.server.responses.objects import (
+    ResponseSettings,
+    input_items_page,
+    response_object,
+    response_tools,
+    usage,
+)
+from ember.server.responses.options import PARAM_NAMES, ChatOptions, chat_options
+from ember.server.responses.protocol import ResponsesRequest
+from ember.server.responses.store import DB_FILE, ResponseStore
+from ember.tuning.ownership import OwnerScope
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Turn:
+    """The conversation one response answers: the stored one it continues, then this request's input."""
+
+    history: list[dict[str, Any]]
+    new_items: list[dict[str, Any]]
+
+    @property
+    def input_items(self) -> list[dict[str, Any]]:
+        return [*self.history, *self.new_items]
+
+
+def _first_dropped_turn(items: list[dict[str, Any]], start: int) -> int | None:
+    """Where the conversation continues when truncation drops its oldest turn: the next user message."""
+    for index in range(start + 1, len(items)):
+        item = items[index]
+        if item["type"] == "message" and item["role"] == "user":
+            return index
+    return None
+
+
+class ResponsesServing:
+    def __init__(self, state: ServingState, store: ResponseStore) -> None:
+        self.state = state
+        self.store = store
+
+    # -- preparation (on the preparation thread: the store and the template are read there) ---------------
+
+    def _prepare(
+        self, body: ResponsesRequest, scope: OwnerScope | None, headers: Mapping[str, str]
+    ) -> tuple[PreparedRequest, Turn]:
+        history = [] if body.previous_response_id is None else self._history(body.previous_response_id, scope)
+        turn = Turn(history, input_items(body.input, lambda item_id: self.store.item(item_id, scope)))
+        if not turn.new_items:
+            raise invalid_request(
+                "input is required: a string or a non-empty list of input items", param="input"
+            )
+        options = chat_options(body.tools, body.tool_choice, body.text, body.reasoning)
+        conversation = turn.input_items
+        start = 0
+        while True:  # truncation "auto" drops the oldest turns until the prompt fits
+            try:
+                return self.state.preparation.prepare_chat(
+                    self._ask(body, options, conversation[start:]), headers
+                ), turn
+            except APIError as error:
+                if (
+                    body.truncation == "auto"
+                    and error.code == CONTEXT_LENGTH_EXCEEDED
+                    and error.param == "messages"
+                ):
+                    next_start = _first_dropped_turn(conversation, start)
+                    if next_start is not None:
+                        start = next_start
+                        continue
+                error.param = {"messages": "input", "max_tokens": "max_output_tokens"}.get(
+                    error.param or "", error.param
+                )
+                raise
+
+    def _ask(self, body: ResponsesRequest, options: ChatOptions, items: list[dict[str, Any]]) -> ChatAsk:
+        inputs = ChatInputs(
+            messages=chat_messages(body.instructions, items),
+            tools=options.tools,
+            tool_choice=options.tool_choice,
+            parallel_tool_calls=body.parallel_tool_calls is not False,
+            reasoning_effort=options.reasoning_effort,
+            response_format=options.response_format,
+            generic_tools=self.state.config.generic_tools,
+        )
+        return ChatAsk(
+            model=body.model,
+            inputs=lambda: inputs,
+            sampling=SamplingRequest(temperature=body.temperature, top_p=body.top_p),
+            max_tokens=body.max_output_tokens,
+            logprobs=(body.top_logprobs or 0) if body.wants_logprobs else None,
+            cache_key=body.prompt_cache_key,
+            id_prefix="resp",
+            param_names=PARAM_NAMES,
+        )
+
+    # -- POST /responses ------------------------------------------------------------------------------
+
+    async def create(self, body: ResponsesRequest, http: Request) -> Response:
+        refusal = body.refusals()
+        if refusal is not None:
+            raise invalid_request(refusal[1], param=refusal[0], code="unsupported_parameter")
+        tenant = tenant_of(http)
+        timer = RequestTimer()
+        watch = DisconnectWatch(http, self.state.engine)
+        try:
+            prepared, turn = await self.state.preparation.run(
+                self._prepare, body, tenant.scope, http.headers, watch=watch
+            )
+        except BaseException:
+            watch.close()
+            raise
+        (generation,) = await watch.open(prepared.requests)
+        run = _ResponseRun(self, body, prepared, turn, tenant, timer)
+        if body.stream:
+            return event_stream(run.stream(generation, watch), {"x-request-id": prepared.request_id})
+        try:
+            (final,) = await collect_finals([generation], timer)
+        finally:
+            watch.close()
+        if final.error:
+            raise APIError(500, f"generation failed: {final.error}", code="generation_failed")
+        payload, counts = run.whole(final)
+        await run.save(payload)
+        return JSONResponse(
+            payload, headers={"x-request-id": prepared.request_id, **perf_headers(counts, timer)}
+        )
+
+    async def count_input_tokens(self, body: ResponsesRequest, http: Request) -> dict[str, Any]:
+        """POST /responses/input_tokens: the prompt length the same body would have, without generating."""
+        refusal = body.refusals()
+        if refusal is not None:
+            raise invalid_request(refusal[1], param=refusal[0], code="unsupported_parameter")
+        preparation = self.state.preparation
+        count = await preparation.run(self._count, body, tenant_of(http).scope)
+        return {"object": "response.input_tokens", "input_tokens": count}
+
+    def _count(self, body: ResponsesRequest, scope: OwnerScope | None) -> int:
+        history = [] if body.previous_response_id is None else self._history(body.previous_response_id, scope)
+        items = [*history, *input_items(body.input, lambda item_id: self.store.item(item_id, scope))]
+        options = chat_options(body.tools, body.tool_choice, body.text, body.reasoning)
+        return self.state.preparation.count_chat_tokens(self._ask(body, options, items))
+
+    def _history(self, response_id: str, scope: OwnerScope | None) -> list[dict[str, Any]]:
+        previous = self.store.get(response_id, scope)
+        if previous is None:
+            raise invalid_request(
+                f"previous response {response_id!r} not found (it was deleted, created with store false, or "
+                "belongs to another account)",
+                param="previous_response_id",
+            )
+        return previous.conversation
+
+    # -- stored responses -----------------------------------------------------------------------------
+
+    async def retrieve(self, response_id: str, http: Request) -> dict[str, Any]:
+        if http.query_params.get("stream", "false").lower() == "true":
+            raise invalid_request(
+                "stream: only background responses can be streamed again, and this server runs none",
+                param="stream",
+            )
+        return (await self._stored(response_id, http)).response
+
+    async def input_items(self, response_id: str, http: Request) -> dict[str, Any]:
+        query = http.query_params
+        try:
+            limit = int(query.get("limit", "20"))
+        except ValueError:
+            raise invalid_request(
+                f"limit must be an integer, got {query['limit']!r}", param="limit"
+            ) from None
+        stored = await self._stored(response_id, http)
+        return input_items_page(
+            stored.input_items, query.get("after"), query.get("before"), limit, query.get("order", "desc")
+        )
+
+    async def delete(self, response_id: str, http: Request) -> dict[str, Any]:
+        if not await asyncio.to_thread(self.store.delete, response_id, tenant_of(http).scope):
+            raise _not_found(response_id)
+        return {"id": response_id, "object": "response", "deleted": True}
+
+    async def cancel(self, response_id: str, http: Request) -> dict[str, Any]:
+        await self._stored(response_id, http)
+        raise invalid_request(
+            "only responses created with background true can be cancelled; this server runs no background "
+            "responses, so every response has finished before its id is known",
+            param="response_id",
+        )
+
+    async def _stored(self, response_id: str, http: Request) -> Any:
+        stored = await asyncio.to_thread(self.store.get, response_id, tenant_of(http).scope)
+        if stored is None:
+            raise _not_found(response_id)
+        return stored
+
+
+def _not_found(response_id: str) -> APIError:
+    return APIError(404, f"no response with id {response_id!r}", param="response_id", code="not_found")
+
+
+class _ResponseRun:
+    """One response being generated: its settings, its output items and how it is stored."""
+
+    def __init__(
+        self,
+        serving: ResponsesServing,
+        body: ResponsesRequest,
+        prepared: PreparedRequest,
+        turn: Turn,
+        tenant: Tenant,
+        timer: RequestTimer,
+    ) -> None:
+        self.serving = serving
+        self.state = serving.state
+        self.body = body
+        self.turn = turn
+        self.tenant = tenant
+        self.timer = timer
+        self.reader = prepared.reader
+        assert self.reader is not None  # every chat preparation makes one
+        params = prepared.requests[0].params
+        self.settings = ResponseSettings(
+            id="resp_" + prepared.response_id.split("-", 1)[1],
+            model=prepared.model,
+            created_at=int(time.time()),
+            body=body,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            tools=response_tools(body.tools),
+        )
+        self.items = OutputItems()
+        self.num_top = body.top_logprobs or 0
+
+    def _logprobs(self, entries: list[Any] | None) -> None:
+        if self.body.wants_logprobs and entries:
+            self.items.add_logprobs(
+                chat_logprobs(self.state.engine.tokenizer, entries, self.num_top)["content"]
+            )
+
+    def _finished(self, output: RequestOutput) -> tuple[dict[str, Any], TokenCounts]:
+        """The response object once the reply is complete (its items closed)."""
+        seq = output.outputs[0]
+        self.timer.mark_end()
+        self.state.metrics.observe_request(self.timer, [seq.finish_reason])
+        counts = TokenCounts(len(output.prompt_token_ids), output.num_cached_tokens, len(seq.token_ids))
+        incomplete = seq.finish_reason == "length"
+        payload = response_object(
+            self.settings,
+            "incomplete" if incomplete else "completed",
+            self.items.items,
+            usage_dict=usage(counts, self._reasoning_tokens(seq)),
+            incomplete_reason="max_output_tokens" if incomplete else None,
+        )
+        return payload, counts
+
+    def _reasoning_tokens(self, seq: CompletionOutput) -> int:
+        text = "".join(
+            part["text"]
+            for item in self.items.items
+            if item["type"] == "reasoning"
+            for part in item["content"]
+        )
+        return min(len(seq.token_ids), len(self.state.engine.tokenizer.encode(text))) if text else 0
+
+    def whole(self, final: RequestOutput) -> tuple[dict[str, Any], TokenCounts]:
+        seq = final.outputs[0]
+        assert self.reader is not None
+        reply = self.reader.stream()
+        self._logprobs(seq.logprobs)
+        self.items.feed([*reply.feed(seq.text), *reply.finish()])
+        self.items.finish(incomplete=seq.finish_reason == "length")
+        return self._finished(final)
+
+    async def save(self, payload: dict[str, Any]) -> None:
+        if not self.body.stores:
+            return
+        new_items = [*self.turn.new_items, *payload["output"]]
+        await asyncio.to_thread(
+            self.serving.store.save, payload, self.turn.input_items, new_items, self.tenant.account
+        )
+
+    async def stream(self, generation: Generation, watch: DisconnectWatch) -> AsyncIterator[str]:
+        obfuscate = (self.body.stream_options or {}).get("include_obfuscation", True) is not False
+        number = 0
+
+        def send(event: Event) -> str:
+            nonlocal number
+            payload = {**event, "sequence_number": number}
+            if obfuscate and is_delta(event):
+                payload["obfuscation"] = obfuscation(event["delta"])
+            number += 1
+            return sse_event(event["type"], payload)
+
+        assert self.reader is not None
+        reply = self.reader.stream()
+        started = response_object(self.settings, "in_progress", [])
+        yield send({"type": "response.created", "response": started})
+        yield send({"type": "response.in_progress", "response": started})
+        try:
+            last = generation.first
+            async with aclosing(generation.outputs()) as outputs:
+                async for output in outputs:
+                    if output.error:
+                        raise APIError(500, f"generation failed: {output.error}", code="generation_failed")
+                    last = output
+                    seq = output.outputs[0]
+                    self.timer.mark_tokens(len(seq.delta_token_ids))
+                    self._logprobs(seq.delta_logprobs)
+                    deltas = reply.feed(seq.delta_text)
+                    if seq.finish_reason:
+                        deltas += reply.finish()
+                    for event in self.items.feed(deltas):
+                        yield send(event)
+            seq = last.outputs[0]
+            for event in self.items.finish(incomplete=seq.finish_reason == "length"):
+                yield send(event)
+            payload, _ = self._finished(last)
+            await self.save(payload)
+            kind = "response.incomplete" if payload["status"] == "incomplete" else "response.completed"
+            yield send({"type": kind, "response": payload})
+        except Exception as error:  # noqa: BLE001 - headers are gone; the failure travels as an event
+            api_error = as_api_error(error)
+            failed = response_object(
+                self.settings,
+                "failed",
+                self.items.items,
+                error={"code": "server_error", "message": api_error.message},
+            )
+            try:
+                await self.save(failed)
+            except Exception:  # noqa: BLE001 - the client still hears of the failure
+                logger.exception("could not store failed response %s", self.settings.id)
+            yield send({"type": "response.failed", "response": failed})
+        finally:
+            watch.close()
+            await generation.close()
+
+
+def responses_serving(state: ServingState, data_dir: Path | None) -> ResponsesServing:
+    """The Responses surface; responses are stored in the data directory's responses.db, or in memory for the
+    server's life without one."""
+    return ResponsesServing(state, ResponseStore(None if data_dir is None else data_dir / DB_FILE))
