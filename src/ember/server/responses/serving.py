@@ -121,7 +121,6 @@ class ResponsesServing:
             sampling=SamplingRequest(temperature=body.temperature, top_p=body.top_p),
             max_tokens=body.max_output_tokens,
             logprobs=(body.top_logprobs or 0) if body.wants_logprobs else None,
-            cache_key=body.prompt_cache_key,
             id_prefix="resp",
             param_names=PARAM_NAMES,
         )
