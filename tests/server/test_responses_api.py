@@ -356,6 +356,24 @@ def test_truncation_auto_drops_the_oldest_turns(client: openai.OpenAI) -> None:
         ({"input": [{"type": "function_call", "name": "f", "arguments": "{}"}]}, "input[0].call_id"),
         ({"input": [{"type": "item_reference", "id": "msg_unknown"}]}, "input[0].id"),
         (
+            {"input": [{"type": "function_call", "call_id": "c", "name": "f", "arguments": "{oops"}]},
+            "input[0].arguments",
+        ),
+        ({"input": "x", "tools": [{"type": "function", "name": "f", "strict": "yes"}]}, "tools[0].strict"),
+        (
+            {
+                "input": "x",
+                "tools": [{"type": "function", "name": "f"}],
+                "tool_choice": {
+                    "type": "allowed_tools",
+                    "mode": "auto",
+                    "tools": [{"type": "function", "name": "g"}],
+                },
+            },
+            "tool_choice.tools",
+        ),
+        ({"input": "x", "stream_options": {"include_obfuscation": False}}, "stream_options"),
+        (
             {"input": [{"type": "reasoning", "summary": [], "encrypted_content": "x"}]},
             "input[0].encrypted_content",
         ),

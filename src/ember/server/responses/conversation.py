@@ -8,6 +8,7 @@ OpenAI's chat shapes, which chat.plan renders through the model's template. Ever
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Callable
 from typing import Any
@@ -92,7 +93,7 @@ def _normalized(item: Any, where: str, lookup: ItemLookup) -> dict[str, Any]:
             "type": "function_call",
             "call_id": _field(item, "call_id", where),
             "name": _field(item, "name", where),
-            "arguments": _field(item, "arguments", where),
+            "arguments": _json_arguments(_field(item, "arguments", where), f"{where}.arguments"),
             "status": "completed",
         }
     if kind == "function_call_output":
@@ -139,6 +140,16 @@ def _normalized(item: Any, where: str, lookup: ItemLookup) -> dict[str, Any]:
             param=f"{where}.type",
         )
     raise invalid_request(f"{where}.type: unknown input item type {kind!r}", param=f"{where}.type")
+
+
+def _json_arguments(arguments: str, where: str) -> str:
+    try:
+        json.loads(arguments)
+    except (ValueError, RecursionError):
+        raise invalid_request(
+            f"{where} is not valid JSON (a function call's arguments are a JSON text)", param=where
+        ) from None
+    return arguments
 
 
 def _message_item(item: dict[str, Any], where: str, item_id: str | None) -> dict[str, Any]:

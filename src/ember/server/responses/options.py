@@ -44,9 +44,13 @@ def function_tools(tools: list[Any] | None) -> list[dict[str, Any]]:
         if not isinstance(tool.get("name"), str):
             raise invalid_request(f"{where}.name is required (a string)", param=f"{where}.name")
         function = {"name": tool["name"]}
-        for key in ("description", "parameters", "strict"):
-            if tool.get(key) is not None:
-                function[key] = tool[key]
+        for key, kind in (("description", str), ("parameters", dict), ("strict", bool)):
+            if tool.get(key) is None:
+                continue
+            if not isinstance(tool[key], kind):
+                wanted = {str: "a string", dict: "a JSON schema object", bool: "a boolean"}[kind]
+                raise invalid_request(f"{where}.{key} must be {wanted}", param=f"{where}.{key}")
+            function[key] = tool[key]
         converted.append({"type": "function", "function": function})
     return converted
 
@@ -79,12 +83,17 @@ def chat_tool_choice(tool_choice: Any, tools: list[dict[str, Any]]) -> tuple[Any
         listed = tool_choice.get("tools")
         if not isinstance(listed, list) or not listed:
             raise invalid_request("tool_choice.tools must be a non-empty list", param="tool_choice.tools")
-        names = {_named(t, f"tool_choice.tools[{i}]") for i, t in enumerate(listed) if isinstance(t, dict)}
-        allowed = [tool for tool in tools if tool["function"]["name"] in names]
-        unknown = names - {tool["function"]["name"] for tool in allowed}
-        if unknown or len(names) != len(listed):
+        names = [_named(t, f"tool_choice.tools[{i}]") for i, t in enumerate(listed) if isinstance(t, dict)]
+        if len(set(names)) != len(listed):
             raise invalid_request(
-                f"tool_choice.tools names tools that are not in tools: {', '.join(sorted(unknown)) or listed}",
+                "tool_choice.tools must list distinct function tools ({'type': 'function', 'name': ...})",
+                param="tool_choice.tools",
+            )
+        allowed = [tool for tool in tools if tool["function"]["name"] in names]
+        unknown = set(names) - {tool["function"]["name"] for tool in allowed}
+        if unknown:
+            raise invalid_request(
+                f"tool_choice.tools names tools that are not in tools: {', '.join(sorted(unknown))}",
                 param="tool_choice.tools",
             )
         return mode, allowed

@@ -100,10 +100,7 @@ class ResponsesServing:
                     if next_start is not None:
                         start = next_start
                         continue
-                error.param = {"messages": "input", "max_tokens": "max_output_tokens"}.get(
-                    error.param or "", error.param
-                )
-                raise
+                raise _in_responses_terms(error) from None
 
     def _ask(self, body: ResponsesRequest, options: ChatOptions, items: list[dict[str, Any]]) -> ChatAsk:
         inputs = ChatInputs(
@@ -170,7 +167,10 @@ class ResponsesServing:
         history = [] if body.previous_response_id is None else self._history(body.previous_response_id, scope)
         items = [*history, *input_items(body.input, lambda item_id: self.store.item(item_id, scope))]
         options = chat_options(body.tools, body.tool_choice, body.text, body.reasoning)
-        return self.state.preparation.count_chat_tokens(self._ask(body, options, items))
+        try:
+            return self.state.preparation.count_chat_tokens(self._ask(body, options, items))
+        except APIError as error:
+            raise _in_responses_terms(error) from None
 
     def _history(self, response_id: str, scope: OwnerScope | None) -> list[dict[str, Any]]:
         previous = self.store.get(response_id, scope)
@@ -223,6 +223,16 @@ class ResponsesServing:
         if stored is None:
             raise _not_found(response_id)
         return stored
+
+
+def _in_responses_terms(error: APIError) -> APIError:
+    """The chat pipeline names chat parameters; a Responses client sent input and max_output_tokens."""
+    param = error.param or ""
+    if param == "messages" or param.startswith("messages["):
+        error.param = "input"
+    elif param == "max_tokens":
+        error.param = "max_output_tokens"
+    return error
 
 
 def _not_found(response_id: str) -> APIError:
