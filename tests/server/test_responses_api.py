@@ -222,6 +222,10 @@ def test_stored_responses_chain_retrieve_and_delete(client: openai.OpenAI, serve
         client.responses.retrieve(unstored.id)
     with pytest.raises(openai.BadRequestError):
         client.responses.cancel(third.id)  # only background responses cancel; ember runs none
+    with pytest.raises(openai.BadRequestError) as error:
+        client.responses.retrieve(third.id, include=["file_search_call.results"])
+    assert error.value.body["param"] == "include[0]"
+    assert client.responses.retrieve(third.id, include=["message.output_text.logprobs"]).id == third.id
 
 
 def stream_events(client: openai.OpenAI, **request: Any) -> tuple[list[Any], Any]:

@@ -27,6 +27,16 @@ _SERVICE_TIERS = ("auto", "default")  # ember has one tier; flex / priority / sc
 MAX_METADATA_PAIRS = 16
 
 
+def include_refusal(values: list[str]) -> tuple[str, str] | None:
+    """(param, message) for the first `include` value ember cannot return, else None."""
+    for i, value in enumerate(values):
+        if value in _UNSUPPORTED_INCLUDES:
+            return f"include[{i}]", f"include {value!r}: {_UNSUPPORTED_INCLUDES[value]}"
+        if value != LOGPROBS_INCLUDE:
+            return f"include[{i}]", f"unknown include value {value!r}"
+    return None
+
+
 class ResponsesRequest(APIModel):
     model: str | None = None
     input: str | list[Any] | None = None  # items are checked in conversation.py, naming input[i].<field>
@@ -116,11 +126,9 @@ class ResponsesRequest(APIModel):
                 "prompt_cache_retention '24h' is not available: this server's prefix cache lives in memory "
                 "and may evict at any time; send 'in_memory'"
             )
-        for i, value in enumerate(self.include or []):
-            if value in _UNSUPPORTED_INCLUDES:
-                return f"include[{i}]", f"include {value!r}: {_UNSUPPORTED_INCLUDES[value]}"
-            if value != LOGPROBS_INCLUDE:
-                return f"include[{i}]", f"unknown include value {value!r}"
+        refused = include_refusal(self.include or [])
+        if refused is not None:
+            return refused
         if self.stream_options is not None and not self.stream:
             return "stream_options", "stream_options is only allowed when stream is true"
         return None

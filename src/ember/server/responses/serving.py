@@ -38,7 +38,7 @@ from ember.server.responses.objects import (
     usage,
 )
 from ember.server.responses.options import PARAM_NAMES, ChatOptions, chat_options
-from ember.server.responses.protocol import ResponsesRequest
+from ember.server.responses.protocol import ResponsesRequest, include_refusal
 from ember.server.responses.store import DB_FILE, ResponseStore
 from ember.tuning.ownership import OwnerScope
 
@@ -219,6 +219,12 @@ class ResponsesServing:
         )
 
     async def _stored(self, response_id: str, http: Request) -> Any:
+        """The caller's stored response; `include` in the query is checked as on create (the logprobs a
+        response was created with are part of it)."""
+        query = http.query_params
+        refused = include_refusal([*query.getlist("include"), *query.getlist("include[]")])
+        if refused is not None:
+            raise invalid_request(refused[1], param=refused[0], code="unsupported_parameter")
         stored = await asyncio.to_thread(self.store.get, response_id, tenant_of(http).scope)
         if stored is None:
             raise _not_found(response_id)
