@@ -378,6 +378,14 @@ def test_truncation_auto_drops_the_oldest_turns(client: openai.OpenAI) -> None:
         ),
         ({"input": "x", "stream_options": {"include_obfuscation": False}}, "stream_options"),
         (
+            {"input": "x", "tools": [{"type": "function", "name": "f", "defer_loading": True}]},
+            "tools[0].defer_loading",
+        ),
+        (
+            {"input": "x", "tools": [{"type": "function", "name": "f", "allowed_callers": ["programmatic"]}]},
+            "tools[0].allowed_callers",
+        ),
+        (
             {"input": [{"type": "reasoning", "summary": [], "encrypted_content": "x"}]},
             "input[0].encrypted_content",
         ),
@@ -407,3 +415,11 @@ def test_unknown_ids_are_404_and_the_server_keeps_serving(
         reply = httpx.request(method, f"{server.url}{path}", timeout=30)
         assert reply.status_code == 404 and reply.json()["error"]["message"]
     assert client.responses.create(model=MODEL, input="still here", max_output_tokens=2).output_text
+
+
+def test_a_tools_output_schema_reaches_the_prompt(client: openai.OpenAI) -> None:
+    returns = {"type": "object", "properties": {"temp_c": {"type": "number"}}}
+    described = [{**TOOLS[0], "output_schema": returns}]
+    bare = client.responses.input_tokens.count(model=MODEL, input="Weather?", tools=TOOLS).input_tokens
+    counted = client.responses.input_tokens.count(model=MODEL, input="Weather?", tools=described).input_tokens
+    assert counted > bare + 10

@@ -3,6 +3,7 @@ shapes; anything the Responses API defines that ember cannot do is a 400 naming 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +52,25 @@ def function_tools(tools: list[Any] | None) -> list[dict[str, Any]]:
                 wanted = {str: "a string", dict: "a JSON schema object", bool: "a boolean"}[kind]
                 raise invalid_request(f"{where}.{key} must be {wanted}", param=f"{where}.{key}")
             function[key] = tool[key]
+        if tool.get("defer_loading"):
+            raise invalid_request(
+                f"{where}.defer_loading: tool search is not available on this server; send the tool without it",
+                param=f"{where}.defer_loading",
+            )
+        if any(caller != "direct" for caller in tool.get("allowed_callers") or []):
+            raise invalid_request(
+                f"{where}.allowed_callers: programmatic tool calling is not available on this server; only "
+                "direct calls",
+                param=f"{where}.allowed_callers",
+            )
+        if tool.get("output_schema") is not None:
+            if not isinstance(tool["output_schema"], dict):
+                raise invalid_request(
+                    f"{where}.output_schema must be a JSON schema object", param=f"{where}.output_schema"
+                )
+            # The model learns what the function returns the only way a chat template shows it: in the text.
+            returns = f"Returns JSON matching this schema: {json.dumps(tool['output_schema'])}"
+            function["description"] = f"{function.get('description', '')}\n{returns}".strip()
         converted.append({"type": "function", "function": function})
     return converted
 
