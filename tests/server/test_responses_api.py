@@ -6,6 +6,7 @@ refusals that name their parameter."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -221,11 +222,38 @@ def test_stored_responses_chain_retrieve_and_delete(client: openai.OpenAI, serve
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve(unstored.id)
     with pytest.raises(openai.BadRequestError):
-        client.responses.cancel(third.id)  # only background responses cancel; ember runs none
+        client.responses.cancel(third.id)  # only background responses can be cancelled
     with pytest.raises(openai.BadRequestError) as error:
         client.responses.retrieve(third.id, include=["file_search_call.results"])
     assert error.value.body["param"] == "include[0]"
     assert client.responses.retrieve(third.id, include=["message.output_text.logprobs"]).id == third.id
+
+
+def wait_until_done(client: openai.OpenAI, response_id: str) -> Any:
+    deadline = time.monotonic() + 60
+    while True:
+        response = client.responses.retrieve(response_id)
+        if response.status not in ("queued", "in_progress") or time.monotonic() > deadline:
+            return response
+        time.sleep(0.05)
+
+
+def test_background_responses_are_polled_and_cancelled(client: openai.OpenAI) -> None:
+    started = client.responses.create(model=MODEL, input="Is it sunny?", text=ANSWER_FORMAT, background=True)
+    assert started.background is True and started.status == "in_progress" and started.output == []
+    done = wait_until_done(client, started.id)
+    assert done.status == "completed" and done.background is True
+    jsonschema.validate(json.loads(done.output_text), ANSWER)
+    assert client.responses.cancel(started.id).status == "completed"  # finished: returned as it is
+    follow_up = client.responses.create(
+        model=MODEL, previous_response_id=started.id, input="Why?", max_output_tokens=3
+    )
+    assert follow_up.usage.input_tokens > done.usage.input_tokens
+
+    long = client.responses.create(model=MODEL, input="Write a lot.", max_output_tokens=900, background=True)
+    cancelled = client.responses.cancel(long.id)
+    assert cancelled.status == "cancelled" and cancelled.id == long.id
+    assert client.responses.retrieve(long.id).status == "cancelled"
 
 
 def stream_events(client: openai.OpenAI, **request: Any) -> tuple[list[Any], Any]:
@@ -334,7 +362,12 @@ def test_truncation_auto_drops_the_oldest_turns(client: openai.OpenAI) -> None:
 @pytest.mark.parametrize(
     ("body", "param"),
     [
-        ({"input": "x", "background": True}, "background"),
+        ({"input": "x", "background": True, "stream": True}, "stream"),
+        ({"input": "x", "background": True, "store": False}, "store"),
+        (
+            {"input": "x", "background": True, "background_options": {"completion_window": "8h"}},
+            "background_options.completion_window",
+        ),
         ({"input": "x", "conversation": "conv_1"}, "conversation"),
         ({"input": "x", "prompt": {"id": "pmpt_1"}}, "prompt"),
         ({"input": "x", "service_tier": "flex"}, "service_tier"),

@@ -17,7 +17,8 @@ from ember.server.app import build_app
 from ember.server.common.api_keys import ApiKey, key_digest
 from ember.server.common.config import FineTuningConfig, ServerConfig
 from ember.server.common.tenancy import Tenant
-from ember.server.responses.store import DB_FILE
+from ember.server.responses.store import DB_FILE, ResponseStore
+from ember.tuning.ownership import OwnerScope
 
 MODEL = "tiny-llama"
 KEYS = {"key-alice": Tenant("alice"), "key-bob": Tenant("bob"), "key-admin": Tenant("ops", admin=True)}
@@ -80,3 +81,18 @@ def test_responses_are_their_accounts_own_and_survive_a_restart(tmp_path: Path) 
     finally:
         server.should_exit = True
         thread.join(timeout=60)
+
+
+def test_a_restart_fails_the_background_responses_it_interrupted(tmp_path: Path) -> None:
+    store = ResponseStore(tmp_path / DB_FILE)
+    running = {"id": "resp_1", "created_at": 1, "status": "in_progress", "error": None, "output": []}
+    finished = {**running, "id": "resp_2", "status": "completed"}
+    for response in (running, finished):
+        store.save(response, [], [], "alice")
+    reopened = ResponseStore(tmp_path / DB_FILE)
+    interrupted = reopened.get("resp_1", OwnerScope("alice"))
+    assert interrupted is not None and interrupted.response["status"] == "failed"
+    assert "server stopped" in interrupted.response["error"]["message"]
+    kept = reopened.get("resp_2", None)
+    assert kept is not None and kept.response == finished
+    assert reopened.get("resp_1", OwnerScope("bob")) is None

@@ -69,7 +69,7 @@ def response_object(
         "created_at": settings.created_at,
         "status": status,
         "completed_at": int(time.time()) if status == "completed" else None,
-        "background": False,
+        "background": body.background is True,
         "error": error,
         "incomplete_details": None if incomplete_reason is None else {"reason": incomplete_reason},
         "instructions": body.instructions,

@@ -2,7 +2,7 @@
 
 Every field of OpenAI's ResponseCreateParams is declared here: those ember honours are typed, the rest are
 kept loose and refused by `refusals()` when they ask for something this server does not do (a hosted
-conversation, stored prompt templates, background runs, moderation, a priority tier ...)."""
+conversation, stored prompt templates, moderation, a priority tier ...)."""
 
 from __future__ import annotations
 
@@ -99,9 +99,6 @@ class ResponsesRequest(APIModel):
     def refusals(self) -> tuple[str, str] | None:
         """(param, message) of the first field this server cannot honour, else None."""
         platform = {
-            "background": "background responses are not available on this server; send the request without "
-            "background (stream it, or wait for the answer)",
-            "background_options": "background responses are not available on this server",
             "conversation": "the Conversations API is not available on this server; chain responses with "
             "previous_response_id instead",
             "prompt": "stored prompt templates are not available on this server; send the text as input",
@@ -115,6 +112,24 @@ class ResponsesRequest(APIModel):
             value = getattr(self, name)
             if value is not None and value is not False:
                 return name, message
+        if self.background:
+            if self.stream:
+                return "stream", (
+                    "background responses are not streamed on this server; poll GET /v1/responses/{id}, or "
+                    "stream without background"
+                )
+            if not self.stores:
+                return "store", "background responses must be stored (store true): they are polled by id"
+        options = self.background_options or {}
+        if options.get("completion_window", "soonest") != "soonest":
+            return "background_options.completion_window", (
+                "this server has no discounted slower processing; send 'soonest' or leave it out"
+            )
+        if options.get("continuation_id") is not None:
+            return "background_options.continuation_id", (
+                "this server runs background responses in arrival order; it has no prioritization by "
+                "continuation_id"
+            )
         if self.access_programs is not None and self.access_programs.get("cyber", "standard") != "standard":
             return "access_programs", "access programs other than 'standard' are not available on this server"
         if self.service_tier is not None and self.service_tier not in _SERVICE_TIERS:

@@ -13,7 +13,7 @@ from typing import Any
 
 from ember.engine.outputs import CompletionOutput, RequestOutput
 from ember.server.common.errors import APIError, as_api_error
-from ember.server.common.generation import DisconnectWatch, Generation
+from ember.server.common.generation import DisconnectWatch, Generation, collect_finals
 from ember.server.common.metrics import RequestTimer, TokenCounts
 from ember.server.common.preparation import PreparedRequest
 from ember.server.common.services import ServingState
@@ -72,6 +72,7 @@ class ResponseRun:
             tools=response_tools(body.tools),
         )
         self.items = OutputItems()
+        self._saved = False  # a background response is stored before it runs, and replaced when done
         self.num_top = body.top_logprobs or 0
 
     def _logprobs(self, entries: list[Any] | None) -> None:
@@ -115,12 +116,39 @@ class ResponseRun:
         return self._finished(final)
 
     async def save(self, payload: dict[str, Any]) -> None:
+        """Stores the response (with `store`); a background response's later states replace its first."""
         if not self.body.stores:
+            return
+        if self._saved:
+            await asyncio.to_thread(self.store.replace, payload, payload["output"])
             return
         new_items = [*self.turn.new_items, *payload["output"]]
         await asyncio.to_thread(
             self.store.save, payload, self.turn.input_items, new_items, self.tenant.account
         )
+        self._saved = True
+
+    async def in_background(self, generation: Generation) -> dict[str, Any]:
+        """Runs to the end with nobody waiting (background): the final response, stored. Cancelled (the cancel
+        route), it is stored as cancelled; a failure is stored as failed."""
+        try:
+            (final,) = await collect_finals([generation], self.timer)
+            if final.error:
+                raise APIError(500, f"generation failed: {final.error}", code="generation_failed")
+            payload, _ = self.whole(final)
+        except asyncio.CancelledError:
+            payload = response_object(self.settings, "cancelled", [])
+            await asyncio.shield(self.save(payload))
+            raise
+        except Exception as error:  # noqa: BLE001 - the failure is the stored response's error
+            message = as_api_error(error).message
+            payload = response_object(
+                self.settings, "failed", [], error={"code": "server_error", "message": message}
+            )
+        finally:
+            await generation.close()
+        await self.save(payload)
+        return payload
 
     async def stream(self, generation: Generation, watch: DisconnectWatch) -> AsyncIterator[str]:
         obfuscate = (self.body.stream_options or {}).get("include_obfuscation", True) is not False

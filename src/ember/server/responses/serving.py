@@ -15,15 +15,16 @@ from fastapi.responses import JSONResponse, Response
 
 from ember.chat.plan import ChatInputs
 from ember.server.common.errors import APIError, invalid_request
-from ember.server.common.generation import DisconnectWatch, collect_finals
+from ember.server.common.generation import DisconnectWatch, collect_finals, open_generations
 from ember.server.common.metrics import RequestTimer, perf_headers
 from ember.server.common.preparation import CONTEXT_LENGTH_EXCEEDED, ChatAsk, PreparedRequest
 from ember.server.common.protocol import SamplingRequest
 from ember.server.common.services import ServingState
 from ember.server.common.sse import event_stream
 from ember.server.common.tenancy import tenant_of
+from ember.server.responses.background import BackgroundRuns
 from ember.server.responses.conversation import chat_messages, input_items
-from ember.server.responses.objects import input_items_page
+from ember.server.responses.objects import input_items_page, response_object
 from ember.server.responses.options import PARAM_NAMES, ChatOptions, chat_options
 from ember.server.responses.protocol import ResponsesRequest, include_refusal
 from ember.server.responses.response_run import ResponseRun, Turn
@@ -44,6 +45,7 @@ class ResponsesServing:
     def __init__(self, state: ServingState, store: ResponseStore) -> None:
         self.state = state
         self.store = store
+        self.background = BackgroundRuns()
 
     # -- preparation (on the preparation thread: the store and the template are read there) ---------------
 
@@ -112,8 +114,19 @@ class ResponsesServing:
         except BaseException:
             watch.close()
             raise
-        (generation,) = await watch.open(prepared.requests)
         run = ResponseRun(self.state, self.store, body, prepared, turn, tenant, timer)
+        if body.background:  # nobody waits for it: the client leaving changes nothing from here on
+            watch.close()
+            (generation,) = await open_generations(self.state.engine, prepared.requests)
+            started = response_object(run.settings, "in_progress", [])
+            try:
+                await run.save(started)
+            except BaseException:
+                await generation.close()
+                raise
+            self.background.start(run.settings.id, run.in_background(generation))
+            return JSONResponse(started, headers={"x-request-id": prepared.request_id})
+        (generation,) = await watch.open(prepared.requests)
         if body.stream:
             return event_stream(run.stream(generation, watch), {"x-request-id": prepared.request_id})
         try:
@@ -185,12 +198,15 @@ class ResponsesServing:
         return {"id": response_id, "object": "response", "deleted": True}
 
     async def cancel(self, response_id: str, http: Request) -> dict[str, Any]:
-        await self._stored(response_id, http)
-        raise invalid_request(
-            "only responses created with background true can be cancelled; this server runs no background "
-            "responses, so every response has finished before its id is known",
-            param="response_id",
-        )
+        """Stops a background response that is still running; one that has finished is returned as it is."""
+        stored = await self._stored(response_id, http)
+        if not stored.response.get("background"):
+            raise invalid_request(
+                "only responses created with background true can be cancelled", param="response_id"
+            )
+        if await self.background.cancel(response_id):
+            stored = await self._stored(response_id, http)
+        return stored.response
 
     async def _stored(self, response_id: str, http: Request) -> Any:
         """The caller's stored response; `include` in the query is checked as on create (the logprobs a

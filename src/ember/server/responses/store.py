@@ -80,6 +80,8 @@ class ResponseStore:
         if db_path is not None:
             with self._connect() as conn:
                 conn.execute("PRAGMA journal_mode=WAL")
+            # Background responses run in this process only: a server that stopped left its own unfinished.
+            self.fail_unfinished("the server stopped before this background response finished")
 
     @property
     def in_memory(self) -> bool:
@@ -132,6 +134,32 @@ class ResponseStore:
                 "INSERT OR IGNORE INTO items (id, response_id, owner, item) VALUES (?, ?, ?, ?)",
                 [(item["id"], response["id"], owner, _json(item)) for item in new_items if item.get("id")],
             )
+
+    def replace(self, response: dict[str, Any], new_items: list[dict[str, Any]]) -> None:
+        """A background response's final state in place of its in-progress one, and the items it added."""
+        with self._write() as conn:
+            conn.execute("UPDATE responses SET response = ? WHERE id = ?", (_json(response), response["id"]))
+            owner = conn.execute("SELECT owner FROM responses WHERE id = ?", (response["id"],)).fetchone()
+            if owner is not None:
+                conn.executemany(
+                    "INSERT OR IGNORE INTO items (id, response_id, owner, item) VALUES (?, ?, ?, ?)",
+                    [
+                        (item["id"], response["id"], owner[0], _json(item))
+                        for item in new_items
+                        if item.get("id")
+                    ],
+                )
+
+    def fail_unfinished(self, message: str) -> int:
+        """Background responses a previous server left queued or in progress: failed with `message`."""
+        error = _json({"code": "server_error", "message": message})
+        with self._write() as conn:
+            cursor = conn.execute(
+                "UPDATE responses SET response = json_set(response, '$.status', 'failed', '$.error', json(?)) "
+                "WHERE json_extract(response, '$.status') IN ('queued', 'in_progress')",
+                (error,),
+            )
+            return cursor.rowcount
 
     def get(self, response_id: str, scope: OwnerScope | None) -> StoredResponse | None:
         where, params = _scoped(scope)
