@@ -195,6 +195,7 @@ class ResponsesServing:
     async def delete(self, response_id: str, http: Request) -> dict[str, Any]:
         if not await asyncio.to_thread(self.store.delete, response_id, tenant_of(http).scope):
             raise _not_found(response_id)
+        await self.background.cancel(response_id)  # a deleted background response stops running
         return {"id": response_id, "object": "response", "deleted": True}
 
     async def cancel(self, response_id: str, http: Request) -> dict[str, Any]:
