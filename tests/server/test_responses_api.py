@@ -5,6 +5,7 @@ refusals that name their parameter."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import time
 from collections.abc import Iterator
@@ -456,3 +457,18 @@ def test_a_tools_output_schema_reaches_the_prompt(client: openai.OpenAI) -> None
     bare = client.responses.input_tokens.count(model=MODEL, input="Weather?", tools=TOOLS).input_tokens
     counted = client.responses.input_tokens.count(model=MODEL, input="Weather?", tools=described).input_tokens
     assert counted > bare + 10
+
+
+def test_concurrent_conversations_each_keep_their_own_state(client: openai.OpenAI) -> None:
+    def chain(i: int) -> tuple[str, list[str]]:
+        first = client.responses.create(model=MODEL, input=f"first {i}", max_output_tokens=2)
+        second = client.responses.create(
+            model=MODEL, previous_response_id=first.id, input=f"second {i}", max_output_tokens=2
+        )
+        client.responses.delete(first.id)
+        items = client.responses.input_items.list(second.id, order="asc").data
+        return f"first {i}", [item.content[0].text for item in items if item.role == "user"]
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        for opening, users in pool.map(chain, range(16)):
+            assert users == [opening, opening.replace("first", "second")]

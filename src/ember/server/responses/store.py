@@ -17,8 +17,10 @@ Schema (version 1, in `PRAGMA user_version`):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -60,10 +62,12 @@ class ResponseStore:
     def __init__(self, db_path: Path | None, busy_timeout_s: float = 30.0) -> None:
         self.busy_timeout_s = busy_timeout_s
         self._keeper: sqlite3.Connection | None = None
+        self._memory_lock: threading.Lock | None = None
         if db_path is None:
             # A shared in-memory db exists while one connection is open: the keeper holds it for our life.
             self._target = f"file:ember-responses-{uuid.uuid4().hex}?mode=memory&cache=shared"
             self._keeper = sqlite3.connect(self._target, uri=True, check_same_thread=False)
+            self._memory_lock = threading.Lock()
         else:
             db_path.parent.mkdir(parents=True, exist_ok=True)
             self._target = db_path.resolve().as_uri()
@@ -94,6 +98,14 @@ class ResponseStore:
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
+        # A shared-cache in-memory db answers a lock conflict with SQLITE_LOCKED at once (the busy timeout does
+        # not apply): its connections take turns instead.
+        with self._memory_lock or contextlib.nullcontext():
+            with self._open() as conn:
+                yield conn
+
+    @contextmanager
+    def _open(self) -> Iterator[sqlite3.Connection]:
         conn = sqlite3.connect(self._target, uri=True, timeout=self.busy_timeout_s, isolation_level=None)
         try:
             conn.row_factory = sqlite3.Row
