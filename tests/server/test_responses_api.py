@@ -9,11 +9,12 @@ import concurrent.futures
 import json
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import jsonschema
 import openai
+import pydantic
 import pytest
 from live_server import RunningServer
 from tools_server import HERMES_TEMPLATE, start_template_server
@@ -37,6 +38,13 @@ ANSWER = {
     "required": ["answer", "score"],
     "additionalProperties": False,
 }
+
+
+class Answer(pydantic.BaseModel):
+    answer: Literal["yes", "no"]
+    score: int
+
+
 ANSWER_FORMAT = {"format": {"type": "json_schema", "name": "answer", "schema": ANSWER, "strict": True}}
 
 
@@ -173,6 +181,10 @@ def test_json_schema_text_format(client: openai.OpenAI) -> None:
     assert response.status == "completed"
     jsonschema.validate(json.loads(response.output_text), ANSWER)
     assert response.text.format.type == "json_schema" and response.text.format.name == "answer"
+    parsed = client.responses.parse(
+        model=MODEL, input="Is it sunny?", text_format=Answer, max_output_tokens=60
+    )
+    assert isinstance(parsed.output_parsed, Answer) and parsed.output_parsed.answer in ("yes", "no")
     as_object = client.responses.create(
         model=MODEL, input="JSON please", text={"format": {"type": "json_object"}}, max_output_tokens=40
     )
