@@ -484,3 +484,33 @@ def test_concurrent_conversations_each_keep_their_own_state(client: openai.OpenA
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         for opening, users in pool.map(chain, range(16)):
             assert users == [opening, opening.replace("first", "second")]
+
+
+def test_langchain_on_the_responses_api(server: RunningServer) -> None:
+    from langchain_core.messages import HumanMessage, ToolMessage
+    from langchain_openai import ChatOpenAI
+
+    def chat(**options: Any) -> ChatOpenAI:
+        return ChatOpenAI(
+            model=MODEL,
+            base_url=f"{server.url}/v1",
+            api_key="unused",
+            use_responses_api=True,
+            max_retries=0,
+            **options,
+        )
+
+    tool = {
+        "type": "function",
+        "function": {"name": "get_weather", "description": "Weather", "parameters": WEATHER},
+    }
+    caller = chat(max_tokens=80).bind_tools([tool], tool_choice="required", parallel_tool_calls=False)
+    asked = caller.invoke("Weather in Oslo?")
+    (call,) = asked.tool_calls
+    assert call["name"] == "get_weather"
+    jsonschema.validate(call["args"], WEATHER)
+    history = [HumanMessage("Weather in Oslo?"), asked, ToolMessage('{"temp": 21}', tool_call_id=call["id"])]
+    answer = chat(max_tokens=4).bind_tools([tool], tool_choice="none").invoke(history)
+    assert answer.tool_calls == [] and answer.text
+    streamed = "".join(chunk.text for chunk in chat(max_tokens=4).stream("Hello"))
+    assert streamed
