@@ -9,7 +9,7 @@ import concurrent.futures
 import json
 import time
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import httpx
 import jsonschema
@@ -42,7 +42,7 @@ ANSWER = {
 
 class Answer(pydantic.BaseModel):
     answer: Literal["yes", "no"]
-    score: int
+    score: Annotated[int, pydantic.Field(ge=0, le=9)]  # bounded, so a random model's answer is short
 
 
 ANSWER_FORMAT = {"format": {"type": "json_schema", "name": "answer", "schema": ANSWER, "strict": True}}
@@ -263,7 +263,9 @@ def test_background_responses_are_polled_and_cancelled(client: openai.OpenAI) ->
     )
     assert follow_up.usage.input_tokens > done.usage.input_tokens
 
-    long = client.responses.create(model=MODEL, input="Write a lot.", max_output_tokens=900, background=True)
+    long = client.responses.create(
+        model=MODEL, input="Write a lot.", max_output_tokens=900, temperature=0, background=True
+    )
     cancelled = client.responses.cancel(long.id)
     assert cancelled.status == "cancelled" and cancelled.id == long.id
     assert client.responses.retrieve(long.id).status == "cancelled"
@@ -348,7 +350,12 @@ def test_raw_stream_is_typed_sse_with_obfuscation_unless_turned_off(server: Runn
 
 def test_logprobs_on_request(client: openai.OpenAI) -> None:
     response = client.responses.create(
-        model=MODEL, input="Hi", max_output_tokens=4, top_logprobs=2, include=["message.output_text.logprobs"]
+        model=MODEL,
+        input="Hi",
+        max_output_tokens=4,
+        temperature=0,
+        top_logprobs=2,
+        include=["message.output_text.logprobs"],
     )
     logprobs = response.output[0].content[0].logprobs
     assert len(logprobs) == 4
