@@ -408,7 +408,16 @@ def test_fireworks_batch_inference_job_over_datasets(server: TuningServer) -> No
     )
     assert results["fw-0"]["response"]["body"]["usage"]["completion_tokens"] <= 6  # the job's maxTokens
 
-    assert "bij-one" in [j.name.rsplit("/", 1)[-1] for j in client.batch_inference_jobs.list()]  # type: ignore[union-attr]
+    second = client.batch_inference_jobs.create(
+        batch_inference_job_id="bij-two",
+        model=TINY_MODEL,
+        input_dataset_id=f"accounts/{ACCOUNT}/datasets/bij-input",
+    )
+    assert second.output_dataset_id == f"accounts/{ACCOUNT}/datasets/bij-two-output"  # the default name
+    pages = client.batch_inference_jobs.list(page_size=1)  # oldest first, one per page, through pageToken
+    assert len(pages.batch_inference_jobs) == 1 and pages.next_page_token
+    assert [j.name.rsplit("/", 1)[-1] for j in pages] == ["bij-one", "bij-two"]  # type: ignore[union-attr]
+    client.batch_inference_jobs.delete("bij-two")
     with pytest.raises(fireworks.BadRequestError):
         client.batch_inference_jobs.create(model=TINY_MODEL, input_dataset_id="bij-input", precision="FP8")
     with pytest.raises(fireworks.NotFoundError):

@@ -213,7 +213,8 @@ class BatchesServing:
         size = min(page_size or 50, 200)  # Fireworks: 50 unless given, values above 200 coerced to 200
         prefix = f"accounts/{account}/batchInferenceJobs/"
         try:
-            records = self.store.page("fireworks", tenant.scope, page_token or None, size + 1, prefix)
+            # Fireworks lists by create time, ascending, unless told otherwise
+            records = self.store.page("fireworks", tenant.scope, page_token or None, size + 1, prefix, False)
         except LookupError:
             raise invalid_request(f"unknown pageToken {page_token!r}", param="pageToken") from None
         page = records[:size]

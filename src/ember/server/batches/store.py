@@ -150,10 +150,16 @@ class BatchStore:
         return record if record is not None and (scope is None or scope.sees(record.owner)) else None
 
     def page(
-        self, api: str, scope: OwnerScope | None, after: str | None, limit: int, id_prefix: str = ""
+        self,
+        api: str,
+        scope: OwnerScope | None,
+        after: str | None,
+        limit: int,
+        id_prefix: str = "",
+        newest_first: bool = True,
     ) -> list[BatchRecord]:
-        """Newest first, starting after the batch `after` (LookupError if the caller does not see it); only
-        ids starting with `id_prefix` (a Fireworks account's jobs)."""
+        """Newest first (OpenAI) or oldest first (Fireworks), starting after the batch `after` (LookupError if
+        the caller does not see it); only ids starting with `id_prefix` (a Fireworks account's jobs)."""
         where, params = "api = ? AND substr(id, 1, ?) = ?", [api, len(id_prefix), id_prefix]
         if scope is not None:
             condition, scope_params = scope.where()
@@ -166,10 +172,11 @@ class BatchStore:
                 ).fetchone()
                 if found is None:
                     raise LookupError(f"unknown pagination cursor 'after': {after!r}")
-                sql += " AND (created_at, rowid) < (?, ?)"
+                sql += f" AND (created_at, rowid) {'<' if newest_first else '>'} (?, ?)"
                 params = [*params, found[0], found[1]]
+            order = "DESC" if newest_first else "ASC"
             rows = conn.execute(
-                f"{sql} ORDER BY created_at DESC, rowid DESC LIMIT ?", [*params, limit]
+                f"{sql} ORDER BY created_at {order}, rowid {order} LIMIT ?", [*params, limit]
             ).fetchall()
         return [_record(BatchRecord, row) for row in rows]
 
