@@ -408,6 +408,23 @@ def test_fireworks_batch_inference_job_over_datasets(server: TuningServer) -> No
     )
     assert results["fw-0"]["response"]["body"]["usage"]["completion_tokens"] <= 6  # the job's maxTokens
 
+    # a job continuing bij-one runs only the request that did not succeed there
+    again = client.batch_inference_jobs.create(
+        batch_inference_job_id="bij-again",
+        continued_from_job_name=f"accounts/{ACCOUNT}/batchInferenceJobs/bij-one",
+    )
+    assert again.continued_from_job_name.endswith("/bij-one") and again.model == TINY_MODEL  # type: ignore[union-attr]
+    wait_for(
+        lambda: client.batch_inference_jobs.get("bij-again").state == "JOB_STATE_COMPLETED", 60, "the rerun"
+    )
+    rerun = client.batch_inference_jobs.get("bij-again").job_progress
+    assert rerun is not None and (rerun.total_input_requests, rerun.failed_requests) == (1, 1)
+    with pytest.raises(fireworks.BadRequestError):  # a continued job keeps the first job's parameters
+        client.batch_inference_jobs.create(continued_from_job_name="bij-one", inference_parameters={"n": 2})
+    with pytest.raises(fireworks.BadRequestError):  # neither a model nor a job to continue
+        client.batch_inference_jobs.create(input_dataset_id="bij-input")
+    client.batch_inference_jobs.delete("bij-again")
+
     second = client.batch_inference_jobs.create(
         batch_inference_job_id="bij-two",
         model=TINY_MODEL,

@@ -53,8 +53,8 @@ class InferenceParameters(APIModel):
 class FireworksJobCreate(APIModel):
     """POST /v1/accounts/{account}/batchInferenceJobs (query: batchInferenceJobId)."""
 
-    model: str
-    inputDatasetId: str  # noqa: N815
+    model: str | None = None  # required unless continuedFromJobName is given
+    inputDatasetId: str | None = None  # noqa: N815
     outputDatasetId: str | None = None  # noqa: N815
     displayName: str | None = None  # noqa: N815
     inferenceParameters: InferenceParameters | None = None  # noqa: N815
@@ -97,11 +97,5 @@ def check_fireworks_job(body: FireworksJobCreate) -> None:
             f"precision {body.precision!r} is not available: this server runs the model at the precision it "
             "was loaded with; leave precision out",
             param="precision",
-            code="unsupported_parameter",
-        )
-    if body.continuedFromJobName:
-        raise invalid_request(
-            "continuedFromJobName is not supported; create a job over the rows still to run",
-            param="continuedFromJobName",
             code="unsupported_parameter",
         )

@@ -12,6 +12,7 @@ import secrets
 import time
 from typing import Any
 
+from ember.server.batches.fireworks_requests import FireworksRequests, dataset_id
 from ember.server.batches.input_file import BatchLine, read_batch_lines
 from ember.server.batches.line_runner import LineRunner
 from ember.server.batches.objects import fireworks_job, openai_batch
@@ -19,7 +20,6 @@ from ember.server.batches.protocol import (
     BatchCreate,
     FireworksJobCreate,
     check_fireworks_job,
-    job_body_defaults,
 )
 from ember.server.batches.runner import LINES_IN_FLIGHT, BatchRunner
 from ember.server.batches.store import DB_FILE, BatchRecord, BatchStore
@@ -54,6 +54,7 @@ class BatchesServing:
         self.models = models
         self.store = BatchStore(runtime.data_dir / DB_FILE)
         self.runner = BatchRunner(self.store, runtime.files, lines, account, lines_in_flight)
+        self.fireworks_requests = FireworksRequests(self.store, runtime.files, models, self._read)
 
     @classmethod
     def build(
@@ -158,14 +159,8 @@ class BatchesServing:
         name = f"accounts/{account}/batchInferenceJobs/{job_id}"
         if self.store.get(name) is not None:
             raise APIError(409, f"batch inference job {name!r} already exists", code="already_exists")
-        model = self.models.resolve(body.model)  # 404 naming it when this server does not serve it
-        defaults = job_body_defaults(body.inferenceParameters)
-        dataset = self._dataset(account, body.inputDatasetId)
-        rows = await asyncio.to_thread(self._read, self.files.dataset_path(dataset), False, "inputDatasetId")
-        lines = [
-            BatchLine(r.line, r.custom_id, r.url, {**defaults, **r.body, "model": body.model}) for r in rows
-        ]
-        output_id = _dataset_id(body.outputDatasetId or f"{job_id}-output", account, "outputDatasetId")
+        requests = await self.fireworks_requests.of(account, body)
+        output_id = dataset_id(body.outputDatasetId or f"{job_id}-output", account, "outputDatasetId")
         try:
             output = self.files.create_dataset(account, output_id, f"results of {name}")
         except Exception as error:  # noqa: BLE001 - mapped to 400/409
@@ -176,13 +171,13 @@ class BatchesServing:
             api="fireworks",
             owner=account,  # a Fireworks resource belongs to the account in its name, as datasets do
             endpoint="/v1/chat/completions",
-            input_file_id=dataset.name,
+            input_file_id=requests.input_dataset,
             completion_window="24h",
             status="in_progress",
             created_at=now,
             in_progress_at=now,
             expires_at=now + COMPLETION_WINDOW_S["24h"],
-            model=model,
+            model=requests.model,
             fireworks={
                 "name": name,
                 "displayName": body.displayName,
@@ -194,10 +189,11 @@ class BatchesServing:
                     else body.inferenceParameters.model_dump(exclude_none=True)
                 ),
                 "precision": body.precision or "PRECISION_UNSPECIFIED",
+                "continuedFromJobName": body.continuedFromJobName or "",
             },
         )
         try:
-            return fireworks_job(await self._created(record, lines))
+            return fireworks_job(await self._created(record, requests.lines))
         except BaseException:
             self.tuning_store.delete_dataset(output.name, only_state="UPLOADING")
             raise
@@ -272,17 +268,6 @@ class BatchesServing:
             raise APIError(404, f"no batch inference job {name!r}", code="not_found")
         return record
 
-    def _dataset(self, account: str, given: str) -> Any:
-        name = f"accounts/{account}/datasets/{_dataset_id(given, account, 'inputDatasetId')}"
-        dataset = self.tuning_store.get_dataset(name)
-        if dataset is None:
-            raise APIError(404, f"no dataset {name!r}", param="inputDatasetId", code="not_found")
-        if dataset.state != "READY":
-            raise invalid_request(
-                f"dataset {name!r} is {dataset.state}; upload its file first", param="inputDatasetId"
-            )
-        return dataset
-
     def _read(self, path: Any, url_required: bool, param: str) -> list[BatchLine]:
         try:
             return read_batch_lines(path, url_required=url_required, max_line_bytes=self.max_line_bytes)
@@ -295,17 +280,3 @@ def _one_model(lines: list[BatchLine]) -> str | None:
     models = {line.body.get("model") for line in lines}
     model = models.pop() if len(models) == 1 else None
     return model if isinstance(model, str) else None
-
-
-def _dataset_id(given: str, account: str, param: str) -> str:
-    """A dataset id from an id or a full name (`accounts/<a>/datasets/<id>`), which must be in `account`."""
-    if "/" not in given:
-        return given
-    parts = given.split("/")
-    if len(parts) != 4 or parts[0] != "accounts" or parts[2] != "datasets":
-        raise invalid_request(
-            f"{param} must be a dataset id or accounts/<account>/datasets/<id>", param=param
-        )
-    if parts[1] != account:
-        raise invalid_request(f"{param} {given!r} is not a dataset of account {account!r}", param=param)
-    return parts[3]
