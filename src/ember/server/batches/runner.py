@@ -130,7 +130,8 @@ class BatchRunner:
             await self._run_lines(record, cancelled)
             unfinished = not cancelled.is_set() and _now() < record.expires_at
             if unfinished and self.store.pending_lines(record.id, limit=1):
-                return  # a line the engine gave back unfinished: the loop runs the batch again
+                await asyncio.sleep(RETRY_DELAY_S)  # a line came back unfinished: the loop runs it again
+                return
         # a cancel that came meanwhile has made it `cancelling`: then this does nothing
         self.store.set_status(record.id, "finalizing", only_from=("in_progress",), finalizing_at=_now())
         current = self.store.get(record.id)
