@@ -224,6 +224,9 @@ def test_bad_batch_files_and_bodies_are_400s_naming_the_problem(server: TuningSe
             completion_window="1h",  # type: ignore[arg-type]
         )
     assert window.value.body["param"] == "completion_window"  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError) as endpoint:
+        client.batches.create(input_file_id=mixed.id, endpoint="/v1/responses", completion_window="24h")
+    assert endpoint.value.body["param"] == "endpoint"  # type: ignore[index]
     with pytest.raises(openai.BadRequestError) as expiry:
         client.batches.create(
             input_file_id=mixed.id,
