@@ -268,6 +268,13 @@ class JobsServing:
         self._call(lambda: self.service.delete_job(job_id))
         return {}
 
+    def fireworks_cancel(self, job_id: str, tenant: Tenant) -> dict[str, Any]:
+        """Fireworks answers a cancel with an empty object; a job that already ended is a 400
+        (FAILED_PRECONDITION), as OpenAI answers."""
+        self._visible_job(job_id, tenant)
+        self._call(lambda: self.service.cancel_job(job_id), conflict_status=400)
+        return {}
+
     def fireworks_resume(self, job_id: str, tenant: Tenant) -> dict[str, Any]:
         self._visible_job(job_id, tenant)
         job = self._call(lambda: self.service.resume_job(job_id), conflict_status=400)
