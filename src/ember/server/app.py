@@ -31,6 +31,9 @@ from ember.server.fine_tuning import routes as fine_tuning_routes
 from ember.server.fine_tuning.dataset_transfer import SIGNED_PREFIX
 from ember.server.fine_tuning.serving_files import FilesServing
 from ember.server.fine_tuning.serving_jobs import FineTuningRuntime, JobsServing
+from ember.server.fireworks import routes as fireworks_routes
+from ember.server.fireworks.control_plane import FireworksControlPlane
+from ember.server.fireworks.model_uploads import SIGNED_MODEL_PREFIX
 from ember.server.openai import routes as openai_routes
 from ember.server.openai.serving_chat import ChatServing
 from ember.server.openai.serving_completions import CompletionServing
@@ -67,7 +70,7 @@ def is_upload_path(path: str) -> bool:
     """Uploads of training data have their own, larger limit (FineTuningConfig.max_upload_bytes)."""
     return (
         path.endswith(":upload")
-        or path.startswith(f"{SIGNED_PREFIX}/")
+        or path.startswith((f"{SIGNED_PREFIX}/", f"{SIGNED_MODEL_PREFIX}/"))
         or any(path == f"{prefix}/files" for prefix in API_PREFIXES)
     )
 
@@ -137,13 +140,15 @@ def build_app(
         adapters=adapter_serving,
         files=None if tuning is None else FilesServing(tuning),
         jobs=None if tuning is None else JobsServing(tuning),
+        control_plane=FireworksControlPlane(state, adapter_serving, tuning),
     )
     for prefix in API_PREFIXES:
-        for routes in (openai_routes, anthropic_routes, fine_tuning_routes, admin_routes):
+        for routes in (openai_routes, anthropic_routes, fine_tuning_routes, fireworks_routes, admin_routes):
             app.include_router(routes.router, prefix=prefix, include_in_schema=prefix == API_PREFIXES[0])
     app.include_router(admin_routes.root_router)
     app.include_router(fine_tuning_routes.root_router)
     app.include_router(openai_routes.root_router)
+    app.include_router(fireworks_routes.root_router)
     install_docs(app, API_DESCRIPTION)
     install_error_handlers(app)
     app.add_middleware(

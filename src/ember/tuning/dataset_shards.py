@@ -88,11 +88,12 @@ def _size(raw: object) -> int | None:
 
 
 class ShardStaging:
-    """The shards of datasets being uploaded through signed URLs, under `<data dir>/dataset-uploads`."""
+    """Files uploaded through signed URLs, one folder per resource: `<root>/<account>/<resource id>` (datasets:
+    `<data dir>/dataset-uploads`; uploaded models keep their files where they land)."""
 
-    def __init__(self, data_dir: Path) -> None:
-        self.root = Path(data_dir) / "dataset-uploads"
-        self.incoming_dir = Path(data_dir) / "incoming"
+    def __init__(self, root: Path, incoming_dir: Path) -> None:
+        self.root = Path(root)
+        self.incoming_dir = Path(incoming_dir)
 
     def folder(self, account: str, dataset_id: str) -> Path:
         return self.root / account / dataset_id
@@ -118,10 +119,10 @@ class ShardStaging:
         """Write one registered shard from a request body; its size must be exactly the registered one."""
         plan = self.plan(account, dataset_id)
         if plan is None:
-            raise NotFoundError(f"no upload was started for dataset {dataset_id!r}; call getUploadEndpoint")
+            raise NotFoundError(f"no upload was started for {dataset_id!r}; call getUploadEndpoint")
         expected = plan.sizes.get(name)
         if expected is None:
-            raise ShardError(f"{name!r} is not a file registered for this dataset's upload", "filename")
+            raise ShardError(f"{name!r} is not a file registered for this upload", "filename")
         folder = self.folder(account, dataset_id)
         partial = folder / f"{name}.{secrets.token_hex(6)}.part"
         received = 0
@@ -139,11 +140,19 @@ class ShardStaging:
                     f"{name!r} was registered as {expected} bytes but {received} arrived", "Content-Length"
                 )
             if self.plan(account, dataset_id) != plan:
-                raise ConflictError(f"the upload of dataset {dataset_id!r} was registered again meanwhile")
+                raise ConflictError(f"the upload of {dataset_id!r} was registered again meanwhile")
             os.replace(partial, folder / name)
         finally:
             partial.unlink(missing_ok=True)
         return received
+
+    def missing(self, account: str, dataset_id: str) -> list[str] | None:
+        """The registered files not (completely) uploaded yet; None when nothing was registered."""
+        plan = self.plan(account, dataset_id)
+        if plan is None:
+            return None
+        folder = self.folder(account, dataset_id)
+        return [name for name, size in plan.sizes.items() if _size_of(folder / name) != size]
 
     def join(self, account: str, dataset_id: str) -> ReceivedUpload:
         """All registered shards, complete, joined in name order into one file in `incoming/` (a line break
@@ -154,7 +163,7 @@ class ShardStaging:
                 f"dataset {dataset_id!r} has no registered upload; call getUploadEndpoint first"
             )
         folder = self.folder(account, dataset_id)
-        missing = [name for name, size in plan.sizes.items() if _size_of(folder / name) != size]
+        missing = self.missing(account, dataset_id)
         if missing:
             raise ConflictError(f"these registered files were not uploaded yet: {', '.join(missing)}")
         self.incoming_dir.mkdir(parents=True, exist_ok=True)

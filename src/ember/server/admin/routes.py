@@ -36,11 +36,16 @@ async def metrics(request: Request) -> Response:
     )
 
 
-@root_router.api_route("/ping", methods=["GET", "POST"])
+@root_router.get("/ping")
 async def ping(request: Request) -> Response:
     """vLLM's (and SageMaker's) liveness probe: 200 while the engine runs, 503 when it does not."""
     engine = services_of(request).state.engine
     return Response(status_code=200 if engine.is_running else 503)
+
+
+@root_router.post("/ping")
+async def ping_post(request: Request) -> Response:
+    return await ping(request)
 
 
 @root_router.get("/version")

@@ -38,7 +38,7 @@ class DatasetTransfers:
     def __init__(self, runtime: FineTuningRuntime, signer: UrlSigner | None = None) -> None:
         self.storage = runtime.files
         self.store = runtime.store
-        self.shards = ShardStaging(runtime.data_dir)
+        self.shards = ShardStaging(runtime.data_dir / "dataset-uploads", runtime.data_dir / "incoming")
         self.signer = signer or UrlSigner()
 
     # -- the API routes (behind the API key) ----------------------------------------------------------------
