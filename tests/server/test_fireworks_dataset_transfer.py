@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import fireworks
@@ -40,6 +40,7 @@ ROWS_B = [chat_row(f"Other question {i}?", f"Other answer {i}.") for i in range(
 class SecureServer:
     server: TuningServer
     ca_file: Path
+    clients: list[fireworks.Fireworks] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -48,7 +49,16 @@ class SecureServer:
     def client(self, key: str = ALICE) -> fireworks.Fireworks:
         # The CA goes through SSL_CERT_FILE (set by the `trusted` fixture), as the SDK's helper builds its own
         # plain httpx client for the signed URLs.
-        return fireworks.Fireworks(base_url=self.url, api_key=key, account_id="alice", max_retries=0)
+        client = fireworks.Fireworks(base_url=self.url, api_key=key, account_id="alice", max_retries=0)
+        self.clients.append(client)
+        return client
+
+    def stop(self) -> None:
+        # Clients close their TLS connections first: an idle one left open holds the server's shutdown for
+        # asyncio's 30 s SSL shutdown timeout.
+        for client in self.clients:
+            client.close()
+        self.server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +82,9 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureServer]:
         tenant_keys=keys_from_file(keys, "fireworks"),
         uvicorn_options={"ssl_certfile": str(pem), "ssl_keyfile": str(pem)},
     )
-    yield SecureServer(running, ca_file)
-    running.stop()
+    secure = SecureServer(running, ca_file)
+    yield secure
+    secure.stop()
 
 
 @pytest.fixture
