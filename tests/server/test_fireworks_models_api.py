@@ -150,6 +150,18 @@ def test_fine_tuned_model_is_listed_unloaded_and_loaded_again(plane: ControlPlan
     )
     assert alice.models.get("alice-tuned").deployed_model_refs[0].name == deployed.name  # type: ignore[index]
 
+    tuned_files = alice.models.get_download_endpoint("alice-tuned").filename_to_signed_urls or {}
+    config = httpx.get(tuned_files["adapter_config.json"], timeout=30)
+    assert config.status_code == 200 and config.json()["r"] == 4
+    forged = httpx.get(
+        tuned_files["adapter_config.json"].replace("adapter_config.json", "secret.txt"), timeout=30
+    )
+    assert forged.status_code == 403
+    with pytest.raises(fireworks.BadRequestError):  # the base model's weights are not handed out
+        plane.client(SERVER_KEY, ACCOUNT).models.get_download_endpoint(TINY_MODEL)
+    with pytest.raises(fireworks.NotFoundError):
+        plane.client(BOB, "bob").models.get_download_endpoint("alice-tuned", account_id="alice")
+
     assert alice.lora.unload("alice-tuned") == {}
     assert plane.chat(ALICE, TUNED).status_code == 404
     assert list(alice.lora.list()) == [] and list(alice.models.list()) == []
@@ -185,6 +197,10 @@ def test_uploaded_adapter_is_validated_loaded_served_and_deleted(plane: ControlP
     assert ready.state == "READY" and ready.peft_details is not None and ready.peft_details.r == 4
     assert "accounts/alice/models/uploaded-lora" in [m.name for m in alice.models.list()]
     assert plane.chat(ALICE, "accounts/alice/models/uploaded-lora").status_code == 404  # not loaded yet
+    downloads = alice.models.get_download_endpoint("uploaded-lora").filename_to_signed_urls or {}
+    assert sorted(downloads) == ["adapter_config.json", "adapter_model.safetensors"]
+    for name, url in downloads.items():
+        assert httpx.get(url, timeout=30).content == files[name].read_bytes()  # no key: the URL is signed
 
     deployed = alice.lora.load(model="accounts/alice/models/uploaded-lora", description="first try")
     assert (

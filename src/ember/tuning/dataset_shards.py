@@ -1,14 +1,15 @@
-"""A Fireworks dataset uploaded in shards: the files a client registers (name -> size) before it PUTs each one
-to its signed URL, held apart until `:validateUpload` joins them into one upload for FileStorage.
+"""Files uploaded through signed URLs: the files a client registers (name -> size) before it PUTs each one to
+its signed URL, one folder per resource. A Fireworks dataset's files wait apart until `:validateUpload` joins
+them into one upload for FileStorage; an uploaded model's files stay where they land (its PEFT folder).
 
-Layout under the data directory (nothing here is ever read by training; only the joined, validated file is):
-    dataset-uploads/<account>/<dataset id>/manifest.json   {"files": {name: size}}, rewritten on each register
-    dataset-uploads/<account>/<dataset id>/<name>          a shard received in full, with its registered size
-    dataset-uploads/<account>/<dataset id>/<name>.<random>.part   a shard being received
+Layout of one resource's folder (datasets: `<data dir>/dataset-uploads/<account>/<dataset id>`):
+    manifest.json          {"files": {name: size}}, rewritten on each registration
+    <name>                 a file received in full, with its registered size
+    <name>.<random>.part   a file being received
 
-Registering again replaces the manifest (Fireworks' endpoint overwrites the registered files) and drops shards
-it no longer names. A shard is written to a `.part` file and renamed only once its exact size arrived, so a
-shard either is complete or is absent.
+Registering again replaces the manifest (Fireworks' endpoint overwrites the registered files) and drops files
+it no longer names. A file is written to a `.part` file and renamed only once its exact size arrived, so a file
+either is complete or is absent.
 """
 
 from __future__ import annotations

@@ -3,15 +3,23 @@ not loaded yet), their uploads, and the LoRA routes; the routes in routes.py cal
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fastapi import Request
+from fastapi.responses import FileResponse, Response
+
+from ember.lora.adapter import WEIGHTS_FILE
+from ember.lora.peft_config import CONFIG_FILE
 from ember.server.common.errors import APIError
 from ember.server.common.read_mask import apply_read_mask
+from ember.server.fine_tuning.signed_urls import UrlSigner
 from ember.server.fireworks.model_objects import MODEL_FIELDS
-from ember.server.fireworks.model_uploads import ModelUploads
+from ember.server.fireworks.model_uploads import SIGNED_MODEL_PREFIX, ModelUploads
 from ember.server.fireworks.serving_lora import FireworksLora
 from ember.server.fireworks.serving_models import FireworksModels, paginate, sort_resources
 
+ADAPTER_FILES = (CONFIG_FILE, WEIGHTS_FILE)  # what a PEFT folder's download holds
 _UPDATABLE = frozenset({"displayName", "description"})
 _OUTPUT_ONLY = frozenset({"name", "state", "status", "createTime", "updateTime", "deployedModelRefs"})
 
@@ -26,10 +34,13 @@ class FireworksControlPlane:
         self, state: ServingState, adapters: AdapterServing, runtime: FineTuningRuntime | None
     ) -> None:
         self.models = FireworksModels(state, adapters, runtime)
+        self.signer = UrlSigner()
         self.uploads = (
             None
             if runtime is None
-            else ModelUploads(runtime.data_dir, state.engine, state.models, runtime.config.max_upload_bytes)
+            else ModelUploads(
+                runtime.data_dir, state.engine, state.models, runtime.config.max_upload_bytes, self.signer
+            )
         )
         self.lora = FireworksLora(self.models, self.uploads)
 
@@ -100,3 +111,49 @@ class FireworksControlPlane:
                 code="not_found",
             )
         return uploaded
+
+    # -- downloads -------------------------------------------------------------------------------------------
+
+    def download_endpoint(
+        self, account: str, model_id: str, read_mask: str | None, base_url: str
+    ) -> dict[str, Any]:
+        """Signed GET URLs of an adapter model's PEFT files (a served adapter, or an uploaded one once READY).
+        The base model's weights are the operator's files and are not handed out."""
+        folder = self._adapter_folder(account, model_id, check_visible=True)
+        urls = {
+            name: self.signer.sign(base_url, "GET", f"{SIGNED_MODEL_PREFIX}/{account}/{model_id}/{name}")
+            for name in ADAPTER_FILES
+            if (folder / name).is_file()
+        }
+        return apply_read_mask({"filenameToSignedUrls": urls}, read_mask, frozenset({"filenameToSignedUrls"}))
+
+    def send_file(self, account: str, model_id: str, filename: str, http: Request) -> Response:
+        params = http.query_params
+        self.signer.verify(http.method, http.url.path, params.get("expires"), params.get("signature"))
+        folder = self._adapter_folder(account, model_id, check_visible=False)
+        if filename not in ADAPTER_FILES or not (folder / filename).is_file():
+            raise APIError(404, f"model {model_id!r} has no file {filename!r}", code="not_found")
+        return FileResponse(folder / filename, filename=filename)
+
+    def _adapter_folder(self, account: str, model_id: str, *, check_visible: bool) -> Path:
+        full = f"accounts/{account}/models/{model_id}"
+        if check_visible:
+            try:
+                served = self.models.find(account, model_id)  # what the key does not see is not found
+            except APIError:
+                served = None  # maybe an uploaded model not loaded yet (the account's, as the path is)
+            if served is not None and served.adapter is None:
+                raise APIError(
+                    400,
+                    "the base model's weights are not downloadable from this server; adapters are",
+                    param="model",
+                )
+            adapter = None if served is None else served.adapter
+        else:  # a signed URL: the key was checked when it was signed
+            adapter = self.models.state.models.adapter(full, any_owner=True)
+        if adapter is not None and adapter.path is not None:
+            return Path(adapter.path)
+        ready = None if self.uploads is None else self.uploads.ready_model(account, model_id)
+        if ready is None:
+            raise APIError(404, f"model {full!r} has no files to download", param="model", code="not_found")
+        return ready.folder

@@ -1,5 +1,5 @@
 """Fireworks' control-plane routes for what ember serves: models (GET list/get; POST, :getUploadEndpoint,
-:validateUpload (a GET, as Fireworks has it), PATCH and DELETE for uploaded LoRA adapters) and deployed models (the SDK's `lora` resource:
+:validateUpload (a GET, as Fireworks has it), PATCH and DELETE; :getDownloadEndpoint of an adapter's files for uploaded LoRA adapters) and deployed models (the SDK's `lora` resource:
 POST load, GET list/get, PATCH, DELETE unload). Every route acts for the caller's key: the auth middleware keeps
 `/accounts/{a}/` to its account (and lets every key read the server's own models)."""
 
@@ -79,6 +79,22 @@ async def validate_model_upload(
         "trustRemoteCode": trustRemoteCode,
     }
     return JSONResponse(await _plane(request).require_uploads().validate_upload(account, model_id, flags))
+
+
+@router.get("/accounts/{account}/models/{model_id}:getDownloadEndpoint")
+async def model_download_endpoint(
+    account: str,
+    model_id: str,
+    request: Request,
+    readMask: str | None = None,  # noqa: N803
+) -> Response:
+    plane = _plane(request)
+    return JSONResponse(plane.download_endpoint(account, model_id, readMask, str(request.base_url)))
+
+
+@root_router.get("/model-files/{account}/{model_id}/{filename}", include_in_schema=False)
+async def get_signed_model_file(account: str, model_id: str, filename: str, request: Request) -> Response:
+    return _plane(request).send_file(account, model_id, filename, request)
 
 
 @router.get("/accounts/{account}/models/{model_id}")
