@@ -7,6 +7,7 @@ root aliases /tokenize, /detokenize, /ping and /version."""
 from __future__ import annotations
 
 import hashlib
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,7 +29,12 @@ from ember.tuning.store import TuningStore
 
 pytestmark = pytest.mark.timeout(180)
 
-ALICE, BOB, SERVER_KEY = "sk-alice-1a2b3c4d", "sk-bob-5e6f7a8b", "sk-server-9c0d1e2f"
+ALICE, BOB, SERVER_KEY, ADMIN = (
+    "sk-alice-1a2b3c4d",
+    "sk-bob-5e6f7a8b",
+    "sk-server-9c0d1e2f",
+    "sk-admin-3a4b5c6d",
+)
 BASE = f"accounts/{ACCOUNT}/models/{TINY_MODEL}"
 TUNED = "accounts/alice/models/alice-tuned"
 
@@ -76,6 +82,7 @@ def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
             f'[[keys]]\nname = "{a}"\naccount = "{a}"\nsha256 = "{hashlib.sha256(k.encode()).hexdigest()}"\n'
             for a, k in (("alice", ALICE), ("bob", BOB))
         )
+        + f'[[keys]]\nname = "ops"\nadmin = true\nsha256 = "{hashlib.sha256(ADMIN.encode()).hexdigest()}"\n'
     )
     seed_succeeded_job(root / "data")
     model_dir = write_tiny_model(root / "tiny-llama")
@@ -306,3 +313,22 @@ def test_vllm_root_aliases(plane: ControlPlane) -> None:
     assert httpx.post(f"{url}/ping", timeout=30).status_code == 200
     version = httpx.get(f"{url}/version", timeout=30)
     assert version.status_code == 200 and version.json()["version"]
+
+
+def test_an_account_of_dot_dot_reaches_no_folder(plane: ControlPlane) -> None:
+    """An admin key may use any account, and HTTP delivers `..` as a path segment: it must not lead out of the
+    data directory's models folder (a model id of `files` there would have been data/files)."""
+    port = int(plane.server.url.rsplit(":", 1)[1])
+    body = b'{"modelId": "files"}'
+    for account in (b"..", b"%2E%2E"):
+        request = (
+            b"POST /v1/accounts/" + account + b"/models HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Authorization: Bearer " + ADMIN.encode() + b"\r\nContent-Type: application/json\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body
+        )
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
+            raw.sendall(request)
+            status_line = raw.recv(4096).split(b"\r\n", 1)[0]
+        assert status_line.startswith(b"HTTP/1.1 4"), status_line
+    assert not (plane.server.data_dir / "files.json").exists()
+    assert not (plane.server.data_dir / "model-files" / ".." / "files" / "manifest.json").exists()

@@ -88,8 +88,8 @@ class ModelUploads:
     # -- records ---------------------------------------------------------------------------------------------
 
     def get(self, account: str, model_id: str) -> UploadedModel | None:
-        if not _MODEL_ID.fullmatch(model_id):
-            return None
+        if not (_MODEL_ID.fullmatch(account) and _MODEL_ID.fullmatch(model_id)):
+            return None  # never a path outside the models folder (an account of '..')
         try:
             data = json.loads((self.meta_root / account / f"{model_id}.json").read_text())
         except (OSError, ValueError):
@@ -97,6 +97,8 @@ class ModelUploads:
         return UploadedModel(**{**data, "target_modules": tuple(data["target_modules"])})
 
     def of_account(self, account: str) -> list[UploadedModel]:
+        if not _MODEL_ID.fullmatch(account):
+            return []
         folder = self.meta_root / account
         found = (
             [self.get(account, path.stem) for path in sorted(folder.glob("*.json"))]
@@ -127,6 +129,10 @@ class ModelUploads:
                 400,
                 "modelId is required: 1-63 lowercase letters, digits or '-', starting alnum",
                 param="modelId",
+            )
+        if not _MODEL_ID.fullmatch(account):
+            raise APIError(
+                400, f"account id {account!r} must be 1-63 lowercase letters, digits or '-'", param="account"
             )
         if body.get("cluster"):
             raise APIError(400, "cluster: this server has no BYOC clusters", param="cluster")
