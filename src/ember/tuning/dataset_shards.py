@@ -19,6 +19,7 @@ import os
 import re
 import secrets
 import shutil
+import time
 from collections.abc import AsyncIterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,8 @@ from ember.tuning.file_storage import ConflictError, NotFoundError
 from ember.tuning.multipart_upload import ReceivedUpload, UploadTooLargeError, incoming_upload_path
 
 _SHARD_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+STAGING_FOLDERS = ("dataset-uploads", "model-files")  # under the data directory: datasets', uploaded models'
+
 MANIFEST = "manifest.json"
 MAX_SHARDS = 100
 
@@ -197,3 +200,16 @@ def _size_of(path: Path) -> int | None:
         return path.stat().st_size
     except OSError:
         return None
+
+
+def remove_stale_parts(data_dir: Path, min_age_s: float = 3600.0) -> list[Path]:
+    """Delete `.part` files older than `min_age_s` in the staging folders (a server killed during a PUT leaves
+    one; a PUT in flight keeps writing to its file, so only old ones go). Returns what was removed."""
+    cutoff = time.time() - min_age_s
+    removed = []
+    for folder in STAGING_FOLDERS:
+        for path in sorted((Path(data_dir) / folder).glob("*/*/*.part")):
+            if path.stat().st_mtime < cutoff:
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed

@@ -17,7 +17,7 @@ def apply_read_mask(
 ) -> dict[str, Any]:
     """The fields of `resource` the mask names. `known`: the top-level fields the resource type has (those
     left out of this instance because they are unset are still valid in a mask)."""
-    if mask is None or mask.strip() in ("", "*"):
+    if mask is None or mask.strip() in ("", "*", "**"):
         return resource
     paths = [path.strip() for path in mask.split(",") if path.strip()]
     fields = known if known is not None else frozenset(resource)
