@@ -66,7 +66,12 @@ class FireworksLora:
         await loader()
         model = self.models.find(account, full)
         assert model.adapter is not None
-        self.models.set_labels(model.adapter.lora_id, body.get("displayName"), body.get("description"))
+        lora_id = model.adapter.lora_id
+        self.models.labels.pop(lora_id, None)  # of an earlier adapter of that name (unloaded by /v1/adapters)
+        record = None if self.uploads is None else self.uploads.get(account, full.rsplit("/", 1)[-1])
+        if record is not None:  # an uploaded model's own labels, unless the load sets others
+            self.models.set_labels(lora_id, record.display_name, record.description)
+        self.models.set_labels(lora_id, body.get("displayName"), body.get("description"))
         return self.models.deployed_object(account, model)
 
     def list(
@@ -175,8 +180,7 @@ class FireworksLora:
 
                     return load_job_adapter
         if self.uploads is not None:
-            uploads = self.uploads
-            ready = uploads.ready_model(account, full.rsplit("/", 1)[-1])
+            ready = self.uploads.ready_model(account, full.rsplit("/", 1)[-1])
             if ready is not None:
                 owner = None if public else account
 
@@ -184,9 +188,6 @@ class FireworksLora:
                     await self.models.adapters.load(
                         ready.model_id, str(ready.folder), (full,), check_base_model=False, owner=owner
                     )
-                    record = uploads.get(account, ready.model_id)
-                    if record is not None:  # the model's own labels, until lora.load's override them
-                        self.models.set_labels(ready.model_id, record.display_name, record.description)
 
                 return load_uploaded
         raise APIError(
