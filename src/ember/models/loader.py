@@ -111,7 +111,9 @@ def enable_quant_kernels(network: torch.nn.Module) -> int:
         logger.info("int8 kernels: linears converted at load (no kernel of their own): %s", listed)
     if slow:
         listed = ", ".join(f"{count} {qtype}" for qtype, count in sorted(slow.items()))
-        logger.warning("linears left on the slow reference path (no int8 kernel for their format): %s", listed)
+        logger.warning(
+            "linears left on the slow reference path (no int8 kernel for their format): %s", listed
+        )
     return sum(on_kernel)
 
 

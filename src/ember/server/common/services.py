@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from ember.server.anthropic.serving_messages import MessagesServing
     from ember.server.fine_tuning.serving_files import FilesServing
     from ember.server.fine_tuning.serving_jobs import JobsServing
+    from ember.server.fireworks.control_plane import FireworksControlPlane
     from ember.server.openai.serving_chat import ChatServing
     from ember.server.openai.serving_completions import CompletionServing
     from ember.server.openai.serving_embeddings import EmbeddingServing
@@ -54,6 +55,7 @@ class Services:
     files: FilesServing | None = None  # None: the server runs without a data directory
     jobs: JobsServing | None = None
     responses: ResponsesServing | None = None
+    control_plane: FireworksControlPlane | None = None  # Fireworks' models and LoRA routes (set by build_app)
 
     def require_files(self) -> FilesServing:
         if self.files is None:
