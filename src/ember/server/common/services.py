@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from ember.server.batches.serving import BatchesServing
     from ember.server.fine_tuning.serving_files import FilesServing
     from ember.server.fine_tuning.serving_jobs import JobsServing
+    from ember.server.fireworks.control_plane import FireworksControlPlane
     from ember.server.openai.serving_chat import ChatServing
     from ember.server.openai.serving_completions import CompletionServing
     from ember.server.openai.serving_embeddings import EmbeddingServing
@@ -56,6 +57,7 @@ class Services:
     jobs: JobsServing | None = None
     batches: BatchesServing | None = None
     responses: ResponsesServing | None = None
+    control_plane: FireworksControlPlane | None = None  # Fireworks' models and LoRA routes (set by build_app)
 
     def require_files(self) -> FilesServing:
         if self.files is None:
