@@ -399,8 +399,12 @@ def test_fireworks_batch_inference_job_over_datasets(server: TuningServer) -> No
     assert done.output_dataset_id == f"accounts/{ACCOUNT}/datasets/bij-output"
     dataset = httpx.get(f"{base}/bij-output").json()
     assert dataset["state"] == "READY" and dataset["exampleCount"] == "3"
-    (path,) = (server.data_dir / "datasets" / ACCOUNT).glob("bij-output-*.jsonl")
-    results = {row["custom_id"]: row for row in map(json.loads, path.read_text().splitlines())}
+    download = client.datasets.get_download_endpoint("bij-output")  # the SDK's way to read a dataset
+    [(filename, url)] = download.filename_to_signed_urls.items()  # type: ignore[union-attr]
+    assert filename == "BIJ_results.jsonl"
+    rows_text = httpx.get(url, timeout=30).text
+    results = {row["custom_id"]: row for row in map(json.loads, rows_text.splitlines())}
+    assert list(results) == ["fw-0", "fw-1", "fw-bad"]
     assert results["fw-bad"]["response"]["status_code"] == 400
     live = client_of(server).chat.completions.create(
         model=TINY_MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=3, temperature=0
