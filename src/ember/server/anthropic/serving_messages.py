@@ -16,12 +16,15 @@ from ember.engine.outputs import CompletionOutput
 from ember.server.anthropic.content_blocks import BlockEvents, content_blocks, new_tool_use_id
 from ember.server.anthropic.protocol import CountTokensRequest, MessagesRequest
 from ember.server.common.errors import APIError, as_api_error, error_body, invalid_request
+from ember.server.common.field_policy import check_fields
 from ember.server.common.generation import DisconnectWatch, Generation, collect_finals
 from ember.server.common.metrics import RequestTimer, TokenCounts, perf_headers
 from ember.server.common.preparation import ChatAsk
 from ember.server.common.protocol import SamplingRequest
 from ember.server.common.services import ServingState
 from ember.server.common.sse import event_stream, sse_event
+from ember.server.common.unsupported_fields import messages_fields
+from ember.structured.constraint_fields import ConstraintFieldError, RequestedConstraint, check_constraint
 
 # chat.plan names OpenAI's parameters; these are Anthropic's names for the same things.
 _ANTHROPIC_PARAMS = {"reasoning_effort": "thinking"}
@@ -40,7 +43,14 @@ def stop_fields(seq: CompletionOutput, num_tool_calls: int = 0) -> tuple[str | N
 
 def messages_ask(body: CountTokensRequest, generic_tools: bool = True) -> ChatAsk:
     """The request as the preparation step takes it: Anthropic's sampling fields on OpenAI's names (count_tokens
-    has none; it only needs the prompt)."""
+    has none; it only needs the prompt), output_config.format as the chat plan's response_format."""
+    try:
+        constraint = body.output_constraint()
+    except ConstraintFieldError as error:
+        raise invalid_request(str(error), param=error.param) from None
+    param_names = dict(_ANTHROPIC_PARAMS)
+    if constraint is not None:
+        param_names["response_format"] = constraint.param
     sampling = SamplingRequest()
     max_tokens = None
     if isinstance(body, MessagesRequest):
@@ -50,16 +60,23 @@ def messages_ask(body: CountTokensRequest, generic_tools: bool = True) -> ChatAs
         max_tokens = body.max_tokens
     return ChatAsk(
         model=body.model,
-        inputs=functools.partial(_chat_inputs, body, generic_tools),
+        inputs=functools.partial(_chat_inputs, body, generic_tools, constraint),
         sampling=sampling,
         max_tokens=max_tokens,
         id_prefix="msg",
         new_tool_id=new_tool_use_id,
-        param_names=_ANTHROPIC_PARAMS,
+        param_names=param_names,
     )
 
 
-def _chat_inputs(body: CountTokensRequest, generic_tools: bool) -> ChatInputs:
+def _chat_inputs(
+    body: CountTokensRequest, generic_tools: bool, constraint: RequestedConstraint | None = None
+) -> ChatInputs:
+    if constraint is not None:  # compiled here, off the event loop, so a refusal names the client's field
+        try:
+            check_constraint(constraint)
+        except ConstraintFieldError as error:
+            raise invalid_request(str(error), param=error.param) from None
     try:
         return ChatInputs(
             messages=body.chat_messages(),
@@ -69,6 +86,7 @@ def _chat_inputs(body: CountTokensRequest, generic_tools: bool) -> ChatInputs:
             reasoning_effort=body.reasoning_effort(),
             continue_final_message=body.continues_final_message(),
             generic_tools=generic_tools if body.generic_tools is None else body.generic_tools,
+            response_format=None if constraint is None else constraint.response_format,
         )
     except ValueError as error:
         message = str(error)
@@ -78,8 +96,13 @@ def _chat_inputs(body: CountTokensRequest, generic_tools: bool) -> ChatInputs:
 class MessagesServing:
     def __init__(self, state: ServingState) -> None:
         self.state = state
+        self.known_fields = messages_fields()
+
+    def _check_fields(self, route: str, body: CountTokensRequest) -> None:
+        check_fields(route, body.model_extra, self.known_fields, self.state.unknown_fields)
 
     async def count_tokens(self, body: CountTokensRequest) -> dict[str, int]:
+        self._check_fields("/v1/messages/count_tokens", body)
         preparation = self.state.preparation
         return {
             "input_tokens": await preparation.run(
@@ -89,6 +112,7 @@ class MessagesServing:
 
     async def create(self, body: MessagesRequest, http: Request) -> Response:
         timer = RequestTimer()
+        self._check_fields("/v1/messages", body)
         state = self.state
         watch = DisconnectWatch(http, state.engine)
         try:
