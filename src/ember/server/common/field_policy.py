@@ -77,18 +77,14 @@ def check_fields(
         if field is None:
             unknown.append(name)
             continue
-        if field.is_off(value) or _gate_is_off(field, extra, known):
+        if field.gate is not None:
+            name, field = field.gate, known[field.gate]  # a sampler's parameter: what matters is the sampler
+            value = extra.get(name)
+        if field.is_off(value):
             continue
-        raise invalid_request(_refusal(name, value, field), param=name, code="unsupported_parameter")
+        raise invalid_request(_refusal(name, field), param=name, code="unsupported_parameter")
     if unknown:
         log.note(route, unknown)
-
-
-def _gate_is_off(field: KnownField, extra: Mapping[str, Any], known: Mapping[str, KnownField]) -> bool:
-    if field.gate is None:
-        return False
-    gate = known[field.gate]
-    return gate.is_off(extra.get(field.gate))
 
 
 def _same_kind(value: Any, off: Any) -> bool:
@@ -102,7 +98,7 @@ def _same_kind(value: Any, off: Any) -> bool:
     return type(value) is type(off)
 
 
-def _refusal(name: str, value: Any, field: KnownField) -> str:
+def _refusal(name: str, field: KnownField) -> str:
     accepted = ", ".join(_json(v) for v in field.off if v is not None)
     message = f"{name} ({field.defined_by}) is not supported by this server"
     if accepted:
