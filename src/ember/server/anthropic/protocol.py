@@ -115,19 +115,21 @@ class AnthropicMessage(APIModel):
 
 class OutputConfig(APIModel):
     """Anthropic's output_config: `format` is honoured (a JSON schema the reply must match); `effort` asks for
-    a thinking budget ember's templates have no way to set, so only its absence is accepted."""
+    a thinking budget ember's templates have no way to set, so only the default ("high") is accepted."""
 
     format: dict[str, Any] | None = None
     effort: str | None = None
 
     @field_validator("effort")
     @classmethod
-    def _no_effort(cls, effort: str | None) -> None:
-        if effort is not None:
+    def _default_effort_only(cls, effort: str | None) -> str | None:
+        # "high" is Anthropic's default: asking for it asks for nothing a served model does not already do.
+        if effort not in (None, "high"):
             raise ValueError(
-                "effort is not supported by this server (a served model's effort cannot be scaled); leave it "
-                "out, or turn thinking on or off with `thinking`"
+                f"effort {effort!r} is not supported by this server (a served model's effort cannot be scaled); "
+                'leave it out or send "high" (the default), or turn thinking on or off with `thinking`'
             )
+        return effort
 
 
 class CountTokensRequest(APIModel):
