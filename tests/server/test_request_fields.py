@@ -6,6 +6,7 @@ A field added to a model without a probe fails test_every_declared_field_has_a_p
 from __future__ import annotations
 
 import base64
+import json
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -296,6 +297,21 @@ def _probe_anthropic_stream(route: Route) -> None:
     assert events[0] == "message_start" and events[-1] == "message_stop"
 
 
+def _probe_anthropic_raw_output(route: Route) -> None:
+    response = route.ok(raw_output=True)
+    raw = response["raw_output"]
+    assert "<|im_start|>user\nSay hi" in raw["prompt_fragments"][0] and raw["completion"] == route.text(
+        response
+    )
+    assert (
+        len(raw["completion_token_ids"]) == response["usage"]["output_tokens"]
+        and "raw_output" not in route.ok()
+    )
+    streamed = route.client.post(route.path, json=route.body(stream=True, raw_output=True)).text
+    delta = next(line for line in streamed.splitlines() if line.startswith('data: {"type":"message_delta"'))
+    assert json.loads(delta[6:])["raw_output"]["completion_token_ids"] == raw["completion_token_ids"]
+
+
 def _probe_anthropic_model(route: Route) -> None:
     route.refused("no-such-model", status=404, model="no-such-model")
 
@@ -320,6 +336,7 @@ MESSAGES_PROBES: dict[str, Probe] = {
     "top_k": _probe_anthropic_sampling(top_k=1),
     "stream": _probe_anthropic_stream,
     "metadata": inert("metadata", {"user_id": "user-1"}),
+    "raw_output": _probe_anthropic_raw_output,
 }
 
 

@@ -230,6 +230,7 @@ class MessagesRequest(CountTokensRequest):
     top_k: Annotated[int, Field(ge=-1)] | None = None
     stream: bool | None = None
     metadata: dict[str, Any] | None = None
+    raw_output: bool | None = None  # Fireworks: the prompt as the model saw it and the reply before parsing
 
     @field_validator("stop_sequences")
     @classmethod

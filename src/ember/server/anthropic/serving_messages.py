@@ -21,6 +21,7 @@ from ember.server.common.generation import DisconnectWatch, Generation, collect_
 from ember.server.common.metrics import RequestTimer, TokenCounts, perf_headers
 from ember.server.common.preparation import ChatAsk
 from ember.server.common.protocol import SamplingRequest
+from ember.server.common.raw_output import raw_output
 from ember.server.common.services import ServingState
 from ember.server.common.sse import event_stream, sse_event
 from ember.server.common.unsupported_fields import messages_fields
@@ -126,7 +127,8 @@ class MessagesServing:
         reader = prepared.reader
         assert reader is not None  # every chat preparation makes one
         if body.stream:
-            events = self._stream(generation, watch, prepared.model, timer, reader)
+            shown = prepared.prompt_text if body.raw_output else None
+            events = self._stream(generation, watch, prepared.model, timer, reader, shown)
             return event_stream(events, {"x-request-id": prepared.request_id})
         try:
             (final,) = await collect_finals([generation], timer)
@@ -150,6 +152,11 @@ class MessagesServing:
             "stop_sequence": stop_sequence,
             "usage": self._usage(counts),
         }
+        if body.raw_output:  # Fireworks' extension, at the message's top level
+            structured = generation.request.params.structured
+            payload["raw_output"] = raw_output(
+                [prepared.prompt_text or ""], final.prompt_token_ids, seq.text, seq.token_ids, structured
+            )
         return JSONResponse(
             payload, headers={"x-request-id": prepared.request_id, **perf_headers(counts, timer)}
         )
@@ -169,9 +176,11 @@ class MessagesServing:
         model: str,
         timer: RequestTimer,
         reader: ReplyReader,
+        raw_prompt: str | None = None,
     ) -> AsyncIterator[str]:
         """message_start, (content_block_start, content_block_delta..., content_block_stop)+ per block,
-        message_delta, message_stop; a ping after the first block start, as Anthropic sends it."""
+        message_delta, message_stop; a ping after the first block start, as Anthropic sends it. `raw_prompt`
+        (Fireworks' raw_output asked for): the rendered prompt, and message_delta carries the raw_output."""
         prompt_tokens = len(generation.request.prompt_token_ids)
         message: dict[str, Any] = {
             "id": generation.request.request_id,
@@ -211,14 +220,16 @@ class MessagesServing:
             counts = TokenCounts(prompt_tokens, last.num_cached_tokens, len(seq.token_ids))
             for event in blocks.finish():
                 yield event
-            yield sse_event(
-                "message_delta",
-                {
-                    "type": "message_delta",
-                    "delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence},
-                    "usage": self._usage(counts),
-                },
-            )
+            delta: dict[str, Any] = {
+                "type": "message_delta",
+                "delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence},
+                "usage": self._usage(counts),
+            }
+            if raw_prompt is not None:
+                structured = generation.request.params.structured
+                ids = last.prompt_token_ids
+                delta["raw_output"] = raw_output([raw_prompt], ids, seq.text, seq.token_ids, structured)
+            yield sse_event("message_delta", delta)
             yield sse_event("message_stop", {"type": "message_stop"})
         except Exception as error:  # noqa: BLE001 - headers are gone; the error travels as an SSE event
             yield sse_event("error", error_body(as_api_error(error), "/v1/messages"))

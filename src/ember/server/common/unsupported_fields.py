@@ -153,9 +153,6 @@ def messages_fields() -> dict[str, KnownField]:
         "diagnostics": KnownField(ANTHROPIC),
         "user_profile_id": KnownField(ANTHROPIC),
         "workspace_id": KnownField(ANTHROPIC),
-        "raw_output": KnownField(
-            FIREWORKS, (None, False), instead="raw_output is served on /v1/chat/completions"
-        ),
     }
 
 

@@ -1,9 +1,8 @@
 """What /v1/completions and /v1/chat/completions share about a body's fields beyond OpenAI's: the request's one
-output constraint under any of its spellings, vLLM's prompt_logprobs and token ids, and Fireworks' raw_output."""
+output constraint under any of its spellings, and vLLM's prompt_logprobs."""
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 
 from ember.engine.outputs import TokenLogprob
@@ -19,7 +18,6 @@ from ember.structured.constraint_fields import (
 
 if TYPE_CHECKING:
     from ember.models.tokenizer import Tokenizer
-    from ember.structured.spec import StructuredSpec
 
 
 def output_constraint(body: GenerationRequest) -> RequestedConstraint | None:
@@ -74,37 +72,3 @@ def vllm_prompt_logprobs(
 
 def _scored(tokenizer: Tokenizer, token_id: int, logprob: float, rank: int) -> dict[str, Any]:
     return {"logprob": finite(logprob), "rank": rank, "decoded_token": tokenizer.token_text(token_id)}
-
-
-def raw_output(
-    prompt_fragments: list[str | int],
-    prompt_token_ids: list[int],
-    completion: str,
-    completion_token_ids: list[int],
-    structured: StructuredSpec | None,
-    completion_logprobs: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Fireworks' raw_output: the prompt as the model saw it and the completion before any parsing (tool calls,
-    reasoning), with the constraint it ran under as a grammar."""
-    raw: dict[str, Any] = {
-        "prompt_fragments": prompt_fragments,
-        "prompt_token_ids": list(prompt_token_ids),
-        "completion": completion,
-        "completion_token_ids": list(completion_token_ids),
-        "completion_logprobs": completion_logprobs,
-    }
-    if structured is not None:
-        raw["grammar"] = grammar_text(structured)
-    return raw
-
-
-def grammar_text(spec: StructuredSpec) -> str:
-    """The constraint as one Lark grammar text (llguidance's dialect, in which `%json` embeds a schema)."""
-    match spec.kind:
-        case "gbnf" | "lark":
-            return spec.source
-        case "json_schema":
-            return f"start: %json {spec.source}"
-        case "regex":
-            return f"start: /{spec.source.replace('/', chr(92) + '/')}/"
-    return "start: " + " | ".join(json.dumps(choice) for choice in json.loads(spec.source))

@@ -18,6 +18,7 @@ from ember.server.common.field_policy import check_fields
 from ember.server.common.generation import DisconnectWatch, Generation, collect_finals
 from ember.server.common.metrics import RequestTimer, TokenCounts, perf_headers, perf_metrics
 from ember.server.common.preparation import ChatAsk, PreparedRequest
+from ember.server.common.raw_output import raw_output
 from ember.server.common.services import ServingState
 from ember.server.common.sse import DONE, event_stream, sse_data
 from ember.server.common.unsupported_fields import chat_fields
@@ -26,7 +27,6 @@ from ember.server.openai.generation_fields import (
     as_response_format,
     check_output_constraint,
     output_constraint,
-    raw_output,
     refuse_streamed_prompt_logprobs,
     vllm_prompt_logprobs,
 )
