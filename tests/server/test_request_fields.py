@@ -225,10 +225,16 @@ CHAT_PROBES: dict[str, Probe] = {
     "parallel_tool_calls": _probe_parallel_tool_calls,
     "reasoning_effort": _on_thinking_template(reasoning_effort="none"),
     "echo": _probe_chat_echo,
+    "thinking": _on_thinking_template(thinking={"type": "disabled"}),
     "functions": _probe_deprecated("functions", [{"name": "f", "parameters": {}}]),
     "function_call": _probe_deprecated("function_call", "auto"),
 }
-THINKING_PROBES = {("chat", "chat_template_kwargs"), ("chat", "reasoning_effort"), ("messages", "thinking")}
+THINKING_PROBES = {
+    ("chat", "chat_template_kwargs"),
+    ("chat", "reasoning_effort"),
+    ("chat", "thinking"),
+    ("messages", "thinking"),
+}
 
 
 # -- /v1/messages ------------------------------------------------------------------------------------------

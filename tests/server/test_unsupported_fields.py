@@ -127,6 +127,18 @@ def test_bad_or_conflicting_constraints_name_their_fields(
             assert all(name in error["message"] for name in extra)
 
 
+def test_two_names_of_one_setting_must_agree(api: httpx.Client) -> None:
+    chat, completions = BASES["/chat/completions"], BASES["/completions"]
+    for path, extra, param in (
+        ("/chat/completions", {"thinking": {"type": "enabled"}, "reasoning_effort": "low"}, "thinking"),
+        ("/chat/completions", {"max_tokens": 4, "n_predict": 5}, "n_predict"),
+        ("/completions", {"logprobs": 1, "top_logprobs": 2}, "top_logprobs"),
+    ):
+        body = {**(chat if path == "/chat/completions" else completions), **extra}
+        response = api.post(path, json=body)
+        assert response.status_code == 400 and response.json()["error"]["param"] == param, response.text
+
+
 def test_the_same_constraint_twice_is_one_constraint(api: httpx.Client) -> None:
     body = {**BASES["/completions"], "guided_regex": "[0-9]{3}", "structured_outputs": {"regex": "[0-9]{3}"}}
     body["max_tokens"] = 8

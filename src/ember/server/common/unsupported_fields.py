@@ -137,7 +137,6 @@ def chat_fields() -> dict[str, KnownField]:
         "include_reasoning": KnownField(VLLM, (None, True)),
         "best_of": KnownField(VLLM, (None, 1), instead="best_of is a /v1/completions parameter"),
         "echo_last": KnownField(FIREWORKS, instead="echo_last is a /v1/completions parameter"),
-        "thinking": KnownField(FIREWORKS, instead="send reasoning_effort"),
         "reasoning_format": KnownField(LLAMA_CPP, (None, "auto", "deepseek")),  # ember splits reasoning off
     }
 

@@ -10,7 +10,7 @@ from pydantic import ConfigDict, Field, WithJsonSchema, field_validator, model_v
 from ember.engine.sampling_params import MAX_LOGPROBS
 from ember.server.common.errors import invalid_request
 from ember.server.common.protocol import APIModel, NonNegativeInt, SamplingRequest
-from ember.server.common.schema_docs import CHAT_CONTENT, OPENAI_TOOL_CHOICE, OPENAI_TOOLS
+from ember.server.common.schema_docs import ANTHROPIC_THINKING, CHAT_CONTENT, OPENAI_TOOL_CHOICE, OPENAI_TOOLS
 
 CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
 
@@ -149,6 +149,8 @@ class ChatCompletionRequest(GenerationRequest):
     tool_choice: Annotated[Any, WithJsonSchema(OPENAI_TOOL_CHOICE)] = None
     parallel_tool_calls: bool | None = None
     reasoning_effort: str | bool | None = None
+    # Fireworks' Anthropic-style switch of the same: {"type": "enabled" | "disabled", "budget_tokens": n}.
+    thinking: Annotated[dict[str, Any] | None, WithJsonSchema(ANTHROPIC_THINKING)] = None
     echo: bool | None = (
         None  # vLLM: the reply starts with the final message's text when it has the reply's role
     )
@@ -157,6 +159,24 @@ class ChatCompletionRequest(GenerationRequest):
     function_call: Any = None
 
     UNSUPPORTED: ClassVar[tuple[str, ...]] = ("functions", "function_call")
+
+    def reasoning_switch(self) -> str | bool | None:
+        """reasoning_effort, or Fireworks' `thinking` as one (enabled: on, disabled: off); both is a 400."""
+        if self.thinking is None:
+            return self.reasoning_effort
+        if self.reasoning_effort is not None:
+            raise invalid_request("send thinking or reasoning_effort, not both", param="thinking")
+        kind = self.thinking.get("type")
+        budget = self.thinking.get("budget_tokens")
+        if kind == "disabled":
+            return False
+        if kind != "enabled":
+            raise invalid_request(
+                f"thinking.type must be 'enabled' or 'disabled', got {kind!r}", param="thinking"
+            )
+        if budget is not None and (not isinstance(budget, int) or isinstance(budget, bool) or budget < 1):
+            raise invalid_request("thinking.budget_tokens must be a positive integer", param="thinking")
+        return True
 
     def wants_logprobs(self) -> bool:
         return self.logprobs is not None and self.logprobs is not False

@@ -50,11 +50,12 @@ def chat_ask(
     own field overrides; `constraint`: its output constraint (output_constraint), whichever field set it."""
     wants_logprobs = body.wants_logprobs()
     sampling = as_response_format(body, constraint)
+    # The plan's refusals name the field the client used.
     param_names = {}
     if constraint is not None and constraint.param != "response_format":
-        param_names["response_format"] = (
-            constraint.param
-        )  # the plan's refusals name the field the client used
+        param_names["response_format"] = constraint.param
+    if body.thinking is not None:
+        param_names["reasoning_effort"] = "thinking"
     return ChatAsk(
         model=body.model,
         inputs=functools.partial(_chat_inputs, sampling, generic_tools, constraint),
@@ -90,7 +91,7 @@ def _chat_inputs(
         tools=body.tools,
         tool_choice=body.tool_choice,
         parallel_tool_calls=body.parallel_tool_calls is not False,
-        reasoning_effort=body.reasoning_effort,
+        reasoning_effort=body.reasoning_switch(),
         response_format=body.response_format,
         template_kwargs=body.chat_template_kwargs,
         add_generation_prompt=body.add_generation_prompt,
