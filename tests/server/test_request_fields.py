@@ -164,6 +164,15 @@ def _on_thinking_template(**fields: Any) -> Probe:
     return probe
 
 
+def _probe_include_reasoning(route: Route) -> None:
+    # The thinking template opens <think> and the tiny model never closes it: the whole reply is reasoning.
+    assert route.ok()["choices"][0]["message"]["reasoning_content"]
+    hidden = route.ok(include_reasoning=False)["choices"][0]["message"]
+    assert "reasoning_content" not in hidden and not hidden["content"]
+    streamed = route.stream(include_reasoning=False)
+    assert not any("reasoning_content" in c["choices"][0]["delta"] for c in streamed if c["choices"])
+
+
 def _calls(route: Route, **fields: Any) -> list[Any]:
     return route.ok(max_tokens=64, tools=TOOLS, **fields)["choices"][0]["message"].get("tool_calls") or []
 
@@ -226,6 +235,7 @@ CHAT_PROBES: dict[str, Probe] = {
     "reasoning_effort": _on_thinking_template(reasoning_effort="none"),
     "echo": _probe_chat_echo,
     "thinking": _on_thinking_template(thinking={"type": "disabled"}),
+    "include_reasoning": _probe_include_reasoning,
     "functions": _probe_deprecated("functions", [{"name": "f", "parameters": {}}]),
     "function_call": _probe_deprecated("function_call", "auto"),
 }
@@ -233,6 +243,7 @@ THINKING_PROBES = {
     ("chat", "chat_template_kwargs"),
     ("chat", "reasoning_effort"),
     ("chat", "thinking"),
+    ("chat", "include_reasoning"),
     ("messages", "thinking"),
 }
 

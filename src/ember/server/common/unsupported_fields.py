@@ -134,7 +134,6 @@ def chat_fields() -> dict[str, KnownField]:
         "chat_template": KnownField(VLLM, instead="the model's own chat template is always used"),
         "mm_processor_kwargs": KnownField(VLLM),
         "media_io_kwargs": KnownField(VLLM),
-        "include_reasoning": KnownField(VLLM, (None, True)),
         "best_of": KnownField(VLLM, (None, 1), instead="best_of is a /v1/completions parameter"),
         "echo_last": KnownField(FIREWORKS, instead="echo_last is a /v1/completions parameter"),
         "reasoning_format": KnownField(LLAMA_CPP, (None, "auto", "deepseek")),  # ember splits reasoning off

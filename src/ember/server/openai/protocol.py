@@ -151,9 +151,9 @@ class ChatCompletionRequest(GenerationRequest):
     reasoning_effort: str | bool | None = None
     # Fireworks' Anthropic-style switch of the same: {"type": "enabled" | "disabled", "budget_tokens": n}.
     thinking: Annotated[dict[str, Any] | None, WithJsonSchema(ANTHROPIC_THINKING)] = None
-    echo: bool | None = (
-        None  # vLLM: the reply starts with the final message's text when it has the reply's role
-    )
+    include_reasoning: bool | None = None  # vLLM: false leaves reasoning_content out of the reply
+    # vLLM: the reply starts with the final message's text when that message has the reply's role.
+    echo: bool | None = None
     # The deprecated single-function API: clients are told to send tools instead.
     functions: list[Any] | None = None
     function_call: Any = None

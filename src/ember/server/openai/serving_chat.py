@@ -164,7 +164,7 @@ class _ChatBuilder:
     def _choice(self, final: RequestOutput, seq: CompletionOutput) -> dict[str, Any]:
         reply = self.reader.parse(seq.text)
         message: dict[str, Any] = {"role": "assistant", "content": reply.content}
-        if reply.reasoning_content is not None:
+        if reply.reasoning_content is not None and self.body.include_reasoning is not False:
             message["reasoning_content"] = reply.reasoning_content
         if reply.tool_calls:
             message["tool_calls"] = [tool_call_dict(call) for call in reply.tool_calls]
@@ -235,6 +235,8 @@ class _ChatBuilder:
         deltas = stream.feed(seq.delta_text)
         if piece.finish_reason:
             deltas += stream.finish()
+        if self.body.include_reasoning is False:  # vLLM: the reasoning is split off, and not sent
+            deltas = [delta for delta in deltas if not delta.reasoning_content]
         return coalesced_deltas(deltas), chat_finish_reason(seq.finish_reason, stream.num_tool_calls)
 
     def _piece_chunks(
