@@ -301,7 +301,7 @@ class Preparation:
             logprobs=ask.logprobs,
             prompt_logprobs=ask.prompt_logprobs,
             structured=plan.structured,
-            speculation=speculation_params(ask.sampling, self.encoder),
+            speculation=_speculation(ask.sampling, self.encoder),
         )
         params.include_stop_str_in_output = ask.include_stop_str_in_output
         if plan.stop:
@@ -350,7 +350,7 @@ class Preparation:
             echoes.append(echo)
             if i == 0:  # checked once, after the first prompt (as each prompt's SamplingParams used to)
                 structured = response_format_spec(ask.sampling.response_format)
-                speculation = speculation_params(ask.sampling, self.encoder)
+                speculation = _speculation(ask.sampling, self.encoder)
             params = build_sampling_params(
                 ask.sampling,
                 self.limits,
@@ -382,6 +382,13 @@ def _prompt_logprobs(ask: PromptsAsk, echo: PromptEcho | None) -> int | None:
     counts = [ask.prompt_logprobs, ask.logprobs if echo is not None else None]
     present = [count for count in counts if count is not None]
     return max(present) if present else None
+
+
+def _speculation(sampling: SamplingRequest, encoder: PromptEncoder) -> SpeculationParams | None:
+    """The request's own speculation settings; None (the server's) for the many that bring none."""
+    if sampling.prediction is None and sampling.prompt_lookup is None:
+        return None
+    return speculation_params(sampling, encoder)
 
 
 def _request_id(headers: Mapping[str, str], generated: str) -> str:
