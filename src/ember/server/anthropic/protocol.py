@@ -219,7 +219,7 @@ class CountTokensRequest(APIModel):
             fields["output_config.format"] = self.output_config.format
         if self.output_format is not None:
             fields["output_format"] = self.output_format
-        return requested_constraint(fields)
+        return requested_constraint(fields) if fields else None
 
 
 class MessagesRequest(CountTokensRequest):

@@ -100,7 +100,8 @@ class MessagesServing:
         self.known_fields = messages_fields()
 
     def _check_fields(self, route: str, body: CountTokensRequest) -> None:
-        check_fields(route, body.model_extra, self.known_fields, self.state.unknown_fields)
+        if body.model_extra:
+            check_fields(route, body.model_extra, self.known_fields, self.state.unknown_fields)
 
     async def count_tokens(self, body: CountTokensRequest) -> dict[str, int]:
         self._check_fields("/v1/messages/count_tokens", body)

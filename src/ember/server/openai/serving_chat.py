@@ -49,7 +49,7 @@ def chat_ask(
     """The request as the preparation step takes it; `generic_tools`: the server's setting, which the body's
     own field overrides; `constraint`: its output constraint (output_constraint), whichever field set it."""
     wants_logprobs = body.wants_logprobs()
-    sampling = as_response_format(body, constraint)
+    sampling = body if constraint is None else as_response_format(body, constraint)
     # The plan's refusals name the field the client used.
     param_names = {}
     if constraint is not None and constraint.param != "response_format":
@@ -75,7 +75,8 @@ def _chat_inputs(
 ) -> ChatInputs:
     """The plan's inputs (on the preparation thread: a long conversation converts there), after the refusals
     only a chat body can have."""
-    check_output_constraint(constraint)
+    if constraint is not None:
+        check_output_constraint(constraint)
     for name in body.UNSUPPORTED:
         if getattr(body, name) not in (None, []):
             raise invalid_request(
@@ -107,9 +108,15 @@ class ChatServing:
 
     async def create(self, body: ChatCompletionRequest, http: Request) -> Response:
         timer = RequestTimer()
-        check_fields("/v1/chat/completions", body.model_extra, self.known_fields, self.state.unknown_fields)
-        refuse_streamed_prompt_logprobs(body)
-        ask = chat_ask(body, self.state.config.generic_tools, output_constraint(body))
+        # A plain chat visits none of the field-policy and constraint modules (#18 counts files per request).
+        if body.model_extra:
+            check_fields(
+                "/v1/chat/completions", body.model_extra, self.known_fields, self.state.unknown_fields
+            )
+        if body.prompt_logprobs is not None:
+            refuse_streamed_prompt_logprobs(body)
+        constraint = output_constraint(body) if body.constraint_fields() else None
+        ask = chat_ask(body, self.state.config.generic_tools, constraint)
         watch = DisconnectWatch(http, self.state.engine)
         try:
             prepared = await self.state.preparation.chat(ask, http.headers, watch)

@@ -53,7 +53,7 @@ def prompts_ask(body: CompletionRequest, constraint: RequestedConstraint | None 
     return PromptsAsk(
         model=body.model,
         prompts=functools.partial(_prompts, body, constraint),
-        sampling=as_response_format(body, constraint),
+        sampling=body if constraint is None else as_response_format(body, constraint),
         max_tokens=budget,
         behavior=body.context_length_exceeded_behavior or "truncate",
         best_of=body.best_of,
@@ -69,7 +69,8 @@ def prompts_ask(body: CompletionRequest, constraint: RequestedConstraint | None 
 def _prompts(body: CompletionRequest, constraint: RequestedConstraint | None = None) -> list[str | list[int]]:
     """The prompts (on the preparation thread: a long token list is copied there), after the refusals only a
     completion body can have."""
-    check_output_constraint(constraint)
+    if constraint is not None:
+        check_output_constraint(constraint)
     if body.suffix:
         raise invalid_request(
             "suffix is not supported by this server", param="suffix", code="unsupported_parameter"
@@ -89,9 +90,11 @@ class CompletionServing:
 
     async def create(self, body: CompletionRequest, http: Request) -> Response:
         timer = RequestTimer()
-        check_fields("/v1/completions", body.model_extra, self.known_fields, self.state.unknown_fields)
-        refuse_streamed_prompt_logprobs(body)
-        ask = prompts_ask(body, output_constraint(body))
+        if body.model_extra:
+            check_fields("/v1/completions", body.model_extra, self.known_fields, self.state.unknown_fields)
+        if body.prompt_logprobs is not None:
+            refuse_streamed_prompt_logprobs(body)
+        ask = prompts_ask(body, output_constraint(body) if body.constraint_fields() else None)
         watch = DisconnectWatch(http, self.state.engine)
         try:
             prepared = await self.state.preparation.prompts(ask, http.headers, watch)

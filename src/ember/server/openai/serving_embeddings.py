@@ -46,7 +46,8 @@ class EmbeddingServing:
 
     async def create(self, body: EmbeddingRequest, http: Request) -> dict[str, Any]:
         state = self.state
-        check_fields("/v1/embeddings", body.model_extra, self.known_fields, state.unknown_fields)
+        if body.model_extra:
+            check_fields("/v1/embeddings", body.model_extra, self.known_fields, state.unknown_fields)
         model = state.models.resolve(body.model)
         inputs = body.inputs()
         if not inputs:
