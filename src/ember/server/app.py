@@ -35,6 +35,8 @@ from ember.server.openai.serving_chat import ChatServing
 from ember.server.openai.serving_completions import CompletionServing
 from ember.server.openai.serving_embeddings import EmbeddingServing
 from ember.server.openai.serving_tokenize import TokenizeServing
+from ember.server.responses import routes as responses_routes
+from ember.server.responses.serving import responses_serving
 
 if TYPE_CHECKING:
     from ember.engine.async_engine import AsyncEngine
@@ -132,9 +134,10 @@ def build_app(
         adapters=adapter_serving,
         files=None if tuning is None else FilesServing(tuning),
         jobs=None if tuning is None else JobsServing(tuning),
+        responses=responses_serving(state, None if fine_tuning is None else fine_tuning.data_dir),
     )
     for prefix in API_PREFIXES:
-        for routes in (openai_routes, anthropic_routes, fine_tuning_routes, admin_routes):
+        for routes in (openai_routes, anthropic_routes, fine_tuning_routes, admin_routes, responses_routes):
             app.include_router(routes.router, prefix=prefix, include_in_schema=prefix == API_PREFIXES[0])
     app.include_router(admin_routes.root_router)
     install_docs(app, API_DESCRIPTION)

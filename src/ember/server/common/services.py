@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from ember.server.openai.serving_completions import CompletionServing
     from ember.server.openai.serving_embeddings import EmbeddingServing
     from ember.server.openai.serving_tokenize import TokenizeServing
+    from ember.server.responses.serving import ResponsesServing
 
 
 @dataclass(frozen=True)
@@ -54,11 +55,16 @@ class Services:
     adapters: AdapterServing
     files: FilesServing | None = None  # None: the server runs without a data directory
     jobs: JobsServing | None = None
+    responses: ResponsesServing | None = None
 
     def require_files(self) -> FilesServing:
         if self.files is None:
             raise _tuning_disabled()
         return self.files
+
+    def require_responses(self) -> ResponsesServing:
+        assert self.responses is not None  # build_app always makes one (in memory without a data directory)
+        return self.responses
 
     def require_jobs(self) -> JobsServing:
         if self.jobs is None:
