@@ -15,9 +15,11 @@ import numpy as np
 from fastapi import Request
 
 from ember.server.common.errors import APIError, invalid_request
+from ember.server.common.field_policy import check_fields
 from ember.server.common.generation import ClientLeft, DisconnectWatch
 from ember.server.common.preparation import CONTEXT_LENGTH_EXCEEDED, new_id
 from ember.server.common.services import ServingState
+from ember.server.common.unsupported_fields import embeddings_fields
 from ember.server.openai.protocol import EmbeddingRequest
 
 
@@ -40,9 +42,12 @@ def encode_vector(vector: list[float], encoding_format: str) -> list[float] | st
 class EmbeddingServing:
     def __init__(self, state: ServingState) -> None:
         self.state = state
+        self.known_fields = embeddings_fields()
 
     async def create(self, body: EmbeddingRequest, http: Request) -> dict[str, Any]:
         state = self.state
+        if body.model_extra:
+            check_fields("/v1/embeddings", body.model_extra, self.known_fields, state.unknown_fields)
         model = state.models.resolve(body.model)
         inputs = body.inputs()
         if not inputs:
