@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from fastapi import Request
 
 from ember.server.common.config import ServerConfig
 from ember.server.common.errors import APIError
+from ember.server.common.field_policy import UnknownFieldLog
 from ember.server.common.metrics import ServerMetrics
 from ember.server.common.preparation import Preparation
 from ember.server.common.served_models import ServedModels
@@ -36,6 +37,7 @@ class ServingState:
     models: ServedModels
     preparation: Preparation  # every request's prompt ids and SamplingParams, built off the event loop
     metrics: ServerMetrics
+    unknown_fields: UnknownFieldLog = field(default_factory=UnknownFieldLog)  # body fields logged once each
 
     @property
     def max_model_len(self) -> int:

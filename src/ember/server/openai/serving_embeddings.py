@@ -15,9 +15,11 @@ import numpy as np
 from fastapi import Request
 
 from ember.server.common.errors import APIError, invalid_request
+from ember.server.common.field_policy import check_fields
 from ember.server.common.generation import ClientLeft, DisconnectWatch, EngineWatch
 from ember.server.common.preparation import CONTEXT_LENGTH_EXCEEDED, new_id
 from ember.server.common.services import ServingState
+from ember.server.common.unsupported_fields import embeddings_fields
 from ember.server.openai.protocol import EmbeddingRequest
 
 
@@ -40,6 +42,7 @@ def encode_vector(vector: list[float], encoding_format: str) -> list[float] | st
 class EmbeddingServing:
     def __init__(self, state: ServingState) -> None:
         self.state = state
+        self.known_fields = embeddings_fields()
 
     async def create(self, body: EmbeddingRequest, http: Request) -> dict[str, Any]:
         return await self.answer(body, DisconnectWatch(http, self.state.engine))
@@ -48,6 +51,8 @@ class EmbeddingServing:
         """The embeddings list, its engine request at the watch's priority; the watch is closed at the end."""
         state = self.state
         try:
+            if body.model_extra:
+                check_fields("/v1/embeddings", body.model_extra, self.known_fields, state.unknown_fields)
             model = state.models.resolve(body.model)
             inputs = body.inputs()
             if not inputs:
