@@ -107,6 +107,7 @@ def test_chat_batch_output_matches_the_live_route_and_bad_lines_go_to_the_error_
         chat_line("bad-max-tokens", "Hi", max_tokens=-1),
         chat_line("bad-model", "Hi", model="no-such-model"),
         chat_line("streamed", "Hi", stream=True),
+        chat_line("mirostat", "Hi", mirostat=2),  # a field the live route refuses: refused here too
         chat_line("q-2", "Say hello.", max_tokens=5),
     ]
     upload = client.files.create(file=as_file(lines, "requests.jsonl"), purpose="batch")
@@ -118,7 +119,7 @@ def test_chat_batch_output_matches_the_live_route_and_bad_lines_go_to_the_error_
         metadata={"job": "eval-1"},
     )
     assert batch.object == "batch" and batch.status in ("validating", "in_progress")
-    assert batch.request_counts is not None and batch.request_counts.total == 6
+    assert batch.request_counts is not None and batch.request_counts.total == 7
     assert batch.expires_at == batch.created_at + 24 * 3600 and batch.metadata == {"job": "eval-1"}
 
     # a live request while the batch runs is served
@@ -130,7 +131,7 @@ def test_chat_batch_output_matches_the_live_route_and_bad_lines_go_to_the_error_
     done = finished(client, batch.id)
     assert done.status == "completed" and done.completed_at is not None
     assert done.request_counts is not None
-    assert (done.request_counts.completed, done.request_counts.failed) == (3, 3)
+    assert (done.request_counts.completed, done.request_counts.failed) == (3, 4)
     assert done.usage is not None and done.usage.output_tokens > 0
 
     outputs = {row["custom_id"]: row for row in file_lines(client, done.output_file_id)}
@@ -147,8 +148,9 @@ def test_chat_batch_output_matches_the_live_route_and_bad_lines_go_to_the_error_
         assert batched["usage"]["completion_tokens"] == answer.usage.completion_tokens  # type: ignore[union-attr]
 
     errors = {row["custom_id"]: row for row in file_lines(client, done.error_file_id)}
-    assert list(errors) == ["bad-max-tokens", "bad-model", "streamed"]
+    assert list(errors) == ["bad-max-tokens", "bad-model", "streamed", "mirostat"]
     assert errors["streamed"]["response"]["body"]["error"]["param"] == "stream"
+    assert errors["mirostat"]["response"]["body"]["error"]["param"] == "mirostat"
     too_few = errors["bad-max-tokens"]["response"]
     assert too_few["status_code"] == 400 and too_few["body"]["error"]["param"] == "max_tokens"
     unknown = errors["bad-model"]["response"]
