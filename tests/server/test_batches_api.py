@@ -26,6 +26,7 @@ from fine_tuning_server import (
     wait_for,
     write_tiny_model,
 )
+from live_server import RunningServer
 
 from ember.server.batches.store import DB_FILE, BatchStore
 from ember.server.common.preparation import Preparation
@@ -452,3 +453,12 @@ def test_fireworks_batch_inference_job_over_datasets(server: TuningServer) -> No
     with pytest.raises(fireworks.NotFoundError):
         client.batch_inference_jobs.get("bij-one")
     assert httpx.get(f"{base}/bij-output").status_code == 200  # the results outlive the job
+
+
+def test_a_server_without_a_data_directory_says_batches_need_one(tiny_server: RunningServer) -> None:
+    client = openai.OpenAI(base_url=tiny_server.openai_base, api_key="unused", max_retries=0)
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.batches.list()
+    assert "--data-dir" in missing.value.message
+    response = httpx.get(f"{tiny_server.url}/v1/accounts/fireworks/batchInferenceJobs")
+    assert response.status_code == 404 and response.json()["error"]["code"] == "fine_tuning_disabled"
