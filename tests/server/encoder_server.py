@@ -1,0 +1,34 @@
+"""A live server on the tiny random chat model with the bundled all-MiniLM-L6-v2 as its embedding model."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from functools import cache
+
+import pytest
+from live_server import TINY_MODEL, RunningServer, serve_in_thread, tiny_engine
+
+from ember.models.encoder.default_encoder import default_encoder_path
+from ember.models.encoder.encoder_model import EncoderModel
+from ember.models.encoder.loader import load_encoder
+from ember.server.app import build_app
+from ember.server.common.config import ServerConfig
+
+ENCODER = "all-MiniLM-L6-v2"
+ENCODER_ID = f"accounts/fireworks/models/{ENCODER}"
+EMBEDDING_CAP = 2_000  # max_embedding_tokens of this server
+
+
+@cache
+def bundled_encoder() -> EncoderModel:
+    return load_encoder(default_encoder_path())
+
+
+@pytest.fixture(scope="module")
+def encoder_server() -> Iterator[RunningServer]:
+    engine = tiny_engine()
+    config = ServerConfig(model_name=TINY_MODEL, max_embedding_tokens=EMBEDDING_CAP, max_embedding_inputs=32)
+    server, thread, url = serve_in_thread(build_app(engine, config, None, bundled_encoder()))
+    running = RunningServer(engine, config, url, server, thread)
+    yield running
+    running.stop()

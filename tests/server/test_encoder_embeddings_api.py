@@ -1,0 +1,83 @@
+"""/v1/embeddings with an embedding model beside the chat model, through the OpenAI SDK: routed by name (the
+encoder's vectors equal the model's own, the chat model keeps its mean-pooled path), an omitted model is the
+encoder, /v1/models lists it, and bad input is a 400 naming the parameter."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+import torch
+from encoder_server import EMBEDDING_CAP, ENCODER, ENCODER_ID, bundled_encoder, encoder_server  # noqa: F401
+from live_server import TINY_MODEL, RunningServer
+
+TEXTS = ["A man is eating food.", "Embeddings turn text into vectors.", "x"]
+
+
+def client(server: RunningServer) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+
+
+def test_models_lists_the_embedding_model_beside_the_chat_model(encoder_server: RunningServer) -> None:
+    models = {m.id: m for m in client(encoder_server).models.list().data}
+    assert f"accounts/fireworks/models/{TINY_MODEL}" in models and ENCODER_ID in models
+    card = client(encoder_server).models.retrieve(ENCODER).model_dump()
+    assert card["id"] == ENCODER_ID and card["context_length"] == 256 and card["task"] == "embed"
+    assert "sentence-transformers/all-MiniLM-L6-v2" in card["aliases"]
+
+
+@pytest.mark.parametrize("name", [ENCODER, ENCODER_ID, "sentence-transformers/all-MiniLM-L6-v2"])
+def test_the_encoder_serves_its_own_vectors_under_each_name(encoder_server: RunningServer, name: str) -> None:
+    result = client(encoder_server).embeddings.create(model=name, input=TEXTS)  # the SDK asks for base64
+    got = torch.tensor([d.embedding for d in result.data])
+    model = bundled_encoder()
+    expected = torch.tensor(model.embed([model.encode(t) for t in TEXTS]))
+    assert result.model == name and got.shape == (3, 384)
+    assert torch.nn.functional.cosine_similarity(got, expected).min().item() >= 0.99999
+    assert result.usage.prompt_tokens == sum(len(model.encode(t)) for t in TEXTS)
+
+
+def test_an_omitted_model_is_the_encoder_and_the_chat_model_keeps_its_path(
+    encoder_server: RunningServer,
+) -> None:
+    omitted = httpx.post(f"{encoder_server.url}/v1/embeddings", json={"input": "hello"}, timeout=60).json()
+    assert omitted["model"] == ENCODER_ID and len(omitted["data"][0]["embedding"]) == 384
+    chat = client(encoder_server).embeddings.create(model=TINY_MODEL, input="hello")
+    assert len(chat.data[0].embedding) == encoder_server.engine.model_config.hidden_size
+
+
+def test_dimensions_and_token_id_inputs(encoder_server: RunningServer) -> None:
+    short = client(encoder_server).embeddings.create(model=ENCODER, input="hello world", dimensions=64)
+    vector = torch.tensor(short.data[0].embedding)
+    assert vector.shape == (64,) and vector.norm().item() == pytest.approx(1.0, abs=1e-5)
+    ids = bundled_encoder().encode("hello world")
+    by_ids = client(encoder_server).embeddings.create(model=ENCODER, input=[ids])
+    by_text = client(encoder_server).embeddings.create(model=ENCODER, input="hello world")
+    assert by_ids.data[0].embedding == pytest.approx(by_text.data[0].embedding, abs=1e-6)
+
+
+def _error(server: RunningServer, body: dict) -> dict:
+    reply = httpx.post(f"{server.url}/v1/embeddings", json=body, timeout=60)
+    assert reply.status_code == 400, reply.text
+    return reply.json()["error"]
+
+
+def test_bad_inputs_are_400s_naming_the_parameter(encoder_server: RunningServer) -> None:
+    too_long = _error(encoder_server, {"model": ENCODER, "input": ["fine", "word " * 300]})
+    assert too_long["param"] == "input[1]" and too_long["code"] == "context_length_exceeded"
+    assert "at most 256 tokens" in too_long["message"]
+    over_cap = _error(encoder_server, {"model": ENCODER, "input": ["word " * 200] * 12})
+    assert over_cap["param"] == "input" and f"limit of {EMBEDDING_CAP} tokens" in over_cap["message"]
+    bad_id = _error(encoder_server, {"model": ENCODER, "input": [[101, 30522, 102]]})
+    assert bad_id["param"] == "input" and "outside the vocabulary" in bad_id["message"]
+    assert _error(encoder_server, {"model": ENCODER, "input": ""})["param"] == "input"
+    assert (
+        _error(encoder_server, {"model": ENCODER, "input": "a", "dimensions": 385})["param"] == "dimensions"
+    )
+    chat = httpx.post(
+        f"{encoder_server.url}/v1/chat/completions",
+        json={"model": ENCODER, "messages": [{"role": "user", "content": "hi"}]},
+        timeout=60,
+    )
+    assert chat.status_code == 400 and "embedding model" in chat.json()["error"]["message"]
+    assert httpx.get(f"{encoder_server.url}/health", timeout=10).status_code == 200
