@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from functools import cache
 
-import pytest
 from live_server import TINY_MODEL, RunningServer, serve_in_thread, tiny_engine
 
 from ember.models.encoder.default_encoder import default_encoder_path
@@ -24,8 +23,8 @@ def bundled_encoder() -> EncoderModel:
     return load_encoder(default_encoder_path())
 
 
-@pytest.fixture(scope="module")
-def encoder_server() -> Iterator[RunningServer]:
+def running_encoder_server() -> Iterator[RunningServer]:
+    """For a test module's fixture: `yield from running_encoder_server()`."""
     engine = tiny_engine()
     config = ServerConfig(model_name=TINY_MODEL, max_embedding_tokens=EMBEDDING_CAP, max_embedding_inputs=32)
     server, thread, url = serve_in_thread(build_app(engine, config, None, bundled_encoder()))

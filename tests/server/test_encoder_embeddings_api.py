@@ -4,14 +4,21 @@ encoder, /v1/models lists it, and bad input is a 400 naming the parameter."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import httpx
 import openai
 import pytest
 import torch
-from encoder_server import EMBEDDING_CAP, ENCODER, ENCODER_ID, bundled_encoder, encoder_server  # noqa: F401
+from encoder_server import EMBEDDING_CAP, ENCODER, ENCODER_ID, bundled_encoder, running_encoder_server
 from live_server import TINY_MODEL, RunningServer
 
 TEXTS = ["A man is eating food.", "Embeddings turn text into vectors.", "x"]
+
+
+@pytest.fixture(scope="module")
+def encoder_server() -> Iterator[RunningServer]:
+    yield from running_encoder_server()
 
 
 def client(server: RunningServer) -> openai.OpenAI:

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 
 import httpx
 import pytest
-from encoder_server import ENCODER, ENCODER_ID, encoder_server  # noqa: F401
+from encoder_server import ENCODER, ENCODER_ID, running_encoder_server
 from live_server import TINY_MODEL, RunningServer
 
 from ember.server.openai.llm_relevance import DEFAULT_TASK, JUDGE_INSTRUCTION
@@ -90,6 +91,11 @@ RELEVANCE_SET = [
         ],
     ),
 ]
+
+
+@pytest.fixture(scope="module")
+def encoder_server() -> Iterator[RunningServer]:
+    yield from running_encoder_server()
 
 
 def post(server: RunningServer, path: str, body: dict) -> httpx.Response:
