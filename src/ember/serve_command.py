@@ -85,17 +85,17 @@ def serve_from_args(args: argparse.Namespace) -> int:
         print(f"ember serve: {error}", file=sys.stderr)
         return 2
     threads = configure_torch_threads(args.threads)
+    try:  # first: a bad --embedding-model fails before the chat model's longer load
+        embedding_model = load_embedding_model(args.embedding_model)
+    except ModelLoadError as error:
+        print(f"ember serve: cannot load the embedding model: {error}", file=sys.stderr)
+        return 1
     try:
         loaded = load_model(
             LoadConfig(args.model, args.weight_format, args.device, quantization=args.quantization)
         )
     except ModelLoadError as error:  # the user's file, not our bug: one line, no traceback
         print(f"ember serve: cannot load the model: {error}", file=sys.stderr)
-        return 1
-    try:
-        embedding_model = load_embedding_model(args.embedding_model)
-    except ModelLoadError as error:
-        print(f"ember serve: cannot load the embedding model: {error}", file=sys.stderr)
         return 1
     try:
         speculation = SpeculationConfig(
