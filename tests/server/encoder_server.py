@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from functools import cache
+from pathlib import Path
 
+import torch
 from live_server import TINY_MODEL, RunningServer, serve_in_thread, tiny_engine
 
 from ember.models.encoder.default_encoder import default_encoder_path
@@ -31,3 +34,21 @@ def running_encoder_server() -> Iterator[RunningServer]:
     running = RunningServer(engine, config, url, server, thread)
     yield running
     running.stop()
+
+
+def write_tiny_cross_encoder(folder: Path) -> None:
+    """A random one-label BertForSequenceClassification saved by transformers, with MiniLM's tokenizer."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=48,
+        max_position_embeddings=64,
+        num_labels=1,
+    )
+    BertForSequenceClassification(config).save_pretrained(folder, safe_serialization=True)
+    shutil.copy(Path(default_encoder_path()) / "tokenizer.json", folder / "tokenizer.json")

@@ -8,12 +8,16 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
-from encoder_server import ENCODER, ENCODER_ID, running_encoder_server
-from live_server import TINY_MODEL, RunningServer
+from encoder_server import ENCODER, ENCODER_ID, running_encoder_server, write_tiny_cross_encoder
+from live_server import TINY_MODEL, RunningServer, serve_in_thread, tiny_engine
 
+from ember.models.encoder.loader import load_encoder
+from ember.server.app import build_app
+from ember.server.common.config import ServerConfig
 from ember.server.openai.llm_relevance import DEFAULT_TASK, JUDGE_INSTRUCTION
 
 # (query, relevant document, distractors): the distractors share the topic's words or its shape.
@@ -258,3 +262,36 @@ def test_an_unknown_model_is_a_404(encoder_server: RunningServer) -> None:
     reply = post(encoder_server, "rerank", {"model": "no-such-model", "query": "q", "documents": ["d"]})
     assert reply.status_code == 404 and reply.json()["error"]["code"] == "model_not_found"
     assert httpx.get(f"{encoder_server.url}/health", timeout=10).status_code == 200
+
+
+def test_a_cross_encoder_scores_each_pair_itself(tmp_path: Path) -> None:
+    write_tiny_cross_encoder(tmp_path / "tiny-reranker")
+    engine = tiny_engine()
+    model = load_encoder(tmp_path / "tiny-reranker")
+    server, thread, url = serve_in_thread(build_app(engine, ServerConfig(model_name=TINY_MODEL), None, model))
+    try:
+        documents = ["ember serves models", "a much longer document about something else entirely"]
+        reply = httpx.post(
+            f"{url}/v1/score", json={"text_1": "what is ember", "text_2": documents}, timeout=60
+        )
+        assert reply.status_code == 200, reply.text
+        expected = model.score_pairs([model.encode_pair("what is ember", d) for d in documents])
+        assert [d["score"] for d in reply.json()["data"]] == pytest.approx(expected, abs=1e-6)
+        assert reply.json()["model"] == "accounts/fireworks/models/tiny-reranker"
+        ranked = httpx.post(
+            f"{url}/v1/rerank",
+            json={"model": "tiny-reranker", "query": "what is ember", "documents": documents},
+        ).json()
+        assert [r["relevance_score"] for r in ranked["results"]] == pytest.approx(
+            sorted(expected, reverse=True)
+        )
+        refused = httpx.post(f"{url}/v1/embeddings", json={"model": "tiny-reranker", "input": "hi"})
+        assert refused.status_code == 400 and "cross-encoder" in refused.json()["error"]["message"]
+        # without a model, embeddings fall back to the chat model: a cross-encoder has none to give
+        assert (
+            len(httpx.post(f"{url}/v1/embeddings", json={"input": "hi"}).json()["data"][0]["embedding"])
+            == engine.model_config.hidden_size
+        )
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
