@@ -5,6 +5,7 @@ encoder, /v1/models lists it, and bad input is a 400 naming the parameter."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import openai
@@ -12,6 +13,9 @@ import pytest
 import torch
 from encoder_server import EMBEDDING_CAP, ENCODER, ENCODER_ID, bundled_encoder, running_encoder_server
 from live_server import TINY_MODEL, RunningServer
+
+from ember.models.errors import ModelLoadError
+from ember.serve_command import load_embedding_model
 
 TEXTS = ["A man is eating food.", "Embeddings turn text into vectors.", "x"]
 
@@ -88,3 +92,10 @@ def test_bad_inputs_are_400s_naming_the_parameter(encoder_server: RunningServer)
     )
     assert chat.status_code == 400 and "embedding model" in chat.json()["error"]["message"]
     assert httpx.get(f"{encoder_server.url}/health", timeout=10).status_code == 200
+
+
+def test_the_embedding_model_flag(tmp_path: Path) -> None:
+    assert load_embedding_model("none") is None and load_embedding_model("NONE") is None
+    assert load_embedding_model(None).name == ENCODER  # the bundled one
+    with pytest.raises(ModelLoadError, match="Hugging Face folder"):
+        load_embedding_model(str(tmp_path / "missing"))
