@@ -227,6 +227,16 @@ def test_the_chat_llm_judges_yes_or_no_like_qwen3_reranker(encoder_server: Runni
         log_no = _prompt_logprob_of_last(encoder_server, prompt + no)
         expected = 1.0 / (1.0 + math.exp(log_no - log_yes))
         assert result["relevance_score"] == pytest.approx(expected, abs=1e-3)
+    # more pairs than are judged at once (llm_relevance.PAIRS_IN_FLIGHT): every one is scored
+    many = post(
+        encoder_server,
+        "rerank",
+        {"model": TINY_MODEL, "query": query, "documents": [f"doc {i}" for i in range(20)]},
+    )
+    scores = [r["relevance_score"] for r in many.json()["results"]]
+    assert (
+        len(scores) == 20 and scores == sorted(scores, reverse=True) and all(0.0 <= s <= 1.0 for s in scores)
+    )
     task = post(
         encoder_server,
         "score",

@@ -29,6 +29,7 @@ JUDGE_INSTRUCTION = (
     'Note that the answer can only be "yes" or "no".'
 )
 FORCE = 100.0  # logit_bias that makes the biased token the greedy choice
+PAIRS_IN_FLIGHT = 16  # pairs judged at once (each is one engine request per round)
 
 
 @dataclass(frozen=True)
@@ -78,13 +79,15 @@ class LlmRelevance:
     ) -> list[float]:
         yes, no = self.answer_token_ids()
         salt = http.headers.get(CACHE_ISOLATION_HEADER)
-        # Two rounds, not one: the second finds the first's prompt blocks in the prefix cache.
-        log_yes = await self._forced_logprobs(pairs, yes, lora_id, salt, watch)
-        log_no = await self._forced_logprobs(pairs, no, lora_id, salt, watch)
-        return [
-            1.0 / (1.0 + math.exp(n - y)) if n - y < 700 else 0.0
-            for y, n in zip(log_yes, log_no, strict=True)
-        ]
+        scores: list[float] = []
+        # A few pairs at a time: 256 documents at once would fill the engine's waiting queue (429s for everyone).
+        for start in range(0, len(pairs), PAIRS_IN_FLIGHT):
+            chunk = pairs[start : start + PAIRS_IN_FLIGHT]
+            # Two rounds, not one: the second finds the first's prompt blocks in the prefix cache.
+            log_yes = await self._forced_logprobs(chunk, yes, lora_id, salt, watch)
+            log_no = await self._forced_logprobs(chunk, no, lora_id, salt, watch)
+            scores += [_p_yes(y, n) for y, n in zip(log_yes, log_no, strict=True)]
+        return scores
 
     async def _forced_logprobs(
         self,
@@ -114,3 +117,8 @@ class LlmRelevance:
                 )
             values.append(sequence.logprobs[0].logprob)
         return values
+
+
+def _p_yes(log_yes: float, log_no: float) -> float:
+    """P(yes) / (P(yes) + P(no)) from the two log-probabilities, without overflow."""
+    return 1.0 / (1.0 + math.exp(log_no - log_yes)) if log_no - log_yes < 700 else 0.0
