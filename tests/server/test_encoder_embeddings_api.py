@@ -77,6 +77,12 @@ def test_bad_inputs_are_400s_naming_the_parameter(encoder_server: RunningServer)
     too_long = _error(encoder_server, {"model": ENCODER, "input": ["fine", "word " * 300]})
     assert too_long["param"] == "input[1]" and too_long["code"] == "context_length_exceeded"
     assert "at most 256 tokens" in too_long["message"]
+    huge = _error(encoder_server, {"model": ENCODER, "input": "word " * 200_000})  # 1 MB: refused by its head
+    assert (
+        huge["param"] == "input"
+        and huge["code"] == "context_length_exceeded"
+        and "more than" in huge["message"]
+    )
     over_cap = _error(encoder_server, {"model": ENCODER, "input": ["word " * 200] * 12})
     assert over_cap["param"] == "input" and f"limit of {EMBEDDING_CAP} tokens" in over_cap["message"]
     bad_id = _error(encoder_server, {"model": ENCODER, "input": [[101, 30522, 102]]})

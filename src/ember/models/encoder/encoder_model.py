@@ -47,10 +47,11 @@ class EncoderModel:
         return self.network.config.vocab_size
 
     def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text).ids  # with the model's [CLS] ... [SEP]
+        # encode_batch, not encode: only the batch call lets go of the GIL while it tokenizes
+        return self.tokenizer.encode_batch([text])[0].ids  # with the model's [CLS] ... [SEP]
 
     def encode_pair(self, query: str, document: str) -> PairIds:
-        encoding = self.tokenizer.encode(query, document)
+        encoding = self.tokenizer.encode_batch([(query, document)])[0]
         return PairIds(encoding.ids, encoding.type_ids)
 
     @torch.inference_mode()

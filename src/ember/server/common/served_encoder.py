@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from ember.engine.async_engine import AsyncEngine
 
 T = TypeVar("T")
+HEAD_CHARS = 65_536  # a longer text is first measured by its head
+WORD_CUT_MARGIN = 100  # BERT's tokenizers turn longer words into one [UNK]
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,7 @@ class ServedEncoder:
             check_encodable(item, param)
             if not item:
                 raise invalid_request(f"{param} must not be empty", param=param)
+            self._refuse_if_far_too_long(item, param)
             ids = self.model.encode(item)
         else:
             ids = check_token_ids(item, self.model.vocab_size, param)
@@ -85,9 +88,25 @@ class ServedEncoder:
         """A cross-encoder's input for one (query, document) pair; a 400 naming `param` when too long."""
         check_encodable(query, param)
         check_encodable(document, param)
+        self._refuse_if_far_too_long(query + " " + document, param)
         pair = self.model.encode_pair(query, document)
         self.check_length(len(pair.token_ids), param)
         return pair
+
+    def _refuse_if_far_too_long(self, text: str, param: str) -> None:
+        """A text of megabytes is refused from its head alone: tokenizing all of it only to say it is over a
+        256-token limit would hold a preparation thread (and the GIL while the ids are handed over) for seconds."""
+        if len(text) <= HEAD_CHARS:
+            return
+        head = len(self.model.encode(text[:HEAD_CHARS]))
+        # A word cut at the end of the head can split into more pieces than it has whole: at most one per character.
+        if head - WORD_CUT_MARGIN > self.model.max_input_tokens:
+            raise invalid_request(
+                f"{param} is more than {head - WORD_CUT_MARGIN} tokens long; the embedding model {self.model.name} "
+                f"takes at most {self.model.max_input_tokens} tokens per input",
+                param=param,
+                code=CONTEXT_LENGTH_EXCEEDED,
+            )
 
     def check_length(self, length: int, param: str) -> None:
         limit = self.model.max_input_tokens
