@@ -168,7 +168,11 @@ def serve_from_args(args: argparse.Namespace) -> int:
         )
     logger.info("serving on http://%s:%d/v1 (also /inference/v1)", access.host, args.port)
     fine_tuning = fine_tuning_config_from(args, threads)
-    app = build_app(engine, server_cfg, fine_tuning, embedding_model)
+    try:
+        app = build_app(engine, server_cfg, fine_tuning, embedding_model)
+    except ValueError as error:  # e.g. the embedding model's name taken by --served-model-name
+        print(f"ember serve: {error}", file=sys.stderr)
+        return 1
     # From here on every step runs on the engine thread: the main thread's idle OpenMP team, left over from
     # loading, would only slow it down (see release_openmp_team).
     release_openmp_team()
