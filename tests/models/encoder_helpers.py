@@ -9,7 +9,15 @@ from functools import cache
 from pathlib import Path
 
 import torch
-from transformers import BertConfig, BertForSequenceClassification, BertModel
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    BertModel,
+    RobertaConfig,
+    RobertaModel,
+    XLMRobertaConfig,
+    XLMRobertaForSequenceClassification,
+)
 
 from ember.models.encoder.default_encoder import default_encoder_path
 from ember.models.encoder.encoder_model import EncoderModel
@@ -73,4 +81,22 @@ def write_tiny_bert(
         (folder / "1_Pooling" / "config.json").write_text(
             json.dumps({"word_embedding_dimension": 32, **pooling})
         )
+    return reference
+
+
+def write_tiny_roberta(folder: Path, *, cross_encoder: bool = False, seed: int = 0) -> torch.nn.Module:
+    """A random RoBERTa embedder (mean-pooled, sentence-transformers layout) or a one-label XLM-R cross-encoder
+    (bge-reranker's architecture), with MiniLM's tokenizer (any ids below the vocabulary size do)."""
+    torch.manual_seed(seed)
+    shape = {**TINY_BERT, "max_position_embeddings": 66, "type_vocab_size": 1, "pad_token_id": 1}
+    if cross_encoder:
+        reference: torch.nn.Module = XLMRobertaForSequenceClassification(
+            XLMRobertaConfig(**shape, num_labels=1)
+        ).eval()
+        reference.save_pretrained(folder, safe_serialization=True)
+        shutil.copy(Path(default_encoder_path()) / "tokenizer.json", folder / "tokenizer.json")
+        return reference
+    reference = RobertaModel(RobertaConfig(**shape), add_pooling_layer=False).eval()
+    reference.save_pretrained(folder, safe_serialization=True)
+    shutil.copy(Path(default_encoder_path()) / "tokenizer.json", folder / "tokenizer.json")
     return reference

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from encoder_helpers import minilm, oracle_embeddings, write_tiny_bert
+from encoder_helpers import minilm, oracle_embeddings, write_tiny_bert, write_tiny_roberta
 
 from ember.models.encoder.encoder_model import plan_batches
 from ember.models.encoder.loader import load_encoder
@@ -108,6 +108,29 @@ def test_cross_encoder_scores_match_transformers(tmp_path: Path) -> None:
             logit = reference(
                 input_ids=torch.tensor([pair.token_ids]), token_type_ids=torch.tensor([pair.type_ids])
             ).logits[0, 0]
+        assert score == pytest.approx(torch.sigmoid(logit).item(), abs=1e-5)
+
+
+def test_roberta_numbers_positions_after_the_padding_id(tmp_path: Path) -> None:
+    reference = write_tiny_roberta(tmp_path)
+    model = load_encoder(tmp_path)
+    assert model.max_input_tokens == 64  # 66 positions, the first two reserved
+    ids = [[0, 5, 6, 7, 8, 9, 2], [0, 11, 2]]  # padded together: positions must not shift
+    ours = torch.tensor(model.embed(ids))
+    for row, tokens in enumerate(ids):
+        with torch.no_grad():
+            expected = reference(input_ids=torch.tensor([tokens])).last_hidden_state[0].mean(dim=0)
+        torch.testing.assert_close(ours[row], expected, atol=2e-5, rtol=1e-4)
+
+
+def test_an_xlm_roberta_cross_encoder_matches_transformers(tmp_path: Path) -> None:
+    reference = write_tiny_roberta(tmp_path, cross_encoder=True)
+    model = load_encoder(tmp_path)
+    pairs = [model.encode_pair("what is ember", "ember serves models"), model.encode_pair("q", "d")]
+    ours = model.score_pairs(pairs)
+    for pair, score in zip(pairs, ours, strict=True):
+        with torch.no_grad():
+            logit = reference(input_ids=torch.tensor([pair.token_ids])).logits[0, 0]
         assert score == pytest.approx(torch.sigmoid(logit).item(), abs=1e-5)
 
 

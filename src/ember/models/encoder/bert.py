@@ -1,7 +1,8 @@
 """The BERT encoder network (post-norm transformer, learned absolute positions), for a padded batch of inputs.
 
-One network serves every BERT-family checkpoint: sentence embedders (all-MiniLM, BGE, GTE, E5) use the final
-hidden states, a cross-encoder adds BERT's pooler and a classification head on the first token."""
+One network serves every BERT-family checkpoint, RoBERTa and XLM-R included (they differ in position numbering
+and head names only): sentence embedders (all-MiniLM, BGE, GTE, E5) use the final hidden states, a cross-encoder
+(bge-reranker, ms-marco MiniLM) adds a tanh-dense head and a one-label classifier on the first token."""
 
 from __future__ import annotations
 
@@ -59,9 +60,10 @@ class BertEncoder(nn.Module):
     ) -> torch.Tensor:
         """Final hidden states [B, T, H] of input_ids [B, T]; mask [B, T] is True on real tokens (padding at
         the end of each row)."""
-        length = input_ids.shape[1]
-        positions = torch.arange(length, device=input_ids.device)  # [T]
+        positions = self._positions(input_ids, mask)  # [B, T] or [T]
         types = torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids
+        if self.config.type_vocab_size == 1:  # RoBERTa: one segment, whatever the tokenizer says
+            types = torch.zeros_like(input_ids)
         x = (
             self.word_embeddings(input_ids)
             + self.position_embeddings(positions)
@@ -73,6 +75,13 @@ class BertEncoder(nn.Module):
             x = layer(x, attend)
         return x
 
+    def _positions(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if not self.config.positions_after_padding_id:
+            return torch.arange(input_ids.shape[1], device=input_ids.device)  # [T]
+        # Hugging Face's RoBERTa rule: tokens that are not the padding id count up from pad_token_id + 1.
+        counted = (mask & (input_ids != self.config.pad_token_id)).long()  # [B, T]
+        return torch.cumsum(counted, dim=1) * counted + self.config.pad_token_id
+
     def classify(self, hidden: torch.Tensor) -> torch.Tensor:
         """A cross-encoder's logits [B, num_labels] from its final hidden states [B, T, H]."""
         if self.pooler is None or self.classifier is None:
@@ -83,8 +92,9 @@ class BertEncoder(nn.Module):
 def hf_weight_name(name: str) -> str | None:
     """The parameter a Hugging Face BERT weight loads into (q/k/v as `layers.N.qkv.{query,key,value}.*`, fused
     by the loader), or None for a tensor the network does not use (position_ids buffers, MLM heads)."""
-    if name.startswith("bert."):
-        name = name[len("bert.") :]
+    for prefix in ("bert.", "roberta."):
+        if name.startswith(prefix):
+            name = name[len(prefix) :]
     name = name.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
     if name.startswith("embeddings."):
         rest = name[len("embeddings.") :]
@@ -99,8 +109,12 @@ def hf_weight_name(name: str) -> str | None:
             if rest.startswith(hf + "."):
                 return f"layers.{index}.{ours}.{rest[len(hf) + 1 :]}"
         return None
-    if name.startswith("pooler.dense."):
-        return "pooler." + name[len("pooler.dense.") :]
+    # BERT's head: pooler.dense, then classifier; RoBERTa's: classifier.dense, then classifier.out_proj. Both
+    # compute classifier(tanh(dense(first token))).
+    if name.startswith("pooler.dense.") or name.startswith("classifier.dense."):
+        return "pooler." + name.rsplit(".", 1)[-1]
+    if name.startswith("classifier.out_proj."):
+        return "classifier." + name.rsplit(".", 1)[-1]
     if name.startswith("classifier."):
         return name
     return None

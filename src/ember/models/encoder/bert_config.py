@@ -11,12 +11,14 @@ from ember.models.errors import ModelLoadError
 
 # The activations BERT checkpoints name in `hidden_act`, as torch's gelu approximations.
 GELU_APPROXIMATIONS = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
-ENCODER_MODEL_TYPES = ("bert",)
+ENCODER_MODEL_TYPES = ("bert", "roberta", "xlm-roberta")
+# RoBERTa numbers positions from pad_token_id + 1 (position ids skip the padding id and everything below it).
+_PADDING_OFFSET_TYPES = ("roberta", "xlm-roberta")
 
 
 @dataclass(frozen=True)
 class EncoderConfig:
-    """Hyper-parameters of a BERT encoder (post-norm, learned absolute positions)."""
+    """Hyper-parameters of a BERT or RoBERTa / XLM-R encoder (post-norm, learned absolute positions)."""
 
     vocab_size: int
     hidden_size: int
@@ -30,6 +32,8 @@ class EncoderConfig:
     pad_token_id: int = 0
     num_labels: int = 0
     """Outputs of a sequence-classification head (a cross-encoder has 1); 0: a plain encoder."""
+    positions_after_padding_id: bool = False
+    """RoBERTa's numbering: the first token is at position pad_token_id + 1."""
 
     def __post_init__(self) -> None:
         sizes = ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size")
@@ -45,6 +49,15 @@ class EncoderConfig:
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads
 
+    @property
+    def first_position(self) -> int:
+        return self.pad_token_id + 1 if self.positions_after_padding_id else 0
+
+    @property
+    def max_tokens(self) -> int:
+        """The longest input the position table covers."""
+        return self.max_position_embeddings - self.first_position
+
 
 def read_encoder_config(folder: Path) -> EncoderConfig:
     """EncoderConfig of the folder's config.json; ModelLoadError for anything but a BERT encoder."""
@@ -56,7 +69,8 @@ def read_encoder_config(folder: Path) -> EncoderConfig:
     model_type = raw.get("model_type")
     if model_type not in ENCODER_MODEL_TYPES:
         raise ModelLoadError(
-            str(path), f"model_type {model_type!r} is not an encoder ember serves (supported: bert)"
+            str(path),
+            f"model_type {model_type!r} is not an encoder ember serves (supported: {', '.join(ENCODER_MODEL_TYPES)})",
         )
     act = raw.get("hidden_act", "gelu")
     if act not in GELU_APPROXIMATIONS:
@@ -79,6 +93,7 @@ def read_encoder_config(folder: Path) -> EncoderConfig:
             gelu_approximation=GELU_APPROXIMATIONS[act],
             pad_token_id=int(raw.get("pad_token_id") or 0),
             num_labels=num_labels,
+            positions_after_padding_id=model_type in _PADDING_OFFSET_TYPES,
         )
     except (KeyError, TypeError, ValueError) as error:
         raise ModelLoadError(str(path), f"bad encoder config: {error}") from None

@@ -55,7 +55,7 @@ def load_encoder(path: str | Path) -> EncoderModel:
     network = BertEncoder(config)
     _load_weights(network, source)
     network.eval().requires_grad_(False)
-    limit = config.max_position_embeddings
+    limit = config.max_tokens
     max_tokens = min(pipeline.max_seq_length or limit, limit)
     name, aliases = encoder_names(folder)
     return EncoderModel(
