@@ -51,9 +51,9 @@ class Services:
     embeddings: EmbeddingServing
     tokenize: TokenizeServing
     adapters: AdapterServing
+    rerank: RerankServing
     files: FilesServing | None = None  # None: the server runs without a data directory
     jobs: JobsServing | None = None
-    rerank: RerankServing | None = None  # POST /v1/rerank and /v1/score (build_app always sets it)
 
     def require_files(self) -> FilesServing:
         if self.files is None:

@@ -5,32 +5,23 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from ember.server.common.errors import APIError
 from ember.server.common.openapi import json_body
 from ember.server.common.protocol import read_body
 from ember.server.common.services import services_of
 from ember.server.openai.rerank_protocol import RerankRequest, ScoreRequest
-from ember.server.openai.serving_rerank import RerankServing
 
 router = APIRouter()
-
-
-def _serving(request: Request) -> RerankServing:
-    serving = services_of(request).rerank
-    if serving is None:  # an app built without it (never by build_app)
-        raise APIError(404, "rerank is not served here", code="not_found")
-    return serving
 
 
 @router.post("/rerank")
 @json_body(RerankRequest)
 async def rerank(request: Request) -> Response:
     body = await read_body(request, RerankRequest)
-    return JSONResponse(await _serving(request).rerank(body, request))
+    return JSONResponse(await services_of(request).rerank.rerank(body, request))
 
 
 @router.post("/score")
 @json_body(ScoreRequest)
 async def score(request: Request) -> Response:
     body = await read_body(request, ScoreRequest)
-    return JSONResponse(await _serving(request).score(body, request))
+    return JSONResponse(await services_of(request).rerank.score(body, request))
