@@ -4,6 +4,7 @@ encoder, /v1/models lists it, and bad input is a 400 naming the parameter."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -105,3 +106,34 @@ def test_the_embedding_model_flag(tmp_path: Path) -> None:
     assert load_embedding_model(None).name == ENCODER  # the bundled one
     with pytest.raises(ModelLoadError, match="Hugging Face folder"):
         load_embedding_model(str(tmp_path / "missing"))
+
+
+def test_concurrent_requests_beside_a_stream_each_get_their_own_vectors(
+    encoder_server: RunningServer,
+) -> None:
+    model = bundled_encoder()
+    batches = [[f"request {r} text {i} " * (1 + 7 * i) for i in range(5)] for r in range(4)]
+
+    async def embed(client: httpx.AsyncClient, texts: list[str]) -> list[list[float]]:
+        reply = await client.post("/v1/embeddings", json={"model": ENCODER, "input": texts}, timeout=120)
+        assert reply.status_code == 200, reply.text
+        return [d["embedding"] for d in reply.json()["data"]]
+
+    async def stream(client: httpx.AsyncClient) -> int:
+        body = {"model": TINY_MODEL, "prompt": "hello", "max_tokens": 64, "stream": True, "ignore_eos": True}
+        chunks = 0
+        async with client.stream("POST", "/v1/completions", json=body, timeout=120) as reply:
+            async for line in reply.aiter_lines():
+                chunks += line.startswith("data: {")
+        return chunks
+
+    async def run() -> tuple[int, list[list[list[float]]]]:
+        async with httpx.AsyncClient(base_url=encoder_server.url) as client:
+            streamed, *vectors = await asyncio.gather(stream(client), *(embed(client, b) for b in batches))
+        return streamed, vectors
+
+    streamed, vectors = asyncio.run(run())
+    assert streamed > 0
+    for texts, got in zip(batches, vectors, strict=True):
+        expected = torch.tensor(model.embed([model.encode(t) for t in texts]))
+        assert torch.nn.functional.cosine_similarity(torch.tensor(got), expected).min().item() >= 0.99999
