@@ -5,6 +5,11 @@ encoder, /v1/models lists it, and bad input is a 400 naming the parameter."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
+import socket
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,10 +18,13 @@ import openai
 import pytest
 import torch
 from encoder_server import EMBEDDING_CAP, ENCODER, ENCODER_ID, bundled_encoder, running_encoder_server
-from live_server import TINY_MODEL, RunningServer
+from live_server import TINY_MODEL, RunningServer, serve_in_thread, tiny_engine
 
+from ember.models.encoder.encoder_model import EncoderModel
 from ember.models.errors import ModelLoadError
 from ember.serve_command import load_embedding_model
+from ember.server.app import build_app
+from ember.server.common.config import ServerConfig
 
 TEXTS = ["A man is eating food.", "Embeddings turn text into vectors.", "x"]
 
@@ -137,3 +145,51 @@ def test_concurrent_requests_beside_a_stream_each_get_their_own_vectors(
     for texts, got in zip(batches, vectors, strict=True):
         expected = torch.tensor(model.embed([model.encode(t) for t in texts]))
         assert torch.nn.functional.cosine_similarity(torch.tensor(got), expected).min().item() >= 0.99999
+
+
+class GatedEncoder(EncoderModel):
+    """The real MiniLM, whose first batch waits for the test's go (on the engine thread) and which counts
+    batches: a client can then leave while its embedding is surely in flight."""
+
+    started: threading.Event
+    go: threading.Event
+    batches: int
+
+    def embed(self, inputs: list[list[int]]) -> list[list[float]]:
+        self.batches += 1
+        self.started.set()
+        self.go.wait(timeout=60)
+        return super().embed(inputs)
+
+
+def test_a_client_leaving_mid_embedding_stops_it_and_the_engine_keeps_serving() -> None:
+    base = bundled_encoder()
+    gated = GatedEncoder(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base)})
+    gated.started, gated.go, gated.batches = threading.Event(), threading.Event(), 0
+    engine = tiny_engine()
+    server, thread, url = serve_in_thread(build_app(engine, ServerConfig(model_name=TINY_MODEL), None, gated))
+    try:
+        body = json.dumps({"model": ENCODER, "input": ["word " * 250] * 32}).encode()  # 4 batches of 2,048
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(
+                b"POST /v1/embeddings HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            assert gated.started.wait(timeout=60)  # the first batch holds the engine thread
+        time.sleep(1.0)  # time for the server to see the client go; the assertions hold either way but one
+        gated.go.set()
+        reply = httpx.post(f"{url}/v1/embeddings", json={"model": ENCODER, "input": "still here"}, timeout=60)
+        assert reply.status_code == 200 and engine.is_running
+        assert (
+            gated.batches == 2
+        )  # the left request's first batch, then this one's: its other three never ran
+        chat = httpx.post(
+            f"{url}/v1/completions", json={"model": TINY_MODEL, "prompt": "hi", "max_tokens": 2}
+        )
+        assert chat.status_code == 200
+    finally:
+        gated.go.set()
+        server.should_exit = True
+        thread.join(timeout=30)
