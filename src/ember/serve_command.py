@@ -17,7 +17,7 @@ from ember.lora.config import LoraConfig
 from ember.models.encoder.encoder_model import EncoderModel
 from ember.models.errors import ModelLoadError
 from ember.models.loader import LoadConfig, load_model
-from ember.serve_access import AccessConfigError, access_from_args
+from ember.serve_access import AccessConfigError, access_from_args, check_tls_files
 from ember.serve_shutdown import DrainConfig, DrainingServer
 from ember.server.common.config import FineTuningConfig
 from ember.threads import configure_torch_threads, release_openmp_team
@@ -75,6 +75,7 @@ def serve_from_args(args: argparse.Namespace) -> int:
 
     try:  # before the model loads: a bad keys file or flag fails at once
         access = access_from_args(args)
+        check_tls_files(args.ssl_certfile, args.ssl_keyfile)
     except AccessConfigError as error:
         print(f"ember serve: {error}", file=sys.stderr)
         return 1
@@ -166,7 +167,8 @@ def serve_from_args(args: argparse.Namespace) -> int:
             embedding_model.max_input_tokens,
             embedding_model.load_seconds,
         )
-    logger.info("serving on http://%s:%d/v1 (also /inference/v1)", access.host, args.port)
+    scheme = "https" if args.ssl_certfile else "http"
+    logger.info("serving on %s://%s:%d/v1 (also /inference/v1)", scheme, access.host, args.port)
     fine_tuning = fine_tuning_config_from(args, threads)
     try:
         app = build_app(engine, server_cfg, fine_tuning, embedding_model)
@@ -183,6 +185,8 @@ def serve_from_args(args: argparse.Namespace) -> int:
         port=args.port,
         log_level="info",
         timeout_graceful_shutdown=drain.uvicorn_timeout_s,
+        ssl_certfile=args.ssl_certfile,
+        ssl_keyfile=args.ssl_keyfile,
     )
     jobs = app.state.services.jobs
     # The training worker checkpoints and stops while the requests drain, not after them.

@@ -23,7 +23,7 @@ from ember.engine.sampling_params import (
     MIN_REPETITION_PENALTY,
 )
 from ember.server.common.errors import invalid_request
-from ember.server.common.json_depth import check_body_depth, too_deep
+from ember.server.common.json_depth import MAX_BODY_DEPTH, check_body_depth, too_deep
 from ember.server.common.json_pieces import loads_in_pieces
 from ember.server.common.schema_docs import RESPONSE_FORMAT
 
@@ -185,14 +185,16 @@ def _reject_constant(name: str) -> float:
 
 
 def parse_json(raw: bytes) -> object:
-    """The body's JSON value; a 400 naming the problem when it is not JSON."""
+    """The body's JSON value; a 400 naming the problem when it is not JSON or nests past MAX_BODY_DEPTH
+    (checked here, before pydantic or anything recursive walks it)."""
     if not raw.strip():
         raise invalid_request("the request body is empty; send a JSON object")
     try:
         text = raw.decode("utf-8")
         if len(raw) > OFF_LOOP_PARSE_BYTES:  # read in a worker thread: let the event loop in between pieces
-            return loads_in_pieces(text, parse_constant=_reject_constant)
-        return json.loads(text, parse_constant=_reject_constant)
+            payload = loads_in_pieces(text, parse_constant=_reject_constant)
+        else:
+            payload = json.loads(text, parse_constant=_reject_constant)
     except UnicodeDecodeError as error:
         raise invalid_request(f"the request body is not valid UTF-8 (byte {error.start})") from None
     except json.JSONDecodeError as error:
@@ -203,18 +205,20 @@ def parse_json(raw: bytes) -> object:
         raise invalid_request(f"the request body is not valid JSON: {error}") from None
     except RecursionError:
         raise too_deep() from None
+    if raw.count(b"[") + raw.count(b"{") > MAX_BODY_DEPTH:  # a body cannot nest deeper than its brackets
+        check_body_depth(payload)
+    return payload
 
 
 def json_object(payload: object) -> dict[str, Any]:
-    """`payload` if it is a JSON object nested no deeper than MAX_BODY_DEPTH, else a 400."""
+    """`payload` (from parse_json, so its depth is checked) if it is a JSON object, else a 400."""
     if not isinstance(payload, dict):
         raise invalid_request(f"the request body must be a JSON object, got {type(payload).__name__}")
-    check_body_depth(payload)
     return payload
 
 
 def validate_body(model: type[ModelT], payload: object) -> ModelT:
-    """`payload` as `model`; its depth is checked before pydantic (or anything recursive) walks it."""
+    """`payload` (from parse_json) as `model`."""
     body = _validate_long_lists(model, json_object(payload))
     try:
         return model.model_validate(body)
