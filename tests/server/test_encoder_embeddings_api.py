@@ -169,7 +169,7 @@ def test_a_client_leaving_mid_embedding_stops_it_and_the_engine_keeps_serving() 
     engine = tiny_engine()
     server, thread, url = serve_in_thread(build_app(engine, ServerConfig(model_name=TINY_MODEL), None, gated))
     try:
-        body = json.dumps({"model": ENCODER, "input": ["word " * 250] * 32}).encode()  # 4 batches of 2,048
+        body = json.dumps({"model": ENCODER, "input": ["word " * 250] * 32}).encode()  # 8 batches of 4 inputs
         port = int(url.rsplit(":", 1)[1])
         with socket.create_connection(("127.0.0.1", port)) as sock:
             sock.sendall(
@@ -184,7 +184,7 @@ def test_a_client_leaving_mid_embedding_stops_it_and_the_engine_keeps_serving() 
         assert reply.status_code == 200 and engine.is_running
         assert (
             gated.batches == 2
-        )  # the left request's first batch, then this one's: its other three never ran
+        )  # the left request's first batch, then this one's: its other seven never ran
         chat = httpx.post(
             f"{url}/v1/completions", json={"model": TINY_MODEL, "prompt": "hi", "max_tokens": 2}
         )

@@ -29,8 +29,9 @@ WORD_CUT_MARGIN = 100  # BERT's tokenizers turn longer words into one [UNK]
 
 @dataclass(frozen=True)
 class EncoderLimits:
-    max_batch_tokens: int = 2048
-    """Padded tokens (rows x longest row) of one forward; about 0.1 s of MiniLM-L6 on two cores."""
+    max_batch_tokens: int = 1024
+    """Padded tokens (rows x longest row) of one forward: ~21 GFLOP for MiniLM-L6, less than one engine step
+    that prefills a 512-token chunk of the default chat model (docs/decisions.md has the measured times)."""
     max_batch_size: int = 64
 
     def __post_init__(self) -> None:
