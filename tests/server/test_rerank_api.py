@@ -176,6 +176,9 @@ def test_score_pairs_text_1_with_text_2_three_ways(encoder_server: RunningServer
         encoder_server, "score", {"model": ENCODER, "text_1": ["a", "b"], "text_2": ["c", "d", "e"]}
     )
     assert mismatch.status_code == 400 and mismatch.json()["error"]["param"] == "text_2"
+    over = post(encoder_server, "score", {"model": ENCODER, "text_1": "q", "text_2": ["word " * 200] * 12})
+    assert over.status_code == 400 and over.json()["error"]["param"] == "text_2"
+    assert "max_embedding_tokens" in over.json()["error"]["message"]
 
 
 def _token_ids(server: RunningServer, body: dict) -> list[int]:

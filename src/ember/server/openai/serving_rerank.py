@@ -157,20 +157,20 @@ class RerankServing:
         finally:
             watch.close()
 
-    def _check_cap(self, total: int) -> None:
+    def _check_cap(self, total: int, texts: PairSet) -> None:
         cap = self.state.config.max_embedding_tokens
         if total > cap:
             raise invalid_request(
-                f"the query and documents have {total} tokens, over this server's limit of {cap} tokens per "
-                "request (max_embedding_tokens); send fewer documents per request",
-                param="documents",
+                f"{texts.query_param} and {texts.document_param} have {total} tokens, over this server's limit "
+                f"of {cap} tokens per request (max_embedding_tokens); send fewer {texts.document_param} per request",
+                param=texts.document_param,
             )
 
     def _text_ids(self, encoder: ServedEncoder, texts: PairSet) -> list[list[int]]:
         """Queries' then documents' token ids (runs on a preparation thread)."""
         ids = [encoder.encode(q, texts.query_name(i)) for i, q in enumerate(texts.queries)]
         ids += [encoder.encode(d, texts.document_name(i)) for i, d in enumerate(texts.documents)]
-        self._check_cap(sum(len(i) for i in ids))
+        self._check_cap(sum(len(i) for i in ids), texts)
         return ids
 
     def _pair_ids(self, encoder: ServedEncoder, texts: PairSet) -> list[PairIds]:
@@ -178,7 +178,7 @@ class RerankServing:
             encoder.encode_pair(texts.queries[q], texts.documents[d], texts.document_name(d))
             for q, d in texts.pairs
         ]
-        self._check_cap(sum(len(p.token_ids) for p in pairs))
+        self._check_cap(sum(len(p.token_ids) for p in pairs), texts)
         return pairs
 
     def _judging_prompts(self, texts: PairSet, task: str | None) -> list[JudgedPair]:
@@ -186,7 +186,7 @@ class RerankServing:
             self.llm.prompt(texts.queries[q], texts.documents[d], task, texts.document_name(d))
             for q, d in texts.pairs
         ]
-        self._check_cap(sum(len(p.prompt_token_ids) for p in judged))
+        self._check_cap(sum(len(p.prompt_token_ids) for p in judged), texts)
         return judged
 
 
