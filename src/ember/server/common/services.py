@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from ember.server.openai.serving_chat import ChatServing
     from ember.server.openai.serving_completions import CompletionServing
     from ember.server.openai.serving_embeddings import EmbeddingServing
+    from ember.server.openai.serving_rerank import RerankServing
     from ember.server.openai.serving_tokenize import TokenizeServing
     from ember.server.responses.serving import ResponsesServing
 
@@ -55,6 +56,7 @@ class Services:
     embeddings: EmbeddingServing
     tokenize: TokenizeServing
     adapters: AdapterServing
+    rerank: RerankServing
     files: FilesServing | None = None  # None: the server runs without a data directory
     jobs: JobsServing | None = None
     batches: BatchesServing | None = None
