@@ -18,9 +18,6 @@ samples; it is done when its last chunk has run (the engine then finishes it and
 
 from __future__ import annotations
 
-import heapq
-from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from ember.engine.block_manager import BlockManager
@@ -30,60 +27,7 @@ from ember.engine.generation_budget import resolve_max_tokens
 from ember.engine.scheduler_output import ScheduledSequence, SchedulerOutput, SchedulerStats
 from ember.engine.sequence import Sequence, SequenceStatus
 from ember.engine.speculation.policy import DraftPolicy
-
-OrderKey = tuple[float, ...]  # smaller runs first and is preempted last
-
-
-class _FcfsQueue:
-    """The order sequences were added in; a preempted sequence goes back to the front."""
-
-    def __init__(self) -> None:
-        self._items: deque[Sequence] = deque()
-
-    def push(self, sequence: Sequence) -> None:
-        self._items.append(sequence)
-
-    def push_front(self, sequence: Sequence) -> None:
-        self._items.appendleft(sequence)
-
-    def peek(self) -> Sequence:
-        return self._items[0]
-
-    def pop(self) -> Sequence:
-        return self._items.popleft()
-
-    def remove(self, sequence: Sequence) -> None:
-        self._items.remove(sequence)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-
-class _PriorityQueue:
-    """By order key (priority, arrival, admission number); a preempted sequence keeps its place by key."""
-
-    def __init__(self, key: Callable[[Sequence], OrderKey]) -> None:
-        self._key = key
-        self._heap: list[tuple[OrderKey, Sequence]] = []  # keys are unique, so Sequences are never compared
-
-    def push(self, sequence: Sequence) -> None:
-        heapq.heappush(self._heap, (self._key(sequence), sequence))
-
-    def push_front(self, sequence: Sequence) -> None:
-        self.push(sequence)
-
-    def peek(self) -> Sequence:
-        return self._heap[0][1]
-
-    def pop(self) -> Sequence:
-        return heapq.heappop(self._heap)[1]
-
-    def remove(self, sequence: Sequence) -> None:
-        self._heap = [entry for entry in self._heap if entry[1] is not sequence]
-        heapq.heapify(self._heap)
-
-    def __len__(self) -> int:
-        return len(self._heap)
+from ember.engine.waiting_queues import FcfsQueue, OrderKey, PriorityQueue
 
 
 @dataclass
@@ -117,11 +61,11 @@ class Scheduler:
         self._sequences: dict[str, Sequence] = {}
         self._admission_number: dict[str, int] = {}  # breaks ties between equal arrival times
         self._next_admission_number = 0
-        self._waiting: _FcfsQueue | _PriorityQueue = (
-            _PriorityQueue(self._key) if self._by_priority else _FcfsQueue()
+        self._waiting: FcfsQueue | PriorityQueue = (
+            PriorityQueue(self._key) if self._by_priority else FcfsQueue()
         )
-        self._background: _FcfsQueue | _PriorityQueue = (
-            _PriorityQueue(self._key) if self._by_priority else _FcfsQueue()
+        self._background: FcfsQueue | PriorityQueue = (
+            PriorityQueue(self._key) if self._by_priority else FcfsQueue()
         )
         self._running: list[Sequence] = []
         self._finished_ids: list[str] = []
@@ -364,7 +308,7 @@ class Scheduler:
     def _is_background(self, sequence: Sequence) -> bool:
         return sequence.priority >= self.scheduler_config.background_priority
 
-    def _queue_of(self, sequence: Sequence) -> _FcfsQueue | _PriorityQueue:
+    def _queue_of(self, sequence: Sequence) -> FcfsQueue | PriorityQueue:
         return self._background if self._is_background(sequence) else self._waiting
 
     def _next_to_admit(self, background: bool) -> Sequence | None:
