@@ -24,6 +24,12 @@ from ember.structured import GENERIC, FunctionTool
 
 _SYSTEM_PROBE = "\ue000ember-system-probe\ue000"
 
+# Under tool_choice auto the reply opens a call when the model gives `<tool_call>` at least this probability
+# at the reply's first token (structured/opening.py); measured on the default model (docs/decisions.md, "#14:
+# tool_choice auto on the default model"). `ember serve --tool-call-threshold` and a request's
+# `tool_call_threshold` override it.
+DEFAULT_CALL_THRESHOLD = 0.02
+
 
 def tools_instruction(tools: Sequence[FunctionTool], forced: Sequence[FunctionTool], parallel: bool) -> str:
     """The text that shows the model its tools and how to call them. `forced`: the tools tool_choice makes

@@ -120,6 +120,8 @@ class CountTokensRequest(APIModel):
     tool_choice: Annotated[dict[str, Any] | None, WithJsonSchema(ANTHROPIC_TOOL_CHOICE)] = None
     thinking: Annotated[dict[str, Any] | None, WithJsonSchema(ANTHROPIC_THINKING)] = None
     generic_tools: bool | None = None  # ember: false refuses tools on templates without tool support
+    # ember, generic tool format under auto: open a call when the model gives that this probability or more
+    tool_call_threshold: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
 
     @field_validator("system")
     @classmethod

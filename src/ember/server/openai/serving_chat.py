@@ -32,13 +32,15 @@ from ember.server.openai.responses import (
 )
 
 
-def chat_ask(body: ChatCompletionRequest, generic_tools: bool = True) -> ChatAsk:
-    """The request as the preparation step takes it; `generic_tools`: the server's setting, which the body's
-    own field overrides."""
+def chat_ask(
+    body: ChatCompletionRequest, generic_tools: bool = True, tool_call_threshold: float | None = None
+) -> ChatAsk:
+    """The request as the preparation step takes it; `generic_tools` and `tool_call_threshold`: the server's
+    settings, which the body's own fields override."""
     wants_logprobs = body.wants_logprobs()
     return ChatAsk(
         model=body.model,
-        inputs=functools.partial(_chat_inputs, body, generic_tools),
+        inputs=functools.partial(_chat_inputs, body, generic_tools, tool_call_threshold),
         sampling=body,
         max_tokens=body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens,
         behavior=body.context_length_exceeded_behavior or "truncate",
@@ -47,7 +49,9 @@ def chat_ask(body: ChatCompletionRequest, generic_tools: bool = True) -> ChatAsk
     )
 
 
-def _chat_inputs(body: ChatCompletionRequest, generic_tools: bool) -> ChatInputs:
+def _chat_inputs(
+    body: ChatCompletionRequest, generic_tools: bool, tool_call_threshold: float | None
+) -> ChatInputs:
     """The plan's inputs (on the preparation thread: a long conversation converts there), after the refusals
     only a chat body can have."""
     for name in body.UNSUPPORTED:
@@ -71,7 +75,12 @@ def _chat_inputs(body: ChatCompletionRequest, generic_tools: bool) -> ChatInputs
         add_generation_prompt=body.add_generation_prompt,
         continue_final_message=bool(body.continue_final_message),
         generic_tools=generic_tools if body.generic_tools is None else body.generic_tools,
+        tool_call_threshold=_first_set(body.tool_call_threshold, tool_call_threshold),
     )
+
+
+def _first_set(value: float | None, default: float | None) -> float | None:
+    return default if value is None else value
 
 
 class ChatServing:
@@ -83,7 +92,9 @@ class ChatServing:
         watch = DisconnectWatch(http, self.state.engine)
         try:
             prepared = await self.state.preparation.chat(
-                chat_ask(body, self.state.config.generic_tools), http.headers, watch
+                chat_ask(body, self.state.config.generic_tools, self.state.config.tool_call_threshold),
+                http.headers,
+                watch,
             )
         except BaseException:
             watch.close()
