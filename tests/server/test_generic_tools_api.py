@@ -155,6 +155,25 @@ def test_the_call_threshold_decides_auto_per_request_and_the_stream_adds_up(
     assert not text.message.tool_calls and text.message.content and not text.message.content.startswith("<")
 
 
+def test_right_after_tool_results_the_first_token_does_not_open_a_call(client: openai.OpenAI) -> None:
+    # Even at threshold 0: there the model's `<` is an echo of `<tool_response>` (docs/decisions.md).
+    history = [
+        *USER,
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo", "unit": "celsius"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "4 degrees, snow"},
+    ]  # fmt: skip
+    reply = client.chat.completions.create(
+        model=MODEL,
+        messages=history,  # type: ignore[arg-type]
+        tools=TOOLS,  # type: ignore[arg-type]
+        max_tokens=12,
+        temperature=1.0,
+        seed=5,
+        extra_body={"tool_call_threshold": 0.0},
+    ).choices[0]
+    assert reply.message.content and not reply.message.content.startswith("<")
+
+
 def test_a_call_threshold_outside_0_to_1_is_a_400_naming_it(server: Any) -> None:
     for path, body in [
         ("/v1/chat/completions", {"model": MODEL, "messages": USER, "tools": TOOLS, "max_tokens": 2}),

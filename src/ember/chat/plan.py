@@ -13,6 +13,7 @@ from typing import Any, Protocol
 from ember.chat.continuation import ContinuationError, continued_prompt
 from ember.chat.generic_tools import (
     DEFAULT_CALL_THRESHOLD,
+    call_threshold,
     generic_messages,
     has_tool_history,
     tools_instruction,
@@ -99,7 +100,7 @@ def plan_chat(
     encoder: ChatRenderer, inputs: ChatInputs, new_id: Callable[[], str] = new_tool_call_id
 ) -> ChatPlan:
     template = encoder.template_source
-    messages = _prepared_messages(inputs.messages)
+    messages = conversation = _prepared_messages(inputs.messages)
     tools = list(inputs.tools or [])
     tool_choice = inputs.tool_choice if inputs.tool_choice is not None else ("auto" if tools else "none")
     parsed, forced = _forced(tools, tool_choice)
@@ -135,7 +136,9 @@ def plan_chat(
             tools, syntax, inputs.parallel_tool_calls, inputs.response_format, section
         )
     elif parses_tools and syntax == GENERIC:
-        structured = _lazy_tool_spec(tools, inputs.parallel_tool_calls, section, _threshold(inputs))
+        structured = _lazy_tool_spec(
+            tools, inputs.parallel_tool_calls, section, call_threshold(conversation, _threshold(inputs))
+        )
     else:
         structured = _response_format_spec(inputs.response_format, section)
     stop: tuple[str, ...] = ()
