@@ -88,6 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="tokens of all inputs of one /v1/embeddings request together; above it a 400",
     )
     serve.add_argument(
+        "--embedding-model",
+        default=None,
+        metavar="PATH|none",
+        help="encoder folder (BERT family: safetensors, tokenizer.json, sentence-transformers pooling) served "
+        "beside the chat model on /v1/embeddings, /v1/rerank and /v1/score (default: the bundled "
+        "all-MiniLM-L6-v2; none: no embedding model, the chat model embeds)",
+    )
+    serve.add_argument(
         "--kv-cache-gib", type=float, default=1.0, help="memory reserved for the paged KV cache"
     )
     serve.add_argument("--block-size", type=int, default=16, help="tokens per KV block")
@@ -131,6 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--max-upload-mib", type=int, default=512, help="largest training-data upload accepted (MiB)"
     )
+    serve.add_argument(
+        "--ssl-certfile",
+        default=None,
+        metavar="PEM",
+        help="serve https with this certificate chain (with --ssl-keyfile); the fireworks-ai SDK's dataset upload "
+        "helper only PUTs to https URLs",
+    )
+    serve.add_argument("--ssl-keyfile", default=None, metavar="PEM", help="the private key of --ssl-certfile")
     serve.add_argument(
         "--drain-timeout",
         type=float,

@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from fastapi import Request
 
 from ember.server.common.config import ServerConfig
 from ember.server.common.errors import APIError
+from ember.server.common.field_policy import UnknownFieldLog
 from ember.server.common.metrics import ServerMetrics
 from ember.server.common.preparation import Preparation
 from ember.server.common.served_models import ServedModels
@@ -20,10 +21,13 @@ if TYPE_CHECKING:
     from ember.server.anthropic.serving_messages import MessagesServing
     from ember.server.fine_tuning.serving_files import FilesServing
     from ember.server.fine_tuning.serving_jobs import JobsServing
+    from ember.server.fireworks.control_plane import FireworksControlPlane
     from ember.server.openai.serving_chat import ChatServing
     from ember.server.openai.serving_completions import CompletionServing
     from ember.server.openai.serving_embeddings import EmbeddingServing
+    from ember.server.openai.serving_rerank import RerankServing
     from ember.server.openai.serving_tokenize import TokenizeServing
+    from ember.server.responses.serving import ResponsesServing
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,7 @@ class ServingState:
     models: ServedModels
     preparation: Preparation  # every request's prompt ids and SamplingParams, built off the event loop
     metrics: ServerMetrics
+    unknown_fields: UnknownFieldLog = field(default_factory=UnknownFieldLog)  # body fields logged once each
 
     @property
     def max_model_len(self) -> int:
@@ -50,13 +55,20 @@ class Services:
     embeddings: EmbeddingServing
     tokenize: TokenizeServing
     adapters: AdapterServing
+    rerank: RerankServing
     files: FilesServing | None = None  # None: the server runs without a data directory
     jobs: JobsServing | None = None
+    responses: ResponsesServing | None = None
+    control_plane: FireworksControlPlane | None = None  # Fireworks' models and LoRA routes (set by build_app)
 
     def require_files(self) -> FilesServing:
         if self.files is None:
             raise _tuning_disabled()
         return self.files
+
+    def require_responses(self) -> ResponsesServing:
+        assert self.responses is not None  # build_app always makes one (in memory without a data directory)
+        return self.responses
 
     def require_jobs(self) -> JobsServing:
         if self.jobs is None:
