@@ -87,3 +87,27 @@ def test_threshold_zero_opens_a_valid_call_and_threshold_one_answers_in_text(llm
     jsonschema.validate(json.loads(call.arguments), CITY)
     text = generate(llm, 1.0, seed)
     assert text and not text.startswith("<")
+
+
+def test_no_draft_rides_along_with_the_decided_first_token() -> None:
+    # Verification samples its rows without the rule, so a sequence whose first token is still to be decided
+    # never drafts (a prompt-lookup draft after a cached prompt could otherwise carry `<tool_call>` through).
+    from ember.engine.sequence import Sequence
+    from ember.engine.speculation.config import DraftSettings
+    from ember.engine.speculation.drafter import SequenceDrafter
+    from ember.engine.speculation.policy import DraftPolicy
+
+    prompt = [5, 6, 7, 8, 5, 6, 7]  # its suffix 5 6 7 occurred before: prompt lookup proposes 8
+    settings = DraftSettings((), "on", 4, 1, 3)
+    policy = DraftPolicy(max_batch=8)
+
+    def sequence(structured: StructuredSpec) -> Sequence:
+        params = SamplingParams(max_tokens=8, structured=structured)
+        seq = Sequence("s", prompt, params, max_tokens=8, arrival_time=0.0)
+        seq.drafter = SequenceDrafter(settings)
+        return seq
+
+    plain = sequence(StructuredSpec("regex", "[a-z]+"))
+    assert policy.draft(plain, budget_left=8)
+    deciding = sequence(lazy_spec_for_tools(TOOLS, call_threshold=0.1))
+    assert policy.draft(deciding, budget_left=8) == []
