@@ -1,6 +1,6 @@
 """How well the served model calls tools, not just whether the replies have the right shape: 30 prompts over
-5 tools (6 of them need no tool), each sent through /v1/chat/completions under tool_choice "auto" and
-"required", greedy. Printed per mode:
+5 tools (6 of them need no tool), and a held-out set of 24 prompts over 4 other tools (8 need none), each sent
+through /v1/chat/completions under tool_choice "auto" and "required", greedy. Printed per set and mode:
 
 - replies with calls: how many replies hold at least one tool call;
 - valid calls: of those, how many hold only calls of listed tools whose arguments validate against the schema;
@@ -10,6 +10,7 @@
 
     .venv/bin/python benchmarks/tool_quality.py [--url http://127.0.0.1:8000 --api-key KEY] [--model NAME]
         [--threads 2] [--concurrency 4] [--max-tokens 96] [--no-parallel] [--show]
+        [--sets main held-out] [--modes auto required] [--tool-call-threshold P]
 
 Without --url it starts `ember serve` on the default model (SmolLM2-135M-Instruct) in a child process.
 """
@@ -112,16 +113,88 @@ CASES = [
 ]  # fmt: skip
 
 
+# A held-out set with other tools and other wording, written to check that the choices made on the set above
+# (the prompt format and tool_choice auto's threshold, docs/decisions.md) carry over: 16 prompts over 4 tools and
+# 8 that need none.
+HELD_OUT_TOOLS = [
+    _tool(
+        "get_stock_price",
+        "Get the latest stock price of a company",
+        {"symbol": {"type": "string", "description": "ticker symbol, e.g. AAPL"}},
+        ["symbol"],
+    ),
+    _tool(
+        "create_calendar_event",
+        "Add an event to the user's calendar",
+        {"title": {"type": "string"}, "date": {"type": "string", "description": "YYYY-MM-DD"}},
+        ["title", "date"],
+    ),
+    _tool(
+        "play_music",
+        "Play a song or an artist on the speaker",
+        {"query": {"type": "string", "description": "song, album or artist"}},
+        ["query"],
+    ),
+    _tool(
+        "get_directions",
+        "Get driving directions between two places",
+        {"origin": {"type": "string"}, "destination": {"type": "string"}},
+        ["origin", "destination"],
+    ),
+]
+
+HELD_OUT_CASES = [
+    Case("What is Apple's stock trading at?", "get_stock_price", {"symbol": "AAPL"}),
+    Case("Check the share price of MSFT for me.", "get_stock_price", {"symbol": "MSFT"}),
+    Case("How is Tesla stock doing today?", "get_stock_price", {"symbol": "TSLA"}),
+    Case("Give me the current quote for NVDA.", "get_stock_price", {"symbol": "NVDA"}),
+    Case("Put a dentist appointment in my calendar on 2025-03-14.", "create_calendar_event", {"date": "2025-03-14"}),
+    Case("Add 'Team lunch' to my calendar for 2025-06-01.", "create_calendar_event", {"title": "Team lunch", "date": "2025-06-01"}),
+    Case("Schedule my mother's birthday party on 2025-09-20.", "create_calendar_event", {"date": "2025-09-20"}),
+    Case("Create a calendar event called Gym on 2025-01-07.", "create_calendar_event", {"title": "Gym", "date": "2025-01-07"}),
+    Case("Play some music by Queen.", "play_music", {"query": "Queen"}),
+    Case("Put on Bohemian Rhapsody.", "play_music", {"query": "Bohemian Rhapsody"}),
+    Case("I want to listen to jazz.", "play_music", {"query": "jazz"}),
+    Case("Can you play the latest Taylor Swift album?", "play_music", {}),
+    Case("How do I drive from Boston to New York?", "get_directions", {"origin": "Boston", "destination": "New York"}),
+    Case("Directions from the airport to my hotel downtown, please.", "get_directions", {}),
+    Case("What's the route from Madrid to Barcelona by car?", "get_directions", {"origin": "Madrid", "destination": "Barcelona"}),
+    Case("Navigate me from home to the train station.", "get_directions", {}),
+    Case("Tell me a joke.", None),
+    Case("What is photosynthesis?", None),
+    Case("How do I boil an egg?", None),
+    Case("Write a short poem about autumn.", None),
+    Case("Who wrote Romeo and Juliet?", None),
+    Case("What is 15 plus 27?", None),
+    Case("Give me a synonym for happy.", None),
+    Case("Good night!", None),
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    name: str
+    tools: list[dict[str, Any]]
+    cases: list[Case]
+
+
+SETS = {
+    "main": PromptSet("main", TOOLS, CASES),
+    "held-out": PromptSet("held-out", HELD_OUT_TOOLS, HELD_OUT_CASES),
+}
+
+
 @dataclass
 class Outcome:
     case: Case
+    tools: list[dict[str, Any]]
     calls: list[dict[str, Any]]
     content: str | None
     finish_reason: str
 
     @property
     def valid(self) -> bool:
-        return bool(self.calls) and all(_call_is_valid(call) for call in self.calls)
+        return bool(self.calls) and all(_call_is_valid(call, self.tools) for call in self.calls)
 
     @property
     def right_tool(self) -> bool:
@@ -138,10 +211,10 @@ class Outcome:
         return all(_same(arguments.get(key), value) for key, value in self.case.arguments.items())
 
 
-def _call_is_valid(call: dict[str, Any]) -> bool:
+def _call_is_valid(call: dict[str, Any], tools: list[dict[str, Any]]) -> bool:
     function = call["function"]
     schema = next(
-        (t["function"]["parameters"] for t in TOOLS if t["function"]["name"] == function["name"]), None
+        (t["function"]["parameters"] for t in tools if t["function"]["name"] == function["name"]), None
     )
     if schema is None:
         return False
@@ -158,21 +231,31 @@ def _same(got: Any, expected: Any) -> bool:
     return got == expected
 
 
-def ask(client: httpx.Client, model: str, case: Case, tool_choice: str, args: argparse.Namespace) -> Outcome:
-    body = {
+def ask(
+    client: httpx.Client,
+    model: str,
+    prompts: PromptSet,
+    case: Case,
+    tool_choice: str,
+    args: argparse.Namespace,
+) -> Outcome:
+    body: dict[str, Any] = {
         "model": model,
         "messages": [{"role": "user", "content": case.prompt}],
-        "tools": TOOLS,
+        "tools": prompts.tools,
         "tool_choice": tool_choice,
         "parallel_tool_calls": not args.no_parallel,
         "max_tokens": args.max_tokens,
         "temperature": 0,
     }
+    if args.tool_call_threshold is not None:
+        body["tool_call_threshold"] = args.tool_call_threshold
     response = client.post("/v1/chat/completions", json=body)
     response.raise_for_status()
     choice = response.json()["choices"][0]
     message = choice["message"]
-    return Outcome(case, message.get("tool_calls") or [], message.get("content"), choice["finish_reason"])
+    calls = message.get("tool_calls") or []
+    return Outcome(case, prompts.tools, calls, message.get("content"), choice["finish_reason"])
 
 
 def _share(part: int, whole: int) -> str:
@@ -195,21 +278,31 @@ def report(mode: str, outcomes: list[Outcome]) -> list[str]:
 
 def run(url: str, api_key: str, args: argparse.Namespace) -> None:
     headers = {"Authorization": f"Bearer {api_key}"}
+    header = ["set", "tool_choice", "replies with calls", "valid calls", "right tool", "right arguments", "no call when none needed"]  # fmt: skip
+    rows = [header]
     with httpx.Client(base_url=url, headers=headers, timeout=600) as client:
         model = args.model or client.get("/v1/models").json()["data"][0]["id"]
-        rows = [["tool_choice", "replies with calls", "valid calls", "right tool", "right arguments", "no call when none needed"]]  # fmt: skip
-        for mode in ("auto", "required"):
-            with ThreadPoolExecutor(args.concurrency) as pool:
-                outcomes = list(
-                    pool.map(ask, *zip(*[(client, model, c, mode, args) for c in CASES], strict=True))
+        for name in args.sets:
+            prompts = SETS[name]
+            for mode in args.modes:
+                jobs = [(client, model, prompts, c, mode, args) for c in prompts.cases]
+                with ThreadPoolExecutor(args.concurrency) as pool:
+                    outcomes = list(pool.map(ask, *zip(*jobs, strict=True)))
+                if args.show:
+                    for o in outcomes:
+                        calls = [(c["function"]["name"], c["function"]["arguments"]) for c in o.calls]
+                        print(
+                            f"{mode:8} {o.case.prompt[:48]!r:52} {o.finish_reason:10} {calls} {o.content!r}"
+                        )
+                rows.append(
+                    [
+                        f"{name} ({len(prompts.cases)} prompts, {len(prompts.tools)} tools)",
+                        *report(mode, outcomes),
+                    ]
                 )
-            if args.show:
-                for o in outcomes:
-                    calls = [(c["function"]["name"], c["function"]["arguments"]) for c in o.calls]
-                    print(f"{mode:8} {o.case.prompt[:48]!r:52} {o.finish_reason:10} {calls} {o.content!r}")
-            rows.append(report(mode, outcomes))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    print(f"model {model}, {len(CASES)} prompts, {len(TOOLS)} tools, greedy, max_tokens {args.max_tokens}")
+    threshold = "server default" if args.tool_call_threshold is None else args.tool_call_threshold
+    print(f"model {model}, greedy, max_tokens {args.max_tokens}, tool_call_threshold {threshold}")
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
 
@@ -226,6 +319,14 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=96)
     parser.add_argument("--no-parallel", action="store_true", help="send parallel_tool_calls false")
     parser.add_argument("--show", action="store_true", help="print every reply")
+    parser.add_argument("--sets", nargs="+", choices=list(SETS), default=list(SETS), help="prompt sets")
+    parser.add_argument("--modes", nargs="+", choices=["auto", "required"], default=["auto", "required"])
+    parser.add_argument(
+        "--tool-call-threshold",
+        type=float,
+        default=None,
+        help="sent with every request (default: the server's)",
+    )
     args = parser.parse_args()
     if args.url:
         run(args.url, args.api_key, args)

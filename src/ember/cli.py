@@ -107,6 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
         "tool format (a request's generic_tools field overrides this)",
     )
     serve.add_argument(
+        "--tool-call-threshold",
+        type=float,
+        default=None,
+        help="generic tool format under tool_choice auto: open a tool call when the model gives opening one at "
+        "least this probability at the reply's first token (0..1; default: ember's measured value; a "
+        "request's tool_call_threshold field overrides this)",
+    )
+    serve.add_argument(
         "--lora",
         action="append",
         default=[],

@@ -134,6 +134,7 @@ def serve_from_args(args: argparse.Namespace) -> int:
         adapter_dirs=access.adapter_dirs,
         max_embedding_tokens=args.max_embedding_tokens,
         generic_tools=not args.no_generic_tools,
+        tool_call_threshold=args.tool_call_threshold,
     )
     kv_tokens = engine.engine.num_blocks * engine.engine.block_size
     logger.info(

@@ -1,6 +1,7 @@
 """Tool calling and prefill on the default model (SmolLM2-135M-Instruct, whose template has no tool support)
-through the clients people use: the openai SDK, the anthropic SDK and LangChain's ChatOpenAI.bind_tools, each
-through a whole agent loop (call -> tool result -> final answer)."""
+through the clients people use, with their default settings (tools and no tool_choice, so auto): the openai SDK
+(whole and streamed), the anthropic SDK and LangChain's ChatOpenAI.bind_tools, each through a whole agent loop
+(call -> tool result -> final answer); and a question that needs no tool answered in text."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from ember.server.common.config import ServerConfig
 
 CITY = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}}, "required": ["city"]}
 QUESTION = "What's the weather in Paris right now?"
+NO_TOOL_QUESTION = "What is 7 times 8?"
 
 
 @pytest.fixture(scope="module")
@@ -42,16 +44,21 @@ def get_weather(city: str) -> str:
     return f"It is 18 degrees and sunny in {city}."
 
 
-def test_openai_sdk_agent_loop(server: RunningServer) -> None:
-    client = openai.OpenAI(base_url=server.openai_base, api_key="unused", max_retries=0, timeout=300)
-    tools = [{"type": "function", "function": {"name": "get_weather", "description": "Get the current weather in a city", "parameters": CITY}}]  # fmt: skip
+def openai_client(server: RunningServer) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.openai_base, api_key="unused", max_retries=0, timeout=300)
+
+
+OPENAI_TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Get the current weather in a city", "parameters": CITY}}]  # fmt: skip
+
+
+def test_openai_sdk_agent_loop_with_default_settings(server: RunningServer) -> None:
+    # tools and nothing else, as most agent code sends them: tool_choice auto, parallel calls allowed
+    client = openai_client(server)
     messages: list[dict[str, object]] = [{"role": "user", "content": QUESTION}]
     first = client.chat.completions.create(
         model=server.config.model_name,
         messages=messages,  # type: ignore[arg-type]
-        tools=tools,  # type: ignore[arg-type]
-        tool_choice="required",
-        parallel_tool_calls=False,
+        tools=OPENAI_TOOLS,  # type: ignore[arg-type]
         max_tokens=60,
         temperature=0,
     )
@@ -66,13 +73,47 @@ def test_openai_sdk_agent_loop(server: RunningServer) -> None:
     final = client.chat.completions.create(
         model=server.config.model_name,
         messages=messages,  # type: ignore[arg-type]
-        tools=tools,  # type: ignore[arg-type]
+        tools=OPENAI_TOOLS,  # type: ignore[arg-type]
         max_tokens=40,
         temperature=0,
     )
     answer = final.choices[0]
     assert answer.finish_reason in ("stop", "length") and not answer.message.tool_calls
     assert answer.message.content and answer.message.content.strip()
+
+
+def test_openai_sdk_streamed_call_adds_up_to_the_whole_one(server: RunningServer) -> None:
+    client = openai_client(server)
+    request = {"model": server.config.model_name, "messages": [{"role": "user", "content": QUESTION}], "tools": OPENAI_TOOLS, "max_tokens": 60, "temperature": 0}  # fmt: skip
+    whole = client.chat.completions.create(**request).choices[0]  # type: ignore[call-overload]
+    (call,) = whole.message.tool_calls or []
+    names, arguments, content, finish, fragments = "", "", "", None, 0
+    for chunk in client.chat.completions.create(stream=True, **request):  # type: ignore[call-overload]
+        for choice in chunk.choices:
+            content += choice.delta.content or ""
+            for delta in choice.delta.tool_calls or []:
+                assert delta.index == 0
+                names += (delta.function and delta.function.name) or ""
+                if delta.function and delta.function.arguments:
+                    arguments += delta.function.arguments
+                    fragments += 1
+            finish = choice.finish_reason or finish
+    assert finish == "tool_calls" and content == ""
+    assert (names, arguments) == (call.function.name, call.function.arguments) and fragments > 1
+    assert json.loads(arguments)["city"] == "Paris"
+
+
+def test_a_question_that_needs_no_tool_is_answered_in_text(server: RunningServer) -> None:
+    chat = openai_client(server).chat.completions.create(
+        model=server.config.model_name,
+        messages=[{"role": "user", "content": NO_TOOL_QUESTION}],
+        tools=OPENAI_TOOLS,  # type: ignore[arg-type]
+        max_tokens=20,
+        temperature=0,
+    )
+    choice = chat.choices[0]
+    assert not choice.message.tool_calls and choice.finish_reason in ("stop", "length")
+    assert choice.message.content and choice.message.content.strip()
 
 
 def test_langchain_bind_tools_agent_loop(server: RunningServer) -> None:
@@ -85,14 +126,14 @@ def test_langchain_bind_tools_agent_loop(server: RunningServer) -> None:
         max_retries=0,
         timeout=300,
     )
-    forced = llm.bind_tools([get_weather], tool_choice="required")
+    with_tools = llm.bind_tools([get_weather])
     messages: list[object] = [HumanMessage(QUESTION)]
-    reply = forced.invoke(messages)  # type: ignore[arg-type]
-    assert len(reply.tool_calls) >= 1  # type: ignore[attr-defined]
+    reply = with_tools.invoke(messages)  # type: ignore[arg-type]
+    assert len(reply.tool_calls) == 1  # type: ignore[attr-defined]
     call = reply.tool_calls[0]  # type: ignore[attr-defined]
     assert call["name"] == "get_weather" and call["args"]["city"] == "Paris"
     messages += [reply, ToolMessage(get_weather.invoke(call["args"]), tool_call_id=call["id"])]
-    final = llm.bind_tools([get_weather]).invoke(messages)  # type: ignore[arg-type]
+    final = with_tools.invoke(messages)  # type: ignore[arg-type]
     assert not final.tool_calls and isinstance(final.content, str) and final.content.strip()  # type: ignore[attr-defined]
 
 
@@ -107,7 +148,6 @@ def test_anthropic_sdk_agent_loop(server: RunningServer) -> None:
         max_tokens=60,
         messages=messages,  # type: ignore[arg-type]
         tools=tools,  # type: ignore[arg-type]
-        tool_choice={"type": "any", "disable_parallel_tool_use": True},
         extra_body={"temperature": 0},  # this SDK version has no temperature argument
     )
     assert first.stop_reason == "tool_use"

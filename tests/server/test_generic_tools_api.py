@@ -136,6 +136,55 @@ def test_streamed_deltas_add_up_to_the_whole_reply(client: openai.OpenAI, choice
             assert_valid(name, arguments)
 
 
+@pytest.mark.parametrize("seed", range(2))
+def test_the_call_threshold_decides_auto_per_request_and_the_stream_adds_up(
+    client: openai.OpenAI, seed: int
+) -> None:
+    # A random model gives `<tool_call>` ~1/49k at the reply's start: threshold 0 calls, 1 answers in text.
+    request = {"model": MODEL, "messages": USER, "tools": TOOLS, "max_tokens": 60, "temperature": 1.0, "seed": seed, "parallel_tool_calls": False}  # fmt: skip
+    called = client.chat.completions.create(**request, extra_body={"tool_call_threshold": 0.0}).choices[0]  # type: ignore[call-overload]
+    assert called.finish_reason == "tool_calls" and not called.message.content
+    (call,) = called.message.tool_calls or []
+    assert_valid(call.function.name, call.function.arguments)
+    content, calls, finish = stream(client, **request, extra_body={"tool_call_threshold": 0.0})
+    assert finish == "tool_calls" and content == ""
+    assert [(c["name"], c["arguments"]) for c in calls.values()] == [
+        (call.function.name, call.function.arguments)
+    ]
+    text = client.chat.completions.create(**request, extra_body={"tool_call_threshold": 1.0}).choices[0]  # type: ignore[call-overload]
+    assert not text.message.tool_calls and text.message.content and not text.message.content.startswith("<")
+
+
+def test_right_after_tool_results_the_first_token_does_not_open_a_call(client: openai.OpenAI) -> None:
+    # Even at threshold 0: there the model's `<` is an echo of `<tool_response>` (docs/decisions.md).
+    history = [
+        *USER,
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo", "unit": "celsius"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "4 degrees, snow"},
+    ]  # fmt: skip
+    reply = client.chat.completions.create(
+        model=MODEL,
+        messages=history,  # type: ignore[arg-type]
+        tools=TOOLS,  # type: ignore[arg-type]
+        max_tokens=12,
+        temperature=1.0,
+        seed=5,
+        extra_body={"tool_call_threshold": 0.0},
+    ).choices[0]
+    assert reply.message.content and not reply.message.content.startswith("<")
+
+
+def test_a_call_threshold_outside_0_to_1_is_a_400_naming_it(server: Any) -> None:
+    for path, body in [
+        ("/v1/chat/completions", {"model": MODEL, "messages": USER, "tools": TOOLS, "max_tokens": 2}),
+        ("/v1/messages", {"model": MODEL, "messages": USER, "max_tokens": 2, "tools": [{"name": "f", "input_schema": TIMER}]}),
+    ]:  # fmt: skip
+        response = httpx.post(f"{server.url}{path}", json={**body, "tool_call_threshold": 1.5}, timeout=60)
+        assert response.status_code == 400, response.text
+        assert "tool_call_threshold" in response.text
+    assert httpx.get(f"{server.url}/health", timeout=60).status_code == 200
+
+
 def test_tool_choice_none_and_a_tool_history_are_answered(client: openai.OpenAI, server: Any) -> None:
     history = [
         *USER,
@@ -183,6 +232,28 @@ def test_the_server_option_refuses_the_generic_format_unless_a_request_asks_for_
         assert asked.status_code == 200, asked.text
     finally:
         strict.stop()
+
+
+def test_the_server_threshold_applies_unless_a_request_sets_its_own() -> None:
+    engine = AsyncEngine.from_loaded(tiny_loaded_model(), tiny_engine_config(max_model_len=1024))
+    eager = start_server(engine, ServerConfig(model_name=MODEL, tool_call_threshold=0.0))
+    try:
+        claude = anthropic.Anthropic(base_url=eager.url, api_key="unused", max_retries=0, timeout=120)
+        tools = [{"name": "set_timer", "input_schema": TIMER}]
+        message = claude.messages.create(model=MODEL, max_tokens=40, messages=USER, tools=tools)  # type: ignore[arg-type]
+        assert message.stop_reason == "tool_use"
+        (block,) = [b for b in message.content if b.type == "tool_use"]
+        assert_valid("set_timer", block.input)  # type: ignore[arg-type]
+        texted = claude.messages.create(
+            model=MODEL,
+            max_tokens=8,
+            messages=USER,  # type: ignore[arg-type]
+            tools=tools,  # type: ignore[arg-type]
+            extra_body={"tool_call_threshold": 1.0},
+        )
+        assert texted.stop_reason != "tool_use" and [b.type for b in texted.content] == ["text"]
+    finally:
+        eager.stop()
 
 
 def test_anthropic_tools_come_back_as_tool_use_blocks(server: Any) -> None:

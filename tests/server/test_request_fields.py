@@ -205,6 +205,12 @@ def _probe_generic_tools(route: Route) -> None:
     route.refused("tools", tools=TOOLS, generic_tools=False)
 
 
+def _probe_tool_call_threshold(route: Route) -> None:
+    # A random model gives opening `<tool_call>` ~1/49k: the default threshold answers in text, 0 calls.
+    assert _calls(route, tool_call_threshold=0.0) and not _calls(route)
+    route.refused("tool_call_threshold", tools=TOOLS, tool_call_threshold=1.5)
+
+
 def _probe_chat_echo(route: Route) -> None:
     prefill = {"messages": PREFILL, "continue_final_message": True, "add_generation_prompt": False}
     continued = route.text(route.ok(**prefill))
@@ -230,6 +236,7 @@ CHAT_PROBES: dict[str, Probe] = {
     "chat_template_kwargs": _on_thinking_template(chat_template_kwargs={"enable_thinking": False}),
     "tools": _probe_tools,
     "generic_tools": _probe_generic_tools,
+    "tool_call_threshold": _probe_tool_call_threshold,
     "tool_choice": _probe_tool_choice,
     "parallel_tool_calls": _probe_parallel_tool_calls,
     "reasoning_effort": _on_thinking_template(reasoning_effort="none"),
@@ -266,6 +273,14 @@ def _probe_anthropic_tools(route: Route) -> None:
 
     assert "tool_use" in blocks(tool_choice={"type": "any"})
     assert "tool_use" not in blocks(tool_choice={"type": "none"})
+
+
+def _probe_anthropic_tool_call_threshold(route: Route) -> None:
+    def blocks(**fields: Any) -> list[str]:
+        return [b["type"] for b in route.ok(max_tokens=64, tools=ANTHROPIC_TOOLS, **fields)["content"]]
+
+    assert "tool_use" in blocks(tool_call_threshold=0.0) and "tool_use" not in blocks()
+    route.refused("tool_call_threshold", tools=ANTHROPIC_TOOLS, tool_call_threshold=1.5)
 
 
 def _probe_thinking(route: Route) -> None:
@@ -341,6 +356,7 @@ MESSAGES_PROBES: dict[str, Probe] = {
     "tool_choice": _probe_anthropic_tools,
     "thinking": _probe_thinking,
     "generic_tools": lambda route: bool(route.refused("tools", tools=ANTHROPIC_TOOLS, generic_tools=False)),
+    "tool_call_threshold": _probe_anthropic_tool_call_threshold,
     "output_config": _probe_output_config(
         "output_config", {"format": {"type": "json_schema", "schema": SCHEMA}}
     ),

@@ -24,6 +24,24 @@ from ember.structured import GENERIC, FunctionTool
 
 _SYSTEM_PROBE = "\ue000ember-system-probe\ue000"
 
+# Under tool_choice auto the reply opens a call when the model gives opening `<tool_call>` at least this
+# probability at the reply's first token (structured/opening.py); measured on the default model
+# (docs/decisions.md, "#14: tool_choice auto on the default model"). `ember serve --tool-call-threshold` and a
+# request's `tool_call_threshold` override it.
+DEFAULT_CALL_THRESHOLD = 0.015
+# Right after tool results the model's first-token mass on `<` is an echo of `<tool_response>`, not a call
+# (measured on the default model: 0.22-0.54 on `<`, 0.001-0.003 on the whole `<tool_call>` marker), so there
+# the first token opens a call only when the model is certain; a call later in the text still goes through.
+AFTER_RESULTS_CALL_THRESHOLD = 1.0
+
+
+def call_threshold(messages: Sequence[Mapping[str, Any]], threshold: float) -> float:
+    """The opening threshold of the next reply: `threshold`, or AFTER_RESULTS_CALL_THRESHOLD right after tool
+    results."""
+    if messages and messages[-1].get("role") == "tool":
+        return max(threshold, AFTER_RESULTS_CALL_THRESHOLD)
+    return threshold
+
 
 def tools_instruction(tools: Sequence[FunctionTool], forced: Sequence[FunctionTool], parallel: bool) -> str:
     """The text that shows the model its tools and how to call them. `forced`: the tools tool_choice makes

@@ -11,7 +11,13 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ember.chat.continuation import ContinuationError, continued_prompt
-from ember.chat.generic_tools import generic_messages, tools_instruction, with_instruction
+from ember.chat.generic_tools import (
+    DEFAULT_CALL_THRESHOLD,
+    call_threshold,
+    generic_messages,
+    tools_instruction,
+    with_instruction,
+)
 from ember.chat.reasoning import ReasoningParser, template_switches
 from ember.chat.reasoning import parser_for_template as reasoning_parser_for_template
 from ember.chat.reply import ReplyReader
@@ -75,6 +81,8 @@ class ChatInputs:
     add_generation_prompt: bool | None = None  # None: yes, unless the final message is continued
     continue_final_message: bool = False  # the reply carries on the final message's text (a prefill)
     generic_tools: bool = True  # a template without tool support gets ember's generic format, not a 400
+    # generic format under auto: the reply opens a call when the model gives that at least this probability
+    tool_call_threshold: float | None = None  # None: DEFAULT_CALL_THRESHOLD
 
 
 @dataclass(frozen=True)
@@ -98,6 +106,7 @@ def plan_chat(
         messages = _prepared_messages(inputs.messages)
     else:
         messages = [dict(m) for m in inputs.messages]
+    conversation = messages  # before the generic format turns tool results into user turns
     tool_choice = inputs.tool_choice if inputs.tool_choice is not None else ("auto" if tools else "none")
     parsed, forced = _forced(tools, tool_choice)
     syntax = _tool_syntax(template, tools, messages, inputs.generic_tools) if uses_tools else None
@@ -132,7 +141,9 @@ def plan_chat(
             tools, syntax, inputs.parallel_tool_calls, inputs.response_format, section
         )
     elif parses_tools and syntax == GENERIC:
-        structured = _lazy_tool_spec(tools, inputs.parallel_tool_calls, section)
+        structured = _lazy_tool_spec(
+            tools, inputs.parallel_tool_calls, section, call_threshold(conversation, _threshold(inputs))
+        )
     else:
         structured = _response_format_spec(inputs.response_format, section)
     stop: tuple[str, ...] = ()
@@ -277,9 +288,22 @@ def _tool_spec(
     return spec
 
 
-def _lazy_tool_spec(tools: list[Any], parallel: bool, section: ReasoningSection | None) -> StructuredSpec:
+def _threshold(inputs: ChatInputs) -> float:
+    threshold = inputs.tool_call_threshold
+    if threshold is None:
+        return DEFAULT_CALL_THRESHOLD
+    if not 0.0 <= threshold <= 1.0:
+        raise ChatRequestError(
+            f"tool_call_threshold must be between 0 and 1, got {threshold}", "tool_call_threshold"
+        )
+    return threshold
+
+
+def _lazy_tool_spec(
+    tools: list[Any], parallel: bool, section: ReasoningSection | None, threshold: float
+) -> StructuredSpec:
     try:
-        return lazy_spec_for_tools(tools, parallel, section)
+        return lazy_spec_for_tools(tools, parallel, section, threshold)
     except ValueError as error:
         raise ChatRequestError(str(error), "tools") from None
 

@@ -19,6 +19,7 @@ from ember.engine.speculation.verify import DraftRows, VerifiedTokens, verify_dr
 from ember.lora.manager import LoraManager
 from ember.structured.compiler import GrammarCompiler
 from ember.structured.matcher import allowed_token_masks
+from ember.structured.opening import decided_mask
 
 logger = logging.getLogger(__name__)
 
@@ -163,6 +164,7 @@ class ModelRunner:
         states = [state for _, state, _ in sampling]
         rows = [self._sampling_row(state) for state in states]
         self._apply_grammar_masks(states, rows, logits.shape[1])
+        self._take_openings(states, rows, logits)
         try:
             result = self.sampler(logits, rows)
             drawn = list(zip(sampling, result.token_ids, result.logprobs, strict=True))
@@ -233,6 +235,19 @@ class ModelRunner:
         masks = allowed_token_masks([states[i].matcher for i in constrained], vocab)  # type: ignore[misc]
         for k, i in enumerate(constrained):
             rows[i].allowed_token_ids_mask = masks[k]
+
+    @staticmethod
+    def _take_openings(states: list[RunnerSequence], rows: list[SamplingRow], logits: torch.Tensor) -> None:
+        """A sequence whose first token decides by rule (a tool call or text, structured/opening.py): its row
+        keeps only the tokens of the side the rule chose, judged on the model's raw logits."""
+        for i, state in enumerate(states):
+            rule = state.opening
+            if rule is None:
+                continue
+            state.opening = None  # taken once, at the first output token
+            if state.sequence.num_output_tokens:
+                continue  # recomputed after a preemption: the first token was chosen long ago
+            rows[i].allowed_token_ids_mask, _ = decided_mask(logits[i], rule, rows[i].allowed_token_ids_mask)
 
     def _prompt_logprobs(self, hidden: torch.Tensor, state: RunnerSequence, start: int) -> list[TokenLogprob]:
         """Row i (position start+i) predicts the token at start+i+1; only prompt tokens are scored."""

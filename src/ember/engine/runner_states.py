@@ -15,6 +15,7 @@ from ember.lora.adapter import LoraAdapter
 from ember.lora.manager import LoraManager
 from ember.structured.compiler import GrammarCompiler
 from ember.structured.matcher import GrammarMatcher
+from ember.structured.opening import OpeningRule
 
 
 @dataclass
@@ -27,6 +28,8 @@ class RunnerSequence:
     # its LoRA slot: the adapter its rows run with (pinned by the engine's request)
     adapter: LoraAdapter | None
     pool: MeanPool | None = None  # an embedding input's pooled hidden states so far
+    # the decision its first output token takes by rule (a tool call or text); None once taken
+    opening: OpeningRule | None = None
 
 
 class RunnerStates:
@@ -79,4 +82,10 @@ class RunnerStates:
                 raise ValueError("the sequence names a LoRA adapter but this runner has no adapter manager")
             adapter = self._lora_manager.adapter_for_key(sequence.lora_key)
         pool = MeanPool() if sequence.pooling else None
-        return RunnerSequence(sequence, generator, matcher, adapter, pool)
+        opening = None
+        structured = sequence.sampling_params.structured
+        if matcher is not None and structured is not None and structured.opening is not None:
+            if sequence.num_output_tokens == 0:
+                assert self._grammar_compiler is not None
+                opening = self._grammar_compiler.opening_rule(structured.opening)
+        return RunnerSequence(sequence, generator, matcher, adapter, pool, opening)

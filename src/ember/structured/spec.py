@@ -23,6 +23,23 @@ class ReasoningSection:
 
 
 @dataclass(frozen=True)
+class OpeningChoice:
+    """A decision the reply's first token takes by a rule instead of by sampling: the reply opens `marker`
+    (a tool call) when the model gives the tokens that spell the start of the marker a probability of at
+    least `threshold` (softmax of its raw logits), and opens with anything else otherwise. The grammar must
+    make a reply that starts with the marker's first character be the marker (structured/tools.py)."""
+
+    marker: str
+    threshold: float
+
+    def __post_init__(self) -> None:
+        if not self.marker:
+            raise ValueError("the opening marker must be non-empty")
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"the opening threshold must be between 0 and 1, got {self.threshold}")
+
+
+@dataclass(frozen=True)
 class StructuredSpec:
     """One output constraint, kept as text so it hashes, compares and crosses process boundaries.
 
@@ -34,14 +51,21 @@ class StructuredSpec:
     choice      a JSON list of the strings the output may be
     strict      json_schema only: reject schema keywords that cannot be enforced instead of ignoring them
     reasoning   when set, the constraint applies to what follows the reasoning section, which stays free
+    opening     when set (never with reasoning), the first token chooses between the marker and the rest by
+                OpeningChoice's rule
     """
 
     kind: SpecKind
     source: str
     strict: bool = False
     reasoning: ReasoningSection | None = None
+    opening: OpeningChoice | None = None
 
     def __post_init__(self) -> None:
+        if self.opening is not None and self.reasoning is not None:
+            raise ValueError(
+                "an opening choice applies at the reply's start, which a reasoning section takes"
+            )
         if self.kind not in SPEC_KINDS:
             raise ValueError(
                 f"structured output kind must be one of {', '.join(SPEC_KINDS)}, got {self.kind!r}"

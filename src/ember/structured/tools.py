@@ -15,7 +15,7 @@ from typing import Any
 
 from ember.structured.grammar import JSON_FORMAT_OPTIONS, grammar_for
 from ember.structured.limits import check_json_depth
-from ember.structured.spec import ReasoningSection, StructuredSpec
+from ember.structured.spec import OpeningChoice, ReasoningSection, StructuredSpec
 
 _FUNCTION_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
@@ -150,23 +150,38 @@ def lazy_spec_for_tools(
     tools: list[dict[str, Any]] | None,
     parallel_tool_calls: bool = True,
     reasoning: ReasoningSection | None = None,
+    call_threshold: float | None = None,
 ) -> StructuredSpec:
     """tool_choice auto in the GENERIC format: any text, and once the text writes `<tool_call>` the rest is
     forced to be valid calls of the listed tools (then the reply ends). Until the trigger the mask allows
     every token (measured: ~0.02 ms a step on SmolLM2's vocabulary), so a model that answers in words is
-    not steered by the grammar at all."""
+    not steered by the grammar at all.
+
+    `call_threshold` (without `reasoning`): the reply's first token chooses by rule, not by sampling: a call
+    when the model gives opening `<tool_call>` at least this probability, text otherwise
+    (structured/opening.py). The grammar then reads a reply that starts with `<` as a call."""
     chosen = parse_tools(tools)
     if not chosen:
         raise ValueError("tools must not be empty")
     trigger = _regex_literal(GENERIC_TRIGGER)
+    opening = None
+    if call_threshold is not None and reasoning is None:
+        opening = OpeningChoice(GENERIC_TRIGGER, call_threshold)
     # One lexeme either way, so the lexer never has to split text from the trigger after the fact: text
     # without the trigger (the reply may end there), or text that ends at the trigger's first occurrence.
+    # With an opening choice, text never starts with the trigger's first character: a reply that does is
+    # the call the rule chose, which the grammar then spells out.
+    if opening is None:
+        text, then_trigger = "(?s:.*)", f"(?s:.*){trigger}"
+    else:
+        first = _regex_literal(GENERIC_TRIGGER[0])
+        text, then_trigger = f"([^{first}](?s:.*))?", f"({trigger}|[^{first}](?s:.*){trigger})"
     lark = (
         "start: TEXT | TEXT_THEN_TRIGGER calls\n"
-        f"TEXT: /(?s:.*)/ & ~/(?s:.*){trigger}(?s:.*)/\n"
-        f"TEXT_THEN_TRIGGER: /(?s:.*){trigger}/ & ~/(?s:.*){trigger}(?s:.+)/\n"
+        f"TEXT: /{text}/ & ~/(?s:.*){trigger}(?s:.*)/\n"
+        f"TEXT_THEN_TRIGGER: /{then_trigger}/ & ~/(?s:.*){trigger}(?s:.+)/\n"
     ) + _generic_calls(chosen, parallel_tool_calls)
-    spec = StructuredSpec("lark", lark, reasoning=reasoning)
+    spec = StructuredSpec("lark", lark, reasoning=reasoning, opening=opening)
     grammar_for(spec)
     return spec
 

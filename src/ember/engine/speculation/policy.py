@@ -21,9 +21,16 @@ class DraftPolicy:
     def draft(self, sequence: Sequence, budget_left: int) -> list[int]:
         """The draft tokens to verify after the sequence's last token this step ([] for a plain decode)."""
         drafter = sequence.drafter
-        if drafter is None:
+        if drafter is None or _opening_pending(sequence):
             return []
         room = min(budget_left, sequence.max_tokens - sequence.num_output_tokens - 1)
         if room <= 0:
             return []
         return drafter.propose(sequence.all_token_ids, sequence.num_prompt_tokens, room)[:room]
+
+
+def _opening_pending(sequence: Sequence) -> bool:
+    """The first output token is decided by rule (structured/opening.py), which plain sampling applies and
+    verification does not: no draft rides along with it (a prompt-lookup draft after a cached prompt could)."""
+    structured = sequence.sampling_params.structured
+    return sequence.num_output_tokens == 0 and structured is not None and structured.opening is not None

@@ -144,6 +144,8 @@ class CountTokensRequest(APIModel):
     tool_choice: Annotated[dict[str, Any] | None, WithJsonSchema(ANTHROPIC_TOOL_CHOICE)] = None
     thinking: Annotated[dict[str, Any] | None, WithJsonSchema(ANTHROPIC_THINKING)] = None
     generic_tools: bool | None = None  # ember: false refuses tools on templates without tool support
+    # ember, generic tool format under auto: open a call when the model gives that this probability or more
+    tool_call_threshold: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
     output_config: OutputConfig | None = None
     output_format: dict[str, Any] | None = None  # the structured-outputs beta's name of output_config.format
     # Prompt caching: ember caches every prompt prefix on its own, so a breakpoint asks for nothing more.

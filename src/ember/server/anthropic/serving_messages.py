@@ -42,7 +42,9 @@ def stop_fields(seq: CompletionOutput, num_tool_calls: int = 0) -> tuple[str | N
     return "end_turn", None
 
 
-def messages_ask(body: CountTokensRequest, generic_tools: bool = True) -> ChatAsk:
+def messages_ask(
+    body: CountTokensRequest, generic_tools: bool = True, tool_call_threshold: float | None = None
+) -> ChatAsk:
     """The request as the preparation step takes it: Anthropic's sampling fields on OpenAI's names (count_tokens
     has none; it only needs the prompt), output_config.format as the chat plan's response_format."""
     try:
@@ -61,7 +63,7 @@ def messages_ask(body: CountTokensRequest, generic_tools: bool = True) -> ChatAs
         max_tokens = body.max_tokens
     return ChatAsk(
         model=body.model,
-        inputs=functools.partial(_chat_inputs, body, generic_tools, constraint),
+        inputs=functools.partial(_chat_inputs, body, generic_tools, tool_call_threshold, constraint),
         sampling=sampling,
         max_tokens=max_tokens,
         id_prefix="msg",
@@ -71,7 +73,10 @@ def messages_ask(body: CountTokensRequest, generic_tools: bool = True) -> ChatAs
 
 
 def _chat_inputs(
-    body: CountTokensRequest, generic_tools: bool, constraint: RequestedConstraint | None = None
+    body: CountTokensRequest,
+    generic_tools: bool,
+    tool_call_threshold: float | None = None,
+    constraint: RequestedConstraint | None = None,
 ) -> ChatInputs:
     if constraint is not None:  # compiled here, off the event loop, so a refusal names the client's field
         try:
@@ -87,6 +92,9 @@ def _chat_inputs(
             reasoning_effort=body.reasoning_effort(),
             continue_final_message=body.continues_final_message(),
             generic_tools=generic_tools if body.generic_tools is None else body.generic_tools,
+            tool_call_threshold=(
+                tool_call_threshold if body.tool_call_threshold is None else body.tool_call_threshold
+            ),
             response_format=None if constraint is None else constraint.response_format,
         )
     except ValueError as error:
@@ -108,7 +116,8 @@ class MessagesServing:
         preparation = self.state.preparation
         return {
             "input_tokens": await preparation.run(
-                preparation.count_chat_tokens, messages_ask(body, self.state.config.generic_tools)
+                preparation.count_chat_tokens,
+                messages_ask(body, self.state.config.generic_tools, self.state.config.tool_call_threshold),
             )
         }
 
@@ -119,7 +128,9 @@ class MessagesServing:
         watch = DisconnectWatch(http, state.engine)
         try:
             prepared = await state.preparation.chat(
-                messages_ask(body, state.config.generic_tools), http.headers, watch
+                messages_ask(body, state.config.generic_tools, state.config.tool_call_threshold),
+                http.headers,
+                watch,
             )
         except BaseException:
             watch.close()

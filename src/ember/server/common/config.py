@@ -46,10 +46,16 @@ class ServerConfig:
     generic_tools: bool = True
     """Tools on a model whose chat template has no tool support use ember's generic format (a request's
     `generic_tools` overrides it); False: such requests get a 400 (`ember serve --no-generic-tools`)."""
+    tool_call_threshold: float | None = None
+    """Generic tool format under tool_choice auto: the reply opens a tool call when the model gives opening one
+    at least this probability at the reply's first token (`ember serve --tool-call-threshold`; a request's
+    `tool_call_threshold` overrides it). None: ember's measured default (chat/generic_tools.py)."""
 
     def __post_init__(self) -> None:
         if not self.model_name or "/" in self.model_name:
             raise ValueError(f"model_name must be a non-empty name without '/', got {self.model_name!r}")
+        if self.tool_call_threshold is not None and not 0.0 <= self.tool_call_threshold <= 1.0:
+            raise ValueError(f"tool_call_threshold must be between 0 and 1, got {self.tool_call_threshold}")
         if not self.account or "/" in self.account:
             raise ValueError(f"account must be a non-empty name without '/', got {self.account!r}")
         if any(not key for key in self.api_keys):

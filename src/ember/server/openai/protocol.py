@@ -146,6 +146,8 @@ class ChatCompletionRequest(GenerationRequest):
     # Checked by ember.structured.parse_tools / forced_tools and ember.chat.reasoning.template_switches.
     tools: Annotated[list[Any] | None, WithJsonSchema(OPENAI_TOOLS)] = None
     generic_tools: bool | None = None  # ember: false refuses tools on templates without tool support
+    # ember, generic tool format under auto: open a call when the model gives that this probability or more
+    tool_call_threshold: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
     tool_choice: Annotated[Any, WithJsonSchema(OPENAI_TOOL_CHOICE)] = None
     parallel_tool_calls: bool | None = None
     reasoning_effort: str | bool | None = None

@@ -50,10 +50,14 @@ from ember.structured.constraint_fields import RequestedConstraint
 
 
 def chat_ask(
-    body: ChatCompletionRequest, generic_tools: bool = True, constraint: RequestedConstraint | None = None
+    body: ChatCompletionRequest,
+    generic_tools: bool = True,
+    constraint: RequestedConstraint | None = None,
+    tool_call_threshold: float | None = None,
 ) -> ChatAsk:
-    """The request as the preparation step takes it; `generic_tools`: the server's setting, which the body's
-    own field overrides; `constraint`: its output constraint (output_constraint), whichever field set it."""
+    """The request as the preparation step takes it; `generic_tools` and `tool_call_threshold`: the server's
+    settings, which the body's own fields override; `constraint`: its output constraint (output_constraint),
+    whichever field set it."""
     wants_logprobs = body.wants_logprobs()
     sampling = body if constraint is None else as_response_format(body, constraint)
     # The plan's refusals name the field the client used.
@@ -64,7 +68,7 @@ def chat_ask(
         param_names["reasoning_effort"] = "thinking"
     return ChatAsk(
         model=body.model,
-        inputs=functools.partial(_chat_inputs, sampling, generic_tools, constraint),
+        inputs=functools.partial(_chat_inputs, sampling, generic_tools, constraint, tool_call_threshold),
         sampling=sampling,
         max_tokens=body.token_budget("max_completion_tokens", "max_tokens"),
         behavior=body.context_length_exceeded_behavior or "truncate",
@@ -77,7 +81,10 @@ def chat_ask(
 
 
 def _chat_inputs(
-    body: ChatCompletionRequest, generic_tools: bool, constraint: RequestedConstraint | None = None
+    body: ChatCompletionRequest,
+    generic_tools: bool,
+    constraint: RequestedConstraint | None = None,
+    tool_call_threshold: float | None = None,
 ) -> ChatInputs:
     """The plan's inputs (on the preparation thread: a long conversation converts there), after the refusals
     only a chat body can have."""
@@ -104,7 +111,12 @@ def _chat_inputs(
         add_generation_prompt=body.add_generation_prompt,
         continue_final_message=bool(body.continue_final_message),
         generic_tools=generic_tools if body.generic_tools is None else body.generic_tools,
+        tool_call_threshold=_first_set(body.tool_call_threshold, tool_call_threshold),
     )
+
+
+def _first_set(value: float | None, default: float | None) -> float | None:
+    return default if value is None else value
 
 
 class ChatServing:
@@ -149,7 +161,8 @@ class ChatServing:
             if body.prompt_logprobs is not None:
                 refuse_streamed_prompt_logprobs(body)
             constraint = output_constraint(body) if body.constraint_fields() else None
-            ask = chat_ask(body, self.state.config.generic_tools, constraint)
+            config = self.state.config
+            ask = chat_ask(body, config.generic_tools, constraint, config.tool_call_threshold)
             prepared = await self.state.preparation.chat(ask, headers, watch)
         except BaseException:
             watch.close()

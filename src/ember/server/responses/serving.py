@@ -87,6 +87,7 @@ class ResponsesServing:
             reasoning_effort=options.reasoning_effort,
             response_format=options.response_format,
             generic_tools=self.state.config.generic_tools,
+            tool_call_threshold=self.state.config.tool_call_threshold,
         )
         return ChatAsk(
             model=body.model,
