@@ -18,7 +18,7 @@ from ember.tuning.dpo_trainer import DpoMetrics, DpoTrainer
 from ember.tuning.masking import ConversationMasker
 from ember.tuning.preference_data import PreferencePair, pack_pairs, tokenize_pair
 from ember.tuning.trainer import TrainingCallbacks, TrainingCancelled
-from ember.tuning.trainer_config import LoraSettings, TrainerConfig
+from ember.tuning.trainer_config import DpoSettings, LoraSettings, TrainerConfig
 
 PREFERRED = "Certainly! Here is a clear answer."
 NON_PREFERRED = "no"
@@ -85,7 +85,9 @@ def test_short_dpo_run_raises_the_margin_on_held_out_pairs(tmp_path: Path) -> No
     model = tiny_loaded_model()
     train = pairs_for(model, [f"Question number {i}: what do you say?" for i in range(8)])
     held_out = pairs_for(model, ["A new question nobody asked before.", "Tell me something else."])
-    trainer = DpoTrainer(model, LoraSettings(rank=8, alpha=16), config(batch_examples=4), "tiny-llama", 0.1)
+    trainer = DpoTrainer(
+        model, LoraSettings(rank=8, alpha=16), config(batch_examples=4), "tiny-llama", DpoSettings(0.1)
+    )
     # Adapter off = reference: before training the policy is the reference, every reward is 0.
     reference = trainer.reference_logprobs(held_out)
     start = trainer.evaluate_pairs(held_out, reference)
@@ -116,9 +118,9 @@ def test_resumed_dpo_run_ends_with_the_uninterrupted_adapter(tmp_path: Path) -> 
 
     def trainer() -> tuple[DpoTrainer, list[PreferencePair]]:
         model = tiny_loaded_model()
-        return DpoTrainer(model, settings, config(batch_examples=2, epochs=2), "tiny", 0.1), pairs_for(
-            model, questions
-        )
+        return DpoTrainer(
+            model, settings, config(batch_examples=2, epochs=2), "tiny", DpoSettings()
+        ), pairs_for(model, questions)
 
     whole, pairs = trainer()
     expected = whole.train_pairs(pairs, []).adapter

@@ -28,6 +28,7 @@ from ember.server.common.served_models import ServedModels
 from ember.server.common.server_access import key_ring, log_access_policy, open_tenant
 from ember.server.common.services import Services, ServingState
 from ember.server.fine_tuning import routes as fine_tuning_routes
+from ember.server.fine_tuning.serving_dpo_jobs import DpoJobsServing
 from ember.server.fine_tuning.serving_files import FilesServing
 from ember.server.fine_tuning.serving_jobs import FineTuningRuntime, JobsServing
 from ember.server.openai import routes as openai_routes
@@ -132,6 +133,7 @@ def build_app(
         adapters=adapter_serving,
         files=None if tuning is None else FilesServing(tuning),
         jobs=None if tuning is None else JobsServing(tuning),
+        dpo_jobs=None if tuning is None else DpoJobsServing(tuning),
     )
     for prefix in API_PREFIXES:
         for routes in (openai_routes, anthropic_routes, fine_tuning_routes, admin_routes):

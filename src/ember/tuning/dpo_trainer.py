@@ -34,7 +34,7 @@ from ember.tuning.preference_data import (
     split_pairs,
 )
 from ember.tuning.trainer import LoraTrainer, TrainingCallbacks, TrainingCancelled, TrainingResult, _say
-from ember.tuning.trainer_config import LoraSettings, TrainerConfig
+from ember.tuning.trainer_config import DpoSettings, LoraSettings, TrainerConfig
 from ember.tuning.training_state import TrainingProgress, restore_checkpoint, save_checkpoint
 
 
@@ -78,16 +78,11 @@ class DpoTrainer(LoraTrainer):
         lora: LoraSettings,
         config: TrainerConfig,
         base_model_name: str,
-        beta: float,
-        reference_batch_pairs: int | None = None,
+        dpo: DpoSettings,
     ) -> None:
-        if not (beta > 0 and math.isfinite(beta)):
-            raise ValueError(f"beta must be a positive number, got {beta}")
-        if reference_batch_pairs is not None and reference_batch_pairs < 1:
-            raise ValueError(f"reference_batch_pairs must be at least 1, got {reference_batch_pairs}")
         super().__init__(model, lora, config, base_model_name)
-        self.beta = beta
-        self.reference_batch_pairs = reference_batch_pairs
+        self.beta = dpo.beta
+        self.reference_batch_pairs = dpo.reference_batch_pairs
         self._last_values: dict[str, float] = {}
 
     def train_pairs(

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from ember.engine.async_engine import AsyncEngine
     from ember.server.admin.serving_adapters import AdapterServing
     from ember.server.anthropic.serving_messages import MessagesServing
+    from ember.server.fine_tuning.serving_dpo_jobs import DpoJobsServing
     from ember.server.fine_tuning.serving_files import FilesServing
     from ember.server.fine_tuning.serving_jobs import JobsServing
     from ember.server.openai.serving_chat import ChatServing
@@ -52,6 +53,7 @@ class Services:
     adapters: AdapterServing
     files: FilesServing | None = None  # None: the server runs without a data directory
     jobs: JobsServing | None = None
+    dpo_jobs: DpoJobsServing | None = None
 
     def require_files(self) -> FilesServing:
         if self.files is None:
@@ -62,6 +64,11 @@ class Services:
         if self.jobs is None:
             raise _tuning_disabled()
         return self.jobs
+
+    def require_dpo_jobs(self) -> DpoJobsServing:
+        if self.dpo_jobs is None:
+            raise _tuning_disabled()
+        return self.dpo_jobs
 
 
 def _tuning_disabled() -> APIError:

@@ -243,10 +243,12 @@ class JobsServing:
     def fireworks_list(
         self, page_size: int, page_token: str | None, jobs_url: str, tenant: Tenant
     ) -> dict[str, Any]:
-        """Every job the caller sees, whichever API created it."""
+        """Every supervised job the caller sees, whichever API created it (DPO jobs are under dpoJobs)."""
         _check_limit(page_size, "pageSize")
         page = self._call(
-            lambda: self.service.list_jobs(after=page_token or None, limit=page_size, scope=tenant.scope),
+            lambda: self.service.list_jobs(
+                after=page_token or None, limit=page_size, scope=tenant.scope, method="supervised"
+            ),
             "pageToken",
         )
         jobs = [fireworks_job(job, self.service.latest_metrics(job.id), jobs_url) for job in page.data]
@@ -255,6 +257,8 @@ class JobsServing:
 
     def fireworks_get(self, job_id: str, jobs_url: str, tenant: Tenant) -> dict[str, Any]:
         job = self._visible_job(job_id, tenant)
+        if job.method != "supervised":  # a DPO job is read through dpoJobs
+            raise tuning_api_error(NotFoundError(f"no supervised fine-tuning job {job_id!r}"))
         return fireworks_job(job, self.service.latest_metrics(job_id), jobs_url)
 
     def fireworks_metrics(self, job_id: str, tenant: Tenant) -> str:
