@@ -125,7 +125,8 @@ def _train(store: TuningStore, paths: JobPaths, job: JobRecord, stop: StopSignal
 
     def on_metrics(m: TrainingMetrics | DpoMetrics) -> None:
         if isinstance(m, DpoMetrics):
-            _event(store, job.id, *dpo_metrics_event(m), type="metrics")
+            text, data = dpo_metrics_event(m)
+            _event(store, job.id, text, type="metrics", data=data)
             return
         text = (
             f"Step {m.step}/{m.total_steps}: training loss={m.train_loss:.4f}, "
