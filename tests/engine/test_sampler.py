@@ -128,12 +128,33 @@ def test_allowed_token_mask_restricts_sampling() -> None:
     assert set(counts) == {1, 5}
 
 
-def test_mask_that_leaves_nothing_is_an_error() -> None:
-    mask = torch.zeros(4, dtype=torch.bool)
-    mask[2] = True  # only EOS allowed, but min_tokens forbids it
-    params = SamplingParams(min_tokens=2)
+def test_the_grammar_wins_over_min_tokens_when_it_allows_only_banned_tokens() -> None:
+    # The grammar allows only EOS or a stop token, and min_tokens bans them: the ban is lifted for this row
+    # (failing the request would be a 500 mid-stream); other rows keep their ban.
+    eos, stop_token = 2, 3
+    logits = torch.zeros(2, 6)
+    logits[:, eos] = 5.0
+    only_eos = torch.zeros(6, dtype=torch.bool)
+    only_eos[eos] = True
+    eos_or_stop = torch.zeros(6, dtype=torch.bool)
+    eos_or_stop[[eos, stop_token]] = True
+    params = SamplingParams(temperature=0.0, min_tokens=2, stop_token_ids=[stop_token])
+    rows = [
+        row(params, allowed_token_ids_mask=only_eos, eos_token_ids=(eos,)),
+        row(params, eos_token_ids=(eos,)),
+    ]
+    assert Sampler()(logits, rows).token_ids == [eos, 0]
+    assert Sampler()(
+        logits[:1], [row(params, allowed_token_ids_mask=eos_or_stop, eos_token_ids=(eos,))]
+    ).token_ids == [eos]
+
+
+def test_a_mask_that_allows_nothing_is_an_error() -> None:
     with pytest.raises(ValueError, match="every token is masked"):
-        Sampler()(torch.zeros(1, 4), [row(params, allowed_token_ids_mask=mask, eos_token_ids=(2,))])
+        Sampler()(
+            torch.zeros(1, 4),
+            [row(SamplingParams(), allowed_token_ids_mask=torch.zeros(4, dtype=torch.bool))],
+        )
 
 
 def test_repetition_penalty_divides_positive_and_multiplies_negative_logits() -> None:

@@ -5,6 +5,7 @@ KV blocks all given back, and the counters."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -200,6 +201,25 @@ def test_a_grammar_cuts_the_draft_at_the_first_token_it_rejects(tiny_llama: Load
         with_eos = tuple(tokens[:cut] + [eos] + tokens[cut:])
         (again,) = _run(_engine(tiny_llama, "off"), [(PROMPTS[1], _with_prediction(open_ended, with_eos))])
         assert again.outputs[0].token_ids == tokens
+
+
+def test_a_draft_that_completes_the_grammar_ends_the_output_there_even_below_min_tokens(
+    tiny_llama: LoadedModel,
+) -> None:
+    # After a completing token a plain decode samples nothing more; a verification row there allowed only EOS,
+    # which min_tokens bans, and the whole step failed ("every token is masked"; a 500 in the stream).
+    choice = StructuredSpec(kind="choice", source=json.dumps(["abcabc", "xyz"]))
+    for min_tokens, temperature in ((0, 0.0), (5, 0.0), (20, 1.0)):
+        params = SamplingParams(
+            max_tokens=30, temperature=temperature, seed=3, min_tokens=min_tokens, structured=choice
+        )
+        (plain,) = _run(_engine(tiny_llama, "off"), [(PROMPTS[0], params)])
+        tokens = tuple(plain.outputs[0].token_ids)
+        assert plain.outputs[0].text in ("abcabc", "xyz")
+        for prediction in (tokens, tokens * 3, tokens[:-1], tuple(tiny_llama.tokenizer.encode("abcabcxyz"))):
+            (got,) = _run(_engine(tiny_llama, "off"), [(PROMPTS[0], _with_prediction(params, prediction))])
+            assert got.outputs[0].token_ids == list(tokens)
+            assert got.outputs[0].finish_reason == "stop"
 
 
 def _adapter(model: LoadedModel) -> LoraAdapter:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 
 import httpx
 import pytest
@@ -149,6 +150,30 @@ def test_oversized_bodies_are_413(http: httpx.Client, tiny_server: RunningServer
     assert_envelope(
         http.post(COMPLETIONS, content=chunked(), headers={"content-type": "application/json"}), 413
     )
+    still_serving(http)
+
+
+def test_a_small_declared_length_does_not_let_a_chunked_body_past_the_limit(
+    http: httpx.Client, tiny_server: RunningServer
+) -> None:
+    # The limit trusts a declared Content-Length only without Transfer-Encoding, which would frame the body.
+    huge = b'{"prompt": "' + b"a" * (tiny_server.config.max_body_bytes + 10) + b'"}'
+    chunks = (
+        b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (huge[:4096], huge[4096:])) + b"0\r\n\r\n"
+    )
+    host, port = tiny_server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(
+            b"POST "
+            + COMPLETIONS.encode()
+            + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 20\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n" + chunks
+        )
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    status = int(reply.split(b" ", 2)[1])
+    assert status in (400, 413), reply[:200]  # refused: by the HTTP parser (400) or by the limit (413)
     still_serving(http)
 
 

@@ -182,3 +182,30 @@ def test_invalid_response_formats_are_400(
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert error["param"] == "response_format" and "response_format" in error["message"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_min_tokens_beyond_what_the_grammar_allows_ends_with_the_grammar(
+    tiny: openai.OpenAI, stream: bool
+) -> None:
+    # The grammar's only token is a stop token and min_tokens bans it; a prediction drafts past the grammar's
+    # end. Both were 500s (every token masked), the stream one as an error event after a 200.
+    newline = [198]  # "\n" in the default tokenizer
+    for extra in (
+        {"stop_token_ids": newline, "min_tokens": 3},
+        {"min_tokens": 5, "prediction": {"type": "content", "content": "\n\n\n\n"}},
+    ):
+        kwargs: dict[str, Any] = {
+            "model": TINY_MODEL,
+            "prompt": "x",
+            "max_tokens": 8,
+            "extra_body": {"response_format": {"type": "choice", "choices": ["\n"]}, **extra},
+        }
+        if stream:
+            chunks = list(tiny.completions.create(stream=True, **kwargs))
+            text = "".join(c.choices[0].text for c in chunks if c.choices)
+            finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+        else:
+            completion = tiny.completions.create(**kwargs)
+            text, finish = completion.choices[0].text, [completion.choices[0].finish_reason]
+        assert (text, finish) == ("\n", ["stop"])

@@ -60,10 +60,6 @@ def calls_text(calls: Sequence[Mapping[str, Any]]) -> str:
     return f"{GENERIC.list_prefix}{body}{GENERIC.list_suffix}"
 
 
-def has_tool_history(messages: Sequence[Mapping[str, Any]]) -> bool:
-    return any(m.get("role") == "tool" or m.get("tool_calls") for m in messages)
-
-
 def generic_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """The conversation without tool roles or tool_calls fields: assistant calls written after the
     assistant's text, each run of tool results one user turn. `messages` come from messages_for_template."""

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ember.chat.continuation import ContinuationError, continued_prompt
-from ember.chat.generic_tools import generic_messages, has_tool_history, tools_instruction, with_instruction
+from ember.chat.generic_tools import generic_messages, tools_instruction, with_instruction
 from ember.chat.reasoning import ReasoningParser, template_switches
 from ember.chat.reasoning import parser_for_template as reasoning_parser_for_template
 from ember.chat.reply import ReplyReader
@@ -91,11 +91,16 @@ def plan_chat(
     encoder: ChatRenderer, inputs: ChatInputs, new_id: Callable[[], str] = new_tool_call_id
 ) -> ChatPlan:
     template = encoder.template_source
-    messages = _prepared_messages(inputs.messages)
     tools = list(inputs.tools or [])
+    # A chat with no tools and no past calls or results never enters the tool modules.
+    uses_tools = bool(tools) or _has_tool_history(inputs.messages)
+    if uses_tools or any("reasoning" in m for m in inputs.messages):
+        messages = _prepared_messages(inputs.messages)
+    else:
+        messages = [dict(m) for m in inputs.messages]
     tool_choice = inputs.tool_choice if inputs.tool_choice is not None else ("auto" if tools else "none")
     parsed, forced = _forced(tools, tool_choice)
-    syntax = _tool_syntax(template, tools, messages, inputs.generic_tools)
+    syntax = _tool_syntax(template, tools, messages, inputs.generic_tools) if uses_tools else None
     parses_tools = bool(tools) and not _is_none(tool_choice)
     template_tools: list[Any] | None = tools or None
     if syntax == GENERIC and template is not None:  # the template never sees tools: ember writes them
@@ -183,12 +188,12 @@ def _prepared_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _tool_syntax(
     template: str | None, tools: list[Any], messages: list[dict[str, Any]], generic: bool
 ) -> ToolCallSyntax | None:
-    """The template's own tool format; GENERIC when it has none and the request has tools or a tool
-    history (unless the generic format is off); None: no tools anywhere."""
+    """The template's own tool format for a request with tools or a tool history; GENERIC when the template
+    has none (unless the generic format is off)."""
     syntax = syntax_for_template(template)
     if syntax is not None and template is not None and "tools" in template:
         return syntax
-    if template is None or (not tools and not has_tool_history(messages)):
+    if template is None:
         return syntax  # no template at all: rendering refuses the chat with its own message
     if generic:
         return GENERIC
@@ -201,6 +206,11 @@ def _tool_syntax(
         "runs with --no-generic-tools); send the request without tools",
         "tools",
     )
+
+
+def _has_tool_history(messages: list[dict[str, Any]]) -> bool:
+    """Whether the conversation holds assistant tool calls or tool results."""
+    return any(m.get("role") == "tool" or m.get("tool_calls") for m in messages)
 
 
 def _forced(tools: list[Any], tool_choice: Any) -> tuple[list[FunctionTool], list[FunctionTool]]:

@@ -198,7 +198,10 @@ def _adjust_logits(logits: torch.Tensor, rows: list[SamplingRow], adjusted: list
     penalties.apply_logit_bias(
         logits, [(i, row.params.logit_bias) for i, row in chosen if row.params.logit_bias]
     )
-    penalties.ban_tokens(logits, [(i, row.banned_token_ids) for i, row in chosen if row.banned_token_ids])
+    penalties.ban_tokens(
+        logits,
+        [(i, row.banned_token_ids) for i, row in chosen if row.banned_token_ids and _ban_leaves_choice(row)],
+    )
     penalties.restrict_to_allowed(
         logits,
         [(i, row.allowed_token_ids_mask) for i, row in chosen if row.allowed_token_ids_mask is not None],
@@ -231,6 +234,20 @@ def _adjust_logits(logits: torch.Tensor, rows: list[SamplingRow], adjusted: list
         [row.params.presence_penalty for _, row in counted],
         [row.params.frequency_penalty for _, row in counted],
     )
+
+
+def _ban_leaves_choice(row: SamplingRow) -> bool:
+    """Whether min_tokens' ban of EOS and stop tokens leaves the grammar a token to choose. When the grammar
+    allows nothing else (its output can only end, or go on through a stop token), the grammar wins: the ban
+    is lifted for this step instead of failing the request (a stop token is then kept as text before
+    min_tokens, as it would be anyway)."""
+    mask = row.allowed_token_ids_mask
+    if mask is None:
+        return True
+    free = mask.clone()
+    banned = [t for t in row.banned_token_ids if 0 <= t < free.shape[0]]
+    free[banned] = False
+    return bool(free.any())
 
 
 def _select(logits: torch.Tensor, rows: list[int]) -> torch.Tensor:

@@ -25,6 +25,7 @@ from ember.models.bpe_backend import (
     pre_tokenizer_spec,
 )
 from ember.models.errors import ModelLoadError
+from ember.models.long_text_encoding import PIECE_CHARS, encode_long_text
 
 # GGUF ids that end a turn besides tokenizer.ggml.eos_token_id.
 _GGUF_EXTRA_EOS_KEYS = ("tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id")
@@ -168,9 +169,12 @@ class Tokenizer:
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
         """Token ids of `text`. With add_special_tokens, BOS is prepended when `add_bos` is set and the text
         does not already start with it."""
-        # encode_batch, not encode: only the batch call lets go of the GIL while it works, and a 1M-token text
-        # takes seconds, during which the server's event loop (on another thread) could not run at all.
-        ids: list[int] = self._backend.encode_batch([text], add_special_tokens=False)[0].ids
+        # encode_batch, not encode: only the batch call lets go of the GIL while it tokenizes; a long text in
+        # pieces, so that handing its ids over and freeing them does not keep the GIL (see long_text_encoding).
+        if len(text) > 2 * PIECE_CHARS:
+            ids = encode_long_text(self._backend, text)
+        else:
+            ids = self._backend.encode_batch([text], add_special_tokens=False)[0].ids
         bos = self.bos_token_id
         if add_special_tokens and self.add_bos and bos is not None and ids[:1] != [bos]:
             ids = [bos, *ids]

@@ -123,20 +123,26 @@ def _grammar_masks(
 ) -> tuple[list[int], torch.Tensor]:
     """The part of the draft worth verifying under the grammar, and masks [len(part) + 1, V]: row j is what
     the grammar allows after the drafts before it. The part ends before the first token the grammar rejects,
-    before an end-of-sequence token, and after a token that completes the grammar (a plain decode ends there;
-    and llguidance's rollback does not count an end-of-sequence token). The matcher walks the part and comes
-    back, so it is where it was when this returns."""
+    before an end-of-sequence token (llguidance's rollback does not count one), and before a token that
+    completes the grammar: a plain decode ends right after that token without sampling another, so it is
+    left to the run's last row, which samples it as a plain decode would (a row after it would allow nothing
+    but EOS, which min_tokens or stop_token_ids may ban). The matcher walks the drafts and comes back, so it
+    is where it was when this returns."""
     draft = draft[: matcher.num_valid(draft)]
     eos = set(eos_token_ids)
     masks = [allowed_token_masks([matcher], vocab_size)[0]]
     walked = 0
+    kept = 0
     try:
         for token in draft:
-            if token in eos or matcher.is_finished:
+            if token in eos:
                 break
             matcher.accept(token)
             walked += 1
+            if matcher.is_finished:
+                break
+            kept += 1
             masks.append(allowed_token_masks([matcher], vocab_size)[0])
     finally:
         matcher.rollback(walked)
-    return draft[:walked], torch.stack(masks)
+    return draft[:kept], torch.stack(masks)

@@ -119,10 +119,16 @@ class BodyLimitMiddleware:
         if scope["type"] != "http" or (self.exempt is not None and self.exempt(scope["path"])):
             await self.app(scope, receive, send)
             return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            await error_response(BodyTooLarge(self.max_body_bytes), scope["path"])(scope, receive, send)
-            return
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit():
+            if int(declared) > self.max_body_bytes:
+                await error_response(BodyTooLarge(self.max_body_bytes), scope["path"])(scope, receive, send)
+                return
+            if b"transfer-encoding" not in headers:
+                # The HTTP server delivers no more body than the declared length: nothing to count.
+                await self.app(scope, receive, send)
+                return
         received = 0
 
         async def counting_receive() -> Message:

@@ -9,12 +9,10 @@ from ember.server.common.prompts import PromptEncoder
 from ember.server.common.protocol import SamplingRequest
 
 
-def speculation_params(request: SamplingRequest, encoder: PromptEncoder) -> SpeculationParams | None:
-    """None when the request asks for nothing of its own; a 400 naming prompt_lookup for a bad combination."""
+def speculation_params(request: SamplingRequest, encoder: PromptEncoder) -> SpeculationParams:
+    """For a request with a prediction or prompt_lookup; a 400 naming prompt_lookup for a bad combination."""
     prediction = request.prediction
     lookup = request.prompt_lookup
-    if prediction is None and lookup is None:
-        return None
     tokens: tuple[int, ...] = ()
     if prediction is not None and prediction.text():  # an empty prediction predicts nothing
         tokens = tuple(encoder.encode_text(prediction.text(), "prediction", add_special_tokens=False))

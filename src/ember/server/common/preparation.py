@@ -295,7 +295,7 @@ class Preparation:
             max_tokens=max_tokens,
             logprobs=ask.logprobs,
             structured=plan.structured,
-            speculation=speculation_params(ask.sampling, self.encoder),
+            speculation=_speculation(ask.sampling, self.encoder),
         )
         if plan.stop:
             params.stop = [*params.stop, *plan.stop]
@@ -336,7 +336,7 @@ class Preparation:
             echoes.append(echo)
             if i == 0:  # checked once, after the first prompt (as each prompt's SamplingParams used to)
                 structured = response_format_spec(ask.sampling.response_format)
-                speculation = speculation_params(ask.sampling, self.encoder)
+                speculation = _speculation(ask.sampling, self.encoder)
             params = build_sampling_params(
                 ask.sampling,
                 self.limits,
@@ -360,6 +360,13 @@ class Preparation:
             start = max(0, len(ids) - ask.echo_last)
             return PromptEcho(decode(ids[start:]), ids[start:], start)
         return None
+
+
+def _speculation(sampling: SamplingRequest, encoder: PromptEncoder) -> SpeculationParams | None:
+    """The request's own speculation settings; None (the server's) for the many that bring none."""
+    if sampling.prediction is None and sampling.prompt_lookup is None:
+        return None
+    return speculation_params(sampling, encoder)
 
 
 def _request_id(headers: Mapping[str, str], generated: str) -> str:

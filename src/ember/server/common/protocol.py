@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+import types
+import typing
 from collections.abc import Callable
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -20,7 +23,8 @@ from ember.engine.sampling_params import (
     MIN_REPETITION_PENALTY,
 )
 from ember.server.common.errors import invalid_request
-from ember.server.common.json_depth import check_body_depth, too_deep
+from ember.server.common.json_depth import MAX_BODY_DEPTH, check_body_depth, too_deep
+from ember.server.common.json_pieces import loads_in_pieces
 from ember.server.common.schema_docs import RESPONSE_FORMAT
 
 # Every optional field accepts null; unknown fields are ignored, as OpenAI-compatible servers do.
@@ -33,6 +37,8 @@ Penalty = Annotated[float, Field(ge=-MAX_ABS_PENALTY, le=MAX_ABS_PENALTY)]
 RepetitionPenalty = Annotated[float, Field(ge=MIN_REPETITION_PENALTY, le=MAX_REPETITION_PENALTY)]
 LogitBias = Annotated[float, Field(ge=-MAX_ABS_LOGIT_BIAS, le=MAX_ABS_LOGIT_BIAS)]
 OFF_LOOP_PARSE_BYTES = 64 * 1024  # bodies above this are parsed and validated in a worker thread
+# A list of objects longer than this (100k chat messages) is validated a slice at a time (see _validate_long_lists).
+LONG_LIST_ITEMS = 1024
 
 
 class APIModel(BaseModel):
@@ -159,14 +165,15 @@ def param_path(loc: tuple[int | str, ...]) -> str:
     return path
 
 
-def validation_error(error: ValidationError) -> Exception:
-    """The first invalid parameter as a 400; a value that fits no member of a union lists why for each."""
+def validation_error(error: ValidationError, loc_prefix: tuple[int | str, ...] = ()) -> Exception:
+    """The first invalid parameter as a 400; a value that fits no member of a union lists why for each.
+    `loc_prefix`: where the validated value sits in the body (an item validated on its own)."""
     errors = error.errors()
-    param = param_path(tuple(errors[0]["loc"]))
+    param = param_path((*loc_prefix, *errors[0]["loc"]))
     messages: list[str] = []
     for detail in errors:
         message = "is required" if detail["type"] == "missing" else detail["msg"]
-        if param_path(tuple(detail["loc"])) == param and message not in messages:
+        if param_path((*loc_prefix, *detail["loc"])) == param and message not in messages:
             messages.append(message)
     message = ", or ".join(messages)
     return invalid_request(f"{param}: {message}" if param else message, param=param or None)
@@ -178,11 +185,16 @@ def _reject_constant(name: str) -> float:
 
 
 def parse_json(raw: bytes) -> object:
-    """The body's JSON value; a 400 naming the problem when it is not JSON."""
+    """The body's JSON value; a 400 naming the problem when it is not JSON or nests past MAX_BODY_DEPTH
+    (checked here, before pydantic or anything recursive walks it)."""
     if not raw.strip():
         raise invalid_request("the request body is empty; send a JSON object")
     try:
-        return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+        text = raw.decode("utf-8")
+        if len(raw) > OFF_LOOP_PARSE_BYTES:  # read in a worker thread: let the event loop in between pieces
+            payload = loads_in_pieces(text, parse_constant=_reject_constant)
+        else:
+            payload = json.loads(text, parse_constant=_reject_constant)
     except UnicodeDecodeError as error:
         raise invalid_request(f"the request body is not valid UTF-8 (byte {error.start})") from None
     except json.JSONDecodeError as error:
@@ -193,22 +205,70 @@ def parse_json(raw: bytes) -> object:
         raise invalid_request(f"the request body is not valid JSON: {error}") from None
     except RecursionError:
         raise too_deep() from None
+    if raw.count(b"[") + raw.count(b"{") > MAX_BODY_DEPTH:  # a body cannot nest deeper than its brackets
+        check_body_depth(payload)
+    return payload
 
 
 def json_object(payload: object) -> dict[str, Any]:
-    """`payload` if it is a JSON object nested no deeper than MAX_BODY_DEPTH, else a 400."""
+    """`payload` (from parse_json, so its depth is checked) if it is a JSON object, else a 400."""
     if not isinstance(payload, dict):
         raise invalid_request(f"the request body must be a JSON object, got {type(payload).__name__}")
-    check_body_depth(payload)
     return payload
 
 
 def validate_body(model: type[ModelT], payload: object) -> ModelT:
-    """`payload` as `model`; its depth is checked before pydantic (or anything recursive) walks it."""
+    """`payload` (from parse_json) as `model`."""
+    body = _validate_long_lists(model, json_object(payload))
     try:
-        return model.model_validate(json_object(payload))
+        return model.model_validate(body)
     except ValidationError as error:
         raise validation_error(error) from None
+
+
+def _list_item_model(annotation: Any) -> type[BaseModel] | None:
+    """M for a field typed `list[M]` (maybe Annotated, maybe `| None`) where M is a body model, else None."""
+    while typing.get_origin(annotation) is Annotated:
+        annotation = typing.get_args(annotation)[0]
+    members = [a for a in typing.get_args(annotation) if a is not type(None)] if _is_union(annotation) else []
+    if len(members) == 1:
+        annotation = members[0]
+    if typing.get_origin(annotation) is not list:
+        return None
+    (item,) = typing.get_args(annotation) or (None,)
+    return item if isinstance(item, type) and issubclass(item, BaseModel) else None
+
+
+def _is_union(annotation: Any) -> bool:
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType)
+
+
+def _validate_long_lists(model: type[BaseModel], body: dict[str, Any]) -> dict[str, Any]:
+    """`body` with each long list of body models (chat messages) validated here, an item at a time.
+
+    pydantic-core validates a whole body in one native call that keeps the GIL: 100k messages held it for over
+    half a second, and the event loop, on another thread, could not answer anyone meanwhile. Item by item, with
+    a pause every LONG_LIST_ITEMS, the loop gets its turns; the model then takes the validated items as they
+    are (pydantic does not validate a model instance again)."""
+    replaced: dict[str, Any] = {}
+    for name, field in model.model_fields.items():
+        key = field.alias or name
+        items = body.get(key)
+        if not isinstance(items, list) or len(items) <= LONG_LIST_ITEMS:
+            continue
+        item_model = _list_item_model(field.annotation)
+        if item_model is None:
+            continue
+        validated = []
+        for index, item in enumerate(items):
+            if index % LONG_LIST_ITEMS == 0:
+                time.sleep(0)  # lets go of the GIL: a thread waiting for it (the event loop) runs now
+            try:
+                validated.append(item_model.model_validate(item))
+            except ValidationError as error:
+                raise validation_error(error, (key, index)) from None
+        replaced[key] = validated
+    return {**body, **replaced} if replaced else body
 
 
 async def _off_loop_if_big(raw: bytes, read: Callable[[bytes], T]) -> T:
