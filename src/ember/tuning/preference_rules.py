@@ -78,7 +78,7 @@ def pair_chat_rows(row: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]
     with weight 0: context) followed by that output's message, trained."""
     context = [{**m, "weight": 0} if m.get("role") == "assistant" else m for m in row["input"]["messages"]]
     tools = row["input"].get("tools")
-    extra = {} if tools is None else {"tools": tools}
+    extra = {"tools": tools} if tools else {}  # `"tools": []` (OpenAI's example rows) means no tools
     return tuple(  # type: ignore[return-value]
         {"messages": [*context, row[name][0]], **extra} for name in OUTPUT_FIELDS
     )
