@@ -102,23 +102,9 @@ class _DatasetValidator:
                 detail = "nested too deeply" if isinstance(error, RecursionError) else str(error)
             self.problems.add(Problem(line, None, "invalid_json", f"line is not valid JSON: {detail}"))
             return
-        row_format = "preference" if is_preference_row(row) else "chat"
-        if isinstance(row, dict) and self.first_row_format is None:
-            self.first_row_format = (line, row_format)
-        dataset_format = self.first_row_format[1] if self.first_row_format is not None else "chat"
-        if isinstance(row, dict) and self.first_row_format is not None and row_format != dataset_format:
-            first_line = self.first_row_format[0]
-            self.problems.add(
-                Problem(
-                    line,
-                    None,
-                    "mixed_formats",
-                    f"this is a {row_format} row but line {first_line} is a {dataset_format} row; a dataset "
-                    "holds chat rows (messages) or preference rows (input, preferred_output, "
-                    "non_preferred_output), not both",
-                )
-            )
-            return
+        dataset_format = self._format_of(line, row)
+        if dataset_format is None:
+            return  # a row of the other format, reported
         if dataset_format == "preference":
             row_problems = check_preference_row(row, line, self.rules)
         else:
@@ -131,6 +117,29 @@ class _DatasetValidator:
                 self._measure_pair(line, row)
             else:
                 self._measure(line, row)
+
+    def _format_of(self, line: int, row: Any) -> str | None:
+        """The dataset's format ("chat" | "preference"), set by its first JSON object; None, with a problem, for
+        a row of the other format."""
+        if not isinstance(row, dict):
+            return "chat" if self.first_row_format is None else self.first_row_format[1]
+        row_format = "preference" if is_preference_row(row) else "chat"
+        if self.first_row_format is None:
+            self.first_row_format = (line, row_format)
+        first_line, dataset_format = self.first_row_format
+        if row_format == dataset_format:
+            return row_format
+        self.problems.add(
+            Problem(
+                line,
+                None,
+                "mixed_formats",
+                f"this is a {row_format} row but line {first_line} is a {dataset_format} row; a dataset holds "
+                "chat rows (messages) or preference rows (input, preferred_output, non_preferred_output), "
+                "not both",
+            )
+        )
+        return None
 
     def _check_weight_presence(self, line: int, row: dict[str, Any]) -> list[Problem]:
         has_weight = "weight" in row
