@@ -142,3 +142,39 @@ def test_resumed_dpo_run_ends_with_the_uninterrupted_adapter(tmp_path: Path) -> 
     for key, (a, b) in expected.weights.items():
         torch.testing.assert_close(result.adapter.weights[key][0], a)
         torch.testing.assert_close(result.adapter.weights[key][1], b)
+
+
+def test_validation_pairs_are_evaluated_and_can_stop_the_run_early() -> None:
+    model = tiny_loaded_model()
+    train = pairs_for(model, [f"Question number {i}?" for i in range(4)])
+    held_out = pairs_for(model, ["Something new?", "Anything else?"])
+    settings = config(batch_examples=2, epochs=4, eval_every_steps=3)
+    metrics: list[DpoMetrics] = []
+    trainer = DpoTrainer(model, LoraSettings(rank=4, alpha=8), settings, "tiny", DpoSettings())
+    trainer.train_pairs(train, held_out, callbacks=TrainingCallbacks(on_metrics=metrics.append))
+    with_valid = [m.step for m in metrics if "valid_loss" in m.values]
+    with_full = [m.step for m in metrics if "full_valid_loss" in m.values]
+    assert with_valid == [3, 6] and with_full == [2, 4, 6, 8]  # every 3 steps; each epoch's end
+    assert all(0.0 <= m.values["full_valid_reward_accuracy"] <= 1.0 for m in metrics if m.step in with_full)
+    assert metrics[-1].values["full_valid_loss"] < metrics[1].values["full_valid_loss"]
+
+    # A validation loss that cannot improve (rejected replies the policy learns to prefer) stops the run.
+    flipped = [PreferencePair(p.non_preferred, p.preferred, p.row_index) for p in held_out]
+    early = DpoTrainer(
+        tiny_loaded_model(), LoraSettings(rank=4, alpha=8), config(batch_examples=2, epochs=4, early_stop=True),
+        "tiny", DpoSettings(),
+    )  # fmt: skip
+    result = early.train_pairs(train, flipped)
+    assert result.stopped_early and result.epochs_completed < 4
+
+
+def test_a_job_whose_policy_prefers_little_gets_a_warning() -> None:
+    from ember.tuning.dpo_job import dpo_result_warning
+    from ember.tuning.dpo_trainer import DpoResult
+
+    def result(accuracy: float | None) -> DpoResult:
+        return DpoResult(None, 1, 1, 1, 1, 0.7, None, None, False, final_reward_accuracy=accuracy)  # type: ignore[arg-type]
+
+    warning = dpo_result_warning(result(0.25))
+    assert warning is not None and "reward accuracy is 0.25" in warning
+    assert dpo_result_warning(result(0.75)) is None and dpo_result_warning(result(None)) is None
