@@ -169,7 +169,13 @@ def test_dpo_job_through_the_fireworks_sdk(
     # The same job through OpenAI's API, and never as a supervised job.
     assert client.fine_tuning.jobs.retrieve("polite").method.type == "dpo"  # type: ignore[union-attr]
     sft = f"{server.v1}/accounts/{ACCOUNT}/supervisedFineTuningJobs"
-    assert httpx.get(f"{sft}/polite").status_code == 404
+    for response in (
+        httpx.get(f"{sft}/polite"),
+        httpx.post(f"{sft}/polite:resume"),
+        httpx.delete(f"{sft}/polite"),
+        httpx.get(f"{sft}/polite/metrics"),
+    ):
+        assert response.status_code == 404, response.request.url
     assert "polite" not in [j["name"] for j in httpx.get(sft).json()["supervisedFineTuningJobs"]]
 
     endpoint = fw.dpo_jobs.get_metrics_file_endpoint("polite", account_id=ACCOUNT)

@@ -256,26 +256,31 @@ class JobsServing:
         return {"supervisedFineTuningJobs": jobs, "nextPageToken": next_token, "totalSize": len(jobs)}
 
     def fireworks_get(self, job_id: str, jobs_url: str, tenant: Tenant) -> dict[str, Any]:
-        job = self._visible_job(job_id, tenant)
-        if job.method != "supervised":  # a DPO job is read through dpoJobs
-            raise tuning_api_error(NotFoundError(f"no supervised fine-tuning job {job_id!r}"))
+        job = self._supervised_job(job_id, tenant)
         return fireworks_job(job, self.service.latest_metrics(job_id), jobs_url)
 
     def fireworks_metrics(self, job_id: str, tenant: Tenant) -> str:
         """The job's metrics file: one JSON object per training step (loss, token accuracy, validation)."""
-        self._visible_job(job_id, tenant)
+        self._supervised_job(job_id, tenant)
         rows = self._call(lambda: self.service.metrics_history(job_id))
         return "".join(json.dumps(row) + "\n" for row in rows)
 
     def fireworks_delete(self, job_id: str, tenant: Tenant) -> dict[str, Any]:
-        self._visible_job(job_id, tenant)
+        self._supervised_job(job_id, tenant)
         self._call(lambda: self.service.delete_job(job_id))
         return {}
 
     def fireworks_resume(self, job_id: str, tenant: Tenant) -> dict[str, Any]:
-        self._visible_job(job_id, tenant)
+        self._supervised_job(job_id, tenant)
         job = self._call(lambda: self.service.resume_job(job_id), conflict_status=400)
         return fireworks_job(job, self.service.latest_metrics(job_id))
+
+    def _supervised_job(self, job_id: str, tenant: Tenant) -> JobRecord:
+        """A supervised job for the supervisedFineTuningJobs routes (a DPO job is Fireworks' dpoJobs resource)."""
+        job = self._visible_job(job_id, tenant)
+        if job.method != "supervised":
+            raise tuning_api_error(NotFoundError(f"no supervised fine-tuning job {job_id!r}"))
+        return job
 
     def _visible_job(self, job_id: str, tenant: Tenant) -> JobRecord:
         """The job, or the same 404 as for a missing one when it is another account's."""
