@@ -124,6 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-upload-mib", type=int, default=512, help="largest training-data upload accepted (MiB)"
     )
     serve.add_argument(
+        "--ssl-certfile",
+        default=None,
+        metavar="PEM",
+        help="serve https with this certificate chain (with --ssl-keyfile); the fireworks-ai SDK's dataset upload "
+        "helper only PUTs to https URLs",
+    )
+    serve.add_argument("--ssl-keyfile", default=None, metavar="PEM", help="the private key of --ssl-certfile")
+    serve.add_argument(
         "--drain-timeout",
         type=float,
         default=30.0,

@@ -156,3 +156,13 @@ def bind_host(requested: str | None) -> str:
 
 def _comma_list(values: list[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(v.strip() for value in values for v in value.split(",") if v.strip()))
+
+
+def check_tls_files(certfile: str | None, keyfile: str | None) -> None:
+    """--ssl-certfile and --ssl-keyfile come together, and both files must be readable (checked before the
+    model loads, so a typo fails at once rather than after a minute of loading)."""
+    if (certfile is None) != (keyfile is None):
+        raise AccessConfigError("--ssl-certfile and --ssl-keyfile go together: give both or neither")
+    for flag, path in (("--ssl-certfile", certfile), ("--ssl-keyfile", keyfile)):
+        if path is not None and not os.access(path, os.R_OK):
+            raise AccessConfigError(f"{flag} {path!r} is not a readable file")

@@ -16,7 +16,7 @@ from ember.gc_tuning import tune_gc_for_serving
 from ember.lora.config import LoraConfig
 from ember.models.errors import ModelLoadError
 from ember.models.loader import LoadConfig, load_model
-from ember.serve_access import AccessConfigError, access_from_args
+from ember.serve_access import AccessConfigError, access_from_args, check_tls_files
 from ember.serve_shutdown import DrainConfig, DrainingServer
 from ember.server.common.config import FineTuningConfig
 from ember.threads import configure_torch_threads, release_openmp_team
@@ -57,6 +57,7 @@ def serve_from_args(args: argparse.Namespace) -> int:
 
     try:  # before the model loads: a bad keys file or flag fails at once
         access = access_from_args(args)
+        check_tls_files(args.ssl_certfile, args.ssl_keyfile)
     except AccessConfigError as error:
         print(f"ember serve: {error}", file=sys.stderr)
         return 1
@@ -132,7 +133,8 @@ def serve_from_args(args: argparse.Namespace) -> int:
         kv_tokens,
         engine_cfg.kv_cache_gib,
     )
-    logger.info("serving on http://%s:%d/v1 (also /inference/v1)", access.host, args.port)
+    scheme = "https" if args.ssl_certfile else "http"
+    logger.info("serving on %s://%s:%d/v1 (also /inference/v1)", scheme, access.host, args.port)
     fine_tuning = fine_tuning_config_from(args, threads)
     app = build_app(engine, server_cfg, fine_tuning)
     # From here on every step runs on the engine thread: the main thread's idle OpenMP team, left over from
@@ -145,6 +147,8 @@ def serve_from_args(args: argparse.Namespace) -> int:
         port=args.port,
         log_level="info",
         timeout_graceful_shutdown=drain.uvicorn_timeout_s,
+        ssl_certfile=args.ssl_certfile,
+        ssl_keyfile=args.ssl_keyfile,
     )
     jobs = app.state.services.jobs
     # The training worker checkpoints and stops while the requests drain, not after them.

@@ -78,12 +78,27 @@ VARIANTS = (
             down_proj="Q6_K",
         ),
     ),
+    # Block formats without a kernel of their own, run on their Q8_0 stand-ins (models/quant/kernel_stand_ins).
+    Variant(
+        "qwen2-stand-ins",
+        "qwen2",
+        dict(hidden_size=256, intermediate_size=512, num_heads=4, num_kv_heads=2, head_dim=64),
+        dict(
+            q_proj="Q5_0",
+            k_proj="Q5_1",
+            v_proj="Q3_K",
+            o_proj="Q5_K",
+            gate_proj="Q2_K",
+            up_proj="Q5_0",
+            down_proj="Q5_K",
+        ),
+    ),
 )
 
 
 def _packed(weight: torch.Tensor, qtype: str, seed: int) -> PackedWeight:
     n, k = weight.shape
-    if qtype in ("Q8_0", "Q4_0", "Q4_1"):
+    if qtype in ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"):
         data = torch.from_numpy(quants.quantize(weight.numpy(), gguf.GGMLQuantizationType[qtype]))
     else:  # gguf cannot quantize the K-types: random valid blocks of a typical size
         data = random_blocks(qtype, n, k, seed)

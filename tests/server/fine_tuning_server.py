@@ -57,9 +57,11 @@ def start_tuning_server(
     max_body_bytes: int = 20_000,
     max_model_len: int = 256,
     engine_config: Any = None,
+    uvicorn_options: dict[str, Any] | None = None,
     **server_options: Any,
 ) -> TuningServer:
-    """`server_options` are more ServerConfig fields (API keys, adapter folders, allowed origins ...)."""
+    """`server_options` are more ServerConfig fields (API keys, adapter folders, allowed origins ...);
+    `uvicorn_options` go to uvicorn (ssl_certfile and ssl_keyfile serve https)."""
     loaded = load_model(LoadConfig(str(model_dir), "fp32"))
     engine = AsyncEngine.from_loaded(loaded, engine_config or tiny_engine_config(max_model_len=max_model_len))
     config = ServerConfig(
@@ -68,7 +70,7 @@ def start_tuning_server(
     fine_tuning = FineTuningConfig(
         data_dir=data_dir, max_upload_bytes=max_upload_bytes, worker_threads=1, poll_interval_s=0.1
     )
-    server, thread, url = serve_in_thread(build_app(engine, config, fine_tuning))
+    server, thread, url = serve_in_thread(build_app(engine, config, fine_tuning), **(uvicorn_options or {}))
     return TuningServer(engine, url, data_dir, server, thread)
 
 

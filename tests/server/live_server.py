@@ -6,6 +6,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -37,13 +38,14 @@ class RunningServer:
         self._thread.join(timeout=30)
 
 
-def serve_in_thread(app: FastAPI) -> tuple[uvicorn.Server, threading.Thread, str]:
-    """Runs `app` under uvicorn on a free loopback port; returns once it accepts connections."""
+def serve_in_thread(app: FastAPI, **uvicorn_options: Any) -> tuple[uvicorn.Server, threading.Thread, str]:
+    """Runs `app` under uvicorn on a free loopback port; returns once it accepts connections. With
+    `ssl_certfile` / `ssl_keyfile` among `uvicorn_options` it serves https."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", **uvicorn_options))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60
@@ -51,7 +53,8 @@ def serve_in_thread(app: FastAPI) -> tuple[uvicorn.Server, threading.Thread, str
         if not thread.is_alive() or time.monotonic() > deadline:
             raise RuntimeError("the test server did not start")
         time.sleep(0.01)
-    return server, thread, f"http://127.0.0.1:{port}"
+    scheme = "https" if uvicorn_options.get("ssl_certfile") else "http"
+    return server, thread, f"{scheme}://127.0.0.1:{port}"
 
 
 def start_server(engine: AsyncEngine, config: ServerConfig) -> RunningServer:

@@ -76,3 +76,16 @@ def test_fireworks_sdk_chat_completion_and_stream(fw: fireworks.Fireworks) -> No
     assert completion.usage.completion_tokens == 3 and completion.perf_metrics is None
     chunks = list(fw.chat.completions.create(model=TINY_MODEL_ID, messages=USER, max_tokens=3, stream=True))
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 3
+
+
+def test_fireworks_models_without_a_data_directory(fw: fireworks.Fireworks) -> None:
+    """The control plane reads what the server serves; uploads need a data directory and say so."""
+    [model] = list(fw.models.list(account_id="fireworks"))
+    assert model.name == TINY_MODEL_ID and model.kind == "HF_BASE_MODEL" and model.tunable is False
+    assert (
+        model.base_model_details is not None and model.base_model_details.checkpoint_format is None
+    )  # not a HF folder
+    assert list(fw.lora.list(account_id="fireworks")) == []
+    with pytest.raises(fireworks.NotFoundError) as disabled:
+        fw.models.create(account_id="fireworks", model_id="x", model={})
+    assert disabled.value.body["error"]["code"] == "fine_tuning_disabled"  # type: ignore[index]

@@ -62,3 +62,26 @@ def test_streamed_chat_ends_with_eos_and_usage(default_server: RunningServer) ->
     assert chunks[-1].choices[0].finish_reason == "stop", "the model should end its turn with <|im_end|>"
     assert "<|im_end|>" not in text and text.strip()
     assert chunks[-1].usage.completion_tokens >= 1
+
+
+def test_responses_api_answers_and_streams_to_the_end(default_server: RunningServer) -> None:
+    client = openai.OpenAI(base_url=f"{default_server.url}/v1", api_key="x", max_retries=0)
+    model = default_server.config.model_name
+    first = client.responses.create(
+        model=model,
+        instructions="You are a helpful assistant.",
+        input="What is the capital of France?",
+        max_output_tokens=12,
+        temperature=0,
+    )
+    assert "Paris" in first.output_text
+    follow_up = client.responses.create(
+        model=model, previous_response_id=first.id, input="Thanks!", max_output_tokens=4, temperature=0
+    )
+    assert follow_up.usage.input_tokens > first.usage.input_tokens + first.usage.output_tokens
+    with client.responses.stream(
+        model=model, input="Reply with just the word yes.", max_output_tokens=40, temperature=0
+    ) as stream:
+        deltas = [event.delta for event in stream if event.type == "response.output_text.delta"]
+        final = stream.get_final_response()  # response.completed: the model ended its turn
+    assert final.status == "completed" and "".join(deltas) == final.output_text != ""

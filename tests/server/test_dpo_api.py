@@ -172,6 +172,7 @@ def test_dpo_job_through_the_fireworks_sdk(
     for response in (
         httpx.get(f"{sft}/polite"),
         httpx.post(f"{sft}/polite:resume"),
+        httpx.post(f"{sft}/polite:cancel"),
         httpx.delete(f"{sft}/polite"),
         httpx.get(f"{sft}/polite/metrics"),
     ):

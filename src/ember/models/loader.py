@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
@@ -12,6 +14,8 @@ from ember.models.checkpoint import Checkpoint, GenerationDefaults
 from ember.models.config import ModelConfig
 from ember.models.errors import ModelLoadError
 from ember.models.load_quantization import parse_quantization
+
+logger = logging.getLogger(__name__)
 
 WEIGHT_FORMATS = ("auto", "fp32", "bf16", "packed")
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -94,10 +98,23 @@ def gguf_file_of(path: str) -> str | None:
 
 
 def enable_quant_kernels(network: torch.nn.Module) -> int:
-    """Moves every packed linear whose block format the int8 kernel knows onto it; returns how many."""
+    """Moves every packed linear onto the int8 kernel, through a Q8_0 stand-in for the block formats it lacks;
+    returns how many made it, and logs which formats were converted and which stayed on the slow path."""
     from ember.models.quant.packed_linear import PackedLinear
 
-    return sum(1 for m in network.modules() if isinstance(m, PackedLinear) and m.use_fast_kernel())
+    linears = [m for m in network.modules() if isinstance(m, PackedLinear)]
+    on_kernel = [m.use_fast_kernel() for m in linears]
+    stand_ins = Counter(f"{m.converted_from} as {m.qtype}" for m in linears if m.converted_from is not None)
+    slow = Counter(m.qtype for m, fast in zip(linears, on_kernel, strict=True) if not fast)
+    if stand_ins:
+        listed = ", ".join(f"{count} {kind}" for kind, count in sorted(stand_ins.items()))
+        logger.info("int8 kernels: linears converted at load (no kernel of their own): %s", listed)
+    if slow:
+        listed = ", ".join(f"{count} {qtype}" for qtype, count in sorted(slow.items()))
+        logger.warning(
+            "linears left on the slow reference path (no int8 kernel for their format): %s", listed
+        )
+    return sum(on_kernel)
 
 
 def read_checkpoint(path: str, keep_packed: bool, quantization: str | None = None) -> Checkpoint:

@@ -28,14 +28,20 @@ from ember.server.common.served_models import ServedModels
 from ember.server.common.server_access import key_ring, log_access_policy, open_tenant
 from ember.server.common.services import Services, ServingState
 from ember.server.fine_tuning import routes as fine_tuning_routes
+from ember.server.fine_tuning.dataset_transfer import SIGNED_PREFIX
 from ember.server.fine_tuning.serving_dpo_jobs import DpoJobsServing
 from ember.server.fine_tuning.serving_files import FilesServing
 from ember.server.fine_tuning.serving_jobs import FineTuningRuntime, JobsServing
+from ember.server.fireworks import routes as fireworks_routes
+from ember.server.fireworks.control_plane import FireworksControlPlane
+from ember.server.fireworks.model_uploads import SIGNED_MODEL_PREFIX
 from ember.server.openai import routes as openai_routes
 from ember.server.openai.serving_chat import ChatServing
 from ember.server.openai.serving_completions import CompletionServing
 from ember.server.openai.serving_embeddings import EmbeddingServing
 from ember.server.openai.serving_tokenize import TokenizeServing
+from ember.server.responses import routes as responses_routes
+from ember.server.responses.serving import responses_serving
 
 if TYPE_CHECKING:
     from ember.engine.async_engine import AsyncEngine
@@ -65,7 +71,11 @@ API_DESCRIPTION = (
 
 def is_upload_path(path: str) -> bool:
     """Uploads of training data have their own, larger limit (FineTuningConfig.max_upload_bytes)."""
-    return path.endswith(":upload") or any(path == f"{prefix}/files" for prefix in API_PREFIXES)
+    return (
+        path.endswith(":upload")
+        or path.startswith((f"{SIGNED_PREFIX}/", f"{SIGNED_MODEL_PREFIX}/"))
+        or any(path == f"{prefix}/files" for prefix in API_PREFIXES)
+    )
 
 
 def build_app(
@@ -134,11 +144,23 @@ def build_app(
         files=None if tuning is None else FilesServing(tuning),
         jobs=None if tuning is None else JobsServing(tuning),
         dpo_jobs=None if tuning is None else DpoJobsServing(tuning),
+        responses=responses_serving(state, None if fine_tuning is None else fine_tuning.data_dir),
+        control_plane=FireworksControlPlane(state, adapter_serving, tuning),
     )
     for prefix in API_PREFIXES:
-        for routes in (openai_routes, anthropic_routes, fine_tuning_routes, admin_routes):
+        for routes in (
+            openai_routes,
+            anthropic_routes,
+            fine_tuning_routes,
+            fireworks_routes,
+            admin_routes,
+            responses_routes,
+        ):
             app.include_router(routes.router, prefix=prefix, include_in_schema=prefix == API_PREFIXES[0])
     app.include_router(admin_routes.root_router)
+    app.include_router(fine_tuning_routes.root_router)
+    app.include_router(openai_routes.root_router)
+    app.include_router(fireworks_routes.root_router)
     install_docs(app, API_DESCRIPTION)
     install_error_handlers(app)
     app.add_middleware(

@@ -115,6 +115,16 @@ class UploadStore(TuningDb):
             )
         return None if row is None else from_row(DatasetRecord, row)
 
+    def update_dataset(self, name: str, display_name: str) -> DatasetRecord | None:
+        """Change what a user may change of a dataset (its display name); None when there is no such dataset."""
+        with self._write() as conn:
+            values = {"display_name": display_name, "update_time": time.time()}
+            changed = self._update(conn, "datasets", "name", name, values)
+            row = (
+                conn.execute("SELECT * FROM datasets WHERE name = ?", (name,)).fetchone() if changed else None
+            )
+        return None if row is None else from_row(DatasetRecord, row)
+
     def delete_dataset(self, name: str, only_state: str | None = None) -> DatasetRecord | None:
         """Remove the row and return it; with `only_state`, only a dataset in that state is removed."""
         return self._delete(DatasetRecord, "datasets", "name", name, only_state)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from ember.models.quant.kernel_stand_ins import StandIn, has_stand_in, kernel_stand_in
 from ember.models.quant.packed_weight import PackedWeight
 
 if TYPE_CHECKING:
@@ -43,6 +44,7 @@ class PackedLinear(nn.Module):
         self.matmul_fn: PackedMatmul = matmul_fn if matmul_fn is not None else dequantize_matmul
         self._weight_view: PackedWeight | None = None
         self.prepared: PreparedQuantWeight | None = None  # the kernel's tiles, once use_fast_kernel succeeded
+        self.converted_from: str | None = None  # the file's block format, when the kernels run a stand-in
 
     def use_fast_kernel(self) -> bool:
         """Switches to the int8 block kernel (ember.kernels) when it is built and knows this qtype.
@@ -50,7 +52,11 @@ class PackedLinear(nn.Module):
         The weight is rearranged for the kernel once, here; the raw blocks stay for `weight` and the embedding."""
         from ember import kernels
 
-        if not (kernels.available() and kernels.supports(self.qtype)):
+        if not kernels.available():
+            return False
+        if not kernels.supports(self.qtype) and has_stand_in(self.qtype):
+            self._take_stand_in(kernel_stand_in(self.weight))
+        if not kernels.supports(self.qtype):
             return False
         prepared = kernels.prepare_weight(self.weight_data, self.qtype, self.out_features, self.in_features)
         self.prepared = prepared
@@ -62,6 +68,12 @@ class PackedLinear(nn.Module):
 
         self.matmul_fn = kernel_matmul
         return True
+
+    def _take_stand_in(self, stand_in: StandIn) -> None:
+        """From now on this layer is its stand-in, on every path (the module path decodes the same blocks)."""
+        self.weight_data = stand_in.weight.data
+        self.qtype = stand_in.weight.qtype
+        self.converted_from = stand_in.original_qtype
 
     @property
     def weight(self) -> PackedWeight:

@@ -1,5 +1,5 @@
 """Routes for operating the server. GET /health and GET /metrics (unauthenticated: load balancers and Prometheus
-scrape them; mounted at the root). ember's adapter routes under the API prefixes: POST /adapters {"name", "path"}
+scrape them; mounted at the root), and vLLM's GET/POST /ping and GET /version beside them. ember's adapter routes under the API prefixes: POST /adapters {"name", "path"}
 serves a PEFT LoRA folder under the adapter roots (--adapter-dir, the caller's fine-tuning jobs) as a model, GET /adapters lists them, GET/DELETE /adapters/{name} shows /
 unloads one (name: any name the adapter answers to)."""
 
@@ -34,6 +34,23 @@ async def metrics(request: Request) -> Response:
     return PlainTextResponse(
         state.metrics.render(state.engine.stats()), media_type="text/plain; version=0.0.4"
     )
+
+
+@root_router.get("/ping")
+async def ping(request: Request) -> Response:
+    """vLLM's (and SageMaker's) liveness probe: 200 while the engine runs, 503 when it does not."""
+    engine = services_of(request).state.engine
+    return Response(status_code=200 if engine.is_running else 503)
+
+
+@root_router.post("/ping")
+async def ping_post(request: Request) -> Response:
+    return await ping(request)
+
+
+@root_router.get("/version")
+async def server_version(request: Request) -> Response:
+    return JSONResponse({"version": request.app.version})
 
 
 router = APIRouter()

@@ -20,7 +20,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ember.server.common.errors import APIError, error_response
 
-UNCHECKED_PATHS = ("/health", "/metrics")  # no user data, and probed by load balancers under any name
+UNCHECKED_PATHS = (
+    "/health",
+    "/metrics",
+    "/ping",
+)  # no user data, and probed by load balancers under any name
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 
 

@@ -1,4 +1,4 @@
-"""The ASGI middleware around every route: bearer API keys on /v1 routes (compared in constant time, never
+"""The ASGI middleware around every route: bearer API keys on /v1 routes (and the root /tokenize, /detokenize) (compared in constant time, never
 logged), each key's tenant put on the request, `/accounts/{a}/` paths kept to the key's own account, and the
 request-body size limit (a 413 before the body is read into memory)."""
 
@@ -18,6 +18,7 @@ API_KEYS_ENV = "EMBER_API_KEYS"
 ADMIN_API_KEYS_ENV = "EMBER_ADMIN_API_KEYS"
 API_KEYS_FILE_ENV = "EMBER_API_KEYS_FILE"
 PROTECTED_PREFIXES = ("/v1/", "/inference/v1/")
+PROTECTED_ROOT_PATHS = ("/tokenize", "/detokenize")  # vLLM's root aliases of /v1 routes: keyed like them
 _ACCOUNT_PATH = re.compile(r"/(?:inference/)?v1/accounts/([^/]+)(/[^/]*)?")
 _READ_METHODS = ("GET", "HEAD")
 
@@ -51,7 +52,9 @@ class APIKeyMiddleware:
         self.public_account = public_account
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(PROTECTED_PREFIXES):
+        if scope["type"] != "http" or not (
+            scope["path"].startswith(PROTECTED_PREFIXES) or scope["path"] in PROTECTED_ROOT_PATHS
+        ):
             await self.app(scope, receive, send)
             return
         tenant = self.open_tenant if self.keys is None else self._tenant(scope)

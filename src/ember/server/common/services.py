@@ -21,10 +21,12 @@ if TYPE_CHECKING:
     from ember.server.fine_tuning.serving_dpo_jobs import DpoJobsServing
     from ember.server.fine_tuning.serving_files import FilesServing
     from ember.server.fine_tuning.serving_jobs import JobsServing
+    from ember.server.fireworks.control_plane import FireworksControlPlane
     from ember.server.openai.serving_chat import ChatServing
     from ember.server.openai.serving_completions import CompletionServing
     from ember.server.openai.serving_embeddings import EmbeddingServing
     from ember.server.openai.serving_tokenize import TokenizeServing
+    from ember.server.responses.serving import ResponsesServing
 
 
 @dataclass(frozen=True)
@@ -54,11 +56,17 @@ class Services:
     files: FilesServing | None = None  # None: the server runs without a data directory
     jobs: JobsServing | None = None
     dpo_jobs: DpoJobsServing | None = None
+    responses: ResponsesServing | None = None
+    control_plane: FireworksControlPlane | None = None  # Fireworks' models and LoRA routes (set by build_app)
 
     def require_files(self) -> FilesServing:
         if self.files is None:
             raise _tuning_disabled()
         return self.files
+
+    def require_responses(self) -> ResponsesServing:
+        assert self.responses is not None  # build_app always makes one (in memory without a data directory)
+        return self.responses
 
     def require_jobs(self) -> JobsServing:
         if self.jobs is None:

@@ -145,3 +145,24 @@ class DatasetUpload(APIModel):
     """POST /v1/accounts/{account}/datasets/{dataset_id}:upload: the dataset's JSONL file."""
 
     file: bytes
+
+
+class DatasetUpdate(APIModel):
+    """PATCH /v1/accounts/{account}/datasets/{dataset_id} (Fireworks): only the display name changes; fields
+    ember derives from the uploaded file are refused by name."""
+
+    displayName: str | None = None  # noqa: N815
+    format: str | None = None
+    exampleCount: str | int | None = None  # noqa: N815
+    userUploaded: dict[str, object] | None = None  # noqa: N815
+
+
+class DatasetUploadEndpoint(APIModel):
+    """POST .../datasets/{dataset_id}:getUploadEndpoint: the files to upload (name -> size in bytes)."""
+
+    filenameToSize: dict[str, str | int]  # noqa: N815
+    readMask: str | None = None  # noqa: N815
+
+
+class DatasetValidateUpload(APIModel):
+    """POST .../datasets/{dataset_id}:validateUpload: an empty object, once every registered file is PUT."""

@@ -1,7 +1,8 @@
 """The fine-tuning routes. OpenAI files: POST/GET /files, GET/DELETE /files/{id}, GET /files/{id}/content
 (purpose fine-tune). Fireworks datasets: POST /accounts/{a}/datasets, POST .../datasets/{id}:upload, GET list/get,
-DELETE. Jobs: OpenAI's /fine_tuning/jobs (supervised and DPO), Fireworks' /accounts/{a}/supervisedFineTuningJobs
-and /accounts/{a}/dpoJobs. Every route acts
+PATCH, DELETE, and the signed-URL transfers (:getUploadEndpoint, :validateUpload, :getDownloadEndpoint, with the
+signed /dataset-files/... URLs at the root). Jobs: OpenAI's /fine_tuning/jobs (supervised and DPO), Fireworks'
+/accounts/{a}/supervisedFineTuningJobs and /accounts/{a}/dpoJobs. Every route acts
 for the caller's tenant (tenancy.py): it sees only its own account's files, datasets and jobs."""
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ from ember.server.common.services import services_of
 from ember.server.common.tenancy import tenant_of
 from ember.server.fine_tuning.protocol import (
     DatasetCreate,
+    DatasetUpdate,
     DatasetUpload,
+    DatasetUploadEndpoint,
+    DatasetValidateUpload,
     DpoJobCreate,
     FileUpload,
     FineTuningJobCreate,
@@ -23,6 +27,7 @@ from ember.server.fine_tuning.protocol import (
 )
 
 router = APIRouter()
+root_router = APIRouter()  # the signed URLs, outside the API prefixes: the signature is the permission
 
 
 @router.post("/files")
@@ -67,6 +72,55 @@ async def create_dataset(account: str, request: Request) -> Response:
 @multipart_body(DatasetUpload)
 async def upload_dataset(account: str, dataset_id: str, request: Request) -> Response:
     return await services_of(request).require_files().upload_dataset(account, dataset_id, request)
+
+
+@router.post("/accounts/{account}/datasets/{dataset_id}:getUploadEndpoint")
+@json_body(DatasetUploadEndpoint)
+async def dataset_upload_endpoint(account: str, dataset_id: str, request: Request) -> Response:
+    body = await read_json_object(request)
+    validate_body(DatasetUploadEndpoint, body)
+    transfers = services_of(request).require_files().transfers
+    return JSONResponse(transfers.upload_endpoint(account, dataset_id, body, str(request.base_url)))
+
+
+@router.post("/accounts/{account}/datasets/{dataset_id}:validateUpload")
+@json_body(DatasetValidateUpload)
+async def validate_dataset_upload(account: str, dataset_id: str, request: Request) -> Response:
+    await read_json_object(request, allow_empty=True)
+    return await services_of(request).require_files().transfers.validate_upload(account, dataset_id)
+
+
+@router.get("/accounts/{account}/datasets/{dataset_id}:getDownloadEndpoint")
+async def dataset_download_endpoint(
+    account: str,
+    dataset_id: str,
+    request: Request,
+    downloadLineage: bool = False,  # noqa: N803 - Fireworks' query parameter names
+    readMask: str | None = None,  # noqa: N803
+) -> Response:
+    transfers = services_of(request).require_files().transfers
+    return JSONResponse(
+        transfers.download_endpoint(account, dataset_id, downloadLineage, readMask, str(request.base_url))
+    )
+
+
+@root_router.put("/dataset-files/{account}/{dataset_id}/{filename}", include_in_schema=False)
+async def put_signed_dataset_file(account: str, dataset_id: str, filename: str, request: Request) -> Response:
+    transfers = services_of(request).require_files().transfers
+    return await transfers.receive_file(account, dataset_id, filename, request)
+
+
+@root_router.get("/dataset-files/{account}/{dataset_id}/{filename}", include_in_schema=False)
+async def get_signed_dataset_file(account: str, dataset_id: str, filename: str, request: Request) -> Response:
+    return services_of(request).require_files().transfers.send_file(account, dataset_id, request)
+
+
+@router.patch("/accounts/{account}/datasets/{dataset_id}")
+@json_body(DatasetUpdate)
+async def update_dataset(account: str, dataset_id: str, request: Request) -> Response:
+    body = await read_json_object(request)
+    validate_body(DatasetUpdate, body)
+    return JSONResponse(services_of(request).require_files().update_dataset(account, dataset_id, body))
 
 
 @router.get("/accounts/{account}/datasets")
@@ -119,6 +173,12 @@ async def list_checkpoints(
     return JSONResponse(
         services_of(request).require_jobs().checkpoints(job_id, after, limit, tenant_of(request))
     )
+
+
+@router.post("/accounts/{account}/supervisedFineTuningJobs/{job_id}:cancel")
+async def cancel_fireworks_job(account: str, job_id: str, request: Request) -> Response:
+    await read_json_object(request, allow_empty=True)  # the SDK sends {}
+    return JSONResponse(services_of(request).require_jobs().fireworks_cancel(job_id, tenant_of(request)))
 
 
 @router.post("/accounts/{account}/supervisedFineTuningJobs/{job_id}:resume")

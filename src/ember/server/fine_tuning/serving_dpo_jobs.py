@@ -52,8 +52,10 @@ class DpoJobsServing(JobsServing):
         return fireworks_dpo_job(self._dpo_job(job_id, tenant))
 
     def dpo_cancel(self, job_id: str, tenant: Tenant) -> dict[str, Any]:
+        """An empty object, as Fireworks answers a cancel (and the SFT route does); an ended job is a 400."""
         self._dpo_job(job_id, tenant)
-        return fireworks_dpo_job(self._call(lambda: self.service.cancel_job(job_id), conflict_status=400))
+        self._call(lambda: self.service.cancel_job(job_id), conflict_status=400)
+        return {}
 
     def dpo_resume(self, job_id: str, tenant: Tenant) -> dict[str, Any]:
         self._dpo_job(job_id, tenant)

@@ -18,6 +18,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 
 from ember.server.common.errors import APIError
 from ember.server.common.tenancy import Tenant
+from ember.server.fine_tuning.dataset_transfer import DatasetTransfers
 from ember.server.fine_tuning.file_objects import (
     fireworks_dataset,
     openai_file,
@@ -29,6 +30,9 @@ from ember.tuning.file_storage import UploadRejectedError
 from ember.tuning.multipart_upload import ReceivedUpload, UploadTooLargeError
 
 MULTIPART_OVERHEAD_BYTES = 64 * 2**10  # boundaries, part headers and small form fields around the file
+_DATASET_OUTPUT_FIELDS = frozenset(
+    {"name", "createTime", "updateTime", "state", "status", "estimatedTokenCount"}
+)
 
 
 class FilesServing:
@@ -36,6 +40,7 @@ class FilesServing:
         self.runtime = runtime
         self.storage = runtime.files
         self.store = runtime.store
+        self.transfers = DatasetTransfers(runtime)  # signed-URL uploads and downloads
 
     # -- OpenAI files ---------------------------------------------------------------------------------------
 
@@ -135,11 +140,48 @@ class FilesServing:
             raise APIError(404, f"no dataset {name!r}", param="dataset", code="not_found")
         return fireworks_dataset(record)
 
+    def update_dataset(self, account: str, dataset_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        """PATCH: the display name is a user's to change; ember derives the rest from the uploaded file, so a
+        field that would change it is a 400 naming it (output-only fields sent back unchanged are ignored)."""
+        name = f"accounts/{account}/datasets/{dataset_id}"
+        record = self.store.get_dataset(name)
+        if record is None:
+            raise APIError(404, f"no dataset {name!r}", param="dataset", code="not_found")
+        for field, value in body.items():
+            if field in _DATASET_OUTPUT_FIELDS or (field == "userUploaded" and isinstance(value, dict)):
+                continue  # every ember dataset is a user upload; output-only fields are ignored, as in Google APIs
+            if field == "displayName":
+                if not isinstance(value, str) or not 0 < len(value) <= 255:
+                    raise APIError(
+                        400, "displayName must be a string of 1-255 characters", param="displayName"
+                    )
+            elif field == "format" and value != record.format:
+                raise APIError(
+                    400, f"format must stay {record.format!r}: ember datasets are chat data", param="format"
+                )
+            elif field == "exampleCount" and str(value) != str(record.example_count or 0):
+                raise APIError(
+                    400,
+                    "exampleCount is counted from the uploaded file and cannot be set",
+                    param="exampleCount",
+                )
+            elif field not in ("format", "exampleCount"):
+                raise APIError(
+                    400,
+                    f"{field} cannot be changed on this server: a dataset is the JSONL file uploaded to it",
+                    param=field,
+                )
+        display_name = body.get("displayName")
+        if display_name is not None:
+            record = self.store.update_dataset(name, display_name) or record
+        return fireworks_dataset(record)
+
     def delete_dataset(self, account: str, dataset_id: str) -> dict[str, Any]:
         try:
             self.storage.delete_dataset(f"accounts/{account}/datasets/{dataset_id}")
         except LookupError as error:
             raise tuning_api_error(error) from error
+        self.transfers.discard_upload(account, dataset_id)
         return {}
 
     # -- uploads --------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from ember.server.common.config import FineTuningConfig
 from ember.server.common.errors import APIError
 from ember.server.common.tenancy import Tenant
 from ember.server.fine_tuning.file_objects import tuning_api_error
+from ember.tuning.dataset_shards import remove_stale_parts
 from ember.tuning.file_storage import ConflictError, FileStorage, NotFoundError
 from ember.tuning.job_objects import (
     event_cursor,
@@ -121,6 +122,7 @@ class FineTuningRuntime:
         """Serve the adapters of jobs that succeeded before, then start the job queue (and its worker)."""
         self._loop = asyncio.get_running_loop()
         self.files.remove_orphans()
+        remove_stale_parts(self.data_dir)  # signed-URL uploads a killed server left half-written
         for job in self.service.succeeded_jobs():
             await self.serve_job_adapter(job)
         await asyncio.to_thread(self.service.start)
@@ -268,6 +270,13 @@ class JobsServing:
     def fireworks_delete(self, job_id: str, tenant: Tenant) -> dict[str, Any]:
         self._supervised_job(job_id, tenant)
         self._call(lambda: self.service.delete_job(job_id))
+        return {}
+
+    def fireworks_cancel(self, job_id: str, tenant: Tenant) -> dict[str, Any]:
+        """Fireworks answers a cancel with an empty object; a job that already ended is a 400
+        (FAILED_PRECONDITION), as OpenAI answers."""
+        self._supervised_job(job_id, tenant)
+        self._call(lambda: self.service.cancel_job(job_id), conflict_status=400)
         return {}
 
     def fireworks_resume(self, job_id: str, tenant: Tenant) -> dict[str, Any]:

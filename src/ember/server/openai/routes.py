@@ -1,5 +1,6 @@
 """The OpenAI routes: POST /completions, /chat/completions, /embeddings, /tokenize and /detokenize, and GET
-/models and /models/{id} (ids contain slashes: accounts/<account>/models/<name>)."""
+/models and /models/{id} (ids contain slashes: accounts/<account>/models/<name>). vLLM also serves /tokenize and
+/detokenize at the root: `root_router` (behind the API key like /v1)."""
 
 from __future__ import annotations
 
@@ -63,3 +64,8 @@ async def list_models(request: Request) -> Response:
 @router.get("/models/{model_id:path}")
 async def get_model(model_id: str, request: Request) -> Response:
     return JSONResponse(services_of(request).state.models.card_of(model_id))
+
+
+root_router = APIRouter()  # vLLM's root aliases
+root_router.add_api_route("/tokenize", tokenize, methods=["POST"], include_in_schema=False)
+root_router.add_api_route("/detokenize", detokenize, methods=["POST"], include_in_schema=False)

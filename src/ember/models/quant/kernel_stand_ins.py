@@ -1,0 +1,53 @@
+"""Weights in a GGML block format the int8 kernels lack (Q5_0, Q5_1, Q2_K, Q3_K, Q5_K), converted once at load
+into Q8_0, which they have, so no linear of a common GGUF file is left on the slow path that decodes the whole
+weight to fp32 for every matmul.
+
+Q5_0 converts exactly: its value d * (q - 16) with q in [0, 31] is a Q8_0 value with the same fp16 d and
+int8 q - 16. The others are decoded to fp32 and quantized to Q8_0 again (llama.cpp's rounding): the added error
+is at most half a Q8_0 step, amax / 254 of each 32 values, far below their own quantization step. The cost is
+memory and bandwidth: 8.5 bits per weight instead of 2.6-5.5. Kernels of their own would read fewer bytes;
+until then this keeps a Qwen2.5 Q4_K_M file (whose 896-wide rows llama.cpp stores as Q5_0) on the fast path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ember.models.quant.legacy_blocks import q5_0_as_q8_0_blocks
+from ember.models.quant.packed_weight import PackedWeight
+from ember.models.quant.quantize import quantize_rows
+
+STAND_IN = "Q8_0"
+EXACT_STAND_INS = frozenset({"Q5_0"})
+REQUANTIZED_STAND_INS = frozenset({"Q5_1", "Q2_K", "Q3_K", "Q5_K"})
+_ROWS_PER_CHUNK = 256  # rows decoded to fp32 at a time: bounds the load-time memory of a big matrix
+
+
+@dataclass(frozen=True)
+class StandIn:
+    """A weight ready for the kernels, and what it was in the file."""
+
+    weight: PackedWeight
+    original_qtype: str
+    exact: bool
+
+
+def has_stand_in(qtype: str) -> bool:
+    return qtype in EXACT_STAND_INS or qtype in REQUANTIZED_STAND_INS
+
+
+def kernel_stand_in(weight: PackedWeight) -> StandIn:
+    """`weight` as Q8_0 rows; ValueError for a format without a stand-in."""
+    if weight.qtype in EXACT_STAND_INS:
+        blocks = weight.data.reshape(-1, 22)  # Q5_0 blocks: fp16 d, u32 fifth bits, 16 bytes of nibbles
+        data = q5_0_as_q8_0_blocks(blocks).reshape(weight.out_features, -1)
+        return StandIn(PackedWeight(STAND_IN, weight.shape, data), weight.qtype, exact=True)
+    if weight.qtype not in REQUANTIZED_STAND_INS:
+        raise ValueError(f"no kernel stand-in for {weight.qtype}")
+    rows = []
+    for start in range(0, weight.out_features, _ROWS_PER_CHUNK):
+        chunk = torch.arange(start, min(start + _ROWS_PER_CHUNK, weight.out_features))
+        rows.append(quantize_rows(weight.dequantize_rows(chunk), STAND_IN))
+    return StandIn(PackedWeight(STAND_IN, weight.shape, torch.cat(rows)), weight.qtype, exact=False)

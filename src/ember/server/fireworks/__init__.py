@@ -1,0 +1,1 @@
+"""Fireworks control plane: models and deployed LoRA adapters over what ember serves."""
