@@ -19,13 +19,13 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from ember.lora.adapter import save_peft_adapter
 from ember.models.loader import LoadedModel
-from ember.tuning.dpo_loss import PreferenceTotals, dpo_loss, sequence_logprobs
+from ember.tuning.batching import PackedBatch
+from ember.tuning.dpo_loss import PreferenceLoss, PreferenceTotals, dpo_loss, sequence_logprobs
 from ember.tuning.preference_data import (
     PreferencePair,
     pack_pairs,
@@ -61,7 +61,8 @@ class DpoResult(TrainingResult):
 class _DpoRun:
     train: list[PreferencePair]
     eval: list[PreferencePair]
-    reference: dict[int, torch.Tensor]  # id(pair) -> [2] reference log-probabilities
+    # id(pair) -> [2] reference log-probabilities (by identity: a pair holds lists, and lives for the whole run)
+    reference: dict[int, torch.Tensor]
     valid_every: int
     steps_per_epoch: int
     total_steps: int
@@ -190,10 +191,10 @@ class DpoTrainer(LoraTrainer):
             totals.add(self._pair_loss(chosen, reference))
         return totals
 
-    def _sequence_logprobs(self, hidden: torch.Tensor, batch: Any) -> torch.Tensor:
+    def _sequence_logprobs(self, hidden: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
         return sequence_logprobs(hidden, batch, self.network.compute_logits, self.config.loss_chunk_tokens)
 
-    def _pair_loss(self, pairs: list[PreferencePair], reference: dict[int, torch.Tensor]) -> Any:
+    def _pair_loss(self, pairs: list[PreferencePair], reference: dict[int, torch.Tensor]) -> PreferenceLoss:
         batch = pack_pairs(pairs)
         policy = self._sequence_logprobs(self._hidden_states(batch), batch).view(-1, 2)  # [P, 2]
         ref = torch.stack([reference[id(pair)] for pair in pairs])  # [P, 2]
