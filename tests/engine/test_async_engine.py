@@ -200,6 +200,30 @@ def test_a_paused_engine_queues_and_aborts_but_generates_nothing(tiny_llama: Loa
     asyncio.run(main())
 
 
+def test_an_engine_call_whose_caller_left_is_skipped_and_the_engine_lives(tiny_llama: LoadedModel) -> None:
+    async def main() -> None:
+        engine = make_engine(tiny_llama)
+        await engine.start()
+        try:
+            running, release, ran = threading.Event(), threading.Event(), []
+            held = asyncio.create_task(
+                engine.run_on_engine(lambda _: (running.set(), release.wait(30), "held"))
+            )
+            await asyncio.to_thread(running.wait, 30)  # the engine thread is inside the first call
+            left = asyncio.create_task(engine.run_on_engine(lambda _: ran.append("left")))  # queued behind it
+            await asyncio.sleep(0)
+            held.cancel()  # its caller goes away while it runs: it finishes unseen
+            left.cancel()  # this one's caller goes away before it starts: it never runs
+            await asyncio.gather(held, left, return_exceptions=True)
+            release.set()
+            assert await asyncio.wait_for(engine.run_on_engine(lambda _: "after"), 30) == "after"
+            assert engine.is_running and ran == []
+        finally:
+            await engine.shutdown()
+
+    asyncio.run(main())
+
+
 def test_a_prompt_too_long_is_a_value_error_before_anything_runs(tiny_llama: LoadedModel) -> None:
     async def main() -> None:
         engine = make_engine(tiny_llama, max_model_len=64)

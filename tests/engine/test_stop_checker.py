@@ -38,6 +38,17 @@ def checker(max_tokens: int = 100, eos: tuple[int, ...] = (EOS,), **params) -> S
 # ---- stop strings -------------------------------------------------------------------------------------
 
 
+def test_include_stop_str_in_output_keeps_the_stop_string_and_nothing_after_it() -> None:
+    # vLLM's include_stop_str_in_output: the stop string ends the text; what followed it in the token is dropped.
+    results = run(checker(stop=["STOP"], include_stop_str_in_output=True), ["Hel", "lo ST", "OP now"])
+    assert "".join(emitted(results)) == "Hello STOP"
+    assert results[-1].stop_reason == "STOP"
+    stopped_by_token = run(
+        checker(stop_token_ids=[7], include_stop_str_in_output=True), ["a", "<end>"], [WORD, 7]
+    )
+    assert "".join(emitted(stopped_by_token)) == "a<end>" and stopped_by_token[-1].stop_reason == 7
+
+
 def test_stop_string_split_across_tokens_is_held_back_and_excluded() -> None:
     c = checker(stop=["STOP"])
     results = run(c, ["Hel", "lo ST", "OP now"])

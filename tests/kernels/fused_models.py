@@ -173,3 +173,45 @@ def decode_batch(config: ModelConfig, m: int, seed: int, block_size: int = 16) -
         values.normal_(std=0.5, generator=gen)
     ids = torch.from_numpy(rng.integers(0, config.vocab_size, size=m))
     return DecodeBatch(ids, torch.tensor(last), attn, caches)
+
+
+def verification_batch(
+    config: ModelConfig, query_lens: list[int], seed: int, block_size: int = 16
+) -> DecodeBatch:
+    """Sequences with q new tokens each (a drafted run, as speculative verification sends it) over cached contexts
+    of 1 to 50 tokens; blocks shuffled, so a run may cross a block edge."""
+    rng = np.random.default_rng(seed)
+    cached = [int(c) for c in rng.integers(1, 51, size=len(query_lens))]
+    context_lens = [c + q for c, q in zip(cached, query_lens, strict=True)]
+    blocks_per_seq = [-(-c // block_size) for c in context_lens]
+    num_blocks = sum(blocks_per_seq) + 2
+    order = rng.permutation(num_blocks)
+    tables = torch.zeros(len(query_lens), max(blocks_per_seq), dtype=torch.int64)
+    used = 0
+    for s, count in enumerate(blocks_per_seq):
+        tables[s, :count] = torch.from_numpy(order[used : used + count])
+        used += count
+    positions = [p for c, q in zip(cached, query_lens, strict=True) for p in range(c, c + q)]
+    owners = [s for s, q in enumerate(query_lens) for _ in range(q)]
+    slots = torch.tensor(
+        [
+            int(tables[s, p // block_size]) * block_size + p % block_size
+            for s, p in zip(owners, positions, strict=True)
+        ]
+    )
+    attn = AttentionMetadata(
+        query_lens=list(query_lens),
+        context_lens=context_lens,
+        query_start_loc=torch.tensor([0, *np.cumsum(query_lens).tolist()]),
+        context_lens_tensor=torch.tensor(context_lens),
+        block_tables=tables,
+        slot_mapping=slots,
+        block_size=block_size,
+    )
+    caches = allocate_kv_caches(config, num_blocks, block_size, torch.float32, "cpu")
+    gen = torch.Generator().manual_seed(seed)
+    for keys, values in caches:
+        keys.normal_(std=0.5, generator=gen)
+        values.normal_(std=0.5, generator=gen)
+    ids = torch.from_numpy(rng.integers(0, config.vocab_size, size=len(positions)))
+    return DecodeBatch(ids, torch.tensor(positions), attn, caches)

@@ -8,14 +8,14 @@ from collections.abc import Iterator
 
 import pytest
 import torch
-from fused_models import VARIANTS, DecodeBatch, Variant, build_models, decode_batch
+from fused_models import VARIANTS, DecodeBatch, Variant, build_models, decode_batch, verification_batch
 
 from ember.engine.forward_path import ForwardPath, NetworkForward
 from ember.engine.llm_engine import LLMEngine
 from ember.engine.sampling_params import SamplingParams
 from ember.engine.testing import tiny_engine_config, tiny_loaded_model
 from ember.kernels import decode_step as native_step
-from ember.models.fused_decode import FusedDecodeStack
+from ember.models.fused_decode import MAX_QUERY_TOKENS, FusedDecodeStack
 from ember.models.llama import DecoderModel
 
 pytestmark = pytest.mark.usefixtures("fused_decode_kernels")
@@ -91,20 +91,29 @@ def test_fused_step_matches_the_reference_paths(
             )
 
 
-def test_batches_with_a_prefill_chunk_take_the_module_path(
-    models: tuple[Variant, DecoderModel, DecoderModel],
+@pytest.mark.parametrize("query_lens", [[2], [1, 9, 3], [5, 1, 1, 16], [4, 4]], ids=str)
+def test_runs_of_new_tokens_over_a_cached_context_run_fused(
+    models: tuple[Variant, DecoderModel, DecoderModel], query_lens: list[int], threads: int
 ) -> None:
-    """A two-token chunk next to two decodes is not a decode-only batch: the result is the module path's, exactly."""
+    """Speculative verification's rows (a sequence's drafted tokens, each attending to the ones before it) run
+    fused and match the module path, which attends to them as a causal chunk; the cache gets the same keys."""
     _, kernel, _ = models
-    batch = decode_batch(kernel.config, 3, seed=5)  # contexts 1, 16, 17
-    attn = batch.attn
-    assert attn.slot_mapping is not None
-    first_slot = int(attn.slot_mapping[2]) - 1  # sequence 2's position 15, in the same block as position 16
-    attn.query_lens = [1, 1, 2]
-    attn.query_start_loc = torch.tensor([0, 1, 2, 4])
-    attn.slot_mapping = torch.cat([attn.slot_mapping[:2], torch.tensor([first_slot]), attn.slot_mapping[2:]])
-    batch.input_ids = torch.cat([batch.input_ids, batch.input_ids[-1:]])
-    batch.positions = torch.tensor([0, 15, 15, 16])
+    batch = verification_batch(kernel.config, query_lens, seed=sum(query_lens) + threads)
+    fused, fused_caches, path = forward(kernel, batch, fused=True)
+    assert path is ForwardPath.FUSED
+    modules, module_caches, _ = forward(kernel, batch, fused=False)
+    assert float(row_errors(fused, modules).max()) < 0.02
+    written = batch.attn.slot_mapping
+    for (keys, values), (mk, mv) in zip(fused_caches, module_caches, strict=True):
+        for ours, theirs in ((keys, mk), (values, mv)):
+            new = ours.flatten(0, 1)[written].flatten(1)
+            assert float(row_errors(new, theirs.flatten(0, 1)[written].flatten(1)).max()) < 0.02
+
+
+def test_a_long_chunk_takes_the_module_path(models: tuple[Variant, DecoderModel, DecoderModel]) -> None:
+    """A prefill chunk longer than MAX_QUERY_TOKENS is the module path's (attention as a GEMM), exactly."""
+    _, kernel, _ = models
+    batch = verification_batch(kernel.config, [1, MAX_QUERY_TOKENS + 1], seed=5)
     fused, _, path = forward(kernel, batch, fused=True)
     assert path is ForwardPath.MODULES
     modules, _, _ = forward(kernel, batch, fused=False)

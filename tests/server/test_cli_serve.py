@@ -26,6 +26,20 @@ def test_serve_logs_its_setup_answers_and_stops_on_sigterm(tmp_path: Path) -> No
             body = {"model": "SmolLM2-135M-Instruct", "prompt": "The capital of France is", "max_tokens": 4}
             reply = httpx.post(f"{base}/v1/completions", json=body, timeout=60)
             assert reply.status_code == 200 and reply.json()["choices"][0]["text"]
+            # the bundled embedding model is served beside the chat model
+            embedded = httpx.post(
+                f"{base}/v1/embeddings", json={"model": "all-MiniLM-L6-v2", "input": "hello"}, timeout=60
+            )
+            assert embedded.status_code == 200 and len(embedded.json()["data"][0]["embedding"]) == 384
+            ranked = httpx.post(
+                f"{base}/v1/rerank",
+                json={
+                    "query": "capital of France",
+                    "documents": ["Bananas are yellow.", "Paris is in France."],
+                },
+                timeout=60,
+            )
+            assert ranked.status_code == 200 and ranked.json()["results"][0]["index"] == 1
             server.send_signal(signal.SIGTERM)
             # uvicorn shuts down gracefully, then re-raises the signal to its default handler (exit by SIGTERM).
             assert server.wait(timeout=60) in (0, -signal.SIGTERM)
@@ -34,6 +48,7 @@ def test_serve_logs_its_setup_answers_and_stops_on_sigterm(tmp_path: Path) -> No
                 server.kill()
     text = log.read_text()
     assert "model SmolLM2-135M-Instruct" in text and "packed" in text and "threads" in text
+    assert "embedding model all-MiniLM-L6-v2" in text and "384 dimensions, pooling mean, normalized" in text
     assert "KV cache" in text and f"serving on http://127.0.0.1:{port}/v1" in text
     assert "Application shutdown complete" in text and "Traceback" not in text
 
@@ -58,3 +73,27 @@ def test_a_model_file_that_cannot_load_is_one_line_and_exit_1(tmp_path: Path) ->
     assert "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith(f"ember serve: cannot load the model: {bomb}: ")
     assert "declares 1152921504606846976 items" in done.stderr
+
+
+def test_an_embedding_model_that_cannot_load_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    not_an_encoder = tmp_path / "llama"
+    not_an_encoder.mkdir()
+    (not_an_encoder / "config.json").write_text('{"model_type": "llama"}')
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ember.cli",
+            "serve",
+            "--embedding-model",
+            str(not_an_encoder),
+            "--port",
+            str(free_port()),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("ember serve: cannot load the embedding model: ") and "not an encoder" in last

@@ -313,6 +313,11 @@ class AsyncEngine:
                 output = self.engine.abort_request(command.request_id)
                 self._publish([output] if output is not None else [])
             else:
+                # A caller that stopped waiting (cancelled: its client left) cancelled the future too; its call
+                # is skipped, and one already running can no longer be cancelled, so setting its result below
+                # cannot raise InvalidStateError (which killed the engine thread).
+                if not command.future.set_running_or_notify_cancel():
+                    continue
                 try:
                     command.future.set_result(command.fn(self.engine))
                 except Exception as exc:  # noqa: BLE001 - delivered to the awaiting caller

@@ -57,6 +57,9 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
+    include_stop_str_in_output: bool = (
+        False  # vLLM: a matched stop string or stop token's text stays in the text
+    )
     logprobs: int | None = None  # None: no logprobs; k >= 0: sampled token's logprob plus top-k alternatives
     prompt_logprobs: int | None = None  # same, for every prompt token (echo + logprobs)
     skip_special_tokens: bool = True

@@ -1,6 +1,7 @@
 """When a sequence stops, and which of its text is safe to stream.
 
-Stop strings are matched on the detokenized text across token boundaries and excluded from the output.
+Stop strings are matched on the detokenized text across token boundaries and excluded from the output (kept,
+with nothing after them, under vLLM's include_stop_str_in_output).
 Text that could still grow into a stop string is held back until it cannot, so the deltas a client receives
 always concatenate to the final text.
 """
@@ -39,6 +40,7 @@ class StopChecker:
             raise ValueError("stop strings must not be empty")
         self._stops = list(dict.fromkeys(params.stop))
         self._stop_token_ids = set(params.stop_token_ids)
+        self._include_stop = params.include_stop_str_in_output
         self._eos_token_ids = set() if params.ignore_eos else set(eos_token_ids)
         self._min_tokens = params.min_tokens
         self._max_tokens = max_tokens
@@ -57,7 +59,7 @@ class StopChecker:
             raise ValueError("check() called on a sequence that has already finished")
         may_stop = num_output_tokens >= self._min_tokens
         if may_stop and token_id in self._stop_token_ids:
-            return self._finish("stop", token_id, self._held)
+            return self._finish("stop", token_id, self._held + (new_text if self._include_stop else ""))
         if may_stop and token_id in self._eos_token_ids:
             return self._finish("stop", None, self._held)
 
@@ -66,7 +68,8 @@ class StopChecker:
             match = self._earliest_stop(buffer, new_from=len(self._held))
             if match is not None:
                 start, stop = match
-                return self._finish("stop", stop, buffer[:start])
+                end = start + len(stop) if self._include_stop else start
+                return self._finish("stop", stop, buffer[:end])
         if num_output_tokens >= self._max_tokens:
             return self._finish("length", None, buffer)
 

@@ -23,6 +23,25 @@ if TYPE_CHECKING:
     from ember.models.llama import DecoderModel
 
 
+# A sequence with up to this many new tokens in a step (speculative verification: drafts + 1) runs fused, each
+# token a row of its own; longer chunks (prefill) take the module path, whose attention is a GEMM.
+MAX_QUERY_TOKENS = 16
+
+
+def _rows_per_token(attn: AttentionMetadata) -> tuple[torch.Tensor, torch.Tensor]:
+    """Block tables [M, B] and context lengths [M], one row per new token, as the native step reads them: token j
+    of a sequence's q new tokens sees the cached context and the new tokens up to itself. The step writes every
+    row's key and value before any row attends (rows of one sequence read each other's from the cache)."""
+    assert attn.block_tables is not None
+    if attn.is_decode_only:
+        return attn.block_tables, attn.context_lens_tensor
+    query_lens = torch.tensor(attn.query_lens, dtype=torch.int64)  # [S]
+    tables = attn.block_tables.repeat_interleave(query_lens, dim=0)  # [M, B]
+    ends = attn.query_start_loc[1:].repeat_interleave(query_lens)  # [M] end of each token's sequence run
+    tokens_after = ends - 1 - torch.arange(int(query_lens.sum()))  # [M] new tokens that follow the token
+    return tables, attn.context_lens_tensor.repeat_interleave(query_lens) - tokens_after
+
+
 def _is_fp32_cpu(tensor: torch.Tensor) -> bool:
     return tensor.dtype == torch.float32 and tensor.device.type == "cpu" and tensor.is_contiguous()
 
@@ -137,8 +156,11 @@ class FusedDecodeStack:
         return fields
 
     def accepts(self, attn: AttentionMetadata, kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> bool:
-        """Whether this step can run fused: one-token decodes only, an fp32 CPU cache with the metadata's blocks."""
-        if not attn.is_decode_only or attn.block_tables is None or attn.slot_mapping is None:
+        """Whether this step can run fused: decodes and short runs of new tokens over a cached context
+        (speculative verification), an fp32 CPU cache with the metadata's blocks."""
+        if attn.block_tables is None or attn.slot_mapping is None:
+            return False
+        if not attn.is_decode_only and max(attn.query_lens) > MAX_QUERY_TOKENS:
             return False
         keys = kv_caches[0][0]
         return keys.dtype == torch.float32 and keys.device.type == "cpu" and keys.shape[1] == attn.block_size
@@ -166,6 +188,7 @@ class FusedDecodeStack:
     ) -> torch.Tensor:
         """hidden [M, H] embeddings of M decodes -> final-normed hidden [M, H]; writes the new keys/values."""
         assert attn.block_tables is not None and attn.slot_mapping is not None
+        block_tables, context_lens = _rows_per_token(attn)
         if self.dims.block_size != attn.block_size:
             self.dims = replace(self.dims, block_size=attn.block_size)
         return native_step.decode_step(
@@ -176,8 +199,8 @@ class FusedDecodeStack:
             cos.contiguous(),
             sin.contiguous(),
             attn.slot_mapping.contiguous(),
-            attn.block_tables.contiguous(),
-            attn.context_lens_tensor.contiguous(),
+            block_tables.contiguous(),
+            context_lens.contiguous(),
             self._kv_pointers(kv_caches),
             kv_caches[0][0].shape[0],
             torch.get_num_threads(),

@@ -24,6 +24,7 @@ from ember.server.common.middleware import APIKeyMiddleware, BodyLimitMiddleware
 from ember.server.common.openapi import install_docs
 from ember.server.common.preparation import Preparation, SamplingLimits
 from ember.server.common.prompts import PromptEncoder
+from ember.server.common.served_encoder import ServedEncoder
 from ember.server.common.served_models import ServedModels
 from ember.server.common.server_access import key_ring, log_access_policy, open_tenant
 from ember.server.common.services import Services, ServingState
@@ -35,16 +36,19 @@ from ember.server.fine_tuning.serving_jobs import FineTuningRuntime, JobsServing
 from ember.server.fireworks import routes as fireworks_routes
 from ember.server.fireworks.control_plane import FireworksControlPlane
 from ember.server.fireworks.model_uploads import SIGNED_MODEL_PREFIX
+from ember.server.openai import rerank_routes
 from ember.server.openai import routes as openai_routes
 from ember.server.openai.serving_chat import ChatServing
 from ember.server.openai.serving_completions import CompletionServing
 from ember.server.openai.serving_embeddings import EmbeddingServing
+from ember.server.openai.serving_rerank import RerankServing
 from ember.server.openai.serving_tokenize import TokenizeServing
 from ember.server.responses import routes as responses_routes
 from ember.server.responses.serving import responses_serving
 
 if TYPE_CHECKING:
     from ember.engine.async_engine import AsyncEngine
+    from ember.models.encoder.encoder_model import EncoderModel
 
 logger = logging.getLogger(__name__)
 
@@ -79,14 +83,21 @@ def is_upload_path(path: str) -> bool:
 
 
 def build_app(
-    engine: AsyncEngine, config: ServerConfig, fine_tuning: FineTuningConfig | None = None
+    engine: AsyncEngine,
+    config: ServerConfig,
+    fine_tuning: FineTuningConfig | None = None,
+    embedding_model: EncoderModel | None = None,
 ) -> FastAPI:
     """The app serving `engine`; starting the app starts the engine's step loop, stopping it shuts it down.
 
     With `fine_tuning`, the files, datasets and fine-tuning job routes work over its data directory, and the
-    job worker runs while the app does; without it they answer 404 saying so."""
+    job worker runs while the app does; without it they answer 404 saying so. With `embedding_model`, that
+    encoder serves /v1/embeddings, /v1/rerank and /v1/score under its own name (and when `model` is omitted)."""
     keys = key_ring(config)
     models = ServedModels(config, engine.max_model_len)
+    encoder = None if embedding_model is None else ServedEncoder(embedding_model, engine, config.account)
+    if encoder is not None:
+        models.add_side_model(encoder.names, encoder.card())
     vocab_size = engine.model_config.vocab_size
     limits = SamplingLimits(vocab_size, config.max_n, defaults=engine.default_params)  # the checkpoint's
     state = ServingState(
@@ -138,18 +149,20 @@ def build_app(
         completions=CompletionServing(state),
         chat=ChatServing(state),
         messages=MessagesServing(state),
-        embeddings=EmbeddingServing(state),
+        embeddings=EmbeddingServing(state, encoder),
         tokenize=TokenizeServing(state),
         adapters=adapter_serving,
         files=None if tuning is None else FilesServing(tuning),
         jobs=None if tuning is None else JobsServing(tuning),
         dpo_jobs=None if tuning is None else DpoJobsServing(tuning),
+        rerank=RerankServing(state, encoder),
         responses=responses_serving(state, None if fine_tuning is None else fine_tuning.data_dir),
         control_plane=FireworksControlPlane(state, adapter_serving, tuning),
     )
     for prefix in API_PREFIXES:
         for routes in (
             openai_routes,
+            rerank_routes,
             anthropic_routes,
             fine_tuning_routes,
             fireworks_routes,

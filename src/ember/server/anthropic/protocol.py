@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, WithJsonSchema, field_validator, model_validator
+from pydantic import ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
 from ember.server.common.protocol import APIModel, NonZeroProbability, Temperature
 from ember.server.common.schema_docs import ANTHROPIC_THINKING, ANTHROPIC_TOOL_CHOICE, ANTHROPIC_TOOLS
+from ember.structured.constraint_fields import RequestedConstraint, requested_constraint
 
 _USER_BLOCKS = ("text", "tool_result")
 _ASSISTANT_BLOCKS = ("text", "tool_use", "thinking", "redacted_thinking")
@@ -112,7 +113,30 @@ class AnthropicMessage(APIModel):
         return [message]
 
 
+class OutputConfig(APIModel):
+    """Anthropic's output_config: `format` is honoured (a JSON schema the reply must match); `effort` asks for
+    a thinking budget ember's templates have no way to set, so only the default ("high") is accepted."""
+
+    format: dict[str, Any] | None = None
+    effort: str | None = None
+
+    @field_validator("effort")
+    @classmethod
+    def _default_effort_only(cls, effort: str | None) -> str | None:
+        # "high" is Anthropic's default: asking for it asks for nothing a served model does not already do.
+        if effort not in (None, "high"):
+            raise ValueError(
+                f"effort {effort!r} is not supported by this server (a served model's effort cannot be scaled); "
+                'leave it out or send "high" (the default), or turn thinking on or off with `thinking`'
+            )
+        return effort
+
+
 class CountTokensRequest(APIModel):
+    # Every body field is kept (`model_extra`), so the known-but-unsupported ones are refused and the unknown
+    # ones logged (ember.server.common.field_policy).
+    model_config = ConfigDict(extra="allow")
+
     model: str | None = None
     messages: Annotated[list[AnthropicMessage], Field(min_length=1)]
     system: str | list[dict[str, Any]] | None = None
@@ -120,6 +144,10 @@ class CountTokensRequest(APIModel):
     tool_choice: Annotated[dict[str, Any] | None, WithJsonSchema(ANTHROPIC_TOOL_CHOICE)] = None
     thinking: Annotated[dict[str, Any] | None, WithJsonSchema(ANTHROPIC_THINKING)] = None
     generic_tools: bool | None = None  # ember: false refuses tools on templates without tool support
+    output_config: OutputConfig | None = None
+    output_format: dict[str, Any] | None = None  # the structured-outputs beta's name of output_config.format
+    # Prompt caching: ember caches every prompt prefix on its own, so a breakpoint asks for nothing more.
+    cache_control: dict[str, Any] | None = None
 
     @field_validator("system")
     @classmethod
@@ -183,6 +211,16 @@ class CountTokensRequest(APIModel):
     def parallel_tool_calls(self) -> bool:
         return not (self.tool_choice or {}).get("disable_parallel_tool_use", False)
 
+    def output_constraint(self) -> RequestedConstraint | None:
+        """output_config.format (or the beta's output_format) as a constraint; ConstraintFieldError (a
+        ValueError naming its field) when malformed, or when the two differ."""
+        fields: dict[str, Any] = {}
+        if self.output_config is not None and self.output_config.format is not None:
+            fields["output_config.format"] = self.output_config.format
+        if self.output_format is not None:
+            fields["output_format"] = self.output_format
+        return requested_constraint(fields) if fields else None
+
 
 class MessagesRequest(CountTokensRequest):
     max_tokens: Annotated[int, Field(ge=1)]
@@ -192,6 +230,7 @@ class MessagesRequest(CountTokensRequest):
     top_k: Annotated[int, Field(ge=-1)] | None = None
     stream: bool | None = None
     metadata: dict[str, Any] | None = None
+    raw_output: bool | None = None  # Fireworks: the prompt as the model saw it and the reply before parsing
 
     @field_validator("stop_sequences")
     @classmethod

@@ -16,12 +16,16 @@ from ember.engine.outputs import CompletionOutput
 from ember.server.anthropic.content_blocks import BlockEvents, content_blocks, new_tool_use_id
 from ember.server.anthropic.protocol import CountTokensRequest, MessagesRequest
 from ember.server.common.errors import APIError, as_api_error, error_body, invalid_request
+from ember.server.common.field_policy import check_fields
 from ember.server.common.generation import DisconnectWatch, Generation, collect_finals
 from ember.server.common.metrics import RequestTimer, TokenCounts, perf_headers
 from ember.server.common.preparation import ChatAsk
 from ember.server.common.protocol import SamplingRequest
+from ember.server.common.raw_output import raw_output
 from ember.server.common.services import ServingState
 from ember.server.common.sse import event_stream, sse_event
+from ember.server.common.unsupported_fields import messages_fields
+from ember.structured.constraint_fields import ConstraintFieldError, RequestedConstraint, check_constraint
 
 # chat.plan names OpenAI's parameters; these are Anthropic's names for the same things.
 _ANTHROPIC_PARAMS = {"reasoning_effort": "thinking"}
@@ -40,7 +44,14 @@ def stop_fields(seq: CompletionOutput, num_tool_calls: int = 0) -> tuple[str | N
 
 def messages_ask(body: CountTokensRequest, generic_tools: bool = True) -> ChatAsk:
     """The request as the preparation step takes it: Anthropic's sampling fields on OpenAI's names (count_tokens
-    has none; it only needs the prompt)."""
+    has none; it only needs the prompt), output_config.format as the chat plan's response_format."""
+    try:
+        constraint = body.output_constraint()
+    except ConstraintFieldError as error:
+        raise invalid_request(str(error), param=error.param) from None
+    param_names = dict(_ANTHROPIC_PARAMS)
+    if constraint is not None:
+        param_names["response_format"] = constraint.param
     sampling = SamplingRequest()
     max_tokens = None
     if isinstance(body, MessagesRequest):
@@ -50,16 +61,23 @@ def messages_ask(body: CountTokensRequest, generic_tools: bool = True) -> ChatAs
         max_tokens = body.max_tokens
     return ChatAsk(
         model=body.model,
-        inputs=functools.partial(_chat_inputs, body, generic_tools),
+        inputs=functools.partial(_chat_inputs, body, generic_tools, constraint),
         sampling=sampling,
         max_tokens=max_tokens,
         id_prefix="msg",
         new_tool_id=new_tool_use_id,
-        param_names=_ANTHROPIC_PARAMS,
+        param_names=param_names,
     )
 
 
-def _chat_inputs(body: CountTokensRequest, generic_tools: bool) -> ChatInputs:
+def _chat_inputs(
+    body: CountTokensRequest, generic_tools: bool, constraint: RequestedConstraint | None = None
+) -> ChatInputs:
+    if constraint is not None:  # compiled here, off the event loop, so a refusal names the client's field
+        try:
+            check_constraint(constraint)
+        except ConstraintFieldError as error:
+            raise invalid_request(str(error), param=error.param) from None
     try:
         return ChatInputs(
             messages=body.chat_messages(),
@@ -69,6 +87,7 @@ def _chat_inputs(body: CountTokensRequest, generic_tools: bool) -> ChatInputs:
             reasoning_effort=body.reasoning_effort(),
             continue_final_message=body.continues_final_message(),
             generic_tools=generic_tools if body.generic_tools is None else body.generic_tools,
+            response_format=None if constraint is None else constraint.response_format,
         )
     except ValueError as error:
         message = str(error)
@@ -78,8 +97,14 @@ def _chat_inputs(body: CountTokensRequest, generic_tools: bool) -> ChatInputs:
 class MessagesServing:
     def __init__(self, state: ServingState) -> None:
         self.state = state
+        self.known_fields = messages_fields()
+
+    def _check_fields(self, route: str, body: CountTokensRequest) -> None:
+        if body.model_extra:
+            check_fields(route, body.model_extra, self.known_fields, self.state.unknown_fields)
 
     async def count_tokens(self, body: CountTokensRequest) -> dict[str, int]:
+        self._check_fields("/v1/messages/count_tokens", body)
         preparation = self.state.preparation
         return {
             "input_tokens": await preparation.run(
@@ -89,6 +114,7 @@ class MessagesServing:
 
     async def create(self, body: MessagesRequest, http: Request) -> Response:
         timer = RequestTimer()
+        self._check_fields("/v1/messages", body)
         state = self.state
         watch = DisconnectWatch(http, state.engine)
         try:
@@ -102,7 +128,8 @@ class MessagesServing:
         reader = prepared.reader
         assert reader is not None  # every chat preparation makes one
         if body.stream:
-            events = self._stream(generation, watch, prepared.model, timer, reader)
+            shown = prepared.prompt_text if body.raw_output else None
+            events = self._stream(generation, watch, prepared.model, timer, reader, shown)
             return event_stream(events, {"x-request-id": prepared.request_id})
         try:
             (final,) = await collect_finals([generation], timer)
@@ -126,6 +153,11 @@ class MessagesServing:
             "stop_sequence": stop_sequence,
             "usage": self._usage(counts),
         }
+        if body.raw_output:  # Fireworks' extension, at the message's top level
+            structured = generation.request.params.structured
+            payload["raw_output"] = raw_output(
+                [prepared.prompt_text or ""], final.prompt_token_ids, seq.text, seq.token_ids, structured
+            )
         return JSONResponse(
             payload, headers={"x-request-id": prepared.request_id, **perf_headers(counts, timer)}
         )
@@ -145,9 +177,11 @@ class MessagesServing:
         model: str,
         timer: RequestTimer,
         reader: ReplyReader,
+        raw_prompt: str | None = None,
     ) -> AsyncIterator[str]:
         """message_start, (content_block_start, content_block_delta..., content_block_stop)+ per block,
-        message_delta, message_stop; a ping after the first block start, as Anthropic sends it."""
+        message_delta, message_stop; a ping after the first block start, as Anthropic sends it. `raw_prompt`
+        (Fireworks' raw_output asked for): the rendered prompt, and message_delta carries the raw_output."""
         prompt_tokens = len(generation.request.prompt_token_ids)
         message: dict[str, Any] = {
             "id": generation.request.request_id,
@@ -187,14 +221,16 @@ class MessagesServing:
             counts = TokenCounts(prompt_tokens, last.num_cached_tokens, len(seq.token_ids))
             for event in blocks.finish():
                 yield event
-            yield sse_event(
-                "message_delta",
-                {
-                    "type": "message_delta",
-                    "delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence},
-                    "usage": self._usage(counts),
-                },
-            )
+            delta: dict[str, Any] = {
+                "type": "message_delta",
+                "delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence},
+                "usage": self._usage(counts),
+            }
+            if raw_prompt is not None:
+                structured = generation.request.params.structured
+                ids = last.prompt_token_ids
+                delta["raw_output"] = raw_output([raw_prompt], ids, seq.text, seq.token_ids, structured)
+            yield sse_event("message_delta", delta)
             yield sse_event("message_stop", {"type": "message_stop"})
         except Exception as error:  # noqa: BLE001 - headers are gone; the error travels as an SSE event
             yield sse_event("error", error_body(as_api_error(error), "/v1/messages"))

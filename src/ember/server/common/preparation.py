@@ -182,6 +182,7 @@ class PreparedRequest:
     requests: list[EngineRequest]
     reader: ReplyReader | None = None  # chat: how the reply is read back (reasoning, tool calls)
     echoes: tuple[PromptEcho | None, ...] = ()  # completions: per prompt
+    prompt_text: str | None = None  # chat: the rendered prompt (Fireworks' raw_output shows it)
 
     @property
     def prompt_tokens(self) -> int:
@@ -202,6 +203,8 @@ class ChatAsk:
     id_prefix: str = "chatcmpl"
     new_tool_id: Callable[[], str] = new_tool_call_id
     param_names: Mapping[str, str] = field(default_factory=dict)  # the surface's names of the plan's params
+    prompt_logprobs: int | None = None  # vLLM's prompt_logprobs: alternatives per prompt token
+    include_stop_str_in_output: bool = False  # vLLM: matched stop strings stay in the text
 
 
 @dataclass(frozen=True)
@@ -218,6 +221,8 @@ class PromptsAsk:
     echo: bool = False
     echo_last: int | None = None
     cache_key: str | None = None
+    prompt_logprobs: int | None = None  # vLLM's prompt_logprobs (echo with logprobs scores the prompt too)
+    include_stop_str_in_output: bool = False
 
 
 class Preparation:
@@ -294,9 +299,11 @@ class Preparation:
             self.limits,
             max_tokens=max_tokens,
             logprobs=ask.logprobs,
+            prompt_logprobs=ask.prompt_logprobs,
             structured=plan.structured,
             speculation=_speculation(ask.sampling, self.encoder),
         )
+        params.include_stop_str_in_output = ask.include_stop_str_in_output
         if plan.stop:
             params.stop = [*params.stop, *plan.stop]
         if plan.keep_special_tokens and ask.sampling.skip_special_tokens is None:
@@ -304,7 +311,14 @@ class Preparation:
         response_id = new_id(ask.id_prefix)
         salt = _cache_salt(headers, ask.cache_key)
         request = EngineRequest(response_id, ids, params, salt, "messages", lora_id)
-        return PreparedRequest(model, response_id, _request_id(headers, response_id), [request], plan.reader)
+        return PreparedRequest(
+            model,
+            response_id,
+            _request_id(headers, response_id),
+            [request],
+            plan.reader,
+            prompt_text=plan.prompt,
+        )
 
     def count_chat_tokens(self, ask: ChatAsk) -> int:
         """The prompt length of a chat (Anthropic's count_tokens): no budget, so a prompt too long to run still
@@ -343,10 +357,11 @@ class Preparation:
                 max_tokens=max_tokens,
                 best_of=ask.best_of,
                 logprobs=ask.logprobs,
-                prompt_logprobs=ask.logprobs if echo is not None else None,
+                prompt_logprobs=_prompt_logprobs(ask, echo),
                 structured=structured,
                 speculation=speculation,
             )
+            params.include_stop_str_in_output = ask.include_stop_str_in_output
             requests.append(EngineRequest(f"{response_id}-{i}", ids, params, salt, param, lora_id))
         return PreparedRequest(
             model, response_id, _request_id(headers, response_id), requests, None, tuple(echoes)
@@ -360,6 +375,13 @@ class Preparation:
             start = max(0, len(ids) - ask.echo_last)
             return PromptEcho(decode(ids[start:]), ids[start:], start)
         return None
+
+
+def _prompt_logprobs(ask: PromptsAsk, echo: PromptEcho | None) -> int | None:
+    """How many alternatives each prompt token is scored with: an echo with logprobs needs the prompt's too."""
+    counts = [ask.prompt_logprobs, ask.logprobs if echo is not None else None]
+    present = [count for count in counts if count is not None]
+    return max(present) if present else None
 
 
 def _speculation(sampling: SamplingRequest, encoder: PromptEncoder) -> SpeculationParams | None:

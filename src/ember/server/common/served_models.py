@@ -43,7 +43,19 @@ class ServedModels:
         self.created = int(time.time())
         self.names = frozenset((config.model_id, config.model_name, *config.aliases))
         self._adapters: dict[str, ServedAdapter] = {}  # by lora_id
+        self._side_models: list[
+            tuple[frozenset[str], dict[str, Any]]
+        ] = []  # (names, card): the embedding model
         self._lock = threading.Lock()
+
+    def add_side_model(self, names: frozenset[str], card: dict[str, Any]) -> None:
+        """A model served beside the chat model by routes of its own (the embedding model): listed by
+        GET /v1/models, and named in the error a generation request for it gets."""
+        with self._lock:
+            clash = names & self._all_names(exclude="")
+            if clash:
+                raise ValueError(f"the model name(s) {', '.join(sorted(clash))} are already served")
+            self._side_models.append((names, card))
 
     def adapter_model_id(self, lora_id: str) -> str:
         return f"accounts/{self.account}/models/{lora_id}"
@@ -105,6 +117,15 @@ class ServedModels:
         """The name to echo in responses; no model means the served one; an unknown name is a 404."""
         if requested is None:
             return self.model_id
+        side = next((card for names, card in self._side_models if requested in names), None)
+        if side is not None and requested not in self.names:
+            raise APIError(
+                400,
+                f"the model {requested!r} is an embedding model: it serves /v1/embeddings, /v1/rerank and "
+                f"/v1/score only; generation runs on {self.model_id!r}",
+                param="model",
+                code="model_not_supported",
+            )
         if requested not in self.names and self.adapter(requested) is None:
             raise APIError(
                 404,
@@ -127,12 +148,19 @@ class ServedModels:
 
     def card_of(self, requested: str) -> dict[str, Any]:
         """The model object of the base model or an adapter (404 for an unknown name)."""
+        side = next((card for names, card in self._side_models if requested in names), None)
+        if side is not None:
+            return side
         self.resolve(requested)
         adapter = None if requested in self.names else self.adapter(requested)
         return self.card() if adapter is None else self._adapter_card(adapter)
 
     def listing(self) -> dict[str, Any]:
-        return {"object": "list", "data": [self.card(), *(self._adapter_card(a) for a in self.adapters())]}
+        side = [card for _, card in self._side_models]
+        return {
+            "object": "list",
+            "data": [self.card(), *side, *(self._adapter_card(a) for a in self.adapters())],
+        }
 
     def _adapter_card(self, adapter: ServedAdapter) -> dict[str, Any]:
         return {
@@ -148,6 +176,8 @@ class ServedModels:
 
     def _all_names(self, exclude: str) -> frozenset[str]:
         names = set(self.names)
+        for side_names, _ in self._side_models:
+            names |= side_names
         for lora_id, adapter in self._adapters.items():
             if lora_id != exclude:
                 names |= adapter.names

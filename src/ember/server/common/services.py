@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from fastapi import Request
 
 from ember.server.common.config import ServerConfig
 from ember.server.common.errors import APIError
+from ember.server.common.field_policy import UnknownFieldLog
 from ember.server.common.metrics import ServerMetrics
 from ember.server.common.preparation import Preparation
 from ember.server.common.served_models import ServedModels
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from ember.server.openai.serving_chat import ChatServing
     from ember.server.openai.serving_completions import CompletionServing
     from ember.server.openai.serving_embeddings import EmbeddingServing
+    from ember.server.openai.serving_rerank import RerankServing
     from ember.server.openai.serving_tokenize import TokenizeServing
     from ember.server.responses.serving import ResponsesServing
 
@@ -36,6 +38,7 @@ class ServingState:
     models: ServedModels
     preparation: Preparation  # every request's prompt ids and SamplingParams, built off the event loop
     metrics: ServerMetrics
+    unknown_fields: UnknownFieldLog = field(default_factory=UnknownFieldLog)  # body fields logged once each
 
     @property
     def max_model_len(self) -> int:
@@ -53,6 +56,7 @@ class Services:
     embeddings: EmbeddingServing
     tokenize: TokenizeServing
     adapters: AdapterServing
+    rerank: RerankServing
     files: FilesServing | None = None  # None: the server runs without a data directory
     jobs: JobsServing | None = None
     dpo_jobs: DpoJobsServing | None = None

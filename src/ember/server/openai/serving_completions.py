@@ -12,11 +12,21 @@ from fastapi.responses import JSONResponse, Response
 
 from ember.engine.outputs import CompletionOutput, RequestOutput
 from ember.server.common.errors import APIError, as_api_error, error_body, invalid_request
+from ember.server.common.field_policy import check_fields
 from ember.server.common.generation import DisconnectWatch, Generation, collect_finals, merged_outputs
 from ember.server.common.metrics import RequestTimer, TokenCounts, perf_headers, perf_metrics
-from ember.server.common.preparation import PromptEcho, PromptsAsk
+from ember.server.common.preparation import PreparedRequest, PromptEcho, PromptsAsk
+from ember.server.common.raw_output import raw_output
 from ember.server.common.services import ServingState
 from ember.server.common.sse import DONE, event_stream, sse_data
+from ember.server.common.unsupported_fields import completions_fields
+from ember.server.openai.generation_fields import (
+    as_response_format,
+    check_output_constraint,
+    output_constraint,
+    refuse_streamed_prompt_logprobs,
+    vllm_prompt_logprobs,
+)
 from ember.server.openai.logprob_objects import LegacyLogprobs
 from ember.server.openai.protocol import CompletionRequest
 from ember.server.openai.responses import (
@@ -28,30 +38,39 @@ from ember.server.openai.responses import (
     now_seconds,
     usage_dict,
 )
+from ember.structured.constraint_fields import RequestedConstraint
 
 # OpenAI's documented default for /v1/completions; chat instead runs to the end of the turn.
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
 
 
-def prompts_ask(body: CompletionRequest) -> PromptsAsk:
-    """The request as the preparation step takes it."""
+def prompts_ask(body: CompletionRequest, constraint: RequestedConstraint | None = None) -> PromptsAsk:
+    """The request as the preparation step takes it; `constraint`: its output constraint (output_constraint),
+    whichever field set it."""
+    budget = body.token_budget("max_tokens", "max_completion_tokens")
+    if not body.sets_token_budget("max_tokens", "max_completion_tokens"):
+        budget = COMPLETIONS_DEFAULT_MAX_TOKENS
     return PromptsAsk(
         model=body.model,
-        prompts=functools.partial(_prompts, body),
-        sampling=body,
-        max_tokens=COMPLETIONS_DEFAULT_MAX_TOKENS if body.max_tokens is None else body.max_tokens,
+        prompts=functools.partial(_prompts, body, constraint),
+        sampling=body if constraint is None else as_response_format(body, constraint),
+        max_tokens=budget,
         behavior=body.context_length_exceeded_behavior or "truncate",
         best_of=body.best_of,
-        logprobs=body.logprobs,
+        logprobs=body.num_logprobs(),
         echo=bool(body.echo),
         echo_last=body.echo_last,
-        cache_key=body.prompt_cache_isolation_key,
+        cache_key=body.cache_key(),
+        prompt_logprobs=body.prompt_logprobs,
+        include_stop_str_in_output=bool(body.include_stop_str_in_output),
     )
 
 
-def _prompts(body: CompletionRequest) -> list[str | list[int]]:
+def _prompts(body: CompletionRequest, constraint: RequestedConstraint | None = None) -> list[str | list[int]]:
     """The prompts (on the preparation thread: a long token list is copied there), after the refusals only a
     completion body can have."""
+    if constraint is not None:
+        check_output_constraint(constraint)
     if body.suffix:
         raise invalid_request(
             "suffix is not supported by this server", param="suffix", code="unsupported_parameter"
@@ -67,19 +86,23 @@ def _prompts(body: CompletionRequest) -> list[str | list[int]]:
 class CompletionServing:
     def __init__(self, state: ServingState) -> None:
         self.state = state
+        self.known_fields = completions_fields()
 
     async def create(self, body: CompletionRequest, http: Request) -> Response:
         timer = RequestTimer()
+        if body.model_extra:
+            check_fields("/v1/completions", body.model_extra, self.known_fields, self.state.unknown_fields)
+        if body.prompt_logprobs is not None:
+            refuse_streamed_prompt_logprobs(body)
+        ask = prompts_ask(body, output_constraint(body) if body.constraint_fields() else None)
         watch = DisconnectWatch(http, self.state.engine)
         try:
-            prepared = await self.state.preparation.prompts(prompts_ask(body), http.headers, watch)
+            prepared = await self.state.preparation.prompts(ask, http.headers, watch)
         except BaseException:
             watch.close()
             raise
         generations = await watch.open(prepared.requests)
-        builder = _CompletionBuilder(
-            self.state, body, prepared.response_id, prepared.model, list(prepared.echoes), timer
-        )
+        builder = _CompletionBuilder(self.state, body, prepared, ask.logprobs, timer)
         if body.stream:
             headers = {
                 "x-request-id": prepared.request_id,
@@ -101,24 +124,25 @@ class _CompletionBuilder:
         self,
         state: ServingState,
         body: CompletionRequest,
-        completion_id: str,
-        model: str,
-        echoes: list[PromptEcho | None],
+        prepared: PreparedRequest,
+        num_logprobs: int | None,
         timer: RequestTimer,
     ) -> None:
         self.state = state
         self.body = body
-        self.id = completion_id
-        self.model = model
+        self.id = prepared.response_id
+        self.model = prepared.model
         self.created = now_seconds()
-        self.echoes = echoes
+        self.echoes: list[PromptEcho | None] = list(prepared.echoes)
+        self.structured = [request.params.structured for request in prepared.requests]
         self.timer = timer
         self.n = body.n or 1
+        self.num_logprobs = num_logprobs  # logprobs, or Fireworks' top_logprobs
 
     def _legacy(self) -> LegacyLogprobs | None:
-        if self.body.logprobs is None:
+        if self.num_logprobs is None:
             return None
-        return LegacyLogprobs(self.state.engine.tokenizer, self.body.logprobs)
+        return LegacyLogprobs(self.state.engine.tokenizer, self.num_logprobs)
 
     def _add_echo(
         self, logprobs: LegacyLogprobs | None, echo: PromptEcho | None, output: RequestOutput
@@ -148,7 +172,29 @@ class _CompletionBuilder:
         if self.body.return_token_ids:
             choice["token_ids"] = list(seq.token_ids)
             choice["prompt_token_ids"] = list(output.prompt_token_ids)
+        if self.body.prompt_logprobs is not None:
+            tokenizer = self.state.engine.tokenizer
+            choice["prompt_logprobs"] = vllm_prompt_logprobs(
+                tokenizer, output.prompt_logprobs, self.body.prompt_logprobs
+            )
+        if self.body.raw_output:
+            choice["raw_output"] = self._raw_output(position, output, seq)
         return choice
+
+    def _raw_output(self, position: int, output: RequestOutput, seq: CompletionOutput) -> dict[str, Any]:
+        prompt = self.body.prompts()[position]
+        fragments: list[str | int] = [prompt] if isinstance(prompt, str) else list(prompt)
+        logprobs = self._legacy()
+        if logprobs is not None:
+            logprobs.add(seq.token_ids, list(seq.logprobs or [None] * len(seq.token_ids)))
+        return raw_output(
+            fragments,
+            output.prompt_token_ids,
+            seq.text,
+            seq.token_ids,
+            self.structured[position],
+            logprobs.as_dict() if logprobs else None,
+        )
 
     def full_response(self, finals: list[RequestOutput]) -> tuple[dict[str, Any], TokenCounts]:
         for final in finals:
@@ -218,10 +264,17 @@ class _CompletionBuilder:
                 seq.delta_token_ids, list(seq.delta_logprobs or [None] * len(seq.delta_token_ids))
             )
             lp_slice = piece_lps if lp_slice is None else {k: lp_slice[k] + piece_lps[k] for k in piece_lps}
-        return {
+        choice: dict[str, Any] = {
             "index": piece.index,
             "text": text,
             "logprobs": lp_slice,
             "finish_reason": piece.finish_reason,
             "stop_reason": seq.stop_reason,
         }
+        if self.body.return_token_ids:  # the prompt's ids on a choice's first chunk, the new ones on each
+            if piece.first:
+                choice["prompt_token_ids"] = list(output.prompt_token_ids)
+            choice["token_ids"] = list(seq.delta_token_ids)
+        if self.body.raw_output and piece.finish_reason:
+            choice["raw_output"] = self._raw_output(position, output, seq)
+        return choice
