@@ -8,7 +8,7 @@ import zlib
 import pytest
 
 from ember.engine import block_manager as block_manager_module
-from ember.engine.engine_config import CacheConfig, SchedulerConfig
+from ember.engine.engine_config import BACKGROUND_PRIORITY, CacheConfig, SchedulerConfig
 from ember.engine.errors import QueueFullError
 from ember.engine.prefix_hash import hash_block
 from ember.engine.sampling_params import SamplingParams
@@ -354,7 +354,7 @@ def test_randomized_simulation_keeps_every_invariant(policy: str) -> None:
                 sampling_params=SamplingParams(prompt_logprobs=0 if rng.random() < 0.1 else None),
                 max_tokens=rng.randint(1, 30),
                 arrival_time=float(counts["steps"]),
-                priority=rng.randint(0, 3),
+                priority=rng.choice([0, 1, 2, 3, BACKGROUND_PRIORITY]),  # batch lines too
                 lora_key=rng.choice([None, None, "adapter"]),
                 cache_salt=rng.choice([None, None, "tenant"]),
             )

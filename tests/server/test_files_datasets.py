@@ -105,8 +105,11 @@ def test_too_few_examples_and_wrong_purpose_are_400s(client: openai.OpenAI) -> N
     problems = few.value.body["validation"]["problems"]  # type: ignore[index]
     assert problems[0]["line"] is None and "3" in problems[0]["message"]
     with pytest.raises(openai.BadRequestError) as purpose:
-        client.files.create(file=as_file(GOOD_ROWS), purpose="batch")  # type: ignore[arg-type]
+        client.files.create(file=as_file(GOOD_ROWS), purpose="assistants")
     assert purpose.value.body["param"] == "purpose"  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError) as not_batch:  # SFT rows are not batch requests
+        client.files.create(file=as_file(GOOD_ROWS), purpose="batch")
+    assert not_batch.value.body["param"] == "line 1"  # type: ignore[index]
 
 
 def test_uploads_have_their_own_size_limit(server: TuningServer, client: openai.OpenAI) -> None:

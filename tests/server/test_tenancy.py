@@ -23,6 +23,7 @@ from fine_tuning_server import (
     chat_row,
     jsonl,
     start_tuning_server,
+    wait_for,
     write_tiny_model,
 )
 
@@ -331,3 +332,35 @@ def test_wrong_or_missing_keys_still_get_401(tenants: Tenants) -> None:
     with pytest.raises(openai.AuthenticationError):
         tenants.client(sha256(ALICE)).files.list()  # the stored hash is not a key
     assert httpx.get(f"{tenants.server.v1}/files").status_code == 401
+
+
+def test_a_batch_and_its_files_are_its_owners_alone_and_the_admins(tenants: Tenants) -> None:
+    alice, bob, admin = tenants.client(ALICE), tenants.client(BOB), tenants.client(ADMIN)
+    line = {
+        "custom_id": "only",
+        "method": "POST",
+        "url": "/v1/completions",
+        "body": {"model": TINY_MODEL, "prompt": "Hi", "max_tokens": 2},
+    }
+    requests = alice.files.create(file=as_file([line]), purpose="batch")
+    assert_not_found(
+        lambda: bob.batches.create(
+            input_file_id=requests.id, endpoint="/v1/completions", completion_window="24h"
+        )
+    )
+    batch = alice.batches.create(
+        input_file_id=requests.id, endpoint="/v1/completions", completion_window="24h"
+    )
+    assert_not_found(lambda: bob.batches.retrieve(batch.id))
+    assert_not_found(lambda: bob.batches.cancel(batch.id))
+    assert batch.id not in [b.id for b in bob.batches.list()]
+    wait_for(lambda: alice.batches.retrieve(batch.id).status == "completed", 60, "alice's batch")
+    output = alice.batches.retrieve(batch.id).output_file_id
+    assert output is not None and alice.files.content(output).text.count("\n") == 1
+    assert_not_found(lambda: bob.files.content(output))
+    assert admin.batches.retrieve(batch.id).id == batch.id
+
+    jobs = "/accounts/alice/batchInferenceJobs"
+    sneaky = tenants.post(BOB, jobs, json={"model": TINY_MODEL, "inputDatasetId": "facts"})
+    assert sneaky.status_code == 404 and "account 'alice' not found" in sneaky.json()["error"]["message"]
+    assert tenants.get(BOB, "/accounts/bob/batchInferenceJobs").json()["batchInferenceJobs"] == []

@@ -9,6 +9,8 @@ from ember.engine.speculation.config import SpeculationConfig
 from ember.lora.config import LoraConfig
 
 SCHEDULING_POLICIES = ("fcfs", "priority")
+BACKGROUND_PRIORITY = 1_000_000
+"""The priority of background work (batch lines): SchedulerConfig.background_priority's default."""
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,35 @@ class SchedulerConfig:
     policy: str = "fcfs"
     """'fcfs': by arrival time; 'priority': lower priority value first, then by arrival time."""
 
+    background_priority: int = BACKGROUND_PRIORITY
+    """Requests with a priority at or above this are background work (batch lines), under either policy: they
+    start only when no other request waits, at most max_background_seqs run at once, and they are the first
+    preempted when a running or waiting request needs room."""
+
+    max_background_seqs: int = 0
+    """Most background sequences running at once; 0: half of max_num_seqs (at least 1), so live requests
+    arriving always find a free row."""
+
+    background_seqs_beside_live: int = 1
+    """While a live request runs or waits, how many background sequences take part in a step (the others keep
+    their KV and wait): on a CPU each extra row lengthens the step every live token waits for."""
+
+    background_tokens_beside_live: int = 8
+    """...and how many tokens they may run in such a step, so a background prompt's prefill never holds up a
+    live decode for long (it is cut into chunks of this size)."""
+
+    @property
+    def background_seq_limit(self) -> int:
+        return self.max_background_seqs or max(1, self.max_num_seqs // 2)
+
     def __post_init__(self) -> None:
+        for name in ("background_seqs_beside_live", "background_tokens_beside_live"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be 0 or more, got {getattr(self, name)}")
+        if self.max_background_seqs < 0:
+            raise ValueError(
+                f"max_background_seqs must be 0 (half of max_num_seqs) or more, got {self.max_background_seqs}"
+            )
         for name in ("max_num_seqs", "max_num_batched_tokens", "max_model_len", "max_waiting"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")

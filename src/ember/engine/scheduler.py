@@ -6,6 +6,12 @@ chunks over several steps, so running decodes are never stalled. When a running 
 none is free, the worst running sequence (by policy: latest arrival, or lowest priority then latest arrival)
 loses its KV and goes back to the waiting queue with its output tokens, to be recomputed later.
 
+Background sequences (priority at or above SchedulerConfig.background_priority: batch lines) wait in a queue of
+their own. They start only when no other sequence waits, at most background_seq_limit of them run at once, they
+come last in every step's budget, and they are preempted first: for a running sequence that needs a block, and
+for a waiting live sequence that finds no row or no block free. Live traffic so keeps its latency; batch work
+fills what it leaves.
+
 An embedding input is a pooling sequence: a prompt that is prefilled in chunks under the same budget and never
 samples; it is done when its last chunk has run (the engine then finishes it and its blocks are freed).
 """
@@ -15,6 +21,7 @@ from __future__ import annotations
 import heapq
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from ember.engine.block_manager import BlockManager
 from ember.engine.engine_config import CacheConfig, SchedulerConfig
@@ -79,6 +86,19 @@ class _PriorityQueue:
         return len(self._heap)
 
 
+@dataclass
+class _BackgroundShare:
+    """The rows and tokens background sequences may still take in the step being planned."""
+
+    rows: int
+    tokens: int
+    limited: bool  # live work is present: the share is SchedulerConfig's *_beside_live
+
+    def take(self, num_tokens: int) -> None:
+        self.rows -= 1
+        self.tokens -= num_tokens
+
+
 class Scheduler:
     def __init__(
         self,
@@ -98,6 +118,9 @@ class Scheduler:
         self._admission_number: dict[str, int] = {}  # breaks ties between equal arrival times
         self._next_admission_number = 0
         self._waiting: _FcfsQueue | _PriorityQueue = (
+            _PriorityQueue(self._key) if self._by_priority else _FcfsQueue()
+        )
+        self._background: _FcfsQueue | _PriorityQueue = (
             _PriorityQueue(self._key) if self._by_priority else _FcfsQueue()
         )
         self._running: list[Sequence] = []
@@ -121,13 +144,13 @@ class Scheduler:
             raise ValueError(f"sequence ids must be distinct, got {ids}")
         for sequence in sequences:
             self._check_admissible(sequence)
-        if len(self._waiting) + len(sequences) > self.scheduler_config.max_waiting:
-            raise QueueFullError(len(self._waiting))
+        if self.num_waiting + len(sequences) > self.scheduler_config.max_waiting:
+            raise QueueFullError(self.num_waiting)
         for sequence in sequences:
             self._sequences[sequence.sequence_id] = sequence
             self._admission_number[sequence.sequence_id] = self._next_admission_number
             self._next_admission_number += 1
-            self._waiting.push(sequence)
+            self._queue_of(sequence).push(sequence)
 
     def _check_admissible(self, sequence: Sequence) -> None:
         config = self.scheduler_config
@@ -194,11 +217,17 @@ class Scheduler:
         drafts: dict[str, list[int]] = {}
         policy = self._draft_policy
         speculates = policy is not None and policy.speculates(sum(remaining(r) == 1 for r in self._running))
+        share = self._background_share()
         for sequence in sorted(self._running, key=lambda r: (remaining(r) > 1, self._key(r))):
-            num_new = min(remaining(sequence), budget)
+            background = self._is_background(sequence)
+            num_new = min(remaining(sequence), budget, share.tokens if background else budget)
+            if background and share.rows <= 0:
+                continue  # paused this step: it keeps its KV while live requests run
             if num_new <= 0 or sequence.status is not SequenceStatus.RUNNING:
                 continue
-            if speculates and remaining(sequence) == 1:
+            if background:
+                share.take(num_new)
+            if speculates and remaining(sequence) == 1 and not (background and share.limited):
                 assert policy is not None
                 draft = policy.draft(sequence, budget - 1)
                 if draft and self.block_manager.allocate_slots(sequence, 1, num_lookahead_tokens=len(draft)):
@@ -219,15 +248,31 @@ class Scheduler:
                 budget -= num_new
 
         # admitting while preempting would only thrash: the new sequence would take the freed blocks
-        while not preempted and self._waiting and budget > 0:
-            if len(self._running) >= self.scheduler_config.max_num_seqs:
+        thrashing = bool(preempted)
+        while not thrashing and budget > 0:
+            # after a background sequence made room this step, none starts again in it (it would take the room)
+            sequence = self._next_to_admit(background=len(preempted) == 0)
+            if sequence is None:
                 break
-            sequence = self._waiting.peek()
             computed_blocks, num_cached = self.block_manager.get_computed_blocks(sequence)
-            num_new = min(sequence.num_tokens - num_cached, budget)
-            if not self.block_manager.allocate_slots(sequence, num_new, computed_blocks):
+            background = self._is_background(sequence)
+            num_new = min(sequence.num_tokens - num_cached, budget, share.tokens if background else budget)
+            if background and (share.rows <= 0 or num_new <= 0):
                 break
-            self._waiting.pop()
+            room = len(self._running) < self.scheduler_config.max_num_seqs
+            if not (room and self.block_manager.allocate_slots(sequence, num_new, computed_blocks)):
+                victim = None if self._is_background(sequence) else self._background_victim()
+                if victim is None:
+                    break
+                # a live sequence waits for a row or blocks a background one holds: that one makes room
+                if victim.sequence_id in planned:
+                    budget += planned.pop(victim.sequence_id)[1] + len(drafts.pop(victim.sequence_id, ()))
+                self._preempt(victim)
+                preempted.append(victim.sequence_id)
+                continue
+            self._queue_of(sequence).pop()
+            if background:
+                share.take(num_new)
             if sequence.status is SequenceStatus.WAITING:
                 sequence.num_cached_tokens = num_cached
                 self._num_prompt_tokens += sequence.num_prompt_tokens
@@ -289,7 +334,7 @@ class Scheduler:
 
     @property
     def num_waiting(self) -> int:
-        return len(self._waiting)
+        return len(self._waiting) + len(self._background)
 
     @property
     def num_running(self) -> int:
@@ -314,7 +359,41 @@ class Scheduler:
         admission = self._admission_number[sequence.sequence_id]
         if self._by_priority:
             return (sequence.priority, sequence.arrival_time, admission)
-        return (sequence.arrival_time, admission)
+        return (float(self._is_background(sequence)), sequence.arrival_time, admission)
+
+    def _is_background(self, sequence: Sequence) -> bool:
+        return sequence.priority >= self.scheduler_config.background_priority
+
+    def _queue_of(self, sequence: Sequence) -> _FcfsQueue | _PriorityQueue:
+        return self._background if self._is_background(sequence) else self._waiting
+
+    def _next_to_admit(self, background: bool) -> Sequence | None:
+        """The head of the live queue; else a background sequence, while fewer than their limit run."""
+        if self._waiting:
+            return self._waiting.peek()
+        if not (background and self._background):
+            return None
+        running = sum(self._is_background(r) for r in self._running)
+        if running >= self.scheduler_config.background_seq_limit:
+            return None
+        return self._background.peek()
+
+    def _background_share(self) -> _BackgroundShare:
+        """What background sequences may run this step: without live work, as much as any; while a live
+        sequence runs or waits, a few rows and tokens (on a CPU every extra row lengthens the step that each live
+        token waits for)."""
+        config = self.scheduler_config
+        live = bool(self._waiting) or any(not self._is_background(r) for r in self._running)
+        if not live:
+            return _BackgroundShare(config.max_num_seqs, config.max_num_batched_tokens, limited=False)
+        return _BackgroundShare(
+            config.background_seqs_beside_live, config.background_tokens_beside_live, limited=True
+        )
+
+    def _background_victim(self) -> Sequence | None:
+        """The running background sequence to preempt first (the last by order), if any runs."""
+        candidates = [r for r in self._running if self._is_background(r)]
+        return max(candidates, key=self._key) if candidates else None
 
     def _advance(self, sequence: Sequence, num_new: int) -> ScheduledSequence:
         start = sequence.num_computed_tokens
@@ -337,13 +416,13 @@ class Scheduler:
         sequence.status = SequenceStatus.PREEMPTED
         sequence.num_preemptions += 1
         self._num_preemptions += 1
-        self._waiting.push_front(sequence)
+        self._queue_of(sequence).push_front(sequence)
 
     def _remove(self, sequence: Sequence, status: SequenceStatus) -> None:
         if sequence.status is SequenceStatus.RUNNING:
             self._running.remove(sequence)
         else:
-            self._waiting.remove(sequence)
+            self._queue_of(sequence).remove(sequence)
         # after a failed step the KV of this sequence's new blocks may never have been written
         self.block_manager.free(sequence, keep_cached=status is not SequenceStatus.FINISHED_ERROR)
         sequence.status = status

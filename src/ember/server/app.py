@@ -16,6 +16,8 @@ from ember.server.admin.adapter_roots import AdapterRoots
 from ember.server.admin.serving_adapters import AdapterServing
 from ember.server.anthropic import routes as anthropic_routes
 from ember.server.anthropic.serving_messages import MessagesServing
+from ember.server.batches import routes as batch_routes
+from ember.server.batches.serving import BatchesServing
 from ember.server.common.browser_guard import install_browser_guard
 from ember.server.common.config import FineTuningConfig, ServerConfig
 from ember.server.common.errors import install_error_handlers
@@ -129,8 +131,12 @@ def build_app(
             if tuning is not None:
                 await tuning.start()
                 logger.info("fine-tuning data directory: %s", tuning.data_dir)
+            if batches is not None:
+                await batches.start()
             yield
         finally:
+            if batches is not None:
+                await batches.stop()
             if tuning is not None:
                 await tuning.stop()
             state.preparation.close()
@@ -144,17 +150,24 @@ def build_app(
         redoc_url=None,
         openapi_url=None,
     )
+    chat, completions, embeddings = (
+        ChatServing(state),
+        CompletionServing(state),
+        EmbeddingServing(state, encoder),
+    )
+    batches = None if tuning is None else BatchesServing.build(tuning, chat, completions, embeddings, config)
     app.state.services = Services(
         state=state,
-        completions=CompletionServing(state),
-        chat=ChatServing(state),
+        completions=completions,
+        chat=chat,
         messages=MessagesServing(state),
-        embeddings=EmbeddingServing(state, encoder),
+        embeddings=embeddings,
         tokenize=TokenizeServing(state),
         adapters=adapter_serving,
         files=None if tuning is None else FilesServing(tuning),
         jobs=None if tuning is None else JobsServing(tuning),
         dpo_jobs=None if tuning is None else DpoJobsServing(tuning),
+        batches=batches,
         rerank=RerankServing(state, encoder),
         responses=responses_serving(state, None if fine_tuning is None else fine_tuning.data_dir),
         control_plane=FireworksControlPlane(state, adapter_serving, tuning),
@@ -165,6 +178,7 @@ def build_app(
             rerank_routes,
             anthropic_routes,
             fine_tuning_routes,
+            batch_routes,
             fireworks_routes,
             admin_routes,
             responses_routes,

@@ -36,7 +36,10 @@ from ember.tuning.upload_store import DatasetRecord, FileRecord
 DatasetValidator = Callable[[Path], ValidationReport]
 """Validates the JSONL file at a path for the served base model (see validation.validate_dataset)."""
 
-FILE_PURPOSES = ("fine-tune",)
+FILE_PURPOSES = (
+    "fine-tune",
+    "batch",
+)  # a batch file is validated by its own validator (FileStorage.validators)
 _RESOURCE_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 
 
@@ -69,10 +72,12 @@ class FileStorage:
         store: TuningStore,
         validate: DatasetValidator,
         limits: UploadLimits | None = None,
+        validators: dict[str, DatasetValidator] | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.store = store
         self.validate = validate
+        self.validators = {"fine-tune": validate, **(validators or {})}  # by purpose
         self.limits = limits or UploadLimits()
         self.incoming_dir = self.data_dir / "incoming"
         for folder in (self.incoming_dir, self.data_dir / "files", self.data_dir / "datasets"):
@@ -96,9 +101,10 @@ class FileStorage:
         """Validate and commit an upload as a file owned by the account `owner`; the upload is consumed
         (committed or deleted)."""
         try:
-            if purpose not in FILE_PURPOSES:
-                raise ValueError(f"purpose must be one of {', '.join(FILE_PURPOSES)}, got {purpose!r}")
-            report = self._validated(upload)
+            purposes = [p for p in FILE_PURPOSES if p in self.validators]
+            if purpose not in purposes:
+                raise ValueError(f"purpose must be one of {', '.join(purposes)}, got {purpose!r}")
+            report = self._validated(upload, self.validators[purpose])
             file_id = new_id("file")
             relative = f"files/{file_id}.jsonl"
             record = FileRecord(
@@ -118,6 +124,30 @@ class FileStorage:
             return record
         finally:
             upload.discard()
+
+    def add_output_file(self, source: Path, purpose: str, filename: str, owner: str | None) -> FileRecord:
+        """Store a file the server wrote (a batch's output or error file) as an OpenAI file owned by `owner`;
+        `source` is moved into place."""
+        file_id = new_id("file")
+        relative = f"files/{file_id}.jsonl"
+        record = FileRecord(
+            id=file_id,
+            bytes=source.stat().st_size,
+            created_at=int(time.time()),
+            filename=filename,
+            purpose=purpose,
+            status="processed",
+            path=relative,
+            owner=owner,
+        )
+        final = self.data_dir / relative
+        os.replace(source, final)
+        try:
+            self.store.insert_file(record)
+        except BaseException:
+            final.unlink(missing_ok=True)
+            raise
+        return record
 
     def delete_file(self, file_id: str, scope: OwnerScope | None = None) -> FileRecord:
         """Remove a file `scope` sees (another owner's file is not found)."""
@@ -193,6 +223,25 @@ class FileStorage:
         finally:
             upload.discard()
 
+    def add_output_dataset(self, name: str, source: Path, example_count: int, filename: str) -> DatasetRecord:
+        """Attach a file the server wrote (a batch job's results) to the UPLOADING dataset `name`, making it
+        READY; `source` is moved into place. NotFoundError / ConflictError as for an upload."""
+        dataset = self.store.get_dataset(name)
+        if dataset is None:
+            raise NotFoundError(f"no dataset {name!r}")
+        relative = f"datasets/{dataset.account}/{dataset.dataset_id}-{secrets.token_hex(4)}.jsonl"
+        final = self.data_dir / relative
+        final.parent.mkdir(parents=True, exist_ok=True)
+        size = source.stat().st_size
+        os.replace(source, final)
+        updated = self.store.complete_dataset_upload(
+            name, filename=filename, bytes=size, path=relative, example_count=example_count
+        )
+        if updated is None:
+            final.unlink(missing_ok=True)
+            raise ConflictError(f"dataset {name!r} is {dataset.state}; it cannot take the results")
+        return updated
+
     def delete_dataset(self, name: str) -> DatasetRecord:
         record = self.store.delete_dataset(name)
         if record is None:
@@ -231,8 +280,10 @@ class FileStorage:
                 removed.append(path)
         return removed
 
-    def _validated(self, upload: ReceivedUpload) -> ValidationReport:
-        report = self.validate(upload.path)
+    def _validated(
+        self, upload: ReceivedUpload, validate: DatasetValidator | None = None
+    ) -> ValidationReport:
+        report = (validate or self.validate)(upload.path)
         if not report.ok:
             raise UploadRejectedError(report)
         return report

@@ -5,9 +5,10 @@ leaves during the preparation never gets an engine request)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fastapi import Request
 
@@ -45,7 +46,7 @@ class Generation:
         await self._stream.aclose()
 
 
-async def open_generation(engine: AsyncEngine, request: EngineRequest) -> Generation:
+async def open_generation(engine: AsyncEngine, request: EngineRequest, priority: int = 0) -> Generation:
     """Submits the request and waits for its first output; QueueFullError propagates (429)."""
     stream = engine.generate(
         request.prompt_token_ids,
@@ -53,6 +54,7 @@ async def open_generation(engine: AsyncEngine, request: EngineRequest) -> Genera
         request.request_id,
         cache_salt=request.cache_salt,
         lora_id=request.lora_id,
+        priority=priority,
     )
     try:
         first = await anext(stream)
@@ -61,9 +63,13 @@ async def open_generation(engine: AsyncEngine, request: EngineRequest) -> Genera
     return Generation(request, first, stream)
 
 
-async def open_generations(engine: AsyncEngine, requests: list[EngineRequest]) -> list[Generation]:
+async def open_generations(
+    engine: AsyncEngine, requests: list[EngineRequest], priority: int = 0
+) -> list[Generation]:
     """Submits all prompts at once (they prefill together); if one is refused, the others are aborted."""
-    results = await asyncio.gather(*(open_generation(engine, r) for r in requests), return_exceptions=True)
+    results = await asyncio.gather(
+        *(open_generation(engine, r, priority) for r in requests), return_exceptions=True
+    )
     failure = next((r for r in results if isinstance(r, BaseException)), None)
     if failure is None:
         return [r for r in results if isinstance(r, Generation)]
@@ -138,21 +144,23 @@ class ClientLeft(APIError):
         )
 
 
-class DisconnectWatch:
-    """Watches one HTTP request for its client leaving, from the end of its body until close(): a
-    preparation still running is abandoned, engine requests already open are aborted."""
+class EngineWatch:
+    """Watches the party a request runs for, from the end of its body until close(): when it goes away (what
+    `gone()` returns completes), a preparation still running is abandoned and engine requests already open are
+    aborted. Its engine requests run at `priority` (lower first; live requests 0, batch lines a background one)."""
 
-    def __init__(self, request: Request, engine: AsyncEngine) -> None:
+    def __init__(self, gone: Callable[[], Awaitable[Any]], engine: AsyncEngine, priority: int = 0) -> None:
         self._engine = engine
+        self.priority = priority
         self._request_ids: list[str] = []
-        self._task = asyncio.create_task(self._watch(request))
+        self._task = asyncio.create_task(self._watch(gone))
 
     @property
     def client_left(self) -> bool:
         return self._task.done() and not self._task.cancelled()
 
-    async def _watch(self, request: Request) -> None:
-        await _wait_for_disconnect(request)
+    async def _watch(self, gone: Callable[[], Awaitable[Any]]) -> None:
+        await gone()  # made only once the task runs: a watch closed at once leaves no coroutine unawaited
         for request_id in self._request_ids:
             await self._engine.abort(request_id)
 
@@ -170,7 +178,7 @@ class DisconnectWatch:
             raise ClientLeft()
         self._request_ids = [r.request_id for r in requests]
         try:
-            generations = await open_generations(self._engine, requests)
+            generations = await open_generations(self._engine, requests, self.priority)
         except BaseException:
             self.close()
             raise
@@ -183,3 +191,10 @@ class DisconnectWatch:
 
     def close(self) -> None:
         self._task.cancel()
+
+
+class DisconnectWatch(EngineWatch):
+    """An HTTP request's watch: its client leaving is the disconnect."""
+
+    def __init__(self, request: Request, engine: AsyncEngine) -> None:
+        super().__init__(functools.partial(_wait_for_disconnect, request), engine)

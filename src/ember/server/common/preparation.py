@@ -34,7 +34,7 @@ from ember.server.common.served_models import ServedModels
 from ember.structured import StructuredSpec, response_format_message, spec_from_response_format
 
 if TYPE_CHECKING:
-    from ember.server.common.generation import DisconnectWatch
+    from ember.server.common.generation import EngineWatch
 
 T = TypeVar("T")
 CONTEXT_LENGTH_EXCEEDED = generation_budget.CONTEXT_LENGTH_EXCEEDED  # the embeddings route uses it too
@@ -246,7 +246,7 @@ class Preparation:
         self.abandoned = 0  # preparations dropped because their client left first
         self.on_start: Callable[[], None] | None = None  # run on the thread before each one; tests hold it
 
-    async def run(self, fn: Callable[..., T], *args: Any, watch: DisconnectWatch | None = None) -> T:
+    async def run(self, fn: Callable[..., T], *args: Any, watch: EngineWatch | None = None) -> T:
         """fn(*args) on a preparation thread; with `watch`, a client that leaves first abandons it (HTTP 499):
         a queued one never starts, a running one finishes unseen, and no engine request is ever made."""
         with self._lock:
@@ -277,11 +277,11 @@ class Preparation:
         """Stops the threads once their current work is done; queued work is dropped."""
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def chat(self, ask: ChatAsk, headers: Mapping[str, str], watch: DisconnectWatch) -> PreparedRequest:
+    async def chat(self, ask: ChatAsk, headers: Mapping[str, str], watch: EngineWatch) -> PreparedRequest:
         return await self.run(self.prepare_chat, ask, headers, watch=watch)
 
     async def prompts(
-        self, ask: PromptsAsk, headers: Mapping[str, str], watch: DisconnectWatch
+        self, ask: PromptsAsk, headers: Mapping[str, str], watch: EngineWatch
     ) -> PreparedRequest:
         return await self.run(self.prepare_prompts, ask, headers, watch=watch)
 

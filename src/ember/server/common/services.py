@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from ember.engine.async_engine import AsyncEngine
     from ember.server.admin.serving_adapters import AdapterServing
     from ember.server.anthropic.serving_messages import MessagesServing
+    from ember.server.batches.serving import BatchesServing
     from ember.server.fine_tuning.serving_dpo_jobs import DpoJobsServing
     from ember.server.fine_tuning.serving_files import FilesServing
     from ember.server.fine_tuning.serving_jobs import JobsServing
@@ -60,6 +61,7 @@ class Services:
     files: FilesServing | None = None  # None: the server runs without a data directory
     jobs: JobsServing | None = None
     dpo_jobs: DpoJobsServing | None = None
+    batches: BatchesServing | None = None
     responses: ResponsesServing | None = None
     control_plane: FireworksControlPlane | None = None  # Fireworks' models and LoRA routes (set by build_app)
 
@@ -82,11 +84,16 @@ class Services:
             raise _tuning_disabled()
         return self.dpo_jobs
 
+    def require_batches(self) -> BatchesServing:
+        if self.batches is None:
+            raise _tuning_disabled()
+        return self.batches
+
 
 def _tuning_disabled() -> APIError:
     return APIError(
         404,
-        "files, datasets and fine-tuning are not enabled on this server (it was started without a data "
+        "files, datasets, batches and fine-tuning are not enabled on this server (it was started without a data "
         "directory; see ember serve --data-dir)",
         code="fine_tuning_disabled",
     )

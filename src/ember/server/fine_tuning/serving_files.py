@@ -49,7 +49,7 @@ class FilesServing:
         purpose = upload.fields.get("purpose")
         if purpose is None:
             upload.discard()
-            raise APIError(400, "purpose is required (use 'fine-tune')", param="purpose")
+            raise APIError(400, "purpose is required ('fine-tune' or 'batch')", param="purpose")
         try:
             record = await asyncio.to_thread(self.storage.create_file, upload, purpose, tenant.account)
         except UploadRejectedError as error:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ember.server.admin.serving_adapters import AdapterServing
+from ember.server.batches.input_file import looks_like_batch_rows, validate_batch_file
 from ember.server.common.config import FineTuningConfig
 from ember.server.common.errors import APIError
 from ember.server.common.tenancy import Tenant
@@ -91,7 +92,11 @@ class FineTuningRuntime:
         self.masker = ConversationMasker.for_model(loaded)
         self.max_context_length = engine.max_model_len
         self.files = FileStorage(
-            data_dir, self.store, self.validate, UploadLimits(max_file_bytes=config.max_upload_bytes)
+            data_dir,
+            self.store,
+            self.validate,
+            UploadLimits(max_file_bytes=config.max_upload_bytes),
+            validators={"batch": validate_batch_file},
         )
         base_path = config.base_model_path or loaded.source_path
         self.service = FineTuningService(
@@ -114,7 +119,10 @@ class FineTuningRuntime:
         return self.config.data_dir
 
     def validate(self, path: Path) -> ValidationReport:
-        """Upload validation with the served model's own chat template and tokenizer."""
+        """Upload validation with the served model's own chat template and tokenizer; a Fireworks dataset of
+        batch requests (rows of custom_id and body) is checked as a batch input instead."""
+        if looks_like_batch_rows(path):
+            return validate_batch_file(path, url_required=False)
         options = ValidationOptions(max_context_length=self.max_context_length)
         return validate_dataset(path, options, self.masker.count_tokens)
 

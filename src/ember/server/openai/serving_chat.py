@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import aclosing
 from typing import Any
 
@@ -15,7 +15,13 @@ from ember.chat.reply import ReplyReader, ReplyStream
 from ember.engine.outputs import CompletionOutput, RequestOutput
 from ember.server.common.errors import APIError, as_api_error, error_body, invalid_request
 from ember.server.common.field_policy import check_fields
-from ember.server.common.generation import DisconnectWatch, Generation, collect_finals
+from ember.server.common.generation import (
+    ClientLeft,
+    DisconnectWatch,
+    EngineWatch,
+    Generation,
+    collect_finals,
+)
 from ember.server.common.metrics import RequestTimer, TokenCounts, perf_headers, perf_metrics
 from ember.server.common.preparation import ChatAsk, PreparedRequest
 from ember.server.common.raw_output import raw_output
@@ -108,38 +114,59 @@ class ChatServing:
 
     async def create(self, body: ChatCompletionRequest, http: Request) -> Response:
         timer = RequestTimer()
-        # A plain chat visits none of the field-policy and constraint modules (#18 counts files per request).
-        if body.model_extra:
-            check_fields(
-                "/v1/chat/completions", body.model_extra, self.known_fields, self.state.unknown_fields
-            )
-        if body.prompt_logprobs is not None:
-            refuse_streamed_prompt_logprobs(body)
-        constraint = output_constraint(body) if body.constraint_fields() else None
-        ask = chat_ask(body, self.state.config.generic_tools, constraint)
         watch = DisconnectWatch(http, self.state.engine)
-        try:
-            prepared = await self.state.preparation.chat(ask, http.headers, watch)
-        except BaseException:
-            watch.close()
-            raise
-        generations = await watch.open(prepared.requests)
-        assert prepared.reader is not None  # every chat preparation makes one
-        builder = _ChatBuilder(self.state, body, prepared, timer)
+        prepared, generations, builder = await self._start(body, http.headers, watch, timer)
         if body.stream:
             headers = {
                 "x-request-id": prepared.request_id,
                 "fireworks-prompt-tokens": str(prepared.prompt_tokens),
             }
             return event_stream(builder.stream(generations[0], watch), headers)
-        try:
-            (final,) = await collect_finals(generations, timer)
-        finally:
-            watch.close()
-        payload, counts = builder.full_response(final)
+        payload, counts = await self._finish(builder, generations, watch)
         return JSONResponse(
             payload, headers={"x-request-id": prepared.request_id, **perf_headers(counts, timer)}
         )
+
+    async def answer(self, body: ChatCompletionRequest, watch: EngineWatch) -> dict[str, Any]:
+        """The whole chat.completion of a request that has no HTTP connection of its own (a batch line): the
+        same checks, preparation, engine requests and response as `create`, at the watch's priority."""
+        if body.stream:
+            watch.close()
+            raise invalid_request("stream is not supported here; leave it out", param="stream")
+        prepared, generations, builder = await self._start(body, {}, watch, RequestTimer())
+        payload, _ = await self._finish(builder, generations, watch)
+        return payload
+
+    async def _start(
+        self, body: ChatCompletionRequest, headers: Mapping[str, str], watch: EngineWatch, timer: RequestTimer
+    ) -> tuple[PreparedRequest, list[Generation], _ChatBuilder]:
+        try:
+            # A plain chat visits none of the field-policy and constraint modules (#18 counts files per request).
+            if body.model_extra:
+                check_fields(
+                    "/v1/chat/completions", body.model_extra, self.known_fields, self.state.unknown_fields
+                )
+            if body.prompt_logprobs is not None:
+                refuse_streamed_prompt_logprobs(body)
+            constraint = output_constraint(body) if body.constraint_fields() else None
+            ask = chat_ask(body, self.state.config.generic_tools, constraint)
+            prepared = await self.state.preparation.chat(ask, headers, watch)
+        except BaseException:
+            watch.close()
+            raise
+        generations = await watch.open(prepared.requests)
+        return prepared, generations, _ChatBuilder(self.state, body, prepared, timer)
+
+    async def _finish(
+        self, builder: _ChatBuilder, generations: list[Generation], watch: EngineWatch
+    ) -> tuple[dict[str, Any], TokenCounts]:
+        try:
+            (final,) = await collect_finals(generations, builder.timer)
+        finally:
+            watch.close()
+        if watch.client_left:  # aborted: the final output is cut short
+            raise ClientLeft()
+        return builder.full_response(final)
 
 
 class _ChatBuilder:
@@ -300,7 +327,7 @@ class _ChatBuilder:
             chunks.append(self._chunk([echoed]))
         return chunks
 
-    async def stream(self, generation: Generation, watch: DisconnectWatch) -> AsyncIterator[str]:
+    async def stream(self, generation: Generation, watch: EngineWatch) -> AsyncIterator[str]:
         usage = StreamUsage(self.body.stream_options)
         progress = StreamProgress(
             1, self.body.n or 1, len(generation.request.prompt_token_ids), usage, self.timer

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import aclosing
 from typing import Any
 
@@ -13,7 +13,14 @@ from fastapi.responses import JSONResponse, Response
 from ember.engine.outputs import CompletionOutput, RequestOutput
 from ember.server.common.errors import APIError, as_api_error, error_body, invalid_request
 from ember.server.common.field_policy import check_fields
-from ember.server.common.generation import DisconnectWatch, Generation, collect_finals, merged_outputs
+from ember.server.common.generation import (
+    ClientLeft,
+    DisconnectWatch,
+    EngineWatch,
+    Generation,
+    collect_finals,
+    merged_outputs,
+)
 from ember.server.common.metrics import RequestTimer, TokenCounts, perf_headers, perf_metrics
 from ember.server.common.preparation import PreparedRequest, PromptEcho, PromptsAsk
 from ember.server.common.raw_output import raw_output
@@ -90,33 +97,57 @@ class CompletionServing:
 
     async def create(self, body: CompletionRequest, http: Request) -> Response:
         timer = RequestTimer()
-        if body.model_extra:
-            check_fields("/v1/completions", body.model_extra, self.known_fields, self.state.unknown_fields)
-        if body.prompt_logprobs is not None:
-            refuse_streamed_prompt_logprobs(body)
-        ask = prompts_ask(body, output_constraint(body) if body.constraint_fields() else None)
         watch = DisconnectWatch(http, self.state.engine)
-        try:
-            prepared = await self.state.preparation.prompts(ask, http.headers, watch)
-        except BaseException:
-            watch.close()
-            raise
-        generations = await watch.open(prepared.requests)
-        builder = _CompletionBuilder(self.state, body, prepared, ask.logprobs, timer)
+        prepared, generations, builder = await self._start(body, http.headers, watch, timer)
         if body.stream:
             headers = {
                 "x-request-id": prepared.request_id,
                 "fireworks-prompt-tokens": str(prepared.prompt_tokens),
             }
             return event_stream(builder.stream(generations, watch), headers)
-        try:
-            finals = await collect_finals(generations, timer)
-        finally:
-            watch.close()
-        payload, counts = builder.full_response(finals)
+        payload, counts = await self._finish(builder, generations, watch)
         return JSONResponse(
             payload, headers={"x-request-id": prepared.request_id, **perf_headers(counts, timer)}
         )
+
+    async def answer(self, body: CompletionRequest, watch: EngineWatch) -> dict[str, Any]:
+        """The whole text_completion of a request that has no HTTP connection of its own (a batch line): the
+        same checks, preparation, engine requests and response as `create`, at the watch's priority."""
+        if body.stream:
+            watch.close()
+            raise invalid_request("stream is not supported here; leave it out", param="stream")
+        prepared, generations, builder = await self._start(body, {}, watch, RequestTimer())
+        payload, _ = await self._finish(builder, generations, watch)
+        return payload
+
+    async def _start(
+        self, body: CompletionRequest, headers: Mapping[str, str], watch: EngineWatch, timer: RequestTimer
+    ) -> tuple[PreparedRequest, list[Generation], _CompletionBuilder]:
+        try:
+            if body.model_extra:
+                check_fields(
+                    "/v1/completions", body.model_extra, self.known_fields, self.state.unknown_fields
+                )
+            if body.prompt_logprobs is not None:
+                refuse_streamed_prompt_logprobs(body)
+            ask = prompts_ask(body, output_constraint(body) if body.constraint_fields() else None)
+            prepared = await self.state.preparation.prompts(ask, headers, watch)
+        except BaseException:
+            watch.close()
+            raise
+        generations = await watch.open(prepared.requests)
+        return prepared, generations, _CompletionBuilder(self.state, body, prepared, ask.logprobs, timer)
+
+    async def _finish(
+        self, builder: _CompletionBuilder, generations: list[Generation], watch: EngineWatch
+    ) -> tuple[dict[str, Any], TokenCounts]:
+        try:
+            finals = await collect_finals(generations, builder.timer)
+        finally:
+            watch.close()
+        if watch.client_left:  # aborted: the final outputs are cut short
+            raise ClientLeft()
+        return builder.full_response(finals)
 
 
 class _CompletionBuilder:
@@ -220,7 +251,7 @@ class _CompletionBuilder:
     def _chunk(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
         return completion_object("text_completion", self.id, self.created, self.model, choices, None)
 
-    async def stream(self, generations: list[Generation], watch: DisconnectWatch) -> AsyncIterator[str]:
+    async def stream(self, generations: list[Generation], watch: EngineWatch) -> AsyncIterator[str]:
         prompt_tokens = sum(len(g.request.prompt_token_ids) for g in generations)
         progress = StreamProgress(
             len(generations), self.n, prompt_tokens, StreamUsage(self.body.stream_options), self.timer

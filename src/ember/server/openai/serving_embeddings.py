@@ -20,7 +20,7 @@ from fastapi import Request
 
 from ember.server.common.errors import APIError, invalid_request
 from ember.server.common.field_policy import check_fields
-from ember.server.common.generation import ClientLeft, DisconnectWatch
+from ember.server.common.generation import ClientLeft, DisconnectWatch, EngineWatch
 from ember.server.common.preparation import CONTEXT_LENGTH_EXCEEDED, new_id
 from ember.server.common.served_encoder import ServedEncoder
 from ember.server.common.services import ServingState
@@ -66,24 +66,31 @@ class EmbeddingServing:
         return encoder if requested is None and not encoder.is_cross_encoder else None
 
     async def create(self, body: EmbeddingRequest, http: Request) -> dict[str, Any]:
+        return await self.answer(body, DisconnectWatch(http, self.state.engine))
+
+    async def answer(self, body: EmbeddingRequest, watch: EngineWatch) -> dict[str, Any]:
+        """The embeddings list, its engine request at the watch's priority; the watch is closed at the end."""
         state = self.state
-        if body.model_extra:
-            check_fields("/v1/embeddings", body.model_extra, self.known_fields, state.unknown_fields)
-        encoder = self.encoder_for(body.model)
-        model = (body.model or encoder.model_id) if encoder is not None else state.models.resolve(body.model)
-        inputs = body.inputs()
-        if not inputs:
-            raise invalid_request("input must not be empty", param="input")
-        if len(inputs) > state.config.max_embedding_inputs:
-            raise invalid_request(
-                f"input has {len(inputs)} items; at most {state.config.max_embedding_inputs} per request",
-                param="input",
-            )
-        width = encoder.model.dimensions if encoder is not None else state.engine.model_config.hidden_size
-        if body.dimensions is not None and body.dimensions > width:
-            raise invalid_request(f"dimensions must be at most {width} for this model", param="dimensions")
-        watch = DisconnectWatch(http, state.engine)
         try:
+            if body.model_extra:
+                check_fields("/v1/embeddings", body.model_extra, self.known_fields, state.unknown_fields)
+            encoder = self.encoder_for(body.model)
+            model = (
+                (body.model or encoder.model_id) if encoder is not None else state.models.resolve(body.model)
+            )
+            inputs = body.inputs()
+            if not inputs:
+                raise invalid_request("input must not be empty", param="input")
+            if len(inputs) > state.config.max_embedding_inputs:
+                raise invalid_request(
+                    f"input has {len(inputs)} items; at most {state.config.max_embedding_inputs} per request",
+                    param="input",
+                )
+            width = encoder.model.dimensions if encoder is not None else state.engine.model_config.hidden_size
+            if body.dimensions is not None and body.dimensions > width:
+                raise invalid_request(
+                    f"dimensions must be at most {width} for this model", param="dimensions"
+                )
             # Tokenized on the preparation threads: 256 long inputs take seconds, which the event loop cannot spare.
             if encoder is not None:
                 token_ids = await state.preparation.run(
@@ -116,10 +123,12 @@ class EmbeddingServing:
         }
 
     async def _llm_embeddings(
-        self, token_ids: list[list[int]], watch: DisconnectWatch
+        self, token_ids: list[list[int]], watch: EngineWatch
     ) -> tuple[list[list[float]], int]:
         # A client that leaves cancels the wait, and AsyncEngine.embed aborts the request: its KV is freed.
-        embedding = asyncio.ensure_future(self.state.engine.embed(token_ids, new_id("embd")))
+        embedding = asyncio.ensure_future(
+            self.state.engine.embed(token_ids, new_id("embd"), priority=watch.priority)
+        )
         try:
             output = await watch.unless_disconnected(embedding)
         except ValueError as error:
