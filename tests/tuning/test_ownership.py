@@ -64,7 +64,8 @@ def test_a_version_1_db_keeps_its_rows_unowned(tmp_path: Path) -> None:
     assert old_file is not None and old_file.owner is None and old_file.bytes == 10
     assert old_job is not None and old_job.owner is None and old_job.status == "succeeded"
     with sqlite3.connect(db) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert old_job.method == "supervised"
     assert [f.id for f in store.list_files(scope=SERVER)] == ["file-old"]
     assert store.list_files(scope=ALICE) == [] and store.get_file("file-old", ALICE) is None
     assert [j.id for j in store.list_jobs(scope=SERVER)] == ["ftjob-old"] and store.list_jobs(

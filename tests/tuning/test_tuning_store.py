@@ -51,7 +51,7 @@ def test_schema_wal_mode_and_reopen(tmp_path: Path) -> None:
     store.insert_file(make_file("file-1"))
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"files", "datasets", "jobs", "job_events"} <= tables
     assert TuningStore(db).get_file("file-1") == make_file("file-1")
@@ -221,3 +221,29 @@ def test_two_threads_and_a_process_write_concurrently(tmp_path: Path) -> None:
         mine = [int(e.message.split()[1]) for e in events if e.message.split()[0] == writer]
         assert mine == list(range(per_writer))  # each writer's events in its own order, none lost
     assert len(store.list_files(limit=1000)) == 3 * per_writer
+
+
+def test_a_version_2_db_gets_job_methods_and_lists_by_method(tmp_path: Path) -> None:
+    db = tmp_path / "tuning.db"
+    store = TuningStore(db)
+    store.insert_job(make_job("ftjob-old"))
+    with sqlite3.connect(db) as conn:  # back to the version-2 table: no method column
+        conn.executescript(
+            "CREATE TABLE old_jobs AS SELECT * FROM jobs; DROP TABLE jobs; DROP INDEX IF EXISTS jobs_by_method;"
+            "ALTER TABLE old_jobs DROP COLUMN method; ALTER TABLE old_jobs RENAME TO jobs;"
+            "PRAGMA user_version = 2;"
+        )
+    store = TuningStore(db)
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+    old = store.get_job("ftjob-old")
+    assert old is not None and old.method == "supervised" and old.suffix == "poet"
+    dpo = JobRecord(**{**make_job("ftjob-dpo", created_at=1_700_000_001).__dict__, "method": "dpo"})
+    store.insert_job(dpo)
+    assert [j.id for j in store.list_jobs()] == ["ftjob-dpo", "ftjob-old"]
+    assert [j.id for j in store.list_jobs(method="dpo")] == ["ftjob-dpo"]
+    assert [j.id for j in store.list_jobs(method="supervised")] == ["ftjob-old"]
+    with pytest.raises(ValueError, match="unknown job method"):
+        store.insert_job(JobRecord(**{**dpo.__dict__, "id": "ftjob-x", "method": "rlhf"}))
+    with pytest.raises(ValueError, match="cannot update job field"):
+        store.update_job("ftjob-dpo", method="supervised")

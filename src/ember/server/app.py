@@ -32,6 +32,7 @@ from ember.server.common.server_access import key_ring, log_access_policy, open_
 from ember.server.common.services import Services, ServingState
 from ember.server.fine_tuning import routes as fine_tuning_routes
 from ember.server.fine_tuning.dataset_transfer import SIGNED_PREFIX
+from ember.server.fine_tuning.serving_dpo_jobs import DpoJobsServing
 from ember.server.fine_tuning.serving_files import FilesServing
 from ember.server.fine_tuning.serving_jobs import FineTuningRuntime, JobsServing
 from ember.server.fireworks import routes as fireworks_routes
@@ -165,6 +166,7 @@ def build_app(
         adapters=adapter_serving,
         files=None if tuning is None else FilesServing(tuning),
         jobs=None if tuning is None else JobsServing(tuning),
+        dpo_jobs=None if tuning is None else DpoJobsServing(tuning),
         batches=batches,
         rerank=RerankServing(state, encoder),
         responses=responses_serving(state, None if fine_tuning is None else fine_tuning.data_dir),

@@ -57,6 +57,36 @@ def chunked_cross_entropy(
     return TokenLoss(total, correct, int(hidden.shape[0]))
 
 
+def chunked_target_logprobs(
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    compute_logits: Callable[[torch.Tensor], torch.Tensor],
+    chunk: int,
+) -> torch.Tensor:
+    """hidden [N, H], targets [N] -> log p(target) [N] fp32, at most `chunk` rows of logits at a time (also in
+    backward): what a sequence's log-probability sums (DPO)."""
+    if chunk < 1:
+        raise ValueError(f"chunk must be at least 1, got {chunk}")
+    pieces = []
+    for start in range(0, hidden.shape[0], chunk):
+        piece = slice(start, start + chunk)
+        if torch.is_grad_enabled() and hidden.requires_grad:
+            pieces.append(
+                checkpoint(
+                    _chunk_logprobs, hidden[piece], targets[piece], compute_logits, use_reentrant=False
+                )
+            )
+        else:
+            pieces.append(_chunk_logprobs(hidden[piece], targets[piece], compute_logits))
+    return torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
+
+
+def _chunk_logprobs(
+    hidden: torch.Tensor, targets: torch.Tensor, compute_logits: Callable[[torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
+    return -F.cross_entropy(compute_logits(hidden), targets, reduction="none")  # [n]
+
+
 def _chunk_loss(
     hidden: torch.Tensor,
     targets: torch.Tensor,

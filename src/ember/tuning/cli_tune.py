@@ -46,7 +46,19 @@ def add_tune_subparser(subparsers: argparse._SubParsersAction[argparse.ArgumentP
     create.add_argument(
         "--model", default=None, help="GGUF file or HF folder (default: the embedded SmolLM2-135M)"
     )
-    create.add_argument("--train", type=Path, required=True, help="training data, one chat example per line")
+    create.add_argument(
+        "--train",
+        type=Path,
+        required=True,
+        help="training data, one example per line (chat rows; preference rows for --method dpo)",
+    )
+    create.add_argument(
+        "--method",
+        choices=("supervised", "dpo"),
+        default="supervised",
+        help="SFT, or DPO on preference pairs",
+    )
+    create.add_argument("--beta", type=float, default=None, help="DPO's beta (default: 0.1)")
     create.add_argument("--eval", type=Path, default=None, help="evaluation data (default: a carve-out)")
     create.add_argument("--epochs", type=int, default=None)
     create.add_argument("--learning-rate", type=float, default=None)
@@ -135,6 +147,8 @@ def _create(
         for problem in rejected.report.problems[:20]:
             print(f"  {problem}", file=sys.stderr)
         return 1
+    if args.beta is not None and args.method != "dpo":
+        raise ValueError("--beta applies to DPO jobs (--method dpo)")
     job = service.create_job(
         JobRequest(
             model=model_name,
@@ -150,6 +164,8 @@ def _create(
             batch_tokens=args.batch_tokens,
             max_context_length=args.max_context_length,
             early_stop=args.early_stop,
+            method=args.method,
+            beta=args.beta,
         )
     )
     out.write(f"created {job.id} (training file {training})\n")
@@ -221,6 +237,8 @@ def _progress_bar(data: dict[str, Any], eta_s: float | None, width: int = 30) ->
     )
     if data.get("train_mean_token_accuracy") is not None:
         text += f" acc {float(data['train_mean_token_accuracy']):.2f}"
+    if data.get("train_reward_accuracy") is not None:  # a DPO step
+        text += f" reward acc {float(data['train_reward_accuracy']):.2f}"
     if data.get("valid_loss") is not None:
         text += f" valid {float(data['valid_loss']):.4f}"
     if eta_s is None:

@@ -52,6 +52,7 @@ class ValidationReport:
     estimated_token_count: int | None
     trainable_token_count: int | None
     max_context_length: int | None
+    dataset_format: str = "chat"  # "chat" (SFT rows) or "preference" (DPO rows), from the first row
 
     @property
     def truncated(self) -> bool:
@@ -88,6 +89,7 @@ class ValidationReport:
             "estimated_token_count": self.estimated_token_count,
             "trainable_token_count": self.trainable_token_count,
             "max_context_length": self.max_context_length,
+            "dataset_format": self.dataset_format,
         }
 
 

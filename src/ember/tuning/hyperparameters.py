@@ -32,29 +32,42 @@ ACTIVATION_CHECKPOINT_MIN_TOKENS = 1024  # micro-batches from this size recomput
 LOSS_CHUNK_TOKENS = 512  # trained positions whose vocabulary logits exist at one time
 LOW_TOKEN_ACCURACY = 0.5  # a job ending below this mean training token accuracy gets a warning event
 
+# DPO (docs/decisions.md, "#13 DPO"): beta 0.1 as the DPO paper, TRL and Together default to; the LoRA base
+# learning rate a quarter of SFT's, as preference tuning moves a model that already answers well and a large
+# step makes both replies' log-probabilities collapse together.
+DPO_BETA = 0.1
+DPO_BASE_LEARNING_RATE = 5e-5
+LOW_REWARD_ACCURACY = 0.5  # a DPO job ending below this training reward accuracy gets a warning event
+
 
 @dataclass(frozen=True)
 class ResolvedHyperparameters:
     """The numbers a job trains with; what OpenAI's `hyperparameters` shows once known."""
 
     n_epochs: int
-    batch_size: int  # examples per optimizer step
+    batch_size: int  # examples per optimizer step (a DPO example is a pair)
     learning_rate_multiplier: float
-    learning_rate: float  # BASE_LEARNING_RATE * learning_rate_multiplier
+    learning_rate: float  # base_learning_rate * learning_rate_multiplier
+    base_learning_rate: float = BASE_LEARNING_RATE
+    beta: float | None = None  # DPO jobs only
 
     def as_openai(self) -> dict[str, int | float]:
-        return {
+        shown: dict[str, int | float] = {
             "n_epochs": self.n_epochs,
             "batch_size": self.batch_size,
             "learning_rate_multiplier": self.learning_rate_multiplier,
         }
+        if self.beta is not None:
+            shown["beta"] = self.beta
+        return shown
 
     def describe(self) -> str:
-        return (
+        text = (
             f"n_epochs={self.n_epochs}, batch_size={self.batch_size}, "
             f"learning_rate_multiplier={self.learning_rate_multiplier:g} "
-            f"(learning rate {self.learning_rate:g} = {BASE_LEARNING_RATE:g} x multiplier)"
+            f"(learning rate {self.learning_rate:g} = {self.base_learning_rate:g} x multiplier)"
         )
+        return text if self.beta is None else f"{text}, beta={self.beta:g}"
 
 
 def auto_epochs(n_examples: int) -> int:
@@ -78,16 +91,22 @@ def resolve_hyperparameters(
     batch_size: int | None = None,
     learning_rate_multiplier: float | None = None,
     learning_rate: float | None = None,
+    dpo: bool = False,
+    beta: float | None = None,
 ) -> ResolvedHyperparameters:
-    """None means "auto". An absolute `learning_rate` (Fireworks) wins over the multiplier."""
+    """None means "auto". An absolute `learning_rate` (Fireworks) wins over the multiplier. A DPO job (`dpo`)
+    multiplies DPO's base learning rate and gets a beta (DPO_BETA when "auto")."""
+    base = DPO_BASE_LEARNING_RATE if dpo else BASE_LEARNING_RATE
     if learning_rate is None:
         multiplier = 1.0 if learning_rate_multiplier is None else learning_rate_multiplier
-        learning_rate = BASE_LEARNING_RATE * multiplier
+        learning_rate = base * multiplier
     else:
-        multiplier = learning_rate / BASE_LEARNING_RATE
+        multiplier = learning_rate / base
     return ResolvedHyperparameters(
         n_epochs=auto_epochs(n_examples) if n_epochs is None else n_epochs,
         batch_size=auto_batch_size(n_examples) if batch_size is None else batch_size,
         learning_rate_multiplier=multiplier,
         learning_rate=learning_rate,
+        base_learning_rate=base,
+        beta=(DPO_BETA if beta is None else beta) if dpo else None,
     )

@@ -6,6 +6,7 @@ created through one API can be read, cancelled and resumed through the other.
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,6 +29,13 @@ FIREWORKS_STATES = {
 
 def openai_job(job: JobRecord) -> dict[str, Any]:
     hyperparameters = dict(job.hyperparameters)
+    if job.method == "dpo":
+        method = {"type": "dpo", "dpo": {"hyperparameters": hyperparameters}}
+        hyperparameters = {
+            k: v for k, v in hyperparameters.items() if k != "beta"
+        }  # the legacy field's three
+    else:
+        method = {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}}
     return {
         "object": "fine_tuning.job",
         "id": job.id,
@@ -41,7 +49,7 @@ def openai_job(job: JobRecord) -> dict[str, Any]:
         "validation_file": job.validation_file,
         "training_file": job.training_file,
         "hyperparameters": hyperparameters,
-        "method": {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
+        "method": method,
         "trained_tokens": job.trained_tokens,
         "error": job.error,
         "user_provided_suffix": job.suffix,
@@ -95,32 +103,56 @@ def openai_checkpoint(checkpoint: JobCheckpoint) -> dict[str, Any]:
 
 
 def openai_job_request(body: dict[str, Any]) -> JobRequest:
-    """POST /v1/fine_tuning/jobs: hyperparameters top-level (legacy) or under method.supervised."""
+    """POST /v1/fine_tuning/jobs: a supervised job's hyperparameters top-level (legacy) or under
+    method.supervised; a DPO job's (with beta) under method.dpo."""
     for required in ("model", "training_file"):
         if not isinstance(body.get(required), str) or not body[required]:
             raise JobRequestError(f"{required} is required and must be a string", required)
-    method = _object(body.get("method"), "method")
-    if method and method.get("type", "supervised") != "supervised":
+    method = object_field(body.get("method"), "method")
+    kind = method.get("type", "supervised") if method else "supervised"
+    if kind not in ("supervised", "dpo"):
         raise JobRequestError(
-            f"method.type {method.get('type')!r} is not supported; use 'supervised'", "method"
+            f"method.type {kind!r} is not supported; use 'supervised' or 'dpo'", "method.type"
         )
-    supervised = _object(method.get("supervised"), "method.supervised")
-    hyper = _object(supervised.get("hyperparameters"), "method.supervised.hyperparameters") or _object(
-        body.get("hyperparameters"), "hyperparameters"
-    )
+    other = "dpo" if kind == "supervised" else "supervised"
+    if method.get(other) is not None:
+        raise JobRequestError(
+            f"method.{other} does not apply to a {kind} job (method.type)", f"method.{other}"
+        )
+    if kind == "dpo" and body.get("hyperparameters") is not None:
+        raise JobRequestError(
+            "the top-level hyperparameters are for supervised jobs; put a DPO job's under "
+            "method.dpo.hyperparameters",
+            "hyperparameters",
+        )
+    chosen = object_field(method.get(kind), f"method.{kind}")
+    prefix = f"method.{kind}.hyperparameters"
+    hyper = object_field(chosen.get("hyperparameters"), prefix)
+    if not hyper and kind == "supervised":
+        prefix = "hyperparameters"
+        hyper = object_field(body.get("hyperparameters"), prefix)
+    beta = None
+    if kind == "dpo":
+        beta = _auto(hyper.get("beta"), f"{prefix}.beta", float)
+        if beta is not None and not (0 < beta < math.inf):
+            raise JobRequestError(f"{prefix}.beta must be a positive number, got {beta!r}", f"{prefix}.beta")
+    elif "beta" in hyper:
+        raise JobRequestError("beta applies to DPO jobs (method.type 'dpo')", f"{prefix}.beta")
     for optional in ("validation_file", "suffix"):
-        _string(body.get(optional), optional)
+        string_field(body.get(optional), optional)
     return JobRequest(
         model=body["model"],
         training_file=body["training_file"],
         validation_file=body.get("validation_file"),
         suffix=body.get("suffix"),
-        seed=_number(body.get("seed"), "seed", int),
-        n_epochs=_auto(hyper.get("n_epochs"), "hyperparameters.n_epochs", int),
-        batch_size=_auto(hyper.get("batch_size"), "hyperparameters.batch_size", int),
+        seed=number_field(body.get("seed"), "seed", int),
+        n_epochs=_auto(hyper.get("n_epochs"), f"{prefix}.n_epochs", int),
+        batch_size=_auto(hyper.get("batch_size"), f"{prefix}.batch_size", int),
         learning_rate_multiplier=_auto(
-            hyper.get("learning_rate_multiplier"), "hyperparameters.learning_rate_multiplier", float
+            hyper.get("learning_rate_multiplier"), f"{prefix}.learning_rate_multiplier", float
         ),
+        method=kind,
+        beta=beta,
     )
 
 
@@ -132,10 +164,10 @@ def fireworks_job_request(account: str, body: dict[str, Any], job_id: str | None
     for required in ("dataset", "baseModel"):
         if not isinstance(body.get(required), str) or not body[required]:
             raise JobRequestError(f"{required} is required and must be a string", required)
-    dataset = _dataset_name(account, body["dataset"])
-    evaluation = _string(body.get("evaluationDataset"), "evaluationDataset")
-    output_model = _string(body.get("outputModel"), "outputModel") or None
-    _string(body.get("displayName"), "displayName")
+    dataset = dataset_name(account, body["dataset"])
+    evaluation = string_field(body.get("evaluationDataset"), "evaluationDataset")
+    output_model = string_field(body.get("outputModel"), "outputModel") or None
+    string_field(body.get("displayName"), "displayName")
     for flag in ("earlyStop", "evalAutoCarveout"):
         if not isinstance(body.get(flag, False), bool):
             raise JobRequestError(f"{flag} must be true or false, got {body[flag]!r}", flag)
@@ -146,7 +178,7 @@ def fireworks_job_request(account: str, body: dict[str, Any], job_id: str | None
             "account": account,
             "displayName": body.get("displayName"),
             "dataset": dataset,
-            "evaluationDataset": None if evaluation is None else _dataset_name(account, evaluation),
+            "evaluationDataset": None if evaluation is None else dataset_name(account, evaluation),
             "baseModel": body["baseModel"],
             "outputModel": output_model,
             "evalAutoCarveout": bool(body.get("evalAutoCarveout", evaluation is None)),
@@ -155,19 +187,23 @@ def fireworks_job_request(account: str, body: dict[str, Any], job_id: str | None
     return JobRequest(
         model=body["baseModel"],
         training_file=dataset,
-        validation_file=None if evaluation is None else _dataset_name(account, evaluation),
+        validation_file=None if evaluation is None else dataset_name(account, evaluation),
         # left out: the same dataset-size rule as OpenAI's "auto" (hyperparameters.py)
-        n_epochs=_number(body.get("epochs"), "epochs", int),
-        learning_rate=_number(body.get("learningRate"), "learningRate", float),
-        batch_size=_number(body.get("batchSizeSamples"), "batchSizeSamples", int),
-        lora_rank=_number(body.get("loraRank"), "loraRank", int),
-        max_context_length=_number(body.get("maxContextLength"), "maxContextLength", int),
-        batch_tokens=_number(body.get("batchSize"), "batchSize", int),
-        grad_accumulation=_or(
-            _number(body.get("gradientAccumulationSteps"), "gradientAccumulationSteps", int), 1
+        n_epochs=number_field(body.get("epochs"), "epochs", int),
+        learning_rate=number_field(body.get("learningRate"), "learningRate", float),
+        batch_size=number_field(body.get("batchSizeSamples"), "batchSizeSamples", int),
+        lora_rank=number_field(body.get("loraRank"), "loraRank", int),
+        max_context_length=number_field(body.get("maxContextLength"), "maxContextLength", int),
+        batch_tokens=number_field(body.get("batchSize"), "batchSize", int),
+        grad_accumulation=or_default(
+            number_field(body.get("gradientAccumulationSteps"), "gradientAccumulationSteps", int), 1
         ),
-        warmup_steps=_or(_number(body.get("learningRateWarmupSteps"), "learningRateWarmupSteps", int), 0),
-        weight_decay=_or(_number(body.get("optimizerWeightDecay"), "optimizerWeightDecay", float), 0.0),
+        warmup_steps=or_default(
+            number_field(body.get("learningRateWarmupSteps"), "learningRateWarmupSteps", int), 0
+        ),
+        weight_decay=or_default(
+            number_field(body.get("optimizerWeightDecay"), "optimizerWeightDecay", float), 0.0
+        ),
         early_stop=bool(body.get("earlyStop", False)),
         job_id=job_id,
         extra_metadata=extra,
@@ -183,19 +219,13 @@ def fireworks_job(
     account = fields.get("account", "ember")
     trainer = job.metadata.get("trainer", {})
     output_model = fields.get("outputModel") or f"accounts/{account}/models/{job.id}"
-    status = {"code": "OK", "message": ""}
-    if job.error:
-        status = {
-            "code": "INTERNAL" if job.error.get("code") == "internal_error" else "INVALID_ARGUMENT",
-            "message": job.error.get("message", ""),
-        }
     return {
         "name": f"accounts/{account}/supervisedFineTuningJobs/{job.id}",
         "displayName": fields.get("displayName") or job.id,
-        "createTime": _timestamp(job.created_at),
-        "completedTime": _timestamp(job.finished_at),
+        "createTime": fireworks_timestamp(job.created_at),
+        "completedTime": fireworks_timestamp(job.finished_at),
         "state": FIREWORKS_STATES[job.status],
-        "status": status,
+        "status": fireworks_status(job),
         "dataset": fields.get("dataset", job.training_file),
         "evaluationDataset": fields.get("evaluationDataset", job.validation_file),
         "evalAutoCarveout": fields.get("evalAutoCarveout", job.validation_file is None),
@@ -218,6 +248,16 @@ def fireworks_job(
     }
 
 
+def fireworks_status(job: JobRecord) -> dict[str, str]:
+    """Fireworks' `status` of a job: OK, or the error a failed job records."""
+    if not job.error:
+        return {"code": "OK", "message": ""}
+    return {
+        "code": "INTERNAL" if job.error.get("code") == "internal_error" else "INVALID_ARGUMENT",
+        "message": job.error.get("message", ""),
+    }
+
+
 def _job_progress(job: JobRecord, latest: dict[str, Any] | None) -> dict[str, Any]:
     progress = 1.0 if job.status == "succeeded" else float((latest or {}).get("progress") or 0.0)
     shown: dict[str, Any] = {"percent": round(100 * progress, 1)}
@@ -233,25 +273,25 @@ def fireworks_output_model(job: JobRecord) -> str:
     return fields.get("outputModel") or f"accounts/{fields.get('account', 'ember')}/models/{job.id}"
 
 
-def _dataset_name(account: str, dataset: str) -> str:
+def dataset_name(account: str, dataset: str) -> str:
     return dataset if dataset.startswith(("accounts/", "file-")) else f"accounts/{account}/datasets/{dataset}"
 
 
-def _timestamp(unix: int | None) -> str | None:
+def fireworks_timestamp(unix: int | None) -> str | None:
     if unix is None:
         return None
     return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _or(value: Any, default: Any) -> Any:
+def or_default(value: Any, default: Any) -> Any:
     return default if value is None else value
 
 
 def _auto(value: Any, param: str, kind: type) -> Any:
-    return None if value == "auto" else _number(value, param, kind)
+    return None if value == "auto" else number_field(value, param, kind)
 
 
-def _object(value: Any, param: str) -> dict[str, Any]:
+def object_field(value: Any, param: str) -> dict[str, Any]:
     """A JSON object field: {} when absent or null, a 400 naming it when it is anything else."""
     if value is None:
         return {}
@@ -260,13 +300,13 @@ def _object(value: Any, param: str) -> dict[str, Any]:
     return value
 
 
-def _string(value: Any, param: str) -> str | None:
+def string_field(value: Any, param: str) -> str | None:
     if value is not None and not isinstance(value, str):
         raise JobRequestError(f"{param} must be a string, got {value!r}", param)
     return value
 
 
-def _number(value: Any, param: str, kind: type) -> Any:
+def number_field(value: Any, param: str, kind: type) -> Any:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float) or (kind is int and value != int(value)):

@@ -16,7 +16,7 @@ from ember.tuning.hyperparameters import (
     ResolvedHyperparameters,
     resolve_hyperparameters,
 )
-from ember.tuning.trainer_config import LoraSettings, TrainerConfig
+from ember.tuning.trainer_config import DpoSettings, LoraSettings, TrainerConfig
 
 T = TypeVar("T")
 
@@ -56,6 +56,9 @@ class JobRequest:
     weight_decay: float = 0.0
     job_id: str | None = None
     extra_metadata: dict[str, Any] = field(default_factory=dict)  # e.g. the Fireworks fields
+    method: str = "supervised"  # or "dpo": preference pairs, beta below
+    beta: float | None = None  # DPO only; None: "auto" (DPO_BETA)
+    reference_batch_pairs: int | None = None  # DPO only (Fireworks' refCacheBatchSize)
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,7 @@ class JobSettings:
     hyperparameters: ResolvedHyperparameters
     trainer: TrainerConfig
     lora: LoraSettings
+    dpo: DpoSettings | None  # for a DPO job
 
 
 def resolve_settings(request: JobRequest, n_examples: int) -> JobSettings:
@@ -79,6 +83,8 @@ def resolve_settings(request: JobRequest, n_examples: int) -> JobSettings:
             batch_size=request.batch_size,
             learning_rate_multiplier=request.learning_rate_multiplier,
             learning_rate=request.learning_rate,
+            dpo=request.method == "dpo",
+            beta=request.beta,
         )
         trainer = TrainerConfig(
             epochs=resolved.n_epochs,
@@ -98,9 +104,12 @@ def resolve_settings(request: JobRequest, n_examples: int) -> JobSettings:
             dropout=request.lora_dropout,
             target_modules=request.target_modules or LoraSettings().target_modules,
         )
+        dpo = None
+        if resolved.beta is not None:
+            dpo = DpoSettings(beta=resolved.beta, reference_batch_pairs=request.reference_batch_pairs)
     except ValueError as error:
         raise JobRequestError(f"invalid hyperparameters: {error}", "hyperparameters") from error
-    return JobSettings(resolved, trainer, lora)
+    return JobSettings(resolved, trainer, lora, dpo)
 
 
 def _or_default(value: T | None, default: T) -> T:

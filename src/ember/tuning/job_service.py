@@ -21,7 +21,7 @@ from typing import Any
 from ember.tuning.file_storage import ConflictError, NotFoundError
 from ember.tuning.job_request import JobRequest, JobRequestError, resolve_settings
 from ember.tuning.job_runner import JobRunner, RunnerConfig
-from ember.tuning.job_store import JobEvent, JobRecord
+from ember.tuning.job_store import JOB_METHODS, JobEvent, JobRecord
 from ember.tuning.jobs import JobPaths
 from ember.tuning.ownership import OwnerScope, sees
 from ember.tuning.store import TuningStore
@@ -113,11 +113,17 @@ class FineTuningService:
     ) -> JobRecord:
         """A job owned by the account `owner`, training only on files and datasets `scope` sees."""
         base_name, base_path = self._base_model(request.model)
-        training_path, training_rows = self._dataset_path(request.training_file, "training_file", scope)
+        if request.method not in JOB_METHODS:
+            raise JobRequestError(
+                f"unknown method {request.method!r}; use one of {', '.join(JOB_METHODS)}", "method"
+            )
+        training_path, training_rows = self._dataset_path(
+            request.training_file, "training_file", scope, request.method
+        )
         validation_path = (
             None
             if request.validation_file is None
-            else self._dataset_path(request.validation_file, "validation_file", scope)[0]
+            else self._dataset_path(request.validation_file, "validation_file", scope, request.method)[0]
         )
         settings = resolve_settings(request, training_rows)
         trainer, lora = settings.trainer, settings.lora
@@ -137,6 +143,8 @@ class FineTuningService:
             "trainer": asdict(trainer),
             "lora": {**asdict(lora), "target_modules": list(lora.target_modules)},
         }
+        if settings.dpo is not None:
+            metadata["dpo"] = asdict(settings.dpo)
         job = JobRecord(
             id=job_id,
             status="validating_files",
@@ -149,6 +157,7 @@ class FineTuningService:
             seed=trainer.seed,
             metadata=metadata,
             owner=owner,
+            method=request.method,
         )
         try:
             self.store.insert_job(job)
@@ -157,7 +166,8 @@ class FineTuningService:
         auto = [name for name, value in _requested(request).items() if value is None]
         self.store.add_job_event(
             job_id,
-            f"Created fine-tuning job {job_id}: {settings.hyperparameters.describe()}; "
+            f"Created {'DPO' if request.method == 'dpo' else 'fine-tuning'} job {job_id}: "
+            f"{settings.hyperparameters.describe()}; "
             + (
                 f"{', '.join(auto)} resolved from {training_rows} training examples"
                 if auto
@@ -180,10 +190,15 @@ class FineTuningService:
         return job
 
     def list_jobs(
-        self, after: str | None = None, limit: int = 20, scope: OwnerScope | None = None
+        self,
+        after: str | None = None,
+        limit: int = 20,
+        scope: OwnerScope | None = None,
+        method: str | None = None,
     ) -> JobPage:
-        """Newest first (the jobs `scope` sees); `after` is the last job id of the previous page."""
-        jobs = self.store.list_jobs(after=after, limit=limit + 1, scope=scope)
+        """Newest first (the jobs `scope` sees, of `method` when given); `after` is the last job id of the
+        previous page."""
+        jobs = self.store.list_jobs(after=after, limit=limit + 1, scope=scope, method=method)
         return JobPage(jobs[:limit], len(jobs) > limit)
 
     def cancel_job(self, job_id: str) -> JobRecord:
@@ -300,21 +315,23 @@ class FineTuningService:
         known = ", ".join(sorted(self.base_models))
         raise JobRequestError(f"unknown base model {model!r}; this server can fine-tune: {known}", "model")
 
-    def _dataset_path(self, name: str, param: str, scope: OwnerScope | None) -> tuple[str, int]:
+    def _dataset_path(self, name: str, param: str, scope: OwnerScope | None, method: str) -> tuple[str, int]:
         """(data-directory-relative path, rows) of an OpenAI file id or a Fireworks dataset name (one `scope`
-        sees: another owner's data is as unknown as a missing one)."""
+        sees: another owner's data is as unknown as a missing one) whose rows suit `method`."""
         if name.startswith("file-"):
             record = self.store.get_file(name, scope)
             if record is None:
                 raise JobRequestError(f"no file {name!r}", param)
             if record.purpose != "fine-tune":
                 raise JobRequestError(f"file {name!r} has purpose {record.purpose!r}, not 'fine-tune'", param)
+            _check_format(name, param, record.validation, method)
             return record.path, self._rows(record.path, record.example_count)
         dataset = self.store.get_dataset(name)
         if dataset is None or not sees(scope, dataset.account):
             raise JobRequestError(f"no file or dataset {name!r}", param)
         if dataset.state != "READY" or dataset.path is None:
             raise JobRequestError(f"dataset {name!r} is {dataset.state}; upload its file first", param)
+        _check_format(name, param, dataset.validation, method)
         return dataset.path, self._rows(dataset.path, dataset.example_count)
 
     def _rows(self, relative: str, recorded: int | None) -> int:
@@ -325,9 +342,29 @@ class FineTuningService:
             return sum(1 for line in lines if line.strip())
 
 
+_FORMAT_OF_METHOD = {"supervised": "chat", "dpo": "preference"}
+_FORMAT_ROWS = {
+    "chat": "chat rows ('messages')",
+    "preference": "preference rows ('input', 'preferred_output', 'non_preferred_output')",
+}
+
+
+def _check_format(name: str, param: str, validation: dict[str, Any] | None, method: str) -> None:
+    """A DPO job trains on preference rows, a supervised one on chat rows (validation recorded which at upload;
+    data uploaded before DPO existed is chat)."""
+    found = (validation or {}).get("dataset_format", "chat")
+    needed = _FORMAT_OF_METHOD[method]
+    if found != needed:
+        raise JobRequestError(
+            f"{name} holds {_FORMAT_ROWS[found]}; a {method} job needs {_FORMAT_ROWS[needed]}", param
+        )
+
+
 def _requested(request: JobRequest) -> dict[str, object]:
     """The hyperparameters the auto rule fills in, as the request gave them (None: "auto")."""
+    beta = {"beta": request.beta} if request.method == "dpo" else {}
     return {
+        **beta,
         "n_epochs": request.n_epochs,
         "batch_size": request.batch_size,
         "learning_rate_multiplier": (

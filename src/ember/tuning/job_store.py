@@ -14,6 +14,7 @@ from ember.tuning.ownership import OwnerScope, sees
 from ember.tuning.tuning_db import TuningDb, check_choice, check_limit, check_names, from_row
 
 JOB_STATUSES = ("validating_files", "queued", "running", "succeeded", "failed", "cancelled")
+JOB_METHODS = ("supervised", "dpo")
 EVENT_LEVELS = ("info", "warn", "error")
 
 
@@ -36,6 +37,7 @@ class JobRecord:
     checkpoint_path: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)  # e.g. the Fireworks job fields
     owner: str | None = None  # the account that created it (ownership.py)
+    method: str = "supervised"  # or "dpo"
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ class JobEvent:
     data: dict[str, Any] | None = None
 
 
-_JOB_UPDATABLE = frozenset(f.name for f in fields(JobRecord)) - {"id", "created_at", "owner"}
+_JOB_UPDATABLE = frozenset(f.name for f in fields(JobRecord)) - {"id", "created_at", "owner", "method"}
 
 
 class JobStore(TuningDb):
@@ -57,6 +59,7 @@ class JobStore(TuningDb):
 
     def insert_job(self, record: JobRecord) -> None:
         check_choice("job status", record.status, JOB_STATUSES)
+        check_choice("job method", record.method, JOB_METHODS)
         self._insert("jobs", record)
 
     def get_job(self, job_id: str, scope: OwnerScope | None = None) -> JobRecord | None:
@@ -65,10 +68,18 @@ class JobStore(TuningDb):
         return record if record is not None and sees(scope, record.owner) else None
 
     def list_jobs(
-        self, after: str | None = None, limit: int = 20, scope: OwnerScope | None = None
+        self,
+        after: str | None = None,
+        limit: int = 20,
+        scope: OwnerScope | None = None,
+        method: str | None = None,
     ) -> list[JobRecord]:
-        """Newest first; `after` is the id of the last job of the previous page."""
+        """Newest first (only jobs of `method`, when given); `after` is the id of the last job of the previous
+        page."""
         where, params = ("1", []) if scope is None else scope.where()
+        if method is not None:
+            check_choice("job method", method, JOB_METHODS)
+            where, params = f"{where} AND method = ?", [*params, method]
         return self._page(JobRecord, "jobs", "id", "created_at", where, params, after, limit)
 
     def list_jobs_with_status(self, statuses: tuple[str, ...]) -> list[JobRecord]:

@@ -37,8 +37,11 @@ TRAINED = "trained"  # what run_job returns when the adapter is saved and the jo
 
 if TYPE_CHECKING:
     from ember.models.loader import LoadedModel
-    from ember.tuning.masking import TokenizedExample
+    from ember.tuning.dpo_trainer import DpoTrainer
+    from ember.tuning.masking import ConversationMasker
+    from ember.tuning.preference_data import PreferencePair
     from ember.tuning.trainer import LoraTrainer
+    from ember.tuning.trainer_config import LoraSettings, TrainerConfig
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,8 @@ def run_job(store: TuningStore, data_dir: Path, job_id: str, stop: StopSignals |
 
 
 def _train(store: TuningStore, paths: JobPaths, job: JobRecord, stop: StopSignals) -> str:
+    from ember.tuning.dpo_job import dpo_metrics_event, dpo_result_warning
+    from ember.tuning.dpo_trainer import DpoMetrics, DpoResult, DpoTrainer
     from ember.tuning.trainer import TrainingCallbacks, TrainingCancelled, TrainingMetrics
     from ember.tuning.training_state import CheckpointInfo
 
@@ -118,7 +123,11 @@ def _train(store: TuningStore, paths: JobPaths, job: JobRecord, stop: StopSignal
         model = _load_model(settings)
         trainer, train_examples, eval_examples = _prepare(store, paths, job, model)
 
-    def on_metrics(m: TrainingMetrics) -> None:
+    def on_metrics(m: TrainingMetrics | DpoMetrics) -> None:
+        if isinstance(m, DpoMetrics):
+            text, data = dpo_metrics_event(m)
+            _event(store, job.id, text, type="metrics", data=data)
+            return
         text = (
             f"Step {m.step}/{m.total_steps}: training loss={m.train_loss:.4f}, "
             f"token accuracy={m.train_mean_token_accuracy:.3f}"
@@ -162,10 +171,12 @@ def _train(store: TuningStore, paths: JobPaths, job: JobRecord, stop: StopSignal
         should_stop=should_stop,
         pause_on_stop=lambda: stop.requested,
     )
+    # A DPO job trains on preference pairs; both runs take the same keyword arguments and callbacks.
+    train = trainer.train_pairs if isinstance(trainer, DpoTrainer) else trainer.train
     try:
-        result = trainer.train(
-            train_examples,
-            eval_examples,
+        result = train(
+            train_examples,  # type: ignore[arg-type]
+            eval_examples,  # type: ignore[arg-type]
             checkpoint_dir=paths.checkpoints,
             resume_from=resume_from,
             output_dir=paths.adapter,
@@ -178,6 +189,8 @@ def _train(store: TuningStore, paths: JobPaths, job: JobRecord, stop: StopSignal
         current = store.get_job(job.id)
         return current.status if current is not None else "cancelled"
     accuracy = result.final_train_accuracy
+    if isinstance(result, DpoResult) and (warning := dpo_result_warning(result)) is not None:
+        _event(store, job.id, warning, level="warn")
     if accuracy is not None and accuracy < LOW_TOKEN_ACCURACY:
         _event(
             store,
@@ -194,6 +207,9 @@ def _train(store: TuningStore, paths: JobPaths, job: JobRecord, stop: StopSignal
         "final_train_loss": result.final_train_loss,
         "final_train_mean_token_accuracy": accuracy,
     }
+    if isinstance(result, DpoResult):
+        trained["final_train_reward_accuracy"] = result.final_reward_accuracy
+        trained["final_train_reward_margin"] = result.final_reward_margin
     store.update_job(
         job.id,
         trained_tokens=result.processed_tokens,
@@ -245,8 +261,9 @@ def _load_model(settings: dict[str, Any]) -> LoadedModel:
 
 def _prepare(
     store: TuningStore, paths: JobPaths, job: JobRecord, model: LoadedModel
-) -> tuple[LoraTrainer, list[TokenizedExample], list[TokenizedExample] | None]:
-    """The trainer and the tokenized data of a job; JobFailure naming the input at fault."""
+) -> tuple[LoraTrainer, list[Any], list[Any] | None]:
+    """The trainer and the tokenized data of a job (examples, or preference pairs for DPO); JobFailure naming
+    the input at fault."""
     from ember.tuning.batching import TrainingExamples, load_examples
     from ember.tuning.masking import ConversationMasker, MaskingError
     from ember.tuning.trainer import LoraTrainer
@@ -271,14 +288,16 @@ def _prepare(
             "hyperparameters",
             "invalid_hyperparameters",
         )
-    datasets = [("training_file", settings["training_path"])]
-    if settings.get("validation_path") is not None:
-        datasets.append(("validation_file", settings["validation_path"]))
-    loaded: dict[str, TrainingExamples] = {}
     try:
         masker = ConversationMasker.for_model(model)
     except MaskingError as exc:
         raise JobFailure(str(exc), "model", "unsupported_model") from exc
+    if job.method == "dpo":
+        return _prepare_dpo(store, paths, job, model, masker, config, lora)
+    datasets = [("training_file", settings["training_path"])]
+    if settings.get("validation_path") is not None:
+        datasets.append(("validation_file", settings["validation_path"]))
+    loaded: dict[str, TrainingExamples] = {}
     for param, relative in datasets:
         try:
             examples = load_examples(paths.data_dir / relative, masker, config.max_context_length)
@@ -304,6 +323,27 @@ def _prepare(
     trainer = LoraTrainer(model, lora, config, settings.get("base_model_name") or job.model)
     train = loaded["training_file"]
     return trainer, train.examples, None if validation is None else validation.examples
+
+
+def _prepare_dpo(
+    store: TuningStore,
+    paths: JobPaths,
+    job: JobRecord,
+    model: LoadedModel,
+    masker: ConversationMasker,
+    config: TrainerConfig,
+    lora: LoraSettings,
+) -> tuple[DpoTrainer, list[PreferencePair], list[PreferencePair] | None]:
+    from ember.tuning.dpo_job import DpoDataError, prepare_dpo
+
+    try:
+        return prepare_dpo(store, paths.data_dir, job, model, masker, config, lora)
+    except DpoDataError as exc:
+        raise JobFailure(str(exc), exc.param, "invalid_file") from exc
+    except (TypeError, ValueError) as exc:
+        raise JobFailure(
+            f"invalid hyperparameters: {exc}", "hyperparameters", "invalid_hyperparameters"
+        ) from exc
 
 
 def main(argv: list[str] | None = None) -> int:

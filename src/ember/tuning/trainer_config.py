@@ -10,6 +10,7 @@ from ember.tuning.hyperparameters import (
     ACTIVATION_CHECKPOINT_MIN_TOKENS,
     BASE_LEARNING_RATE,
     BATCH_TOKENS,
+    DPO_BETA,
     LORA_ALPHA_PER_RANK,
     LORA_RANK,
     LOSS_CHUNK_TOKENS,
@@ -37,6 +38,23 @@ class LoraSettings:
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"LoRA dropout must be in [0, 1), got {self.dropout}")
         object.__setattr__(self, "target_modules", check_target_modules(self.target_modules))
+
+
+@dataclass(frozen=True)
+class DpoSettings:
+    """What a DPO run adds to the loop: beta weighs the implicit reward (log-ratio to the reference);
+    `reference_batch_pairs` pairs per reference forward (None: as many as fill the token budget)."""
+
+    beta: float = DPO_BETA
+    reference_batch_pairs: int | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.beta, bool) or not (self.beta > 0 and math.isfinite(self.beta)):
+            raise ValueError(f"beta must be a positive number, got {self.beta}")
+        if self.reference_batch_pairs is not None and self.reference_batch_pairs < 1:
+            raise ValueError(
+                f"reference_batch_pairs must be at least 1 when set, got {self.reference_batch_pairs}"
+            )
 
 
 @dataclass(frozen=True)

@@ -66,7 +66,9 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     progress: TrainingProgress,
     base_model_name: str,
+    metrics: dict[str, Any] | None = None,
 ) -> CheckpointInfo:
+    """`metrics`: what the checkpoint lists (default: SFT's, from `progress`; a DPO run passes its own)."""
     final = checkpoint_dir / f"step-{progress.step:06d}"
     partial = checkpoint_dir / f".step-{progress.step:06d}.partial"
     shutil.rmtree(partial, ignore_errors=True)  # left by a worker killed while writing it
@@ -85,7 +87,7 @@ def save_checkpoint(
         progress.last_train_loss,
         progress.last_full_valid_loss,
         time.time(),
-        checkpoint_metrics(progress),
+        checkpoint_metrics(progress) if metrics is None else metrics,
     )
     record = {k: v for k, v in asdict(info).items() if k != "path"}
     (partial / INFO_FILE).write_text(json.dumps(record), encoding="utf-8")

@@ -6,8 +6,8 @@ own connection (cheap for SQLite) and writes run in `BEGIN IMMEDIATE` transactio
 database lock (busy timeout) instead of failing, and a read never sees half a write. The db is in WAL mode so
 readers do not block the writer. The four tables share one schema version because they share one file.
 
-Schema (version 2, in `PRAGMA user_version`; version 1 had no `owner` columns and is migrated in place, its rows
-left without an owner: see ownership.py):
+Schema (version 3, in `PRAGMA user_version`; version 1 had no `owner` columns and is migrated in place, its rows
+left without an owner: see ownership.py; version 2 had no `jobs.method`, its jobs were all supervised):
 
     files        id TEXT PK ("file-..."), bytes INT, created_at INT (unix s), filename TEXT, purpose TEXT,
                  status TEXT ("processed"), path TEXT (relative to the data directory), example_count INT,
@@ -20,7 +20,8 @@ left without an owner: see ownership.py):
                  validation_file TEXT, hyperparameters TEXT (JSON object), suffix TEXT, seed INT,
                  fine_tuned_model TEXT, error TEXT (JSON object: message, param, code), created_at INT,
                  started_at INT, finished_at INT, trained_tokens INT, checkpoint_path TEXT,
-                 metadata TEXT (JSON object, e.g. the Fireworks job fields), owner TEXT (account)
+                 metadata TEXT (JSON object, e.g. the Fireworks job fields), owner TEXT (account),
+                 method TEXT (supervised | dpo)
     job_events   job_id TEXT -> jobs.id ON DELETE CASCADE, seq INT (1, 2, ... per job), created_at INT,
                  level TEXT (info | warn | error), message TEXT, type TEXT (message | metrics), data TEXT (JSON)
                  PRIMARY KEY (job_id, seq)
@@ -39,8 +40,9 @@ from typing import Any
 
 from ember.tuning.ownership import OwnerScope
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _OWNER_COLUMNS = {"files": "owner", "jobs": "owner"}  # added by version 2 (datasets carry their account)
+_METHOD_COLUMN = "ALTER TABLE jobs ADD COLUMN method TEXT NOT NULL DEFAULT 'supervised'"  # added by version 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -58,7 +60,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY, status TEXT NOT NULL, model TEXT NOT NULL, training_file TEXT NOT NULL,
     validation_file TEXT, hyperparameters TEXT NOT NULL, suffix TEXT, seed INTEGER, fine_tuned_model TEXT,
     error TEXT, created_at INTEGER NOT NULL, started_at INTEGER, finished_at INTEGER, trained_tokens INTEGER,
-    checkpoint_path TEXT, metadata TEXT NOT NULL, owner TEXT
+    checkpoint_path TEXT, metadata TEXT NOT NULL, owner TEXT, method TEXT NOT NULL DEFAULT 'supervised'
 );
 CREATE TABLE IF NOT EXISTS job_events (
     job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE, seq INTEGER NOT NULL,
@@ -70,6 +72,7 @@ CREATE INDEX IF NOT EXISTS datasets_by_account ON datasets (account, create_time
 CREATE INDEX IF NOT EXISTS jobs_by_time ON jobs (created_at);
 CREATE INDEX IF NOT EXISTS files_by_owner ON files (owner, created_at);
 CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, created_at);
+CREATE INDEX IF NOT EXISTS jobs_by_method ON jobs (method, created_at);
 """
 
 
@@ -94,13 +97,15 @@ class TuningDb:
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
         with self._write() as conn:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, 1, SCHEMA_VERSION):
+            if version not in (0, 1, 2, SCHEMA_VERSION):
                 raise ValueError(
                     f"{self.db_path} has schema version {version}; this ember expects {SCHEMA_VERSION}"
                 )
             if version == 1:  # before tenancy: the rows stay, without an owner
                 for table, column in _OWNER_COLUMNS.items():
                     conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} TEXT")
+            if version in (1, 2):  # before DPO: every job was supervised
+                conn.execute(_METHOD_COLUMN)
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)

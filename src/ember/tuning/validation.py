@@ -1,9 +1,13 @@
-"""Validate a JSONL SFT dataset at upload time, streamed line by line, into a `ValidationReport`.
+"""Validate a JSONL fine-tuning dataset at upload time, streamed line by line, into a `ValidationReport`.
 
-Row-level rules live in validation_rules.py; this module adds what spans rows: blank lines and a BOM, the
+A dataset holds chat rows (`messages`: SFT) or preference rows (`input`, `preferred_output`,
+`non_preferred_output`: DPO), never both; its first JSON object decides which, and the report says so
+(`dataset_format`), so a job can tell whether the data suits its method. Row-level rules live in
+validation_rules.py and preference_rules.py; this module adds what spans rows: blank lines and a BOM, the
 per-sample `weight` present on all rows or none, the minimum example count, and token counts. Token counting
 belongs to the base model's chat template, so the caller injects it as `count_tokens(row) -> (total,
-trainable)`; it is called only on rows that passed every rule.
+trainable)` over a chat row; it is called only on rows that passed every rule (a preference row: once per
+output, each rendered after the input).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ember.tuning.dataset_report import Problem, ProblemCollector, ValidationReport
+from ember.tuning.preference_rules import check_preference_row, is_preference_row, pair_chat_rows
 from ember.tuning.validation_rules import RowRules, check_row, has_trainable_message
 
 TokenCounter = Callable[[dict[str, Any]], tuple[int, int]]
@@ -73,6 +78,8 @@ class _DatasetValidator:
         self.trainable_tokens = 0
         # (line, has a top-level weight) of the first row: every later row must agree with it
         self.first_row_weight: tuple[int, bool] | None = None
+        # (line, "chat" | "preference") of the first JSON object: every later row must be of that format
+        self.first_row_format: tuple[int, str] | None = None
 
     def add_line(self, line: int, raw: bytes) -> None:
         try:
@@ -95,12 +102,44 @@ class _DatasetValidator:
                 detail = "nested too deeply" if isinstance(error, RecursionError) else str(error)
             self.problems.add(Problem(line, None, "invalid_json", f"line is not valid JSON: {detail}"))
             return
-        row_problems = check_row(row, line, self.rules)
-        if isinstance(row, dict):
-            row_problems.extend(self._check_weight_presence(line, row))
+        dataset_format = self._format_of(line, row)
+        if dataset_format is None:
+            return  # a row of the other format, reported
+        if dataset_format == "preference":
+            row_problems = check_preference_row(row, line, self.rules)
+        else:
+            row_problems = check_row(row, line, self.rules)
+            if isinstance(row, dict):
+                row_problems.extend(self._check_weight_presence(line, row))
         self.problems.extend(row_problems)
         if not any(p.severity == "error" for p in row_problems):
-            self._measure(line, row)
+            if dataset_format == "preference":
+                self._measure_pair(line, row)
+            else:
+                self._measure(line, row)
+
+    def _format_of(self, line: int, row: Any) -> str | None:
+        """The dataset's format ("chat" | "preference"), set by its first JSON object; None, with a problem, for
+        a row of the other format."""
+        if not isinstance(row, dict):
+            return "chat" if self.first_row_format is None else self.first_row_format[1]
+        row_format = "preference" if is_preference_row(row) else "chat"
+        if self.first_row_format is None:
+            self.first_row_format = (line, row_format)
+        first_line, dataset_format = self.first_row_format
+        if row_format == dataset_format:
+            return row_format
+        self.problems.add(
+            Problem(
+                line,
+                None,
+                "mixed_formats",
+                f"this is a {row_format} row but line {first_line} is a {dataset_format} row; a dataset holds "
+                "chat rows (messages) or preference rows (input, preferred_output, non_preferred_output), "
+                "not both",
+            )
+        )
+        return None
 
     def _check_weight_presence(self, line: int, row: dict[str, Any]) -> list[Problem]:
         has_weight = "weight" in row
@@ -161,6 +200,36 @@ class _DatasetValidator:
             message = f"row has no trainable tokens: {untrained_reason}"
             self.problems.add(Problem(line, None, "no_trainable_tokens", message, "warning"))
 
+    def _measure_pair(self, line: int, row: dict[str, Any]) -> None:
+        """Token counts of a preference row that passed every rule: its two outputs, each after the input."""
+        self.valid_rows += 1
+        if self.count_tokens is None:
+            return
+        counts = []
+        for chat in pair_chat_rows(row):
+            try:
+                counts.append(self.count_tokens(chat))
+            except ValueError as exc:
+                self.valid_rows -= 1
+                message = f"the base model's chat template cannot render this row: {exc}"
+                self.problems.add(Problem(line, None, "unrenderable_row", message))
+                return
+        self.total_tokens += sum(total for total, _ in counts)
+        self.trainable_tokens += sum(trained for _, trained in counts)
+        limit = self.options.max_context_length
+        longest = max(total for total, _ in counts)
+        if limit is not None and longest > limit:
+            self.rows_over_max_context += 1
+            message = (
+                f"the input with one of its outputs has {longest} tokens, more than the max context length "
+                f"{limit}; the pair is left out of training"
+            )
+            self.problems.add(Problem(line, None, "too_long", message, "warning"))
+        if any(trained == 0 for _, trained in counts):
+            self.rows_without_trainable_tokens += 1
+            message = "row has no trainable tokens: the chat template renders an output as no tokens"
+            self.problems.add(Problem(line, None, "no_trainable_tokens", message, "warning"))
+
     def report(self) -> ValidationReport:
         if self.example_count < self.options.min_examples:
             self.problems.add(
@@ -186,6 +255,7 @@ class _DatasetValidator:
             estimated_token_count=self.total_tokens if counted else None,
             trainable_token_count=self.trainable_tokens if counted else None,
             max_context_length=self.options.max_context_length,
+            dataset_format=self.first_row_format[1] if self.first_row_format is not None else "chat",
         )
 
 

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from ember.server.admin.serving_adapters import AdapterServing
     from ember.server.anthropic.serving_messages import MessagesServing
     from ember.server.batches.serving import BatchesServing
+    from ember.server.fine_tuning.serving_dpo_jobs import DpoJobsServing
     from ember.server.fine_tuning.serving_files import FilesServing
     from ember.server.fine_tuning.serving_jobs import JobsServing
     from ember.server.fireworks.control_plane import FireworksControlPlane
@@ -59,6 +60,7 @@ class Services:
     rerank: RerankServing
     files: FilesServing | None = None  # None: the server runs without a data directory
     jobs: JobsServing | None = None
+    dpo_jobs: DpoJobsServing | None = None
     batches: BatchesServing | None = None
     responses: ResponsesServing | None = None
     control_plane: FireworksControlPlane | None = None  # Fireworks' models and LoRA routes (set by build_app)
@@ -76,6 +78,11 @@ class Services:
         if self.jobs is None:
             raise _tuning_disabled()
         return self.jobs
+
+    def require_dpo_jobs(self) -> DpoJobsServing:
+        if self.dpo_jobs is None:
+            raise _tuning_disabled()
+        return self.dpo_jobs
 
     def require_batches(self) -> BatchesServing:
         if self.batches is None:

@@ -35,9 +35,18 @@ class SupervisedMethod(APIModel):
     hyperparameters: Hyperparameters | None = None
 
 
+class DpoHyperparameters(Hyperparameters):
+    beta: AutoFloat | None = Field(default=None, description="'auto': 0.1; must be positive")
+
+
+class DpoMethod(APIModel):
+    hyperparameters: DpoHyperparameters | None = None
+
+
 class FineTuningMethod(APIModel):
-    type: str | None = Field(default=None, description="only 'supervised' is available")
+    type: str | None = Field(default=None, description="'supervised' (chat rows) or 'dpo' (preference rows)")
     supervised: SupervisedMethod | None = None
+    dpo: DpoMethod | None = None
 
 
 class FineTuningJobCreate(APIModel):
@@ -67,6 +76,51 @@ class SupervisedFineTuningJobCreate(APIModel):
     loraRank: Int64 | None = None  # noqa: N815
     maxContextLength: Int64 | None = None  # noqa: N815
     batchSize: Int64 | None = None  # noqa: N815
+
+
+class DpoTrainingConfig(APIModel):
+    """trainingConfig of a Fireworks DPO job; batchSize counts tokens, batchSizeSamples pairs."""
+
+    baseModel: str | None = None  # noqa: N815 - Fireworks' field names
+    outputModel: str | None = None  # noqa: N815
+    learningRate: LearningRate | None = None  # noqa: N815
+    maxContextLength: Int64 | None = None  # noqa: N815
+    loraRank: Int64 | None = None  # noqa: N815
+    epochs: Int64 | None = None
+    batchSize: Int64 | None = None  # noqa: N815
+    batchSizeSamples: Int64 | None = None  # noqa: N815
+    gradientAccumulationSteps: Int64 | None = None  # noqa: N815
+    learningRateWarmupSteps: Int64 | None = None  # noqa: N815
+    optimizerWeightDecay: float | None = None  # noqa: N815
+    warmStartFrom: str | None = Field(default=None, description="refused: a DPO job starts from baseModel")  # noqa: N815
+    jinjaTemplate: str | None = Field(default=None, description="refused: the base model's template is used")  # noqa: N815
+    region: str | None = None
+
+
+class DpoConfig(APIModel):
+    beta: float | None = Field(default=None, description="0 < beta < 0.5; default 0.1")
+    refCacheBatchSize: Int64 | None = None  # noqa: N815
+    refCacheConcurrency: Int64 | None = None  # noqa: N815
+
+
+class DpoLossConfig(APIModel):
+    method: str | None = Field(default=None, description="'DPO' (or METHOD_UNSPECIFIED)")
+    klBeta: float | None = None  # noqa: N815
+    dpo: DpoConfig | None = None
+
+
+class WandbConfig(APIModel):
+    enabled: bool | None = Field(default=None, description="refused when true")
+
+
+class DpoJobCreate(APIModel):
+    """POST /v1/accounts/{account}/dpoJobs (Fireworks): preference pairs from a dataset of preference rows."""
+
+    dataset: str
+    displayName: str | None = None  # noqa: N815
+    trainingConfig: DpoTrainingConfig  # noqa: N815
+    lossConfig: DpoLossConfig | None = None  # noqa: N815
+    wandbConfig: WandbConfig | None = None  # noqa: N815
 
 
 class DatasetFields(APIModel):

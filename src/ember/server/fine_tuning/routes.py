@@ -1,7 +1,8 @@
 """The fine-tuning routes. OpenAI files: POST/GET /files, GET/DELETE /files/{id}, GET /files/{id}/content
 (purpose fine-tune). Fireworks datasets: POST /accounts/{a}/datasets, POST .../datasets/{id}:upload, GET list/get,
 PATCH, DELETE, and the signed-URL transfers (:getUploadEndpoint, :validateUpload, :getDownloadEndpoint, with the
-signed /dataset-files/... URLs at the root). Jobs: OpenAI's /fine_tuning/jobs and Fireworks' /accounts/{a}/supervisedFineTuningJobs. Every route acts
+signed /dataset-files/... URLs at the root). Jobs: OpenAI's /fine_tuning/jobs (supervised and DPO), Fireworks'
+/accounts/{a}/supervisedFineTuningJobs and /accounts/{a}/dpoJobs. Every route acts
 for the caller's tenant (tenancy.py): it sees only its own account's files, datasets and jobs."""
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ember.server.fine_tuning.protocol import (
     DatasetUpload,
     DatasetUploadEndpoint,
     DatasetValidateUpload,
+    DpoJobCreate,
     FileUpload,
     FineTuningJobCreate,
     SupervisedFineTuningJobCreate,
@@ -228,3 +230,65 @@ async def fireworks_job_metrics(account: str, job_id: str, request: Request) -> 
 @router.delete("/accounts/{account}/supervisedFineTuningJobs/{job_id}")
 async def delete_fireworks_job(account: str, job_id: str, request: Request) -> Response:
     return JSONResponse(services_of(request).require_jobs().fireworks_delete(job_id, tenant_of(request)))
+
+
+# -- Fireworks DPO jobs (routes with a ':verb' first: `{job_id}` alone would match them) ---------------------
+
+
+@router.post("/accounts/{account}/dpoJobs/{job_id}:cancel")
+async def cancel_dpo_job(account: str, job_id: str, request: Request) -> Response:
+    return JSONResponse(services_of(request).require_dpo_jobs().dpo_cancel(job_id, tenant_of(request)))
+
+
+@router.post("/accounts/{account}/dpoJobs/{job_id}:resume")
+async def resume_dpo_job(account: str, job_id: str, request: Request) -> Response:
+    return JSONResponse(services_of(request).require_dpo_jobs().dpo_resume(job_id, tenant_of(request)))
+
+
+@router.get("/accounts/{account}/dpoJobs/{job_id}:getMetricsFileEndpoint")
+async def dpo_job_metrics_endpoint(account: str, job_id: str, request: Request) -> Response:
+    url = str(request.url_for("dpo_job_metrics", account=account, job_id=job_id))
+    jobs = services_of(request).require_dpo_jobs()
+    return JSONResponse(jobs.dpo_metrics_endpoint(job_id, url, tenant_of(request)))
+
+
+@router.get("/accounts/{account}/dpoJobs/{job_id}/metrics")
+async def dpo_job_metrics(account: str, job_id: str, request: Request) -> Response:
+    """The file :getMetricsFileEndpoint points at: JSON lines, one per training step."""
+    text = services_of(request).require_dpo_jobs().dpo_metrics(job_id, tenant_of(request))
+    return Response(text, media_type="application/jsonl")
+
+
+@router.post("/accounts/{account}/dpoJobs")
+@json_body(DpoJobCreate)
+async def create_dpo_job(
+    account: str,
+    request: Request,
+    dpoJobId: str | None = None,  # noqa: N803 - Fireworks' name
+) -> Response:
+    body = await read_json_object(request)
+    validate_body(DpoJobCreate, body)  # JSON types; the values are checked by the job service
+    jobs = services_of(request).require_dpo_jobs()
+    return JSONResponse(jobs.dpo_create(account, body, dpoJobId, tenant_of(request)))
+
+
+@router.get("/accounts/{account}/dpoJobs")
+async def list_dpo_jobs(
+    account: str,
+    request: Request,
+    pageSize: int = 50,  # noqa: N803 - Fireworks' query parameter names
+    pageToken: str | None = None,  # noqa: N803
+) -> Response:
+    return JSONResponse(
+        services_of(request).require_dpo_jobs().dpo_list(pageSize, pageToken, tenant_of(request))
+    )
+
+
+@router.get("/accounts/{account}/dpoJobs/{job_id}")
+async def get_dpo_job(account: str, job_id: str, request: Request) -> Response:
+    return JSONResponse(services_of(request).require_dpo_jobs().dpo_get(job_id, tenant_of(request)))
+
+
+@router.delete("/accounts/{account}/dpoJobs/{job_id}")
+async def delete_dpo_job(account: str, job_id: str, request: Request) -> Response:
+    return JSONResponse(services_of(request).require_dpo_jobs().dpo_delete(job_id, tenant_of(request)))

@@ -253,10 +253,12 @@ class JobsServing:
     def fireworks_list(
         self, page_size: int, page_token: str | None, jobs_url: str, tenant: Tenant
     ) -> dict[str, Any]:
-        """Every job the caller sees, whichever API created it."""
+        """Every supervised job the caller sees, whichever API created it (DPO jobs are under dpoJobs)."""
         _check_limit(page_size, "pageSize")
         page = self._call(
-            lambda: self.service.list_jobs(after=page_token or None, limit=page_size, scope=tenant.scope),
+            lambda: self.service.list_jobs(
+                after=page_token or None, limit=page_size, scope=tenant.scope, method="supervised"
+            ),
             "pageToken",
         )
         jobs = [fireworks_job(job, self.service.latest_metrics(job.id), jobs_url) for job in page.data]
@@ -264,31 +266,38 @@ class JobsServing:
         return {"supervisedFineTuningJobs": jobs, "nextPageToken": next_token, "totalSize": len(jobs)}
 
     def fireworks_get(self, job_id: str, jobs_url: str, tenant: Tenant) -> dict[str, Any]:
-        job = self._visible_job(job_id, tenant)
+        job = self._supervised_job(job_id, tenant)
         return fireworks_job(job, self.service.latest_metrics(job_id), jobs_url)
 
     def fireworks_metrics(self, job_id: str, tenant: Tenant) -> str:
         """The job's metrics file: one JSON object per training step (loss, token accuracy, validation)."""
-        self._visible_job(job_id, tenant)
+        self._supervised_job(job_id, tenant)
         rows = self._call(lambda: self.service.metrics_history(job_id))
         return "".join(json.dumps(row) + "\n" for row in rows)
 
     def fireworks_delete(self, job_id: str, tenant: Tenant) -> dict[str, Any]:
-        self._visible_job(job_id, tenant)
+        self._supervised_job(job_id, tenant)
         self._call(lambda: self.service.delete_job(job_id))
         return {}
 
     def fireworks_cancel(self, job_id: str, tenant: Tenant) -> dict[str, Any]:
         """Fireworks answers a cancel with an empty object; a job that already ended is a 400
         (FAILED_PRECONDITION), as OpenAI answers."""
-        self._visible_job(job_id, tenant)
+        self._supervised_job(job_id, tenant)
         self._call(lambda: self.service.cancel_job(job_id), conflict_status=400)
         return {}
 
     def fireworks_resume(self, job_id: str, tenant: Tenant) -> dict[str, Any]:
-        self._visible_job(job_id, tenant)
+        self._supervised_job(job_id, tenant)
         job = self._call(lambda: self.service.resume_job(job_id), conflict_status=400)
         return fireworks_job(job, self.service.latest_metrics(job_id))
+
+    def _supervised_job(self, job_id: str, tenant: Tenant) -> JobRecord:
+        """A supervised job for the supervisedFineTuningJobs routes (a DPO job is Fireworks' dpoJobs resource)."""
+        job = self._visible_job(job_id, tenant)
+        if job.method != "supervised":
+            raise tuning_api_error(NotFoundError(f"no supervised fine-tuning job {job_id!r}"))
+        return job
 
     def _visible_job(self, job_id: str, tenant: Tenant) -> JobRecord:
         """The job, or the same 404 as for a missing one when it is another account's."""
