@@ -9,7 +9,7 @@ from tokenizers import Tokenizer as BackendTokenizer
 from tokenizers import models
 
 from ember.engine.testing import tiny_loaded_model
-from ember.models.long_text_encoding import _cut_is_clean, cut_points, encode_long_text
+from ember.models.long_text_encoding import _cut_is_clean, cut_pattern, cut_points, encode_long_text
 
 WORDS = [
     "the",
@@ -68,6 +68,18 @@ def test_a_tokenizer_whose_pieces_would_differ_encodes_the_text_whole() -> None:
     cuts = cut_points(text, piece_chars=64)
     assert cuts and not _cut_is_clean(backend, text, cuts[0])
     assert encode_long_text(backend, text, piece_chars=64) == backend.encode(text).ids
+
+
+def test_a_chat_prompt_without_spaces_is_cut_before_its_special_tokens() -> None:
+    tokenizer = tiny_loaded_model().tokenizer
+    backend = tokenizer._backend
+    text = "".join(f"<|im_start|>{'user' if i % 2 else 'assistant'}\nhi{i}<|im_end|>\n" for i in range(3000))
+    pattern = cut_pattern(t.content for t in backend.get_added_tokens_decoder().values())
+    assert cut_points(text) == []  # no single space anywhere
+    cuts = cut_points(text, pattern=pattern)
+    assert len(cuts) >= 2 and all(text.startswith("<|im_", cut) for cut in cuts)
+    assert all(_cut_is_clean(backend, text, cut) for cut in cuts)
+    assert tokenizer.encode(text) == backend.encode_batch([text], add_special_tokens=False)[0].ids
 
 
 def test_short_texts_and_texts_without_a_cut_point_are_one_piece() -> None:

@@ -25,7 +25,7 @@ from ember.models.bpe_backend import (
     pre_tokenizer_spec,
 )
 from ember.models.errors import ModelLoadError
-from ember.models.long_text_encoding import PIECE_CHARS, encode_long_text
+from ember.models.long_text_encoding import PIECE_CHARS, cut_pattern, encode_long_text
 
 # GGUF ids that end a turn besides tokenizer.ggml.eos_token_id.
 _GGUF_EXTRA_EOS_KEYS = ("tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id")
@@ -63,6 +63,8 @@ class Tokenizer:
         self.eos_token_ids: tuple[int, ...] = tuple(dict.fromkeys(eos_token_ids))
         self.eos_token_id: int | None = self.eos_token_ids[0] if self.eos_token_ids else None
         self.add_bos: bool = add_bos
+        # Where a long text may be cut for encoding in pieces: also before special tokens (chat prompts).
+        self._cut_pattern = cut_pattern(t.content for t in backend.get_added_tokens_decoder().values())
         self.bos_token: str | None = None if bos_token_id is None else backend.id_to_token(bos_token_id)
         self.eos_token: str | None = (
             None if self.eos_token_id is None else backend.id_to_token(self.eos_token_id)
@@ -172,7 +174,7 @@ class Tokenizer:
         # encode_batch, not encode: only the batch call lets go of the GIL while it tokenizes; a long text in
         # pieces, so that handing its ids over and freeing them does not keep the GIL (see long_text_encoding).
         if len(text) > 2 * PIECE_CHARS:
-            ids = encode_long_text(self._backend, text)
+            ids = encode_long_text(self._backend, text, pattern=self._cut_pattern)
         else:
             ids = self._backend.encode_batch([text], add_special_tokens=False)[0].ids
         bos = self.bos_token_id

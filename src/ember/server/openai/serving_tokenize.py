@@ -36,9 +36,8 @@ class TokenizeServing:
         else:
             add_special = body.add_special_tokens is not False
             tokens = encoder.encode_text(body.prompt or "", "prompt", add_special_tokens=add_special)
-        return JSONResponse(
-            {"count": len(tokens), "max_model_len": self.state.max_model_len, "tokens": tokens}
-        )
+        body = f'{{"count": {len(tokens)}, "max_model_len": {self.state.max_model_len}, "tokens": [{_joined_ids(tokens)}]}}'
+        return Response(body, media_type="application/json")
 
     def _detokenize(self, body: DetokenizeRequest) -> JSONResponse:
         self.state.models.resolve(body.model)
