@@ -240,7 +240,16 @@ def test_the_server_threshold_applies_unless_a_request_sets_its_own() -> None:
     try:
         claude = anthropic.Anthropic(base_url=eager.url, api_key="unused", max_retries=0, timeout=120)
         tools = [{"name": "set_timer", "input_schema": TIMER}]
-        message = claude.messages.create(model=MODEL, max_tokens=40, messages=USER, tools=tools)  # type: ignore[arg-type]
+        # Greedy and one call: a sampled random model may go on calling until max_tokens.
+        one_call = {"type": "auto", "disable_parallel_tool_use": True}
+        message = claude.messages.create(
+            model=MODEL,
+            max_tokens=80,
+            messages=USER,  # type: ignore[arg-type]
+            tools=tools,  # type: ignore[arg-type]
+            tool_choice=one_call,  # type: ignore[arg-type]
+            extra_body={"temperature": 0.0},
+        )
         assert message.stop_reason == "tool_use"
         (block,) = [b for b in message.content if b.type == "tool_use"]
         assert_valid("set_timer", block.input)  # type: ignore[arg-type]
