@@ -38,6 +38,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from ember.sqlite_connections import connect, write_transaction
 from ember.tuning.ownership import OwnerScope
 
 SCHEMA_VERSION = 3
@@ -117,27 +118,14 @@ class TuningDb:
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        conn = sqlite3.connect(self.db_path, timeout=self.busy_timeout_s, isolation_level=None)
-        try:
-            conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA foreign_keys = ON")
-            # In WAL mode NORMAL still survives an application crash and never corrupts; it skips most fsyncs.
-            conn.execute("PRAGMA synchronous = NORMAL")
+        with connect(self.db_path, self.busy_timeout_s) as conn:
             yield conn
-        finally:
-            conn.close()
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """A transaction holding the write lock from its start, so read-then-write steps cannot interleave."""
-        with self._connect() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        with self._connect() as conn, write_transaction(conn):
+            yield conn
 
     def _insert(self, table: str, record: Any) -> None:
         with self._write() as conn:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ember.server.batches.input_file import BatchLine
+from ember.sqlite_connections import connect, write_transaction
 from ember.tuning.ownership import OwnerScope
 
 DB_FILE = "batches.db"
@@ -259,24 +260,13 @@ class BatchStore:
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        conn = sqlite3.connect(self.db_path, timeout=self.busy_timeout_s, isolation_level=None)
-        try:
-            conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA synchronous = NORMAL")  # in WAL mode: survives a crash, skips most fsyncs
+        with connect(self.db_path, self.busy_timeout_s, foreign_keys=False) as conn:
             yield conn
-        finally:
-            conn.close()
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._connect() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        with self._connect() as conn, write_transaction(conn):
+            yield conn
 
 
 def _column(name: str, value: Any) -> Any:

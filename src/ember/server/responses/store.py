@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ember.sqlite_connections import connect, write_transaction
 from ember.tuning.ownership import OwnerScope
 
 SCHEMA_VERSION = 1
@@ -101,30 +102,13 @@ class ResponseStore:
         # A shared-cache in-memory db answers a lock conflict with SQLITE_LOCKED at once (the busy timeout does
         # not apply): its connections take turns instead.
         with self._memory_lock or contextlib.nullcontext():
-            with self._open() as conn:
+            with connect(self._target, self.busy_timeout_s, uri=True) as conn:
                 yield conn
-
-    @contextmanager
-    def _open(self) -> Iterator[sqlite3.Connection]:
-        conn = sqlite3.connect(self._target, uri=True, timeout=self.busy_timeout_s, isolation_level=None)
-        try:
-            conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA foreign_keys = ON")
-            conn.execute("PRAGMA synchronous = NORMAL")
-            yield conn
-        finally:
-            conn.close()
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._connect() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        with self._connect() as conn, write_transaction(conn):
+            yield conn
 
     # -- the rows ---------------------------------------------------------------------------------------
 
