@@ -105,6 +105,24 @@ def test_the_default_template_gets_the_tools_and_the_history_in_its_prompt() -> 
     assert plan.structured is not None and "TEXT_THEN_TRIGGER" in plan.structured.source  # lazy under auto
 
 
+def test_a_schema_sent_in_another_key_order_renders_the_same_prompt() -> None:
+    # LangChain's bind_tools sends properties, required, type; the OpenAI docs type, properties, required
+    nested = {"type": "array", "items": {"type": "string", "enum": ["a", "b"]}}
+    docs = {"type": "object", "properties": {"unit": {"type": "string"}, "tags": nested}, "required": ["unit"]}
+    shuffled = {
+        "required": ["unit"],
+        "properties": {"unit": {"type": "string"}, "tags": {"items": {"enum": ["a", "b"], "type": "string"}, "type": "array"}},
+        "type": "object",
+    }  # fmt: skip
+    smol = encoder(SMOL_TEMPLATE)
+    plans = [
+        plan_chat(smol, ChatInputs(USER, [{"type": "function", "function": {"name": "f", "parameters": schema}}]))
+        for schema in (docs, shuffled)
+    ]
+    assert plans[0].prompt == plans[1].prompt
+    assert '"parameters": {"type": "object", "properties": {"unit": {"type": "string"}, "tags": {"type": "array", "items": {"type": "string", "enum"' in plans[0].prompt  # fmt: skip
+
+
 def test_required_and_named_choices_are_strict_and_none_shows_no_tools() -> None:
     smol = encoder(SMOL_TEMPLATE)
     required = plan_chat(smol, ChatInputs(USER, TOOLS, tool_choice="required"))

@@ -64,8 +64,35 @@ def _tool_object(tool: FunctionTool) -> dict[str, Any]:
     shown: dict[str, Any] = {"name": tool.name}
     if tool.description:
         shown["description"] = tool.description
-    shown["parameters"] = tool.parameters
+    shown["parameters"] = canonical_schema(tool.parameters)
     return shown
+
+
+# JSON-schema keywords shown first, in this order; the others follow sorted. Clients that mean the same schema
+# send its keys in different orders (LangChain: properties, required, type; the OpenAI and Anthropic docs:
+# type, properties, required), and the prompt, hence the model's choice, must not depend on that.
+_SCHEMA_KEY_ORDER = ("type", "description", "enum", "const", "format", "properties", "items", "required")
+_SCHEMA_MAPS = ("properties", "$defs", "definitions", "patternProperties")  # name -> schema: names keep order
+_SCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
+
+
+def canonical_schema(schema: Any) -> Any:
+    """`schema` with its keywords in one order, at every level; property names keep the client's order (the
+    order of a function's arguments means something)."""
+    if not isinstance(schema, Mapping):
+        return schema
+    rank = {key: i for i, key in enumerate(_SCHEMA_KEY_ORDER)}
+    ordered: dict[str, Any] = {}
+    for key in sorted(schema, key=lambda k: (rank.get(k, len(rank)), k)):
+        value = schema[key]
+        if key in _SCHEMA_MAPS and isinstance(value, Mapping):
+            value = {name: canonical_schema(sub) for name, sub in value.items()}
+        elif key in _SCHEMA_LISTS and isinstance(value, list):
+            value = [canonical_schema(sub) for sub in value]
+        elif isinstance(value, Mapping):  # items, additionalProperties, not, if/then/else, ...
+            value = canonical_schema(value)
+        ordered[key] = value
+    return ordered
 
 
 def calls_text(calls: Sequence[Mapping[str, Any]]) -> str:
