@@ -55,7 +55,13 @@ def tools_instruction(tools: Sequence[FunctionTool], forced: Sequence[FunctionTo
     elif forced:
         when = f"Call a tool now: reply with {call}."
     else:
-        when = f"To call a tool, reply with {call}. If no tool is needed, answer in plain text."
+        # Measured against "To call a tool, reply with ... If no tool is needed, answer in plain text." and
+        # three other wordings (docs/decisions.md, "#14: one decision whichever SDK asks"): this one raises the
+        # model's first-token share of the marker on prompts that need a tool most, on both prompt sets.
+        when = (
+            f"When the user asks for something one of these tools does, reply only with {call}. "
+            "Otherwise answer in plain text."
+        )
     several = " To call several tools, put several calls in the list." if parallel else ""
     return "You can use these tools:\n<tools>\n" + "\n".join(lines) + "\n</tools>\n" + when + several
 
