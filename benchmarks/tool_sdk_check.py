@@ -231,7 +231,9 @@ def default_server(threads: int | None) -> Iterator[tuple[str, str]]:
         command += ["--data-dir", folder] + (["--threads", str(threads)] if threads else [])
         log_path = Path(folder) / "serve.log"
         with open(log_path, "wb") as log:
-            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
         url = f"http://127.0.0.1:{port}"
         try:
             wait_until_healthy(process, url, log_path, timeout_s=600)
@@ -242,11 +244,17 @@ def default_server(threads: int | None) -> Iterator[tuple[str, str]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--url", default=None, help="a running server (default: start one with default flags)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--url", default=None, help="a running server (default: start one with default flags)"
+    )
     parser.add_argument("--api-key", default="none")
     parser.add_argument("--runs", type=int, default=5, help="LangChain runs (its sampling is the server's)")
-    parser.add_argument("--threads", type=int, default=None, help="--threads for the server this script starts")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="--threads for the server this script starts"
+    )
     args = parser.parse_args()
     print(f"CPU: {cpu_name()}; question: {QUESTION!r}")
     if args.url:

@@ -205,7 +205,12 @@ def test_the_three_sdks_send_the_same_question_and_get_the_same_decision(server:
     openai_chat = openai_client(server).chat.completions.create(
         model=server.config.model_name,
         messages=[{"role": "user", "content": question}],
-        tools=[{"type": "function", "function": {"name": "get_weather", "description": described, "parameters": schema}}],  # fmt: skip
+        tools=[
+            {
+                "type": "function",
+                "function": {"name": "get_weather", "description": described, "parameters": schema},
+            }
+        ],  # fmt: skip
         max_tokens=8,
         extra_body={"raw_output": True},
     )

@@ -50,20 +50,22 @@ def tools_instruction(tools: Sequence[FunctionTool], forced: Sequence[FunctionTo
     call = (
         f'{GENERIC.list_prefix}{{"name": "<tool name>", "arguments": {{<arguments>}}}}{GENERIC.list_suffix}'
     )
-    if len(forced) == 1 and len(tools) > 1:
-        when = f"Call the tool {forced[0].name} now: reply with {call}."
-    elif forced:
-        when = f"Call a tool now: reply with {call}."
-    else:
-        # Measured against "To call a tool, reply with ... If no tool is needed, answer in plain text." and
-        # three other wordings (docs/decisions.md, "#14: one decision whichever SDK asks"): this one raises the
-        # model's first-token share of the marker on prompts that need a tool most, on both prompt sets.
-        when = (
-            f"When the user asks for something one of these tools does, reply only with {call}. "
-            "Otherwise answer in plain text."
-        )
+    tool_lines = "<tools>\n" + "\n".join(lines) + "\n</tools>\n"
     several = " To call several tools, put several calls in the list." if parallel else ""
-    return "You can use these tools:\n<tools>\n" + "\n".join(lines) + "\n</tools>\n" + when + several
+    if len(forced) == 1 and len(tools) > 1:
+        return f"You can use these tools:\n{tool_lines}Call the tool {forced[0].name} now: reply with {call}.{several}"
+    if forced:
+        return f"You can use these tools:\n{tool_lines}Call a tool now: reply with {call}.{several}"
+    # Under auto: SmolLM2's own function-calling system prompt (its model card's), with text answers allowed
+    # where it says to refuse. Of five wordings measured (docs/decisions.md, "#14: one decision whichever SDK
+    # asks"), it separates the prompts that need a tool from those that need none best on both prompt sets.
+    calls = "one or more function/tool calls" if parallel else "one function/tool call"
+    return (
+        "You are an expert in composing functions. You are given a question and a set of possible functions. "
+        f"Based on the question, you will need to make {calls} to achieve the purpose. If none of the "
+        f"functions can be used, answer in plain text.\n{tool_lines}The output MUST strictly adhere to the "
+        f"following format: {call}. If no function call is needed, answer in plain text."
+    )
 
 
 def _tool_object(tool: FunctionTool) -> dict[str, Any]:
