@@ -3,9 +3,10 @@ tool results into ordinary messages, in one compact format the model can read an
 
 The format (docs/decisions.md, "Tool calls on templates without tool support"), close to the one SmolLM2
 was instruction-tuned on:
-- the tools, one JSON object a line (name, description, parameters), between <tools> and </tools>, with two
-  sentences on how to call them, appended to the system message (a new system message when there is none;
-  the first user message when the template has no system role);
+- the tools, one JSON object a line (name, description, parameters with their keywords in one order),
+  between <tools> and </tools>, inside SmolLM2's own function-calling instruction under tool_choice auto (a
+  one-line "call now" under required / named), appended to the system message (a new system message when
+  there is none; the first user message when the template has no system role);
 - a call: `<tool_call>[{"name": ..., "arguments": {...}}, ...]</tool_call>`, all calls of a turn in one list;
   past assistant calls are rendered that way after the assistant's text;
 - a tool result: a user turn of `<tool_response>\n...\n</tool_response>` blocks, the results of one turn
