@@ -20,9 +20,12 @@ root_router = APIRouter()  # mounted without the API prefixes
 
 @root_router.get("/health")
 async def health(request: Request) -> Response:
-    engine = services_of(request).state.engine
+    services = services_of(request)
+    engine = services.state.engine
     stats = engine.stats()
-    body = {"num_running": stats.num_running, "num_waiting": stats.num_waiting}
+    body: dict[str, object] = {"num_running": stats.num_running, "num_waiting": stats.num_waiting}
+    if services.registry is not None:  # each model's state: loaded, loading, unloaded (with its last error)
+        body["models"] = services.registry.health()
     if not engine.is_running:
         return JSONResponse({"status": "engine_unavailable", **body}, status_code=503)
     return JSONResponse({"status": "ok", **body})
@@ -30,10 +33,14 @@ async def health(request: Request) -> Response:
 
 @root_router.get("/metrics")
 async def metrics(request: Request) -> Response:
-    state = services_of(request).state
-    return PlainTextResponse(
-        state.metrics.render(state.engine.stats()), media_type="text/plain; version=0.0.4"
+    services = services_of(request)
+    state = services.state
+    text = (
+        state.metrics.render(state.engine.stats())
+        if services.registry is None
+        else services.registry.render_metrics()  # every model under its own model_name label
     )
+    return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
 
 @root_router.get("/ping")

@@ -17,11 +17,13 @@ router = APIRouter()
 @json_body(MessagesRequest)
 async def create_message(request: Request) -> Response:
     body = await read_body(request, MessagesRequest)
-    return await services_of(request).messages.create(body, request)
+    async with services_of(request).for_model(body.model) as served:
+        return await served.messages.create(body, request)
 
 
 @router.post("/messages/count_tokens")
 @json_body(CountTokensRequest)
 async def count_message_tokens(request: Request) -> Response:
     body = await read_body(request, CountTokensRequest)
-    return JSONResponse(await services_of(request).messages.count_tokens(body))
+    async with services_of(request).for_model(body.model) as served:
+        return JSONResponse(await served.messages.count_tokens(body))

@@ -1,0 +1,325 @@
+"""Several base models in one server: each has its own engine (own engine thread and KV cache) and its own serving
+objects; a request runs on the model its `model` names (or one of that model's adapters), through `lease`.
+
+The first model is the default: requests without `model` (or naming the embedding model, or an unknown name,
+which its ServedModels refuses with a 404) go there, and it stays loaded. Every other model is loaded at
+start-up or, when lazy, by its first request, off the event loop while the other models keep serving; concurrent
+requests wait for the one load. A model with a keep-alive is unloaded once it has had no request for that long.
+A load is refused with a 503 naming the model and the numbers when it would not fit in memory (memory_budget).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import ctypes.util
+import gc
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ember.engine.stats import EngineStats
+from ember.model_engines import ModelOpener, served_name
+from ember.model_specs import ModelSpec
+from ember.models.errors import ModelLoadError
+from ember.server.common.errors import APIError
+from ember.server.common.memory_budget import (
+    GIB,
+    MemoryBudgetError,
+    MemoryEstimate,
+    available_bytes,
+    check_fits,
+)
+from ember.server.common.metrics import ServerMetrics, merge_expositions
+
+if TYPE_CHECKING:
+    from ember.engine.async_engine import AsyncEngine
+    from ember.server.common.services import Services
+
+logger = logging.getLogger(__name__)
+REAPER_INTERVAL_S = 0.25  # how often idle models are looked at: keep_alive 0 unloads within this
+
+
+@dataclass(frozen=True)
+class RegistryConfig:
+    """The models beyond the default one and how they are loaded (`ember serve`'s --model / --models-file)."""
+
+    specs: tuple[ModelSpec, ...]
+    opener: ModelOpener
+    memory_budget_bytes: int | None = None
+    """--memory-budget-gib: what all loaded models together may take (estimates); None: only the system's limit."""
+    default_estimate: MemoryEstimate | None = None
+    """The default model's share of the budget (it is loaded before the registry exists)."""
+
+
+@dataclass
+class ModelSlot:
+    """One base model of the server, loaded or not."""
+
+    spec: ModelSpec
+    name: str
+    model_id: str
+    metrics: ServerMetrics  # kept across unloads, so /metrics counters never go back
+    services: Services | None = None  # set while loaded
+    estimate: MemoryEstimate | None = None
+    loading: asyncio.Task[Services] | None = None
+    leases: int = 0  # requests routed here and not yet answered (or waiting for its load)
+    last_used: float = field(default_factory=time.monotonic)
+    last_error: str | None = None
+    loads: int = 0
+
+    @property
+    def names(self) -> frozenset[str]:
+        lora_names = {name for name, _ in self.spec.loras}
+        return frozenset((self.name, self.model_id, *self.spec.aliases, *lora_names))
+
+    @property
+    def state(self) -> str:
+        if self.services is not None:
+            return "loaded"
+        return "loading" if self.loading is not None else "unloaded"
+
+
+ServicesBuilder = Callable[["AsyncEngine", ModelSlot], "Services"]
+
+
+class ModelRegistry:
+    """The default model's services plus the slots of the other models, with their loads and unloads."""
+
+    def __init__(self, default: Services, config: RegistryConfig, build: ServicesBuilder) -> None:
+        self.default = default
+        self.default_estimate = config.default_estimate
+        self.opener = config.opener
+        self.build = build
+        self.config = config
+        self.account = default.state.config.account
+        self.slots: list[ModelSlot] = []
+        taken = set(default.state.models.names)
+        for spec in config.specs:
+            name = served_name(spec)
+            model_id = f"accounts/{self.account}/models/{name}"
+            slot = ModelSlot(spec, name, model_id, ServerMetrics(model_id))
+            clash = slot.names & taken
+            if clash:
+                raise ValueError(f"the model name(s) {', '.join(sorted(clash))} are given to two models")
+            taken |= slot.names
+            self.slots.append(slot)
+        self.closing = False
+        self._reaper: asyncio.Task[None] | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Loads the models that are not lazy (in order; a failure stops the start-up), then watches for idle
+        models to unload."""
+        for slot in self.slots:
+            if not slot.spec.lazy:
+                await self._ensure_loaded(slot)
+        self._reaper = asyncio.create_task(self._reap_idle())
+
+    def begin_stop(self) -> None:
+        """From any thread (the shutdown's drain): no model loads from now on."""
+        self.closing = True
+
+    async def stop(self) -> None:
+        self.closing = True
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        for slot in self.slots:
+            if slot.loading is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(slot.loading)
+            if slot.services is not None:
+                await self._unload(slot, "the server is stopping")
+
+    def loaded_engines(self) -> list[AsyncEngine]:
+        """The default engine first, then every loaded model's: what a shutdown drains."""
+        others = [s.services.state.engine for s in self.slots if s.services is not None]
+        return [self.default.state.engine, *others]
+
+    # -- routing ------------------------------------------------------------------------------------------
+
+    def slot_for(self, requested: str | None) -> ModelSlot | None:
+        """The slot of the model (or adapter) a request names; None: the default model's."""
+        if requested is None or requested in self.default.state.models.names:
+            return None
+        for slot in self.slots:
+            if requested in slot.names:
+                return slot
+            if slot.services is not None and slot.services.state.models.adapter(requested) is not None:
+                return slot
+        return None
+
+    @contextlib.asynccontextmanager
+    async def lease(self, requested: str | None) -> AsyncIterator[Services]:
+        """The services of the model a request names, loaded first when it is not; held until the request's
+        handler returns (a stream is then in its engine, which keeps the model busy until it ends)."""
+        slot = self.slot_for(requested)
+        if slot is None:
+            yield self.default
+            return
+        slot.leases += 1  # before any wait: a model being loaded for this request is not idle
+        try:
+            services = slot.services if slot.services is not None else await self._ensure_loaded(slot)
+            yield services
+        finally:
+            slot.leases -= 1
+            slot.last_used = time.monotonic()
+
+    # -- loading and unloading ----------------------------------------------------------------------------
+
+    async def _ensure_loaded(self, slot: ModelSlot) -> Services:
+        if slot.services is not None:
+            return slot.services
+        if slot.loading is None:
+            slot.loading = asyncio.create_task(self._load(slot))
+            slot.loading.add_done_callback(lambda _: setattr(slot, "loading", None))
+        # shielded: a client that leaves does not cancel the load the others wait for
+        return await asyncio.shield(slot.loading)
+
+    async def _load(self, slot: ModelSlot) -> Services:
+        if self.closing:
+            raise APIError(503, "the server is shutting down", code="server_shutting_down")
+        estimate = await asyncio.to_thread(self.opener.estimate, slot.spec)
+        try:
+            check_fits(
+                slot.name, estimate, self._loaded_bytes(), self.config.memory_budget_bytes, available_bytes()
+            )
+        except MemoryBudgetError as error:
+            slot.last_error = str(error)
+            logger.warning("%s", error)
+            raise APIError(503, str(error), param="model", code="insufficient_memory") from None
+        started = time.perf_counter()
+        logger.info(
+            "loading model %s from %s (~%.2f GiB)", slot.name, slot.spec.path, estimate.total_bytes / GIB
+        )
+        try:
+            engine = await asyncio.to_thread(self.opener.open, slot.spec)
+        except (ModelLoadError, OSError, ValueError) as error:
+            slot.last_error = f"cannot load the model {slot.name!r}: {error}"
+            logger.error("%s", slot.last_error)
+            raise APIError(503, slot.last_error, param="model", code="model_load_failed") from None
+        services = self.build(engine, slot)
+        await engine.start()
+        threads = self.opener.threads(slot.spec)
+        if threads:  # on its own engine thread: torch's thread count is per thread under OpenMP
+            await engine.run_on_engine(lambda llm: llm.runner.set_num_threads(threads))
+        slot.services, slot.estimate, slot.last_error = services, estimate, None
+        slot.loads += 1
+        slot.last_used = time.monotonic()
+        logger.info("model %s loaded in %.2f s", slot.name, time.perf_counter() - started)
+        return services
+
+    def _loaded_bytes(self) -> int:
+        total = 0 if self.default_estimate is None else self.default_estimate.total_bytes
+        for slot in self.slots:
+            if slot.services is not None and slot.estimate is not None:
+                total += slot.estimate.total_bytes
+        return total
+
+    async def _reap_idle(self) -> None:
+        while True:
+            await asyncio.sleep(REAPER_INTERVAL_S)
+            now = time.monotonic()
+            for slot in self.slots:
+                if slot.services is None or slot.spec.keep_alive_s is None or slot.leases:
+                    continue
+                if _engine_busy(slot.services.state.engine):
+                    slot.last_used = now  # the keep-alive counts from the end of the last request
+                    continue
+                if now - slot.last_used >= slot.spec.keep_alive_s:
+                    await self._unload(slot, f"idle for {slot.spec.keep_alive_s:g} s (keep-alive)")
+
+    async def _unload(self, slot: ModelSlot, why: str) -> None:
+        services, slot.services = slot.services, None  # from here requests load it again
+        if services is None:
+            return
+        await services.state.engine.shutdown()
+        services.state.preparation.close()
+        del services
+        gc.collect()
+        _return_freed_memory()
+        logger.info("model %s unloaded: %s", slot.name, why)
+
+    # -- what /v1/models, /health and /metrics show ---------------------------------------------------------
+
+    def model_cards(self) -> list[dict[str, Any]]:
+        """Every model beyond the default one (its adapters when loaded), loaded or not."""
+        cards: list[dict[str, Any]] = []
+        for slot in self.slots:
+            if slot.services is not None:
+                cards += slot.services.state.models.listing()["data"]
+                continue
+            cards.append(
+                {
+                    "id": slot.model_id,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": self.account,
+                    "aliases": sorted({slot.name, *slot.spec.aliases}),
+                    "status": "unloaded",
+                }
+            )
+        return cards
+
+    def card_of(self, requested: str) -> dict[str, Any] | None:
+        slot = self.slot_for(requested)
+        if slot is None:
+            return None
+        if slot.services is not None:
+            return slot.services.state.models.card_of(requested)
+        return next(c for c in self.model_cards() if c["id"] == slot.model_id)
+
+    def health(self) -> list[dict[str, Any]]:
+        rows = [_health_row(self.default.state.models.model_id, "loaded", self.default.state.engine)]
+        for slot in self.slots:
+            engine = None if slot.services is None else slot.services.state.engine
+            row = _health_row(slot.model_id, slot.state, engine)
+            if slot.last_error is not None and slot.services is None:
+                row["last_error"] = slot.last_error
+            row["loads"] = (
+                slot.loads
+            )  # loads since start-up (a keep-alive unload and a request make one more)
+            keep_alive = slot.spec.keep_alive_s
+            row["keep_alive_s"] = -1 if keep_alive is None else keep_alive
+            rows.append(row)
+        return rows
+
+    def render_metrics(self) -> str:
+        """Every model's metrics under its own model_name label, each metric's HELP and TYPE once."""
+        default = self.default.state
+        parts = [default.metrics.render(default.engine.stats())]
+        for slot in self.slots:
+            stats = slot.services.state.engine.stats() if slot.services is not None else EngineStats()
+            parts.append(slot.metrics.render(stats))
+        return merge_expositions(parts)
+
+
+def _health_row(model_id: str, state: str, engine: AsyncEngine | None) -> dict[str, Any]:
+    if engine is None:
+        return {"model": model_id, "state": state}
+    stats = engine.stats()
+    status = state if engine.is_running else "engine_unavailable"
+    return {
+        "model": model_id,
+        "state": status,
+        "num_running": stats.num_running,
+        "num_waiting": stats.num_waiting,
+    }
+
+
+def _engine_busy(engine: AsyncEngine) -> bool:
+    stats = engine.stats()  # counts requests not yet seen by the engine thread as waiting
+    return stats.num_running > 0 or stats.num_waiting > 0 or engine.engine.has_unfinished()
+
+
+def _return_freed_memory() -> None:
+    """glibc keeps freed heap (ember.threads.tune_allocator raised its trim threshold): give it back now."""
+    name = ctypes.util.find_library("c")
+    if name is not None:
+        ctypes.CDLL(name).malloc_trim(0)
