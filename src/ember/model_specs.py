@@ -183,6 +183,9 @@ def specs_from_args(
     ]
     if models_file is not None:
         specs += specs_from_file(models_file, default_keep_alive, lazy)
+    for spec in specs:  # before any load: a typo fails at once, not after the first models loaded
+        if spec.path is not None and not Path(spec.path).exists():
+            raise ModelSpecError(f"model {spec.label!r}: no such file or folder: {spec.path}")
     if not specs:
         specs = [ModelSpec(name=None, path=None)]
     return specs

@@ -25,6 +25,7 @@ from ember.server.batches.runner import LINES_IN_FLIGHT, BatchRunner
 from ember.server.batches.store import DB_FILE, BatchRecord, BatchStore
 from ember.server.common.config import ServerConfig
 from ember.server.common.errors import APIError, invalid_request
+from ember.server.common.model_registry import ModelRegistry
 from ember.server.common.served_models import ServedModels
 from ember.server.common.services import Services
 from ember.server.common.tenancy import Tenant
@@ -41,7 +42,7 @@ class BatchesServing:
         self,
         runtime: FineTuningRuntime,
         lines: LineRunner,
-        models: ServedModels,
+        models: ServedModels | ModelRegistry,
         account: str,
         lines_in_flight: int = LINES_IN_FLIGHT,
         max_line_bytes: int | None = None,
@@ -67,7 +68,9 @@ class BatchesServing:
         state = services.state
         in_flight = min(LINES_IN_FLIGHT, state.engine.engine.config.scheduler.background_seq_limit)
         lines = LineRunner(services)
-        return cls(runtime, lines, state.models, config.account, in_flight, config.max_body_bytes)
+        # a Fireworks job may name any served model (its rows then run there, as OpenAI batch lines do)
+        models = state.models if services.registry is None else services.registry
+        return cls(runtime, lines, models, config.account, in_flight, config.max_body_bytes)
 
     async def start(self) -> None:
         await self.runner.start()

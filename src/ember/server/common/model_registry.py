@@ -155,6 +155,13 @@ class ModelRegistry:
                 return slot
         return None
 
+    def resolve(self, requested: str | None) -> str:
+        """The name to echo for `requested` (a Fireworks batch job's model): any served model or adapter; an
+        unknown name is the default model's 404."""
+        if requested is not None and self.slot_for(requested) is not None:
+            return requested
+        return self.default.state.models.resolve(requested)
+
     @contextlib.asynccontextmanager
     async def lease(self, requested: str | None) -> AsyncIterator[Services]:
         """The services of the model a request names, loaded first when it is not; held until the request's
