@@ -13,7 +13,7 @@ from ember.lora.config import LoraConfig
 from ember.model_specs import ModelSpec
 from ember.models.loader import LoadConfig, load_model
 from ember.server.common.memory_budget import GIB, MemoryEstimate, weights_bytes
-from ember.threads import StepGate
+from ember.threads import StepGate, release_openmp_team
 
 if TYPE_CHECKING:
     from ember.engine.async_engine import AsyncEngine
@@ -73,7 +73,11 @@ class ModelOpener:
         loaded = load_model(
             LoadConfig(spec.path, settings.weight_format, settings.device, quantization=settings.quantization)
         )
-        return AsyncEngine.from_loaded(loaded, self.engine_config(spec), self.step_gate)
+        engine = AsyncEngine.from_loaded(loaded, self.engine_config(spec), self.step_gate)
+        # A load on a worker thread leaves that thread's OpenMP team idle beside the engines' (threads.py says
+        # what an idle team costs every step); the main thread's is released the same way after start-up.
+        release_openmp_team()
+        return engine
 
 
 def _default_model_path() -> str:
