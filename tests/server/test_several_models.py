@@ -40,7 +40,8 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     b = write_tiny_hf_folder(root / "model-b", seed=5, **B_SIZES)
     c = write_tiny_hf_folder(root / "model-c", seed=7)
     lora = write_adapter(root / "b-lora", tiny_config(**B_SIZES), seed=1, base_model="model-b")
-    return {"b": b, "c": c, "b-lora": lora}
+    write_adapter(root / "adapters" / "b-lora-2", tiny_config(**B_SIZES), seed=2, base_model="model-b")
+    return {"b": b, "c": c, "b-lora": lora, "adapters": root / "adapters"}
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +59,7 @@ def url(folders: dict[str, Path]) -> Iterator[str]:
     )
     app = build_app(
         engine,
-        ServerConfig(model_name=TINY_MODEL),
+        ServerConfig(model_name=TINY_MODEL, adapter_dirs=(folders["adapters"],)),
         more_models=RegistryConfig(specs, opener, budget, MemoryEstimate(0, 0)),
     )
     server, thread, address = serve_in_thread(app)
@@ -163,3 +164,18 @@ def test_metrics_carry_each_model_name_once_per_family(client: openai.OpenAI, ur
     for name in (TINY_MODEL_ID, MODEL_ID.format("model-b"), MODEL_ID.format("model-d")):
         assert f'vllm:num_requests_running{{model_name="{name}"}}' in text
     assert f'vllm:e2e_request_latency_seconds_count{{model_name="{MODEL_ID.format("model-b")}"}}' in text
+
+
+def test_an_adapter_loaded_at_run_time_goes_to_the_base_model_it_names(
+    client: openai.OpenAI, url: str
+) -> None:
+    body = {"name": "b-lora-2", "path": "b-lora-2", "base_model": "model-b"}
+    loaded = httpx.post(f"{url}/v1/adapters", json=body)
+    assert loaded.status_code == 200, loaded.text
+    assert complete(client, "b-lora-2").model == "b-lora-2"  # model-b's shapes: it runs on model-b's engine
+    names = {a["name"] for a in httpx.get(f"{url}/v1/adapters").json()["data"]}
+    assert {"b-lora", "b-lora-2"} <= names
+    for base, status, param in (("model-c", 400, "base_model"), ("nope", 404, "base_model")):
+        refused = httpx.post(f"{url}/v1/adapters", json={**body, "name": "x", "base_model": base})
+        assert (refused.status_code, refused.json()["error"]["param"]) == (status, param)
+    assert httpx.delete(f"{url}/v1/adapters/b-lora-2").json()["deleted"] is True

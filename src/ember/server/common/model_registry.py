@@ -155,6 +155,26 @@ class ModelRegistry:
                 return slot
         return None
 
+    def loaded_services(self) -> list[Services]:
+        """The services of every loaded model beyond the default one."""
+        return [slot.services for slot in self.slots if slot.services is not None]
+
+    def check_adapter_name(self, name: str, base_model: str | None) -> None:
+        """POST /v1/adapters across models: a name no model of the server answers to yet (409), on a base model
+        that stays loaded (400: an unload would drop an adapter added at run time; a models file's `lora` table
+        serves it with every load)."""
+        default = self.default.state.models
+        if name in default.names or default.adapter(name, any_owner=True) is not None or self.slot_for(name):
+            raise APIError(409, f"a model named {name!r} is already served", param="name", code="conflict")
+        slot = None if base_model is None else self.slot_for(base_model)
+        if slot is not None and slot.spec.keep_alive_s is not None:
+            raise APIError(
+                400,
+                f"base_model {base_model!r} is unloaded after {slot.spec.keep_alive_s:g} s idle, which would drop "
+                "this adapter; list it in the models file's `lora` table of that model instead",
+                param="base_model",
+            )
+
     def resolve(self, requested: str | None) -> str:
         """The name to echo for `requested` (a Fireworks batch job's model): any served model or adapter; an
         unknown name is the default model's 404."""
