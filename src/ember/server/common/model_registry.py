@@ -18,7 +18,7 @@ import gc
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ember.engine.stats import EngineStats
@@ -34,6 +34,7 @@ from ember.server.common.memory_budget import (
     check_fits,
 )
 from ember.server.common.metrics import ServerMetrics, merge_expositions
+from ember.server.common.model_slot import ModelSlot, engine_busy, engine_health
 
 if TYPE_CHECKING:
     from ember.engine.async_engine import AsyncEngine
@@ -53,34 +54,6 @@ class RegistryConfig:
     """--memory-budget-gib: what all loaded models together may take (estimates); None: only the system's limit."""
     default_estimate: MemoryEstimate | None = None
     """The default model's share of the budget (it is loaded before the registry exists)."""
-
-
-@dataclass
-class ModelSlot:
-    """One base model of the server, loaded or not."""
-
-    spec: ModelSpec
-    name: str
-    model_id: str
-    metrics: ServerMetrics  # kept across unloads, so /metrics counters never go back
-    services: Services | None = None  # set while loaded
-    estimate: MemoryEstimate | None = None
-    loading: asyncio.Task[Services] | None = None
-    leases: int = 0  # requests routed here and not yet answered (or waiting for its load)
-    last_used: float = field(default_factory=time.monotonic)
-    last_error: str | None = None
-    loads: int = 0
-
-    @property
-    def names(self) -> frozenset[str]:
-        lora_names = {name for name, _ in self.spec.loras}
-        return frozenset((self.name, self.model_id, *self.spec.aliases, *lora_names))
-
-    @property
-    def state(self) -> str:
-        if self.services is not None:
-            return "loaded"
-        return "loading" if self.loading is not None else "unloaded"
 
 
 ServicesBuilder = Callable[["AsyncEngine", ModelSlot], "Services"]
@@ -256,7 +229,7 @@ class ModelRegistry:
             for slot in self.slots:
                 if slot.services is None or slot.spec.keep_alive_s is None or slot.leases:
                     continue
-                if _engine_busy(slot.services.state.engine):
+                if engine_busy(slot.services.state.engine):
                     slot.last_used = now  # the keep-alive counts from the end of the last request
                     continue
                 if now - slot.last_used >= slot.spec.keep_alive_s:
@@ -281,17 +254,8 @@ class ModelRegistry:
         for slot in self.slots:
             if slot.services is not None:
                 cards += slot.services.state.models.listing()["data"]
-                continue
-            cards.append(
-                {
-                    "id": slot.model_id,
-                    "object": "model",
-                    "created": 0,
-                    "owned_by": self.account,
-                    "aliases": sorted({slot.name, *slot.spec.aliases}),
-                    "status": "unloaded",
-                }
-            )
+            else:
+                cards.append(slot.unloaded_card(self.account))
         return cards
 
     def card_of(self, requested: str) -> dict[str, Any] | None:
@@ -300,22 +264,13 @@ class ModelRegistry:
             return None
         if slot.services is not None:
             return slot.services.state.models.card_of(requested)
-        return next(c for c in self.model_cards() if c["id"] == slot.model_id)
+        return slot.unloaded_card(self.account)
 
     def health(self) -> list[dict[str, Any]]:
-        rows = [_health_row(self.default.state.models.model_id, "loaded", self.default.state.engine)]
-        for slot in self.slots:
-            engine = None if slot.services is None else slot.services.state.engine
-            row = _health_row(slot.model_id, slot.state, engine)
-            if slot.last_error is not None and slot.services is None:
-                row["last_error"] = slot.last_error
-            row["loads"] = (
-                slot.loads
-            )  # loads since start-up (a keep-alive unload and a request make one more)
-            keep_alive = slot.spec.keep_alive_s
-            row["keep_alive_s"] = -1 if keep_alive is None else keep_alive
-            rows.append(row)
-        return rows
+        default = self.default.state
+        return [engine_health(default.models.model_id, "loaded", default.engine)] + [
+            slot.health_row() for slot in self.slots
+        ]
 
     def render_metrics(self) -> str:
         """Every model's metrics under its own model_name label, each metric's HELP and TYPE once."""
@@ -325,24 +280,6 @@ class ModelRegistry:
             stats = slot.services.state.engine.stats() if slot.services is not None else EngineStats()
             parts.append(slot.metrics.render(stats))
         return merge_expositions(parts)
-
-
-def _health_row(model_id: str, state: str, engine: AsyncEngine | None) -> dict[str, Any]:
-    if engine is None:
-        return {"model": model_id, "state": state}
-    stats = engine.stats()
-    status = state if engine.is_running else "engine_unavailable"
-    return {
-        "model": model_id,
-        "state": status,
-        "num_running": stats.num_running,
-        "num_waiting": stats.num_waiting,
-    }
-
-
-def _engine_busy(engine: AsyncEngine) -> bool:
-    stats = engine.stats()  # counts requests not yet seen by the engine thread as waiting
-    return stats.num_running > 0 or stats.num_waiting > 0 or engine.engine.has_unfinished()
 
 
 def _return_freed_memory() -> None:
