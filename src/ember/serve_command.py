@@ -16,13 +16,19 @@ from ember.engine.speculation.config import SpeculationConfig
 from ember.gc_tuning import tune_gc_for_serving
 from ember.lora.config import LoraConfig
 from ember.model_engines import EngineSettings, ModelOpener
-from ember.model_specs import specs_from_args
+from ember.model_specs import ModelSpec, specs_from_args
 from ember.models.encoder.encoder_model import EncoderModel
 from ember.models.errors import ModelLoadError
 from ember.serve_access import AccessConfigError, access_from_args, check_tls_files
 from ember.serve_shutdown import DrainConfig, DrainingServer
 from ember.server.common.config import FineTuningConfig
-from ember.server.common.memory_budget import GIB, MemoryBudgetError, available_bytes, check_fits
+from ember.server.common.memory_budget import (
+    GIB,
+    MemoryBudgetError,
+    MemoryEstimate,
+    available_bytes,
+    check_fits,
+)
 from ember.server.common.model_registry import RegistryConfig
 from ember.threads import StepGate, configure_torch_threads, release_openmp_team
 
@@ -95,6 +101,22 @@ def engine_settings_from(args: argparse.Namespace, speculation: SpeculationConfi
     )
 
 
+def open_eager_models(
+    opener: ModelOpener, specs: list[ModelSpec], loaded_bytes: int, budget: int | None
+) -> dict[int, tuple[AsyncEngine, MemoryEstimate]]:
+    """The models after the default one that are not lazy, loaded in order (not started) with their estimates,
+    keyed by their index among them; ModelLoadError / MemoryBudgetError for the first that cannot be."""
+    opened: dict[int, tuple[AsyncEngine, MemoryEstimate]] = {}
+    for index, spec in enumerate(specs[1:]):
+        if spec.lazy:
+            continue
+        estimate = opener.estimate(spec)
+        check_fits(spec.label, estimate, loaded_bytes, budget, available_bytes())
+        opened[index] = (opener.open(spec), estimate)
+        loaded_bytes += estimate.total_bytes
+    return opened
+
+
 def serve_from_args(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -140,11 +162,12 @@ def serve_from_args(args: argparse.Namespace) -> int:
         default_estimate = opener.estimate(default_spec)
         check_fits(default_spec.label, default_estimate, 0, budget, available_bytes())
         engine = opener.open(default_spec)
-    except (
-        ModelLoadError,
-        MemoryBudgetError,
-    ) as error:  # the user's file, not our bug: one line, no traceback
+        opened = open_eager_models(opener, specs, default_estimate.total_bytes, budget)
+    except ModelLoadError as error:  # the user's file, not our bug: one line, no traceback
         print(f"ember serve: cannot load the model: {error}", file=sys.stderr)
+        return 1
+    except MemoryBudgetError as error:  # names the model and the numbers
+        print(f"ember serve: {error}", file=sys.stderr)
         return 1
     loaded = engine.engine.model
     server_cfg = ServerConfig(
@@ -163,7 +186,9 @@ def serve_from_args(args: argparse.Namespace) -> int:
     scheme = "https" if args.ssl_certfile else "http"
     logger.info("serving on %s://%s:%d/v1 (also /inference/v1)", scheme, access.host, args.port)
     fine_tuning = fine_tuning_config_from(args, threads, default_spec.path)
-    more_models = RegistryConfig(tuple(specs[1:]), opener, budget, default_estimate) if specs[1:] else None
+    more_models = (
+        RegistryConfig(tuple(specs[1:]), opener, budget, default_estimate, opened) if specs[1:] else None
+    )
     try:
         app = build_app(engine, server_cfg, fine_tuning, embedding_model, more_models)
     except ValueError as error:  # e.g. the embedding model's name taken by --served-model-name

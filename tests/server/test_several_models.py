@@ -60,7 +60,14 @@ def url(folders: dict[str, Path]) -> Iterator[str]:
     app = build_app(
         engine,
         ServerConfig(model_name=TINY_MODEL, adapter_dirs=(folders["adapters"],)),
-        more_models=RegistryConfig(specs, opener, budget, MemoryEstimate(0, 0)),
+        # model-b loaded before the server starts, as `ember serve` does with the models that are not lazy
+        more_models=RegistryConfig(
+            specs,
+            opener,
+            budget,
+            MemoryEstimate(0, 0),
+            {0: (opener.open(specs[0]), opener.estimate(specs[0]))},
+        ),
     )
     server, thread, address = serve_in_thread(app)
     yield address

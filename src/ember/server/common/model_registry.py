@@ -17,8 +17,8 @@ import ctypes.util
 import gc
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ember.engine.stats import EngineStats
@@ -54,6 +54,9 @@ class RegistryConfig:
     """--memory-budget-gib: what all loaded models together may take (estimates); None: only the system's limit."""
     default_estimate: MemoryEstimate | None = None
     """The default model's share of the budget (it is loaded before the registry exists)."""
+    opened: Mapping[int, tuple[AsyncEngine, MemoryEstimate]] = field(default_factory=dict)
+    """Engines already loaded (not started) for specs[i]: `ember serve` loads the models that are not lazy before
+    it serves, so a bad one is one line and exit 1, not a failed start-up."""
 
 
 ServicesBuilder = Callable[["AsyncEngine", ModelSlot], "Services"]
@@ -86,10 +89,13 @@ class ModelRegistry:
     # -- lifecycle ----------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Loads the models that are not lazy (in order; a failure stops the start-up), then watches for idle
-        models to unload."""
-        for slot in self.slots:
-            if not slot.spec.lazy:
+        """Starts the engines `ember serve` opened before the server (RegistryConfig.opened), loads any other
+        model that is not lazy (in order; a failure stops the start-up), then watches for idle models."""
+        for index, slot in enumerate(self.slots):
+            opened = self.config.opened.get(index)
+            if opened is not None:
+                await self._start_engine(slot, *opened, time.perf_counter())
+            elif not slot.spec.lazy:
                 await self._ensure_loaded(slot)
         self._reaper = asyncio.create_task(self._reap_idle())
 
@@ -204,6 +210,11 @@ class ModelRegistry:
             slot.last_error = f"cannot load the model {slot.name!r}: {error}"
             logger.error("%s", slot.last_error)
             raise APIError(503, slot.last_error, param="model", code="model_load_failed") from None
+        return await self._start_engine(slot, engine, estimate, started)
+
+    async def _start_engine(
+        self, slot: ModelSlot, engine: AsyncEngine, estimate: MemoryEstimate, started: float
+    ) -> Services:
         services = self.build(engine, slot)
         await engine.start()
         threads = self.opener.threads(slot.spec)
