@@ -127,6 +127,8 @@ def test_each_model_answers_by_name_with_its_own_weights(
     assert message.model == "model-b"
     response = client.responses.create(model="model-b", input="hi", max_output_tokens=4)
     assert response.model == "model-b"
+    rerank = httpx.post(f"{url}/v1/rerank", json={"model": "model-b", "query": "q", "documents": ["a", "b"]})
+    assert rerank.json()["model"] == "model-b"  # the LLM's yes/no judgement, on model-b
     tokens = httpx.post(f"{url}/tokenize", json={"model": "model-b", "prompt": PROMPT}).json()
     assert httpx.post(f"{url}/detokenize", json={"model": "model-b", "tokens": tokens["tokens"]}).json() == {
         "prompt": PROMPT
