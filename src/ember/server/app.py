@@ -162,10 +162,11 @@ def build_app(
         control_plane=FireworksControlPlane(state, adapter_serving, tuning),
     )
     if more_models is not None and more_models.specs:
+        default_services = services  # the other models share its responses store and adapter roots
         registry = ModelRegistry(
-            services,
+            default_services,
             more_models,
-            lambda other, slot: other_model_services(other, slot, config, services, adapter_roots),
+            lambda other, slot: other_model_services(other, slot, config, default_services, adapter_roots),
         )
         services = replace(services, registry=registry)
     batches = None if tuning is None else BatchesServing.build(tuning, services, config)
