@@ -133,6 +133,10 @@ def serve_from_args(args: argparse.Namespace) -> int:
         logger.warning("%s", warning)
     try:
         drain = DrainConfig(timeout_s=args.drain_timeout)
+    except ValueError as error:
+        print(f"ember serve: {error}", file=sys.stderr)
+        return 2
+    try:  # a missing model file or a bad models file, before anything loads
         specs = specs_from_args(args.model, args.models_file, args.lazy, args.keep_alive)
         default_spec = replace(
             specs[0],
@@ -148,7 +152,7 @@ def serve_from_args(args: argparse.Namespace) -> int:
         )
     except ValueError as error:  # ModelSpecError is one
         print(f"ember serve: {error}", file=sys.stderr)
-        return 2
+        return 1
     threads = configure_torch_threads(default_spec.threads or args.threads)
     try:  # first: a bad --embedding-model fails before the chat model's longer load
         embedding_model = load_embedding_model(args.embedding_model)
