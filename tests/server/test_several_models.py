@@ -5,6 +5,8 @@ memory, `model-b` (a smaller random Llama folder, loaded at start, with a LoRA a
 from __future__ import annotations
 
 import concurrent.futures
+import io
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +26,7 @@ from ember.engine.testing import tiny_config, tiny_engine_config, tiny_loaded_mo
 from ember.model_engines import EngineSettings, ModelOpener
 from ember.model_specs import ModelSpec
 from ember.server.app import build_app
-from ember.server.common.config import ServerConfig
+from ember.server.common.config import FineTuningConfig, ServerConfig
 from ember.server.common.memory_budget import MemoryEstimate
 from ember.server.common.model_registry import RegistryConfig
 from ember.threads import StepGate
@@ -45,7 +47,7 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def url(folders: dict[str, Path]) -> Iterator[str]:
+def url(folders: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     scheduler = SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=256, max_model_len=256)
     opener = ModelOpener(EngineSettings(EngineConfig(scheduler=scheduler, kv_cache_gib=0.01)), StepGate())
     specs = (
@@ -57,9 +59,12 @@ def url(folders: dict[str, Path]) -> Iterator[str]:
     engine = AsyncEngine.from_loaded(
         tiny_loaded_model(), tiny_engine_config(max_model_len=256), opener.step_gate
     )
+    data_dir = tmp_path_factory.mktemp("several-models-data")  # batches need a data directory
     app = build_app(
         engine,
         ServerConfig(model_name=TINY_MODEL, adapter_dirs=(folders["adapters"],)),
+        FineTuningConfig(data_dir=data_dir, worker_threads=1, poll_interval_s=0.1),
+        None,
         # model-b loaded before the server starts, as `ember serve` does with the models that are not lazy
         more_models=RegistryConfig(
             specs,
@@ -188,3 +193,35 @@ def test_an_adapter_loaded_at_run_time_goes_to_the_base_model_it_names(
         refused = httpx.post(f"{url}/v1/adapters", json={**body, "name": "x", "base_model": base})
         assert (refused.status_code, refused.json()["error"]["param"]) == (status, param)
     assert httpx.delete(f"{url}/v1/adapters/b-lora-2").json()["deleted"] is True
+
+
+def test_batch_lines_run_on_the_model_each_names(client: openai.OpenAI) -> None:
+    lines = [
+        {
+            "custom_id": model,
+            "method": "POST",
+            "url": "/v1/completions",
+            "body": {"model": model, "prompt": PROMPT, "max_tokens": 6, "temperature": 0},
+        }
+        for model in ("model-b", TINY_MODEL, "no-such-model")
+    ]
+    upload = client.files.create(
+        file=("requests.jsonl", io.BytesIO("".join(json.dumps(line) + "\n" for line in lines).encode())),
+        purpose="batch",
+    )
+    batch = client.batches.create(
+        input_file_id=upload.id, endpoint="/v1/completions", completion_window="24h"
+    )
+    deadline = time.monotonic() + 60
+    while batch.status not in ("completed", "failed", "expired", "cancelled"):
+        assert time.monotonic() < deadline, "the batch did not finish"
+        time.sleep(0.1)
+        batch = client.batches.retrieve(batch.id)
+    assert batch.status == "completed" and batch.output_file_id and batch.error_file_id
+    outputs = [json.loads(line) for line in client.files.content(batch.output_file_id).text.splitlines()]
+    answers = {o["custom_id"]: o["response"]["body"] for o in outputs}
+    assert answers["model-b"]["model"] == "model-b"
+    assert answers["model-b"]["choices"][0]["text"] == complete(client, "model-b").choices[0].text
+    assert answers[TINY_MODEL]["model"] == TINY_MODEL
+    (error,) = [json.loads(line) for line in client.files.content(batch.error_file_id).text.splitlines()]
+    assert (error["custom_id"], error["response"]["status_code"]) == ("no-such-model", 404)
