@@ -35,7 +35,7 @@ def test_keep_alive_reads_ollamas_durations(text: str, seconds: float | None) ->
     assert parse_keep_alive(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "5 minutes", "m5", "5x", "1h 30m"])
+@pytest.mark.parametrize("text", ["", "5 minutes", "m5", "5x", "1h 30m", "-5x", "nan", "inf"])
 def test_a_bad_keep_alive_is_refused_naming_it(text: str) -> None:
     with pytest.raises(ModelSpecError, match="keep_alive"):
         parse_keep_alive(text)

@@ -7,6 +7,7 @@ it stays loaded. Every further model can be loaded on first use (`lazy`) and unl
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field, replace
@@ -38,16 +39,20 @@ def parse_keep_alive(text: str | int | float) -> float | None:
     if isinstance(text, bool):
         raise ModelSpecError(f"keep_alive must be a duration such as 5m, 0 or -1, got {text!r}")
     if isinstance(text, int | float):
-        return None if text < 0 else float(text)
-    value = text.strip().lower()
-    try:
-        number = float(value)
-    except ValueError:
-        number = None
+        number: float | None = float(text)
+    else:
+        value = text.strip().lower()
+        if value.startswith("-") and value[1:]:  # Ollama: any negative duration keeps the model loaded
+            parse_keep_alive(value[1:])  # still a duration: `-5x` is a mistake, not "never"
+            return None
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
     if number is not None:
+        if not math.isfinite(number):
+            raise ModelSpecError(f"keep_alive must be a finite duration, got {text!r}")
         return None if number < 0 else number
-    if value.startswith("-"):
-        return None
     seconds = 0.0
     position = 0
     for match in _DURATION_PART.finditer(value):
