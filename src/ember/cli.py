@@ -97,6 +97,12 @@ def _add_several_models_args(serve: argparse.ArgumentParser) -> None:
         "soon as it is idle; -1: never (the default); a request reloads it",
     )
     serve.add_argument(
+        "--concurrent-engine-steps",
+        action="store_true",
+        help="let several models' engines step at the same time, each on all its threads (default: they take "
+        "turns, one step at a time on every core, so two OpenMP teams never share the cores)",
+    )
+    serve.add_argument(
         "--memory-budget-gib",
         type=float,
         default=None,
