@@ -158,7 +158,7 @@ def langchain_loop(base_url: str, api_key: str, model: str, run: int) -> LoopRes
 def fireworks_loop(base_url: str, api_key: str, model: str) -> LoopResult:
     import fireworks  # optional: the row is skipped when the SDK is not installed
 
-    client = fireworks.Fireworks(base_url=base_url, api_key=api_key, max_retries=0)
+    client = fireworks.Fireworks(base_url=base_url, api_key=api_key, max_retries=0, timeout=600)
     result = LoopResult("fireworks-ai")
     messages: list[dict[str, Any]] = [{"role": "user", "content": QUESTION}]
     reply = client.chat.completions.create(model=model, messages=messages, tools=OPENAI_TOOLS)  # type: ignore[arg-type]
