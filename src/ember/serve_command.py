@@ -111,7 +111,11 @@ def serve_from_args(args: argparse.Namespace) -> int:
         print(f"ember serve: {error}", file=sys.stderr)
         return 1
     engine_cfg = EngineConfig(
-        cache=CacheConfig(block_size=args.block_size, enable_prefix_caching=not args.no_prefix_caching),
+        cache=CacheConfig(
+            block_size=args.block_size,
+            enable_prefix_caching=not args.no_prefix_caching,
+            kv_cache_dtype=args.kv_cache_dtype,
+        ),
         scheduler=SchedulerConfig(
             max_num_seqs=args.max_num_seqs,
             max_num_batched_tokens=args.max_num_batched_tokens,
@@ -150,12 +154,13 @@ def serve_from_args(args: argparse.Namespace) -> int:
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     )
     logger.info(
-        "context %d tokens; KV cache %d blocks x %d = %d tokens (%.2f GiB)",
+        "context %d tokens; KV cache %d blocks x %d = %d tokens (%.2f GiB, %s)",
         engine.max_model_len,
         engine.engine.num_blocks,
         engine.engine.block_size,
         kv_tokens,
         engine_cfg.kv_cache_gib,
+        engine.engine.kv_format.name,
     )
     if embedding_model is not None:
         logger.info(
