@@ -227,9 +227,7 @@ class FusedDecodeStack:
             if (
                 len(kv_caches) != self.dims.num_layers
                 or tuple(shape[2:]) != (self.dims.num_kv_heads, row_width)
-                or not all(
-                    _is_cache_like(k, first) and _is_cache_like(v, first) for k, v in kv_caches
-                )
+                or not all(_is_cache_like(k, first) and _is_cache_like(v, first) for k, v in kv_caches)
             ):
                 raise ValueError(
                     "the fused decode step needs one contiguous CPU (keys, values) pair per layer, all alike"
