@@ -7,7 +7,9 @@ Speed (`--speed`): the cache holds random rows in place of an 8k-token prompt's 
 of its context whatever it holds, and a real 8k prefill costs 1-20 minutes on a shared machine), encoded as each
 dtype's write path encodes them. One stream then decodes greedily after the first 1k / 4k / 8k positions: each step
 is the fused native decode step plus the lm_head and argmax (the engine's step without its scheduler). tok/s from
-the median step time; the spread is [min, max] over the steps.
+the median step time; the spread is [min, max] over the steps. With --threads 1 a second figure comes from the
+thread's CPU time per step, which a shared machine's other processes inflate far less than the wall clock (with
+more threads, OpenMP's barriers make CPU time meaningless, so it is left out).
 
 Accuracy (`--accuracy`): for each dtype a >= 4k-token prompt is prefilled in 512-token chunks into a cache of
 that dtype (later chunks read the earlier ones' compact rows, as serving does), then `--decode-tokens` tokens of
@@ -144,7 +146,9 @@ def run_speed(model: LoadedModel, dtypes: list[str], contexts: list[int], steps:
     for keys, values in fp32_caches:
         keys.normal_(std=2.0, generator=generator)
         values.normal_(std=0.5, generator=generator)
-    print(f"\n{'KV':<6}{'context':>8}{'tok/s':>8}  {'[min, max]':<16}{'KV MiB/token':>13}  CPU / load")
+    print(
+        f"\n{'KV':<6}{'context':>8}{'tok/s':>8}  {'[min, max]':<14}{'CPU-time tok/s':>15}{'KV MiB/token':>14}  CPU / load"
+    )
     for name in dtypes:
         caches = encoded_like(fp32_caches, name)
         per_token = sum(k[0, 0].nbytes + v[0, 0].nbytes for k, v in caches) / 2**20
@@ -152,19 +156,20 @@ def run_speed(model: LoadedModel, dtypes: list[str], contexts: list[int], steps:
             # The first `context` positions are the prompt's; the decoded tokens go to blocks after all of them.
             seq_table = torch.cat([table[: context // BLOCK_SIZE], table[prompt_blocks:]])
             token = ids[context - 1]
-            times = []
+            times, cpu_times = [], []
             with torch.inference_mode():
                 for step in range(steps):
-                    begin = time.perf_counter()
+                    begin, begin_cpu = time.perf_counter(), time.thread_time()
                     token = decode_step(forward, token, context + step, seq_table, caches)
                     times.append(time.perf_counter() - begin)
-            times = times[2:]  # warm-up
+                    cpu_times.append(time.thread_time() - begin_cpu)
+            times, cpu_times = times[2:], cpu_times[2:]  # warm-up
             median = statistics.median(times)
+            by_cpu = f"{1 / statistics.median(cpu_times):.1f}" if torch.get_num_threads() == 1 else "-"
+            spread = f"[{1 / max(times):.0f}, {1 / min(times):.0f}]"
             print(
-                f"{name:<6}{context:>8}{1 / median:>8.1f}  [{1 / max(times):.0f}, {1 / min(times):.0f}]".ljust(
-                    38
-                )
-                + f"{per_token:>13.4f}  {cpu_name()} / {load_average()}"
+                f"{name:<6}{context:>8}{1 / median:>8.1f}  {spread:<14}{by_cpu:>15}{per_token:>14.4f}"
+                f"  {cpu_name()} / {load_average()}"
             )
 
 
