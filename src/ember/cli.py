@@ -105,8 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=KV_CACHE_DTYPES,
         default="auto",
         help="how the KV cache stores keys and values: fp32, fp16, bf16 (2x the tokens per GiB), q8_0 (int8 with "
-        "a scale per head row, ~3.8x; as llama.cpp's -ctk/-ctv q8_0); auto: fp16 when the native decode kernels "
-        "run (AVX2 + F16C), else the model's dtype",
+        "a scale per head row, ~3.8x; as llama.cpp's -ctk/-ctv q8_0); auto: fp16 when the native fused decode "
+        "step serves the model (packed GGUF on an AVX2 + F16C CPU), else the model's dtype",
     )
     serve.add_argument("--no-prefix-caching", action="store_true", help="disable automatic prefix caching")
     serve.add_argument(

@@ -31,8 +31,9 @@ class CacheConfig:
 
     kv_cache_dtype: str = "auto"
     """How keys and values are stored: fp32, fp16, bf16, or q8_0 (int8 with a scale per head row, as llama.cpp's
-    -ctk/-ctv q8_0); auto: fp16 when the native decode kernels run (AVX2 + F16C), else the model's dtype. A
-    compact dtype fits 2x (fp16, bf16) or ~3.8x (q8_0) the tokens of fp32 in the same --kv-cache-gib."""
+    -ctk/-ctv q8_0); auto: fp16 when the native fused decode step serves the model (packed GGUF on an AVX2 + F16C
+    CPU), else the model's dtype. A compact dtype fits 2x (fp16, bf16) or ~3.8x (q8_0) the tokens of fp32 in the
+    same --kv-cache-gib."""
 
     def __post_init__(self) -> None:
         if self.kv_cache_dtype not in KV_CACHE_DTYPES:
