@@ -15,6 +15,9 @@ Accuracy (`--accuracy`): for each dtype a >= 4k-token prompt is prefilled in 512
 that dtype (later chunks read the earlier ones' compact rows, as serving does), then `--decode-tokens` tokens of
 the same text are fed one decode step at a time (teacher forcing). Top-1 agreement with the fp32-KV run over
 every position after the first chunk, and over the decode steps alone. Targets: >= 99% fp16/bf16, >= 98% q8_0.
+Add `fp32/256` to --dtypes for the floor: fp32 KV prefilled in chunks of 256, i.e. the same values summed in another
+order. On packed weights any perturbation re-rolls the int8 activations' rounding, so compare each dtype with that
+floor, or run with --weight-format fp32 to see the dtype's own effect.
 
     .venv/bin/python benchmarks/bench_kv_cache.py --threads 2 [--speed] [--accuracy] [--dtypes fp32,fp16,q8_0]
 
@@ -105,12 +108,13 @@ def prefill(
     table: torch.Tensor,
     caches: list[tuple[torch.Tensor, torch.Tensor]],
     keep_argmax: bool,
+    chunk: int = PREFILL_CHUNK,
 ) -> list[int]:
     """The prompt in chunks; the argmax at every position when asked."""
     top: list[int] = []
     model = forward.network
-    for start in range(0, len(ids), PREFILL_CHUNK):
-        end = min(len(ids), start + PREFILL_CHUNK)
+    for start in range(0, len(ids), chunk):
+        end = min(len(ids), start + chunk)
         hidden, _ = forward(
             torch.tensor(ids[start:end]), torch.arange(start, end), metadata(table, start, end), caches
         )
@@ -125,11 +129,12 @@ def decode_step(
     position: int,
     table: torch.Tensor,
     caches: list[tuple[torch.Tensor, torch.Tensor]],
+    require_fused: bool = True,
 ) -> int:
     hidden, path = forward(
         torch.tensor([token]), torch.tensor([position]), metadata(table, position, position + 1), caches
     )
-    if path is not ForwardPath.FUSED:
+    if require_fused and path is not ForwardPath.FUSED:
         raise SystemExit("the decode step did not run fused: no native kernels for this model here")
     return int(forward.network.compute_logits(hidden).argmax())
 
@@ -180,13 +185,16 @@ def run_accuracy(
     forward = NetworkForward(model.network)
     table = torch.arange(-(-len(ids) // BLOCK_SIZE))
     tops: dict[str, tuple[list[int], list[int]]] = {}
+    # "fp32/256": fp32 KV again, prefilled in chunks of 256: the same values summed in another order, the floor
+    # of what any perturbation costs (on packed weights each one re-rolls the int8 activations' rounding).
     for name in ["fp32"] + [d for d in dtypes if d != "fp32"]:
         started = time.perf_counter()
+        dtype_name, chunk = ("fp32", 256) if name == "fp32/256" else (name, PREFILL_CHUNK)
         with torch.inference_mode():
-            caches = allocate(model, name, len(table))
-            prompt_top = prefill(forward, ids[:prompt_len], table, caches, keep_argmax=True)
+            caches = allocate(model, dtype_name, len(table))
+            prompt_top = prefill(forward, ids[:prompt_len], table, caches, keep_argmax=True, chunk=chunk)
             decoded = [
-                decode_step(forward, ids[p], p, table, caches)
+                decode_step(forward, ids[p], p, table, caches, require_fused=forward.fused is not None)
                 for p in range(prompt_len, prompt_len + decode_tokens)
             ]
         tops[name] = (prompt_top[PREFILL_CHUNK:], decoded)
@@ -197,7 +205,7 @@ def run_accuracy(
     print(
         f"\nteacher-forced top-1 agreement with fp32 KV ({prompt_len}-token prompt; {cpu_name()}, load {load_average()})"
     )
-    print(f"{'KV':<6}{'prefill positions':>20}{'decode steps':>15}{'all':>8}")
+    print(f"{'KV':<9}{'prefill positions':>20}{'decode steps':>15}{'all':>8}")
     for name, (prompt_top, decoded) in tops.items():
         if name == "fp32":
             continue
@@ -205,7 +213,7 @@ def run_accuracy(
         same_decode = sum(a == b for a, b in zip(decoded, ref_decoded, strict=True))
         total = len(prompt_top) + len(decoded)
         print(
-            f"{name:<6}{same_prompt / len(prompt_top):>19.2%} {same_decode / len(decoded):>14.2%}"
+            f"{name:<9}{same_prompt / len(prompt_top):>19.2%} {same_decode / len(decoded):>14.2%}"
             f"{(same_prompt + same_decode) / total:>8.2%}"
         )
 
@@ -223,11 +231,18 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=4096)
     parser.add_argument("--decode-tokens", type=int, default=128)
     parser.add_argument(
+        "--weight-format",
+        choices=("packed", "fp32"),
+        default="packed",
+        help="packed: the GGUF's blocks on the int8 kernels (fused decodes); fp32: the exact reference path, where "
+        "the accuracy rows show the KV dtype's own effect (--accuracy only: the speed rows need the fused step)",
+    )
+    parser.add_argument(
         "--text-root", type=Path, default=REPO, help="a checkout whose docs and sources are the text"
     )
     args = parser.parse_args()
     threads = configure_torch_threads(args.threads)
-    model = load_model(LoadConfig(weight_format="packed"))
+    model = load_model(LoadConfig(weight_format=args.weight_format))
     dtypes = args.dtypes.split(",")
     print(f"{model.name}, {threads} threads, {cpu_name()}, load {load_average()}")
     if args.speed or not args.accuracy:
