@@ -2,8 +2,8 @@
 (ember.kernels.decode_step) instead of ~40 torch ops per layer.
 
 It applies when every projection runs on the int8 block kernel (a packed GGUF on an AVX2 CPU), the batch is all
-one-token decodes without LoRA, and the KV cache is on the CPU in any of its formats (fp32, fp16, bf16, q8_0). Anything else takes the module-by-module torch path,
-which stays the reference the fused step is tested against."""
+one-token decodes without LoRA, and the KV cache is on the CPU in any of its formats (fp32, fp16, bf16, q8_0).
+Anything else takes the module-by-module torch path, which stays the reference the fused step is tested against."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from torch import nn
 
 from ember.kernels import decode_step as native_step
 from ember.models.attention_metadata import AttentionMetadata
-from ember.models.kv_cache_format import format_of_cache
+from ember.models.kv_cache_format import KV_STORAGE_DTYPES, format_of_cache
 from ember.models.linear import ConcatLinear
 from ember.models.quant.packed_linear import PackedLinear
 
@@ -173,7 +173,9 @@ class FusedDecodeStack:
         if not attn.is_decode_only and max(attn.query_lens) > MAX_QUERY_TOKENS:
             return False
         keys = kv_caches[0][0]
-        return keys.device.type == "cpu" and keys.shape[1] == attn.block_size
+        return (
+            keys.dtype in KV_STORAGE_DTYPES and keys.device.type == "cpu" and keys.shape[1] == attn.block_size
+        )
 
     def forward(
         self,

@@ -59,6 +59,8 @@ BF16 = KVCacheFormat("bf16", torch.bfloat16, 2)
 Q8_0 = KVCacheFormat("q8_0", torch.int8, 3)
 _BY_NAME = {f.name: f for f in (FP32, FP16, BF16, Q8_0)}
 _BY_STORAGE = {f.storage: f for f in (FP32, FP16, BF16, Q8_0)}
+KV_STORAGE_DTYPES = frozenset(_BY_STORAGE)
+"""The tensor dtypes a KV cache may have (int8: q8_0)."""
 
 
 def kv_cache_format(name: str) -> KVCacheFormat:
