@@ -74,7 +74,7 @@ def test_a_server_that_cannot_start_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(HttpBenchError, match="exited with code") as error:
         with running_server(tiny_launch(missing)):
             pass
-    assert f"{missing}: no such file or directory" in str(error.value)
+    assert f"no such file or folder: {missing}" in str(error.value)
 
 
 def test_the_table_shows_http_next_to_the_engine_as_a_speed_ratio(capsys: pytest.CaptureFixture[str]) -> None:
