@@ -17,6 +17,7 @@ from ember.bench.http_workloads import HttpDecodeResult
 from ember.bench.llama_server import LlamaServerLaunch, build_flags
 from ember.bench.long_context import LongContextResult, prompt_length
 from ember.bench.report import Row, print_table
+from ember.bench.runner import BenchConfig, long_workloads
 from ember.bench.server_suite import LongFigures
 from ember.bench.table_rows import HttpPeer, long_rows
 from ember.bench.text_prompts import TextPrompts, documentation_text
@@ -123,6 +124,15 @@ def test_text_prompts_are_real_text_of_exact_length_each_new_from_its_start() ->
     assert [again.make(len(p)) for p in made] == made  # the next server gets the very same ids
     longer = prompts.make(3 * len(prompts.corpus))  # longer than the text: it goes round again
     assert len(longer) == 3 * len(prompts.corpus)
+
+
+def test_contexts_past_the_model_are_skipped_and_the_rest_sets_max_model_len() -> None:
+    cfg = BenchConfig(contexts=(1024, 4096, 16384))
+    work, skipped = long_workloads(cfg, limit=8192)
+    assert (work.contexts, skipped, work.max_model_len) == ((1024, 4096), [16384], 4096)
+    work, skipped = long_workloads(BenchConfig(contexts=()), limit=8192)
+    assert (work.contexts, skipped, work.max_model_len) == ((), [], 2048)  # the short rows' 1k prompts
+    assert long_workloads(BenchConfig(contexts=(8192,)), limit=4096)[0].max_model_len == 2048
 
 
 def test_a_long_prompt_leaves_room_for_its_new_tokens() -> None:

@@ -65,13 +65,12 @@ def _most_streams(cfg: BenchConfig) -> int:
     return max((*cfg.streams, (cfg.arrival.running + 16) if cfg.arrival else 0))
 
 
-def _long_workloads(cfg: BenchConfig, loaded: LoadedModel) -> tuple[LongWorkloads, list[int]]:
-    """The long rows that fit the model's context (the others are named as skipped), and the servers'
-    max_model_len for them."""
-    limit = loaded.config.max_position_embeddings
+def long_workloads(cfg: BenchConfig, limit: int) -> tuple[LongWorkloads, list[int]]:
+    """The long rows that fit the model's context of `limit` tokens (the others are named as skipped), and the
+    servers' max_model_len for them."""
     fitting = tuple(c for c in cfg.contexts if c <= limit)
     skipped = [c for c in cfg.contexts if c > limit]
-    max_model_len = min(limit, max(SHORT_MAX_MODEL_LEN, *fitting))
+    max_model_len = min(limit, max((SHORT_MAX_MODEL_LEN, *fitting)))
     return LongWorkloads(fitting, cfg.new_tokens, cfg.arrival, max_model_len), skipped
 
 
@@ -105,7 +104,7 @@ def run_benchmark(cfg: BenchConfig) -> None:
         f"{cfg.threads} threads, loaded in {loaded.load_seconds:.2f} s, peak RSS {rss_mib:.0f} MiB",
         flush=True,
     )
-    long, skipped = _long_workloads(cfg, loaded)
+    long, skipped = long_workloads(cfg, loaded.config.max_position_embeddings)
     engine_cfg = EngineConfig(
         cache=CacheConfig(block_size=16),
         scheduler=SchedulerConfig(
