@@ -75,14 +75,18 @@ def long_workloads(cfg: BenchConfig, limit: int) -> tuple[LongWorkloads, list[in
 
 
 def _llama_server_peer(
-    cfg: BenchConfig, loaded: LoadedModel, work: Workloads, long: LongWorkloads, prompts: TextPrompts
+    binary: str,
+    cfg: BenchConfig,
+    loaded: LoadedModel,
+    work: Workloads,
+    long: LongWorkloads,
+    prompts: TextPrompts,
 ) -> HttpPeer:
-    assert cfg.llama_server is not None
     streams = _most_streams(cfg)
-    # One KV pool for everything in flight: the longest context, or every stream at the budget the arrival
-    # workload's streams can reach in 2 x seconds (generously), whichever is more.
+    # One KV pool for everything in flight: the longest context, or 1024 tokens per slot (the arrival run's
+    # streams stay under that at a few hundred tok/s over its windows), whichever is more.
     context = max(long.max_model_len, streams * 1024)
-    launch = LlamaServerLaunch(cfg.llama_server, loaded.source_path, cfg.threads, context, streams)
+    launch = LlamaServerLaunch(binary, loaded.source_path, cfg.threads, context, streams)
     print(f"starting llama-server on loopback: {' '.join(launch.command(0, 'KEY')[1:])}", flush=True)
     with running_server(launch) as server:
         http = HttpBench(server.url, server.api_key, loaded.config.vocab_size)
@@ -135,7 +139,7 @@ def run_benchmark(cfg: BenchConfig) -> None:
     steps = (engine.stats.num_fused_steps, engine.stats.num_module_steps)
     http_peer = None
     if cfg.llama_server is not None:
-        http_peer = _llama_server_peer(cfg, loaded, work, long, text_prompts.restarted())
+        http_peer = _llama_server_peer(cfg.llama_server, cfg, loaded, work, long, text_prompts.restarted())
     peers: list[PeerResult] = []
     gguf = loaded.source_path if loaded.source_format == "gguf" else None
     if gguf and "llama.cpp" in cfg.peers:
