@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from ember.server.anthropic.protocol import CountTokensRequest, MessagesRequest
+from ember.server.common.body_release import release_off_loop
 from ember.server.common.openapi import json_body
 from ember.server.common.protocol import read_body
 from ember.server.common.services import services_of
@@ -17,7 +18,10 @@ router = APIRouter()
 @json_body(MessagesRequest)
 async def create_message(request: Request) -> Response:
     body = await read_body(request, MessagesRequest)
-    return await services_of(request).messages.create(body, request)
+    try:
+        return await services_of(request).messages.create(body, request)
+    finally:
+        release_off_loop(body)
 
 
 @router.post("/messages/count_tokens")

@@ -7,6 +7,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from ember.server.common.body_release import release_off_loop
 from ember.server.common.openapi import json_body
 from ember.server.common.protocol import read_body
 from ember.server.common.services import services_of
@@ -25,21 +26,30 @@ router = APIRouter()
 @json_body(CompletionRequest)
 async def create_completion(request: Request) -> Response:
     body = await read_body(request, CompletionRequest)
-    return await services_of(request).completions.create(body, request)
+    try:
+        return await services_of(request).completions.create(body, request)
+    finally:
+        release_off_loop(body)
 
 
 @router.post("/chat/completions")
 @json_body(ChatCompletionRequest)
 async def create_chat_completion(request: Request) -> Response:
     body = await read_body(request, ChatCompletionRequest)
-    return await services_of(request).chat.create(body, request)
+    try:
+        return await services_of(request).chat.create(body, request)
+    finally:
+        release_off_loop(body)
 
 
 @router.post("/embeddings")
 @json_body(EmbeddingRequest)
 async def create_embeddings(request: Request) -> Response:
     body = await read_body(request, EmbeddingRequest)
-    return JSONResponse(await services_of(request).embeddings.create(body, request))
+    try:
+        return JSONResponse(await services_of(request).embeddings.create(body, request))
+    finally:
+        release_off_loop(body)
 
 
 @router.post("/tokenize")
