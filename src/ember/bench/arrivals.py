@@ -98,6 +98,12 @@ async def arrival_workload(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-    pure = _tokens_between(running, pure_start, pure_end) / (pure_end - pure_start)
+    pure_tokens = _tokens_between(running, pure_start, pure_end)
+    if pure_tokens == 0:
+        raise HttpBenchError(
+            f"no token arrived in the {cfg.seconds} s pure-decode window (one step took longer): "
+            "lengthen --arrival-seconds"
+        )
+    pure = pure_tokens / (pure_end - pure_start)
     during = _tokens_between(running + arrived, pure_end, end) / (end - pure_end)
     return ArrivalResult(cfg.running, len(arrived), pure, during, list(ttfts))

@@ -35,8 +35,10 @@ class LlamaServerLaunch:
     def command(self, port: int, api_key: str) -> list[str]:
         command = [self.binary, "--model", self.gguf, "--host", "127.0.0.1", "--port", str(port)]
         command += ["--threads", str(self.threads), "--threads-batch", str(self.threads)]
-        command += ["--ctx-size", str(self.context_tokens), "--parallel", str(self.slots), "--kv-unified"]
-        command += [f"--api-key={api_key}", "--no-webui"]
+        command += ["--ctx-size", str(self.context_tokens), "--parallel", str(self.slots)]
+        # llama.cpp's parser takes no "--name=value"; it reads the next argument as the value, even one that
+        # starts with "-" (one key in 32 does)
+        command += ["--api-key", api_key, "--kv-unified", "--no-webui"]
         return command
 
 
