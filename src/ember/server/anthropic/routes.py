@@ -19,7 +19,8 @@ router = APIRouter()
 async def create_message(request: Request) -> Response:
     body = await read_body(request, MessagesRequest)
     try:
-        return await services_of(request).messages.create(body, request)
+        async with services_of(request).for_model(body.model) as served:
+            return await served.messages.create(body, request)
     finally:
         release_off_loop(body)
 
@@ -28,4 +29,5 @@ async def create_message(request: Request) -> Response:
 @json_body(CountTokensRequest)
 async def count_message_tokens(request: Request) -> Response:
     body = await read_body(request, CountTokensRequest)
-    return JSONResponse(await services_of(request).messages.count_tokens(body))
+    async with services_of(request).for_model(body.model) as served:
+        return JSONResponse(await served.messages.count_tokens(body))
