@@ -7,6 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
+from ember.bench.bench_args import add_long_bench_args, bench_config
 from ember.engine.engine_config import KV_CACHE_DTYPES
 from ember.engine.speculation.config import PROMPT_LOOKUP_MODES, SpeculationConfig
 from ember.keys_command import add_keys_subparser, run_keys
@@ -224,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="also run every workload through `ember serve` on loopback and show HTTP/engine (default: on)",
     )
+    add_long_bench_args(bench)
 
     add_tune_subparser(sub)
     add_keys_subparser(sub)
@@ -238,21 +240,14 @@ def main(argv: list[str] | None = None) -> int:
 
         return serve_from_args(args)
     if args.command == "bench":
-        from ember.bench.runner import BenchConfig, run_benchmark
-        from ember.threads import count_free_cores
+        from ember.bench.runner import run_benchmark
 
-        run_benchmark(
-            BenchConfig(
-                model=args.model,
-                weight_format=args.weight_format,
-                quantization=args.quantization,
-                threads=args.threads or count_free_cores(),
-                streams=tuple(int(s) for s in args.streams.split(",") if s),
-                new_tokens=args.new_tokens,
-                peers=tuple(p for p in args.peers.split(",") if p),
-                http=args.http,
-            )
-        )
+        try:
+            cfg = bench_config(args)
+        except ValueError as error:
+            print(f"ember bench: {error}", file=sys.stderr)
+            return 2
+        run_benchmark(cfg)
         return 0
     if args.command == "tune":
         return run_tune(args)

@@ -9,15 +9,18 @@ from pathlib import Path
 import httpx
 import pytest
 
+from ember.bench.arrival_schedule import ArrivalConfig
 from ember.bench.ember_runs import Workloads, measure_ember
 from ember.bench.http_server import HttpBenchError, ServerLaunch, running_server
 from ember.bench.http_workloads import HttpBench
 from ember.bench.report import Row, print_table
+from ember.bench.server_suite import LongWorkloads, measure_long_and_arrivals
+from ember.bench.text_prompts import TextPrompts, documentation_text
 from ember.bench.workloads import PromptMaker
 from ember.cli import build_parser
 from ember.engine.engine_config import CacheConfig, SchedulerConfig
 from ember.engine.llm_engine import EngineConfig, LLMEngine
-from ember.engine.testing import tiny_loaded_model, write_tiny_hf_folder
+from ember.engine.testing import default_tokenizer_and_template, tiny_loaded_model, write_tiny_hf_folder
 
 VOCAB_SIZE = 49152  # the tiny models keep the default model's tokenizer
 
@@ -46,9 +49,19 @@ def test_each_workload_runs_on_the_engine_then_through_a_real_server(tmp_path: P
     model = write_tiny_hf_folder(tmp_path / "tiny", max_position_embeddings=512)
     engine = LLMEngine(tiny_loaded_model(), ENGINE)
     work = Workloads(streams=(1, 3), new_tokens=5, prefill_length=64, ttft_length=64)
+    tokenizer, _ = default_tokenizer_and_template()
+    text = TextPrompts(tokenizer, corpus=tokenizer.encode(documentation_text()[:10000]))
+    # 3 arrivals (at 0.1, 0.2, 0.3 s) beside 2 running streams, after 0.35 s of those 2 alone
+    arrival = ArrivalConfig(
+        running=2, interval_ms=100, process="fixed", seconds=0.35, prompt_tokens=16, new_tokens=3
+    )
+    long_work = LongWorkloads(contexts=(96, 160), new_tokens=4, arrival=arrival, max_model_len=512)
     with running_server(tiny_launch(model)) as server:
         http = HttpBench(server.url, server.api_key, VOCAB_SIZE)
         figures = measure_ember(engine, PromptMaker(VOCAB_SIZE), work, http)
+        hits_before = prefix_cache_hits(server.url)
+        long = measure_long_and_arrivals(http, text, long_work, "ember")
+        hits_after = prefix_cache_hits(server.url)
         http.close()
         intruder = HttpBench(server.url, "not-the-key", VOCAB_SIZE)
         with pytest.raises(HttpBenchError, match="answered 401"):
@@ -67,6 +80,23 @@ def test_each_workload_runs_on_the_engine_then_through_a_real_server(tmp_path: P
         assert 0 < figures.decode[streams].tokens_per_s < math.inf
     http_rates = [figures.http.prefill_tokens_per_s, figures.http.ttft.cold_ms, figures.http.ttft.cached_ms]
     assert all(0 < r < math.inf for r in http_rates)
+
+    assert hits_before > 0 and hits_after == hits_before  # the real-text prompts never hit the prefix cache
+    assert [(r.context, r.prompt_tokens) for r in long.long_context.values()] == [(96, 91), (160, 155)]
+    for result in long.long_context.values():
+        assert 0 < result.ttft_ms < math.inf and 0 < result.decode_tokens_per_s < math.inf
+    assert long.arrival is not None
+    assert (long.arrival.running, long.arrival.arrivals, len(long.arrival.ttft_ms)) == (2, 3, 3)
+    assert 0 < long.arrival.pure_tokens_per_s < math.inf and 0 < long.arrival.tokens_per_s < math.inf
+    assert all(0 < ttft < math.inf for ttft in long.arrival.ttft_ms)
+
+
+def prefix_cache_hits(url: str) -> float:
+    """vLLM's prefix-cache hit counter from the server's /metrics."""
+    for line in httpx.get(f"{url}/metrics", timeout=10.0).text.splitlines():
+        if line.startswith("vllm:prefix_cache_hits_total"):
+            return float(line.split()[-1])
+    raise AssertionError("/metrics has no vllm:prefix_cache_hits_total")
 
 
 def test_a_server_that_cannot_start_is_a_clear_error(tmp_path: Path) -> None:

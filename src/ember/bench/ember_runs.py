@@ -65,3 +65,12 @@ def measure_ember(
     if http is not None:
         http_figures = HttpFigures(http_prefill, http_decode, http.ttft_cold_and_cached(work.ttft_length))
     return EmberFigures(prefill, decode, gemm, ttft, http_figures)
+
+
+def measure_http_only(http: HttpBench, work: Workloads) -> HttpFigures:
+    """The HTTP half of measure_ember alone, for a peer server: the same calls in the same order, so a fresh
+    HttpBench sends the very same token ids ember's server got."""
+    http.prefill_tokens_per_s(64, 1)  # warm-up
+    prefill = http.prefill_tokens_per_s(work.prefill_length, 3)
+    decode = {s: http.decode_throughput(s, work.new_tokens) for s in work.streams}
+    return HttpFigures(prefill, decode, http.ttft_cold_and_cached(work.ttft_length))

@@ -17,11 +17,20 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import httpx
 
 from ember.bench.http_client import HttpBenchError
 from ember.engine.llm_engine import EngineConfig
+
+
+class Launch(Protocol):
+    """A server command line for a port and an API key (`ember serve`, or a peer such as llama-server)."""
+
+    start_timeout_s: float
+
+    def command(self, port: int, api_key: str) -> list[str]: ...
 
 
 @dataclass(frozen=True)
@@ -140,8 +149,8 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def running_server(launch: ServerLaunch) -> Iterator[BenchServer]:
-    """Starts `ember serve`, yields once /health answers 200, and always stops the process on exit."""
+def running_server(launch: Launch) -> Iterator[BenchServer]:
+    """Starts the server, yields once /health answers 200, and always stops the process on exit."""
     with tempfile.TemporaryDirectory(prefix="ember-bench-") as folder:
         log_path = Path(folder) / "serve.log"
         port = free_port()

@@ -14,10 +14,16 @@ import statistics
 import time
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ember.bench.http_client import HttpBenchError, HttpClient
 from ember.bench.workloads import PromptMaker, TtftResult
+
+if TYPE_CHECKING:
+    from ember.bench.arrival_schedule import ArrivalConfig
+    from ember.bench.arrivals import ArrivalResult
+    from ember.bench.long_context import LongContextResult
+    from ember.bench.text_prompts import TextPrompts
 
 
 @dataclass
@@ -48,28 +54,39 @@ class BenchClient:
     async def token_arrival_times(self, prompt: list[int], max_tokens: int) -> list[float]:
         """perf_counter() at the arrival of each generated token of one streamed completion."""
         times: list[float] = []
+        await self.stream_tokens(prompt, max_tokens, times)
+        return times
+
+    async def stream_tokens(self, prompt: list[int], max_tokens: int, times: list[float]) -> None:
+        """Streams one completion, appending perf_counter() to `times` as each generated token arrives (so a
+        caller that cancels a long stream keeps what arrived until then)."""
         usage: dict[str, Any] | None = None
+        received = len(times)
         events = self.http.post_events("/completions", self._body(prompt, max_tokens, stream=True))
         async with aclosing(events):
-            # Only bytes are looked at per token; the server writes compact JSON, in which `"choices":[]` can
-            # only be the final usage chunk (quotes inside text are escaped).
+            # Only bytes are looked at per token; both servers write compact JSON. The usage event is ember's
+            # `"choices":[]` chunk, or llama-server's last chunk (finish_reason, empty text and usage).
             async for arrived, event in events:
                 if event == b"data: [DONE]":
                     break
                 if event.startswith(b'data: {"error"'):
                     raise HttpBenchError(f"the stream failed: {event[6:].decode()}")
-                if b'"choices":[]' in event:
-                    usage = json.loads(event[6:])["usage"]
+                if b'"usage":{' in event:
+                    final = json.loads(event[6:])
+                    usage = final["usage"]
+                    if any(choice.get("text") for choice in final["choices"]):
+                        raise HttpBenchError(
+                            "the usage chunk carries text: tokens cannot be counted per chunk"
+                        )
                 elif event.startswith(b"data: "):
                     times.append(arrived)
         # With ignore_eos and no stop strings the server sends one chunk per engine step, one token each;
         # the usage chunk confirms it, so counting chunks counts tokens.
-        if usage is None or usage["completion_tokens"] != len(times):
+        if usage is None or usage["completion_tokens"] != len(times) - received:
             raise HttpBenchError(
-                f"received {len(times)} token chunks but the server reports usage {usage}: "
+                f"received {len(times) - received} token chunks but the server reports usage {usage}: "
                 "chunks no longer carry one token each, so this benchmark cannot count tokens"
             )
-        return times
 
 
 async def prefill_tokens_per_s(client: BenchClient, prompts: PromptMaker, length: int, repeats: int) -> float:
@@ -142,6 +159,16 @@ class HttpBench:
 
     def ttft_cold_and_cached(self, length: int) -> TtftResult:
         return self._runner.run(ttft_cold_and_cached(self._client, self.prompts, length))
+
+    def long_context(self, prompts: TextPrompts, context: int, new_tokens: int) -> LongContextResult:
+        from ember.bench.long_context import long_context_run
+
+        return self._runner.run(long_context_run(self._client, prompts, context, new_tokens))
+
+    def arrivals(self, prompts: TextPrompts, cfg: ArrivalConfig, max_model_len: int) -> ArrivalResult:
+        from ember.bench.arrivals import arrival_workload
+
+        return self._runner.run(arrival_workload(self._client, prompts, cfg, max_model_len))
 
     def close(self) -> None:
         self._runner.close()

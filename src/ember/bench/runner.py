@@ -6,16 +6,26 @@ import resource
 from contextlib import ExitStack
 from dataclasses import dataclass
 
-from ember.bench.ember_runs import HttpFigures, Workloads, measure_ember
+from ember import kernels
+from ember.bench.arrival_schedule import ArrivalConfig
+from ember.bench.bench_args import context_label
+from ember.bench.ember_runs import HttpFigures, Workloads, measure_ember, measure_http_only
 from ember.bench.http_server import ServerLaunch, running_server
 from ember.bench.http_workloads import HttpBench
+from ember.bench.llama_server import LlamaServerLaunch, build_flags
+from ember.bench.machine import capture_load_log, cpu_description, ember_kernel_paths, lscpu_fields
 from ember.bench.peers import PeerResult, llama_cpp_peer, transformers_peer
-from ember.bench.report import Row, print_table
+from ember.bench.report import print_table
+from ember.bench.server_suite import LongFigures, LongWorkloads, measure_long_and_arrivals
+from ember.bench.table_rows import HttpPeer, long_rows, short_rows
+from ember.bench.text_prompts import TextPrompts
 from ember.bench.workloads import PromptMaker
 from ember.engine.engine_config import CacheConfig, SchedulerConfig
 from ember.engine.llm_engine import EngineConfig, LLMEngine
-from ember.models.loader import LoadConfig, load_model
+from ember.models.loader import LoadConfig, LoadedModel, load_model
 from ember.threads import configure_torch_threads
+
+SHORT_MAX_MODEL_LEN = 2048  # what the short workloads need (a 1k prompt plus its question)
 
 
 @dataclass(frozen=True)
@@ -28,6 +38,15 @@ class BenchConfig:
     new_tokens: int = 64
     peers: tuple[str, ...] = ("transformers", "llama.cpp")
     http: bool = True  # run every workload again through `ember serve` and show the HTTP/engine ratio
+    contexts: tuple[int, ...] = (1024, 4096, 8192)  # long-context rows (through HTTP): tokens at their end
+    arrival: ArrivalConfig | None = ArrivalConfig()  # None: no arrival rows
+    llama_server: str | None = None  # a llama-server binary: the same HTTP workloads on it, same GGUF
+
+    def __post_init__(self) -> None:
+        if self.new_tokens < 1:
+            raise ValueError(f"new_tokens must be at least 1, got {self.new_tokens}")
+        if self.llama_server is not None and not self.http:
+            raise ValueError("--llama-server is compared through HTTP: it cannot be combined with --no-http")
 
 
 def _http_footnote(http: HttpFigures) -> str:
@@ -41,24 +60,69 @@ def _http_footnote(http: HttpFigures) -> str:
     )
 
 
-def run_benchmark(cfg: BenchConfig) -> list[Row]:
+def _most_streams(cfg: BenchConfig) -> int:
+    """Sequences in flight at once: the most decode streams, or the arrival run's streams and its arrivals."""
+    return max((*cfg.streams, (cfg.arrival.running + 16) if cfg.arrival else 0))
+
+
+def long_workloads(cfg: BenchConfig, limit: int) -> tuple[LongWorkloads, list[int]]:
+    """The long rows that fit the model's context of `limit` tokens (the others are named as skipped), and the
+    servers' max_model_len for them."""
+    fitting = tuple(c for c in cfg.contexts if c <= limit)
+    skipped = [c for c in cfg.contexts if c > limit]
+    max_model_len = min(limit, max((SHORT_MAX_MODEL_LEN, *fitting)))
+    return LongWorkloads(fitting, cfg.new_tokens, cfg.arrival, max_model_len), skipped
+
+
+def _llama_server_peer(
+    binary: str,
+    cfg: BenchConfig,
+    loaded: LoadedModel,
+    work: Workloads,
+    long: LongWorkloads,
+    prompts: TextPrompts,
+) -> HttpPeer:
+    streams = _most_streams(cfg)
+    # One KV pool for everything in flight: the longest context, or 1024 tokens per slot (the arrival run's
+    # streams stay under that at a few hundred tok/s over its windows), whichever is more.
+    context = max(long.max_model_len, streams * 1024)
+    launch = LlamaServerLaunch(binary, loaded.source_path, cfg.threads, context, streams)
+    print(f"starting llama-server on loopback: {' '.join(launch.command(0, 'KEY')[1:])}", flush=True)
+    with running_server(launch) as server:
+        http = HttpBench(server.url, server.api_key, loaded.config.vocab_size)
+        try:
+            figures = measure_http_only(http, work)
+            long_figures = measure_long_and_arrivals(http, prompts, long, "llama-server")
+        finally:
+            http.close()
+    return HttpPeer("llama-server", figures, long_figures)
+
+
+def run_benchmark(cfg: BenchConfig) -> None:
     configure_torch_threads(cfg.threads)
-    loaded = load_model(LoadConfig(cfg.model, cfg.weight_format, quantization=cfg.quantization))
+    with capture_load_log() as load_log:
+        loaded = load_model(LoadConfig(cfg.model, cfg.weight_format, quantization=cfg.quantization))
     rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(
         f"model {loaded.name} ({loaded.source_format} {loaded.file_quantization}) as {loaded.weight_format}, "
         f"{cfg.threads} threads, loaded in {loaded.load_seconds:.2f} s, peak RSS {rss_mib:.0f} MiB",
         flush=True,
     )
+    long, skipped = long_workloads(cfg, loaded.config.max_position_embeddings)
     engine_cfg = EngineConfig(
         cache=CacheConfig(block_size=16),
         scheduler=SchedulerConfig(
-            max_num_seqs=max(cfg.streams), max_num_batched_tokens=512, max_model_len=2048
+            max_num_seqs=_most_streams(cfg),
+            max_num_batched_tokens=512,
+            max_model_len=long.max_model_len,
         ),
-        kv_cache_gib=1.0,
+        kv_cache_gib=1.5,
     )
     engine = LLMEngine(loaded, engine_cfg)
     prompts = PromptMaker(loaded.config.vocab_size)
+    work = Workloads(cfg.streams, cfg.new_tokens)
+    text_prompts = TextPrompts(loaded.tokenizer)
+    ours_long = LongFigures({}, None)
     with ExitStack() as stack:
         http = None
         if cfg.http:
@@ -69,10 +133,13 @@ def run_benchmark(cfg: BenchConfig) -> list[Row]:
             server = stack.enter_context(running_server(launch))
             http = HttpBench(server.url, server.api_key, loaded.config.vocab_size)
             stack.callback(http.close)
-        ember = measure_ember(engine, prompts, Workloads(cfg.streams, cfg.new_tokens), http)
-    rows: list[Row] = []
-    prefill, ttft = ember.prefill_tokens_per_s, ember.ttft
-    decode, gemm = ember.decode, ember.gemm_only_tokens_per_s
+        ember = measure_ember(engine, prompts, work, http)
+        if http is not None:
+            ours_long = measure_long_and_arrivals(http, text_prompts.restarted(), long, "ember")
+    steps = (engine.stats.num_fused_steps, engine.stats.num_module_steps)
+    http_peer = None
+    if cfg.llama_server is not None:
+        http_peer = _llama_server_peer(cfg.llama_server, cfg, loaded, work, long, text_prompts.restarted())
     peers: list[PeerResult] = []
     gguf = loaded.source_path if loaded.source_format == "gguf" else None
     if gguf and "llama.cpp" in cfg.peers:
@@ -80,45 +147,22 @@ def run_benchmark(cfg: BenchConfig) -> list[Row]:
     if gguf and "transformers" in cfg.peers:
         del engine
         peers.append(transformers_peer(gguf, prompts, list(cfg.streams), cfg.new_tokens))
-    rows.append(
-        Row(
-            "prefill 512 tok/s",
-            prefill,
-            {p.name: p.prefill_tokens_per_s for p in peers},
-            http=ember.http.prefill_tokens_per_s if ember.http else None,
+    rows = short_rows(ember, peers, http_peer) + long_rows(ours_long, cfg.arrival, http_peer)
+    names = [p.name for p in peers] + ([http_peer.name] if http_peer else [])
+    footnotes = [
+        f"CPU: {cpu_description(lscpu_fields())}",
+        f"ember kernels: {ember_kernel_paths(kernels.simd_level(), *steps)}",
+        f"ember weights: {load_log.summary(loaded.kernel_linears, loaded.weight_format)}",
+        "ratios ember/peer are speeds: above 1 ember is faster (for latencies, peer ms / ember ms); a peer "
+        "measured through HTTP is compared with ember http",
+    ]
+    if cfg.llama_server is not None:
+        footnotes.append(f"llama-server: {cfg.llama_server}, built with {build_flags(cfg.llama_server)}")
+    if skipped:
+        listed = ", ".join(context_label(c) for c in skipped)
+        footnotes.append(
+            f"contexts {listed} skipped: longer than the model's {loaded.config.max_position_embeddings}"
         )
-    )
-    for s in cfg.streams:
-        d = decode[s]
-        rows.append(
-            Row(
-                f"decode tok/s, {s} stream{'s' if s > 1 else ''}",
-                d.tokens_per_s,
-                {p.name: p.decode_tokens_per_s.get(s) for p in peers},
-                extra=f"GEMM-only {gemm[s]:.0f} ({d.tokens_per_s / gemm[s]:.0%}); step {d.step_ms:.1f} ms, "
-                f"outside forward {d.overhead_ms:.2f} ms",
-                http=ember.http.decode[s].tokens_per_s if ember.http else None,
-            )
-        )
-    rows.append(
-        Row(
-            "TTFT 1k prompt, cold (ms)",
-            ttft.cold_ms,
-            {},
-            lower_is_better=True,
-            http=ember.http.ttft.cold_ms if ember.http else None,
-        )
-    )
-    rows.append(
-        Row(
-            "TTFT 1k prompt, prefix cached (ms)",
-            ttft.cached_ms,
-            {},
-            lower_is_better=True,
-            extra=f"{ttft.cached_ms / ttft.cold_ms:.1%} of cold",
-            http=ember.http.ttft.cached_ms if ember.http else None,
-        )
-    )
-    footnotes = (_http_footnote(ember.http),) if ember.http else ()
-    print_table(rows, [p.name for p in peers], [p for p in peers if p.note], footnotes)
-    return rows
+    if ember.http:
+        footnotes.append(_http_footnote(ember.http))
+    print_table(rows, names, [p for p in peers if p.note], tuple(footnotes), frozenset(names[len(peers) :]))

@@ -1,0 +1,109 @@
+"""The arrival workload through HTTP: new requests arriving beside running streams, as a live server sees them.
+
+`running` streams start and, once each has its first token, decode alone for `seconds` (the pure N-stream
+figure); then new requests arrive on the seeded schedule for `seconds` more, each a fresh real-text prompt and
+a short answer. Throughput counts every generated token (running streams and arrivals alike) whose chunk
+arrived in the window, over the window's length; the arrival window ends when the last new request finishes.
+The ratio arrival / pure is what a new request costs everyone else: a prefill chunk in a decode step, a step
+that leaves a fast path. The running streams are cancelled (the connection closed) at the end."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+from ember.bench.arrival_schedule import ArrivalConfig
+from ember.bench.http_client import HttpBenchError
+from ember.bench.http_workloads import BenchClient
+from ember.bench.text_prompts import TextPrompts
+
+
+@dataclass(frozen=True)
+class ArrivalResult:
+    running: int
+    arrivals: int
+    pure_tokens_per_s: float  # the running streams alone, just before the arrivals
+    tokens_per_s: float  # every stream's tokens while requests arrive
+    ttft_ms: list[float]  # each new request's time to first token, in arrival order
+
+    @property
+    def ratio(self) -> float:
+        return self.tokens_per_s / self.pure_tokens_per_s
+
+    def ttft_percentile_ms(self, percent: float) -> float:
+        """Nearest-rank percentile: with ~50 arrivals p99 is the slowest one, said as such in the table."""
+        ordered = sorted(self.ttft_ms)
+        rank = max(1, -(-len(ordered) * percent // 100))  # ceil(n * p / 100)
+        return ordered[int(rank) - 1]
+
+
+def _tokens_between(streams: list[list[float]], start: float, end: float) -> int:
+    return sum(1 for times in streams for t in times if start < t <= end)
+
+
+async def _arrival(
+    client: BenchClient, prompt: list[int], new_tokens: int, send_at: float, times: list[float]
+) -> float:
+    """Sends one new request at perf_counter() `send_at`; returns its TTFT in ms."""
+    await asyncio.sleep(max(0.0, send_at - time.perf_counter()))
+    sent = time.perf_counter()
+    await client.stream_tokens(prompt, new_tokens, times)
+    return (times[0] - sent) * 1e3
+
+
+def _check_running(tasks: list[asyncio.Task[None]], budget: int) -> None:
+    """Raises the error of a running stream that failed, or says that one ran out of tokens."""
+    for task in tasks:
+        if task.done():
+            task.result()
+            raise HttpBenchError(
+                f"a running stream finished its {budget} tokens before the arrival window ended: "
+                "shorten --arrival-seconds"
+            )
+
+
+async def _first_tokens(running: list[list[float]], tasks: list[asyncio.Task[None]], budget: int) -> None:
+    while not all(running):
+        _check_running(tasks, budget)
+        await asyncio.sleep(0.005)
+
+
+async def arrival_workload(
+    client: BenchClient, prompts: TextPrompts, cfg: ArrivalConfig, max_model_len: int
+) -> ArrivalResult:
+    running_prompt = 64
+    budget = max_model_len - running_prompt - 1  # the running streams must outlast both windows
+    running: list[list[float]] = [[] for _ in range(cfg.running)]
+    tasks = [
+        asyncio.create_task(client.stream_tokens(prompts.make(running_prompt), budget, times))
+        for times in running
+    ]
+    try:
+        await _first_tokens(running, tasks, budget)
+        pure_start = time.perf_counter()
+        await asyncio.sleep(cfg.seconds)
+        pure_end = time.perf_counter()
+        arrival_prompts = [prompts.make(cfg.prompt_tokens) for _ in cfg.offsets()]
+        arrived: list[list[float]] = [[] for _ in arrival_prompts]
+        ttfts = await asyncio.gather(
+            *(
+                _arrival(client, prompt, cfg.new_tokens, pure_end + offset, times)
+                for prompt, offset, times in zip(arrival_prompts, cfg.offsets(), arrived, strict=True)
+            )
+        )
+        end = time.perf_counter()
+        _check_running(tasks, budget)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    pure_tokens = _tokens_between(running, pure_start, pure_end)
+    if pure_tokens == 0:
+        raise HttpBenchError(
+            f"no token arrived in the {cfg.seconds} s pure-decode window (one step took longer): "
+            "lengthen --arrival-seconds"
+        )
+    pure = pure_tokens / (pure_end - pure_start)
+    during = _tokens_between(running + arrived, pure_end, end) / (end - pure_end)
+    return ArrivalResult(cfg.running, len(arrived), pure, during, list(ttfts))
