@@ -116,8 +116,8 @@ class FrozenLinear(nn.Module):
             y = self.matmul(flat)
         if self.bias is not None:
             y = y + self.bias
-        if x.dim() == 2:
-            return y  # not a view: the LoRA Function adds to it in place, which a view would make autograd copy
+        if x.dim() == 2:  # not a view: the LoRA Function adds to y in place, which a view would make autograd copy
+            return y
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
