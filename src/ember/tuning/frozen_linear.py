@@ -116,7 +116,8 @@ class FrozenLinear(nn.Module):
             y = self.matmul(flat)
         if self.bias is not None:
             y = y + self.bias
-        if x.dim() == 2:  # not a view: the LoRA Function adds to y in place, which a view would make autograd copy
+        if x.dim() == 2:
+            # not a view: the LoRA Function adds to y in place, which autograd would copy for a view
             return y
         return y.reshape(*x.shape[:-1], self.out_features)
 
