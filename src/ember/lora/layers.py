@@ -182,7 +182,7 @@ class TrainableLora(nn.Module):
     def scaling(self) -> float:
         return self.alpha / (math.sqrt(self.rank) if self.use_rslora else self.rank)
 
-    def _pairs(self) -> LoraWeights:
+    def pairs(self) -> LoraWeights:
         pairs: LoraWeights = {}
         for key, a in self.lora_A.items():
             layer, module = key.split("_", 1)
@@ -192,13 +192,13 @@ class TrainableLora(nn.Module):
     def context(self) -> LoraContext:
         """Every row of the batch gets this adapter; gradients flow into lora_A / lora_B."""
         dropout = self.dropout if self.training else 0.0
-        return LoraContext((LoraGroup(self._pairs(), self.scaling, None, dropout),))
+        return LoraContext((LoraGroup(self.pairs(), self.scaling, None, dropout),))
 
     def to_adapter(self, name: str) -> LoraAdapter:
         """A detached fp32 CPU copy, ready for save_peft_adapter or the engine."""
         weights = {
             key: (a.detach().float().cpu().clone(), b.detach().float().cpu().clone())
-            for key, (a, b) in self._pairs().items()
+            for key, (a, b) in self.pairs().items()
         }
         return LoraAdapter(name, self.rank, self.alpha, self.target_modules, weights, self.use_rslora)
 
@@ -210,7 +210,7 @@ class TrainableLora(nn.Module):
                 f"adapter {adapter.name!r} has rank {adapter.rank} and modules {adapter.target_modules}, "
                 f"expected rank {self.rank} and modules {self.target_modules}"
             )
-        pairs = self._pairs()
+        pairs = self.pairs()
         if set(adapter.weights) != set(pairs):
             raise LoraError(f"adapter {adapter.name!r} does not cover the same layers as this trainable LoRA")
         for key, (a, b) in adapter.weights.items():

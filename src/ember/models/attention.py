@@ -101,12 +101,24 @@ def write_kv_cache(
 def _attend_without_cache(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn: AttentionMetadata, scale: float
 ) -> torch.Tensor:
-    """Causal attention inside each sequence; built from torch.cat so autograd flows (training)."""
+    """Causal attention inside each sequence; built from torch.cat so autograd flows (training).
+
+    Each sequence goes in as a batch of one, [1, H, T, D]: on 4-D inputs torch's CPU SDPA takes its
+    flash-attention kernel (backward included), while 3-D ones take the math path, which materializes the
+    [H, T, T] fp32 scores and their softmax (~220 MB each for a 2.5k-token row of SmolLM2)."""
     if attn.context_lens != attn.query_lens:
         raise ValueError("without a KV cache every sequence's context_len must equal its query_len")
     outputs = []
     for start, end in _spans(attn.query_lens):
-        outputs.append(_causal_sdpa(q[start:end], k[start:end], v[start:end], scale))
+        out = F.scaled_dot_product_attention(
+            q[start:end].transpose(0, 1).unsqueeze(0),  # [1, Hq, T, D]
+            k[start:end].transpose(0, 1).unsqueeze(0),  # [1, Hkv, T, D]
+            v[start:end].transpose(0, 1).unsqueeze(0),
+            is_causal=True,
+            scale=scale,
+            enable_gqa=True,
+        )  # [1, Hq, T, D]
+        outputs.append(out.squeeze(0).transpose(0, 1))  # [T, Hq, D]
     return torch.cat(outputs) if outputs else torch.empty_like(q)
 
 

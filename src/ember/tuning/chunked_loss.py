@@ -4,7 +4,7 @@ A 2048-token row of a 49k-vocabulary model has 400 MB of fp32 logits, and their 
 again; a packed batch of several rows multiplies that. Here the trained positions are taken `chunk` at a time:
 each chunk's logits are computed, reduced to its weighted loss and its correct-prediction count, and dropped;
 backward recomputes them one chunk at a time (activation checkpointing of the output layer), so at most one
-chunk's logits exist at any moment. Values and gradients equal the full-logits loss (tested).
+chunk's logits exist at any moment (the last chunk's are kept: backward begins with them). Values and gradients equal the full-logits loss (tested).
 """
 
 from __future__ import annotations
@@ -41,7 +41,10 @@ def chunked_cross_entropy(
     correct = 0
     for start in range(0, hidden.shape[0], chunk):
         piece = slice(start, start + chunk)
-        if torch.is_grad_enabled() and hidden.requires_grad:
+        # The last chunk keeps its logits for backward instead of recomputing them: backward starts with it, so
+        # the peak is the same, and a batch of one chunk (short rows) saves an output-matrix matmul.
+        last = start + chunk >= hidden.shape[0]
+        if torch.is_grad_enabled() and hidden.requires_grad and not last:
             loss, hits = checkpoint(
                 _chunk_loss,
                 hidden[piece],
@@ -70,7 +73,8 @@ def chunked_target_logprobs(
     pieces = []
     for start in range(0, hidden.shape[0], chunk):
         piece = slice(start, start + chunk)
-        if torch.is_grad_enabled() and hidden.requires_grad:
+        last = start + chunk >= hidden.shape[0]  # kept, not recomputed: as in chunked_cross_entropy
+        if torch.is_grad_enabled() and hidden.requires_grad and not last:
             pieces.append(
                 checkpoint(
                     _chunk_logprobs, hidden[piece], targets[piece], compute_logits, use_reentrant=False

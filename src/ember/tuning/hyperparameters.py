@@ -30,6 +30,8 @@ MAX_CONTEXT_LENGTH = 2048
 BATCH_TOKENS = 4096  # tokens of one packed micro-batch: bounds the memory of a step, not what it learns
 ACTIVATION_CHECKPOINT_MIN_TOKENS = 1024  # micro-batches from this size recompute each layer in backward
 LOSS_CHUNK_TOKENS = 512  # trained positions whose vocabulary logits exist at one time
+# the frozen base projections' matmuls: bf16 where the CPU has native bf16 (~4x fp32 there), else fp32
+BASE_MATMUL_DTYPE = "auto"
 LOW_TOKEN_ACCURACY = 0.5  # a job ending below this mean training token accuracy gets a warning event
 
 # DPO (docs/decisions.md, "#13 DPO"): beta 0.1 as the DPO paper, TRL and Together default to; the LoRA base

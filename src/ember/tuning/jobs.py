@@ -249,12 +249,22 @@ def _event(store: TuningStore, job_id: str, message: str, **kwargs: Any) -> None
         pass
 
 
+def load_training_model(path: str | None) -> LoadedModel:
+    """The base model as the trainer takes it (None: the default GGUF). A GGUF's blocks stay packed (the
+    trainer decodes them per call, or once to bf16: frozen_linear.py), without the int8 kernels' tiles, which
+    training never runs; a safetensors folder loads fp32."""
+    from ember.models.default_model import default_gguf_path
+    from ember.models.loader import LoadConfig, gguf_file_of, load_model
+
+    weight_format = "packed" if gguf_file_of(path or default_gguf_path()) is not None else "fp32"
+    return load_model(LoadConfig(model=path, weight_format=weight_format, quant_kernels=False))
+
+
 def _load_model(settings: dict[str, Any]) -> LoadedModel:
     from ember.models.errors import ModelLoadError
-    from ember.models.loader import LoadConfig, load_model
 
     try:
-        return load_model(LoadConfig(model=settings.get("base_model_path"), weight_format="fp32"))
+        return load_training_model(settings.get("base_model_path"))
     except (ModelLoadError, ValueError) as exc:
         raise JobFailure(f"cannot load the base model: {exc}", "model", "model_load_failed") from exc
 

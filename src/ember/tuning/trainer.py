@@ -30,10 +30,12 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from ember.lora.adapter import LoraAdapter, save_peft_adapter
+from ember.lora.fused_training import training_context
 from ember.lora.layers import TrainableLora, attach_trainable_lora
 from ember.models.loader import LoadedModel
 from ember.tuning.batching import PackedBatch, micro_batches, pack, plan_batches
 from ember.tuning.chunked_loss import TokenLoss, chunked_cross_entropy
+from ember.tuning.frozen_linear import freeze_base_linears, resolve_base_matmul_dtype
 from ember.tuning.masking import TokenizedExample
 from ember.tuning.trainer_config import LoraSettings, TrainerConfig
 from ember.tuning.training_state import (
@@ -125,13 +127,19 @@ class _Run:
 
 
 class LoraTrainer:
-    """Trains one LoRA adapter on an fp32 model (`load_model(LoadConfig(..., weight_format="fp32"))`)."""
+    """Trains one LoRA adapter on a model loaded fp32, or packed (a GGUF's blocks, `quant_kernels=False`).
+
+    The trainer takes the network over: its base projections become FrozenLinear modules (frozen_linear.py),
+    with their matmuls in `config.base_matmul_dtype`."""
 
     def __init__(
         self, model: LoadedModel, lora: LoraSettings, config: TrainerConfig, base_model_name: str
     ) -> None:
-        if model.weight_format != "fp32":
-            raise ValueError(f"training needs an fp32 model, got weight_format {model.weight_format!r}")
+        if model.weight_format not in ("fp32", "packed"):
+            raise ValueError(
+                f"training needs an fp32 or packed model, got weight_format {model.weight_format!r}"
+            )
+        freeze_base_linears(model.network, resolve_base_matmul_dtype(config.base_matmul_dtype, model.device))
         self.model = model
         self.network = model.network
         self.config = config
@@ -236,7 +244,7 @@ class LoraTrainer:
         """The network's final hidden states [T, H] with the adapter; under autograd with activation
         checkpointing, each layer is recomputed in backward from its saved input instead of keeping its
         intermediates (attention scores, the MLP's [T, intermediate] tensors) for the whole forward pass."""
-        network, lora, attention = self.network, self.lora.context(), batch.attention()
+        network, lora, attention = self.network, training_context(self.lora), batch.attention()
         threshold = self.config.activation_checkpoint_min_tokens
         if threshold is None or batch.num_tokens < threshold or not torch.is_grad_enabled():
             return network(batch.input_ids, batch.positions, attention, None, lora=lora)

@@ -9,6 +9,7 @@ from ember.lora.targets import TARGET_MODULES, check_target_modules
 from ember.tuning.hyperparameters import (
     ACTIVATION_CHECKPOINT_MIN_TOKENS,
     BASE_LEARNING_RATE,
+    BASE_MATMUL_DTYPE,
     BATCH_TOKENS,
     DPO_BETA,
     LORA_ALPHA_PER_RANK,
@@ -19,6 +20,7 @@ from ember.tuning.hyperparameters import (
 )
 
 LR_SCHEDULES = ("cosine", "linear", "constant")
+BASE_MATMUL_DTYPES = ("auto", "fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,9 @@ class TrainerConfig:
     # micro-batches of at least this many tokens keep only each layer's input and recompute the layer in
     # backward; None: never. Smaller ones keep everything: little memory, and recomputing costs ~30% of a step
     activation_checkpoint_min_tokens: int | None = ACTIVATION_CHECKPOINT_MIN_TOKENS
+    # the frozen base projections' matmuls: fp32 (exact), bf16, or auto (bf16 where the CPU has native bf16);
+    # the LoRA path, norms, attention, residual stream and loss are fp32 in every case
+    base_matmul_dtype: str = BASE_MATMUL_DTYPE
 
     def __post_init__(self) -> None:
         positive = {
@@ -105,6 +110,10 @@ class TrainerConfig:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must not be negative, got {self.warmup_steps}")
+        if self.base_matmul_dtype not in BASE_MATMUL_DTYPES:
+            raise ValueError(
+                f"base_matmul_dtype must be one of {', '.join(BASE_MATMUL_DTYPES)}, got {self.base_matmul_dtype!r}"
+            )
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(
                 f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}"
