@@ -77,50 +77,40 @@ inline __m256 load_fp16x8(const uint8_t* p) {
 
 inline __m256 load_fp32x8(const uint8_t* p) { return _mm256_loadu_ps(reinterpret_cast<const float*>(p)); }
 
-// Per-row scale and bias of one tile, as weight = scale * u + bias with u the unsigned byte vpdpbusd reads:
-// the nibble for the 4-bit formats, w + 128 for Q8_0 (bias -128 scale, times the activations' sum).
+// Per-row scale and bias of one 4-bit tile: weight = scale * nibble + bias.
 template <QType Q>
-inline void load_scales(const uint8_t* tile, __m256* scale, __m256* bias) {
+inline void load_q4_scales(const uint8_t* tile, __m256* scale, __m256* bias) {
     if constexpr (Q == QType::Q4_K) {
         *scale = load_fp32x8(tile + 128);
         *bias = load_fp32x8(tile + 160);
     } else if constexpr (Q == QType::Q4_1) {
         *scale = load_fp16x8(tile + 128);
         *bias = load_fp16x8(tile + 144);
-    } else if constexpr (Q == QType::Q4_0) {
+    } else {  // Q4_0
         *scale = load_fp16x8(tile + 128);
         *bias = _mm256_mul_ps(*scale, _mm256_set1_ps(-8.0f));
-    } else {  // Q8_0
-        *scale = load_fp16x8(tile + 256);
-        *bias = _mm256_mul_ps(*scale, _mm256_set1_ps(-128.0f));
     }
 }
 
-// Formats read as scale * unsigned byte + bias: Q4_0, Q4_1, Q4_K (nibbles) and Q8_0 (w xor 0x80 = w + 128).
+// Q4_0, Q4_1, Q4_K: vpdpbusd reads the nibbles as they are; the bias meets the activations' sum s.
 template <QType Q, int T>
-void biased_group_kernel(const uint8_t* group, int nb, const TokenRows& tok, const PairIndex& index,
-                         float out[][kRowsPerGroup]) {
+void q4_group_kernel(const uint8_t* group, int nb, const TokenRows& tok, const PairIndex& index,
+                     float out[][kRowsPerGroup]) {
     constexpr int kTile = tile_bytes(Q);
     const __m512i low_mask = _mm512_set1_epi8(0x0F);
-    const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
     __m512 acc[T];
     for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
     for (int b = 0; b < nb; ++b) {
         const uint8_t* tile = group + static_cast<size_t>(b) * kTile;
         prefetch_ahead<kTile>(tile);
-        // u[j] multiplies activation pair j.
-        __m512i u[4];
-        if constexpr (is_four_bit(Q)) {
-            for (int p = 0; p < 2; ++p) {
-                const __m512i raw = _mm512_loadu_si512(tile + 64 * p);  // vectors 2p, 2p+1
-                u[p] = _mm512_and_si512(raw, low_mask);                                 // values 8p .. 8p+7
-                u[2 + p] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), low_mask);      // values 16+8p ..
-            }
-        } else {
-            for (int p = 0; p < 4; ++p) u[p] = _mm512_xor_si512(_mm512_loadu_si512(tile + 64 * p), flip);
+        __m512i u[4];  // u[j] multiplies activation pair j
+        for (int p = 0; p < 2; ++p) {
+            const __m512i raw = _mm512_loadu_si512(tile + 64 * p);                 // vectors 2p, 2p+1
+            u[p] = _mm512_and_si512(raw, low_mask);                                 // values 8p .. 8p+7
+            u[2 + p] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), low_mask);      // values 16+8p ..
         }
         __m256 scale8, bias8;
-        load_scales<Q>(tile, &scale8, &bias8);
+        load_q4_scales<Q>(tile, &scale8, &bias8);
         const __m512 scale = both_halves(scale8);
         const __m512 bias = low_half(bias8);
         for (int t = 0; t < T; ++t) {
@@ -135,12 +125,13 @@ void biased_group_kernel(const uint8_t* group, int nb, const TokenRows& tok, con
     for (int t = 0; t < T; ++t) _mm256_storeu_ps(out[t], fold_halves(acc[t]));
 }
 
-// Q6_K (q - 32, two scales per block): the activation takes the weight's sign and vpdpbusd reads |w|, since the
-// per-half sums a w + 32 offset would need are not kept with the activations.
-template <int T>
-void q6k_group_kernel(const uint8_t* group, int nb, const TokenRows& tok, const PairIndex& index,
-                      float out[][kRowsPerGroup]) {
-    constexpr int kTile = tile_bytes(QType::Q6_K);
+// Signed 8-bit weights (Q8_0; Q6_K as q - 32): vpdpbusd reads |w| and the activation takes w's sign, so every
+// integer dot is exact. (Reading w + 128 instead and subtracting 128 * the activations' sum in float saves that
+// negation but cancels digits: the fused step and the module path then drifted apart by up to 1e-3.)
+template <QType Q, int T>
+void q8_group_kernel(const uint8_t* group, int nb, const TokenRows& tok, const PairIndex& index,
+                     float out[][kRowsPerGroup]) {
+    constexpr int kTile = tile_bytes(Q);
     const __m512i zero = _mm512_setzero_si512();
     __m512 acc[T];
     for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
@@ -150,21 +141,33 @@ void q6k_group_kernel(const uint8_t* group, int nb, const TokenRows& tok, const 
         __m512i w_abs[4];
         __mmask64 negative[4];
         for (int p = 0; p < 4; ++p) {
-            const __m512i w = _mm512_loadu_si512(tile + 64 * p);
-            w_abs[p] = _mm512_abs_epi8(w);
+            const __m512i w = _mm512_loadu_si512(tile + 64 * p);  // vectors 2p, 2p+1: activation pair p
+            w_abs[p] = _mm512_abs_epi8(w);  // -128 -> 0x80, read as the unsigned 128
             negative[p] = _mm512_movepi8_mask(w);
         }
-        const __m512 scale_lo = both_halves(load_fp32x8(tile + 256));  // values 0..15: pairs 0, 1
-        const __m512 scale_hi = both_halves(load_fp32x8(tile + 288));  // values 16..31: pairs 2, 3
+        // Q6_K: one scale per 16-value half (pairs 0, 1 and pairs 2, 3); Q8_0: one for the block.
+        __m512 scale_lo, scale_hi;
+        if constexpr (Q == QType::Q6_K) {
+            scale_lo = both_halves(load_fp32x8(tile + 256));
+            scale_hi = both_halves(load_fp32x8(tile + 288));
+        } else {
+            scale_lo = scale_hi = both_halves(load_fp16x8(tile + 256));
+        }
         for (int t = 0; t < T; ++t) {
             const BlockActs x = spread_block(index, tok.q[t] + b * kBlock);
             __m512i signed_x[4];
             for (int p = 0; p < 4; ++p) signed_x[p] = _mm512_mask_sub_epi8(x.pair[p], negative[p], zero, x.pair[p]);
-            const __m512i lo = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, w_abs[0], signed_x[0]), w_abs[1], signed_x[1]);
-            const __m512i hi = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, w_abs[2], signed_x[2]), w_abs[3], signed_x[3]);
+            __m512i lo = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, w_abs[0], signed_x[0]), w_abs[1], signed_x[1]);
             const __m512 dx = _mm512_set1_ps(tok.d[t][b]);
-            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lo), _mm512_mul_ps(scale_lo, dx), acc[t]);
-            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(hi), _mm512_mul_ps(scale_hi, dx), acc[t]);
+            if constexpr (Q == QType::Q6_K) {
+                const __m512i hi =
+                    _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, w_abs[2], signed_x[2]), w_abs[3], signed_x[3]);
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lo), _mm512_mul_ps(scale_lo, dx), acc[t]);
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(hi), _mm512_mul_ps(scale_hi, dx), acc[t]);
+            } else {
+                lo = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(lo, w_abs[2], signed_x[2]), w_abs[3], signed_x[3]);
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lo), _mm512_mul_ps(scale_lo, dx), acc[t]);
+            }
         }
     }
     for (int t = 0; t < T; ++t) _mm256_storeu_ps(out[t], fold_halves(acc[t]));
@@ -173,10 +176,10 @@ void q6k_group_kernel(const uint8_t* group, int nb, const TokenRows& tok, const 
 template <QType Q, int T>
 void group_kernel(const uint8_t* group, int nb, const TokenRows& tok, const PairIndex& index,
                   float out[][kRowsPerGroup]) {
-    if constexpr (Q == QType::Q6_K) {
-        q6k_group_kernel<T>(group, nb, tok, index, out);
+    if constexpr (Q == QType::Q8_0 || Q == QType::Q6_K) {
+        q8_group_kernel<Q, T>(group, nb, tok, index, out);
     } else {
-        biased_group_kernel<Q, T>(group, nb, tok, index, out);
+        q4_group_kernel<Q, T>(group, nb, tok, index, out);
     }
 }
 
