@@ -172,7 +172,8 @@ def bench_shapes(
             t_kernels = []
             for isa in ISAS:
                 calls = [
-                    partial(quant_matmul_prepared, x, p, num_threads=threads, backend=isa) for p in prepared[name]
+                    partial(quant_matmul_prepared, x, p, num_threads=threads, backend=isa)
+                    for p in prepared[name]
                 ]
                 t_kernel = time_calls(cycle(calls), repeats, clock)
                 t_kernels.append(t_kernel)
@@ -209,7 +210,9 @@ def bench_steps(
     repeats: int,
     clock: Clock,
 ) -> None:
-    print(f"Whole decode step on {cpu_name()}: 121 linear calls over all 30 layers' weights; tok/s = M / step time")
+    print(
+        f"Whole decode step on {cpu_name()}: 121 linear calls over all 30 layers' weights; tok/s = M / step time"
+    )
     print(
         f"{'M':>4} | {'kernel':>12} | {'tok/s':>18} | {'no lm_head':>18} | {'vs ' + ISAS[0]:>8} | "
         f"{'torch fp32 tok/s':>18}"
@@ -233,7 +236,9 @@ def bench_steps(
         first: Timing | None = None
         for isa in ISAS:
             t_step = time_calls(partial(decode_step, xs, kernel_on(isa)), step_repeats, clock, 0.0)
-            t_body = time_calls(partial(decode_step, xs, kernel_on(isa), lm_head=False), step_repeats, clock, 0.0)
+            t_body = time_calls(
+                partial(decode_step, xs, kernel_on(isa), lm_head=False), step_repeats, clock, 0.0
+            )
             first = first or t_step
             print(
                 f"{m:>4} | {isa:>12} | {fmt_tok(m, t_step):>18} | {fmt_tok(m, t_body):>18} | "
@@ -291,12 +296,16 @@ def main() -> None:
     parser.add_argument("--skip-torch", action="store_true", help="time only the native kernel")
     parser.add_argument("--steps-only", action="store_true", help="skip the per-shape table")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall", help=Clock.__doc__)
-    parser.add_argument("--engine", action="store_true", help="also the engine's decode tok/s per kernel family")
+    parser.add_argument(
+        "--engine", action="store_true", help="also the engine's decode tok/s per kernel family"
+    )
     parser.add_argument("--engine-only", action="store_true", help="only the engine's decode tok/s")
     parser.add_argument("--new-tokens", type=int, default=64, help="tokens a stream in the engine rows")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"{cpu_name()}: kernel families {', '.join(ISAS)}; threads={args.threads} torch={torch.__version__}")
+    print(
+        f"{cpu_name()}: kernel families {', '.join(ISAS)}; threads={args.threads} torch={torch.__version__}"
+    )
     if args.engine_only:
         bench_engine(args.threads, args.repeats, args.new_tokens)
         return

@@ -9,10 +9,12 @@ import os
 import resource
 import sys
 
+from ember import kernels
 from ember.engine.engine_config import CacheConfig, SchedulerConfig
 from ember.engine.llm_engine import EngineConfig
 from ember.engine.speculation.config import SpeculationConfig
 from ember.gc_tuning import tune_gc_for_serving
+from ember.kernels.kernel_isa import KernelIsaError
 from ember.lora.config import LoraConfig
 from ember.models.encoder.encoder_model import EncoderModel
 from ember.models.errors import ModelLoadError
@@ -84,6 +86,11 @@ def serve_from_args(args: argparse.Namespace) -> int:
     try:
         drain = DrainConfig(timeout_s=args.drain_timeout)
     except ValueError as error:
+        print(f"ember serve: {error}", file=sys.stderr)
+        return 2
+    try:  # EMBER_KERNEL_ISA is read when the weights are prepared: a bad value fails here, before any load
+        kernels.chosen_isa()
+    except KernelIsaError as error:
         print(f"ember serve: {error}", file=sys.stderr)
         return 2
     threads = configure_torch_threads(args.threads)

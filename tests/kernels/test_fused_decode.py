@@ -10,11 +10,11 @@ import pytest
 import torch
 from fused_models import VARIANTS, DecodeBatch, Variant, build_models, decode_batch, verification_batch
 
+from ember import kernels
 from ember.engine.forward_path import ForwardPath, NetworkForward
 from ember.engine.llm_engine import LLMEngine
 from ember.engine.sampling_params import SamplingParams
 from ember.engine.testing import tiny_engine_config, tiny_loaded_model
-from ember import kernels
 from ember.kernels import decode_step as native_step
 from ember.kernels.kernel_isa import ISA_ENV, KernelIsaError
 from ember.models.fused_decode import MAX_QUERY_TOKENS, FusedDecodeStack

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import struct
 import subprocess
@@ -97,3 +98,15 @@ def test_an_embedding_model_that_cannot_load_is_one_line_and_exit_1(tmp_path: Pa
     assert done.returncode == 1 and "Traceback" not in done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("ember serve: cannot load the embedding model: ") and "not an encoder" in last
+
+
+def test_an_unknown_kernel_family_is_one_line_and_exit_2() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "ember.cli", "serve", "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "EMBER_KERNEL_ISA": "avx9000"},
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "EMBER_KERNEL_ISA='avx9000' is not one of auto, scalar, avx2, avx512_vnni" in done.stderr

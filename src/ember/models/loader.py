@@ -101,9 +101,8 @@ def enable_quant_kernels(network: torch.nn.Module) -> int:
     """Moves every packed linear onto the int8 kernel, through a Q8_0 stand-in for the block formats it lacks;
     returns how many made it, and logs the kernel family, which formats were converted and which linears stayed
     on a slow path."""
-    from ember.models.quant.packed_linear import PackedLinear
-
     from ember import kernels
+    from ember.models.quant.packed_linear import PackedLinear
 
     if kernels.available():
         _dense_linears_to_stand_ins(network)  # logged below with the other stand-ins, as "fp32 as Q8_0"

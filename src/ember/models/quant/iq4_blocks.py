@@ -19,7 +19,9 @@ QK = 32  # values per IQ4_NL block and per IQ4_XS sub-block
 QK_K = 256  # values per IQ4_XS super-block
 SUB_BLOCKS = QK_K // QK
 # kvalues_iq4nl in ggml-common.h
-LEVELS = torch.tensor([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], dtype=torch.int8)
+LEVELS = torch.tensor(
+    [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], dtype=torch.int8
+)
 
 
 def _levels(nibble_bytes: torch.Tensor) -> torch.Tensor:
