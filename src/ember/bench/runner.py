@@ -6,6 +6,7 @@ import resource
 from contextlib import ExitStack
 from dataclasses import dataclass
 
+from ember import kernels
 from ember.bench.ember_runs import HttpFigures, Workloads, measure_ember
 from ember.bench.http_server import ServerLaunch, running_server
 from ember.bench.http_workloads import HttpBench
@@ -47,7 +48,8 @@ def run_benchmark(cfg: BenchConfig) -> list[Row]:
     rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(
         f"model {loaded.name} ({loaded.source_format} {loaded.file_quantization}) as {loaded.weight_format}, "
-        f"{cfg.threads} threads, loaded in {loaded.load_seconds:.2f} s, peak RSS {rss_mib:.0f} MiB",
+        f"{cfg.threads} threads, loaded in {loaded.load_seconds:.2f} s, peak RSS {rss_mib:.0f} MiB, "
+        f"int8 kernels {kernels.chosen_isa() if loaded.kernel_linears else 'not used'}",
         flush=True,
     )
     engine_cfg = EngineConfig(
