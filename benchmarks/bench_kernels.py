@@ -267,25 +267,24 @@ def bench_engine(threads: int, repeats: int, new_tokens: int) -> None:
         )
     os.environ.pop(ISA_ENV)
     prompts = PromptMaker(49152)
-    rates: dict[tuple[str, int], list[float]] = {(isa, s): [] for isa in ISAS for s in ENGINE_STREAMS}
     for isa in ISAS:  # warm-up
         decode_throughput(engines[isa], prompts, 2, 8)
-    for _ in range(repeats):
-        for s in ENGINE_STREAMS:
-            for isa in ISAS:
-                rates[(isa, s)].append(decode_throughput(engines[isa], prompts, s, new_tokens).tokens_per_s)
     print(
         f"Engine decode on {cpu_name()}, default model, {threads} threads, {new_tokens} tokens a stream, "
         f"median [min-max] of {repeats}; load average {load_text()}"
     )
     print(f"{'streams':>7} | {'kernel':>12} | {'tok/s':>16} | {'vs ' + ISAS[0]:>8} | cpu")
     for s in ENGINE_STREAMS:
-        base = statistics.median(rates[(ISAS[0], s)])
+        rates: dict[str, list[float]] = {isa: [] for isa in ISAS}
+        for _ in range(repeats):
+            for isa in ISAS:
+                rates[isa].append(decode_throughput(engines[isa], prompts, s, new_tokens).tokens_per_s)
+        base = statistics.median(rates[ISAS[0]])
         for isa in ISAS:
-            r = rates[(isa, s)]
-            med = statistics.median(r)
-            spread = f"{med:6.0f} [{min(r):.0f}-{max(r):.0f}]"
+            med = statistics.median(rates[isa])
+            spread = f"{med:6.0f} [{min(rates[isa]):.0f}-{max(rates[isa]):.0f}]"
             print(f"{s:>7} | {isa:>12} | {spread:>16} | {med / base:7.2f}x | {cpu_name()}", flush=True)
+    print(f"load average {load_text()}")
 
 
 def main() -> None:
