@@ -7,6 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
+from ember.engine.engine_config import KV_CACHE_DTYPES
 from ember.engine.speculation.config import PROMPT_LOOKUP_MODES, SpeculationConfig
 from ember.keys_command import add_keys_subparser, run_keys
 from ember.serve_access import add_access_args
@@ -147,6 +148,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--kv-cache-gib", type=float, default=1.0, help="memory reserved for the paged KV cache"
     )
     serve.add_argument("--block-size", type=int, default=16, help="tokens per KV block")
+    serve.add_argument(
+        "--kv-cache-dtype",
+        choices=KV_CACHE_DTYPES,
+        default="auto",
+        help="how the KV cache stores keys and values: fp32, fp16, bf16 (2x the tokens per GiB), q8_0 (int8 with "
+        "a scale per head row, ~3.8x; as llama.cpp's -ctk/-ctv q8_0); auto: fp16 when the native fused decode "
+        "step serves the model (packed GGUF on an AVX2 + F16C CPU), else the model's dtype",
+    )
     serve.add_argument("--no-prefix-caching", action="store_true", help="disable automatic prefix caching")
     serve.add_argument(
         "--no-generic-tools",

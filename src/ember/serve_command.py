@@ -87,7 +87,11 @@ def engine_settings_from(args: argparse.Namespace, speculation: SpeculationConfi
     """The engine flags every model starts from; a models file's entries override KV budget, threads, context
     length and add adapters (--lora adapters belong to the default model only)."""
     engine_cfg = EngineConfig(
-        cache=CacheConfig(block_size=args.block_size, enable_prefix_caching=not args.no_prefix_caching),
+        cache=CacheConfig(
+            block_size=args.block_size,
+            enable_prefix_caching=not args.no_prefix_caching,
+            kv_cache_dtype=args.kv_cache_dtype,
+        ),
         scheduler=SchedulerConfig(
             max_num_seqs=args.max_num_seqs,
             max_num_batched_tokens=args.max_num_batched_tokens,
@@ -246,12 +250,13 @@ def _log_loaded(name: str, engine: AsyncEngine, threads: int, embedding_model: E
     )
     kv_gib = engine.engine.config.kv_cache_gib
     logger.info(
-        "context %d tokens; KV cache %d blocks x %d = %d tokens (%.2f GiB)",
+        "context %d tokens; KV cache %d blocks x %d = %d tokens (%.2f GiB, %s)",
         engine.max_model_len,
         engine.engine.num_blocks,
         engine.engine.block_size,
         engine.engine.num_blocks * engine.engine.block_size,
         kv_gib,
+        engine.engine.kv_format.name,
     )
     if embedding_model is not None:
         logger.info(

@@ -83,13 +83,15 @@ def decode_step(
     kv_table: torch.Tensor,
     num_cache_blocks: int,
     num_threads: int,
+    kv_dtype_id: int = 0,
     isa: str = "avx2",
 ) -> torch.Tensor:
     """x [M, hidden] fp32 embeddings of M one-token decodes (consumed: it holds the residual stream after the call)
     -> final-normed hidden states [M, hidden]. New keys and values are written to their `slots`; token t attends
     over context_lens[t] positions of its block_tables row. kv_table [num_layers, 2] holds each layer's key and
-    value cache pointers (fp32 [num_cache_blocks, block_size, kv_heads, head_dim]). `isa` names the kernel family
-    of the projections' matmuls: "avx2" or "avx512_vnni" (kernel_isa.py)."""
+    value cache pointers ([num_cache_blocks, block_size, kv_heads, row] rows of the format `kv_dtype_id` names:
+    KVCacheFormat.native_id, fp32 by default). `isa` names the kernel family of the projections' matmuls: "avx2" or
+    "avx512_vnni" (kernel_isa.py)."""
     if isa not in ("avx2", "avx512_vnni") or isa not in ISA_IDS:
         raise ValueError(f"the fused decode step runs on avx2 or avx512_vnni where supported, got {isa!r}")
     m = x.shape[0]
@@ -128,6 +130,7 @@ def decode_step(
             context_lens.data_ptr(),
             kv_table.data_ptr(),
             num_cache_blocks,
+            kv_dtype_id,
         ),
         num_threads,
         ISA_IDS[isa],

@@ -2,8 +2,8 @@
 (ember.kernels.decode_step) instead of ~40 torch ops per layer.
 
 It applies when every projection runs on the int8 block kernel (a packed GGUF on an AVX2 CPU), the batch is all
-one-token decodes without LoRA, and the KV cache is fp32. Anything else takes the module-by-module torch path,
-which stays the reference the fused step is tested against."""
+one-token decodes without LoRA, and the KV cache is on the CPU in any of its formats (fp32, fp16, bf16, q8_0).
+Anything else takes the module-by-module torch path, which stays the reference the fused step is tested against."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from torch import nn
 from ember.kernels import decode_step as native_step
 from ember.kernels.kernel_isa import ISA_ORDER
 from ember.models.attention_metadata import AttentionMetadata
+from ember.models.kv_cache_format import KV_STORAGE_DTYPES, format_of_cache
 from ember.models.linear import ConcatLinear
 from ember.models.quant.packed_linear import PackedLinear
 
@@ -45,6 +46,15 @@ def _rows_per_token(attn: AttentionMetadata) -> tuple[torch.Tensor, torch.Tensor
 
 def _is_fp32_cpu(tensor: torch.Tensor) -> bool:
     return tensor.dtype == torch.float32 and tensor.device.type == "cpu" and tensor.is_contiguous()
+
+
+def _is_cache_like(tensor: torch.Tensor, first: torch.Tensor) -> bool:
+    return (
+        tensor.dtype == first.dtype
+        and tensor.shape == first.shape
+        and tensor.device.type == "cpu"
+        and tensor.is_contiguous()
+    )
 
 
 def _kernel_parts(module: nn.Module) -> list[PackedLinear] | None:
@@ -169,13 +179,15 @@ class FusedDecodeStack:
 
     def accepts(self, attn: AttentionMetadata, kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> bool:
         """Whether this step can run fused: decodes and short runs of new tokens over a cached context
-        (speculative verification), an fp32 CPU cache with the metadata's blocks."""
+        (speculative verification), a CPU cache with the metadata's blocks."""
         if attn.block_tables is None or attn.slot_mapping is None:
             return False
         if not attn.is_decode_only and max(attn.query_lens) > MAX_QUERY_TOKENS:
             return False
         keys = kv_caches[0][0]
-        return keys.dtype == torch.float32 and keys.device.type == "cpu" and keys.shape[1] == attn.block_size
+        return (
+            keys.dtype in KV_STORAGE_DTYPES and keys.device.type == "cpu" and keys.shape[1] == attn.block_size
+        )
 
     def forward(
         self,
@@ -216,6 +228,7 @@ class FusedDecodeStack:
             self._kv_pointers(kv_caches),
             kv_caches[0][0].shape[0],
             torch.get_num_threads(),
+            format_of_cache(kv_caches[0][0]).native_id,
             self.isa,
         )
 
@@ -223,16 +236,16 @@ class FusedDecodeStack:
         """[num_layers, 2] cache addresses, rebuilt only when the engine hands over different caches."""
         key = (id(kv_caches), kv_caches[0][0].data_ptr())
         if key != self._kv_key:
-            shape = kv_caches[0][0].shape
+            first = kv_caches[0][0]
+            shape = first.shape
+            row_width = format_of_cache(first).row_width(self.dims.head_dim)
             if (
                 len(kv_caches) != self.dims.num_layers
-                or tuple(shape[2:]) != (self.dims.num_kv_heads, self.dims.head_dim)
-                or not all(
-                    _is_fp32_cpu(k) and _is_fp32_cpu(v) and k.shape == shape == v.shape for k, v in kv_caches
-                )
+                or tuple(shape[2:]) != (self.dims.num_kv_heads, row_width)
+                or not all(_is_cache_like(k, first) and _is_cache_like(v, first) for k, v in kv_caches)
             ):
                 raise ValueError(
-                    "the fused decode step needs one fp32 CPU (keys, values) pair per layer, all alike"
+                    "the fused decode step needs one contiguous CPU (keys, values) pair per layer, all alike"
                 )
             self._kv_table = torch.tensor(
                 [[k.data_ptr(), v.data_ptr()] for k, v in kv_caches], dtype=torch.int64
