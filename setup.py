@@ -3,7 +3,8 @@
 Metadata lives in pyproject.toml. The extension is optional: without a working C++ compiler the install
 still succeeds and ember.kernels reports available() == False (the fp32 reference path is used). With
 EMBER_REQUIRE_KERNELS=1 (what `make test` sets where a compiler exists) a failed build fails the install.
-The AVX2 files alone are compiled with -mavx2 -mfma -mf16c; which kernels run is decided at run time.
+The AVX2 files alone are compiled with -mavx2 -mfma -mf16c, the AVX-512 VNNI file alone with its -mavx512*
+flags; which kernels run is decided at run time.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ AVX2_SOURCES = [
 ]
 COMMON_FLAGS = ["-O3", "-std=c++17", "-fno-math-errno"]
 AVX2_FLAGS = ["-mavx2", "-mfma", "-mf16c"]
+# The AVX-512 VNNI matmuls (vpdpbusd) alone get these; module.cpp dispatches to them after a run-time CPU check.
+AVX512_VNNI_SOURCES = [str(SOURCE_DIR / "kernels_avx512_vnni.cpp")]
+AVX512_VNNI_FLAGS = AVX2_FLAGS + ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni"]
 
 
 def _is_x86_64() -> bool:
@@ -44,6 +48,10 @@ class BuildQuantKernels(build_ext):
         ext.extra_link_args = ["-fopenmp"] if openmp else []
         if _is_x86_64() and self._compiler_accepts(AVX2_FLAGS):
             ext.define_macros = [("EMBER_HAVE_AVX2", "1")]
+            # Decided before anything compiles: the AVX2 decode step dispatches to the AVX-512 matmuls too.
+            avx512_vnni = self._compiler_accepts(AVX512_VNNI_FLAGS)
+            if avx512_vnni:
+                ext.define_macros.append(("EMBER_HAVE_AVX512_VNNI", "1"))
             ext.extra_objects = self.compiler.compile(
                 AVX2_SOURCES,
                 output_dir=self.build_temp,
@@ -51,6 +59,14 @@ class BuildQuantKernels(build_ext):
                 include_dirs=ext.include_dirs,
                 extra_postargs=flags + AVX2_FLAGS,
             )
+            if avx512_vnni:
+                ext.extra_objects += self.compiler.compile(
+                    AVX512_VNNI_SOURCES,
+                    output_dir=self.build_temp,
+                    macros=ext.define_macros,
+                    include_dirs=ext.include_dirs,
+                    extra_postargs=flags + AVX512_VNNI_FLAGS,
+                )
         super().build_extension(ext)
 
     def _compiler_accepts(self, flags: list[str]) -> bool:

@@ -51,6 +51,7 @@ struct DecodeDims {
     int block_size;
     float eps;
     float scale;  // attention softmax scale
+    int matmul_isa = 1;  // Isa id (kernel_isa.h) of the projections' matmuls, checked by the caller; 1 = AVX2
 };
 
 // m new tokens, each a row with its own context (its block table row and length, itself included): one token

@@ -14,6 +14,7 @@
 
 #include "decode_attention.h"
 #include "decode_ops.h"
+#include "kernel_isa.h"
 #include "matmul_plan.h"
 #include "quant_layout.h"
 
@@ -40,7 +41,10 @@ const char* check_projection(const Projection& p, int k, int width) {
 }
 
 // Every part of `p`: y[:, columns of the part] = acts @ W_part^T, items shared by all threads, then one barrier.
-void run_projection(const Projection& p, const QuantizedActs& acts, float* y, int ldy, int m, int num_threads) {
+void run_projection(const Projection& p, const QuantizedActs& acts, float* y, int ldy, int m, int num_threads,
+                    int isa_id) {
+    Isa isa = Isa::Avx2;
+    isa_from_int(isa_id, &isa);
     int column = 0;
     for (int i = 0; i < p.num_parts; ++i) {
         const ProjectionPart& part = p.parts[i];
@@ -50,7 +54,7 @@ void run_projection(const Projection& p, const QuantizedActs& acts, float* y, in
         const WorkPlan plan = plan_work(m, n, num_threads);
         const MatmulSlice base{qtype, ptr<const uint8_t>(part.data), n, acts.k, &acts, y + column, ldy, 0, 0, 0, 0};
 #pragma omp for schedule(dynamic, 1) nowait
-        for (int item = 0; item < plan.items(); ++item) matmul_slice_avx2(plan.item_slice(base, item));
+        for (int item = 0; item < plan.items(); ++item) matmul_slice_on(isa, plan.item_slice(base, item));
         column += n;
     }
 #pragma omp barrier
@@ -218,7 +222,7 @@ void run_layer_shared(const LayerTable& layer, int index, const DecodeDims& d, c
         if (index > 0) add_row(x, buf.y.data() + static_cast<size_t>(t) * hidden, hidden);
         norm_and_quantize(x, layer.input_norm, d, own.row.data(), buf.hidden_acts.row(t));
     }
-    run_projection(layer.qkv, buf.hidden_acts.acts, buf.qkv.data(), qkv_width, m, num_threads);
+    run_projection(layer.qkv, buf.hidden_acts.acts, buf.qkv.data(), qkv_width, m, num_threads, d.matmul_isa);
 #pragma omp for schedule(static)
     for (int t = 0; t < m; ++t) {
         float* row = buf.qkv.data() + static_cast<size_t>(t) * qkv_width;
@@ -236,7 +240,7 @@ void run_layer_shared(const LayerTable& layer, int index, const DecodeDims& d, c
         merge_token(d, buf, t, splits, attention_row);
         quantize_rows_avx2(attention_row, 0, 1, buf.attention_acts.row(t));
     }
-    run_projection(layer.o, buf.attention_acts.acts, buf.y.data(), hidden, m, num_threads);
+    run_projection(layer.o, buf.attention_acts.acts, buf.y.data(), hidden, m, num_threads, d.matmul_isa);
 #pragma omp for schedule(static)
     for (int t = 0; t < m; ++t) {
         float* x = b.x + static_cast<size_t>(t) * hidden;
@@ -244,13 +248,13 @@ void run_layer_shared(const LayerTable& layer, int index, const DecodeDims& d, c
         if (layer.o_bias != 0) add_row(x, ptr<const float>(layer.o_bias), hidden);
         norm_and_quantize(x, layer.post_norm, d, own.row.data(), buf.hidden_acts.row(t));
     }
-    run_projection(layer.gate_up, buf.hidden_acts.acts, buf.gate_up.data(), 2 * inter, m, num_threads);
+    run_projection(layer.gate_up, buf.hidden_acts.acts, buf.gate_up.data(), 2 * inter, m, num_threads, d.matmul_isa);
 #pragma omp for schedule(static)
     for (int t = 0; t < m; ++t) {
         gate_and_quantize(buf.gate_up.data() + static_cast<size_t>(t) * 2 * inter, inter, own.row.data(),
                           buf.gate_acts.row(t));
     }
-    run_projection(layer.down, buf.gate_acts.acts, buf.y.data(), hidden, m, num_threads);
+    run_projection(layer.down, buf.gate_acts.acts, buf.y.data(), hidden, m, num_threads, d.matmul_isa);
 }
 
 // Few tokens: every thread does the row work of all tokens on its own copies (microseconds, the same values
@@ -268,7 +272,7 @@ void run_layer_own_rows(const LayerTable& layer, int index, const DecodeDims& d,
         if (index > 0) add_row(x, buf.y.data() + static_cast<size_t>(t) * hidden, hidden);
         norm_and_quantize(x, layer.input_norm, d, own.row.data(), own.hidden_acts->row(t));
     }
-    run_projection(layer.qkv, own.hidden_acts->acts, buf.qkv.data(), qkv_width, m, num_threads);
+    run_projection(layer.qkv, own.hidden_acts->acts, buf.qkv.data(), qkv_width, m, num_threads, d.matmul_isa);
     std::copy(buf.qkv.begin(), buf.qkv.end(), own.qkv.begin());
     for (int t = 0; t < m; ++t) {
         float* row = own.qkv.data() + static_cast<size_t>(t) * qkv_width;
@@ -289,19 +293,19 @@ void run_layer_own_rows(const LayerTable& layer, int index, const DecodeDims& d,
         merge_token(d, buf, t, splits, attention_row);
         quantize_rows_avx2(attention_row, 0, 1, own.attention_acts->row(t));
     }
-    run_projection(layer.o, own.attention_acts->acts, buf.y.data(), hidden, m, num_threads);
+    run_projection(layer.o, own.attention_acts->acts, buf.y.data(), hidden, m, num_threads, d.matmul_isa);
     for (int t = 0; t < m; ++t) {
         float* x = own.x.data() + static_cast<size_t>(t) * hidden;
         add_row(x, buf.y.data() + static_cast<size_t>(t) * hidden, hidden);
         if (layer.o_bias != 0) add_row(x, ptr<const float>(layer.o_bias), hidden);
         norm_and_quantize(x, layer.post_norm, d, own.row.data(), own.hidden_acts->row(t));
     }
-    run_projection(layer.gate_up, own.hidden_acts->acts, buf.gate_up.data(), 2 * inter, m, num_threads);
+    run_projection(layer.gate_up, own.hidden_acts->acts, buf.gate_up.data(), 2 * inter, m, num_threads, d.matmul_isa);
     for (int t = 0; t < m; ++t) {
         gate_and_quantize(buf.gate_up.data() + static_cast<size_t>(t) * 2 * inter, inter, own.row.data(),
                           own.gate_acts->row(t));
     }
-    run_projection(layer.down, own.gate_acts->acts, buf.y.data(), hidden, m, num_threads);
+    run_projection(layer.down, own.gate_acts->acts, buf.y.data(), hidden, m, num_threads, d.matmul_isa);
 }
 
 }  // namespace

@@ -14,44 +14,23 @@
 #endif
 
 #include "decode_step.h"
+#include "kernel_isa.h"
 #include "matmul_plan.h"
 #include "quant_layout.h"
 
 namespace ember {
 namespace {
 
-bool cpu_has_avx2() {
-#if defined(EMBER_HAVE_AVX2)
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
-#else
-    return false;
-#endif
-}
-
-void quantize_rows(bool simd, const float* x, int t_begin, int t_end, const QuantizedActs& acts) {
-#if defined(EMBER_HAVE_AVX2)
-    if (simd) return quantize_rows_avx2(x, t_begin, t_end, acts);
-#endif
-    (void)simd;
-    quantize_rows_scalar(x, t_begin, t_end, acts);
-}
-
-void matmul_slice(bool simd, const MatmulSlice& slice) {
-#if defined(EMBER_HAVE_AVX2)
-    if (simd) return matmul_slice_avx2(slice);
-#endif
-    (void)simd;
-    matmul_slice_scalar(slice);
-}
+bool cpu_has_avx2() { return cpu_supports(Isa::Avx2); }
 
 constexpr size_t kPrivateQuantize = 16384;  // up to this many activations every thread quantizes them itself
 
-void run_item(bool simd, const MatmulSlice& base, const WorkPlan& plan, int item) {
-    matmul_slice(simd, plan.item_slice(base, item));
+void run_item(Isa isa, const MatmulSlice& base, const WorkPlan& plan, int item) {
+    matmul_slice_on(isa, plan.item_slice(base, item));
 }
 
 void run_matmul(QType qtype, const float* x, int m, int k, const uint8_t* packed, int n, float* y,
-                int num_threads, bool simd) {
+                int num_threads, Isa isa) {
     const WorkPlan plan = plan_work(m, n, num_threads);
     const bool private_quantize = static_cast<size_t>(m) * k <= kPrivateQuantize;
     // Small batches: each thread quantizes into its own buffer, so no thread waits at a barrier for another.
@@ -66,22 +45,22 @@ void run_matmul(QType qtype, const float* x, int m, int k, const uint8_t* packed
             MatmulSlice slice = base;
             if (private_quantize) {
                 slice.acts = &acts[omp_get_thread_num()]->acts;
-                quantize_rows(simd, x, 0, m, *slice.acts);
+                quantize_rows_on(isa, x, 0, m, *slice.acts);
             } else {
                 slice.acts = &acts[0]->acts;
 #pragma omp for schedule(static)
-                for (int t = 0; t < m; ++t) quantize_rows(simd, x, t, t + 1, *slice.acts);
+                for (int t = 0; t < m; ++t) quantize_rows_on(isa, x, t, t + 1, *slice.acts);
             }
 #pragma omp for schedule(dynamic, 1) nowait
-            for (int item = 0; item < plan.items(); ++item) run_item(simd, slice, plan, item);
+            for (int item = 0; item < plan.items(); ++item) run_item(isa, slice, plan, item);
         }
         return;
     }
 #endif
     MatmulSlice slice = base;
     slice.acts = &acts[0]->acts;
-    quantize_rows(simd, x, 0, m, *slice.acts);
-    for (int item = 0; item < plan.items(); ++item) run_item(simd, slice, plan, item);
+    quantize_rows_on(isa, x, 0, m, *slice.acts);
+    for (int item = 0; item < plan.items(); ++item) run_item(isa, slice, plan, item);
 }
 
 bool parse_qtype(int value, QType* out) {
@@ -100,6 +79,32 @@ bool check_shape(QType qtype, int n, int k) {
 }
 
 PyObject* py_simd_level(PyObject*, PyObject*) { return PyUnicode_FromString(cpu_has_avx2() ? "avx2" : "scalar"); }
+
+bool set_item(PyObject* d, const char* key, PyObject* value);
+
+// {name: id} of the kernel families this build has and this CPU runs, most portable first ("scalar" always).
+PyObject* py_isas(PyObject*, PyObject*) {
+    PyObject* isas = PyDict_New();
+    for (const Isa isa : kIsas) {
+        if (isas == nullptr || !cpu_supports(isa)) continue;
+        if (!set_item(isas, isa_name(isa), PyLong_FromLong(static_cast<int>(isa)))) Py_CLEAR(isas);
+    }
+    return isas;
+}
+
+// An Isa id from Python that this build and CPU can run; false with a ValueError set otherwise.
+bool parse_isa(int value, Isa* out) {
+    if (!isa_from_int(value, out)) {
+        PyErr_Format(PyExc_ValueError, "unknown kernel instruction set id %d", value);
+        return false;
+    }
+    if (!cpu_supports(*out)) {
+        PyErr_Format(PyExc_ValueError, "the %s kernels were requested but this CPU or build lacks them",
+                     isa_name(*out));
+        return false;
+    }
+    return true;
+}
 
 PyObject* py_repacked_nbytes(PyObject*, PyObject* args) {
     int qtype_id, n, k;
@@ -122,10 +127,10 @@ PyObject* py_repack(PyObject*, PyObject* args) {
 }
 
 PyObject* py_matmul(PyObject*, PyObject* args) {
-    int qtype_id, m, k, n, num_threads, use_simd;
+    int qtype_id, m, k, n, num_threads, isa_id;
     unsigned long long x_ptr, packed_ptr, y_ptr;
-    if (!PyArg_ParseTuple(args, "iKiiKiKip", &qtype_id, &x_ptr, &m, &k, &packed_ptr, &n, &y_ptr, &num_threads,
-                          &use_simd)) {
+    if (!PyArg_ParseTuple(args, "iKiiKiKii", &qtype_id, &x_ptr, &m, &k, &packed_ptr, &n, &y_ptr, &num_threads,
+                          &isa_id)) {
         return nullptr;
     }
     QType qtype;
@@ -134,15 +139,13 @@ PyObject* py_matmul(PyObject*, PyObject* args) {
         PyErr_Format(PyExc_ValueError, "need m > 0 and num_threads > 0, got m=%d num_threads=%d", m, num_threads);
         return nullptr;
     }
-    if (use_simd && !cpu_has_avx2()) {
-        PyErr_SetString(PyExc_ValueError, "the AVX2 kernels were requested but this CPU or build lacks AVX2/FMA/F16C");
-        return nullptr;
-    }
+    Isa isa;
+    if (!parse_isa(isa_id, &isa)) return nullptr;
     bool failed = false;
     Py_BEGIN_ALLOW_THREADS
     try {
         run_matmul(qtype, reinterpret_cast<const float*>(x_ptr), m, k, reinterpret_cast<const uint8_t*>(packed_ptr),
-                   n, reinterpret_cast<float*>(y_ptr), num_threads, use_simd != 0);
+                   n, reinterpret_cast<float*>(y_ptr), num_threads, isa);
     } catch (const std::bad_alloc&) {
         failed = true;
     }
@@ -154,23 +157,30 @@ PyObject* py_matmul(PyObject*, PyObject* args) {
 // decode_step(layers_ptr, dims, batch, num_threads): dims = (num_layers, hidden, num_heads, num_kv_heads,
 // head_dim, intermediate, block_size, eps, scale); batch = (m, x, out, final_norm, cos, sin, slots,
 // block_tables, block_table_stride, context_lens, kv_caches, num_cache_blocks, kv_dtype) with every pointer an
-// int and kv_dtype a KVDtype id (kv_format.h).
+// int and kv_dtype a KVDtype id (kv_format.h); then optionally the Isa id of the projections' matmuls (default
+// AVX2).
 PyObject* py_decode_step(PyObject*, PyObject* args) {
     unsigned long long layers_ptr;
     DecodeDims d{};
     unsigned long long x, out, final_norm, cos, sin, slots, block_tables, context_lens, kv_caches;
     long long stride, num_cache_blocks;
     int m, num_threads, kv_dtype;
-    if (!PyArg_ParseTuple(args, "K(iiiiiiiff)(iKKKKKKKLKKLi)i", &layers_ptr, &d.num_layers, &d.hidden, &d.num_heads,
+    if (!PyArg_ParseTuple(args, "K(iiiiiiiff)(iKKKKKKKLKKLi)i|i", &layers_ptr, &d.num_layers, &d.hidden, &d.num_heads,
                           &d.num_kv_heads, &d.head_dim, &d.intermediate, &d.block_size, &d.eps, &d.scale, &m, &x,
                           &out, &final_norm, &cos, &sin, &slots, &block_tables, &stride, &context_lens, &kv_caches,
                           &num_cache_blocks, &kv_dtype,
-                          &num_threads)) {
+                          &num_threads, &d.matmul_isa)) {
         return nullptr;
     }
 #if defined(EMBER_HAVE_AVX2)
     if (!cpu_has_avx2()) {
         PyErr_SetString(PyExc_ValueError, "the fused decode step needs AVX2/FMA/F16C, which this CPU lacks");
+        return nullptr;
+    }
+    Isa matmul_isa;
+    if (!parse_isa(d.matmul_isa, &matmul_isa)) return nullptr;
+    if (matmul_isa == Isa::Scalar) {
+        PyErr_SetString(PyExc_ValueError, "the fused decode step runs its matmuls on avx2 or avx512_vnni, not scalar");
         return nullptr;
     }
     const auto* layers = reinterpret_cast<const LayerTable*>(layers_ptr);
@@ -260,10 +270,11 @@ PyMethodDef kMethods[] = {
     {"decode_table_fields", py_decode_table_fields, METH_NOARGS, "int64 fields of one layer's table"},
     {"layout", py_layout, METH_NOARGS, "layout() -> the quantization type ids, block and tile sizes of the kernels"},
     {"simd_level", py_simd_level, METH_NOARGS, "'avx2' when the AVX2+FMA+F16C kernels can run here, else 'scalar'."},
+    {"isas", py_isas, METH_NOARGS, "isas() -> {name: id} of the kernel families this build and CPU run, portable first"},
     {"repacked_nbytes", py_repacked_nbytes, METH_VARARGS, "repacked_nbytes(qtype_id, n, k) -> bytes of the layout"},
     {"repack", py_repack, METH_VARARGS, "repack(qtype_id, raw_ptr, n, k, packed_ptr): GGUF rows -> interleaved"},
     {"matmul", py_matmul, METH_VARARGS,
-     "matmul(qtype_id, x_ptr, m, k, packed_ptr, n, y_ptr, num_threads, use_simd): y[m, n] = x @ W^T"},
+     "matmul(qtype_id, x_ptr, m, k, packed_ptr, n, y_ptr, num_threads, isa_id): y[m, n] = x @ W^T"},
     {nullptr, nullptr, 0, nullptr},
 };
 

@@ -10,10 +10,12 @@ import sys
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from ember import kernels
 from ember.engine.engine_config import CacheConfig, SchedulerConfig
 from ember.engine.llm_engine import EngineConfig
 from ember.engine.speculation.config import SpeculationConfig
 from ember.interpreter_tuning import tune_interpreter_for_serving
+from ember.kernels.kernel_isa import KernelIsaError
 from ember.lora.config import LoraConfig
 from ember.model_engines import EngineSettings, ModelOpener
 from ember.model_specs import ModelSpec, specs_from_args
@@ -138,6 +140,11 @@ def serve_from_args(args: argparse.Namespace) -> int:
     try:
         drain = DrainConfig(timeout_s=args.drain_timeout)
     except ValueError as error:
+        print(f"ember serve: {error}", file=sys.stderr)
+        return 2
+    try:  # EMBER_KERNEL_ISA is read when the weights are prepared: a bad value fails here, before any load
+        kernels.chosen_isa()
+    except KernelIsaError as error:
         print(f"ember serve: {error}", file=sys.stderr)
         return 2
     try:  # a missing model file or a bad models file, before anything loads

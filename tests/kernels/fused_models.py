@@ -89,8 +89,8 @@ VARIANTS = (
             v_proj="Q3_K",
             o_proj="Q5_K",
             gate_proj="Q2_K",
-            up_proj="Q5_0",
-            down_proj="Q5_K",
+            up_proj="IQ4_NL",
+            down_proj="IQ4_XS",
         ),
     ),
 )

@@ -10,12 +10,20 @@ from gguf import quants
 from ember.models.quant.ggml_blocks import BLOCK_FORMATS
 
 # Byte offsets of the fp16 super-block scales (d, then dmin where the type has one) of the 256-value K-types.
-SCALE_OFFSETS = {"Q2_K": (80, 82), "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,)}
+SCALE_OFFSETS = {
+    "Q2_K": (80, 82),
+    "Q3_K": (108,),
+    "Q4_K": (0, 2),
+    "Q5_K": (0, 2),
+    "Q6_K": (208,),
+    "IQ4_NL": (0,),
+    "IQ4_XS": (0,),
+}
 
 
 def random_blocks(qtype: str, n: int, k: int, seed: int) -> torch.Tensor:
-    """uint8 [n, row_bytes]. The 32-value types quantize Gaussian weights with the gguf package; the K-types
-    (which gguf cannot quantize) are random bytes, so every packing of quants and sub-block scales occurs,
+    """uint8 [n, row_bytes]. The 32-value types quantize Gaussian weights with the gguf package; the K- and IQ4
+    types (which gguf cannot quantize) are random bytes, so every packing of quants and sub-block scales occurs,
     with the fp16 super-block scales set to finite values of a typical size."""
     rng = np.random.default_rng(seed)
     if qtype in ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -23,3 +24,19 @@ def test_avx2_kernels_are_chosen_on_an_avx2_cpu(native_kernels: None) -> None:
     flags = set(cpuinfo.read_text().split())
     expected = "avx2" if {"avx2", "fma", "f16c"} <= flags else "scalar"
     assert kernels.simd_level() == expected
+
+
+def test_every_kernel_family_the_cpu_has_is_offered(native_kernels: None) -> None:
+    """AVX-512 VNNI is offered exactly where the CPU flags say so; `auto` takes the fastest offered."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        pytest.skip("no /proc/cpuinfo to read the CPU's flags from")
+    flags = set(cpuinfo.read_text().split())
+    expected = ["scalar"]
+    if {"avx2", "fma", "f16c"} <= flags:
+        expected.append("avx2")
+        if {"avx512f", "avx512bw", "avx512vl", "avx512_vnni"} <= flags:
+            expected.append("avx512_vnni")
+    assert list(kernels.supported_isas_here()) == expected
+    print(f"kernel families on this CPU: {', '.join(expected)}")
+    assert kernels.chosen_isa() == expected[-1] or os.environ.get("EMBER_KERNEL_ISA")

@@ -10,11 +10,13 @@ import pytest
 import torch
 from fused_models import VARIANTS, DecodeBatch, Variant, build_models, decode_batch, verification_batch
 
+from ember import kernels
 from ember.engine.forward_path import ForwardPath, NetworkForward
 from ember.engine.llm_engine import LLMEngine
 from ember.engine.sampling_params import SamplingParams
 from ember.engine.testing import tiny_engine_config, tiny_loaded_model
 from ember.kernels import decode_step as native_step
+from ember.kernels.kernel_isa import ISA_ENV, KernelIsaError
 from ember.models.fused_decode import MAX_QUERY_TOKENS, FusedDecodeStack
 from ember.models.llama import DecoderModel
 
@@ -66,9 +68,10 @@ def test_fused_step_matches_the_reference_paths(
     assert path is ForwardPath.MODULES, "the fp32 reference never takes the fused path"
 
     # The same int8 rounding as the module path: only the float summation order differs, which now and then moves
-    # one activation across a rounding edge (one int8 step, < 1% of the row).
+    # one activation across a rounding edge (one int8 step: up to 2% of a row of these 256-wide models, measured
+    # 0.7% on the AVX2 kernels and 2.0% on AVX-512 VNNI, whose 16-lane sums round in another order).
     to_modules = row_errors(fused, modules)
-    assert float(to_modules.max()) < 0.02
+    assert float(to_modules.max()) < 0.03
     assert float((to_modules < 1e-5).float().mean()) >= 0.5
     # Against fp32 the error is the int8 activations' (measured medians 0.5-1.6%), never worse than the module path.
     to_exact = row_errors(fused, exact)
@@ -186,3 +189,41 @@ def test_the_engine_counts_the_forward_each_step_ran(fused_decode: bool) -> None
     stats = engine.stats
     assert stats.num_steps == 6 and stats.num_fused_steps + stats.num_module_steps == stats.num_steps
     assert (stats.num_module_steps, stats.num_fused_steps) == ((1, 5) if fused_decode else (6, 0))
+
+
+FUSED_ISAS = [isa for isa in kernels.supported_isas_here() if isa != "scalar"]
+
+
+@pytest.mark.parametrize("isa", FUSED_ISAS)
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.name)
+def test_every_kernel_family_this_cpu_has_runs_the_fused_step(
+    variant: Variant, isa: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EMBER_KERNEL_ISA set before the load picks the family (the test ids say which ran here); the fused step
+    and the module path then both run on it and match the fp32 model, for token counts past every register tile."""
+    monkeypatch.setenv(ISA_ENV, isa)
+    kernel, reference = build_models(variant, seed=3)
+    stack = FusedDecodeStack.build(kernel)
+    assert stack is not None and stack.isa == isa
+    for m in (1, 9, 33):
+        batch = decode_batch(kernel.config, m, seed=m)
+        fused, _, path = forward(kernel, batch, fused=True)
+        assert path is ForwardPath.FUSED
+        modules, _, _ = forward(kernel, batch, fused=False)
+        exact, _, _ = forward(reference, batch, fused=True)
+        assert float(row_errors(fused, modules).max()) < 0.03
+        assert float(row_errors(fused, exact).median()) < 0.03
+
+
+def test_scalar_kernels_leave_the_fused_step_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ISA_ENV, "scalar")
+    kernel, _ = build_models(VARIANTS[0])
+    assert FusedDecodeStack.build(kernel) is None
+    _, _, path = forward(kernel, decode_batch(kernel.config, 2, seed=1), fused=True)
+    assert path is ForwardPath.MODULES
+
+
+def test_an_unknown_kernel_family_is_refused_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ISA_ENV, "avx9000")
+    with pytest.raises(KernelIsaError, match=r"EMBER_KERNEL_ISA='avx9000' is not one of auto, scalar, avx2"):
+        build_models(VARIANTS[0])

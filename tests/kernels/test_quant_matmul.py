@@ -12,8 +12,10 @@ from ember.kernels.reference import reference_quant_matmul
 
 pytestmark = pytest.mark.usefixtures("native_kernels")
 
-BACKENDS = ["scalar"] + (["avx2"] if kernels.simd_level() == "avx2" else [])
-ROWS = [1, 3, 17, 64]  # M
+# Every kernel family this CPU runs: the test ids name them, so the report says which ran here.
+BACKENDS = list(kernels.supported_isas_here())
+SIMD_BACKENDS = [isa for isa in BACKENDS if isa != "scalar"]
+ROWS = [1, 3, 9, 17, 33, 64]  # M; past the 4-token (AVX2) and 8-token (AVX-512) register tiles
 LEGACY_WIDTHS = [32, 96, 576, 1536, 800]  # K; 800 is not a multiple of 256
 K_WIDTHS = [256, 512, 1536]
 
@@ -61,14 +63,15 @@ def test_k_types_match_reference(backend: str, qtype: str, k: int) -> None:
         check_against_references(y, x, blocks, qtype, n, k)
 
 
-@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_1", "Q4_K", "Q6_K"])
-def test_simd_and_scalar_kernels_agree(qtype: str) -> None:
-    if "avx2" not in BACKENDS:
-        pytest.skip("no AVX2 on this CPU")
+@pytest.mark.parametrize("backend", SIMD_BACKENDS or ["no-simd"])
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q6_K"])
+def test_simd_and_scalar_kernels_agree(backend: str, qtype: str) -> None:
+    if not SIMD_BACKENDS:
+        pytest.skip("no SIMD kernels on this CPU")
     n, k = 70, 512
     weight = prepare_weight(random_blocks(qtype, n, k, seed=7), qtype, n, k)
     x = torch.randn(33, k)
-    simd = quant_matmul_prepared(x, weight, backend="avx2")
+    simd = quant_matmul_prepared(x, weight, backend=backend)
     scalar = quant_matmul_prepared(x, weight, backend="scalar")
     torch.testing.assert_close(simd, scalar, rtol=1e-5, atol=1e-5 * float(scalar.abs().max()))
 

@@ -22,8 +22,16 @@ QUANTIZABLE = (
     "Q5_0",
     "Q5_1",
 )  # gguf.quants.quantize supports them
-# K-quant super-blocks, which gguf cannot quantize: the byte offsets of their fp16 scales.
-K_SCALE_OFFSETS = {"Q2_K": (80, 82), "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,)}
+# K-quant super-blocks and the IQ4 types, which gguf cannot quantize: the byte offsets of their fp16 scales.
+K_SCALE_OFFSETS = {
+    "Q2_K": (80, 82),
+    "Q3_K": (108,),
+    "Q4_K": (0, 2),
+    "Q5_K": (0, 2),
+    "Q6_K": (208,),
+    "IQ4_NL": (0,),
+    "IQ4_XS": (0,),
+}
 
 
 def _reference(raw: np.ndarray, qtype: str) -> np.ndarray:
@@ -154,8 +162,8 @@ def test_dequantize_rows_and_take_rows_select_rows() -> None:
 
 
 def test_packed_weight_validates_its_data() -> None:
-    with pytest.raises(ValueError, match="unsupported GGML tensor type 'IQ4_NL'"):
-        PackedWeight("IQ4_NL", (4, 32), torch.zeros(4, 18, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="unsupported GGML tensor type 'IQ2_XXS'"):
+        PackedWeight("IQ2_XXS", (4, 256), torch.zeros(4, 66, dtype=torch.uint8))
     with pytest.raises(ValueError, match="not a multiple of the block size 32"):
         PackedWeight("Q8_0", (4, 40), torch.zeros(4, 34, dtype=torch.uint8))
     with pytest.raises(ValueError, match=r"needs uint8 data of shape \(4, 34\)"):

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
 from ember.bench.http_server import free_port, wait_until_healthy
 
@@ -97,3 +98,16 @@ def test_an_embedding_model_that_cannot_load_is_one_line_and_exit_1(tmp_path: Pa
     assert done.returncode == 1 and "Traceback" not in done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("ember serve: cannot load the embedding model: ") and "not an encoder" in last
+
+
+def test_an_unknown_kernel_family_is_one_line_and_exit_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Checked before any model is read, so in-process: `ember serve` returns 2 with the choices named."""
+    from ember.cli import main
+
+    monkeypatch.setenv("EMBER_KERNEL_ISA", "avx9000")
+    assert main(["serve", "--port", str(free_port())]) == 2
+    assert (
+        "EMBER_KERNEL_ISA='avx9000' is not one of auto, scalar, avx2, avx512_vnni" in capsys.readouterr().err
+    )

@@ -105,7 +105,8 @@ def run_benchmark(cfg: BenchConfig) -> None:
     rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(
         f"model {loaded.name} ({loaded.source_format} {loaded.file_quantization}) as {loaded.weight_format}, "
-        f"{cfg.threads} threads, loaded in {loaded.load_seconds:.2f} s, peak RSS {rss_mib:.0f} MiB",
+        f"{cfg.threads} threads, loaded in {loaded.load_seconds:.2f} s, peak RSS {rss_mib:.0f} MiB, "
+        f"int8 kernels {kernels.chosen_isa() if loaded.kernel_linears else 'not used'}",
         flush=True,
     )
     long, skipped = long_workloads(cfg, loaded.config.max_position_embeddings)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ember.kernels.quant_matmul import QTYPE_IDS, native_module, simd_level
+from ember.kernels.quant_matmul import ISA_IDS, QTYPE_IDS, native_module, simd_level
 
 MAX_PROJECTION_PARTS = 3
 # input_norm, post_norm, q_norm, k_norm, qkv_bias, o_bias, then 4 projections of (num_parts, 3 x (qtype, data, n)).
@@ -84,12 +84,16 @@ def decode_step(
     num_cache_blocks: int,
     num_threads: int,
     kv_dtype_id: int = 0,
+    isa: str = "avx2",
 ) -> torch.Tensor:
     """x [M, hidden] fp32 embeddings of M one-token decodes (consumed: it holds the residual stream after the call)
     -> final-normed hidden states [M, hidden]. New keys and values are written to their `slots`; token t attends
     over context_lens[t] positions of its block_tables row. kv_table [num_layers, 2] holds each layer's key and
     value cache pointers ([num_cache_blocks, block_size, kv_heads, row] rows of the format `kv_dtype_id` names:
-    KVCacheFormat.native_id, fp32 by default)."""
+    KVCacheFormat.native_id, fp32 by default). `isa` names the kernel family of the projections' matmuls: "avx2" or
+    "avx512_vnni" (kernel_isa.py)."""
+    if isa not in ("avx2", "avx512_vnni") or isa not in ISA_IDS:
+        raise ValueError(f"the fused decode step runs on avx2 or avx512_vnni where supported, got {isa!r}")
     m = x.shape[0]
     if x.dtype != torch.float32 or tuple(x.shape) != (m, dims.hidden) or not x.is_contiguous() or m == 0:
         raise ValueError(
@@ -129,5 +133,6 @@ def decode_step(
             kv_dtype_id,
         ),
         num_threads,
+        ISA_IDS[isa],
     )
     return out

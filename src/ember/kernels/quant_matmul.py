@@ -12,6 +12,7 @@ from types import ModuleType
 
 import torch
 
+from ember.kernels.kernel_isa import requested_isa, resolve_isa, supported_isas
 from ember.kernels.kernel_layout import KernelLayout, checked_layout
 from ember.kernels.reference import check_weight_blocks, dequantize_blocks
 
@@ -27,8 +28,9 @@ KERNEL_LAYOUT: KernelLayout | None = None if _native is None else checked_layout
 QTYPE_IDS: dict[str, int] = (
     {} if KERNEL_LAYOUT is None else {name: qtype.id for name, qtype in KERNEL_LAYOUT.qtypes.items()}
 )
-BACKENDS = ("auto", "avx2", "scalar")
-_AUTO_SIMD = _native is not None and _native.simd_level() == "avx2"
+# {name: id} of the kernel families this CPU runs (kernel_isa.py); "auto" is the weight's own, chosen at prepare.
+ISA_IDS: dict[str, int] = supported_isas(_native)
+BACKENDS = ("auto", "avx512_vnni", "avx2", "scalar")
 
 
 def available() -> bool:
@@ -39,6 +41,17 @@ def available() -> bool:
 def simd_level() -> str:
     """'avx2' or 'scalar' for the kernels `auto` picks on this CPU; 'none' without the extension."""
     return "none" if _native is None else str(_native.simd_level())
+
+
+def supported_isas_here() -> tuple[str, ...]:
+    """The kernel families this build runs on this CPU, portable first (empty without the extension)."""
+    return tuple(ISA_IDS)
+
+
+def chosen_isa() -> str:
+    """The family new weights are prepared for: the fastest here, unless EMBER_KERNEL_ISA caps it (read now,
+    so a model loaded after the variable is set follows it); 'none' without the extension."""
+    return "none" if _native is None else resolve_isa(requested_isa(), ISA_IDS)
 
 
 def supports(qtype: str) -> bool:
@@ -62,6 +75,7 @@ class PreparedQuantWeight:
     k: int  # in_features
     data: torch.Tensor  # uint8; interleaved tiles if `interleaved`, else raw blocks [n, row_bytes]
     interleaved: bool
+    isa: str = "none"  # the kernel family `auto` runs it on (kernel_isa.py); "none" for raw blocks
 
     @property
     def nbytes(self) -> int:
@@ -69,7 +83,8 @@ class PreparedQuantWeight:
 
 
 def prepare_weight(w_data: torch.Tensor, qtype: str, n: int, k: int) -> PreparedQuantWeight:
-    """One-time regrouping of raw GGUF blocks (uint8 [n, row_bytes]) for the kernels. The input is not kept."""
+    """One-time regrouping of raw GGUF blocks (uint8 [n, row_bytes]) for the kernels. The input is not kept.
+    The weight runs on `chosen_isa()` unless a call names another family."""
     check_weight_blocks(w_data, qtype, n, k)
     if not supports(qtype):
         return PreparedQuantWeight(qtype, n, k, w_data, interleaved=False)
@@ -77,7 +92,7 @@ def prepare_weight(w_data: torch.Tensor, qtype: str, n: int, k: int) -> Prepared
     raw = w_data.contiguous()
     packed = torch.empty(native.repacked_nbytes(QTYPE_IDS[qtype], n, k), dtype=torch.uint8)
     native.repack(QTYPE_IDS[qtype], raw.data_ptr(), n, k, packed.data_ptr())
-    return PreparedQuantWeight(qtype, n, k, packed, interleaved=True)
+    return PreparedQuantWeight(qtype, n, k, packed, interleaved=True, isa=chosen_isa())
 
 
 def quant_matmul_prepared(
@@ -90,7 +105,8 @@ def quant_matmul_prepared(
     """y [M, n] fp32 = x [M, k] fp32 @ W^T, written into `out` when given (a contiguous fp32 [M, n]).
 
     num_threads defaults to torch.get_num_threads(): call from the thread that runs torch's ops so the two
-    share one OpenMP team. backend "avx2" / "scalar" forces a kernel family ("auto": the best this CPU has).
+    share one OpenMP team. backend "avx512_vnni" / "avx2" / "scalar" forces a kernel family ("auto": the one the
+    weight was prepared for).
     This runs once per linear layer per step, so its checks are the cheap ones (about 1 us in all)."""
     if x.dtype != torch.float32 or x.dim() != 2 or x.shape[1] != weight.k or not x.is_cpu:
         raise ValueError(f"x must be a float32 CPU tensor [M, {weight.k}], got {x.dtype} {tuple(x.shape)}")
@@ -98,12 +114,11 @@ def quant_matmul_prepared(
         if backend != "auto":
             raise ValueError(f"backend {backend!r} needs the native kernels, which are not available")
         return torch.matmul(x, dequantize_blocks(weight.data, weight.qtype, weight.n, weight.k).t(), out=out)
-    if backend == "auto":
-        use_simd = _AUTO_SIMD
-    elif backend in BACKENDS:
-        use_simd = backend == "avx2"
-    else:
+    if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    isa = weight.isa if backend == "auto" else backend
+    if isa not in ISA_IDS:
+        raise ValueError(f"backend {isa!r} does not run on this CPU or build; it runs {', '.join(ISA_IDS)}")
     threads = torch.get_num_threads() if num_threads is None else num_threads
     m = x.shape[0]
     if out is None:
@@ -128,7 +143,7 @@ def quant_matmul_prepared(
         weight.n,
         out.data_ptr(),
         threads,
-        use_simd,
+        ISA_IDS[isa],
     )
     return out
 

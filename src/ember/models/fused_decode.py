@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ember.kernels import decode_step as native_step
+from ember.kernels.kernel_isa import ISA_ORDER
 from ember.models.attention_metadata import AttentionMetadata
 from ember.models.kv_cache_format import KV_STORAGE_DTYPES, format_of_cache
 from ember.models.linear import ConcatLinear
@@ -76,6 +77,11 @@ def _joined_bias(parts: list[PackedLinear]) -> torch.Tensor | None:
     return torch.cat(pieces).float().contiguous()
 
 
+def _prepared_isas(model: DecoderModel) -> set[str]:
+    """The kernel families the model's packed linears were prepared for."""
+    return {m.prepared.isa for m in model.modules() if isinstance(m, PackedLinear) and m.prepared is not None}
+
+
 class FusedDecodeStack:
     """A DecoderModel's weights described once for the native decode step; `forward` then serves every step
     the caller (the engine's runner) sends it, after `accepts` said yes."""
@@ -87,12 +93,14 @@ class FusedDecodeStack:
         keep_alive: list[torch.Tensor],
         dims: native_step.DecodeDims,
         final_norm: torch.Tensor,
+        isa: str,
     ) -> None:
         self.model = model  # its embedding and rotary tables run in torch around the native call
         self.table = table  # [num_layers, LAYER_TABLE_FIELDS] int64
         self.keep_alive = keep_alive  # every tensor the table points into
         self.dims = dims
         self.final_norm = final_norm
+        self.isa = isa  # kernel family of the projections (kernel_isa.py), as their weights were prepared
         self._kv_key: tuple[int, int] | None = None
         self._kv_table = torch.empty(0, 2, dtype=torch.int64)
 
@@ -126,8 +134,12 @@ class FusedDecodeStack:
             eps=config.rms_norm_eps,
             scale=config.head_dim**-0.5,
         )
+        # Weights prepared under different EMBER_KERNEL_ISA settings run on the family they all support.
+        isa = min(_prepared_isas(model), key=ISA_ORDER.index)
+        if isa == "scalar":
+            return None  # EMBER_KERNEL_ISA=scalar: the fused step has no scalar build, the module path serves
         table = torch.tensor(rows, dtype=torch.int64)
-        return FusedDecodeStack(model, table, keep, dims, model.norm.weight.detach())
+        return FusedDecodeStack(model, table, keep, dims, model.norm.weight.detach(), isa)
 
     @staticmethod
     def _layer_fields(layer: DecoderLayer, keep: list[torch.Tensor]) -> list[int] | None:
@@ -217,6 +229,7 @@ class FusedDecodeStack:
             kv_caches[0][0].shape[0],
             torch.get_num_threads(),
             format_of_cache(kv_caches[0][0]).native_id,
+            self.isa,
         )
 
     def _kv_pointers(self, kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:

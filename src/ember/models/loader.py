@@ -99,11 +99,30 @@ def gguf_file_of(path: str) -> str | None:
 
 def enable_quant_kernels(network: torch.nn.Module) -> int:
     """Moves every packed linear onto the int8 kernel, through a Q8_0 stand-in for the block formats it lacks;
-    returns how many made it, and logs which formats were converted and which stayed on the slow path."""
+    returns how many made it, and logs the kernel family, which formats were converted and which linears stayed
+    on a slow path."""
+    from ember import kernels
     from ember.models.quant.packed_linear import PackedLinear
 
+    if kernels.available():
+        _dense_linears_to_stand_ins(network)  # logged below with the other stand-ins, as "fp32 as Q8_0"
     linears = [m for m in network.modules() if isinstance(m, PackedLinear)]
     on_kernel = [m.use_fast_kernel() for m in linears]
+    if any(on_kernel):
+        logger.info(
+            "int8 kernels: %d linears on %s (this CPU runs %s; EMBER_KERNEL_ISA caps it)",
+            sum(on_kernel),
+            kernels.chosen_isa(),
+            ", ".join(kernels.supported_isas_here()),
+        )
+    # What no stand-in fits (rows not a multiple of 32 values, or no kernels built) stays fp32: exact, but torch
+    # matmuls at 4 bytes a weight, and the model then stays off the fused decode step.
+    dense = [m for m in network.modules() if type(m) is torch.nn.Linear]
+    if dense:
+        logger.warning(
+            "%d linears held as fp32 (unquantized tensors in the file): torch matmuls, no fused decode step",
+            len(dense),
+        )
     stand_ins = Counter(f"{m.converted_from} as {m.qtype}" for m in linears if m.converted_from is not None)
     slow = Counter(m.qtype for m, fast in zip(linears, on_kernel, strict=True) if not fast)
     if stand_ins:
@@ -115,6 +134,28 @@ def enable_quant_kernels(network: torch.nn.Module) -> int:
             "linears left on the slow reference path (no int8 kernel for their format): %s", listed
         )
     return sum(on_kernel)
+
+
+def _dense_linears_to_stand_ins(network: torch.nn.Module) -> int:
+    """Every unquantized nn.Linear of a packed model that Q8_0 fits becomes a PackedLinear over its Q8_0 stand-in
+    (a tied lm_head too: the embedding keeps its own fp32 table). Returns how many were replaced."""
+    from ember.models.quant.kernel_stand_ins import dense_stand_in
+    from ember.models.quant.packed_linear import PackedLinear
+
+    replaced = 0
+    for parent in list(network.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is not torch.nn.Linear:
+                continue
+            stand_in = dense_stand_in(child)
+            if stand_in is None:
+                continue
+            bias = None if child.bias is None else child.bias.detach()
+            packed = PackedLinear(stand_in.weight, bias)
+            packed.converted_from = stand_in.original_qtype
+            setattr(parent, name, packed)
+            replaced += 1
+    return replaced
 
 
 def read_checkpoint(path: str, keep_packed: bool, quantization: str | None = None) -> Checkpoint:
