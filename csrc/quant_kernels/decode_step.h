@@ -12,6 +12,8 @@ namespace ember {
 
 constexpr int kMaxProjectionParts = 3;
 
+struct DecodeLora;  // decode_lora.h
+
 // One weight of a projection: a packed matrix of `n` output rows, in qtype `qtype` (QType id).
 struct ProjectionPart {
     int64_t qtype;
@@ -69,6 +71,7 @@ struct DecodeBatch {
     const int64_t* context_lens;  // [m], the new token included
     const int64_t* kv_caches;     // [num_layers, 2] float* of each layer's key and value cache
     int64_t num_cache_blocks;     // blocks in each cache tensor
+    const DecodeLora* lora = nullptr;  // the rows' LoRA adapters (decode_lora.h); nullptr: all base-model rows
 };
 
 // Returns nullptr on success, else a message (bad table entries) and nothing is computed.

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ember.kernels.decode_lora import StepLora, native_args
 from ember.kernels.quant_matmul import QTYPE_IDS, native_module, simd_level
 
 MAX_PROJECTION_PARTS = 3
@@ -83,11 +84,13 @@ def decode_step(
     kv_table: torch.Tensor,
     num_cache_blocks: int,
     num_threads: int,
+    lora: StepLora | None = None,
 ) -> torch.Tensor:
     """x [M, hidden] fp32 embeddings of M one-token decodes (consumed: it holds the residual stream after the call)
     -> final-normed hidden states [M, hidden]. New keys and values are written to their `slots`; token t attends
     over context_lens[t] positions of its block_tables row. kv_table [num_layers, 2] holds each layer's key and
-    value cache pointers (fp32 [num_cache_blocks, block_size, kv_heads, head_dim])."""
+    value cache pointers (fp32 [num_cache_blocks, block_size, kv_heads, head_dim]). With `lora`, each row's
+    adapter adds its low-rank products after every projection it targets (ember.kernels.decode_lora)."""
     m = x.shape[0]
     if x.dtype != torch.float32 or tuple(x.shape) != (m, dims.hidden) or not x.is_contiguous() or m == 0:
         raise ValueError(
@@ -107,6 +110,7 @@ def decode_step(
     _check_int64("block_tables", block_tables, (m, block_tables.shape[1]))
     _check_int64("kv_table", kv_table, (dims.num_layers, 2))
     _check_int64("layer_table", layer_table, (dims.num_layers, LAYER_TABLE_FIELDS))
+    lora_args = None if lora is None else native_args(lora, m)
     out = torch.empty_like(x)
     native_module().decode_step(
         layer_table.data_ptr(),
@@ -126,5 +130,6 @@ def decode_step(
             num_cache_blocks,
         ),
         num_threads,
+        lora_args,
     )
     return out

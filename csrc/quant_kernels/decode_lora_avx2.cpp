@@ -1,0 +1,199 @@
+// LoRA products inside the fused decode step (decode_lora.h), AVX2 + FMA. Called only after the run-time CPU
+// check, from inside the step's OpenMP parallel region.
+#include "decode_lora.h"
+
+#include <immintrin.h>
+
+#include <algorithm>
+
+#include "decode_step.h"
+#include "simd_avx2.h"
+
+namespace ember {
+
+namespace {
+
+// Output columns an expand work item covers: Bs^T's [rank, 64] slice stays in L1 while the group's rows pass.
+constexpr int kExpandColumns = 64;
+// A projection feeds at most three modules (q|k|v), so t holds three rank-wide slices per row.
+constexpr int kMaxModulesPerProjection = 3;
+
+struct ProjectionModules {
+    int first;  // LoraModule of its first column range
+    int count;
+};
+
+ProjectionModules modules_of(LoraProjection projection) {
+    switch (projection) {
+        case LoraProjection::kQkv: return {static_cast<int>(LoraModule::kQ), 3};
+        case LoraProjection::kO: return {static_cast<int>(LoraModule::kO), 1};
+        case LoraProjection::kGateUp: return {static_cast<int>(LoraModule::kGate), 2};
+        case LoraProjection::kDown: return {static_cast<int>(LoraModule::kDown), 1};
+    }
+    return {0, 0};
+}
+
+inline float dot(const float* x, const float* y, int n) {
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 8), _mm256_loadu_ps(y + i + 8), acc1);
+    }
+    for (; i + 8 <= n; i += 8) acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i), acc0);
+    float sum = hsum8(_mm256_add_ps(acc0, acc1));
+    for (; i < n; ++i) sum += x[i] * y[i];
+    return sum;
+}
+
+// y[c0, c1) += sum_k t[k] * bs_t[k, c0 .. c1) for one row; bs_t has `width` columns.
+inline void add_low_rank_row(const float* t, const float* bs_t, int rank, int width, int c0, int c1, float* y) {
+    int c = c0;
+    for (; c + 8 <= c1; c += 8) {
+        __m256 acc = _mm256_loadu_ps(y + c);
+        for (int k = 0; k < rank; ++k) {
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(t[k]), _mm256_loadu_ps(bs_t + static_cast<size_t>(k) * width + c),
+                                  acc);
+        }
+        _mm256_storeu_ps(y + c, acc);
+    }
+    for (; c < c1; ++c) {
+        float sum = y[c];
+        for (int k = 0; k < rank; ++k) sum += t[k] * bs_t[static_cast<size_t>(k) * width + c];
+        y[c] = sum;
+    }
+}
+
+const LoraWeights* adapter_table(const DecodeLora& lora, int adapter) {
+    return reinterpret_cast<const LoraWeights*>(lora.adapters[adapter]);
+}
+
+}  // namespace
+
+const char* check_decode_lora(const DecodeDims& d, int m, const DecodeLora& lora) {
+    if (lora.num_adapters < 1 || lora.adapters == nullptr || lora.row_adapter == nullptr) {
+        return "a LoRA step needs at least one adapter table and a row index";
+    }
+    for (int t = 0; t < m; ++t) {
+        if (lora.row_adapter[t] < -1 || lora.row_adapter[t] >= lora.num_adapters) {
+            return "a row's adapter index lies outside the adapter tables";
+        }
+    }
+    for (int i = 0; i < lora.num_adapters; ++i) {
+        const LoraWeights* table = adapter_table(lora, i);
+        if (table == nullptr) return "an adapter table is missing";
+        for (int entry = 0; entry < d.num_layers * kLoraModules; ++entry) {
+            const LoraWeights& w = table[entry];
+            if (w.a == 0 && w.bs_t == 0 && w.rank == 0) continue;
+            if (w.a == 0 || w.bs_t == 0 || w.rank < 1 || w.rank > kMaxLoraRank) {
+                return "an adapter table entry needs both weights and a rank of 1 to 256";
+            }
+        }
+    }
+    return nullptr;
+}
+
+LoraStep::LoraStep(const DecodeDims& dims, int m, const DecodeLora& lora, int input_copies)
+    : dims_(dims), lora_(lora), max_rank_(1) {
+    for (int adapter = 0; adapter < lora.num_adapters; ++adapter) {
+        const size_t first = rows_.size();
+        for (int t = 0; t < m; ++t) {
+            if (lora.row_adapter[t] == adapter) rows_.push_back(t);
+        }
+        if (rows_.size() == first) continue;  // an adapter without rows this step costs nothing
+        group_adapter_.push_back(adapter);
+        group_start_.push_back(static_cast<int>(first));
+        const LoraWeights* table = adapter_table(lora, adapter);
+        for (int entry = 0; entry < dims.num_layers * kLoraModules; ++entry) {
+            max_rank_ = std::max(max_rank_, static_cast<int>(table[entry].rank));
+        }
+    }
+    group_start_.push_back(static_cast<int>(rows_.size()));
+    input_width_ = std::max(dims.hidden, dims.intermediate);
+    t_.assign(static_cast<size_t>(m) * kMaxModulesPerProjection * max_rank_, 0.0f);
+    inputs_.assign(input_copies, std::vector<float>(static_cast<size_t>(m) * input_width_));
+}
+
+float* LoraStep::input_row(int copy, int t) { return inputs_[copy].data() + static_cast<size_t>(t) * input_width_; }
+
+const LoraWeights& LoraStep::weights(int adapter, int layer, int module) const {
+    return adapter_table(lora_, adapter)[layer * kLoraModules + module];
+}
+
+int LoraStep::module_width(int module) const {
+    switch (static_cast<LoraModule>(module)) {
+        case LoraModule::kQ: return dims_.num_heads * dims_.head_dim;
+        case LoraModule::kK:
+        case LoraModule::kV: return dims_.num_kv_heads * dims_.head_dim;
+        case LoraModule::kGate:
+        case LoraModule::kUp: return dims_.intermediate;
+        case LoraModule::kO:
+        case LoraModule::kDown: return dims_.hidden;
+    }
+    return 0;
+}
+
+int LoraStep::module_in(int module) const {
+    switch (static_cast<LoraModule>(module)) {
+        case LoraModule::kO: return dims_.num_heads * dims_.head_dim;
+        case LoraModule::kDown: return dims_.intermediate;
+        default: return dims_.hidden;
+    }
+}
+
+void LoraStep::shrink(int layer, LoraProjection projection, const float* x, int ldx) {
+    const ProjectionModules modules = modules_of(projection);
+    const int groups = static_cast<int>(group_adapter_.size());
+    // One item per (adapter, module): it reads that A once for all the adapter's rows.
+#pragma omp for schedule(dynamic, 1) nowait
+    for (int item = 0; item < groups * modules.count; ++item) {
+        const int group = item / modules.count, slot = item % modules.count;
+        const int module = modules.first + slot;
+        const LoraWeights& w = weights(group_adapter_[group], layer, module);
+        if (w.rank == 0) continue;
+        const int in = module_in(module);
+        const float* a = reinterpret_cast<const float*>(w.a);  // [rank, in]
+        for (int k = 0; k < w.rank; ++k) {
+            for (int i = group_start_[group]; i < group_start_[group + 1]; ++i) {
+                const int row = rows_[i];
+                float* t = t_.data() + (static_cast<size_t>(row) * kMaxModulesPerProjection + slot) * max_rank_;
+                t[k] = dot(x + static_cast<size_t>(row) * ldx, a + static_cast<size_t>(k) * in, in);
+            }
+        }
+    }
+}
+
+void LoraStep::expand(int layer, LoraProjection projection, float* y, int ldy) {
+    const ProjectionModules modules = modules_of(projection);
+    int chunks = 0;  // column chunks of one adapter over the projection's modules
+    for (int slot = 0; slot < modules.count; ++slot) {
+        chunks += (module_width(modules.first + slot) + kExpandColumns - 1) / kExpandColumns;
+    }
+    const int groups = static_cast<int>(group_adapter_.size());
+#pragma omp for schedule(dynamic, 1)
+    for (int item = 0; item < groups * chunks; ++item) {
+        const int group = item / chunks;
+        int chunk = item % chunks, slot = 0, offset = 0;  // the module the chunk falls in, and its first column
+        for (;; ++slot) {
+            const int width = module_width(modules.first + slot);
+            const int here = (width + kExpandColumns - 1) / kExpandColumns;
+            if (chunk < here) break;
+            chunk -= here;
+            offset += width;
+        }
+        const int module = modules.first + slot;
+        const LoraWeights& w = weights(group_adapter_[group], layer, module);
+        if (w.rank == 0) continue;
+        const int width = module_width(module);
+        const int c0 = chunk * kExpandColumns, c1 = std::min(width, c0 + kExpandColumns);
+        const float* bs_t = reinterpret_cast<const float*>(w.bs_t);  // [rank, width]
+        for (int i = group_start_[group]; i < group_start_[group + 1]; ++i) {
+            const int row = rows_[i];
+            const float* t = t_.data() + (static_cast<size_t>(row) * kMaxModulesPerProjection + slot) * max_rank_;
+            add_low_rank_row(t, bs_t, static_cast<int>(w.rank), width, c0, c1,
+                             y + static_cast<size_t>(row) * ldy + offset);
+        }
+    }
+}
+
+}  // namespace ember
