@@ -3,14 +3,16 @@
 // module's output columns. The low-rank products run batched per adapter: each adapter's A and B are read once a
 // step for all of its rows.
 //
-// The work of one projection is cut in two phases that sit beside the projection's own:
-//   shrink  t[row, module] = x[row] @ A^T          work items shared with the base matmul (before its barrier)
-//   expand  y[row, module columns] += t @ Bs^T      work items after the base matmul's barrier, then a barrier
-// so an adapter costs one extra barrier per projection, and its weights are split over the threads.
+// No barrier of their own: one work item per (adapter, module) computes t = x @ A^T and delta = t @ Bs^T for the
+// adapter's rows into a delta buffer; the items share the base projection's work-sharing loop (its barrier
+// ends both), and the row phase after it adds each row's deltas where it reads the projection's output. Two
+// delta buffers alternate between consecutive projections, so a thread may start the next projection's items
+// while another still reads the previous deltas.
 //
 // The tables are int64 arrays Python fills once per adapter (pointers into fp32 tensors it keeps alive).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <vector>
 
@@ -45,40 +47,51 @@ struct DecodeDims;
 // Returns nullptr when every row's adapter index and every table entry is in range, else a message.
 const char* check_decode_lora(const DecodeDims& dims, int m, const DecodeLora& lora);
 
-// One step's LoRA state: the rows of each adapter, the low-rank activations t, and the fp32 projection inputs
-// (the kernels see them only quantized; the adapters take them exact, as the module path does).
+// One step's LoRA state: the rows of each adapter, the low-rank activations, the deltas, and the fp32 projection
+// inputs (the kernels see them only quantized; the adapters take them exact, as the module path does).
 class LoraStep {
 public:
     // input_copies: one input buffer per thread when every thread keeps its own rows, else 1 (shared).
-    LoraStep(const DecodeDims& dims, int m, const DecodeLora& lora, int input_copies);
+    LoraStep(const DecodeDims& dims, int m, const DecodeLora& lora, int input_copies, int num_threads);
 
     // Where thread `copy`'s fp32 input row t of the next projection goes (normed or gated, before quantizing).
-    float* input_row(int copy, int t);
+    float* input_row(int copy, int t) { return inputs_[copy].data() + static_cast<size_t>(t) * input_width_; }
     const float* inputs(int copy) const { return inputs_[copy].data(); }
     int input_width() const { return input_width_; }
 
-    // Inside a parallel region, before the base projection's work-sharing loops (nowait): the A products of
-    // every adapter row for the projection's modules, x [m, ldx] its fp32 inputs.
-    void shrink(int layer, LoraProjection projection, const float* x, int ldx);
+    // Inside a parallel region, before the base projection's work-sharing loops (nowait, so the projection's
+    // barrier ends them): every adapter's deltas for the projection's modules, x [m, ldx] its fp32 inputs.
+    void run(int layer, LoraProjection projection, const float* x, int ldx);
 
-    // Inside a parallel region, after the base projection's barrier: adds the B products into y [m, ldy] (the
-    // projection's output, modules side by side), then a barrier.
-    void expand(int layer, LoraProjection projection, float* y, int ldy);
+    // After that barrier: y_row (row t of the projection's output, modules side by side; or the residual row for
+    // o and down) += row t's deltas. Nothing for a base-model row or a module its adapter leaves alone.
+    void add(int layer, LoraProjection projection, int t, float* y_row) const;
+
+    // Row t of the gate|up output with its deltas: gate_up_row itself when it has none, else a copy in
+    // `thread`'s scratch (in the few-token mode every thread reads the shared row).
+    const float* gate_up_with_deltas(int layer, int thread, int t, const float* gate_up_row);
 
 private:
     const LoraWeights& weights(int adapter, int layer, int module) const;
+    float* deltas(LoraProjection projection, int t);
+    const float* deltas(LoraProjection projection, int t) const;
     int module_width(int module) const;
     int module_in(int module) const;
 
     const DecodeDims& dims_;
     const DecodeLora& lora_;
+    const int64_t* row_adapter_;
     int max_rank_;
     int input_width_;
+    int wide_width_;                  // q|k|v and gate|up deltas share a buffer of this row width
     std::vector<int> group_adapter_;  // [groups] the adapter of each group of rows
     std::vector<int> group_start_;    // [groups + 1] its rows in rows_
     std::vector<int> rows_;           // the adapter rows, grouped by adapter
-    std::vector<float> t_;            // [m, 3 (modules of a projection), max_rank]
+    std::vector<float> t_;            // [m, 3 (modules of a projection), max_rank] x @ A^T
+    std::vector<float> wide_;         // [m, wide_width_] deltas of q|k|v, then of gate|up
+    std::vector<float> narrow_;       // [m, hidden] deltas of o, then of down
     std::vector<std::vector<float>> inputs_;
+    std::vector<std::vector<float>> gate_up_;  // per thread: [2 intermediate]
 };
 
 }  // namespace ember

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 
+#include "decode_ops.h"
 #include "decode_step.h"
 #include "simd_avx2.h"
 
@@ -13,8 +14,8 @@ namespace ember {
 
 namespace {
 
-// Output columns an expand work item covers: Bs^T's [rank, 64] slice stays in L1 while the group's rows pass.
-constexpr int kExpandColumns = 64;
+// Output columns of Bs^T a pass covers: its [rank, 64] slice stays in L1 while the adapter's rows go by.
+constexpr int kDeltaColumns = 64;
 // A projection feeds at most three modules (q|k|v), so t holds three rank-wide slices per row.
 constexpr int kMaxModulesPerProjection = 3;
 
@@ -46,21 +47,21 @@ inline float dot(const float* x, const float* y, int n) {
     return sum;
 }
 
-// y[c0, c1) += sum_k t[k] * bs_t[k, c0 .. c1) for one row; bs_t has `width` columns.
-inline void add_low_rank_row(const float* t, const float* bs_t, int rank, int width, int c0, int c1, float* y) {
+// out[c0, c1) = sum_k t[k] * bs_t[k, c0 .. c1) for one row; bs_t has `width` columns.
+inline void low_rank_row(const float* t, const float* bs_t, int rank, int width, int c0, int c1, float* out) {
     int c = c0;
     for (; c + 8 <= c1; c += 8) {
-        __m256 acc = _mm256_loadu_ps(y + c);
+        __m256 acc = _mm256_setzero_ps();
         for (int k = 0; k < rank; ++k) {
             acc = _mm256_fmadd_ps(_mm256_set1_ps(t[k]), _mm256_loadu_ps(bs_t + static_cast<size_t>(k) * width + c),
                                   acc);
         }
-        _mm256_storeu_ps(y + c, acc);
+        _mm256_storeu_ps(out + c, acc);
     }
     for (; c < c1; ++c) {
-        float sum = y[c];
+        float sum = 0.0f;
         for (int k = 0; k < rank; ++k) sum += t[k] * bs_t[static_cast<size_t>(k) * width + c];
-        y[c] = sum;
+        out[c] = sum;
     }
 }
 
@@ -93,8 +94,8 @@ const char* check_decode_lora(const DecodeDims& d, int m, const DecodeLora& lora
     return nullptr;
 }
 
-LoraStep::LoraStep(const DecodeDims& dims, int m, const DecodeLora& lora, int input_copies)
-    : dims_(dims), lora_(lora), max_rank_(1) {
+LoraStep::LoraStep(const DecodeDims& dims, int m, const DecodeLora& lora, int input_copies, int num_threads)
+    : dims_(dims), lora_(lora), row_adapter_(lora.row_adapter), max_rank_(1) {
     for (int adapter = 0; adapter < lora.num_adapters; ++adapter) {
         const size_t first = rows_.size();
         for (int t = 0; t < m; ++t) {
@@ -110,14 +111,26 @@ LoraStep::LoraStep(const DecodeDims& dims, int m, const DecodeLora& lora, int in
     }
     group_start_.push_back(static_cast<int>(rows_.size()));
     input_width_ = std::max(dims.hidden, dims.intermediate);
+    wide_width_ = std::max((dims.num_heads + 2 * dims.num_kv_heads) * dims.head_dim, 2 * dims.intermediate);
     t_.assign(static_cast<size_t>(m) * kMaxModulesPerProjection * max_rank_, 0.0f);
+    wide_.assign(static_cast<size_t>(m) * wide_width_, 0.0f);
+    narrow_.assign(static_cast<size_t>(m) * dims.hidden, 0.0f);
     inputs_.assign(input_copies, std::vector<float>(static_cast<size_t>(m) * input_width_));
+    gate_up_.assign(num_threads, std::vector<float>(static_cast<size_t>(2) * dims.intermediate));
 }
-
-float* LoraStep::input_row(int copy, int t) { return inputs_[copy].data() + static_cast<size_t>(t) * input_width_; }
 
 const LoraWeights& LoraStep::weights(int adapter, int layer, int module) const {
     return adapter_table(lora_, adapter)[layer * kLoraModules + module];
+}
+
+float* LoraStep::deltas(LoraProjection projection, int t) {
+    const bool wide = projection == LoraProjection::kQkv || projection == LoraProjection::kGateUp;
+    return wide ? wide_.data() + static_cast<size_t>(t) * wide_width_
+                : narrow_.data() + static_cast<size_t>(t) * dims_.hidden;
+}
+
+const float* LoraStep::deltas(LoraProjection projection, int t) const {
+    return const_cast<LoraStep*>(this)->deltas(projection, t);
 }
 
 int LoraStep::module_width(int module) const {
@@ -141,59 +154,61 @@ int LoraStep::module_in(int module) const {
     }
 }
 
-void LoraStep::shrink(int layer, LoraProjection projection, const float* x, int ldx) {
+void LoraStep::run(int layer, LoraProjection projection, const float* x, int ldx) {
     const ProjectionModules modules = modules_of(projection);
     const int groups = static_cast<int>(group_adapter_.size());
-    // One item per (adapter, module): it reads that A once for all the adapter's rows.
+    // One item per (adapter, module): it reads that A and B once for all the adapter's rows.
 #pragma omp for schedule(dynamic, 1) nowait
     for (int item = 0; item < groups * modules.count; ++item) {
         const int group = item / modules.count, slot = item % modules.count;
         const int module = modules.first + slot;
         const LoraWeights& w = weights(group_adapter_[group], layer, module);
         if (w.rank == 0) continue;
-        const int in = module_in(module);
-        const float* a = reinterpret_cast<const float*>(w.a);  // [rank, in]
-        for (int k = 0; k < w.rank; ++k) {
-            for (int i = group_start_[group]; i < group_start_[group + 1]; ++i) {
-                const int row = rows_[i];
-                float* t = t_.data() + (static_cast<size_t>(row) * kMaxModulesPerProjection + slot) * max_rank_;
-                t[k] = dot(x + static_cast<size_t>(row) * ldx, a + static_cast<size_t>(k) * in, in);
+        const int rank = static_cast<int>(w.rank), in = module_in(module), width = module_width(module);
+        int offset = 0;  // the module's first column in the projection's output
+        for (int before = modules.first; before < module; ++before) offset += module_width(before);
+        const float* a = reinterpret_cast<const float*>(w.a);        // [rank, in]
+        const float* bs_t = reinterpret_cast<const float*>(w.bs_t);  // [rank, width]
+        const int* first = rows_.data() + group_start_[group];
+        const int* last = rows_.data() + group_start_[group + 1];
+        for (int k = 0; k < rank; ++k) {
+            for (const int* row = first; row != last; ++row) {
+                float* t = t_.data() + (static_cast<size_t>(*row) * kMaxModulesPerProjection + slot) * max_rank_;
+                t[k] = dot(x + static_cast<size_t>(*row) * ldx, a + static_cast<size_t>(k) * in, in);
+            }
+        }
+        for (int c0 = 0; c0 < width; c0 += kDeltaColumns) {
+            const int c1 = std::min(width, c0 + kDeltaColumns);
+            for (const int* row = first; row != last; ++row) {
+                const float* t = t_.data() + (static_cast<size_t>(*row) * kMaxModulesPerProjection + slot) * max_rank_;
+                low_rank_row(t, bs_t, rank, width, c0, c1, deltas(projection, *row) + offset);
             }
         }
     }
 }
 
-void LoraStep::expand(int layer, LoraProjection projection, float* y, int ldy) {
+void LoraStep::add(int layer, LoraProjection projection, int t, float* y_row) const {
+    const int adapter = static_cast<int>(row_adapter_[t]);
+    if (adapter < 0) return;
     const ProjectionModules modules = modules_of(projection);
-    int chunks = 0;  // column chunks of one adapter over the projection's modules
-    for (int slot = 0; slot < modules.count; ++slot) {
-        chunks += (module_width(modules.first + slot) + kExpandColumns - 1) / kExpandColumns;
-    }
-    const int groups = static_cast<int>(group_adapter_.size());
-#pragma omp for schedule(dynamic, 1)
-    for (int item = 0; item < groups * chunks; ++item) {
-        const int group = item / chunks;
-        int chunk = item % chunks, slot = 0, offset = 0;  // the module the chunk falls in, and its first column
-        for (;; ++slot) {
-            const int width = module_width(modules.first + slot);
-            const int here = (width + kExpandColumns - 1) / kExpandColumns;
-            if (chunk < here) break;
-            chunk -= here;
-            offset += width;
-        }
-        const int module = modules.first + slot;
-        const LoraWeights& w = weights(group_adapter_[group], layer, module);
-        if (w.rank == 0) continue;
+    const float* delta = deltas(projection, t);
+    int offset = 0;
+    for (int module = modules.first; module < modules.first + modules.count; ++module) {
         const int width = module_width(module);
-        const int c0 = chunk * kExpandColumns, c1 = std::min(width, c0 + kExpandColumns);
-        const float* bs_t = reinterpret_cast<const float*>(w.bs_t);  // [rank, width]
-        for (int i = group_start_[group]; i < group_start_[group + 1]; ++i) {
-            const int row = rows_[i];
-            const float* t = t_.data() + (static_cast<size_t>(row) * kMaxModulesPerProjection + slot) * max_rank_;
-            add_low_rank_row(t, bs_t, static_cast<int>(w.rank), width, c0, c1,
-                             y + static_cast<size_t>(row) * ldy + offset);
-        }
+        if (weights(adapter, layer, module).rank != 0) add_row(y_row + offset, delta + offset, width);
+        offset += width;
     }
+}
+
+const float* LoraStep::gate_up_with_deltas(int layer, int thread, int t, const float* gate_up_row) {
+    const int adapter = static_cast<int>(row_adapter_[t]);
+    if (adapter < 0) return gate_up_row;
+    const int gate = static_cast<int>(LoraModule::kGate), up = static_cast<int>(LoraModule::kUp);
+    if (weights(adapter, layer, gate).rank == 0 && weights(adapter, layer, up).rank == 0) return gate_up_row;
+    float* row = gate_up_[thread].data();
+    std::copy(gate_up_row, gate_up_row + 2 * dims_.intermediate, row);
+    add(layer, LoraProjection::kGateUp, t, row);
+    return row;
 }
 
 }  // namespace ember

@@ -60,20 +60,31 @@ void run_projection(const Projection& p, const QuantizedActs& acts, float* y, in
 struct LoraHook {
     LoraStep* step;  // nullptr: every row is the base model
     int copy;        // this thread's input rows (own-rows mode) or the shared ones (0)
+    int thread;
     int layer;
 
     // The fp32 row a norm or gate writes before quantizing: kept for the adapters when there are any.
     float* row(float* scratch, int t) const { return step != nullptr ? step->input_row(copy, t) : scratch; }
     const float* inputs() const { return step != nullptr ? step->inputs(copy) : nullptr; }
     int input_width() const { return step != nullptr ? step->input_width() : 0; }
+    // Row t's deltas of this layer's projection `which` added to y_row (its output row, or the residual's).
+    void add(LoraProjection which, int t, float* y_row) const {
+        if (step != nullptr) step->add(layer, which, t, y_row);
+    }
+    // At a layer's start, where the previous layer's down output joins the residual row x.
+    void add_previous_down(int t, float* x) const {
+        if (step != nullptr && layer > 0) step->add(layer - 1, LoraProjection::kDown, t, x);
+    }
+    const float* gate_up(int t, const float* row) const {
+        return step != nullptr ? step->gate_up_with_deltas(layer, thread, t, row) : row;
+    }
 };
 
-// run_projection with the adapters' low-rank products of the same inputs (exact fp32 `lora_x`, ldx wide).
+// run_projection, its work shared with the adapters' products of the same inputs (exact fp32 `lora_x`).
 void project(const Projection& p, const QuantizedActs& acts, float* y, int ldy, int m, int num_threads,
              const LoraHook& lora, LoraProjection which, const float* lora_x, int ldx) {
-    if (lora.step != nullptr) lora.step->shrink(lora.layer, which, lora_x, ldx);
+    if (lora.step != nullptr) lora.step->run(lora.layer, which, lora_x, ldx);
     run_projection(p, acts, y, ldy, m, num_threads);
-    if (lora.step != nullptr) lora.step->expand(lora.layer, which, y, ldy);
 }
 
 // Up to this many tokens each thread does the row work itself (see run_layer_own_rows).
@@ -197,12 +208,14 @@ void run_layer_shared(const LayerTable& layer, int index, const DecodeDims& d, c
     for (int t = 0; t < m; ++t) {
         float* x = b.x + static_cast<size_t>(t) * hidden;
         if (index > 0) add_row(x, buf.y.data() + static_cast<size_t>(t) * hidden, hidden);
+        lora.add_previous_down(t, x);
         norm_and_quantize(x, layer.input_norm, d, lora.row(own.row.data(), t), buf.hidden_acts.row(t));
     }
     project(layer.qkv, buf.hidden_acts.acts, buf.qkv.data(), qkv_width, m, num_threads, lora, LoraProjection::kQkv,
             lora.inputs(), lora.input_width());
 #pragma omp for schedule(static)
     for (int t = 0; t < m; ++t) {
+        lora.add(LoraProjection::kQkv, t, buf.qkv.data() + static_cast<size_t>(t) * qkv_width);
         finish_qkv_row(layer, d, b, buf.qkv.data() + static_cast<size_t>(t) * qkv_width, t, key_cache, value_cache,
                        true);
     }
@@ -222,6 +235,7 @@ void run_layer_shared(const LayerTable& layer, int index, const DecodeDims& d, c
     for (int t = 0; t < m; ++t) {
         float* x = b.x + static_cast<size_t>(t) * hidden;
         add_row(x, buf.y.data() + static_cast<size_t>(t) * hidden, hidden);
+        lora.add(LoraProjection::kO, t, x);
         if (layer.o_bias != 0) add_row(x, ptr<const float>(layer.o_bias), hidden);
         norm_and_quantize(x, layer.post_norm, d, lora.row(own.row.data(), t), buf.hidden_acts.row(t));
     }
@@ -229,8 +243,8 @@ void run_layer_shared(const LayerTable& layer, int index, const DecodeDims& d, c
             LoraProjection::kGateUp, lora.inputs(), lora.input_width());
 #pragma omp for schedule(static)
     for (int t = 0; t < m; ++t) {
-        gate_and_quantize(buf.gate_up.data() + static_cast<size_t>(t) * 2 * inter, inter, lora.row(own.row.data(), t),
-                          buf.gate_acts.row(t));
+        gate_and_quantize(lora.gate_up(t, buf.gate_up.data() + static_cast<size_t>(t) * 2 * inter), inter,
+                          lora.row(own.row.data(), t), buf.gate_acts.row(t));
     }
     project(layer.down, buf.gate_acts.acts, buf.y.data(), hidden, m, num_threads, lora, LoraProjection::kDown,
             lora.inputs(), lora.input_width());
@@ -251,12 +265,14 @@ void run_layer_own_rows(const LayerTable& layer, int index, const DecodeDims& d,
     for (int t = 0; t < m; ++t) {
         float* x = own.x.data() + static_cast<size_t>(t) * hidden;
         if (index > 0) add_row(x, buf.y.data() + static_cast<size_t>(t) * hidden, hidden);
+        lora.add_previous_down(t, x);
         norm_and_quantize(x, layer.input_norm, d, lora.row(own.row.data(), t), own.hidden_acts->row(t));
     }
     project(layer.qkv, own.hidden_acts->acts, buf.qkv.data(), qkv_width, m, num_threads, lora, LoraProjection::kQkv,
             lora.inputs(), lora.input_width());
     std::copy(buf.qkv.begin(), buf.qkv.end(), own.qkv.begin());
     for (int t = 0; t < m; ++t) {
+        lora.add(LoraProjection::kQkv, t, own.qkv.data() + static_cast<size_t>(t) * qkv_width);
         finish_qkv_row(layer, d, b, own.qkv.data() + static_cast<size_t>(t) * qkv_width, t, key_cache, value_cache,
                        writes_cache);
     }
@@ -274,14 +290,15 @@ void run_layer_own_rows(const LayerTable& layer, int index, const DecodeDims& d,
     for (int t = 0; t < m; ++t) {
         float* x = own.x.data() + static_cast<size_t>(t) * hidden;
         add_row(x, buf.y.data() + static_cast<size_t>(t) * hidden, hidden);
+        lora.add(LoraProjection::kO, t, x);
         if (layer.o_bias != 0) add_row(x, ptr<const float>(layer.o_bias), hidden);
         norm_and_quantize(x, layer.post_norm, d, lora.row(own.row.data(), t), own.hidden_acts->row(t));
     }
     project(layer.gate_up, own.hidden_acts->acts, buf.gate_up.data(), 2 * inter, m, num_threads, lora,
             LoraProjection::kGateUp, lora.inputs(), lora.input_width());
     for (int t = 0; t < m; ++t) {
-        gate_and_quantize(buf.gate_up.data() + static_cast<size_t>(t) * 2 * inter, inter, lora.row(own.row.data(), t),
-                          own.gate_acts->row(t));
+        gate_and_quantize(lora.gate_up(t, buf.gate_up.data() + static_cast<size_t>(t) * 2 * inter), inter,
+                          lora.row(own.row.data(), t), own.gate_acts->row(t));
     }
     project(layer.down, own.gate_acts->acts, buf.y.data(), hidden, m, num_threads, lora, LoraProjection::kDown,
             lora.inputs(), lora.input_width());
@@ -348,7 +365,7 @@ void decode_step_avx2(const LayerTable* layers, const DecodeDims& d, const Decod
     StepBuffers buf(d, b.m);
     const bool own_rows = num_threads > 1 && b.m <= kOwnRowsTokens && !rows_read_each_other(d, b);
     std::unique_ptr<LoraStep> lora;
-    if (b.lora != nullptr) lora.reset(new LoraStep(d, b.m, *b.lora, own_rows ? num_threads : 1));
+    if (b.lora != nullptr) lora.reset(new LoraStep(d, b.m, *b.lora, own_rows ? num_threads : 1, num_threads));
 #pragma omp parallel num_threads(num_threads)
     {
         ThreadState own(d, b, longest, own_rows);
@@ -359,7 +376,7 @@ void decode_step_avx2(const LayerTable* layers, const DecodeDims& d, const Decod
 #endif
         const bool first_thread = thread == 0;
         for (int i = 0; i < d.num_layers; ++i) {
-            const LoraHook hook{lora.get(), own_rows ? thread : 0, i};
+            const LoraHook hook{lora.get(), own_rows ? thread : 0, thread, i};
             if (own_rows) {
                 run_layer_own_rows(layers[i], i, d, b, buf, own, num_threads, first_thread, hook);
             } else {
@@ -371,6 +388,7 @@ void decode_step_avx2(const LayerTable* layers, const DecodeDims& d, const Decod
         for (int t = 0; t < b.m; ++t) {
             float* xt = x + static_cast<size_t>(t) * d.hidden;
             add_row(xt, buf.y.data() + static_cast<size_t>(t) * d.hidden, d.hidden);
+            if (lora) lora->add(d.num_layers - 1, LoraProjection::kDown, t, xt);
             rms_norm_row(xt, b.final_norm, d.hidden, d.eps, b.out + static_cast<size_t>(t) * d.hidden);
         }
     }
