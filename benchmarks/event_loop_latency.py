@@ -36,13 +36,13 @@ def _serve(port: int) -> None:
 
     from ember.engine.async_engine import AsyncEngine
     from ember.engine.testing import tiny_engine_config, tiny_loaded_model
-    from ember.gc_tuning import tune_gc_for_serving
+    from ember.interpreter_tuning import tune_interpreter_for_serving
     from ember.server.app import build_app
     from ember.server.common.config import ServerConfig
 
     engine = AsyncEngine.from_loaded(tiny_loaded_model(), tiny_engine_config(max_model_len=1024))
     app = build_app(engine, ServerConfig(model_name=MODEL, max_body_bytes=MAX_BODY_BYTES))
-    tune_gc_for_serving()  # as `ember serve` does once loaded
+    tune_interpreter_for_serving()  # as `ember serve` does once loaded
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="error")
 
 

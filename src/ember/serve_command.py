@@ -12,7 +12,7 @@ import sys
 from ember.engine.engine_config import CacheConfig, SchedulerConfig
 from ember.engine.llm_engine import EngineConfig
 from ember.engine.speculation.config import SpeculationConfig
-from ember.gc_tuning import tune_gc_for_serving
+from ember.interpreter_tuning import tune_interpreter_for_serving
 from ember.lora.config import LoraConfig
 from ember.models.encoder.encoder_model import EncoderModel
 from ember.models.errors import ModelLoadError
@@ -179,7 +179,7 @@ def serve_from_args(args: argparse.Namespace) -> int:
     # From here on every step runs on the engine thread: the main thread's idle OpenMP team, left over from
     # loading, would only slow it down (see release_openmp_team).
     release_openmp_team()
-    tune_gc_for_serving()  # full collections hold the GIL: keep them rare and short (see gc_tuning)
+    tune_interpreter_for_serving()  # rare full collections, a short GIL switch interval (see interpreter_tuning)
     uvicorn_config = uvicorn.Config(
         app,
         host=access.host,

@@ -40,10 +40,26 @@ def test_prediction_follows_the_output_and_substitutes_a_changed_token() -> None
     prediction = (10, 11, 12, 13, 14, 15, 16)
     draft = PredictionDraft(prediction, max_n=3)
     prompt = [1, 2]
-    assert draft.propose(prompt, 2, 3) == [10, 11, 12]
+    assert draft.propose(prompt, 2, 3) == []  # nothing read in step yet
     assert draft.propose([*prompt, 10, 11], 2, 3) == [12, 13, 14]
-    # 99 replaces 12 (a renamed variable): the reader assumes a substitution and goes on after it
-    assert draft.propose([*prompt, 10, 11, 99], 2, 3) == [13, 14, 15]
+    # 99 replaces 12 (a renamed variable): no draft right after it; the reader assumes a substitution and goes
+    # on after it once the output is back in step
+    assert draft.propose([*prompt, 10, 11, 99], 2, 3) == []
+    assert draft.propose([*prompt, 10, 11, 99, 13], 2, 3) == [14, 15]
+
+
+def test_a_prediction_draft_doubles_with_the_tokens_read_in_step() -> None:
+    prediction = tuple(range(100, 140))
+    draft = PredictionDraft(prediction, max_n=4)
+    prompt = [1]
+    lengths = [len(draft.propose([*prompt, *prediction[:read]], 1, 15)) for read in range(6)]
+    assert lengths == [0, 2, 4, 8, 15, 15]
+    # an edit inserts three tokens: no drafts while the output is out of step; the first token back re-finds the
+    # place (a 1-token match: run 0), and two more in step make a 4-token draft
+    edited = [*prompt, *prediction[:5], 7, 8, 9, *prediction[5:8]]
+    fresh = PredictionDraft(prediction, max_n=4)
+    assert [fresh.propose(edited[: 7 + i], 1, 15) for i in range(4)] == [[]] * 4
+    assert fresh.propose(edited, 1, 15) == list(prediction[8:12])
 
 
 def test_prediction_refinds_its_place_after_an_insertion_or_a_deletion() -> None:
@@ -58,14 +74,27 @@ def test_prediction_refinds_its_place_after_an_insertion_or_a_deletion() -> None
 def test_the_drafter_asks_the_prediction_first_and_caps_the_length() -> None:
     settings = DraftSettings.resolve(
         SpeculationConfig(prompt_lookup="on", num_speculative_tokens=2),
-        SpeculationParams(prediction_token_ids=(7, 8, 9)),
+        SpeculationParams(prediction_token_ids=(7, 8, 9, 10, 11)),
     )
     drafter = SequenceDrafter(settings)
-    assert drafter.propose([1, 2, 1], 3, max_tokens=5) == [7, 8]
+    assert drafter.propose([1, 2, 1, 7, 8], 3, max_tokens=5) == [9, 10]
     lookup_only = SequenceDrafter(
         DraftSettings.resolve(SpeculationConfig(prompt_lookup="on", prompt_lookup_min=2), None)
     )
     assert lookup_only.propose([1, 2, 3, 1, 2], 3, max_tokens=1) == [3]
+
+
+def test_a_refused_prediction_draft_does_not_pause_drafting() -> None:
+    settings = DraftSettings.resolve(
+        SpeculationConfig(prompt_lookup="auto"), SpeculationParams(prediction_token_ids=tuple(range(50, 80)))
+    )
+    drafter = SequenceDrafter(settings)
+    prompt = [1, 2, 3]
+    assert drafter.propose([*prompt, 50, 51], 3, max_tokens=8) == [52, 53, 54, 55]
+    drafter.observe(num_drafted=4, num_accepted=0)  # the output took another way at 52 ...
+    assert drafter.propose([*prompt, 50, 51, 9], 3, max_tokens=8) == []
+    # ... and came back: the prediction drafts again at once (n-gram lookup would pause 4 steps)
+    assert drafter.propose([*prompt, 50, 51, 9, 53, 54], 3, max_tokens=8) == [55, 56, 57, 58]
 
 
 def test_auto_backs_off_after_failed_drafts_and_follows_the_kept_length() -> None:

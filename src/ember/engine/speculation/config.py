@@ -31,8 +31,9 @@ class SpeculationConfig:
     it measured slower than plain fused decoding on the 2-core CPU (docs/decisions.md); a request's
     `prediction` drafts whatever this says."""
 
-    num_speculative_tokens: int = 8
-    """Most tokens drafted for one sequence per step (k; the verification runs k + 1 tokens)."""
+    num_speculative_tokens: int = 15
+    """Most tokens drafted for one sequence per step (k; the verification runs k + 1 tokens). 15 fills the
+    fused step's 16 rows a sequence; drafts are shorter unless the last ones were kept (drafter.py)."""
 
     prompt_lookup_min: int = 3
     """Shortest suffix of the output looked up in the prompt and output (n-gram size); 2-grams of prose

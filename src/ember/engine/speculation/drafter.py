@@ -12,9 +12,9 @@ from typing import Protocol
 from ember.engine.speculation.config import DraftSettings
 from ember.engine.speculation.ngram import LatestNgramIndex, NgramPositions
 
-# Unless lookup is 'on', a draft of which nothing was kept pauses drafting for this many steps, doubling per
-# further failure up to the cap, and any kept token starts over. A verification step costs several plain
-# steps on this path (docs/decisions.md), so a sequence whose text repeats nothing must stop paying for it.
+# Unless lookup is 'on', a lookup draft of which nothing was kept pauses lookup for this many steps, doubling per
+# further failure up to the cap, and any kept token starts over. Each verified row costs about a quarter of a
+# plain step (docs/decisions.md), so a sequence whose text repeats nothing must stop paying for it.
 _FIRST_BACKOFF = 4
 _MAX_BACKOFF = 64
 # ... and the next draft is at most twice the last kept run (at least this long): a partly kept draft is
@@ -35,6 +35,12 @@ class PredictionDraft:
     moves with it; after a mismatch the longest tail of the output that occurs in the prediction re-finds it
     (preferring the place ahead of where it was lost, as an edit usually changes a span and then resumes),
     and failing that the output token is taken as a substitute for the predicted one.
+
+    The draft's length follows how surely the output is in step: 2**run tokens, where run counts the output
+    tokens just read in step (matched at the cursor, or the re-finding n-gram beyond its first token); nothing
+    right after a token the prediction did not have. A verified row costs about a quarter of a plain step on
+    the CPU, so a long draft from a place just re-found would mostly be paid for and refused, while a pause
+    after each edit (n-gram lookup's back-off) cost the rest of the edit's neighbourhood (docs/decisions.md).
     """
 
     def __init__(self, prediction: tuple[int, ...], max_n: int) -> None:
@@ -42,24 +48,32 @@ class PredictionDraft:
         self._positions = NgramPositions(prediction, max_n)
         self._cursor = 0  # index into the prediction of the next expected token
         self._num_read = 0  # output tokens already compared with the prediction
+        self._run = 0  # output tokens just read in step with the prediction
 
     def propose(self, token_ids: list[int], num_prompt_tokens: int, max_tokens: int) -> list[int]:
         output = token_ids[num_prompt_tokens:]
         for index in range(self._num_read, len(output)):
             self._read(output, index)
         self._num_read = len(output)
-        return list(self._prediction[self._cursor : self._cursor + max_tokens])
+        if self._run == 0:
+            return []
+        length = min(max_tokens, 1 << min(self._run, 16))
+        return list(self._prediction[self._cursor : self._cursor + length])
 
     def _read(self, output: list[int], index: int) -> None:
         cursor = self._cursor
         if cursor < len(self._prediction) and self._prediction[cursor] == output[index]:
             self._cursor = cursor + 1
+            self._run += 1
             return
         # the match must reach past the predicted token just refused, or the same refusal would come again
         found = self._positions.find(
             output[max(0, index + 1 - self._positions.max_n) : index + 1], cursor + 1
         )
-        self._cursor = found if found is not None else cursor + 1
+        if found is None:
+            self._cursor, self._run = cursor + 1, 0
+        else:
+            self._cursor, self._run = found.position, found.length - 1
 
 
 class PromptLookupDraft:
@@ -74,41 +88,49 @@ class PromptLookupDraft:
 
 
 class SequenceDrafter:
-    """One sequence's drafting: its sources in order (prediction first), the draft length, and (unless lookup
-    is 'on') the back-off that keeps failing drafts from costing a sequence whose text repeats nothing."""
+    """One sequence's drafting: its sources in order (prediction first, which sizes its own drafts), and for
+    n-gram lookup the draft length and (unless lookup is 'on') the back-off that keeps failing drafts from
+    costing a sequence whose text repeats nothing."""
 
     def __init__(self, settings: DraftSettings) -> None:
         self.settings = settings
-        self._sources: list[DraftSource] = []
+        self._prediction: PredictionDraft | None = None
         if settings.prediction_token_ids:
-            self._sources.append(PredictionDraft(settings.prediction_token_ids, settings.max_n))
+            self._prediction = PredictionDraft(settings.prediction_token_ids, settings.max_n)
+        self._lookup: DraftSource | None = None
         if settings.prompt_lookup != "off":
-            self._sources.append(PromptLookupDraft(settings.min_n, settings.max_n))
-        self._backoff = 0  # the length of the next pause after a failed draft
-        self._paused = 0  # steps left without drafting
+            self._lookup = PromptLookupDraft(settings.min_n, settings.max_n)
+        self._backoff = 0  # the length of the next pause after a failed lookup draft
+        self._paused = 0  # steps left without lookup drafts
         self._adaptive = settings.prompt_lookup != "on"
-        self._length = settings.num_speculative_tokens  # the next draft's length at most
+        self._length = settings.num_speculative_tokens  # the next lookup draft's length at most
+        self._last_was_lookup = False  # whom the next verdict (observe) is about
 
     @staticmethod
     def for_settings(settings: DraftSettings) -> SequenceDrafter | None:
         return SequenceDrafter(settings) if settings.drafts else None
 
     def propose(self, token_ids: list[int], num_prompt_tokens: int, max_tokens: int) -> list[int]:
-        max_tokens = min(max_tokens, self._length)
+        max_tokens = min(max_tokens, self.settings.num_speculative_tokens)
+        self._last_was_lookup = False
         if max_tokens <= 0:
+            return []
+        if self._prediction is not None:
+            draft = self._prediction.propose(token_ids, num_prompt_tokens, max_tokens)
+            if draft:
+                return draft
+        if self._lookup is None:
             return []
         if self._paused:
             self._paused -= 1
             return []
-        for source in self._sources:
-            draft = source.propose(token_ids, num_prompt_tokens, max_tokens)
-            if draft:
-                return draft
-        return []
+        draft = self._lookup.propose(token_ids, num_prompt_tokens, min(max_tokens, self._length))
+        self._last_was_lookup = bool(draft)
+        return draft
 
     def observe(self, num_drafted: int, num_accepted: int) -> None:
-        """The verification's verdict on the last draft."""
-        if not self._adaptive or num_drafted == 0:
+        """The verification's verdict on the last draft (a prediction's drafts size themselves)."""
+        if not self._adaptive or not self._last_was_lookup or num_drafted == 0:
             return
         limit = self.settings.num_speculative_tokens
         self._length = min(limit, max(_MIN_ADAPTIVE_LENGTH, 2 * num_accepted))

@@ -3,6 +3,8 @@ followed them there."""
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 
 class LatestNgramIndex:
     """The latest end position of every n-gram (min_n <= n <= max_n) of an append-only token list, built as
@@ -38,6 +40,11 @@ class LatestNgramIndex:
         self._indexed = max(self._indexed, stop)
 
 
+class Found(NamedTuple):
+    position: int  # the index after the occurrence
+    length: int  # tokens of the tail that matched there
+
+
 class NgramPositions:
     """Every end position of every n-gram (1 <= n <= max_n) of a fixed token list, ascending."""
 
@@ -49,7 +56,7 @@ class NgramPositions:
             for n in range(1, min(max_n, end + 1) + 1):
                 self._ends.setdefault(tokens[end - n + 1 : end + 1], []).append(end)
 
-    def find(self, suffix: list[int], anchor: int) -> int | None:
+    def find(self, suffix: list[int], anchor: int) -> Found | None:
         """The position after an occurrence of the longest matching tail of `suffix` (at most max_n tokens):
         the first occurrence ending at or after `anchor` - 1 (the reader moves forward), else the last one."""
         for n in range(min(self.max_n, len(suffix)), 0, -1):
@@ -57,5 +64,5 @@ class NgramPositions:
             if not ends:
                 continue
             forward = [end for end in ends if end + 1 >= anchor]
-            return (forward[0] if forward else ends[-1]) + 1
+            return Found((forward[0] if forward else ends[-1]) + 1, n)
         return None
