@@ -65,7 +65,7 @@ public:
 
     // After that barrier: y_row (row t of the projection's output, modules side by side; or the residual row for
     // o and down) += row t's deltas. Nothing for a base-model row or a module its adapter leaves alone.
-    void add(int layer, LoraProjection projection, int t, float* y_row) const;
+    void add(int layer, LoraProjection projection, int t, float* y_row);
 
     // Row t of the gate|up output with its deltas: gate_up_row itself when it has none, else a copy in
     // `thread`'s scratch (in the few-token mode every thread reads the shared row).
@@ -74,7 +74,6 @@ public:
 private:
     const LoraWeights& weights(int adapter, int layer, int module) const;
     float* deltas(LoraProjection projection, int t);
-    const float* deltas(LoraProjection projection, int t) const;
     int module_width(int module) const;
     int module_in(int module) const;
 

@@ -123,14 +123,11 @@ const LoraWeights& LoraStep::weights(int adapter, int layer, int module) const {
     return adapter_table(lora_, adapter)[layer * kLoraModules + module];
 }
 
+// q|k|v and gate|up use the wide buffer, o and down the narrow one: consecutive projections never share one.
 float* LoraStep::deltas(LoraProjection projection, int t) {
     const bool wide = projection == LoraProjection::kQkv || projection == LoraProjection::kGateUp;
     return wide ? wide_.data() + static_cast<size_t>(t) * wide_width_
                 : narrow_.data() + static_cast<size_t>(t) * dims_.hidden;
-}
-
-const float* LoraStep::deltas(LoraProjection projection, int t) const {
-    return const_cast<LoraStep*>(this)->deltas(projection, t);
 }
 
 int LoraStep::module_width(int module) const {
@@ -187,7 +184,7 @@ void LoraStep::run(int layer, LoraProjection projection, const float* x, int ldx
     }
 }
 
-void LoraStep::add(int layer, LoraProjection projection, int t, float* y_row) const {
+void LoraStep::add(int layer, LoraProjection projection, int t, float* y_row) {
     const int adapter = static_cast<int>(row_adapter_[t]);
     if (adapter < 0) return;
     const ProjectionModules modules = modules_of(projection);

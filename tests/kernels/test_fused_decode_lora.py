@@ -41,10 +41,13 @@ def random_adapter(
 
 
 def adapters_for(model: DecoderModel, seed: int, strength: float) -> list[LoraAdapter]:
-    """Rank 1 on every projection; rank 8 on q, v, down (q|k|v with a hole); rank 16 on k, o, gate, up."""
+    """Rank 1 on every projection; rank 8 on q, v, down (q|k|v with a hole), down left out in layer 0 (a module
+    PEFT's layers_to_transform skips in one layer); rank 16 on k, o, gate, up."""
+    qvd = random_adapter(model, "qvd-r8", 8, ("q_proj", "v_proj", "down_proj"), seed + 1, strength)
+    del qvd.weights[(0, "down_proj")]
     return [
         random_adapter(model, "all-r1", 1, ALL, seed, strength),
-        random_adapter(model, "qvd-r8", 8, ("q_proj", "v_proj", "down_proj"), seed + 1, strength),
+        qvd,
         random_adapter(
             model, "kogu-r16", 16, ("k_proj", "o_proj", "gate_proj", "up_proj"), seed + 2, strength
         ),
@@ -67,7 +70,7 @@ def row_errors(ours: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
 
 
 # The K-quant variant's random blocks make weights ~10x those of random_weights: its adapters are made stronger
-# so that their deltas still move the final hidden states by more than 1% (measured: 18-50% at 16, 0.3-4% at 1).
+# so that their deltas still move the final hidden states by more than 1% (measured: 2-50% at 16, 0.3-4% at 1).
 STRENGTHS = {"llama-mixed": 1.0, "qwen2-bias": 1.0, "qwen3-k-quants": 16.0}
 
 
@@ -112,12 +115,15 @@ def test_adapter_rows_match_the_module_path(
     exact, _, _ = forward(reference, batch, fused=True, lora=lora)
     base, _, _ = forward(kernel, batch, fused=True, lora=None)
 
-    # Same int8 rounding as the module path; the adapters' fp32 products differ only in summation order.
-    assert float(row_errors(fused, modules).max()) < 0.02
+    # Same int8 rounding as the module path; the adapters' fp32 products differ only in summation order, which
+    # now and then moves one activation across a rounding edge (one int8 step, < 2% of a row; measured ~1e-7 else).
+    to_modules = row_errors(fused, modules)
+    assert float(to_modules.max()) < 0.02
+    assert float(to_modules.median()) < 1e-4
     assert float(row_errors(fused, exact).median()) < 0.03
     adapted = torch.tensor([o is not None for o in owners])
     moved = row_errors(fused, base)
-    assert float(moved[adapted].min()) > 0.05, "every adapter row carries its adapter's deltas"
+    assert float(moved[adapted].min()) > 0.01, "every adapter row carries its adapter's deltas"
     if not bool(adapted.all()):
         assert float(moved[~adapted].max()) < 1e-6, "base rows are untouched by their neighbours' adapters"
     written = batch.attn.slot_mapping
