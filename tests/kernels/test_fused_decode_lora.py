@@ -71,10 +71,11 @@ def row_errors(ours: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
 
 # The K-quant variant's random blocks make weights ~10x those of random_weights: its adapters are made stronger
 # so that their deltas still move the final hidden states by more than 1% (measured: 2-50% at 16, 0.3-4% at 1).
-STRENGTHS = {"llama-mixed": 1.0, "qwen2-bias": 1.0, "qwen3-k-quants": 16.0}
+STRENGTHS = {"llama-mixed": 1.0, "qwen3-k-quants": 16.0}
 
 
-@pytest.fixture(scope="module", params=VARIANTS[:3], ids=lambda v: v.name)
+# Mixed block formats inside q|k|v and GQA groups of 3; per-head q/k norms, head_dim 64, one kv head for 4.
+@pytest.fixture(scope="module", params=[VARIANTS[0], VARIANTS[2]], ids=lambda v: v.name)
 def models(request: pytest.FixtureRequest) -> tuple[Variant, DecoderModel, DecoderModel, list[LoraAdapter]]:
     kernel, reference = build_models(request.param)
     return request.param, kernel, reference, adapters_for(reference, 3, STRENGTHS[request.param.name])
