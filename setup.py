@@ -19,7 +19,13 @@ from setuptools.command.build_ext import build_ext
 SOURCE_DIR = Path("csrc") / "quant_kernels"
 AVX2_SOURCES = [
     str(SOURCE_DIR / name)
-    for name in ("kernels_avx2.cpp", "decode_ops_avx2.cpp", "decode_step_avx2.cpp", "decode_lora_avx2.cpp")
+    for name in (
+        "kernels_avx2.cpp",
+        "decode_ops_avx2.cpp",
+        "decode_step_avx2.cpp",
+        "decode_attention_avx2.cpp",
+        "decode_lora_avx2.cpp",
+    )
 ]
 COMMON_FLAGS = ["-O3", "-std=c++17", "-fno-math-errno"]
 AVX2_FLAGS = ["-mavx2", "-mfma", "-mf16c"]

@@ -69,15 +69,17 @@ struct DecodeBatch {
     const int64_t* block_tables; // [m, block_table_stride]
     int64_t block_table_stride;
     const int64_t* context_lens;  // [m], the new token included
-    const int64_t* kv_caches;     // [num_layers, 2] float* of each layer's key and value cache
+    const int64_t* kv_caches;     // [num_layers, 2] address of each layer's key and value cache
     int64_t num_cache_blocks;     // blocks in each cache tensor
+    int kv_dtype;                 // KVDtype id of the caches' rows (kv_format.h)
     const DecodeLora* lora = nullptr;  // the rows' LoRA adapters (decode_lora.h); nullptr: all base-model rows
 };
 
 // Returns nullptr on success, else a message (bad table entries) and nothing is computed.
 const char* check_decode_tables(const LayerTable* layers, const DecodeDims& dims);
 
-// Returns nullptr when every block id, slot and context length of the batch lies inside the caches.
+// Returns nullptr when the KV dtype is known and every block id, slot and context length of the batch lies inside
+// the caches.
 const char* check_decode_batch(const DecodeDims& dims, const DecodeBatch& batch);
 
 void decode_step_avx2(const LayerTable* layers, const DecodeDims& dims, const DecodeBatch& batch, int num_threads);

@@ -12,6 +12,7 @@
 #include <omp.h>
 #endif
 
+#include "decode_attention.h"
 #include "decode_lora.h"
 #include "decode_ops.h"
 #include "matmul_plan.h"
@@ -96,22 +97,24 @@ struct StepBuffers {
     ActivationBuffer gate_acts;       // [m, intermediate]
     std::vector<float> qkv;           // [m, q_width + 2 kv_width]
     std::vector<float> attention;     // [m, q_width]
+    std::vector<float> partials;      // [m, num_kv_heads, splits, partial_floats] attention splits
     std::vector<float> y;             // [m, hidden] output of o and down
     std::vector<float> gate_up;       // [m, 2 intermediate]
 
-    StepBuffers(const DecodeDims& d, int m)
+    StepBuffers(const DecodeDims& d, int m, int splits)
         : hidden_acts(m, d.hidden),
           attention_acts(m, d.num_heads * d.head_dim),
           gate_acts(m, d.intermediate),
           qkv(static_cast<size_t>(m) * (d.num_heads + 2 * d.num_kv_heads) * d.head_dim),
           attention(static_cast<size_t>(m) * d.num_heads * d.head_dim),
+          partials(static_cast<size_t>(m) * d.num_kv_heads * splits *
+                   partial_floats(d.num_heads / d.num_kv_heads, d.head_dim)),
           y(static_cast<size_t>(m) * d.hidden),
           gate_up(static_cast<size_t>(m) * 2 * d.intermediate) {}
 };
 
-// Bias, per-head q/k norms and rope on token t's q|k|v row; then its key and value into the cache if asked.
-void finish_qkv_row(const LayerTable& layer, const DecodeDims& d, const DecodeBatch& b, float* row, int t,
-                    float* key_cache, float* value_cache, bool write_cache) {
+// Bias, per-head q/k norms and rope on token t's q|k|v row.
+void finish_qkv_row(const LayerTable& layer, const DecodeDims& d, const DecodeBatch& b, float* row, int t) {
     const int q_width = d.num_heads * d.head_dim;
     const int kv_width = d.num_kv_heads * d.head_dim;
     if (layer.qkv_bias != 0) add_row(row, ptr<const float>(layer.qkv_bias), q_width + 2 * kv_width);
@@ -123,30 +126,78 @@ void finish_qkv_row(const LayerTable& layer, const DecodeDims& d, const DecodeBa
         if (norm != 0) rms_norm_row(head, ptr<const float>(norm), d.head_dim, d.eps, head);
         rotate_half_row(head, cos, sin, d.head_dim);
     }
-    if (!write_cache) return;
-    const int64_t slot = b.slots[t];
-    std::copy(row + q_width, row + q_width + kv_width, key_cache + slot * kv_width);
-    std::copy(row + q_width + kv_width, row + q_width + 2 * kv_width, value_cache + slot * kv_width);
 }
 
-// Token t's attention for the query heads of one kv head, q from its finished q|k|v row. With `fresh`, the new
-// token's key and value come from that row rather than from the cache slot being written meanwhile.
-void attend(const DecodeDims& d, const DecodeBatch& b, const float* qkv_row, int t, int kv_head, bool fresh,
-            const float* key_cache, const float* value_cache, float* scores, float* out_row) {
-    const int group = d.num_heads / d.num_kv_heads;
+// A finished q|k|v row's keys and values, every kv head, stored as rows of the cache's dtype at keys and values
+// ([num_kv_heads, row_bytes] each: a cache slot, or a thread's own copy of the new token's rows).
+void store_token_kv(const DecodeDims& d, KVDtype dtype, const float* row, uint8_t* keys, uint8_t* values) {
     const int q_width = d.num_heads * d.head_dim;
     const int kv_width = d.num_kv_heads * d.head_dim;
-    const float* new_key = qkv_row + q_width + kv_head * d.head_dim;
-    const PagedContext ctx{key_cache,
-                           value_cache,
-                           b.block_tables + t * b.block_table_stride,
-                           d.block_size,
-                           d.num_kv_heads,
-                           static_cast<int>(b.context_lens[t]),
-                           fresh ? new_key : nullptr,
-                           fresh ? new_key + kv_width : nullptr};
-    const int head_offset = kv_head * group * d.head_dim;
-    decode_attention(qkv_row + head_offset, ctx, kv_head, group, d.head_dim, d.scale, scores, out_row + head_offset);
+    const int64_t row_bytes = kv_row_bytes(dtype, d.head_dim);
+    for (int h = 0; h < d.num_kv_heads; ++h) {
+        store_kv_row(row + q_width + h * d.head_dim, dtype, d.head_dim, keys + h * row_bytes);
+        store_kv_row(row + q_width + kv_width + h * d.head_dim, dtype, d.head_dim, values + h * row_bytes);
+    }
+}
+
+// Row widths of one layer and where its cache is.
+struct LayerShape {
+    int q_width;
+    int qkv_width;
+    KVDtype dtype;
+    int64_t row_bytes;  // one stored head row
+    uint8_t* key_cache;
+    uint8_t* value_cache;
+
+    LayerShape(const DecodeDims& d, const DecodeBatch& b, int index)
+        : q_width(d.num_heads * d.head_dim),
+          qkv_width((d.num_heads + 2 * d.num_kv_heads) * d.head_dim),
+          dtype(static_cast<KVDtype>(b.kv_dtype)),
+          row_bytes(kv_row_bytes(dtype, d.head_dim)),
+          key_cache(ptr<uint8_t>(b.kv_caches[2 * index])),
+          value_cache(ptr<uint8_t>(b.kv_caches[2 * index + 1])) {}
+
+    // Where token t's rows of every kv head go in a cache.
+    uint8_t* slot_rows(uint8_t* cache, const DecodeDims& d, const DecodeBatch& b, int t) const {
+        return cache + b.slots[t] * d.num_kv_heads * row_bytes;
+    }
+};
+
+// Work item `item` of a layer's attention: token t, kv head h and split `split` of its context, for the query
+// heads of h, q from token t's finished q|k|v row; the partial result goes to its place in buf.partials. With
+// `fresh_kv` ([m, 2, num_kv_heads, row_bytes]), the new token's key and value come from there rather than from
+// the cache slot being written meanwhile.
+void attend_item(const DecodeDims& d, const DecodeBatch& b, const LayerShape& shape, const float* qkv, int item,
+                 int splits, const uint8_t* fresh_kv, float* scratch, StepBuffers& buf) {
+    const int group = d.num_heads / d.num_kv_heads;
+    const int split = item % splits;
+    const int kv_head = item / splits % d.num_kv_heads;
+    const int t = item / splits / d.num_kv_heads;
+    const int64_t token_rows = static_cast<int64_t>(d.num_kv_heads) * shape.row_bytes;
+    const uint8_t* fresh = fresh_kv == nullptr ? nullptr : fresh_kv + 2 * t * token_rows;
+    const PagedKV ctx{shape.key_cache,
+                      shape.value_cache,
+                      b.block_tables + t * b.block_table_stride,
+                      d.block_size,
+                      d.num_kv_heads,
+                      shape.dtype,
+                      shape.row_bytes,
+                      static_cast<int>(b.context_lens[t]),
+                      fresh,
+                      fresh == nullptr ? nullptr : fresh + token_rows};
+    const float* q = qkv + static_cast<size_t>(t) * shape.qkv_width + kv_head * group * d.head_dim;
+    float* partial = buf.partials.data() + static_cast<size_t>(item) * partial_floats(group, d.head_dim);
+    attend_split(q, ctx, kv_head, group, d.head_dim, d.scale, split, splits, scratch, partial);
+}
+
+// Token t's attention row [q_width] from the partials of all its kv heads and splits.
+void merge_token(const DecodeDims& d, const StepBuffers& buf, int t, int splits, float* out_row) {
+    const int group = d.num_heads / d.num_kv_heads;
+    const size_t per_head = static_cast<size_t>(splits) * partial_floats(group, d.head_dim);
+    for (int h = 0; h < d.num_kv_heads; ++h) {
+        const float* partials = buf.partials.data() + (static_cast<size_t>(t) * d.num_kv_heads + h) * per_head;
+        merge_splits(partials, splits, group, d.head_dim, out_row + h * group * d.head_dim);
+    }
 }
 
 void norm_and_quantize(const float* x, int64_t weight, const DecodeDims& d, float* scratch, const QuantizedActs& acts) {
@@ -163,45 +214,34 @@ void gate_and_quantize(const float* gate_up, int inter, float* scratch, const Qu
 // quantized activations and finished q|k|v rows.
 struct ThreadState {
     std::vector<float> row;     // a normed or gated row before it is quantized
-    std::vector<float> scores;  // one (token, kv head) attention's scores
+    std::vector<float> scores;  // one attention item's scratch
     std::vector<float> x;       // few-token mode: [m, hidden] residual stream
     std::vector<float> qkv;     // few-token mode: [m, qkv width] finished rows
+    std::vector<float> attention;  // few-token mode: [m, q_width] merged attention rows
+    std::vector<uint8_t> fresh_kv;  // few-token mode: [m, 2, num_kv_heads, row_bytes] the new tokens' stored rows
     std::unique_ptr<ActivationBuffer> hidden_acts, attention_acts, gate_acts;  // few-token mode
 
-    ThreadState(const DecodeDims& d, const DecodeBatch& b, int64_t longest, bool own_rows)
+    ThreadState(const DecodeDims& d, const DecodeBatch& b, bool own_rows)
         : row(static_cast<size_t>(std::max(d.hidden, d.intermediate))),
-          scores(static_cast<size_t>(d.num_heads / d.num_kv_heads) * longest) {
+          scores(static_cast<size_t>(attention_scratch_floats(d.num_heads / d.num_kv_heads))) {
         if (!own_rows) return;
         x.assign(b.x, b.x + static_cast<size_t>(b.m) * d.hidden);
         qkv.resize(static_cast<size_t>(b.m) * (d.num_heads + 2 * d.num_kv_heads) * d.head_dim);
+        attention.resize(static_cast<size_t>(b.m) * d.num_heads * d.head_dim);
+        fresh_kv.resize(static_cast<size_t>(b.m) * 2 * d.num_kv_heads *
+                        kv_row_bytes(static_cast<KVDtype>(b.kv_dtype), d.head_dim));
         hidden_acts.reset(new ActivationBuffer(b.m, d.hidden));
         attention_acts.reset(new ActivationBuffer(b.m, d.num_heads * d.head_dim));
         gate_acts.reset(new ActivationBuffer(b.m, d.intermediate));
     }
 };
 
-// Row widths of one layer and where its cache is.
-struct LayerShape {
-    int q_width;
-    int qkv_width;
-    float* key_cache;
-    float* value_cache;
-
-    LayerShape(const DecodeDims& d, const DecodeBatch& b, int index)
-        : q_width(d.num_heads * d.head_dim),
-          qkv_width((d.num_heads + 2 * d.num_kv_heads) * d.head_dim),
-          key_cache(ptr<float>(b.kv_caches[2 * index])),
-          value_cache(ptr<float>(b.kv_caches[2 * index + 1])) {}
-};
-
 // Many tokens: row phases split the tokens over threads and share one copy of everything (10 barriers a layer).
 void run_layer_shared(const LayerTable& layer, int index, const DecodeDims& d, const DecodeBatch& b,
-                      StepBuffers& buf, ThreadState& own, int num_threads, const LoraHook& lora) {
+                      StepBuffers& buf, ThreadState& own, int num_threads, int splits, const LoraHook& lora) {
     const LayerShape shape(d, b, index);
     const int m = b.m, hidden = d.hidden, q_width = shape.q_width, qkv_width = shape.qkv_width;
     const int inter = d.intermediate;
-    float* key_cache = shape.key_cache;
-    float* value_cache = shape.value_cache;
 
     // The previous layer's MLP output joins the residual stream here (the embeddings need nothing).
 #pragma omp for schedule(static)
@@ -216,18 +256,20 @@ void run_layer_shared(const LayerTable& layer, int index, const DecodeDims& d, c
 #pragma omp for schedule(static)
     for (int t = 0; t < m; ++t) {
         lora.add(LoraProjection::kQkv, t, buf.qkv.data() + static_cast<size_t>(t) * qkv_width);
-        finish_qkv_row(layer, d, b, buf.qkv.data() + static_cast<size_t>(t) * qkv_width, t, key_cache, value_cache,
-                       true);
+        float* row = buf.qkv.data() + static_cast<size_t>(t) * qkv_width;
+        finish_qkv_row(layer, d, b, row, t);
+        store_token_kv(d, shape.dtype, row, shape.slot_rows(shape.key_cache, d, b, t),
+                       shape.slot_rows(shape.value_cache, d, b, t));
     }
 #pragma omp for schedule(dynamic, 1)
-    for (int item = 0; item < m * d.num_kv_heads; ++item) {
-        const int t = item / d.num_kv_heads;
-        attend(d, b, buf.qkv.data() + static_cast<size_t>(t) * qkv_width, t, item % d.num_kv_heads, false, key_cache,
-               value_cache, own.scores.data(), buf.attention.data() + static_cast<size_t>(t) * q_width);
+    for (int item = 0; item < m * d.num_kv_heads * splits; ++item) {
+        attend_item(d, b, shape, buf.qkv.data(), item, splits, nullptr, own.scores.data(), buf);
     }
 #pragma omp for schedule(static)
     for (int t = 0; t < m; ++t) {
-        quantize_rows_avx2(buf.attention.data() + static_cast<size_t>(t) * q_width, 0, 1, buf.attention_acts.row(t));
+        float* attention_row = buf.attention.data() + static_cast<size_t>(t) * q_width;
+        merge_token(d, buf, t, splits, attention_row);
+        quantize_rows_avx2(attention_row, 0, 1, buf.attention_acts.row(t));
     }
     project(layer.o, buf.attention_acts.acts, buf.y.data(), hidden, m, num_threads, lora, LoraProjection::kO,
             buf.attention.data(), q_width);
@@ -254,13 +296,12 @@ void run_layer_shared(const LayerTable& layer, int index, const DecodeDims& d, c
 // everywhere), so only the matmuls and the attention need barriers: 5 a layer. One thread writes the cache;
 // the attention takes the new key and value from the thread's own rows, so nobody waits for that write.
 void run_layer_own_rows(const LayerTable& layer, int index, const DecodeDims& d, const DecodeBatch& b,
-                        StepBuffers& buf, ThreadState& own, int num_threads, bool writes_cache,
+                        StepBuffers& buf, ThreadState& own, int num_threads, bool writes_cache, int splits,
                         const LoraHook& lora) {
     const LayerShape shape(d, b, index);
     const int m = b.m, hidden = d.hidden, q_width = shape.q_width, qkv_width = shape.qkv_width;
     const int inter = d.intermediate;
-    float* key_cache = shape.key_cache;
-    float* value_cache = shape.value_cache;
+    const int64_t token_rows = static_cast<int64_t>(d.num_kv_heads) * shape.row_bytes;
 
     for (int t = 0; t < m; ++t) {
         float* x = own.x.data() + static_cast<size_t>(t) * hidden;
@@ -273,20 +314,26 @@ void run_layer_own_rows(const LayerTable& layer, int index, const DecodeDims& d,
     std::copy(buf.qkv.begin(), buf.qkv.end(), own.qkv.begin());
     for (int t = 0; t < m; ++t) {
         lora.add(LoraProjection::kQkv, t, own.qkv.data() + static_cast<size_t>(t) * qkv_width);
-        finish_qkv_row(layer, d, b, own.qkv.data() + static_cast<size_t>(t) * qkv_width, t, key_cache, value_cache,
-                       writes_cache);
+        float* row = own.qkv.data() + static_cast<size_t>(t) * qkv_width;
+        finish_qkv_row(layer, d, b, row, t);
+        uint8_t* fresh = own.fresh_kv.data() + 2 * t * token_rows;
+        store_token_kv(d, shape.dtype, row, fresh, fresh + token_rows);
+        if (writes_cache) {
+            std::copy(fresh, fresh + token_rows, shape.slot_rows(shape.key_cache, d, b, t));
+            std::copy(fresh + token_rows, fresh + 2 * token_rows, shape.slot_rows(shape.value_cache, d, b, t));
+        }
     }
 #pragma omp for schedule(dynamic, 1)
-    for (int item = 0; item < m * d.num_kv_heads; ++item) {
-        const int t = item / d.num_kv_heads;
-        attend(d, b, own.qkv.data() + static_cast<size_t>(t) * qkv_width, t, item % d.num_kv_heads, true, key_cache,
-               value_cache, own.scores.data(), buf.attention.data() + static_cast<size_t>(t) * q_width);
+    for (int item = 0; item < m * d.num_kv_heads * splits; ++item) {
+        attend_item(d, b, shape, own.qkv.data(), item, splits, own.fresh_kv.data(), own.scores.data(), buf);
     }
     for (int t = 0; t < m; ++t) {
-        quantize_rows_avx2(buf.attention.data() + static_cast<size_t>(t) * q_width, 0, 1, own.attention_acts->row(t));
+        float* attention_row = own.attention.data() + static_cast<size_t>(t) * q_width;
+        merge_token(d, buf, t, splits, attention_row);
+        quantize_rows_avx2(attention_row, 0, 1, own.attention_acts->row(t));
     }
     project(layer.o, own.attention_acts->acts, buf.y.data(), hidden, m, num_threads, lora, LoraProjection::kO,
-            buf.attention.data(), q_width);
+            own.attention.data(), q_width);
     for (int t = 0; t < m; ++t) {
         float* x = own.x.data() + static_cast<size_t>(t) * hidden;
         add_row(x, buf.y.data() + static_cast<size_t>(t) * hidden, hidden);
@@ -328,6 +375,8 @@ const char* check_decode_tables(const LayerTable* layers, const DecodeDims& d) {
 }
 
 const char* check_decode_batch(const DecodeDims& d, const DecodeBatch& b) {
+    KVDtype dtype;
+    if (!kv_dtype_from_int(b.kv_dtype, &dtype)) return "unknown KV cache dtype id";
     const int64_t slots = b.num_cache_blocks * d.block_size;
     for (int t = 0; t < b.m; ++t) {
         const int64_t len = b.context_lens[t];
@@ -362,13 +411,14 @@ bool rows_read_each_other(const DecodeDims& d, const DecodeBatch& b) {
 void decode_step_avx2(const LayerTable* layers, const DecodeDims& d, const DecodeBatch& b, int num_threads) {
     int64_t longest = 1;
     for (int t = 0; t < b.m; ++t) longest = std::max(longest, b.context_lens[t]);
-    StepBuffers buf(d, b.m);
+    const int splits = attention_splits(b.m, d.num_kv_heads, longest, num_threads);
+    StepBuffers buf(d, b.m, splits);
     const bool own_rows = num_threads > 1 && b.m <= kOwnRowsTokens && !rows_read_each_other(d, b);
     std::unique_ptr<LoraStep> lora;
     if (b.lora != nullptr) lora.reset(new LoraStep(d, b.m, *b.lora, own_rows ? num_threads : 1, num_threads));
 #pragma omp parallel num_threads(num_threads)
     {
-        ThreadState own(d, b, longest, own_rows);
+        ThreadState own(d, b, own_rows);
 #ifdef _OPENMP
         const int thread = omp_get_thread_num();
 #else
@@ -378,9 +428,9 @@ void decode_step_avx2(const LayerTable* layers, const DecodeDims& d, const Decod
         for (int i = 0; i < d.num_layers; ++i) {
             const LoraHook hook{lora.get(), own_rows ? thread : 0, thread, i};
             if (own_rows) {
-                run_layer_own_rows(layers[i], i, d, b, buf, own, num_threads, first_thread, hook);
+                run_layer_own_rows(layers[i], i, d, b, buf, own, num_threads, first_thread, splits, hook);
             } else {
-                run_layer_shared(layers[i], i, d, b, buf, own, num_threads, hook);
+                run_layer_shared(layers[i], i, d, b, buf, own, num_threads, splits, hook);
             }
         }
         float* x = own_rows ? own.x.data() : b.x;

@@ -154,19 +154,20 @@ PyObject* py_matmul(PyObject*, PyObject* args) {
 
 // decode_step(layers_ptr, dims, batch, num_threads): dims = (num_layers, hidden, num_heads, num_kv_heads,
 // head_dim, intermediate, block_size, eps, scale); batch = (m, x, out, final_norm, cos, sin, slots,
-// block_tables, block_table_stride, context_lens, kv_caches, num_cache_blocks) with every pointer an int;
+// block_tables, block_table_stride, context_lens, kv_caches, num_cache_blocks, kv_dtype) with every pointer an
+// int and kv_dtype a KVDtype id (kv_format.h).
 // lora = None or (num_adapters, adapter tables, row adapters) of decode_lora.h.
 PyObject* py_decode_step(PyObject*, PyObject* args) {
     unsigned long long layers_ptr;
     DecodeDims d{};
     unsigned long long x, out, final_norm, cos, sin, slots, block_tables, context_lens, kv_caches;
     long long stride, num_cache_blocks;
-    int m, num_threads;
+    int m, num_threads, kv_dtype;
     PyObject* lora_args = Py_None;
-    if (!PyArg_ParseTuple(args, "K(iiiiiiiff)(iKKKKKKKLKKL)i|O", &layers_ptr, &d.num_layers, &d.hidden, &d.num_heads,
+    if (!PyArg_ParseTuple(args, "K(iiiiiiiff)(iKKKKKKKLKKLi)i|O", &layers_ptr, &d.num_layers, &d.hidden, &d.num_heads,
                           &d.num_kv_heads, &d.head_dim, &d.intermediate, &d.block_size, &d.eps, &d.scale, &m, &x,
                           &out, &final_norm, &cos, &sin, &slots, &block_tables, &stride, &context_lens, &kv_caches,
-                          &num_cache_blocks,
+                          &num_cache_blocks, &kv_dtype,
                           &num_threads, &lora_args)) {
         return nullptr;
     }
@@ -204,6 +205,7 @@ PyObject* py_decode_step(PyObject*, PyObject* args) {
                             reinterpret_cast<const int64_t*>(context_lens),
                             reinterpret_cast<const int64_t*>(kv_caches),
                             num_cache_blocks,
+                            kv_dtype,
                             lora_args != Py_None ? &lora : nullptr};
     const char* error = check_decode_batch(d, batch);
     if (error == nullptr && batch.lora != nullptr) error = check_decode_lora(d, m, lora);

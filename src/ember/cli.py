@@ -7,16 +7,27 @@ import logging
 import sys
 from pathlib import Path
 
+from ember.engine.engine_config import KV_CACHE_DTYPES
 from ember.engine.speculation.config import PROMPT_LOOKUP_MODES, SpeculationConfig
 from ember.keys_command import add_keys_subparser, run_keys
 from ember.serve_access import add_access_args
 from ember.tuning.cli_tune import add_tune_subparser, run_tune
 
 
-def _add_model_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model", default=None, help="GGUF file or HF checkpoint folder (default: embedded SmolLM2-135M)"
-    )
+def _add_model_args(parser: argparse.ArgumentParser, several: bool = False) -> None:
+    if several:
+        parser.add_argument(
+            "--model",
+            action="append",
+            default=[],
+            metavar="[NAME=]PATH",
+            help="GGUF file or HF checkpoint folder, optionally served as NAME; repeat it to serve several models, "
+            "each on its own engine (the first is the default; without any: the embedded SmolLM2-135M)",
+        )
+    else:
+        parser.add_argument(
+            "--model", default=None, help="GGUF file or HF checkpoint folder (default: embedded SmolLM2-135M)"
+        )
     parser.add_argument(
         "--weight-format",
         default="auto",
@@ -64,12 +75,50 @@ def _add_speculation_args(serve: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_several_models_args(serve: argparse.ArgumentParser) -> None:
+    """Several models in one server (server/common/model_registry.py; README "Several models")."""
+    serve.add_argument(
+        "--models-file",
+        type=Path,
+        default=None,
+        metavar="TOML",
+        help="models to serve besides --model: [[models]] tables with name, path, aliases, lazy, keep_alive, "
+        "kv_cache_gib, threads, max_model_len and lora = {NAME = PATH}",
+    )
+    serve.add_argument(
+        "--lazy",
+        action="store_true",
+        help="load the models after the first on their first request instead of at start-up",
+    )
+    serve.add_argument(
+        "--keep-alive",
+        default=None,
+        metavar="DURATION",
+        help="unload a model (not the first) after this long without requests, Ollama-style: 5m, 1h, 30s; 0: as "
+        "soon as it is idle; -1: never (the default); a request reloads it",
+    )
+    serve.add_argument(
+        "--concurrent-engine-steps",
+        action="store_true",
+        help="let several models' engines step at the same time, each on all its threads (default: they take "
+        "turns, one step at a time on every core, so two OpenMP teams never share the cores)",
+    )
+    serve.add_argument(
+        "--memory-budget-gib",
+        type=float,
+        default=None,
+        help="what all loaded models may take together (weights + KV cache, estimated before a load); a load "
+        "beyond it, or beyond the memory the system has available, is refused with a 503 (default: the latter)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ember", description="Self-hosted LLM inference and fine-tuning")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="serve the OpenAI/Fireworks-compatible HTTP API")
-    _add_model_args(serve)
+    _add_model_args(serve, several=True)
+    _add_several_models_args(serve)
     serve.add_argument("--port", type=int, default=8000)
     add_access_args(serve)
     serve.add_argument(
@@ -99,6 +148,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--kv-cache-gib", type=float, default=1.0, help="memory reserved for the paged KV cache"
     )
     serve.add_argument("--block-size", type=int, default=16, help="tokens per KV block")
+    serve.add_argument(
+        "--kv-cache-dtype",
+        choices=KV_CACHE_DTYPES,
+        default="auto",
+        help="how the KV cache stores keys and values: fp32, fp16, bf16 (2x the tokens per GiB), q8_0 (int8 with "
+        "a scale per head row, ~3.8x; as llama.cpp's -ctk/-ctv q8_0); auto: fp16 when the native fused decode "
+        "step serves the model (packed GGUF on an AVX2 + F16C CPU), else the model's dtype",
+    )
     serve.add_argument("--no-prefix-caching", action="store_true", help="disable automatic prefix caching")
     serve.add_argument(
         "--no-generic-tools",

@@ -58,12 +58,14 @@ class DrainingServer(uvicorn.Server):
     def __init__(
         self,
         config: uvicorn.Config,
-        engine: AsyncEngine,
+        engines: Callable[[], Sequence[AsyncEngine]],
         drain: DrainConfig,
         on_drain_start: Sequence[Callable[[], None]] = (),
     ) -> None:
         super().__init__(config)
-        self.engine = engine
+        self.engines = (
+            engines  # every engine loaded when the drain starts and ends (a server may have several)
+        )
         self.drain = drain
         self.on_drain_start = tuple(on_drain_start)  # blocking calls, run in threads (e.g. stop training)
         self._signals_seen = 0
@@ -103,11 +105,11 @@ class DrainingServer(uvicorn.Server):
             uvicorn_logger.removeFilter(quiet)
 
     async def _drain(self) -> None:
-        stats = self.engine.stats()
+        in_flight = sum(s.num_running + s.num_waiting for s in (e.stats() for e in self.engines()))
         logger.info(
             "shutting down: no new connections; %d requests in flight have up to %g s to finish "
             "(a second signal ends them now)",
-            stats.num_running + stats.num_waiting,
+            in_flight,
             self.drain.timeout_s,
         )
         hooks = [asyncio.create_task(asyncio.to_thread(hook)) for hook in self.on_drain_start]
@@ -126,7 +128,7 @@ class DrainingServer(uvicorn.Server):
         error = ServerShuttingDownError(
             f"the server is shutting down: {why} ended this request before it finished"
         )
-        ended = await self.engine.end_all_requests(error)
+        ended = sum([await engine.end_all_requests(error) for engine in self.engines()])
         if ended:
             logger.warning(
                 "%s ended the drain: %d requests still running were ended with an error", why, ended

@@ -6,6 +6,7 @@ machines, so the default is the count of idle cores, measured over a short windo
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 
@@ -156,3 +157,28 @@ def release_openmp_team() -> bool:
         return False
     omp_pause_soft = 1
     return pause_all(omp_pause_soft) == 0
+
+
+class StepGate:
+    """One engine step at a time across the engines of one process, handed over in arrival order.
+
+    Two engines stepping at once run two OpenMP teams on the same cores: each barrier then waits for a thread the
+    other team has preempted. Taking turns, each step has every core. A plain Lock is not enough: the engine that
+    releases it takes it again before the waiting one wakes (measured 72 vs 18 tok/s); tickets keep it fair."""
+
+    def __init__(self) -> None:
+        self._turn = threading.Condition()
+        self._next_ticket = 0
+        self._serving = 0
+
+    def __enter__(self) -> StepGate:
+        with self._turn:
+            ticket = self._next_ticket
+            self._next_ticket += 1
+            self._turn.wait_for(lambda: self._serving == ticket)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._turn:
+            self._serving += 1
+            self._turn.notify_all()

@@ -36,10 +36,10 @@ def test_the_server_command_carries_the_engine_settings() -> None:
     command = tiny_launch(Path("/models/tiny"), quantization="q8_0").command(port=8123, api_key="k")
     assert command[1:4] == ["-m", "ember.cli", "serve"]
     args = build_parser().parse_args(command[3:])
-    assert (args.host, args.port, args.api_key, args.model) == ("127.0.0.1", 8123, ["k"], "/models/tiny")
+    assert (args.host, args.port, args.api_key, args.model) == ("127.0.0.1", 8123, ["k"], ["/models/tiny"])
     assert (args.max_num_seqs, args.max_num_batched_tokens, args.max_model_len) == (4, 128, 512)
     assert (args.block_size, args.kv_cache_gib, args.threads, args.no_prefix_caching) == (16, 0.02, 1, False)
-    assert args.no_fine_tuning and args.quantization == "q8_0"
+    assert args.no_fine_tuning and args.quantization == "q8_0" and args.kv_cache_dtype == "auto"
 
 
 def test_each_workload_runs_on_the_engine_then_through_a_real_server(tmp_path: Path) -> None:
@@ -74,7 +74,7 @@ def test_a_server_that_cannot_start_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(HttpBenchError, match="exited with code") as error:
         with running_server(tiny_launch(missing)):
             pass
-    assert f"{missing}: no such file or directory" in str(error.value)
+    assert f"no such file or folder: {missing}" in str(error.value)
 
 
 def test_the_table_shows_http_next_to_the_engine_as_a_speed_ratio(capsys: pytest.CaptureFixture[str]) -> None:

@@ -140,11 +140,15 @@ class DecodeBatch:
         return [(k.clone(), v.clone()) for k, v in self.caches]
 
 
-def decode_batch(config: ModelConfig, m: int, seed: int, block_size: int = 16) -> DecodeBatch:
-    """m one-token decodes with context lengths from 1 to 70 (block edges included) over shuffled blocks."""
+def decode_batch(
+    config: ModelConfig, m: int, seed: int, block_size: int = 16, context_lens: list[int] | None = None
+) -> DecodeBatch:
+    """m one-token decodes with context lengths from 1 to 70 (block edges included), or the given ones, over
+    shuffled blocks."""
     rng = np.random.default_rng(seed)
-    context_lens = [int(c) for c in rng.integers(1, 71, size=m)]
-    context_lens[: min(m, 3)] = [1, block_size, block_size + 1][: min(m, 3)]
+    if context_lens is None:
+        context_lens = [int(c) for c in rng.integers(1, 71, size=m)]
+        context_lens[: min(m, 3)] = [1, block_size, block_size + 1][: min(m, 3)]
     blocks_per_seq = [-(-c // block_size) for c in context_lens]
     num_blocks = sum(blocks_per_seq) + 3
     order = rng.permutation(num_blocks)

@@ -39,6 +39,7 @@ class ServerLaunch:
     max_model_len: int
     kv_cache_gib: float
     start_timeout_s: float = 300.0
+    kv_cache_dtype: str = "auto"
 
     @classmethod
     def matching(
@@ -64,6 +65,7 @@ class ServerLaunch:
             max_num_batched_tokens=engine.scheduler.max_num_batched_tokens,
             max_model_len=engine.scheduler.max_model_len,
             kv_cache_gib=engine.kv_cache_gib,
+            kv_cache_dtype=engine.cache.kv_cache_dtype,
         )
 
     def command(self, port: int, api_key: str) -> list[str]:
@@ -74,6 +76,7 @@ class ServerLaunch:
         command += ["--max-num-seqs", str(self.max_num_seqs)]
         command += ["--max-num-batched-tokens", str(self.max_num_batched_tokens)]
         command += ["--max-model-len", str(self.max_model_len), "--kv-cache-gib", str(self.kv_cache_gib)]
+        command += ["--kv-cache-dtype", self.kv_cache_dtype]
         if not self.enable_prefix_caching:
             command.append("--no-prefix-caching")
         if self.model is not None:

@@ -20,6 +20,7 @@ from ember.engine.stats import EngineStats
 from ember.lora.adapter import LoraAdapter
 from ember.lora.errors import LoraError
 from ember.lora.manager import LoraInfo
+from ember.threads import StepGate
 
 logger = logging.getLogger(__name__)
 
@@ -68,8 +69,11 @@ def _deliver(items: list[tuple[_Stream, RequestOutput | EmbeddingOutput]]) -> No
 
 
 class AsyncEngine:
-    def __init__(self, engine: LLMEngine) -> None:
+    def __init__(self, engine: LLMEngine, step_gate: StepGate | None = None) -> None:
         self.engine = engine
+        # Shared by the engines of one server (server/common/model_registry.py): one engine steps at a time, on
+        # every compute thread, instead of two OpenMP teams fighting over the same cores.
+        self.step_gate = step_gate
         self.tokenizer = engine.tokenizer
         self.model_config = engine.model.config
         self.max_model_len = engine.max_model_len
@@ -95,8 +99,8 @@ class AsyncEngine:
         self._steps_granted = 0  # steps a paused engine may still run (resume(steps=...))
 
     @classmethod
-    def from_loaded(cls, model: Any, config: EngineConfig) -> AsyncEngine:
-        return cls(LLMEngine(model, config))
+    def from_loaded(cls, model: Any, config: EngineConfig, step_gate: StepGate | None = None) -> AsyncEngine:
+        return cls(LLMEngine(model, config), step_gate)
 
     # ---- lifecycle -------------------------------------------------------------------------------------
 
@@ -276,7 +280,11 @@ class AsyncEngine:
                     self._wake.clear()
                     continue
                 try:
-                    outputs = self.engine.step()
+                    if self.step_gate is None:
+                        outputs = self.engine.step()
+                    else:
+                        with self.step_gate:
+                            outputs = self.engine.step()
                 except Exception as exc:  # noqa: BLE001 - a bug in one step must not take the server down
                     logger.exception("engine step failed; failing the requests in flight")
                     self._fail_all(EngineStepError(f"internal error in the engine step: {exc}"))

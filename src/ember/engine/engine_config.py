@@ -9,6 +9,8 @@ from ember.engine.speculation.config import SpeculationConfig
 from ember.lora.config import LoraConfig
 
 SCHEDULING_POLICIES = ("fcfs", "priority")
+KV_CACHE_DTYPES = ("auto", "fp32", "fp16", "bf16", "q8_0")
+"""The values of --kv-cache-dtype (ember.models.kv_cache_format defines each format)."""
 BACKGROUND_PRIORITY = 1_000_000
 """The priority of background work (batch lines): SchedulerConfig.background_priority's default."""
 
@@ -27,7 +29,17 @@ class CacheConfig:
     enable_prefix_caching: bool = True
     """Reuse the KV of full blocks whose tokens, adapter and cache salt match an earlier request."""
 
+    kv_cache_dtype: str = "auto"
+    """How keys and values are stored: fp32, fp16, bf16, or q8_0 (int8 with a scale per head row, as llama.cpp's
+    -ctk/-ctv q8_0); auto: fp16 when the native fused decode step serves the model (packed GGUF on an AVX2 + F16C
+    CPU), else the model's dtype. A compact dtype fits 2x (fp16, bf16) or ~3.8x (q8_0) the tokens of fp32 in the
+    same --kv-cache-gib."""
+
     def __post_init__(self) -> None:
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise ValueError(
+                f"unknown kv_cache_dtype {self.kv_cache_dtype!r}; expected one of {', '.join(KV_CACHE_DTYPES)}"
+            )
         if self.block_size < 1:
             raise ValueError(f"block_size must be at least 1, got {self.block_size}")
         if self.num_blocks != 0 and self.num_blocks < 2:

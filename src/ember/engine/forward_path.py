@@ -22,6 +22,11 @@ class ForwardPath(enum.Enum):
     )
 
 
+def fused_step_serves(network: torch.nn.Module, fused_decode: bool = True) -> bool:
+    """Whether the native fused decode step would run this network's decodes (NetworkForward's own rule)."""
+    return fused_decode and isinstance(network, DecoderModel) and FusedDecodeStack.build(network) is not None
+
+
 class NetworkForward:
     """The network's two entry points and the rule between them."""
 

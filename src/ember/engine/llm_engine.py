@@ -15,6 +15,7 @@ import time
 from ember.engine.admission import admit_request
 from ember.engine.embedding_requests import EmbeddingRequests
 from ember.engine.engine_config import CacheConfig, EngineConfig, SchedulerConfig
+from ember.engine.forward_path import fused_step_serves
 from ember.engine.generation_budget import resolve_max_tokens
 from ember.engine.generation_defaults import default_sampling_params
 from ember.engine.invariants import check_engine_invariants
@@ -30,6 +31,7 @@ from ember.engine.stats import EngineStats, StepTimer
 from ember.lora.adapter import LoraAdapter
 from ember.lora.manager import LoraInfo, LoraManager
 from ember.models.kv_cache import allocate_kv_caches, kv_bytes_per_block
+from ember.models.kv_cache_format import resolve_kv_cache_dtype
 from ember.models.loader import LoadedModel
 from ember.structured.compiler import GrammarCompiler
 from ember.threads import ThreadGovernor
@@ -49,12 +51,15 @@ class LLMEngine:
         cache_cfg = config.cache
         num_blocks = cache_cfg.num_blocks
         dtype = next(p.dtype for p in model.network.parameters() if p.is_floating_point())
+        self.kv_format = resolve_kv_cache_dtype(
+            cache_cfg.kv_cache_dtype, dtype, fused_step_serves(model.network, config.fused_decode)
+        )
         if num_blocks == 0:
-            per_block = kv_bytes_per_block(mc, cache_cfg.block_size, dtype)
+            per_block = kv_bytes_per_block(mc, cache_cfg.block_size, self.kv_format)
             num_blocks = max(2, int(config.kv_cache_gib * 2**30) // per_block)
         self.num_blocks = num_blocks
         self.block_size = cache_cfg.block_size
-        kv_caches = allocate_kv_caches(mc, num_blocks, cache_cfg.block_size, dtype, model.device)
+        kv_caches = allocate_kv_caches(mc, num_blocks, cache_cfg.block_size, self.kv_format, model.device)
         eos = tuple(dict.fromkeys(model.generation.eos_token_ids + tuple(self.tokenizer.eos_token_ids)))
         self.eos_token_ids = eos
         # The base for values a request leaves out (the API layer and LLM.generate build on it).

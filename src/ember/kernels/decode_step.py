@@ -84,13 +84,15 @@ def decode_step(
     kv_table: torch.Tensor,
     num_cache_blocks: int,
     num_threads: int,
+    kv_dtype_id: int = 0,
     lora: StepLora | None = None,
 ) -> torch.Tensor:
     """x [M, hidden] fp32 embeddings of M one-token decodes (consumed: it holds the residual stream after the call)
     -> final-normed hidden states [M, hidden]. New keys and values are written to their `slots`; token t attends
     over context_lens[t] positions of its block_tables row. kv_table [num_layers, 2] holds each layer's key and
-    value cache pointers (fp32 [num_cache_blocks, block_size, kv_heads, head_dim]). With `lora`, each row's
-    adapter adds its low-rank products after every projection it targets (ember.kernels.decode_lora)."""
+    value cache pointers ([num_cache_blocks, block_size, kv_heads, row] rows of the format `kv_dtype_id` names:
+    KVCacheFormat.native_id, fp32 by default). With `lora`, each row's adapter adds its
+    low-rank products after every projection it targets (ember.kernels.decode_lora)."""
     m = x.shape[0]
     if x.dtype != torch.float32 or tuple(x.shape) != (m, dims.hidden) or not x.is_contiguous() or m == 0:
         raise ValueError(
@@ -128,6 +130,7 @@ def decode_step(
             context_lens.data_ptr(),
             kv_table.data_ptr(),
             num_cache_blocks,
+            kv_dtype_id,
         ),
         num_threads,
         lora_args,

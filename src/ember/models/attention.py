@@ -2,7 +2,8 @@
 
 A backend receives the new tokens' q/k/v after rope, stores k/v in the cache slots the engine assigned, and
 attends each new token causally over its sequence's whole context. Other backends (a fused C++ kernel, flash
-attention on GPU) implement the same `forward`.
+attention on GPU) implement the same `forward`. The cache may hold compact rows (fp16, bf16, q8_0: see
+kv_cache_format.py); they are encoded on write and decoded to the queries' dtype as they are gathered.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ember.models.attention_metadata import AttentionMetadata
+from ember.models.kv_cache_format import format_of_cache
 
 # Chunks over cached context up to this many tokens attend as one decode per token (speculative verification).
 _MAX_QUERY_AS_DECODES = 16
@@ -67,6 +69,10 @@ class TorchAttentionBackend(AttentionBackend):
         if attn.block_tables is None or attn.slot_mapping is None:
             raise ValueError("attention with a KV cache needs block_tables and slot_mapping in the metadata")
         key_cache, value_cache = kv_cache
+        if key_cache.shape[3] != format_of_cache(key_cache).row_width(q.shape[2]):
+            raise ValueError(
+                f"the KV cache's rows are {key_cache.shape[3]} wide, not those of head_dim {q.shape[2]}"
+            )
         if key_cache.shape[1] != attn.block_size:
             raise ValueError(
                 f"the KV cache has blocks of {key_cache.shape[1]} slots but the metadata says {attn.block_size}"
@@ -82,12 +88,14 @@ def write_kv_cache(
     v: torch.Tensor,
     slot_mapping: torch.Tensor,
 ) -> None:
-    """Store k, v [T, Hkv, D] at their slots of the caches [num_blocks, block_size, Hkv, D]."""
+    """Store k, v [T, Hkv, D] at their slots of the caches [num_blocks, block_size, Hkv, W], encoded as the
+    caches' format stores a row (W = D, or D + 4 for q8_0)."""
     if slot_mapping.shape[0] != k.shape[0]:
         raise ValueError(f"slot_mapping has {slot_mapping.shape[0]} slots for {k.shape[0]} tokens")
+    kv_format = format_of_cache(key_cache)
     num_slots = key_cache.shape[0] * key_cache.shape[1]
-    key_cache.view(num_slots, *key_cache.shape[2:])[slot_mapping] = k.to(key_cache.dtype)
-    value_cache.view(num_slots, *value_cache.shape[2:])[slot_mapping] = v.to(value_cache.dtype)
+    key_cache.view(num_slots, *key_cache.shape[2:])[slot_mapping] = kv_format.encode(k)
+    value_cache.view(num_slots, *value_cache.shape[2:])[slot_mapping] = kv_format.encode(v)
 
 
 def _attend_without_cache(
@@ -159,12 +167,14 @@ def _attend_with_cache(
             # Nothing cached before this chunk: the fresh k/v are the whole context.
             out[start:end] = _causal_sdpa(q[start:end], k[start:end], v[start:end], scale)
             continue
-        keys, values = _gather_context(key_cache, value_cache, attn.block_tables[seq], context_len)
+        keys, values = _gather_context(
+            key_cache, value_cache, attn.block_tables[seq], context_len, q.shape[2], q.dtype
+        )
         first_position = context_len - query_len
         query_positions = torch.arange(first_position, context_len, device=q.device)  # [Q]
         key_positions = torch.arange(context_len, device=q.device)  # [C]
         visible = key_positions[None, :] <= query_positions[:, None]  # [Q, C]
-        out[start:end] = _sdpa(q[start:end], keys.to(q.dtype), values.to(q.dtype), scale, mask=visible)
+        out[start:end] = _sdpa(q[start:end], keys, values, scale, mask=visible)
     return out
 
 
@@ -178,14 +188,16 @@ def _short_chunk(
 ) -> torch.Tensor:
     """q [Q, Hq, D], the last Q tokens of a sequence of context_len, each over its own prefix -> [Q, Hq, D]."""
     num_queries, num_heads, head_dim = q.shape
-    keys, values = _gather_context(key_cache, value_cache, block_table, context_len)  # [C, Hkv, D] each
+    keys, values = _gather_context(
+        key_cache, value_cache, block_table, context_len, head_dim, q.dtype
+    )  # [C, Hkv, D] each
     num_kv_heads = keys.shape[1]
     group = num_heads // num_kv_heads
     grouped_q = q.reshape(num_queries, num_kv_heads, group, head_dim).permute(1, 0, 2, 3)  # [Hkv, Q, G, D]
     grouped_q = grouped_q.reshape(num_kv_heads, num_queries * group, head_dim)  # [Hkv, Q*G, D]
     # heads-first copies: a GEMM over strided [C, Hkv, D] views was ~10x slower than the copy plus a plain one
-    keys = keys.to(q.dtype).permute(1, 0, 2).contiguous()  # [Hkv, C, D]
-    values = values.to(q.dtype).permute(1, 0, 2).contiguous()  # [Hkv, C, D]
+    keys = keys.permute(1, 0, 2).contiguous()  # [Hkv, C, D]
+    values = values.permute(1, 0, 2).contiguous()  # [Hkv, C, D]
     scores = torch.bmm(grouped_q.contiguous(), keys.transpose(1, 2)).mul_(scale)  # [Hkv, Q*G, C]
     first = context_len - num_queries
     hidden = (
@@ -209,7 +221,7 @@ def _decode_batched(
 ) -> torch.Tensor:
     """One new token per sequence: q [S, Hq, D] against each sequence's cached context -> [S, Hq, D],
     in groups of sequences whose gathered keys take at most `gather_bytes` (at least one sequence)."""
-    slot_bytes = key_cache.shape[2] * key_cache.shape[3] * q.element_size()
+    slot_bytes = key_cache.shape[2] * q.shape[2] * q.element_size()
     group = max(1, gather_bytes // (slot_bytes * max(context_lens)))
     if group >= len(context_lens):
         return _decode_group(q, key_cache, value_cache, block_tables, context_lens, scale)
@@ -244,10 +256,10 @@ def _decode_group(
     # per KV head a batched GEMM over strided [S, L, D] views: transposing the gathered keys to heads-first
     # would copy them a second time, and that copy costs more than the attention arithmetic.
     blocks = block_tables[:, :num_blocks].reshape(-1)  # [S * nb]
-    keys = _per_sequence(key_cache.index_select(0, blocks), num_seqs, max_context, q.dtype)  # [S, L, Hkv, D]
+    keys = _per_sequence(key_cache.index_select(0, blocks), num_seqs, max_context, head_dim, q.dtype)
     values = _per_sequence(
-        value_cache.index_select(0, blocks), num_seqs, max_context, q.dtype
-    )  # [S, L, Hkv, D]
+        value_cache.index_select(0, blocks), num_seqs, max_context, head_dim, q.dtype
+    )  # [S, L, Hkv, D] each
     grouped_q = q.reshape(num_seqs, num_kv_heads, num_heads // num_kv_heads, head_dim)  # [S, Hkv, G, D]
     scores = torch.stack(
         [torch.bmm(grouped_q[:, h], keys[:, :, h].transpose(1, 2)) for h in range(num_kv_heads)], dim=1
@@ -264,19 +276,29 @@ def _decode_group(
     return out.reshape(num_seqs, num_heads, head_dim)
 
 
-def _per_sequence(blocks: torch.Tensor, num_seqs: int, length: int, dtype: torch.dtype) -> torch.Tensor:
-    """Gathered blocks [S * nb, block_size, Hkv, D] -> the first `length` slots of each sequence, [S, L, Hkv, D]."""
-    return blocks.view(num_seqs, -1, *blocks.shape[2:])[:, :length].to(dtype)
+def _per_sequence(
+    blocks: torch.Tensor, num_seqs: int, length: int, head_dim: int, dtype: torch.dtype
+) -> torch.Tensor:
+    """Gathered blocks [S * nb, block_size, Hkv, W] -> the first `length` slots of each sequence decoded,
+    [S, L, Hkv, D]."""
+    rows = blocks.view(num_seqs, -1, *blocks.shape[2:])[:, :length]
+    return format_of_cache(blocks).decode(rows, head_dim, dtype)
 
 
 def _gather_context(
-    key_cache: torch.Tensor, value_cache: torch.Tensor, block_table: torch.Tensor, context_len: int
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    context_len: int,
+    head_dim: int,
+    dtype: torch.dtype,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first context_len cached keys and values of one sequence, each [C, Hkv, D]."""
+    """The first context_len cached keys and values of one sequence, decoded to `dtype`, each [C, Hkv, D]."""
+    kv_format = format_of_cache(key_cache)
     blocks = block_table[: math.ceil(context_len / key_cache.shape[1])]  # [nb]
     keys = key_cache.index_select(0, blocks).flatten(0, 1)[:context_len]
     values = value_cache.index_select(0, blocks).flatten(0, 1)[:context_len]
-    return keys, values
+    return kv_format.decode(keys, head_dim, dtype), kv_format.decode(values, head_dim, dtype)
 
 
 def _causal_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:

@@ -2,9 +2,10 @@
 (ember.kernels.decode_step) instead of ~40 torch ops per layer.
 
 It applies when every projection runs on the int8 block kernel (a packed GGUF on an AVX2 CPU), the batch is all
-one-token decodes (or short speculative runs), and the KV cache is fp32. Rows of served LoRA adapters run in the
-same step, each adapter's low-rank products inside the native call (models/fused_decode_lora.py). Anything else takes the module-by-module torch path,
-which stays the reference the fused step is tested against."""
+one-token decodes (or short speculative runs), and the KV cache is on the CPU in any of its formats (fp32, fp16,
+bf16, q8_0). Rows of served LoRA adapters run in the same step, each adapter's low-rank products inside the native
+call (models/fused_decode_lora.py). Anything else takes the module-by-module torch path, which stays the reference
+the fused step is tested against."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from ember.kernels import decode_step as native_step
 from ember.lora.layers import LoraContext
 from ember.models.attention_metadata import AttentionMetadata
 from ember.models.fused_decode_lora import FusedLoraTables
+from ember.models.kv_cache_format import KV_STORAGE_DTYPES, format_of_cache
 from ember.models.linear import ConcatLinear
 from ember.models.quant.packed_linear import PackedLinear
 
@@ -47,6 +49,15 @@ def _rows_per_token(attn: AttentionMetadata) -> tuple[torch.Tensor, torch.Tensor
 
 def _is_fp32_cpu(tensor: torch.Tensor) -> bool:
     return tensor.dtype == torch.float32 and tensor.device.type == "cpu" and tensor.is_contiguous()
+
+
+def _is_cache_like(tensor: torch.Tensor, first: torch.Tensor) -> bool:
+    return (
+        tensor.dtype == first.dtype
+        and tensor.shape == first.shape
+        and tensor.device.type == "cpu"
+        and tensor.is_contiguous()
+    )
 
 
 def _kernel_parts(module: nn.Module) -> list[PackedLinear] | None:
@@ -161,13 +172,15 @@ class FusedDecodeStack:
 
     def accepts(self, attn: AttentionMetadata, kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> bool:
         """Whether this step can run fused: decodes and short runs of new tokens over a cached context
-        (speculative verification), an fp32 CPU cache with the metadata's blocks."""
+        (speculative verification), a CPU cache with the metadata's blocks."""
         if attn.block_tables is None or attn.slot_mapping is None:
             return False
         if not attn.is_decode_only and max(attn.query_lens) > MAX_QUERY_TOKENS:
             return False
         keys = kv_caches[0][0]
-        return keys.dtype == torch.float32 and keys.device.type == "cpu" and keys.shape[1] == attn.block_size
+        return (
+            keys.dtype in KV_STORAGE_DTYPES and keys.device.type == "cpu" and keys.shape[1] == attn.block_size
+        )
 
     def accepts_lora(self, lora: LoraContext) -> bool:
         """Whether the step's adapters run inside the native call (served adapters; not training contexts)."""
@@ -215,23 +228,24 @@ class FusedDecodeStack:
             self._kv_pointers(kv_caches),
             kv_caches[0][0].shape[0],
             torch.get_num_threads(),
-            None if lora is None else self.lora_tables.step_lora(lora, hidden.shape[0]),
+            format_of_cache(kv_caches[0][0]).native_id,
+            lora=None if lora is None else self.lora_tables.step_lora(lora, hidden.shape[0]),
         )
 
     def _kv_pointers(self, kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         """[num_layers, 2] cache addresses, rebuilt only when the engine hands over different caches."""
         key = (id(kv_caches), kv_caches[0][0].data_ptr())
         if key != self._kv_key:
-            shape = kv_caches[0][0].shape
+            first = kv_caches[0][0]
+            shape = first.shape
+            row_width = format_of_cache(first).row_width(self.dims.head_dim)
             if (
                 len(kv_caches) != self.dims.num_layers
-                or tuple(shape[2:]) != (self.dims.num_kv_heads, self.dims.head_dim)
-                or not all(
-                    _is_fp32_cpu(k) and _is_fp32_cpu(v) and k.shape == shape == v.shape for k, v in kv_caches
-                )
+                or tuple(shape[2:]) != (self.dims.num_kv_heads, row_width)
+                or not all(_is_cache_like(k, first) and _is_cache_like(v, first) for k, v in kv_caches)
             ):
                 raise ValueError(
-                    "the fused decode step needs one fp32 CPU (keys, values) pair per layer, all alike"
+                    "the fused decode step needs one contiguous CPU (keys, values) pair per layer, all alike"
                 )
             self._kv_table = torch.tensor(
                 [[k.data_ptr(), v.data_ptr()] for k, v in kv_caches], dtype=torch.int64

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
 
@@ -23,13 +24,11 @@ from ember.server.common.config import FineTuningConfig, ServerConfig
 from ember.server.common.errors import install_error_handlers
 from ember.server.common.metrics import ServerMetrics
 from ember.server.common.middleware import APIKeyMiddleware, BodyLimitMiddleware
+from ember.server.common.model_registry import ModelRegistry, RegistryConfig
 from ember.server.common.openapi import install_docs
-from ember.server.common.preparation import Preparation, SamplingLimits
-from ember.server.common.prompts import PromptEncoder
 from ember.server.common.served_encoder import ServedEncoder
-from ember.server.common.served_models import ServedModels
 from ember.server.common.server_access import key_ring, log_access_policy, open_tenant
-from ember.server.common.services import Services, ServingState
+from ember.server.common.services import Services
 from ember.server.fine_tuning import routes as fine_tuning_routes
 from ember.server.fine_tuning.dataset_transfer import SIGNED_PREFIX
 from ember.server.fine_tuning.serving_dpo_jobs import DpoJobsServing
@@ -38,6 +37,7 @@ from ember.server.fine_tuning.serving_jobs import FineTuningRuntime, JobsServing
 from ember.server.fireworks import routes as fireworks_routes
 from ember.server.fireworks.control_plane import FireworksControlPlane
 from ember.server.fireworks.model_uploads import SIGNED_MODEL_PREFIX
+from ember.server.model_serving import other_model_services, serving_state
 from ember.server.openai import rerank_routes
 from ember.server.openai import routes as openai_routes
 from ember.server.openai.serving_chat import ChatServing
@@ -89,39 +89,26 @@ def build_app(
     config: ServerConfig,
     fine_tuning: FineTuningConfig | None = None,
     embedding_model: EncoderModel | None = None,
+    more_models: RegistryConfig | None = None,
 ) -> FastAPI:
     """The app serving `engine`; starting the app starts the engine's step loop, stopping it shuts it down.
 
     With `fine_tuning`, the files, datasets and fine-tuning job routes work over its data directory, and the
     job worker runs while the app does; without it they answer 404 saying so. With `embedding_model`, that
-    encoder serves /v1/embeddings, /v1/rerank and /v1/score under its own name (and when `model` is omitted)."""
+    encoder serves /v1/embeddings, /v1/rerank and /v1/score under its own name (and when `model` is omitted).
+    With `more_models`, the models it lists are served beside `engine`'s, each on an engine of its own
+    (server/common/model_registry.py); `engine`'s model stays the default."""
     keys = key_ring(config)
-    models = ServedModels(config, engine.max_model_len)
     encoder = None if embedding_model is None else ServedEncoder(embedding_model, engine, config.account)
-    if encoder is not None:
-        models.add_side_model(encoder.names, encoder.card())
-    vocab_size = engine.model_config.vocab_size
-    limits = SamplingLimits(vocab_size, config.max_n, defaults=engine.default_params)  # the checkpoint's
-    state = ServingState(
-        engine=engine,
-        config=config,
-        models=models,
-        preparation=Preparation(
-            PromptEncoder(engine.tokenizer, vocab_size, engine.chat_template),
-            models,
-            limits,
-            engine.max_model_len,
-        ),
-        metrics=ServerMetrics(config.model_id),
-    )
-    for info in engine.list_loras():  # registered with the engine at start-up (ember serve --lora)
-        state.models.add_adapter(info.name, info.path)
-    adapter_serving = AdapterServing(engine, state.models, AdapterRoots(config.adapter_dirs))
+    state = serving_state(engine, config, encoder, ServerMetrics(config.model_id))
+    adapter_roots = AdapterRoots(config.adapter_dirs)
+    adapter_serving = AdapterServing(engine, state.models, adapter_roots)
     tuning = (
         None
         if fine_tuning is None
         else FineTuningRuntime(engine, config.model_name, fine_tuning, adapter_serving, config.account)
     )
+    registry: ModelRegistry | None = None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -131,12 +118,16 @@ def build_app(
             if tuning is not None:
                 await tuning.start()
                 logger.info("fine-tuning data directory: %s", tuning.data_dir)
+            if registry is not None:
+                await registry.start()
             if batches is not None:
                 await batches.start()
             yield
         finally:
             if batches is not None:
                 await batches.stop()
+            if registry is not None:
+                await registry.stop()
             if tuning is not None:
                 await tuning.stop()
             state.preparation.close()
@@ -155,8 +146,7 @@ def build_app(
         CompletionServing(state),
         EmbeddingServing(state, encoder),
     )
-    batches = None if tuning is None else BatchesServing.build(tuning, chat, completions, embeddings, config)
-    app.state.services = Services(
+    services = Services(
         state=state,
         completions=completions,
         chat=chat,
@@ -167,11 +157,20 @@ def build_app(
         files=None if tuning is None else FilesServing(tuning),
         jobs=None if tuning is None else JobsServing(tuning),
         dpo_jobs=None if tuning is None else DpoJobsServing(tuning),
-        batches=batches,
         rerank=RerankServing(state, encoder),
         responses=responses_serving(state, None if fine_tuning is None else fine_tuning.data_dir),
         control_plane=FireworksControlPlane(state, adapter_serving, tuning),
     )
+    if more_models is not None and more_models.specs:
+        default_services = services  # the other models share its responses store and adapter roots
+        registry = ModelRegistry(
+            default_services,
+            more_models,
+            lambda other, slot: other_model_services(other, slot, config, default_services, adapter_roots),
+        )
+        services = replace(services, registry=registry)
+    batches = None if tuning is None else BatchesServing.build(tuning, services, config)
+    app.state.services = services = replace(services, batches=batches)
     for prefix in API_PREFIXES:
         for routes in (
             openai_routes,

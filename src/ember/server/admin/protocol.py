@@ -15,3 +15,5 @@ class AdapterLoad(APIModel):
     name: Annotated[str, Field(min_length=1)]
     path: Annotated[str, Field(min_length=1)]
     check_base_model: bool = True
+    base_model: str | None = None
+    """The served base model whose engine serves it (a server of several models); default: the default model."""

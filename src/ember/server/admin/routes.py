@@ -1,6 +1,7 @@
 """Routes for operating the server. GET /health and GET /metrics (unauthenticated: load balancers and Prometheus
 scrape them; mounted at the root), and vLLM's GET/POST /ping and GET /version beside them. ember's adapter routes under the API prefixes: POST /adapters {"name", "path"}
-serves a PEFT LoRA folder under the adapter roots (--adapter-dir, the caller's fine-tuning jobs) as a model, GET /adapters lists them, GET/DELETE /adapters/{name} shows /
+serves a PEFT LoRA folder under the adapter roots (--adapter-dir, the caller's fine-tuning jobs) as a model (on
+the default model, or on the served model `base_model` names), GET /adapters lists them, GET/DELETE /adapters/{name} shows /
 unloads one (name: any name the adapter answers to)."""
 
 from __future__ import annotations
@@ -20,9 +21,12 @@ root_router = APIRouter()  # mounted without the API prefixes
 
 @root_router.get("/health")
 async def health(request: Request) -> Response:
-    engine = services_of(request).state.engine
+    services = services_of(request)
+    engine = services.state.engine
     stats = engine.stats()
-    body = {"num_running": stats.num_running, "num_waiting": stats.num_waiting}
+    body: dict[str, object] = {"num_running": stats.num_running, "num_waiting": stats.num_waiting}
+    if services.registry is not None:  # each model's state: loaded, loading, unloaded (with its last error)
+        body["models"] = services.registry.health()
     if not engine.is_running:
         return JSONResponse({"status": "engine_unavailable", **body}, status_code=503)
     return JSONResponse({"status": "ok", **body})
@@ -30,10 +34,14 @@ async def health(request: Request) -> Response:
 
 @root_router.get("/metrics")
 async def metrics(request: Request) -> Response:
-    state = services_of(request).state
-    return PlainTextResponse(
-        state.metrics.render(state.engine.stats()), media_type="text/plain; version=0.0.4"
+    services = services_of(request)
+    state = services.state
+    text = (
+        state.metrics.render(state.engine.stats())
+        if services.registry is None
+        else services.registry.render_metrics()  # every model under its own model_name label
     )
+    return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
 
 @root_router.get("/ping")
@@ -67,22 +75,43 @@ async def load_adapter(request: Request) -> Response:
     check = body.get("check_base_model", True)
     if not isinstance(check, bool):
         raise APIError(400, "check_base_model must be a boolean", param="check_base_model")
-    adapters = services_of(request).adapters
-    await adapters.load_requested(body["name"], body["path"], tenant_of(request), check_base_model=check)
-    return JSONResponse(adapters.get(body["name"]))
+    base_model = body.get("base_model")
+    if base_model is not None and (not isinstance(base_model, str) or not base_model):
+        raise APIError(400, "base_model must be the name of a served base model", param="base_model")
+    services = services_of(request)
+    if services.registry is not None:
+        services.registry.check_adapter_name(body["name"], base_model)
+    async with services.for_model(base_model) as served:
+        if base_model is not None and base_model not in served.state.models.names:
+            raise APIError(
+                404,
+                f"base_model {base_model!r} is not a base model of this server (see GET /v1/models)",
+                param="base_model",
+                code="model_not_found",
+            )
+        adapters = served.adapters
+        await adapters.load_requested(body["name"], body["path"], tenant_of(request), check_base_model=check)
+        return JSONResponse(adapters.get(body["name"]))
 
 
 @router.get("/adapters")
 async def list_adapters(request: Request) -> Response:
-    return JSONResponse(services_of(request).adapters.listing())
+    services = services_of(request)
+    listing = services.adapters.listing()
+    if services.registry is not None:  # the adapters of every loaded model
+        for served in services.registry.loaded_services():
+            listing["data"] += served.adapters.listing()["data"]
+    return JSONResponse(listing)
 
 
 @router.get("/adapters/{name:path}")
 async def get_adapter(name: str, request: Request) -> Response:
-    return JSONResponse(services_of(request).adapters.get(name))
+    async with services_of(request).for_model(name) as served:
+        return JSONResponse(served.adapters.get(name))
 
 
 @router.delete("/adapters/{name:path}")
 async def unload_adapter(name: str, request: Request) -> Response:
-    adapter = await services_of(request).adapters.unload(name, tenant_of(request))
+    async with services_of(request).for_model(name) as served:
+        adapter = await served.adapters.unload(name, tenant_of(request))
     return JSONResponse({"id": adapter.model_id, "object": "adapter", "deleted": True})

@@ -13,6 +13,7 @@ from ember.server.batches.input_file import BatchLine
 from ember.server.batches.protocol import FireworksJobCreate, job_body_defaults
 from ember.server.batches.store import BatchStore
 from ember.server.common.errors import APIError, invalid_request
+from ember.server.common.model_registry import ModelRegistry
 from ember.server.common.served_models import ServedModels
 from ember.tuning.file_storage import FileStorage
 from ember.tuning.upload_store import DatasetRecord
@@ -29,7 +30,9 @@ class JobRequests:
 
 
 class FireworksRequests:
-    def __init__(self, store: BatchStore, files: FileStorage, models: ServedModels, read: RowReader) -> None:
+    def __init__(
+        self, store: BatchStore, files: FileStorage, models: ServedModels | ModelRegistry, read: RowReader
+    ) -> None:
         self.store = store
         self.files = files
         self.models = models

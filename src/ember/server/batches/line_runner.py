@@ -15,19 +15,15 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel
-
 from ember.engine.engine_config import BACKGROUND_PRIORITY
 from ember.engine.errors import EngineDeadError, QueueFullError
 from ember.server.batches.store import LineRecord, LineUsage
 from ember.server.common.errors import APIError, as_api_error, error_body
 from ember.server.common.generation import ClientLeft, EngineWatch
 from ember.server.common.protocol import validate_body
+from ember.server.common.services import Services
 from ember.server.common.tenancy import Tenant, enter_tenant, leave_tenant
 from ember.server.openai.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
-from ember.server.openai.serving_chat import ChatServing
-from ember.server.openai.serving_completions import CompletionServing
-from ember.server.openai.serving_embeddings import EmbeddingServing
 
 BATCH_PRIORITY = BACKGROUND_PRIORITY  # below every live request (engine_config.SchedulerConfig)
 
@@ -44,13 +40,8 @@ class NotNow(Exception):
 
 
 class LineRunner:
-    def __init__(
-        self, chat: ChatServing, completions: CompletionServing, embeddings: EmbeddingServing
-    ) -> None:
-        self.chat = chat
-        self.completions = completions
-        self.embeddings = embeddings
-        self.engine = chat.state.engine
+    def __init__(self, services: Services) -> None:
+        self.services = services  # a line runs on the model its body names (Services.for_model)
 
     async def run(self, line: LineRecord, tenant: Tenant, cancelled: asyncio.Event) -> LineOutcome | None:
         """The request's outcome; None when the batch was cancelled first (the request stays pending).
@@ -78,21 +69,24 @@ class LineRunner:
     async def _answer(self, line: LineRecord, cancelled: asyncio.Event) -> dict[str, Any]:
         if cancelled.is_set():
             raise ClientLeft()
-        body: BaseModel
         match line.url:
             case "/v1/chat/completions":
-                body = await asyncio.to_thread(validate_body, ChatCompletionRequest, line.body)
-                return await self.chat.answer(body, self._watch(cancelled))
+                chat = await asyncio.to_thread(validate_body, ChatCompletionRequest, line.body)
+                async with self.services.for_model(chat.model) as served:
+                    return await served.chat.answer(chat, _watch(cancelled, served))
             case "/v1/completions":
-                body = await asyncio.to_thread(validate_body, CompletionRequest, line.body)
-                return await self.completions.answer(body, self._watch(cancelled))
+                completion = await asyncio.to_thread(validate_body, CompletionRequest, line.body)
+                async with self.services.for_model(completion.model) as served:
+                    return await served.completions.answer(completion, _watch(cancelled, served))
             case "/v1/embeddings":
-                body = await asyncio.to_thread(validate_body, EmbeddingRequest, line.body)
-                return await self.embeddings.answer(body, self._watch(cancelled))
+                embedding = await asyncio.to_thread(validate_body, EmbeddingRequest, line.body)
+                async with self.services.for_model(embedding.model) as served:
+                    return await served.embeddings.answer(embedding, _watch(cancelled, served))
         raise APIError(400, f"url {line.url!r} cannot be batched", param="url")
 
-    def _watch(self, cancelled: asyncio.Event) -> EngineWatch:
-        return EngineWatch(cancelled.wait, self.engine, priority=BATCH_PRIORITY)
+
+def _watch(cancelled: asyncio.Event, served: Services) -> EngineWatch:
+    return EngineWatch(cancelled.wait, served.state.engine, priority=BATCH_PRIORITY)
 
 
 def output_line(line: LineRecord) -> dict[str, Any]:

@@ -25,13 +25,12 @@ from ember.server.batches.runner import LINES_IN_FLIGHT, BatchRunner
 from ember.server.batches.store import DB_FILE, BatchRecord, BatchStore
 from ember.server.common.config import ServerConfig
 from ember.server.common.errors import APIError, invalid_request
+from ember.server.common.model_registry import ModelRegistry
 from ember.server.common.served_models import ServedModels
+from ember.server.common.services import Services
 from ember.server.common.tenancy import Tenant
 from ember.server.fine_tuning.file_objects import tuning_api_error
 from ember.server.fine_tuning.serving_jobs import FineTuningRuntime
-from ember.server.openai.serving_chat import ChatServing
-from ember.server.openai.serving_completions import CompletionServing
-from ember.server.openai.serving_embeddings import EmbeddingServing
 
 COMPLETION_WINDOW_S = {"24h": 24 * 3600}
 _RESOURCE_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
@@ -43,7 +42,7 @@ class BatchesServing:
         self,
         runtime: FineTuningRuntime,
         lines: LineRunner,
-        models: ServedModels,
+        models: ServedModels | ModelRegistry,
         account: str,
         lines_in_flight: int = LINES_IN_FLIGHT,
         max_line_bytes: int | None = None,
@@ -60,17 +59,18 @@ class BatchesServing:
     def build(
         cls,
         runtime: FineTuningRuntime,
-        chat: ChatServing,
-        completions: CompletionServing,
-        embeddings: EmbeddingServing,
+        services: Services,
         config: ServerConfig,
     ) -> BatchesServing:
         """The batches of a server with a data directory, each request run by the live routes' serving objects."""
         # A few requests at a time, within the rows the scheduler gives background work: more would queue on the
         # preparation threads live requests use too.
-        in_flight = min(LINES_IN_FLIGHT, chat.state.engine.engine.config.scheduler.background_seq_limit)
-        lines = LineRunner(chat, completions, embeddings)
-        return cls(runtime, lines, chat.state.models, config.account, in_flight, config.max_body_bytes)
+        state = services.state
+        in_flight = min(LINES_IN_FLIGHT, state.engine.engine.config.scheduler.background_seq_limit)
+        lines = LineRunner(services)
+        # a Fireworks job may name any served model (its rows then run there, as OpenAI batch lines do)
+        models = state.models if services.registry is None else services.registry
+        return cls(runtime, lines, models, config.account, in_flight, config.max_body_bytes)
 
     async def start(self) -> None:
         await self.runner.start()

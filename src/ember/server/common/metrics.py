@@ -294,3 +294,25 @@ class ServerMetrics:
                 *histogram.render(name, labels),
             ]
         return "\n".join(lines) + "\n"
+
+
+def merge_expositions(parts: list[str]) -> str:
+    """Several models' renders as one Prometheus exposition: each metric's HELP and TYPE once, then the samples
+    of every model under it (Prometheus refuses a metric family declared twice)."""
+    headers: dict[str, list[str]] = {}
+    samples: dict[str, list[str]] = {}
+    for part in parts:
+        family = ""
+        for line in part.splitlines():
+            if line.startswith("# HELP "):
+                family = line.split(" ", 3)[2]
+                if family not in headers:
+                    headers[family] = [line]
+                    samples[family] = []
+            elif line.startswith("# TYPE "):
+                if len(headers[family]) == 1:
+                    headers[family].append(line)
+            elif line:
+                samples[family].append(line)
+    lines = [line for family, header in headers.items() for line in (*header, *samples[family])]
+    return "\n".join(lines) + "\n"

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -20,6 +22,7 @@ if TYPE_CHECKING:
     from ember.server.admin.serving_adapters import AdapterServing
     from ember.server.anthropic.serving_messages import MessagesServing
     from ember.server.batches.serving import BatchesServing
+    from ember.server.common.model_registry import ModelRegistry
     from ember.server.fine_tuning.serving_dpo_jobs import DpoJobsServing
     from ember.server.fine_tuning.serving_files import FilesServing
     from ember.server.fine_tuning.serving_jobs import JobsServing
@@ -64,6 +67,17 @@ class Services:
     batches: BatchesServing | None = None
     responses: ResponsesServing | None = None
     control_plane: FireworksControlPlane | None = None  # Fireworks' models and LoRA routes (set by build_app)
+    registry: ModelRegistry | None = None  # the other base models, when the server has more than one
+
+    @contextlib.asynccontextmanager
+    async def for_model(self, requested: str | None) -> AsyncIterator[Services]:
+        """The services of the base model a request's `model` names (loading it first if it has to), held
+        while the request's handler runs; this server's own when it serves one model."""
+        if self.registry is None:
+            yield self
+            return
+        async with self.registry.lease(requested) as services:
+            yield services
 
     def require_files(self) -> FilesServing:
         if self.files is None:

@@ -17,11 +17,13 @@ router = APIRouter()
 @json_body(RerankRequest)
 async def rerank(request: Request) -> Response:
     body = await read_body(request, RerankRequest)
-    return JSONResponse(await services_of(request).rerank.rerank(body, request))
+    async with services_of(request).for_model(body.model) as served:
+        return JSONResponse(await served.rerank.rerank(body, request))
 
 
 @router.post("/score")
 @json_body(ScoreRequest)
 async def score(request: Request) -> Response:
     body = await read_body(request, ScoreRequest)
-    return JSONResponse(await services_of(request).rerank.score(body, request))
+    async with services_of(request).for_model(body.model) as served:
+        return JSONResponse(await served.rerank.score(body, request))

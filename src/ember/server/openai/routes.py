@@ -7,6 +7,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from ember.server.common.body_release import release_off_loop
 from ember.server.common.openapi import json_body
 from ember.server.common.protocol import read_body
 from ember.server.common.services import services_of
@@ -25,45 +26,65 @@ router = APIRouter()
 @json_body(CompletionRequest)
 async def create_completion(request: Request) -> Response:
     body = await read_body(request, CompletionRequest)
-    return await services_of(request).completions.create(body, request)
+    try:
+        async with services_of(request).for_model(body.model) as served:
+            return await served.completions.create(body, request)
+    finally:
+        release_off_loop(body)
 
 
 @router.post("/chat/completions")
 @json_body(ChatCompletionRequest)
 async def create_chat_completion(request: Request) -> Response:
     body = await read_body(request, ChatCompletionRequest)
-    return await services_of(request).chat.create(body, request)
+    try:
+        async with services_of(request).for_model(body.model) as served:
+            return await served.chat.create(body, request)
+    finally:
+        release_off_loop(body)
 
 
 @router.post("/embeddings")
 @json_body(EmbeddingRequest)
 async def create_embeddings(request: Request) -> Response:
     body = await read_body(request, EmbeddingRequest)
-    return JSONResponse(await services_of(request).embeddings.create(body, request))
+    try:
+        async with services_of(request).for_model(body.model) as served:
+            return JSONResponse(await served.embeddings.create(body, request))
+    finally:
+        release_off_loop(body)
 
 
 @router.post("/tokenize")
 @json_body(TokenizeRequest)
 async def tokenize(request: Request) -> Response:
     body = await read_body(request, TokenizeRequest)
-    return await services_of(request).tokenize.tokenize(body)
+    async with services_of(request).for_model(body.model) as served:
+        return await served.tokenize.tokenize(body)
 
 
 @router.post("/detokenize")
 @json_body(DetokenizeRequest)
 async def detokenize(request: Request) -> Response:
     body = await read_body(request, DetokenizeRequest)
-    return await services_of(request).tokenize.detokenize(body)
+    async with services_of(request).for_model(body.model) as served:
+        return await served.tokenize.detokenize(body)
 
 
 @router.get("/models")
 async def list_models(request: Request) -> Response:
-    return JSONResponse(services_of(request).state.models.listing())
+    services = services_of(request)
+    listing = services.state.models.listing()
+    if services.registry is not None:  # the other base models, loaded or not, and their adapters
+        listing["data"] += services.registry.model_cards()
+    return JSONResponse(listing)
 
 
 @router.get("/models/{model_id:path}")
 async def get_model(model_id: str, request: Request) -> Response:
-    return JSONResponse(services_of(request).state.models.card_of(model_id))
+    services = services_of(request)
+    card = None if services.registry is None else services.registry.card_of(model_id)
+    return JSONResponse(card if card is not None else services.state.models.card_of(model_id))
 
 
 root_router = APIRouter()  # vLLM's root aliases

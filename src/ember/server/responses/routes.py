@@ -18,14 +18,16 @@ router = APIRouter()
 @json_body(ResponsesRequest)
 async def create_response(request: Request) -> Response:
     body = await read_body(request, ResponsesRequest)
-    return await services_of(request).require_responses().create(body, request)
+    async with services_of(request).for_model(body.model) as served:
+        return await served.require_responses().create(body, request)
 
 
 @router.post("/responses/input_tokens")
 @json_body(ResponsesRequest)
 async def count_input_tokens(request: Request) -> Response:
     body = await read_body(request, ResponsesRequest)
-    return JSONResponse(await services_of(request).require_responses().count_input_tokens(body, request))
+    async with services_of(request).for_model(body.model) as served:
+        return JSONResponse(await served.require_responses().count_input_tokens(body, request))
 
 
 @router.get("/responses/{response_id}")

@@ -42,10 +42,13 @@ def _first_dropped_turn(items: list[dict[str, Any]], start: int) -> int | None:
 
 
 class ResponsesServing:
-    def __init__(self, state: ServingState, store: ResponseStore) -> None:
+    def __init__(
+        self, state: ServingState, store: ResponseStore, background: BackgroundRuns | None = None
+    ) -> None:
         self.state = state
         self.store = store
-        self.background = BackgroundRuns()
+        # one store and one set of background runs for every model of a server: ids are the server's
+        self.background = background if background is not None else BackgroundRuns()
 
     # -- preparation (on the preparation thread: the store and the template are read there) ---------------
 

@@ -1,0 +1,51 @@
+// Flash-decoding of new tokens over the paged KV cache, for the fused decode step: one work item is one token,
+// one kv head and one split (a range of context positions). It reads every key and value row of its range once
+// for all the query heads of the group, keeps an online softmax (running max and sum), and leaves an unnormalised
+// partial result; merge_splits joins a token's splits with their log-sum-exp weights. Splitting the context lets
+// one long sequence use every thread. AVX2 + FMA + F16C (compiled with -mavx2 -mfma -mf16c).
+#pragma once
+
+#include <cstdint>
+
+#include "kv_format.h"
+
+namespace ember {
+
+// Where one token's context lives: caches [num_blocks, block_size, num_kv_heads, row_bytes] in `dtype`.
+struct PagedKV {
+    const uint8_t* key_cache;
+    const uint8_t* value_cache;
+    const int64_t* block_table;  // physical block of each block_size positions
+    int block_size;
+    int num_kv_heads;
+    KVDtype dtype;
+    int64_t row_bytes;
+    int context_len;  // positions 0 .. context_len - 1, the new token's included
+    // The new token's stored key and value rows of all kv heads [num_kv_heads, row_bytes], when the caller has
+    // them at hand (then its cache slot is not read, so another thread may be writing it); nullptr: the cache.
+    const uint8_t* new_keys;
+    const uint8_t* new_values;
+};
+
+// Floats of one partial result: acc [group, head_dim] (unnormalised), then max [group], then sum [group].
+inline int partial_floats(int group, int head_dim) { return group * (head_dim + 2); }
+
+// Floats of the scratch attend_split needs.
+int attention_scratch_floats(int group);
+
+// How many splits each (token, kv head) gets so that `threads` threads all have work: one when the tokens and
+// heads alone give enough items, more for few tokens over long contexts (at least kMinSplitLen positions each).
+int attention_splits(int m, int num_kv_heads, int64_t longest_context, int threads);
+
+// Stores x [head_dim] as one row of `dtype` at dst (head_dim a multiple of 8).
+void store_kv_row(const float* x, KVDtype dtype, int head_dim, uint8_t* dst);
+
+// Split `split` of `splits` of the context for the `group` query heads q [group, head_dim] of `kv_head`:
+// the partial result (see partial_floats) of softmax(scale * q K^T) V over its positions.
+void attend_split(const float* q, const PagedKV& ctx, int kv_head, int group, int head_dim, float scale, int split,
+                  int splits, float* scratch, float* partial);
+
+// out [group, head_dim] = the softmax-weighted values of the whole context, from its `splits` partials.
+void merge_splits(const float* partials, int splits, int group, int head_dim, float* out);
+
+}  // namespace ember
