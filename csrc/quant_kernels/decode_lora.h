@@ -26,7 +26,7 @@ constexpr int kMaxLoraRank = 256;  // a bound on the scratch a step allocates; P
 // One (layer, module) of an adapter. All zeros when the adapter leaves the module alone.
 struct LoraWeights {
     int64_t a;     // float [rank, in]: lora_A
-    int64_t bs_t;  // float [rank, out]: (scaling * lora_B)^T, so a row of t scales a contiguous row of it
+    int64_t bs_t;  // float [out / 8, rank, 8]: (scaling * lora_B)^T in blocks of 8 columns
     int64_t rank;
 };
 constexpr int kLoraWeightsFields = 3;

@@ -47,21 +47,16 @@ inline float dot(const float* x, const float* y, int n) {
     return sum;
 }
 
-// out[c0, c1) = sum_k t[k] * bs_t[k, c0 .. c1) for one row; bs_t has `width` columns.
-inline void low_rank_row(const float* t, const float* bs_t, int rank, int width, int c0, int c1, float* out) {
-    int c = c0;
-    for (; c + 8 <= c1; c += 8) {
+// out[c0, c1) = sum_k t[k] * sB^T[k, c0 .. c1) for one row. sB^T is stored in blocks of 8 columns,
+// [width / 8, rank, 8], so the values one 8-column pass needs are contiguous. Every module width is a multiple of
+// 8: each is some quantized projection's in_features (a multiple of its block) or kv heads x head_dim (head_dim
+// a multiple of 8), as check_decode_tables makes sure.
+inline void low_rank_row(const float* t, const float* blocks, int rank, int c0, int c1, float* out) {
+    for (int c = c0; c < c1; c += 8) {
+        const float* block = blocks + static_cast<size_t>(c / 8) * rank * 8;
         __m256 acc = _mm256_setzero_ps();
-        for (int k = 0; k < rank; ++k) {
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(t[k]), _mm256_loadu_ps(bs_t + static_cast<size_t>(k) * width + c),
-                                  acc);
-        }
+        for (int k = 0; k < rank; ++k) acc = _mm256_fmadd_ps(_mm256_set1_ps(t[k]), _mm256_loadu_ps(block + 8 * k), acc);
         _mm256_storeu_ps(out + c, acc);
-    }
-    for (; c < c1; ++c) {
-        float sum = 0.0f;
-        for (int k = 0; k < rank; ++k) sum += t[k] * bs_t[static_cast<size_t>(k) * width + c];
-        out[c] = sum;
     }
 }
 
@@ -165,7 +160,7 @@ void LoraStep::run(int layer, LoraProjection projection, const float* x, int ldx
         int offset = 0;  // the module's first column in the projection's output
         for (int before = modules.first; before < module; ++before) offset += module_width(before);
         const float* a = reinterpret_cast<const float*>(w.a);        // [rank, in]
-        const float* bs_t = reinterpret_cast<const float*>(w.bs_t);  // [rank, width]
+        const float* bs_t = reinterpret_cast<const float*>(w.bs_t);  // [width / 8, rank, 8]
         const int* first = rows_.data() + group_start_[group];
         const int* last = rows_.data() + group_start_[group + 1];
         for (int k = 0; k < rank; ++k) {
@@ -178,7 +173,7 @@ void LoraStep::run(int layer, LoraProjection projection, const float* x, int ldx
             const int c1 = std::min(width, c0 + kDeltaColumns);
             for (const int* row = first; row != last; ++row) {
                 const float* t = t_.data() + (static_cast<size_t>(*row) * kMaxModulesPerProjection + slot) * max_rank_;
-                low_rank_row(t, bs_t, rank, width, c0, c1, deltas(projection, *row) + offset);
+                low_rank_row(t, bs_t, rank, c0, c1, deltas(projection, *row) + offset);
             }
         }
     }

@@ -2,8 +2,9 @@
 rows stays on the native path: each adapter's tables are built once, the per-step arguments (which adapter each
 row runs) from the batch's LoraContext.
 
-A table holds A as PEFT stores it ([rank, in], fp32) and (scaling * B)^T ([rank, out]): the expand step adds
-t[k] times a contiguous row of it, and the scaling costs nothing per step."""
+A table holds A as PEFT stores it ([rank, in], fp32) and (scaling * B)^T in blocks of 8 columns
+([out / 8, rank, 8]): one 8-column pass of the expand reads rank x 8 contiguous values, and the scaling
+costs nothing per step."""
 
 from __future__ import annotations
 
@@ -16,6 +17,13 @@ from ember.lora.adapter import LoraAdapter
 from ember.lora.layers import LoraContext
 
 
+def _blocks_of_8(bs_t: torch.Tensor) -> torch.Tensor:
+    """[rank, out] -> [out / 8, rank, 8]: what one 8-column pass of the expand reads, contiguous. Every projection
+    the fused step runs has out a multiple of 8 (the native step checks its block sizes)."""
+    rank, out = bs_t.shape
+    return bs_t.reshape(rank, out // 8, 8).permute(1, 0, 2).contiguous()
+
+
 class _AdapterTable:
     """One adapter's int64 table [num_layers, 7, 3] and the fp32 tensors its addresses point into."""
 
@@ -24,7 +32,7 @@ class _AdapterTable:
         self.keep_alive: list[torch.Tensor] = []
         for (layer, module), (a, b) in adapter.weights.items():
             a_native = a.detach().to(torch.float32).contiguous()  # [rank, in]
-            bs_t = (b.detach().to(torch.float32) * adapter.scaling).t().contiguous()  # [rank, out]
+            bs_t = _blocks_of_8((b.detach().to(torch.float32) * adapter.scaling).t())  # [out / 8, rank, 8]
             self.keep_alive += [a_native, bs_t]
             self.table[layer, LORA_MODULES.index(module)] = torch.tensor(
                 [a_native.data_ptr(), bs_t.data_ptr(), a_native.shape[0]]
