@@ -2,8 +2,8 @@
 adapter's weights and the per-step arguments (which adapter each row runs).
 
 An adapter table is an int64 tensor [num_layers, 7, 3] of (A address, (scaling * B)^T address, rank) per layer
-and target module, zeros where the adapter leaves a module alone; the fp32 tensors behind the addresses must
-outlive it. Building tables from LoraAdapters is ember.models.fused_decode_lora's job."""
+and target module, zeros where the adapter leaves a module alone: A fp32 [rank, in], (scaling * B)^T fp32 in blocks
+of 8 columns [out / 8, rank, 8]. The tensors behind the addresses must outlive the table. Building tables from LoraAdapters is ember.models.fused_decode_lora's job."""
 
 from __future__ import annotations
 
