@@ -95,7 +95,8 @@ def test_the_default_template_gets_the_tools_and_the_history_in_its_prompt() -> 
         encoder(SMOL_TEMPLATE), ChatInputs([*HISTORY, {"role": "user", "content": "And Bergen?"}], TOOLS)
     )
     prompt = plan.prompt
-    assert prompt.startswith("<|im_start|>system\nYou can use these tools:\n<tools>\n")
+    assert prompt.startswith("<|im_start|>system\nYou are an expert in composing functions.")
+    assert "one or more function/tool calls" in prompt and "\n<tools>\n" in prompt
     assert json.dumps({"name": "get_weather", "description": "Weather now", "parameters": CITY}) in prompt
     assert '{"name": "get_time", "parameters": ' in prompt
     assert '<|im_start|>assistant\nChecking.\n<tool_call>[{"name": "get_weather"' in prompt
@@ -103,6 +104,30 @@ def test_the_default_template_gets_the_tools_and_the_history_in_its_prompt() -> 
     assert "<|im_start|>tool" not in prompt and prompt.endswith("<|im_start|>assistant\n")
     assert plan.reader.tools is not None and plan.reader.tools.syntax == GENERIC
     assert plan.structured is not None and "TEXT_THEN_TRIGGER" in plan.structured.source  # lazy under auto
+
+
+def test_a_schema_sent_in_another_key_order_renders_the_same_prompt() -> None:
+    # LangChain's bind_tools sends properties, required, type; the OpenAI docs type, properties, required
+    nested = {"type": "array", "items": {"type": "string", "enum": ["a", "b"]}}
+    docs = {
+        "type": "object",
+        "properties": {"unit": {"type": "string"}, "tags": nested},
+        "required": ["unit"],
+    }
+    shuffled = {
+        "required": ["unit"],
+        "properties": {"unit": {"type": "string"}, "tags": {"items": {"enum": ["a", "b"], "type": "string"}, "type": "array"}},
+        "type": "object",
+    }  # fmt: skip
+    smol = encoder(SMOL_TEMPLATE)
+    plans = [
+        plan_chat(
+            smol, ChatInputs(USER, [{"type": "function", "function": {"name": "f", "parameters": schema}}])
+        )
+        for schema in (docs, shuffled)
+    ]
+    assert plans[0].prompt == plans[1].prompt
+    assert '"parameters": {"type": "object", "properties": {"unit": {"type": "string"}, "tags": {"type": "array", "items": {"type": "string", "enum"' in plans[0].prompt  # fmt: skip
 
 
 def test_required_and_named_choices_are_strict_and_none_shows_no_tools() -> None:
@@ -124,6 +149,8 @@ def test_one_call_at_most_without_parallel_tool_calls() -> None:
     plan = plan_chat(encoder(SMOL_TEMPLATE), ChatInputs(USER, TOOLS, "required", parallel_tool_calls=False))
     assert plan.structured is not None and '"," (" " | "\\n") call' not in plan.structured.source
     assert "several" not in plan.prompt
+    auto = plan_chat(encoder(SMOL_TEMPLATE), ChatInputs(USER, TOOLS, parallel_tool_calls=False))
+    assert "make one function/tool call" in auto.prompt
 
 
 def test_a_native_tool_template_keeps_its_own_format() -> None:

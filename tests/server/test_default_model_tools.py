@@ -9,6 +9,7 @@ import json
 from collections.abc import Iterator
 
 import anthropic
+import httpx
 import openai
 import pytest
 from langchain_core.messages import HumanMessage, ToolMessage
@@ -191,3 +192,54 @@ def test_a_prefill_is_continued_in_place(server: RunningServer) -> None:
     )
     assert (chat.choices[0].message.content or "").startswith(" Paris")
     assert chat.usage is not None and chat.usage.prompt_tokens == message.usage.input_tokens
+
+
+def test_the_three_sdks_send_the_same_question_and_get_the_same_decision(server: RunningServer) -> None:
+    # The tool as each client spells it: LangChain's bind_tools (schema keys properties, required, type; the
+    # docstring as description), and the same tool in the OpenAI and Anthropic docs' shapes (type first).
+    # Each request asks for raw_output (Fireworks': the prompt as the model saw it and the reply unparsed).
+    question = "What's the weather like in Paris right now?"
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    described = "Get the current weather in a city."
+    raw: dict[str, dict[str, object]] = {}
+    openai_chat = openai_client(server).chat.completions.create(
+        model=server.config.model_name,
+        messages=[{"role": "user", "content": question}],
+        tools=[
+            {
+                "type": "function",
+                "function": {"name": "get_weather", "description": described, "parameters": schema},
+            }
+        ],  # fmt: skip
+        max_tokens=8,
+        extra_body={"raw_output": True},
+    )
+    raw["openai"] = openai_chat.choices[0].model_extra["raw_output"]  # type: ignore[index]
+    claude = anthropic.Anthropic(base_url=server.url, api_key="unused", max_retries=0, timeout=300)
+    message = claude.messages.create(
+        model=server.config.model_name,
+        max_tokens=8,
+        messages=[{"role": "user", "content": [{"type": "text", "text": question}]}],
+        tools=[{"name": "get_weather", "description": described, "input_schema": schema}],  # type: ignore[list-item]
+        extra_body={"raw_output": True},
+    )
+    raw["anthropic"] = message.model_extra["raw_output"]  # type: ignore[index]
+
+    def keep_raw(response: httpx.Response) -> None:
+        response.read()
+        raw["langchain"] = response.json()["choices"][0]["raw_output"]
+
+    llm = ChatOpenAI(
+        base_url=server.openai_base,
+        api_key="unused",  # type: ignore[arg-type]
+        model=server.config.model_name,
+        max_tokens=8,  # type: ignore[call-arg]
+        max_retries=0,
+        extra_body={"raw_output": True},
+        http_client=httpx.Client(event_hooks={"response": [keep_raw]}, timeout=300),
+    )
+    llm.bind_tools([get_weather]).invoke([HumanMessage([{"type": "text", "text": question}])])
+    prompts = {name: r["prompt_token_ids"] for name, r in raw.items()}
+    assert prompts["openai"] == prompts["anthropic"] == prompts["langchain"]
+    decisions = {name: str(r["completion"]).startswith("<tool_call>") for name, r in raw.items()}
+    assert decisions == {"openai": True, "anthropic": True, "langchain": True}

@@ -3,9 +3,10 @@ tool results into ordinary messages, in one compact format the model can read an
 
 The format (docs/decisions.md, "Tool calls on templates without tool support"), close to the one SmolLM2
 was instruction-tuned on:
-- the tools, one JSON object a line (name, description, parameters), between <tools> and </tools>, with two
-  sentences on how to call them, appended to the system message (a new system message when there is none;
-  the first user message when the template has no system role);
+- the tools, one JSON object a line (name, description, parameters with their keywords in one order),
+  between <tools> and </tools>, inside SmolLM2's own function-calling instruction under tool_choice auto (a
+  one-line "call now" under required / named), appended to the system message (a new system message when
+  there is none; the first user message when the template has no system role);
 - a call: `<tool_call>[{"name": ..., "arguments": {...}}, ...]</tool_call>`, all calls of a turn in one list;
   past assistant calls are rendered that way after the assistant's text;
 - a tool result: a user turn of `<tool_response>\n...\n</tool_response>` blocks, the results of one turn
@@ -50,22 +51,57 @@ def tools_instruction(tools: Sequence[FunctionTool], forced: Sequence[FunctionTo
     call = (
         f'{GENERIC.list_prefix}{{"name": "<tool name>", "arguments": {{<arguments>}}}}{GENERIC.list_suffix}'
     )
-    if len(forced) == 1 and len(tools) > 1:
-        when = f"Call the tool {forced[0].name} now: reply with {call}."
-    elif forced:
-        when = f"Call a tool now: reply with {call}."
-    else:
-        when = f"To call a tool, reply with {call}. If no tool is needed, answer in plain text."
+    tool_lines = "<tools>\n" + "\n".join(lines) + "\n</tools>\n"
     several = " To call several tools, put several calls in the list." if parallel else ""
-    return "You can use these tools:\n<tools>\n" + "\n".join(lines) + "\n</tools>\n" + when + several
+    if len(forced) == 1 and len(tools) > 1:
+        return f"You can use these tools:\n{tool_lines}Call the tool {forced[0].name} now: reply with {call}.{several}"
+    if forced:
+        return f"You can use these tools:\n{tool_lines}Call a tool now: reply with {call}.{several}"
+    # Under auto: SmolLM2's own function-calling system prompt (its model card's), with text answers allowed
+    # where it says to refuse. Of five wordings measured (docs/decisions.md, "#14: one decision whichever SDK
+    # asks"), it separates the prompts that need a tool from those that need none best on both prompt sets.
+    calls = "one or more function/tool calls" if parallel else "one function/tool call"
+    return (
+        "You are an expert in composing functions. You are given a question and a set of possible functions. "
+        f"Based on the question, you will need to make {calls} to achieve the purpose. If none of the "
+        f"functions can be used, answer in plain text.\n{tool_lines}The output MUST strictly adhere to the "
+        f"following format: {call}. If no function call is needed, answer in plain text."
+    )
 
 
 def _tool_object(tool: FunctionTool) -> dict[str, Any]:
     shown: dict[str, Any] = {"name": tool.name}
     if tool.description:
         shown["description"] = tool.description
-    shown["parameters"] = tool.parameters
+    shown["parameters"] = canonical_schema(tool.parameters)
     return shown
+
+
+# JSON-schema keywords shown first, in this order; the others follow sorted. Clients that mean the same schema
+# send its keys in different orders (LangChain: properties, required, type; the OpenAI and Anthropic docs:
+# type, properties, required), and the prompt, hence the model's choice, must not depend on that.
+_SCHEMA_KEY_ORDER = ("type", "description", "enum", "const", "format", "properties", "items", "required")
+_SCHEMA_MAPS = ("properties", "$defs", "definitions", "patternProperties")  # name -> schema: names keep order
+_SCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
+
+
+def canonical_schema(schema: Any) -> Any:
+    """`schema` with its keywords in one order, at every level; property names keep the client's order (the
+    order of a function's arguments means something)."""
+    if not isinstance(schema, Mapping):
+        return schema
+    rank = {key: i for i, key in enumerate(_SCHEMA_KEY_ORDER)}
+    ordered: dict[str, Any] = {}
+    for key in sorted(schema, key=lambda k: (rank.get(k, len(rank)), k)):
+        value = schema[key]
+        if key in _SCHEMA_MAPS and isinstance(value, Mapping):
+            value = {name: canonical_schema(sub) for name, sub in value.items()}
+        elif key in _SCHEMA_LISTS and isinstance(value, list):
+            value = [canonical_schema(sub) for sub in value]
+        elif isinstance(value, Mapping):  # items, additionalProperties, not, if/then/else, ...
+            value = canonical_schema(value)
+        ordered[key] = value
+    return ordered
 
 
 def calls_text(calls: Sequence[Mapping[str, Any]]) -> str:
