@@ -25,6 +25,7 @@ AVX2_SOURCES = [
         "decode_ops_avx2.cpp",
         "decode_step_avx2.cpp",
         "decode_attention_avx2.cpp",
+        "decode_lora_avx2.cpp",
     )
 ]
 COMMON_FLAGS = ["-O3", "-std=c++17", "-fno-math-errno"]

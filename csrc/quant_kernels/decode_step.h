@@ -12,6 +12,8 @@ namespace ember {
 
 constexpr int kMaxProjectionParts = 3;
 
+struct DecodeLora;  // decode_lora.h
+
 // One weight of a projection: a packed matrix of `n` output rows, in qtype `qtype` (QType id).
 struct ProjectionPart {
     int64_t qtype;
@@ -71,6 +73,7 @@ struct DecodeBatch {
     const int64_t* kv_caches;     // [num_layers, 2] address of each layer's key and value cache
     int64_t num_cache_blocks;     // blocks in each cache tensor
     int kv_dtype;                 // KVDtype id of the caches' rows (kv_format.h)
+    const DecodeLora* lora = nullptr;  // the rows' LoRA adapters (decode_lora.h); nullptr: all base-model rows
 };
 
 // Returns nullptr on success, else a message (bad table entries) and nothing is computed.

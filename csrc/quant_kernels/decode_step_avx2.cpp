@@ -13,6 +13,7 @@
 #endif
 
 #include "decode_attention.h"
+#include "decode_lora.h"
 #include "decode_ops.h"
 #include "kernel_isa.h"
 #include "matmul_plan.h"
@@ -58,6 +59,37 @@ void run_projection(const Projection& p, const QuantizedActs& acts, float* y, in
         column += n;
     }
 #pragma omp barrier
+}
+
+// Where a step's adapters (decode_lora.h) join a layer: which thread's input copy they read.
+struct LoraHook {
+    LoraStep* step;  // nullptr: every row is the base model
+    int copy;        // this thread's input rows (own-rows mode) or the shared ones (0)
+    int thread;
+    int layer;
+
+    // The fp32 row a norm or gate writes before quantizing: kept for the adapters when there are any.
+    float* row(float* scratch, int t) const { return step != nullptr ? step->input_row(copy, t) : scratch; }
+    const float* inputs() const { return step != nullptr ? step->inputs(copy) : nullptr; }
+    int input_width() const { return step != nullptr ? step->input_width() : 0; }
+    // Row t's deltas of this layer's projection `which` added to y_row (its output row, or the residual's).
+    void add(LoraProjection which, int t, float* y_row) const {
+        if (step != nullptr) step->add(layer, which, t, y_row);
+    }
+    // At a layer's start, where the previous layer's down output joins the residual row x.
+    void add_previous_down(int t, float* x) const {
+        if (step != nullptr && layer > 0) step->add(layer - 1, LoraProjection::kDown, t, x);
+    }
+    const float* gate_up(int t, const float* row) const {
+        return step != nullptr ? step->gate_up_with_deltas(layer, thread, t, row) : row;
+    }
+};
+
+// run_projection, its work shared with the adapters' products of the same inputs (exact fp32 `lora_x`).
+void project(const Projection& p, const QuantizedActs& acts, float* y, int ldy, int m, int num_threads, int isa_id,
+             const LoraHook& lora, LoraProjection which, const float* lora_x, int ldx) {
+    if (lora.step != nullptr) lora.step->run(lora.layer, which, lora_x, ldx);
+    run_projection(p, acts, y, ldy, m, num_threads, isa_id);
 }
 
 // Up to this many tokens each thread does the row work itself (see run_layer_own_rows).
@@ -210,7 +242,7 @@ struct ThreadState {
 
 // Many tokens: row phases split the tokens over threads and share one copy of everything (10 barriers a layer).
 void run_layer_shared(const LayerTable& layer, int index, const DecodeDims& d, const DecodeBatch& b,
-                      StepBuffers& buf, ThreadState& own, int num_threads, int splits) {
+                      StepBuffers& buf, ThreadState& own, int num_threads, int splits, const LoraHook& lora) {
     const LayerShape shape(d, b, index);
     const int m = b.m, hidden = d.hidden, q_width = shape.q_width, qkv_width = shape.qkv_width;
     const int inter = d.intermediate;
@@ -220,11 +252,14 @@ void run_layer_shared(const LayerTable& layer, int index, const DecodeDims& d, c
     for (int t = 0; t < m; ++t) {
         float* x = b.x + static_cast<size_t>(t) * hidden;
         if (index > 0) add_row(x, buf.y.data() + static_cast<size_t>(t) * hidden, hidden);
-        norm_and_quantize(x, layer.input_norm, d, own.row.data(), buf.hidden_acts.row(t));
+        lora.add_previous_down(t, x);
+        norm_and_quantize(x, layer.input_norm, d, lora.row(own.row.data(), t), buf.hidden_acts.row(t));
     }
-    run_projection(layer.qkv, buf.hidden_acts.acts, buf.qkv.data(), qkv_width, m, num_threads, d.matmul_isa);
+    project(layer.qkv, buf.hidden_acts.acts, buf.qkv.data(), qkv_width, m, num_threads, d.matmul_isa, lora, LoraProjection::kQkv,
+            lora.inputs(), lora.input_width());
 #pragma omp for schedule(static)
     for (int t = 0; t < m; ++t) {
+        lora.add(LoraProjection::kQkv, t, buf.qkv.data() + static_cast<size_t>(t) * qkv_width);
         float* row = buf.qkv.data() + static_cast<size_t>(t) * qkv_width;
         finish_qkv_row(layer, d, b, row, t);
         store_token_kv(d, shape.dtype, row, shape.slot_rows(shape.key_cache, d, b, t),
@@ -240,28 +275,33 @@ void run_layer_shared(const LayerTable& layer, int index, const DecodeDims& d, c
         merge_token(d, buf, t, splits, attention_row);
         quantize_rows_avx2(attention_row, 0, 1, buf.attention_acts.row(t));
     }
-    run_projection(layer.o, buf.attention_acts.acts, buf.y.data(), hidden, m, num_threads, d.matmul_isa);
+    project(layer.o, buf.attention_acts.acts, buf.y.data(), hidden, m, num_threads, d.matmul_isa, lora, LoraProjection::kO,
+            buf.attention.data(), q_width);
 #pragma omp for schedule(static)
     for (int t = 0; t < m; ++t) {
         float* x = b.x + static_cast<size_t>(t) * hidden;
         add_row(x, buf.y.data() + static_cast<size_t>(t) * hidden, hidden);
+        lora.add(LoraProjection::kO, t, x);
         if (layer.o_bias != 0) add_row(x, ptr<const float>(layer.o_bias), hidden);
-        norm_and_quantize(x, layer.post_norm, d, own.row.data(), buf.hidden_acts.row(t));
+        norm_and_quantize(x, layer.post_norm, d, lora.row(own.row.data(), t), buf.hidden_acts.row(t));
     }
-    run_projection(layer.gate_up, buf.hidden_acts.acts, buf.gate_up.data(), 2 * inter, m, num_threads, d.matmul_isa);
+    project(layer.gate_up, buf.hidden_acts.acts, buf.gate_up.data(), 2 * inter, m, num_threads, d.matmul_isa, lora,
+            LoraProjection::kGateUp, lora.inputs(), lora.input_width());
 #pragma omp for schedule(static)
     for (int t = 0; t < m; ++t) {
-        gate_and_quantize(buf.gate_up.data() + static_cast<size_t>(t) * 2 * inter, inter, own.row.data(),
-                          buf.gate_acts.row(t));
+        gate_and_quantize(lora.gate_up(t, buf.gate_up.data() + static_cast<size_t>(t) * 2 * inter), inter,
+                          lora.row(own.row.data(), t), buf.gate_acts.row(t));
     }
-    run_projection(layer.down, buf.gate_acts.acts, buf.y.data(), hidden, m, num_threads, d.matmul_isa);
+    project(layer.down, buf.gate_acts.acts, buf.y.data(), hidden, m, num_threads, d.matmul_isa, lora, LoraProjection::kDown,
+            lora.inputs(), lora.input_width());
 }
 
 // Few tokens: every thread does the row work of all tokens on its own copies (microseconds, the same values
 // everywhere), so only the matmuls and the attention need barriers: 5 a layer. One thread writes the cache;
 // the attention takes the new key and value from the thread's own rows, so nobody waits for that write.
 void run_layer_own_rows(const LayerTable& layer, int index, const DecodeDims& d, const DecodeBatch& b,
-                        StepBuffers& buf, ThreadState& own, int num_threads, bool writes_cache, int splits) {
+                        StepBuffers& buf, ThreadState& own, int num_threads, bool writes_cache, int splits,
+                        const LoraHook& lora) {
     const LayerShape shape(d, b, index);
     const int m = b.m, hidden = d.hidden, q_width = shape.q_width, qkv_width = shape.qkv_width;
     const int inter = d.intermediate;
@@ -270,11 +310,14 @@ void run_layer_own_rows(const LayerTable& layer, int index, const DecodeDims& d,
     for (int t = 0; t < m; ++t) {
         float* x = own.x.data() + static_cast<size_t>(t) * hidden;
         if (index > 0) add_row(x, buf.y.data() + static_cast<size_t>(t) * hidden, hidden);
-        norm_and_quantize(x, layer.input_norm, d, own.row.data(), own.hidden_acts->row(t));
+        lora.add_previous_down(t, x);
+        norm_and_quantize(x, layer.input_norm, d, lora.row(own.row.data(), t), own.hidden_acts->row(t));
     }
-    run_projection(layer.qkv, own.hidden_acts->acts, buf.qkv.data(), qkv_width, m, num_threads, d.matmul_isa);
+    project(layer.qkv, own.hidden_acts->acts, buf.qkv.data(), qkv_width, m, num_threads, d.matmul_isa, lora, LoraProjection::kQkv,
+            lora.inputs(), lora.input_width());
     std::copy(buf.qkv.begin(), buf.qkv.end(), own.qkv.begin());
     for (int t = 0; t < m; ++t) {
+        lora.add(LoraProjection::kQkv, t, own.qkv.data() + static_cast<size_t>(t) * qkv_width);
         float* row = own.qkv.data() + static_cast<size_t>(t) * qkv_width;
         finish_qkv_row(layer, d, b, row, t);
         uint8_t* fresh = own.fresh_kv.data() + 2 * t * token_rows;
@@ -293,19 +336,23 @@ void run_layer_own_rows(const LayerTable& layer, int index, const DecodeDims& d,
         merge_token(d, buf, t, splits, attention_row);
         quantize_rows_avx2(attention_row, 0, 1, own.attention_acts->row(t));
     }
-    run_projection(layer.o, own.attention_acts->acts, buf.y.data(), hidden, m, num_threads, d.matmul_isa);
+    project(layer.o, own.attention_acts->acts, buf.y.data(), hidden, m, num_threads, d.matmul_isa, lora, LoraProjection::kO,
+            own.attention.data(), q_width);
     for (int t = 0; t < m; ++t) {
         float* x = own.x.data() + static_cast<size_t>(t) * hidden;
         add_row(x, buf.y.data() + static_cast<size_t>(t) * hidden, hidden);
+        lora.add(LoraProjection::kO, t, x);
         if (layer.o_bias != 0) add_row(x, ptr<const float>(layer.o_bias), hidden);
-        norm_and_quantize(x, layer.post_norm, d, own.row.data(), own.hidden_acts->row(t));
+        norm_and_quantize(x, layer.post_norm, d, lora.row(own.row.data(), t), own.hidden_acts->row(t));
     }
-    run_projection(layer.gate_up, own.hidden_acts->acts, buf.gate_up.data(), 2 * inter, m, num_threads, d.matmul_isa);
+    project(layer.gate_up, own.hidden_acts->acts, buf.gate_up.data(), 2 * inter, m, num_threads, d.matmul_isa, lora,
+            LoraProjection::kGateUp, lora.inputs(), lora.input_width());
     for (int t = 0; t < m; ++t) {
-        gate_and_quantize(buf.gate_up.data() + static_cast<size_t>(t) * 2 * inter, inter, own.row.data(),
-                          own.gate_acts->row(t));
+        gate_and_quantize(lora.gate_up(t, buf.gate_up.data() + static_cast<size_t>(t) * 2 * inter), inter,
+                          lora.row(own.row.data(), t), own.gate_acts->row(t));
     }
-    run_projection(layer.down, own.gate_acts->acts, buf.y.data(), hidden, m, num_threads, d.matmul_isa);
+    project(layer.down, own.gate_acts->acts, buf.y.data(), hidden, m, num_threads, d.matmul_isa, lora, LoraProjection::kDown,
+            lora.inputs(), lora.input_width());
 }
 
 }  // namespace
@@ -371,19 +418,23 @@ void decode_step_avx2(const LayerTable* layers, const DecodeDims& d, const Decod
     const int splits = attention_splits(b.m, d.num_kv_heads, longest, num_threads);
     StepBuffers buf(d, b.m, splits);
     const bool own_rows = num_threads > 1 && b.m <= kOwnRowsTokens && !rows_read_each_other(d, b);
+    std::unique_ptr<LoraStep> lora;
+    if (b.lora != nullptr) lora.reset(new LoraStep(d, b.m, *b.lora, own_rows ? num_threads : 1, num_threads));
 #pragma omp parallel num_threads(num_threads)
     {
         ThreadState own(d, b, own_rows);
 #ifdef _OPENMP
-        const bool first_thread = omp_get_thread_num() == 0;
+        const int thread = omp_get_thread_num();
 #else
-        const bool first_thread = true;
+        const int thread = 0;
 #endif
+        const bool first_thread = thread == 0;
         for (int i = 0; i < d.num_layers; ++i) {
+            const LoraHook hook{lora.get(), own_rows ? thread : 0, thread, i};
             if (own_rows) {
-                run_layer_own_rows(layers[i], i, d, b, buf, own, num_threads, first_thread, splits);
+                run_layer_own_rows(layers[i], i, d, b, buf, own, num_threads, first_thread, splits, hook);
             } else {
-                run_layer_shared(layers[i], i, d, b, buf, own, num_threads, splits);
+                run_layer_shared(layers[i], i, d, b, buf, own, num_threads, splits, hook);
             }
         }
         float* x = own_rows ? own.x.data() : b.x;
@@ -391,6 +442,7 @@ void decode_step_avx2(const LayerTable* layers, const DecodeDims& d, const Decod
         for (int t = 0; t < b.m; ++t) {
             float* xt = x + static_cast<size_t>(t) * d.hidden;
             add_row(xt, buf.y.data() + static_cast<size_t>(t) * d.hidden, d.hidden);
+            if (lora) lora->add(d.num_layers - 1, LoraProjection::kDown, t, xt);
             rms_norm_row(xt, b.final_norm, d.hidden, d.eps, b.out + static_cast<size_t>(t) * d.hidden);
         }
     }

@@ -13,6 +13,7 @@
 #include <omp.h>
 #endif
 
+#include "decode_lora.h"
 #include "decode_step.h"
 #include "kernel_isa.h"
 #include "matmul_plan.h"
@@ -158,20 +159,29 @@ PyObject* py_matmul(PyObject*, PyObject* args) {
 // head_dim, intermediate, block_size, eps, scale); batch = (m, x, out, final_norm, cos, sin, slots,
 // block_tables, block_table_stride, context_lens, kv_caches, num_cache_blocks, kv_dtype) with every pointer an
 // int and kv_dtype a KVDtype id (kv_format.h); then optionally the Isa id of the projections' matmuls (default
-// AVX2).
+// AVX2) and lora = None or (num_adapters, adapter tables, row adapters) of decode_lora.h.
 PyObject* py_decode_step(PyObject*, PyObject* args) {
     unsigned long long layers_ptr;
     DecodeDims d{};
     unsigned long long x, out, final_norm, cos, sin, slots, block_tables, context_lens, kv_caches;
     long long stride, num_cache_blocks;
     int m, num_threads, kv_dtype;
-    if (!PyArg_ParseTuple(args, "K(iiiiiiiff)(iKKKKKKKLKKLi)i|i", &layers_ptr, &d.num_layers, &d.hidden, &d.num_heads,
+    PyObject* lora_args = Py_None;
+    if (!PyArg_ParseTuple(args, "K(iiiiiiiff)(iKKKKKKKLKKLi)i|iO", &layers_ptr, &d.num_layers, &d.hidden, &d.num_heads,
                           &d.num_kv_heads, &d.head_dim, &d.intermediate, &d.block_size, &d.eps, &d.scale, &m, &x,
                           &out, &final_norm, &cos, &sin, &slots, &block_tables, &stride, &context_lens, &kv_caches,
                           &num_cache_blocks, &kv_dtype,
-                          &num_threads, &d.matmul_isa)) {
+                          &num_threads, &d.matmul_isa, &lora_args)) {
         return nullptr;
     }
+    DecodeLora lora{};
+    unsigned long long lora_tables = 0, lora_rows = 0;
+    if (lora_args != Py_None &&
+        !PyArg_ParseTuple(lora_args, "iKK", &lora.num_adapters, &lora_tables, &lora_rows)) {
+        return nullptr;
+    }
+    lora.adapters = reinterpret_cast<const int64_t*>(lora_tables);
+    lora.row_adapter = reinterpret_cast<const int64_t*>(lora_rows);
 #if defined(EMBER_HAVE_AVX2)
     if (!cpu_has_avx2()) {
         PyErr_SetString(PyExc_ValueError, "the fused decode step needs AVX2/FMA/F16C, which this CPU lacks");
@@ -204,8 +214,11 @@ PyObject* py_decode_step(PyObject*, PyObject* args) {
                             reinterpret_cast<const int64_t*>(context_lens),
                             reinterpret_cast<const int64_t*>(kv_caches),
                             num_cache_blocks,
-                            kv_dtype};
-    if (const char* error = check_decode_batch(d, batch)) {
+                            kv_dtype,
+                            lora_args != Py_None ? &lora : nullptr};
+    const char* error = check_decode_batch(d, batch);
+    if (error == nullptr && batch.lora != nullptr) error = check_decode_lora(d, m, lora);
+    if (error != nullptr) {
         PyErr_SetString(PyExc_ValueError, error);
         return nullptr;
     }

@@ -15,7 +15,8 @@ from ember.models.llama import DecoderModel
 
 
 class ForwardPath(enum.Enum):
-    FUSED = "fused"  # the whole stack in one native call: one-token decodes, packed weights on the kernels
+    # the whole stack in one native call: decodes (their LoRA rows too), packed weights on the kernels
+    FUSED = "fused"
     MODULES = (
         "modules"  # DecoderModel.forward: every other batch, and the reference the fused step is tested on
     )
@@ -43,8 +44,13 @@ class NetworkForward:
         kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
         lora: LoraContext | None,
     ) -> ForwardPath:
-        """Fused for a decode-only batch without adapters on an fp32 CPU cache (FusedDecodeStack.accepts)."""
-        if self.fused is not None and lora is None and self.fused.accepts(attn, kv_caches):
+        """Fused for a decode-only batch on an fp32 CPU cache (FusedDecodeStack.accepts), its adapter rows
+        included when they are served adapters (accepts_lora)."""
+        if (
+            self.fused is not None
+            and self.fused.accepts(attn, kv_caches)
+            and (lora is None or self.fused.accepts_lora(lora))
+        ):
             return ForwardPath.FUSED
         return ForwardPath.MODULES
 
@@ -60,7 +66,7 @@ class NetworkForward:
         path = self.path_for(attn, kv_caches, lora)
         if path is ForwardPath.FUSED:
             assert self.fused is not None
-            return self.fused.forward(input_ids, positions, attn, kv_caches), path
+            return self.fused.forward(input_ids, positions, attn, kv_caches, lora), path
         if lora is None:
             return self.network(input_ids, positions, attn, kv_caches), path
         return self.network(input_ids, positions, attn, kv_caches, lora=lora), path

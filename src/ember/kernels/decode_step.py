@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ember.kernels.decode_lora import StepLora, native_args
 from ember.kernels.quant_matmul import ISA_IDS, QTYPE_IDS, native_module, simd_level
 
 MAX_PROJECTION_PARTS = 3
@@ -85,13 +86,15 @@ def decode_step(
     num_threads: int,
     kv_dtype_id: int = 0,
     isa: str = "avx2",
+    lora: StepLora | None = None,
 ) -> torch.Tensor:
     """x [M, hidden] fp32 embeddings of M one-token decodes (consumed: it holds the residual stream after the call)
     -> final-normed hidden states [M, hidden]. New keys and values are written to their `slots`; token t attends
     over context_lens[t] positions of its block_tables row. kv_table [num_layers, 2] holds each layer's key and
     value cache pointers ([num_cache_blocks, block_size, kv_heads, row] rows of the format `kv_dtype_id` names:
     KVCacheFormat.native_id, fp32 by default). `isa` names the kernel family of the projections' matmuls: "avx2" or
-    "avx512_vnni" (kernel_isa.py)."""
+    "avx512_vnni" (kernel_isa.py). With `lora`, each row's adapter adds its low-rank products after every
+    projection it targets (ember.kernels.decode_lora)."""
     if isa not in ("avx2", "avx512_vnni") or isa not in ISA_IDS:
         raise ValueError(f"the fused decode step runs on avx2 or avx512_vnni where supported, got {isa!r}")
     m = x.shape[0]
@@ -113,6 +116,7 @@ def decode_step(
     _check_int64("block_tables", block_tables, (m, block_tables.shape[1]))
     _check_int64("kv_table", kv_table, (dims.num_layers, 2))
     _check_int64("layer_table", layer_table, (dims.num_layers, LAYER_TABLE_FIELDS))
+    lora_args = None if lora is None else native_args(lora, m)
     out = torch.empty_like(x)
     native_module().decode_step(
         layer_table.data_ptr(),
@@ -134,5 +138,6 @@ def decode_step(
         ),
         num_threads,
         ISA_IDS[isa],
+        lora_args,
     )
     return out

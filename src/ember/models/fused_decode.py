@@ -2,8 +2,10 @@
 (ember.kernels.decode_step) instead of ~40 torch ops per layer.
 
 It applies when every projection runs on the int8 block kernel (a packed GGUF on an AVX2 CPU), the batch is all
-one-token decodes without LoRA, and the KV cache is on the CPU in any of its formats (fp32, fp16, bf16, q8_0).
-Anything else takes the module-by-module torch path, which stays the reference the fused step is tested against."""
+one-token decodes (or short speculative runs), and the KV cache is on the CPU in any of its formats (fp32, fp16,
+bf16, q8_0). Rows of served LoRA adapters run in the same step, each adapter's low-rank products inside the native
+call (models/fused_decode_lora.py). Anything else takes the module-by-module torch path, which stays the reference
+the fused step is tested against."""
 
 from __future__ import annotations
 
@@ -15,7 +17,9 @@ from torch import nn
 
 from ember.kernels import decode_step as native_step
 from ember.kernels.kernel_isa import ISA_ORDER
+from ember.lora.layers import LoraContext
 from ember.models.attention_metadata import AttentionMetadata
+from ember.models.fused_decode_lora import FusedLoraTables
 from ember.models.kv_cache_format import KV_STORAGE_DTYPES, format_of_cache
 from ember.models.linear import ConcatLinear
 from ember.models.quant.packed_linear import PackedLinear
@@ -103,6 +107,7 @@ class FusedDecodeStack:
         self.isa = isa  # kernel family of the projections (kernel_isa.py), as their weights were prepared
         self._kv_key: tuple[int, int] | None = None
         self._kv_table = torch.empty(0, 2, dtype=torch.int64)
+        self.lora_tables = FusedLoraTables(dims.num_layers)
 
     @staticmethod
     def build(model: DecoderModel) -> FusedDecodeStack | None:
@@ -189,18 +194,23 @@ class FusedDecodeStack:
             keys.dtype in KV_STORAGE_DTYPES and keys.device.type == "cpu" and keys.shape[1] == attn.block_size
         )
 
+    def accepts_lora(self, lora: LoraContext) -> bool:
+        """Whether the step's adapters run inside the native call (served adapters; not training contexts)."""
+        return FusedLoraTables.accepts(lora)
+
     def forward(
         self,
         input_ids: torch.Tensor,
         positions: torch.Tensor,
         attn: AttentionMetadata,
         kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
+        lora: LoraContext | None = None,
     ) -> torch.Tensor:
         """What DecoderModel.forward computes for an accepted batch (input_ids, positions [M] -> hidden [M, H]),
         the whole stack in one native call; writes the new keys/values."""
         h = self.model.embed_tokens(input_ids)  # [M, H]
         cos, sin = self.model.rotary.cos_sin(positions, h.dtype)
-        return self.run(h, cos, sin, attn, kv_caches)
+        return self.run(h, cos, sin, attn, kv_caches, lora)
 
     def run(
         self,
@@ -209,8 +219,10 @@ class FusedDecodeStack:
         sin: torch.Tensor,
         attn: AttentionMetadata,
         kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
+        lora: LoraContext | None = None,
     ) -> torch.Tensor:
-        """hidden [M, H] embeddings of M decodes -> final-normed hidden [M, H]; writes the new keys/values."""
+        """hidden [M, H] embeddings of M decodes -> final-normed hidden [M, H]; writes the new keys/values.
+        `lora` (accepted by accepts_lora): the adapter of each row, None when all are the base model."""
         assert attn.block_tables is not None and attn.slot_mapping is not None
         block_tables, context_lens = _rows_per_token(attn)
         if self.dims.block_size != attn.block_size:
@@ -230,6 +242,7 @@ class FusedDecodeStack:
             torch.get_num_threads(),
             format_of_cache(kv_caches[0][0]).native_id,
             self.isa,
+            lora=None if lora is None else self.lora_tables.step_lora(lora, hidden.shape[0]),
         )
 
     def _kv_pointers(self, kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
