@@ -91,12 +91,12 @@ def test_unsupported_architecture(tmp_path: os.PathLike[str]) -> None:
 
 def test_unsupported_tensor_type(tmp_path: os.PathLike[str]) -> None:
     path = os.path.join(tmp_path, "iq.gguf")
-    iq4_nl = np.zeros((4, 18), dtype=np.uint8)  # 4 rows of one 32-value IQ4_NL block
+    iq2_xxs = np.zeros((4, 66), dtype=np.uint8)  # 4 rows of one 256-value IQ2_XXS block
     write_tiny_gguf(
-        path, TinyGGUFSpec(extra_tensors={"blk.0.extra.weight": (iq4_nl, GGMLQuantizationType.IQ4_NL)})
+        path, TinyGGUFSpec(extra_tensors={"blk.0.extra.weight": (iq2_xxs, GGMLQuantizationType.IQ2_XXS)})
     )
     error = _load_error(path)
-    assert "tensor blk.0.extra.weight has unsupported type IQ4_NL" in error.message
+    assert "tensor blk.0.extra.weight has unsupported type IQ2_XXS" in error.message
     assert "Q4_K" in error.message  # lists what is supported
 
 

@@ -217,7 +217,10 @@ def test_flag_parses_for_serve_and_bench() -> None:
 def test_bench_quantizes_the_model_it_measures(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     stock = write_tiny_hf_folder(tmp_path / "bench-model", max_position_embeddings=4096)
     args = ["bench", "--model", str(stock), "--quantization", "q4_0", "--threads", "1"]
-    assert main([*args, "--streams", "1", "--new-tokens", "2", "--peers", ""]) == 0
+    assert (
+        main([*args, "--streams", "1", "--new-tokens", "2", "--peers", "", "--contexts", "", "--no-arrivals"])
+        == 0
+    )
     header = capsys.readouterr().out.splitlines()[0]
     assert "(safetensors f32 -> q4_0: 14 Q4_0 + 1 Q8_0 matrices) as packed" in header
 
