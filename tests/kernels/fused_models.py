@@ -10,7 +10,9 @@ import torch
 from gguf import quants
 from random_blocks import random_blocks
 
+from ember.engine.forward_path import ForwardPath, NetworkForward
 from ember.engine.testing import random_weights, tiny_config
+from ember.lora.layers import LoraContext
 from ember.models.attention_metadata import AttentionMetadata
 from ember.models.config import ModelConfig
 from ember.models.kv_cache import allocate_kv_caches
@@ -136,9 +138,6 @@ class DecodeBatch:
     attn: AttentionMetadata
     caches: list[tuple[torch.Tensor, torch.Tensor]]  # random contents standing for earlier tokens
 
-    def cloned_caches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        return [(k.clone(), v.clone()) for k, v in self.caches]
-
 
 def decode_batch(
     config: ModelConfig, m: int, seed: int, block_size: int = 16, context_lens: list[int] | None = None
@@ -219,3 +218,24 @@ def verification_batch(
         values.normal_(std=0.5, generator=gen)
     ids = torch.from_numpy(rng.integers(0, config.vocab_size, size=len(positions)))
     return DecodeBatch(ids, torch.tensor(positions), attn, caches)
+
+
+def forward(
+    model: DecoderModel,
+    batch: DecodeBatch,
+    fused: bool,
+    lora: LoraContext | None = None,
+    caches: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]], ForwardPath]:
+    """The batch as the engine's runner runs it, with the fused decode step allowed or not, on copies of
+    `caches` (the batch's own by default): the hidden states, the caches it wrote, and the path it took."""
+    caches = [(k.clone(), v.clone()) for k, v in (batch.caches if caches is None else caches)]
+    with torch.inference_mode():
+        hidden, path = NetworkForward(model, fused_decode=fused)(
+            batch.input_ids, batch.positions, batch.attn, caches, lora
+        )
+    return hidden, caches, path
+
+
+def row_errors(ours: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    return (ours - reference).norm(dim=-1) / reference.norm(dim=-1)  # [M]

@@ -8,10 +8,19 @@ from collections.abc import Iterator
 
 import pytest
 import torch
-from fused_models import VARIANTS, DecodeBatch, Variant, build_models, decode_batch, verification_batch
+from fused_models import (
+    VARIANTS,
+    DecodeBatch,
+    Variant,
+    build_models,
+    decode_batch,
+    forward,
+    row_errors,
+    verification_batch,
+)
 
 from ember import kernels
-from ember.engine.forward_path import ForwardPath, NetworkForward
+from ember.engine.forward_path import ForwardPath
 from ember.engine.llm_engine import LLMEngine
 from ember.engine.sampling_params import SamplingParams
 from ember.engine.testing import tiny_engine_config, tiny_loaded_model
@@ -21,22 +30,6 @@ from ember.models.fused_decode import MAX_QUERY_TOKENS, FusedDecodeStack
 from ember.models.llama import DecoderModel
 
 pytestmark = pytest.mark.usefixtures("fused_decode_kernels")
-
-
-def forward(
-    model: DecoderModel, batch: DecodeBatch, fused: bool
-) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]], ForwardPath]:
-    """The batch as the engine's runner runs it, with the fused decode step allowed or not."""
-    caches = batch.cloned_caches()
-    with torch.inference_mode():
-        hidden, path = NetworkForward(model, fused_decode=fused)(
-            batch.input_ids, batch.positions, batch.attn, caches
-        )
-    return hidden, caches, path
-
-
-def row_errors(ours: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    return (ours - reference).norm(dim=-1) / reference.norm(dim=-1)  # [M]
 
 
 @pytest.fixture(scope="module", params=VARIANTS, ids=lambda v: v.name)

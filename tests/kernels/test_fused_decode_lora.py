@@ -9,9 +9,18 @@ from collections.abc import Iterator
 
 import pytest
 import torch
-from fused_models import VARIANTS, DecodeBatch, Variant, build_models, decode_batch, verification_batch
+from fused_models import (
+    VARIANTS,
+    DecodeBatch,
+    Variant,
+    build_models,
+    decode_batch,
+    forward,
+    row_errors,
+    verification_batch,
+)
 
-from ember.engine.forward_path import ForwardPath, NetworkForward
+from ember.engine.forward_path import ForwardPath
 from ember.engine.llm_engine import LLMEngine
 from ember.engine.sampling_params import SamplingParams
 from ember.engine.testing import tiny_engine_config, tiny_loaded_model
@@ -52,21 +61,6 @@ def adapters_for(model: DecoderModel, seed: int, strength: float) -> list[LoraAd
             model, "kogu-r16", 16, ("k_proj", "o_proj", "gate_proj", "up_proj"), seed + 2, strength
         ),
     ]
-
-
-def forward(
-    model: DecoderModel, batch: DecodeBatch, fused: bool, lora: LoraContext | None
-) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]], ForwardPath]:
-    caches = batch.cloned_caches()
-    with torch.inference_mode():
-        hidden, path = NetworkForward(model, fused_decode=fused)(
-            batch.input_ids, batch.positions, batch.attn, caches, lora
-        )
-    return hidden, caches, path
-
-
-def row_errors(ours: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    return (ours - reference).norm(dim=-1) / reference.norm(dim=-1)  # [M]
 
 
 # The K-quant variant's random blocks make weights ~10x those of random_weights: its adapters are made stronger

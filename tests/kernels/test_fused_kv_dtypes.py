@@ -11,7 +11,16 @@ from contextlib import contextmanager
 
 import pytest
 import torch
-from fused_models import VARIANTS, DecodeBatch, Variant, build_models, decode_batch, verification_batch
+from fused_models import (
+    VARIANTS,
+    DecodeBatch,
+    Variant,
+    build_models,
+    decode_batch,
+    forward,
+    row_errors,
+    verification_batch,
+)
 
 from ember.engine.forward_path import ForwardPath, NetworkForward
 from ember.models.attention_metadata import AttentionMetadata
@@ -55,29 +64,14 @@ def in_format(batch: DecodeBatch, kv_format: KVCacheFormat) -> list[tuple[torch.
     return [(kv_format.encode(k), kv_format.encode(v)) for k, v in batch.caches]
 
 
-def run(
-    model: DecoderModel, batch: DecodeBatch, caches: list[tuple[torch.Tensor, torch.Tensor]], fused: bool
-) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]], ForwardPath]:
-    caches = [(k.clone(), v.clone()) for k, v in caches]
-    with torch.inference_mode():
-        hidden, path = NetworkForward(model, fused_decode=fused)(
-            batch.input_ids, batch.positions, batch.attn, caches
-        )
-    return hidden, caches, path
-
-
-def row_errors(ours: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    return (ours - reference).norm(dim=-1) / reference.norm(dim=-1)  # [M]
-
-
 def check_against_references(
     kernel: DecoderModel, reference: DecoderModel, batch: DecodeBatch, kv_format: KVCacheFormat
 ) -> None:
     head_dim = kernel.config.head_dim
     compact = in_format(batch, kv_format)
-    fused, fused_caches, path = run(kernel, batch, compact, fused=True)
+    fused, fused_caches, path = forward(kernel, batch, fused=True, caches=compact)
     assert path is ForwardPath.FUSED
-    modules, module_caches, path = run(kernel, batch, compact, fused=False)
+    modules, module_caches, path = forward(kernel, batch, fused=False, caches=compact)
     assert path is ForwardPath.MODULES
     # Same cache, same int8 activations: only the summation order differs (flash-decoding's tiles and splits).
     assert float(row_errors(fused, modules).max()) < 0.01
@@ -86,7 +80,7 @@ def check_against_references(
         (kv_format.decode(k, head_dim, torch.float32), kv_format.decode(v, head_dim, torch.float32))
         for k, v in compact
     ]
-    exact, _, _ = run(reference, batch, decoded, fused=False)
+    exact, _, _ = forward(reference, batch, fused=False, caches=decoded)
     assert float(row_errors(fused, exact).median()) < 0.03
     # The new tokens' rows, stored by each path, hold the same values (to the format's step).
     written = batch.attn.slot_mapping
