@@ -192,7 +192,9 @@ def serve_from_args(args: argparse.Namespace) -> int:
     budget = None if args.memory_budget_gib is None else int(args.memory_budget_gib * GIB)
     # One engine steps at a time when there are several: see docs/decisions.md ("Several models").
     take_turns = len(specs) > 1 and not args.concurrent_engine_steps
-    opener = ModelOpener(engine_settings_from(args, speculation, generation), StepGate() if take_turns else None)
+    opener = ModelOpener(
+        engine_settings_from(args, speculation, generation), StepGate() if take_turns else None
+    )
     try:
         default_estimate = opener.estimate(default_spec)
         check_fits(default_spec.label, default_estimate, 0, budget, available_bytes())

@@ -19,7 +19,9 @@ def test_auto_keeps_the_checkpoints_values_and_fills_the_rest_from_a_card_only_w
     assert resolve_generation(SHIPPED, GenerationChoice(), None) == SHIPPED
     carded = resolve_generation(SHIPPED, GenerationChoice(), DEFAULT_MODEL_CARD_SAMPLING)
     assert (carded.temperature, carded.top_p, carded.top_k) == (0.6, 0.9, 20), "the checkpoint's own win"
-    bare = resolve_generation(GenerationDefaults(eos_token_ids=(2,)), GenerationChoice(), DEFAULT_MODEL_CARD_SAMPLING)
+    bare = resolve_generation(
+        GenerationDefaults(eos_token_ids=(2,)), GenerationChoice(), DEFAULT_MODEL_CARD_SAMPLING
+    )
     assert (bare.temperature, bare.top_p, bare.eos_token_ids) == (0.2, 0.9, (2,))
 
 

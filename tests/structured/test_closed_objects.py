@@ -37,7 +37,9 @@ def test_declared_objects_close_and_objects_that_speak_of_others_stay_as_they_ar
     assert properties["home"]["anyOf"][0]["additionalProperties"] is False
     assert properties["extra"]["additionalProperties"] == {"type": "integer"}
     assert "additionalProperties" not in properties["mixed"]["allOf"][0], "allOf parts stay open"
-    assert "additionalProperties" not in PARAMETERS and "additionalProperties" not in ADDRESS, "input unchanged"
+    assert "additionalProperties" not in PARAMETERS and "additionalProperties" not in ADDRESS, (
+        "input unchanged"
+    )
     assert closed_objects({"type": "object"}) == {"type": "object"}, "free-form arguments stay free"
 
 
