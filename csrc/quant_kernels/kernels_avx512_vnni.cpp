@@ -2,10 +2,13 @@
 // called only after a run-time CPU check). vpdpbusd multiplies unsigned bytes by signed bytes and sums each 4 into
 // an int32 lane: one instruction where AVX2 needs maddubs + madd + add, and no int16 saturation to work around.
 //
-// One zmm holds two consecutive 32-byte tile vectors (vectors 2p and 2p+1, each 4 values of the 8 rows), so its 16
-// int32 lanes are [8 rows of vector 2p | 8 rows of vector 2p+1]; the two halves are added when a row group is done.
-// The activations a pair needs, 4 bytes per half, come from one vpermd of the block's 32 bytes.
-// Register tiles are 8 rows x up to 8 tokens (32 zmm registers, twice AVX2's 16).
+// One zmm holds one 32-byte tile vector twice ([vector | vector]: 4 values of the 8 rows) and the activations of
+// two tokens ([token A in 8 lanes | token B in 8 lanes]), so its 16 int32 lanes are 8 rows x 2 tokens: 16
+// different outputs. Each lane then takes exactly the float steps of the AVX2 kernel (kernels_avx2.cpp), in the
+// same order, so both families return the same bits (the integer dots are exact in both). An earlier version put
+// two tile vectors of one token in a zmm and added the halves at the end: no less accurate, but its other float
+// order moved the default model's near-tie answers (docs/decisions.md, "AVX-512 VNNI returns AVX2's bits").
+// A slice's odd last token goes to the AVX2 kernel itself; register tiles are 8 rows x up to 8 tokens.
 // GCC 12's own 512 -> 256-bit cast intrinsics trip -Wmaybe-uninitialized on their `__Y = __Y` placeholder.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
@@ -21,7 +24,7 @@ namespace ember {
 
 namespace {
 
-constexpr int kMaxTokens = 8;
+constexpr int kMaxPairs = 4;  // token pairs per register tile: 8 tokens
 constexpr int kPrefetchAhead = 2048;  // bytes ahead, as the AVX2 kernels (measured there)
 
 template <int kTile>
@@ -31,44 +34,42 @@ inline void prefetch_ahead(const uint8_t* tile) {
     }
 }
 
-struct TokenRows {
-    const int8_t* q[kMaxTokens];
-    const float* d[kMaxTokens];
-    const float* s[kMaxTokens];
+// The quantized activations of kMaxPairs token pairs: [pair][0] = token A (low lanes), [pair][1] = token B.
+struct PairRows {
+    const int8_t* q[kMaxPairs][2];
+    const float* d[kMaxPairs][2];
+    const float* s[kMaxPairs][2];
 };
 
-// The 4 activation vectors of one 32-value block: pair j (j = 0..3) = [dword 2j in 8 lanes | dword 2j+1 in 8].
-struct BlockActs {
-    __m512i pair[4];
-};
-
+// vpermd tables: from [token A's 32 bytes | token B's 32 bytes] (dwords 0-7 | 8-15), activation dword v (values
+// 4v .. 4v+3) of A in lanes 0-7 and of B in lanes 8-15, to meet tile vector v of the 8 rows in both halves.
 struct PairIndex {
-    __m512i idx[4];
+    __m512i idx[8];
     PairIndex() {
-        for (int j = 0; j < 4; ++j) {
-            idx[j] = _mm512_setr_epi32(2 * j, 2 * j, 2 * j, 2 * j, 2 * j, 2 * j, 2 * j, 2 * j, 2 * j + 1, 2 * j + 1,
-                                       2 * j + 1, 2 * j + 1, 2 * j + 1, 2 * j + 1, 2 * j + 1, 2 * j + 1);
+        for (int v = 0; v < 8; ++v) {
+            idx[v] = _mm512_setr_epi32(v, v, v, v, v, v, v, v, 8 + v, 8 + v, 8 + v, 8 + v, 8 + v, 8 + v, 8 + v, 8 + v);
         }
     }
 };
 
-inline BlockActs spread_block(const PairIndex& index, const int8_t* xb) {
-    const __m512i x = _mm512_zextsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb)));
-    BlockActs a;
-    for (int j = 0; j < 4; ++j) a.pair[j] = _mm512_permutexvar_epi32(index.idx[j], x);
-    return a;
+inline __m512i load_pair_block(const int8_t* a, const int8_t* b) {
+    const __m256i low = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a));
+    return _mm512_inserti64x4(_mm512_castsi256_si512(low), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b)), 1);
 }
 
-// [v | v]: a per-row value for both halves of a zmm.
+// [*a in 8 lanes | *b in 8 lanes]: a per-token value (activation scale or sum) beside the 8 rows.
+inline __m512 pair_scalar(const float* a, const float* b) {
+    return _mm512_mask_broadcastss_ps(_mm512_set1_ps(*a), 0xFF00, _mm_load_ss(b));
+}
+
+// [v | v]: a per-row value for both tokens.
 inline __m512 both_halves(__m256 v) {
     return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(v)), _mm256_castps_pd(v), 1));
 }
 
-// [v | 0]: a per-row term that must be counted once, not once per half.
-inline __m512 low_half(__m256 v) { return _mm512_zextps256_ps512(v); }
-
-inline __m256 fold_halves(__m512 v) {
-    return _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+// One 32-byte tile vector in both halves.
+inline __m512i tile_vector_twice(const uint8_t* p) {
+    return _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
 }
 
 inline __m256 load_fp16x8(const uint8_t* p) {
@@ -77,7 +78,7 @@ inline __m256 load_fp16x8(const uint8_t* p) {
 
 inline __m256 load_fp32x8(const uint8_t* p) { return _mm256_loadu_ps(reinterpret_cast<const float*>(p)); }
 
-// Per-row scale and bias of one 4-bit tile: weight = scale * nibble + bias.
+// Per-row scale and bias of one 4-bit tile: weight = scale * nibble + bias (as the AVX2 kernel computes them).
 template <QType Q>
 inline void load_q4_scales(const uint8_t* tile, __m256* scale, __m256* bias) {
     if constexpr (Q == QType::Q4_K) {
@@ -92,60 +93,67 @@ inline void load_q4_scales(const uint8_t* tile, __m256* scale, __m256* bias) {
     }
 }
 
+inline void store_pair(__m512 acc, float* token_a, float* token_b) {
+    _mm256_storeu_ps(token_a, _mm512_castps512_ps256(acc));
+    _mm256_storeu_ps(token_b, _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc), 1)));
+}
+
 // Q4_0, Q4_1, Q4_K: vpdpbusd reads the nibbles as they are; the bias meets the activations' sum s.
-template <QType Q, int T>
-void q4_group_kernel(const uint8_t* group, int nb, const TokenRows& tok, const PairIndex& index,
-                     float out[][kRowsPerGroup]) {
+template <QType Q, int P>
+void q4_pair_kernel(const uint8_t* group, int nb, const PairRows& tok, const PairIndex& index,
+                    float out[][kRowsPerGroup]) {
     constexpr int kTile = tile_bytes(Q);
     const __m512i low_mask = _mm512_set1_epi8(0x0F);
-    __m512 acc[T];
-    for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
+    __m512 acc[P];
+    for (int p = 0; p < P; ++p) acc[p] = _mm512_setzero_ps();
     for (int b = 0; b < nb; ++b) {
         const uint8_t* tile = group + static_cast<size_t>(b) * kTile;
         prefetch_ahead<kTile>(tile);
-        __m512i u[4];  // u[j] multiplies activation pair j
-        for (int p = 0; p < 2; ++p) {
-            const __m512i raw = _mm512_loadu_si512(tile + 64 * p);                 // vectors 2p, 2p+1
-            u[p] = _mm512_and_si512(raw, low_mask);                                 // values 8p .. 8p+7
-            u[2 + p] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), low_mask);      // values 16+8p ..
+        __m512i u[8];  // u[v] meets activation dword v: low nibbles of vector v, then (v >= 4) high ones of v - 4
+        for (int v = 0; v < 4; ++v) {
+            const __m512i raw = tile_vector_twice(tile + 32 * v);
+            u[v] = _mm512_and_si512(raw, low_mask);
+            u[4 + v] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), low_mask);
         }
         __m256 scale8, bias8;
         load_q4_scales<Q>(tile, &scale8, &bias8);
         const __m512 scale = both_halves(scale8);
-        const __m512 bias = low_half(bias8);
-        for (int t = 0; t < T; ++t) {
-            const BlockActs x = spread_block(index, tok.q[t] + b * kBlock);
-            __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u[0], x.pair[0]);
-            for (int j = 1; j < 4; ++j) dot = _mm512_dpbusd_epi32(dot, u[j], x.pair[j]);
-            const __m512 with_bias = _mm512_fmadd_ps(bias, _mm512_set1_ps(tok.s[t][b]), acc[t]);
-            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(scale, _mm512_set1_ps(tok.d[t][b])),
-                                     with_bias);
+        const __m512 bias = both_halves(bias8);
+        for (int p = 0; p < P; ++p) {
+            const __m512i x = load_pair_block(tok.q[p][0] + b * kBlock, tok.q[p][1] + b * kBlock);
+            __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u[0], _mm512_permutexvar_epi32(index.idx[0], x));
+            for (int v = 1; v < 8; ++v) dot = _mm512_dpbusd_epi32(dot, u[v], _mm512_permutexvar_epi32(index.idx[v], x));
+            // The AVX2 kernel's steps: part = dot * (scale * d) + bias * s, then acc + part.
+            const __m512 with_bias = _mm512_mul_ps(bias, pair_scalar(tok.s[p][0] + b, tok.s[p][1] + b));
+            const __m512 dx = pair_scalar(tok.d[p][0] + b, tok.d[p][1] + b);
+            const __m512 part = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(scale, dx), with_bias);
+            acc[p] = _mm512_add_ps(acc[p], part);
         }
     }
-    for (int t = 0; t < T; ++t) _mm256_storeu_ps(out[t], fold_halves(acc[t]));
+    for (int p = 0; p < P; ++p) store_pair(acc[p], out[2 * p], out[2 * p + 1]);
 }
 
 // Signed 8-bit weights (Q8_0; Q6_K as q - 32): vpdpbusd reads |w| and the activation takes w's sign, so every
 // integer dot is exact. (Reading w + 128 instead and subtracting 128 * the activations' sum in float saves that
 // negation but cancels digits: the fused step and the module path then drifted apart by up to 1e-3.)
-template <QType Q, int T>
-void q8_group_kernel(const uint8_t* group, int nb, const TokenRows& tok, const PairIndex& index,
-                     float out[][kRowsPerGroup]) {
+template <QType Q, int P>
+void q8_pair_kernel(const uint8_t* group, int nb, const PairRows& tok, const PairIndex& index,
+                    float out[][kRowsPerGroup]) {
     constexpr int kTile = tile_bytes(Q);
     const __m512i zero = _mm512_setzero_si512();
-    __m512 acc[T];
-    for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
+    __m512 acc[P];
+    for (int p = 0; p < P; ++p) acc[p] = _mm512_setzero_ps();
     for (int b = 0; b < nb; ++b) {
         const uint8_t* tile = group + static_cast<size_t>(b) * kTile;
         prefetch_ahead<kTile>(tile);
-        __m512i w_abs[4];
-        __mmask64 negative[4];
-        for (int p = 0; p < 4; ++p) {
-            const __m512i w = _mm512_loadu_si512(tile + 64 * p);  // vectors 2p, 2p+1: activation pair p
-            w_abs[p] = _mm512_abs_epi8(w);  // -128 -> 0x80, read as the unsigned 128
-            negative[p] = _mm512_movepi8_mask(w);
+        __m512i w_abs[8];
+        __mmask64 negative[8];
+        for (int c = 0; c < 8; ++c) {
+            const __m512i w = tile_vector_twice(tile + 32 * c);  // values 4c .. 4c+3 of the 8 rows
+            w_abs[c] = _mm512_abs_epi8(w);  // -128 -> 0x80, read as the unsigned 128
+            negative[c] = _mm512_movepi8_mask(w);
         }
-        // Q6_K: one scale per 16-value half (pairs 0, 1 and pairs 2, 3); Q8_0: one for the block.
+        // Q6_K: one scale per 16-value half (vectors 0-3 and 4-7); Q8_0: one for the block.
         __m512 scale_lo, scale_hi;
         if constexpr (Q == QType::Q6_K) {
             scale_lo = both_halves(load_fp32x8(tile + 256));
@@ -153,67 +161,78 @@ void q8_group_kernel(const uint8_t* group, int nb, const TokenRows& tok, const P
         } else {
             scale_lo = scale_hi = both_halves(load_fp16x8(tile + 256));
         }
-        for (int t = 0; t < T; ++t) {
-            const BlockActs x = spread_block(index, tok.q[t] + b * kBlock);
-            __m512i signed_x[4];
-            for (int p = 0; p < 4; ++p) signed_x[p] = _mm512_mask_sub_epi8(x.pair[p], negative[p], zero, x.pair[p]);
-            __m512i lo = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, w_abs[0], signed_x[0]), w_abs[1], signed_x[1]);
-            const __m512 dx = _mm512_set1_ps(tok.d[t][b]);
+        for (int p = 0; p < P; ++p) {
+            const __m512i x = load_pair_block(tok.q[p][0] + b * kBlock, tok.q[p][1] + b * kBlock);
+            __m512i half[2] = {zero, zero};
+            for (int c = 0; c < 8; ++c) {
+                const __m512i xc = _mm512_permutexvar_epi32(index.idx[c], x);
+                const __m512i signed_x = _mm512_mask_sub_epi8(xc, negative[c], zero, xc);
+                // Q8_0 sums the whole block in half[0]; Q6_K keeps its two halves apart.
+                const int h = (Q == QType::Q6_K && c >= 4) ? 1 : 0;
+                half[h] = _mm512_dpbusd_epi32(half[h], w_abs[c], signed_x);
+            }
+            const __m512 dx = pair_scalar(tok.d[p][0] + b, tok.d[p][1] + b);
+            // The AVX2 kernel's steps: acc = dot * (scale * d) + acc, per half for Q6_K.
+            acc[p] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(half[0]), _mm512_mul_ps(scale_lo, dx), acc[p]);
             if constexpr (Q == QType::Q6_K) {
-                const __m512i hi =
-                    _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, w_abs[2], signed_x[2]), w_abs[3], signed_x[3]);
-                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lo), _mm512_mul_ps(scale_lo, dx), acc[t]);
-                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(hi), _mm512_mul_ps(scale_hi, dx), acc[t]);
-            } else {
-                lo = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(lo, w_abs[2], signed_x[2]), w_abs[3], signed_x[3]);
-                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lo), _mm512_mul_ps(scale_lo, dx), acc[t]);
+                acc[p] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(half[1]), _mm512_mul_ps(scale_hi, dx), acc[p]);
             }
         }
     }
-    for (int t = 0; t < T; ++t) _mm256_storeu_ps(out[t], fold_halves(acc[t]));
+    for (int p = 0; p < P; ++p) store_pair(acc[p], out[2 * p], out[2 * p + 1]);
 }
 
-template <QType Q, int T>
-void group_kernel(const uint8_t* group, int nb, const TokenRows& tok, const PairIndex& index,
-                  float out[][kRowsPerGroup]) {
+template <QType Q, int P>
+void pair_kernel(const uint8_t* group, int nb, const PairRows& tok, const PairIndex& index,
+                 float out[][kRowsPerGroup]) {
     if constexpr (Q == QType::Q8_0 || Q == QType::Q6_K) {
-        q8_group_kernel<Q, T>(group, nb, tok, index, out);
+        q8_pair_kernel<Q, P>(group, nb, tok, index, out);
     } else {
-        q4_group_kernel<Q, T>(group, nb, tok, index, out);
+        q4_pair_kernel<Q, P>(group, nb, tok, index, out);
     }
 }
 
-template <QType Q, int... Ts>
-void dispatch_tokens(int count, const uint8_t* group, int nb, const TokenRows& tok, const PairIndex& index,
-                     float out[][kRowsPerGroup], std::integer_sequence<int, Ts...>) {
-    // count is 1..kMaxTokens: exactly one T matches.
-    ((count == Ts + 1 ? (group_kernel<Q, Ts + 1>(group, nb, tok, index, out), 0) : 0), ...);
+template <QType Q, int... Ps>
+void dispatch_pairs(int pairs, const uint8_t* group, int nb, const PairRows& tok, const PairIndex& index,
+                    float out[][kRowsPerGroup], std::integer_sequence<int, Ps...>) {
+    // pairs is 1..kMaxPairs: exactly one P matches.
+    ((pairs == Ps + 1 ? (pair_kernel<Q, Ps + 1>(group, nb, tok, index, out), 0) : 0), ...);
 }
 
-// Same walk as the AVX2 kernels: a slice's row groups outside, its tokens (kMaxTokens at a time) inside.
+// Same walk as the AVX2 kernels: a slice's row groups outside, its tokens (kMaxPairs pairs at a time) inside;
+// an odd last token runs on the AVX2 kernel for the same group, whose weights are still in L1.
 template <QType Q>
 void run_slice(const MatmulSlice& slice) {
     const QuantizedActs& acts = *slice.acts;
     const int nb = slice.k / kBlock;
     const size_t group_bytes = static_cast<size_t>(nb) * tile_bytes(Q);
     const PairIndex index;
-    alignas(64) float out[kMaxTokens][kRowsPerGroup];
+    alignas(64) float out[2 * kMaxPairs][kRowsPerGroup];
     for (int g = slice.g_begin; g < slice.g_end; ++g) {
         const uint8_t* group = slice.packed + g * group_bytes;
         const int row0 = g * kRowsPerGroup;
         const int valid = std::min(kRowsPerGroup, slice.n - row0);
-        for (int t = slice.t_begin; t < slice.t_end; t += kMaxTokens) {
-            const int count = std::min(kMaxTokens, slice.t_end - t);
-            TokenRows tok;
-            for (int i = 0; i < count; ++i) {
-                tok.q[i] = acts.q + static_cast<size_t>(t + i) * slice.k;
-                tok.d[i] = acts.d + static_cast<size_t>(t + i) * nb;
-                tok.s[i] = acts.s + static_cast<size_t>(t + i) * nb;
+        int t = slice.t_begin;
+        while (slice.t_end - t >= 2) {
+            const int pairs = std::min(kMaxPairs, (slice.t_end - t) / 2);
+            PairRows tok;
+            for (int i = 0; i < 2 * pairs; ++i) {
+                tok.q[i / 2][i % 2] = acts.q + static_cast<size_t>(t + i) * slice.k;
+                tok.d[i / 2][i % 2] = acts.d + static_cast<size_t>(t + i) * nb;
+                tok.s[i / 2][i % 2] = acts.s + static_cast<size_t>(t + i) * nb;
             }
-            dispatch_tokens<Q>(count, group, nb, tok, index, out, std::make_integer_sequence<int, kMaxTokens>{});
-            for (int i = 0; i < count; ++i) {
+            dispatch_pairs<Q>(pairs, group, nb, tok, index, out, std::make_integer_sequence<int, kMaxPairs>{});
+            for (int i = 0; i < 2 * pairs; ++i) {
                 std::memcpy(slice.y + static_cast<size_t>(t + i) * slice.ldy + row0, out[i], sizeof(float) * valid);
             }
+            t += 2 * pairs;
+        }
+        if (t < slice.t_end) {  // one token left
+            MatmulSlice last = slice;
+            last.g_begin = g;
+            last.g_end = g + 1;
+            last.t_begin = t;
+            matmul_slice_avx2(last);
         }
     }
 }
