@@ -121,8 +121,12 @@ void q4_pair_kernel(const uint8_t* group, int nb, const PairRows& tok, const Pai
         const __m512 bias = both_halves(bias8);
         for (int p = 0; p < P; ++p) {
             const __m512i x = load_pair_block(tok.q[p][0] + b * kBlock, tok.q[p][1] + b * kBlock);
-            __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u[0], _mm512_permutexvar_epi32(index.idx[0], x));
-            for (int v = 1; v < 8; ++v) dot = _mm512_dpbusd_epi32(dot, u[v], _mm512_permutexvar_epi32(index.idx[v], x));
+            // Two chains of 4 (values 0-15, 16-31) rather than one of 8: half the latency; integer sums are exact.
+            __m512i half[2] = {_mm512_setzero_si512(), _mm512_setzero_si512()};
+            for (int v = 0; v < 8; ++v) {
+                half[v / 4] = _mm512_dpbusd_epi32(half[v / 4], u[v], _mm512_permutexvar_epi32(index.idx[v], x));
+            }
+            const __m512i dot = _mm512_add_epi32(half[0], half[1]);
             // The AVX2 kernel's steps: part = dot * (scale * d) + bias * s, then acc + part.
             const __m512 with_bias = _mm512_mul_ps(bias, pair_scalar(tok.s[p][0] + b, tok.s[p][1] + b));
             const __m512 dx = pair_scalar(tok.d[p][0] + b, tok.d[p][1] + b);
@@ -167,15 +171,17 @@ void q8_pair_kernel(const uint8_t* group, int nb, const PairRows& tok, const Pai
             for (int c = 0; c < 8; ++c) {
                 const __m512i xc = _mm512_permutexvar_epi32(index.idx[c], x);
                 const __m512i signed_x = _mm512_mask_sub_epi8(xc, negative[c], zero, xc);
-                // Q8_0 sums the whole block in half[0]; Q6_K keeps its two halves apart.
-                const int h = (Q == QType::Q6_K && c >= 4) ? 1 : 0;
-                half[h] = _mm512_dpbusd_epi32(half[h], w_abs[c], signed_x);
+                // Values 0-15 and 16-31 in two chains: Q6_K's two scales, and half the latency for Q8_0 as well.
+                half[c / 4] = _mm512_dpbusd_epi32(half[c / 4], w_abs[c], signed_x);
             }
             const __m512 dx = pair_scalar(tok.d[p][0] + b, tok.d[p][1] + b);
             // The AVX2 kernel's steps: acc = dot * (scale * d) + acc, per half for Q6_K.
-            acc[p] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(half[0]), _mm512_mul_ps(scale_lo, dx), acc[p]);
             if constexpr (Q == QType::Q6_K) {
+                acc[p] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(half[0]), _mm512_mul_ps(scale_lo, dx), acc[p]);
                 acc[p] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(half[1]), _mm512_mul_ps(scale_hi, dx), acc[p]);
+            } else {
+                const __m512i dot = _mm512_add_epi32(half[0], half[1]);
+                acc[p] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(scale_lo, dx), acc[p]);
             }
         }
     }
