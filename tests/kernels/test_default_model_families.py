@@ -71,5 +71,7 @@ def test_the_paris_answer_is_the_same_on_every_kernel_family(monkeypatch: pytest
     first_ids, first_logits, first_text = answers[FUSED_FAMILIES[0]]
     assert "Paris" in first_text
     for isa, (ids, logits, text) in answers.items():
-        assert torch.equal(logits, first_logits), f"{isa}: the prefill's logits differ from {FUSED_FAMILIES[0]}'s"
+        assert torch.equal(logits, first_logits), (
+            f"{isa}: the prefill's logits differ from {FUSED_FAMILIES[0]}'s"
+        )
         assert ids == first_ids, f"{isa} answered {text!r}, {FUSED_FAMILIES[0]} {first_text!r}"

@@ -81,7 +81,9 @@ def test_every_kernel_family_returns_the_scalar_bits(backend: str, qtype: str) -
             scalar = quant_matmul_prepared(x, weight, num_threads=1, backend="scalar")
             for threads in (1, 2):
                 simd = quant_matmul_prepared(x, weight, num_threads=threads, backend=backend)
-                assert torch.equal(simd, scalar), f"{backend} n={n} m={m}: {float((simd - scalar).abs().max())}"
+                assert torch.equal(simd, scalar), (
+                    f"{backend} n={n} m={m}: {float((simd - scalar).abs().max())}"
+                )
 
 
 @pytest.mark.parametrize("n, m", [(300, 9), (8, 64), (5, 40)])  # split over row groups / over tokens
