@@ -1,5 +1,5 @@
 // Portable kernels over the interleaved layout: the fallback on CPUs without AVX2, and the plain-loop
-// statement of what the SIMD kernels compute.
+// statement of what the SIMD kernels compute, down to the order of their float steps (the same bits).
 #include <cmath>
 #include <cstring>
 
@@ -103,9 +103,16 @@ void matmul_slice_scalar(const MatmulSlice& slice) {
                     int dot[2] = {0, 0};
                     for (int j = 0; j < kBlock; ++j) dot[j / 16] += row.q[j] * qx[b * kBlock + j];
                     const float dx = acts.d[static_cast<size_t>(t) * nb + b];
-                    acc += row.scale[0] * dx * static_cast<float>(dot[0]);
-                    acc += row.scale[1] * dx * static_cast<float>(dot[1]);
-                    acc += row.bias * acts.s[static_cast<size_t>(t) * nb + b];
+                    // The SIMD kernels' float steps, in their order, so every family returns the same bits.
+                    if (is_four_bit(slice.qtype)) {
+                        const float with_bias = row.bias * acts.s[static_cast<size_t>(t) * nb + b];
+                        acc += std::fma(static_cast<float>(dot[0] + dot[1]), row.scale[0] * dx, with_bias);
+                    } else if (slice.qtype == QType::Q8_0) {
+                        acc = std::fma(static_cast<float>(dot[0] + dot[1]), row.scale[0] * dx, acc);
+                    } else {  // Q6_K: one scale per 16-value half
+                        acc = std::fma(static_cast<float>(dot[0]), row.scale[0] * dx, acc);
+                        acc = std::fma(static_cast<float>(dot[1]), row.scale[1] * dx, acc);
+                    }
                 }
                 slice.y[static_cast<size_t>(t) * slice.ldy + g * kRowsPerGroup + i] = acc;
             }

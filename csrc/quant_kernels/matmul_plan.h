@@ -60,7 +60,8 @@ inline WorkPlan plan_work(int m, int n, int num_threads) {
     const int groups = row_groups(n);
     const int token_blocks = (m + kTokenBlock - 1) / kTokenBlock;
     const int wanted_chunks = std::max(1, (kItemsPerThread * num_threads + token_blocks - 1) / token_blocks);
-    const int groups_per_chunk = std::max(1, (groups + wanted_chunks - 1) / wanted_chunks);
+    // Even, so the AVX-512 kernels (two row groups per register) run no group alone except a matmul's last.
+    const int groups_per_chunk = 2 * std::max(1, (groups + 2 * wanted_chunks - 1) / (2 * wanted_chunks));
     return {m, token_blocks, (groups + groups_per_chunk - 1) / groups_per_chunk, groups_per_chunk};
 }
 

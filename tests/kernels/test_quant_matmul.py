@@ -65,15 +65,25 @@ def test_k_types_match_reference(backend: str, qtype: str, k: int) -> None:
 
 @pytest.mark.parametrize("backend", SIMD_BACKENDS or ["no-simd"])
 @pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q6_K"])
-def test_simd_and_scalar_kernels_agree(backend: str, qtype: str) -> None:
+def test_every_kernel_family_returns_the_scalar_bits(backend: str, qtype: str) -> None:
+    """Each family takes the same float steps in the same order (integer dots are exact), so a model answers the
+    same on every CPU: AVX-512 VNNI once summed in another order, no less accurate, and flipped the default model's
+    near-tie answer to "What is the capital of France?" (docs/decisions.md). Odd row-group counts (9, 3, 1) leave
+    one group to the AVX2 kernel inside the AVX-512 one; M crosses its 8-token tiles and AVX2's 4."""
     if not SIMD_BACKENDS:
         pytest.skip("no SIMD kernels on this CPU")
-    n, k = 70, 512
-    weight = prepare_weight(random_blocks(qtype, n, k, seed=7), qtype, n, k)
-    x = torch.randn(33, k)
-    simd = quant_matmul_prepared(x, weight, backend=backend)
-    scalar = quant_matmul_prepared(x, weight, backend="scalar")
-    torch.testing.assert_close(simd, scalar, rtol=1e-5, atol=1e-5 * float(scalar.abs().max()))
+    k = 768 if qtype in ("Q4_K", "Q6_K") else 800
+    for n, seed in ((70, 7), (21, 8), (5, 9)):
+        weight = prepare_weight(random_blocks(qtype, n, k, seed=seed), qtype, n, k)
+        for m in (1, 2, 3, 9, 33):
+            # Activations shaped like a decoder's: mostly small, a few large channels.
+            x = torch.randn(m, k) * torch.where(torch.rand(k) < 0.02, 8.0, 1.0)
+            scalar = quant_matmul_prepared(x, weight, num_threads=1, backend="scalar")
+            for threads in (1, 2):
+                simd = quant_matmul_prepared(x, weight, num_threads=threads, backend=backend)
+                assert torch.equal(simd, scalar), (
+                    f"{backend} n={n} m={m}: {float((simd - scalar).abs().max())}"
+                )
 
 
 @pytest.mark.parametrize("n, m", [(300, 9), (8, 64), (5, 40)])  # split over row groups / over tokens

@@ -1,8 +1,9 @@
 """Which instruction set the native kernels run on: the families this build and CPU support, and the one chosen.
 
 Every family reads the same repacked tiles, so the choice is made when a weight is prepared (at model load) and
-travels with it. `auto` takes AVX2 where the CPU has it (see AUTO_ORDER); EMBER_KERNEL_ISA names a family, so
-the AVX2 kernels can still be run and measured on an AVX-512 machine. The ids come from the extension
+travels with it. `auto` takes the fastest family the CPU has (AUTO_ORDER); EMBER_KERNEL_ISA names a family, so
+the AVX2 kernels can still be run and measured on an AVX-512 machine. Every family's matmuls return the same bits,
+so between avx2 and avx512_vnni the choice changes speed, never an answer. The ids come from the extension
 (csrc/quant_kernels/kernel_isa.h), never from a copy here."""
 
 from __future__ import annotations
@@ -12,10 +13,9 @@ from types import ModuleType
 
 ISA_ENV = "EMBER_KERNEL_ISA"
 ISA_ORDER = ("scalar", "avx2", "avx512_vnni")  # portable first
-# `auto` takes the best of these the CPU has. avx512_vnni is opt-in (EMBER_KERNEL_ISA=avx512_vnni): it is 1.5x
-# faster batched, but on the default model it flips greedy answers that AVX2 gets right ("What is the capital
-# of France?" -> "La femme de France ..."), so its rounding needs a look before it serves by default.
-AUTO_ORDER = ("scalar", "avx2")
+# `auto` takes the last of these the CPU has. AVX-512 VNNI is 1.5x faster batched than AVX2 and returns its bits
+# (once it did not, and flipped the default model's near-tie answers: docs/decisions.md).
+AUTO_ORDER = ("scalar", "avx2", "avx512_vnni")
 ISA_CHOICES = ("auto", *ISA_ORDER)
 
 
