@@ -191,7 +191,9 @@ void attend_item(const DecodeDims& d, const DecodeBatch& b, const LayerShape& sh
                       fresh == nullptr ? nullptr : fresh + token_rows};
     const float* q = qkv + static_cast<size_t>(t) * shape.qkv_width + kv_head * group * d.head_dim;
     float* partial = buf.partials.data() + static_cast<size_t>(item) * partial_floats(group, d.head_dim);
-    attend_split(q, ctx, kv_head, group, d.head_dim, d.scale, split, splits, scratch, partial);
+    AttentionIsa isa = AttentionIsa::kAvx2;
+    attention_isa_from_int(d.attention_isa, d.head_dim, &isa);
+    attend_split(isa, q, ctx, kv_head, group, d.head_dim, d.scale, split, splits, scratch, partial);
 }
 
 // Token t's attention row [q_width] from the partials of all its kv heads and splits.
