@@ -35,6 +35,12 @@ struct Avx2Floats {
     static void store(float* p, Reg v) { _mm256_storeu_ps(p, v); }
     static Reg fmadd(Reg a, Reg b, Reg c) { return _mm256_fmadd_ps(a, b, c); }
     static float hsum(Reg v) { return hsum8(v); }
+    // out[j] = the sum of v[j]'s lanes, j < 4.
+    static void hsum4(const Reg* v, float* out) {
+        const __m256 abcd = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
+        // abcd = [a0123 b0123 c0123 d0123 | a4567 b4567 c4567 d4567]
+        _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1)));
+    }
 
     // 8 stored values of a row, from value index 8 * c, as floats (q8_0: unscaled; the caller applies the scale).
     template <KVDtype T>
@@ -74,8 +80,8 @@ inline uint16_t float_to_bf16(float x) {
 
 int attention_scratch_floats(int group) { return group * kTile; }
 
-int attention_splits(int m, int num_kv_heads, int64_t longest_context, int threads) {
-    const int items = m * num_kv_heads;
+int attention_splits(int m, int64_t longest_context, int threads) {
+    const int items = m;
     const int wanted = (kItemsPerThread * threads + items - 1) / items;
     const int64_t most = std::max<int64_t>(1, longest_context / kMinSplitLen);
     return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(wanted, most)));
@@ -165,15 +171,15 @@ bool attention_isa_from_int(int id, int head_dim, AttentionIsa* out) {
     }
 }
 
-void attend_split(AttentionIsa isa, const float* q, const PagedKV& ctx, int kv_head, int group, int head_dim,
-                  float scale, int split, int splits, float* scratch, float* partial) {
+void attend_split(AttentionIsa isa, const float* q, const PagedKV& ctx, int group, int head_dim, float scale,
+                  int split, int splits, float* scratch, float* partials, int64_t head_stride) {
 #if defined(EMBER_HAVE_AVX512_VNNI)
     if (isa == AttentionIsa::kAvx512) {
-        return attend_split_avx512(q, ctx, kv_head, group, head_dim, scale, split, splits, scratch, partial);
+        return attend_split_avx512(q, ctx, group, head_dim, scale, split, splits, scratch, partials, head_stride);
     }
 #endif
     (void)isa;
-    attend_split_with<Avx2Floats>(q, ctx, kv_head, group, head_dim, scale, split, splits, scratch, partial);
+    attend_split_with<Avx2Floats>(q, ctx, group, head_dim, scale, split, splits, scratch, partials, head_stride);
 }
 
 void merge_splits(const float* partials, int splits, int group, int head_dim, float* out) {

@@ -28,6 +28,18 @@ struct Avx512Floats {
     static void store(float* p, Reg v) { _mm512_storeu_ps(p, v); }
     static Reg fmadd(Reg a, Reg b, Reg c) { return _mm512_fmadd_ps(a, b, c); }
     static float hsum(Reg v) { return _mm512_reduce_add_ps(v); }
+    // out[j] = the sum of v[j]'s lanes, j < 4: each folded to 8 lanes, then the AVX2 four-way sum.
+    static void hsum4(const Reg* v, float* out) {
+        __m256 half[4];
+        for (int j = 0; j < 4; ++j) {
+            half[j] = _mm256_add_ps(_mm512_castps512_ps256(v[j]),
+                                    _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v[j]), 1)));
+        }
+        const __m256 ab = _mm256_hadd_ps(half[0], half[1]);
+        const __m256 cd = _mm256_hadd_ps(half[2], half[3]);
+        const __m256 abcd = _mm256_hadd_ps(ab, cd);  // [a0123 b0123 c0123 d0123 | a4567 b4567 c4567 d4567]
+        _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1)));
+    }
 
     // 16 stored values of a row, from value index 16 * c, as floats (q8_0: unscaled).
     template <KVDtype T>
@@ -53,9 +65,9 @@ struct Avx512Floats {
 
 namespace ember {
 
-void attend_split_avx512(const float* q, const PagedKV& ctx, int kv_head, int group, int head_dim, float scale,
-                         int split, int splits, float* scratch, float* partial) {
-    attend_split_with<Avx512Floats>(q, ctx, kv_head, group, head_dim, scale, split, splits, scratch, partial);
+void attend_split_avx512(const float* q, const PagedKV& ctx, int group, int head_dim, float scale, int split,
+                         int splits, float* scratch, float* partials, int64_t head_stride) {
+    attend_split_with<Avx512Floats>(q, ctx, group, head_dim, scale, split, splits, scratch, partials, head_stride);
 }
 
 }  // namespace ember

@@ -3,8 +3,8 @@
 // (V = 16 floats). Everything here has internal linkage, so each file keeps its own copy compiled with its own
 // flags (an inline function shared across the two would let the linker hand AVX-512 code to an AVX2-only CPU).
 //
-// Per split, the positions go in tiles of kTile: the tile's scores for all heads of the group (each key row read
-// and converted once per pass of up to kHeadsPerPass heads), the online-softmax update (attention_tile_softmax,
+// Per split, the positions go in tiles of kTile, and per tile each kv head in turn: the tile's scores for all
+// heads of its group (each key row read and converted once per pass of up to kHeadsPerPass heads), the online-softmax update (attention_tile_softmax,
 // AVX2, shared), then the tile's value rows added into the group's accumulators. The group size, the rows per
 // score block and the value chunks per pass are compile-time constants, so every accumulator stays in a
 // register (with run-time counts the compiler kept them on the stack and each FMA went through memory).
@@ -46,18 +46,19 @@ inline const uint8_t* stored_row(const uint8_t* cache, const uint8_t* fresh, con
     return cache + (slot * ctx.num_kv_heads + kv_head) * ctx.row_bytes;
 }
 
-// Asks for the key and value rows of positions [first, first + n) ahead of their use: one kv head's rows are
-// row_bytes out of every num_kv_heads * row_bytes, across blocks wherever the block table puts them, a pattern
-// the hardware prefetchers follow poorly (without this the loads of the rows took ~85% of the attention's time).
-inline void prefetch_rows(const PagedKV& ctx, int kv_head, int first, int n) {
+// Asks for the key and value rows of positions [first, first + n) of every kv head ahead of their use: the
+// rows of a position's kv heads lie side by side, so this is one span per position and cache; the block
+// table scatters the blocks, which the hardware prefetchers do not follow.
+inline void prefetch_rows(const PagedKV& ctx, int first, int n) {
+    const int64_t span = ctx.num_kv_heads * ctx.row_bytes;
     for (int pos = first; pos < first + n; ++pos) {
-        const uint8_t* rows[2] = {stored_row(ctx.key_cache, ctx.new_keys, ctx, pos, kv_head),
-                                  stored_row(ctx.value_cache, ctx.new_values, ctx, pos, kv_head)};
+        const uint8_t* rows[2] = {stored_row(ctx.key_cache, ctx.new_keys, ctx, pos, 0),
+                                  stored_row(ctx.value_cache, ctx.new_values, ctx, pos, 0)};
         for (const uint8_t* row : rows) {
-            for (int64_t offset = 0; offset < ctx.row_bytes; offset += 64) {
+            for (int64_t offset = 0; offset < span; offset += 64) {
                 _mm_prefetch(reinterpret_cast<const char*>(row + offset), _MM_HINT_T0);
             }
-            _mm_prefetch(reinterpret_cast<const char*>(row + ctx.row_bytes - 1), _MM_HINT_T0);
+            _mm_prefetch(reinterpret_cast<const char*>(row + span - 1), _MM_HINT_T0);
         }
     }
 }
@@ -77,8 +78,15 @@ inline void score_block(const float* q, int head_dim, const uint8_t* const* keys
             for (int r = 0; r < R; ++r) acc[h][r] = V::fmadd(qh, k[r], acc[h][r]);
         }
     }
+    // Four horizontal sums at a time share their shuffles (a third of the instructions of one at a time).
+    constexpr int kSums = H * R;
+    float sums[kSums];
+    const Reg* flat = &acc[0][0];
+    int i = 0;
+    for (; i + 4 <= kSums; i += 4) V::hsum4(flat + i, sums + i);
+    for (; i < kSums; ++i) sums[i] = V::hsum(flat[i]);
     for (int h = 0; h < H; ++h)
-        for (int r = 0; r < R; ++r) scores[h * kTile + r] = V::hsum(acc[h][r]);
+        for (int r = 0; r < R; ++r) scores[h * kTile + r] = sums[h * R + r];
 }
 
 // The scores of H heads over the tile's n rows, V::kScoreRows rows at a time.
@@ -151,54 +159,64 @@ void tile_values(const float* weights, const uint8_t* const* values, int n, int 
     }
 }
 
-// The partial result (decode_attention.h) of positions [begin, end) for the group's heads.
+// The partial results (decode_attention.h) of positions [begin, end) for every kv head's group: kv head h's at
+// partials + h * head_stride. Per tile the kv heads take turns, so the tile's rows, which lie side by side for
+// the kv heads of a position, are read in address order.
 template <class V, KVDtype T>
-void attend_range(const float* q, const PagedKV& ctx, int kv_head, int group, int head_dim, float scale, int begin,
-                  int end, float* scores, float* partial) {
-    TileSoftmax state{partial, partial + group * head_dim, partial + group * head_dim + group, group, head_dim};
-    std::fill(partial, partial + group * head_dim, 0.0f);
-    std::fill(state.max, state.max + group, -INFINITY);
-    std::fill(state.sum, state.sum + group, 0.0f);
+void attend_range(const float* q, const PagedKV& ctx, int group, int head_dim, float scale, int begin, int end,
+                  float* scores, float* partials, int64_t head_stride) {
+    for (int h = 0; h < ctx.num_kv_heads; ++h) {
+        float* partial = partials + h * head_stride;
+        std::fill(partial, partial + group * head_dim, 0.0f);
+        std::fill(partial + group * head_dim, partial + group * (head_dim + 1), -INFINITY);
+        std::fill(partial + group * (head_dim + 1), partial + group * (head_dim + 2), 0.0f);
+    }
     const uint8_t* keys[kTile];
     const uint8_t* values[kTile];
     float key_scales[kTile];
     float value_scales[kTile];
-    prefetch_rows(ctx, kv_head, begin, std::min(kTile, end - begin));
+    prefetch_rows(ctx, begin, std::min(kTile, end - begin));
     for (int first = begin; first < end; first += kTile) {
         const int n = std::min(kTile, end - first);
-        if (first + kTile < end) prefetch_rows(ctx, kv_head, first + kTile, std::min(kTile, end - first - kTile));
-        for (int i = 0; i < n; ++i) {
-            keys[i] = stored_row(ctx.key_cache, ctx.new_keys, ctx, first + i, kv_head);
-            values[i] = stored_row(ctx.value_cache, ctx.new_values, ctx, first + i, kv_head);
-            key_scales[i] = scale * row_scale<T>(keys[i], head_dim);
-            value_scales[i] = row_scale<T>(values[i], head_dim);
+        if (first + kTile < end) prefetch_rows(ctx, first + kTile, std::min(kTile, end - first - kTile));
+        for (int h = 0; h < ctx.num_kv_heads; ++h) {
+            float* partial = partials + h * head_stride;
+            const TileSoftmax state{partial, partial + group * head_dim, partial + group * (head_dim + 1), group,
+                                    head_dim};
+            for (int i = 0; i < n; ++i) {
+                keys[i] = stored_row(ctx.key_cache, ctx.new_keys, ctx, first + i, h);
+                values[i] = stored_row(ctx.value_cache, ctx.new_values, ctx, first + i, h);
+                key_scales[i] = scale * row_scale<T>(keys[i], head_dim);
+                value_scales[i] = row_scale<T>(values[i], head_dim);
+            }
+            const float* qh = q + h * group * head_dim;
+            tile_scores<V, T>(qh, group, head_dim, keys, n, scores);
+            attention_tile_softmax(scores, n, key_scales, value_scales, state);
+            tile_values<V, T>(scores, values, n, group, head_dim, state.acc);
         }
-        tile_scores<V, T>(q, group, head_dim, keys, n, scores);
-        attention_tile_softmax(scores, n, key_scales, value_scales, state);
-        tile_values<V, T>(scores, values, n, group, head_dim, state.acc);
     }
 }
 
 // attend_split's body for one instruction set: the split's range, then the dtype's instantiation.
 template <class V>
-void attend_split_with(const float* q, const PagedKV& ctx, int kv_head, int group, int head_dim, float scale,
-                       int split, int splits, float* scratch, float* partial) {
+void attend_split_with(const float* q, const PagedKV& ctx, int group, int head_dim, float scale, int split,
+                       int splits, float* scratch, float* partials, int64_t head_stride) {
     const int64_t len = ctx.context_len;
     const int begin = static_cast<int>(len * split / splits);
     const int end = static_cast<int>(len * (split + 1) / splits);
     switch (ctx.dtype) {
         case KVDtype::kF32:
-            return attend_range<V, KVDtype::kF32>(q, ctx, kv_head, group, head_dim, scale, begin, end, scratch,
-                                                  partial);
+            return attend_range<V, KVDtype::kF32>(q, ctx, group, head_dim, scale, begin, end, scratch, partials,
+                                                  head_stride);
         case KVDtype::kF16:
-            return attend_range<V, KVDtype::kF16>(q, ctx, kv_head, group, head_dim, scale, begin, end, scratch,
-                                                  partial);
+            return attend_range<V, KVDtype::kF16>(q, ctx, group, head_dim, scale, begin, end, scratch, partials,
+                                                  head_stride);
         case KVDtype::kBF16:
-            return attend_range<V, KVDtype::kBF16>(q, ctx, kv_head, group, head_dim, scale, begin, end, scratch,
-                                                   partial);
+            return attend_range<V, KVDtype::kBF16>(q, ctx, group, head_dim, scale, begin, end, scratch, partials,
+                                                   head_stride);
         case KVDtype::kQ8_0:
-            return attend_range<V, KVDtype::kQ8_0>(q, ctx, kv_head, group, head_dim, scale, begin, end, scratch,
-                                                   partial);
+            return attend_range<V, KVDtype::kQ8_0>(q, ctx, group, head_dim, scale, begin, end, scratch, partials,
+                                                   head_stride);
     }
 }
 
