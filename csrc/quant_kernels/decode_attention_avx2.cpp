@@ -123,8 +123,15 @@ void attention_tile_softmax(float* scores, int n, const float* key_scales, const
                             const TileSoftmax& state) {
     for (int g = 0; g < state.group; ++g) {
         float* s = scores + g * kTile;
-        float tile_max = -INFINITY;
-        for (int i = 0; i < n; ++i) {
+        __m256 maxes = _mm256_set1_ps(-INFINITY);
+        int i = 0;
+        for (; i + 8 <= n; i += 8) {
+            const __m256 scaled = _mm256_mul_ps(_mm256_loadu_ps(s + i), _mm256_loadu_ps(key_scales + i));
+            _mm256_storeu_ps(s + i, scaled);
+            maxes = _mm256_max_ps(maxes, scaled);
+        }
+        float tile_max = hmax8(maxes);
+        for (; i < n; ++i) {
             s[i] *= key_scales[i];
             tile_max = std::max(tile_max, s[i]);
         }
@@ -141,7 +148,7 @@ void attention_tile_softmax(float* scores, int n, const float* key_scales, const
         }
         const __m256 shift = _mm256_set1_ps(new_max);
         float tile_sum = 0.0f;
-        int i = 0;
+        i = 0;
         for (; i + 8 <= n; i += 8) {
             const __m256 e = exp_ps(_mm256_sub_ps(_mm256_loadu_ps(s + i), shift));
             tile_sum += hsum8(e);
