@@ -1,9 +1,10 @@
 // Flash-decoding of new tokens over the paged KV cache, for the fused decode step: one work item is one token
-// and one split (a range of context positions), for every kv head. It reads every key and value row of its range
-// once for all the query heads of the row's group, keeps an online softmax (running max and sum), and leaves an unnormalised
-// partial result; merge_splits joins a token's splits with their log-sum-exp weights. Splitting the context lets
-// one long sequence use every thread. Runs on AVX2 + FMA + F16C (8 floats a register) or AVX-512 (16), chosen
-// per step (AttentionIsa); the bodies are one template (decode_attention_body.h).
+// and one split (a range of context positions), for every kv head. It reads every key and value row of its
+// range once for all the query heads of the row's group, keeps an online softmax (running max and sum), and
+// leaves an unnormalised partial result; merge_splits joins a token's splits with their log-sum-exp weights.
+// Splitting the context lets one long sequence use every thread. Runs on AVX2 + FMA + F16C (8 floats a
+// register) or AVX-512 (16), chosen per step (AttentionIsa); the bodies are one template
+// (decode_attention_body.h).
 #pragma once
 
 #include <cstdint>

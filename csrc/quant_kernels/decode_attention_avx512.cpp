@@ -49,7 +49,8 @@ struct Avx512Floats {
         } else if constexpr (T == KVDtype::kF16) {
             return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 32 * c)));
         } else if constexpr (T == KVDtype::kBF16) {
-            const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 32 * c)));
+            const __m256i halves = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 32 * c));
+            const __m512i wide = _mm512_cvtepu16_epi32(halves);
             return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
         } else {
             const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 16 * c));

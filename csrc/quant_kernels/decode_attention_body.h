@@ -4,10 +4,11 @@
 // flags (an inline function shared across the two would let the linker hand AVX-512 code to an AVX2-only CPU).
 //
 // Per split, the positions go in tiles of kTile, and per tile each kv head in turn: the tile's scores for all
-// heads of its group (each key row read and converted once per pass of up to kHeadsPerPass heads), the online-softmax update (attention_tile_softmax,
-// AVX2, shared), then the tile's value rows added into the group's accumulators. The group size, the rows per
-// score block and the value chunks per pass are compile-time constants, so every accumulator stays in a
-// register (with run-time counts the compiler kept them on the stack and each FMA went through memory).
+// heads of its group (each key row read and converted once per pass of up to kHeadsPerPass heads), the
+// online-softmax update (attention_tile_softmax, AVX2, shared), then the tile's value rows added into the
+// group's accumulators. The group size, the rows per score block and the value chunks per pass are
+// compile-time constants, so every accumulator stays in a register (with run-time counts the compiler kept
+// them on the stack and each FMA went through memory).
 #pragma once
 
 #include <algorithm>

@@ -194,7 +194,8 @@ void attend_item(const DecodeDims& d, const DecodeBatch& b, const LayerShape& sh
     const float* q = qkv + static_cast<size_t>(t) * shape.qkv_width;
     const int64_t per_item = partial_floats(group, d.head_dim);
     float* partials = buf.partials.data() + (static_cast<size_t>(t) * d.num_kv_heads * splits + split) * per_item;
-    attend_split(shape.attention_isa, q, ctx, group, d.head_dim, d.scale, split, splits, scratch, partials, splits * per_item);
+    attend_split(shape.attention_isa, q, ctx, group, d.head_dim, d.scale, split, splits, scratch, partials,
+                 splits * per_item);
 }
 
 // Token t's attention row [q_width] from the partials of all its kv heads and splits.
