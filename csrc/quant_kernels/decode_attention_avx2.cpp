@@ -1,10 +1,8 @@
-// AVX2 bodies of decode_attention.h. Stored rows become floats in registers as they are read (F16C for fp16,
-// a shift for bf16, int8 -> float for q8_0 with the row's scale folded into its score or its softmax weight), so
-// a compact cache costs bandwidth in proportion to its bytes and no extra pass.
-//
-// Per split, the positions go in tiles of kTile: the tile's scores for all heads of the group (each key row read
-// once), the online-softmax update, then the tile's value rows (each read once per 4 heads, from L1) added into
-// the group's accumulators.
+// The AVX2 side of decode_attention.h: the 8-float body (decode_attention_body.h over Avx2Floats), the softmax
+// step every body shares, storing rows, the split count, the merge, and the choice of instruction set. Stored
+// rows become floats in registers as they are read (F16C for fp16, a shift for bf16, int8 -> float for q8_0
+// with the row's scale folded into its score or its softmax weight), so a compact cache costs bandwidth in
+// proportion to its bytes and no extra pass.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -12,6 +10,8 @@
 #include <cstring>
 
 #include "decode_attention.h"
+#include "decode_attention_tile.h"
+#include "kernel_isa.h"
 #include "simd_avx2.h"
 #include "vector_exp_avx2.h"
 
@@ -19,169 +19,54 @@ namespace ember {
 
 namespace {
 
-constexpr int kTile = 32;             // positions per tile: 32 value rows of 64 fp32 dims stay within L1
-constexpr int kHeadsPerPass = 4;      // accumulators of 4 heads x 8 lanes, plus the value, fit in 16 registers
 constexpr int kMinSplitLen = 256;     // below this a split's fixed cost (its merge) outweighs the extra thread
 constexpr int kItemsPerThread = 8;    // dynamic scheduling evens out splits of unequal cost
 
-// 8 stored values of a row, from value index 8 * c, as floats (q8_0: unscaled; the caller applies the scale).
-template <KVDtype T>
-inline __m256 load8(const uint8_t* row, int c) {
-    if constexpr (T == KVDtype::kF32) {
-        return _mm256_loadu_ps(reinterpret_cast<const float*>(row) + 8 * c);
-    } else if constexpr (T == KVDtype::kF16) {
-        return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 16 * c)));
-    } else if constexpr (T == KVDtype::kBF16) {
-        const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 16 * c)));
-        return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
-    } else {
-        const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + 8 * c));
-        return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes));
+// 8 floats a register: the operations decode_attention_body.h is written in.
+struct Avx2Floats {
+    using Reg = __m256;
+    static constexpr int kLanes = 8;
+    static constexpr int kScoreRows = 2;    // 4 heads x 2 rows accumulators + 2 keys + q: 11 of 16 registers
+    static constexpr int kValueChunks = 2;  // 4 heads x 2 chunks accumulators + 2 values + weight: 11
+
+    static Reg zero() { return _mm256_setzero_ps(); }
+    static Reg set1(float x) { return _mm256_set1_ps(x); }
+    static Reg load(const float* p) { return _mm256_loadu_ps(p); }
+    static void store(float* p, Reg v) { _mm256_storeu_ps(p, v); }
+    static Reg fmadd(Reg a, Reg b, Reg c) { return _mm256_fmadd_ps(a, b, c); }
+    static float hsum(Reg v) { return hsum8(v); }
+    // out[j] = the sum of v[j]'s lanes, j < 4.
+    static void hsum4(const Reg* v, float* out) {
+        const __m256 abcd = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
+        // abcd = [a0123 b0123 c0123 d0123 | a4567 b4567 c4567 d4567]
+        _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1)));
     }
-}
 
-// The factor a row's stored values are multiplied by: its q8_0 scale, else 1.
-template <KVDtype T>
-inline float row_scale(const uint8_t* row, int head_dim) {
-    if constexpr (T == KVDtype::kQ8_0) {
-        float scale;
-        std::memcpy(&scale, row + head_dim, sizeof(scale));
-        return scale;
-    } else {
-        (void)row;
-        (void)head_dim;
-        return 1.0f;
+    // 8 stored values of a row, from value index 8 * c, as floats (q8_0: unscaled; the caller applies the scale).
+    template <KVDtype T>
+    static Reg load_row(const uint8_t* row, int c) {
+        if constexpr (T == KVDtype::kF32) {
+            return _mm256_loadu_ps(reinterpret_cast<const float*>(row) + 8 * c);
+        } else if constexpr (T == KVDtype::kF16) {
+            return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 16 * c)));
+        } else if constexpr (T == KVDtype::kBF16) {
+            const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 16 * c)));
+            return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
+        } else {
+            const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + 8 * c));
+            return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes));
+        }
     }
-}
-
-inline const uint8_t* stored_row(const uint8_t* cache, const uint8_t* fresh, const PagedKV& ctx, int pos,
-                                 int kv_head) {
-    if (fresh != nullptr && pos == ctx.context_len - 1) return fresh + kv_head * ctx.row_bytes;
-    const int64_t block = ctx.block_table[pos / ctx.block_size];
-    const int64_t slot = block * ctx.block_size + pos % ctx.block_size;
-    return cache + (slot * ctx.num_kv_heads + kv_head) * ctx.row_bytes;
-}
-
-struct OnlineSoftmax {
-    float* acc;  // [group, head_dim]
-    float* max;  // [group]
-    float* sum;  // [group]
 };
 
-// scores [group, kTile] of positions [first, first + n): scale * q_g . k (times the row's q8_0 scale).
-template <KVDtype T>
-void tile_scores(const float* q, int group, int head_dim, float scale, const uint8_t* const* keys, int n,
-                 float* scores) {
-    const int chunks = head_dim / 8;
-    for (int i = 0; i < n; ++i) {
-        const float row_factor = scale * row_scale<T>(keys[i], head_dim);
-        for (int g0 = 0; g0 < group; g0 += kHeadsPerPass) {
-            const int heads = std::min(kHeadsPerPass, group - g0);
-            __m256 acc[kHeadsPerPass] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
-                                         _mm256_setzero_ps()};
-            for (int c = 0; c < chunks; ++c) {
-                const __m256 k = load8<T>(keys[i], c);
-                for (int j = 0; j < heads; ++j) {
-                    acc[j] = _mm256_fmadd_ps(_mm256_loadu_ps(q + (g0 + j) * head_dim + 8 * c), k, acc[j]);
-                }
-            }
-            for (int j = 0; j < heads; ++j) scores[(g0 + j) * kTile + i] = hsum8(acc[j]) * row_factor;
-        }
-    }
-}
+}  // namespace
+}  // namespace ember
 
-// Turns the tile's scores into weights exp(s - running max), rescaling what was accumulated so far when the
-// max grows; the weights carry the value rows' q8_0 scales.
-template <KVDtype T>
-void tile_softmax(float* scores, int n, int group, int head_dim, const uint8_t* const* values,
-                  const OnlineSoftmax& state) {
-    float value_scales[kTile];
-    for (int i = 0; i < n; ++i) value_scales[i] = row_scale<T>(values[i], head_dim);
-    for (int g = 0; g < group; ++g) {
-        float* s = scores + g * kTile;
-        float tile_max = -INFINITY;
-        for (int i = 0; i < n; ++i) tile_max = std::max(tile_max, s[i]);
-        const float new_max = std::max(state.max[g], tile_max);
-        if (new_max > state.max[g]) {
-            const float shrink = state.max[g] == -INFINITY ? 0.0f : std::exp(state.max[g] - new_max);
-            state.sum[g] *= shrink;
-            const __m256 factor = _mm256_set1_ps(shrink);
-            float* acc = state.acc + g * head_dim;
-            for (int d = 0; d < head_dim; d += 8) _mm256_storeu_ps(acc + d, _mm256_mul_ps(_mm256_loadu_ps(acc + d), factor));
-            state.max[g] = new_max;
-        }
-        const __m256 shift = _mm256_set1_ps(new_max);
-        float tile_sum = 0.0f;
-        int i = 0;
-        for (; i + 8 <= n; i += 8) {
-            const __m256 e = exp_ps(_mm256_sub_ps(_mm256_loadu_ps(s + i), shift));
-            tile_sum += hsum8(e);
-            _mm256_storeu_ps(s + i, _mm256_mul_ps(e, _mm256_loadu_ps(value_scales + i)));
-        }
-        for (; i < n; ++i) {
-            const float e = std::exp(s[i] - new_max);
-            tile_sum += e;
-            s[i] = e * value_scales[i];
-        }
-        state.sum[g] += tile_sum;
-    }
-}
+#include "decode_attention_body.h"
 
-// acc[g] += sum_i weights[g, i] * v_i: per pass of kHeadsPerPass heads and 16 lanes (8 accumulators), the tile's
-// rows in order: half the passes over rows a slot apart in memory of 8 lanes at a time (the value pass at 8k context
-// measured 12-37% less CPU time, fp32 to q8_0, single-threaded on a loaded machine).
-template <KVDtype T>
-void tile_values(const float* weights, const uint8_t* const* values, int n, int group, int head_dim, float* acc) {
-    const int chunks = head_dim / 8;
-    for (int g0 = 0; g0 < group; g0 += kHeadsPerPass) {
-        const int heads = std::min(kHeadsPerPass, group - g0);
-        for (int c = 0; c < chunks; c += 2) {
-            const bool pair = c + 1 < chunks;
-            __m256 low[kHeadsPerPass], high[kHeadsPerPass];
-            for (int j = 0; j < heads; ++j) {
-                float* a = acc + (g0 + j) * head_dim + 8 * c;
-                low[j] = _mm256_loadu_ps(a);
-                high[j] = pair ? _mm256_loadu_ps(a + 8) : _mm256_setzero_ps();
-            }
-            for (int i = 0; i < n; ++i) {
-                const __m256 v_low = load8<T>(values[i], c);
-                const __m256 v_high = pair ? load8<T>(values[i], c + 1) : _mm256_setzero_ps();
-                for (int j = 0; j < heads; ++j) {
-                    const __m256 w = _mm256_set1_ps(weights[(g0 + j) * kTile + i]);
-                    low[j] = _mm256_fmadd_ps(w, v_low, low[j]);
-                    high[j] = _mm256_fmadd_ps(w, v_high, high[j]);
-                }
-            }
-            for (int j = 0; j < heads; ++j) {
-                float* a = acc + (g0 + j) * head_dim + 8 * c;
-                _mm256_storeu_ps(a, low[j]);
-                if (pair) _mm256_storeu_ps(a + 8, high[j]);
-            }
-        }
-    }
-}
+namespace ember {
 
-template <KVDtype T>
-void attend_range(const float* q, const PagedKV& ctx, int kv_head, int group, int head_dim, float scale, int begin,
-                  int end, float* scores, float* partial) {
-    const OnlineSoftmax state{partial, partial + group * head_dim, partial + group * head_dim + group};
-    std::fill(partial, partial + group * head_dim, 0.0f);
-    std::fill(state.max, state.max + group, -INFINITY);
-    std::fill(state.sum, state.sum + group, 0.0f);
-    const uint8_t* keys[kTile];
-    const uint8_t* values[kTile];
-    for (int first = begin; first < end; first += kTile) {
-        const int n = std::min(kTile, end - first);
-        for (int i = 0; i < n; ++i) {
-            keys[i] = stored_row(ctx.key_cache, ctx.new_keys, ctx, first + i, kv_head);
-            values[i] = stored_row(ctx.value_cache, ctx.new_values, ctx, first + i, kv_head);
-        }
-
-        tile_scores<T>(q, group, head_dim, scale, keys, n, scores);
-        tile_softmax<T>(scores, n, group, head_dim, values, state);
-        tile_values<T>(scores, values, n, group, head_dim, state.acc);
-    }
-}
+namespace {
 
 inline uint16_t float_to_bf16(float x) {
     uint32_t bits;
@@ -195,8 +80,8 @@ inline uint16_t float_to_bf16(float x) {
 
 int attention_scratch_floats(int group) { return group * kTile; }
 
-int attention_splits(int m, int num_kv_heads, int64_t longest_context, int threads) {
-    const int items = m * num_kv_heads;
+int attention_splits(int m, int64_t longest_context, int threads) {
+    const int items = m;
     const int wanted = (kItemsPerThread * threads + items - 1) / items;
     const int64_t most = std::max<int64_t>(1, longest_context / kMinSplitLen);
     return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(wanted, most)));
@@ -234,21 +119,74 @@ void store_kv_row(const float* x, KVDtype dtype, int head_dim, uint8_t* dst) {
     }
 }
 
-void attend_split(const float* q, const PagedKV& ctx, int kv_head, int group, int head_dim, float scale, int split,
-                  int splits, float* scratch, float* partial) {
-    const int64_t len = ctx.context_len;
-    const int begin = static_cast<int>(len * split / splits);
-    const int end = static_cast<int>(len * (split + 1) / splits);
-    switch (ctx.dtype) {
-        case KVDtype::kF32:
-            return attend_range<KVDtype::kF32>(q, ctx, kv_head, group, head_dim, scale, begin, end, scratch, partial);
-        case KVDtype::kF16:
-            return attend_range<KVDtype::kF16>(q, ctx, kv_head, group, head_dim, scale, begin, end, scratch, partial);
-        case KVDtype::kBF16:
-            return attend_range<KVDtype::kBF16>(q, ctx, kv_head, group, head_dim, scale, begin, end, scratch, partial);
-        case KVDtype::kQ8_0:
-            return attend_range<KVDtype::kQ8_0>(q, ctx, kv_head, group, head_dim, scale, begin, end, scratch, partial);
+void attention_tile_softmax(float* scores, int n, const float* key_scales, const float* value_scales,
+                            const TileSoftmax& state) {
+    for (int g = 0; g < state.group; ++g) {
+        float* s = scores + g * kTile;
+        __m256 maxes = _mm256_set1_ps(-INFINITY);
+        int i = 0;
+        for (; i + 8 <= n; i += 8) {
+            const __m256 scaled = _mm256_mul_ps(_mm256_loadu_ps(s + i), _mm256_loadu_ps(key_scales + i));
+            _mm256_storeu_ps(s + i, scaled);
+            maxes = _mm256_max_ps(maxes, scaled);
+        }
+        float tile_max = hmax8(maxes);
+        for (; i < n; ++i) {
+            s[i] *= key_scales[i];
+            tile_max = std::max(tile_max, s[i]);
+        }
+        const float new_max = std::max(state.max[g], tile_max);
+        if (new_max > state.max[g]) {
+            const float shrink = state.max[g] == -INFINITY ? 0.0f : std::exp(state.max[g] - new_max);
+            state.sum[g] *= shrink;
+            const __m256 factor = _mm256_set1_ps(shrink);
+            float* acc = state.acc + g * state.head_dim;
+            for (int d = 0; d < state.head_dim; d += 8) {
+                _mm256_storeu_ps(acc + d, _mm256_mul_ps(_mm256_loadu_ps(acc + d), factor));
+            }
+            state.max[g] = new_max;
+        }
+        const __m256 shift = _mm256_set1_ps(new_max);
+        float tile_sum = 0.0f;
+        i = 0;
+        for (; i + 8 <= n; i += 8) {
+            const __m256 e = exp_ps(_mm256_sub_ps(_mm256_loadu_ps(s + i), shift));
+            tile_sum += hsum8(e);
+            _mm256_storeu_ps(s + i, _mm256_mul_ps(e, _mm256_loadu_ps(value_scales + i)));
+        }
+        for (; i < n; ++i) {
+            const float e = std::exp(s[i] - new_max);
+            tile_sum += e;
+            s[i] = e * value_scales[i];
+        }
+        state.sum[g] += tile_sum;
     }
+}
+
+bool attention_isa_from_int(int id, int head_dim, AttentionIsa* out) {
+#if defined(EMBER_HAVE_AVX512_VNNI)
+    // The AVX-512 body is built with the AVX-512 VNNI file's flags, so it needs what that family needs.
+    const bool avx512 = cpu_supports(Isa::Avx512Vnni) && head_dim % 16 == 0;
+#else
+    const bool avx512 = false;
+#endif
+    switch (id) {
+        case 0: *out = avx512 ? AttentionIsa::kAvx512 : AttentionIsa::kAvx2; return true;
+        case static_cast<int>(AttentionIsa::kAvx2): *out = AttentionIsa::kAvx2; return true;
+        case static_cast<int>(AttentionIsa::kAvx512): *out = AttentionIsa::kAvx512; return avx512;
+        default: return false;
+    }
+}
+
+void attend_split(AttentionIsa isa, const float* q, const PagedKV& ctx, int group, int head_dim, float scale,
+                  int split, int splits, float* scratch, float* partials, int64_t head_stride) {
+#if defined(EMBER_HAVE_AVX512_VNNI)
+    if (isa == AttentionIsa::kAvx512) {
+        return attend_split_avx512(q, ctx, group, head_dim, scale, split, splits, scratch, partials, head_stride);
+    }
+#endif
+    (void)isa;
+    attend_split_with<Avx2Floats>(q, ctx, group, head_dim, scale, split, splits, scratch, partials, head_stride);
 }
 
 void merge_splits(const float* partials, int splits, int group, int head_dim, float* out) {

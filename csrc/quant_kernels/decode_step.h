@@ -54,6 +54,7 @@ struct DecodeDims {
     float eps;
     float scale;  // attention softmax scale
     int matmul_isa = 1;  // Isa id (kernel_isa.h) of the projections' matmuls, checked by the caller; 1 = AVX2
+    int attention_isa = 0;  // AttentionIsa id (decode_attention.h), checked by the caller; 0 = the best here
 };
 
 // m new tokens, each a row with its own context (its block table row and length, itself included): one token

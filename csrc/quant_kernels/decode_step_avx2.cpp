@@ -152,6 +152,7 @@ struct LayerShape {
     int64_t row_bytes;  // one stored head row
     uint8_t* key_cache;
     uint8_t* value_cache;
+    AttentionIsa attention_isa = AttentionIsa::kAvx2;
 
     LayerShape(const DecodeDims& d, const DecodeBatch& b, int index)
         : q_width(d.num_heads * d.head_dim),
@@ -159,7 +160,9 @@ struct LayerShape {
           dtype(static_cast<KVDtype>(b.kv_dtype)),
           row_bytes(kv_row_bytes(dtype, d.head_dim)),
           key_cache(ptr<uint8_t>(b.kv_caches[2 * index])),
-          value_cache(ptr<uint8_t>(b.kv_caches[2 * index + 1])) {}
+          value_cache(ptr<uint8_t>(b.kv_caches[2 * index + 1])) {
+        attention_isa_from_int(d.attention_isa, d.head_dim, &attention_isa);  // checked by the caller
+    }
 
     // Where token t's rows of every kv head go in a cache.
     uint8_t* slot_rows(uint8_t* cache, const DecodeDims& d, const DecodeBatch& b, int t) const {
@@ -167,16 +170,15 @@ struct LayerShape {
     }
 };
 
-// Work item `item` of a layer's attention: token t, kv head h and split `split` of its context, for the query
-// heads of h, q from token t's finished q|k|v row; the partial result goes to its place in buf.partials. With
-// `fresh_kv` ([m, 2, num_kv_heads, row_bytes]), the new token's key and value come from there rather than from
-// the cache slot being written meanwhile.
+// Work item `item` of a layer's attention: token t and split `split` of its context, for every kv head and its
+// query heads, q from token t's finished q|k|v row; the partial results go to their places in buf.partials.
+// With `fresh_kv` ([m, 2, num_kv_heads, row_bytes]), the new token's key and value come from there rather than
+// from the cache slot being written meanwhile.
 void attend_item(const DecodeDims& d, const DecodeBatch& b, const LayerShape& shape, const float* qkv, int item,
                  int splits, const uint8_t* fresh_kv, float* scratch, StepBuffers& buf) {
     const int group = d.num_heads / d.num_kv_heads;
     const int split = item % splits;
-    const int kv_head = item / splits % d.num_kv_heads;
-    const int t = item / splits / d.num_kv_heads;
+    const int t = item / splits;
     const int64_t token_rows = static_cast<int64_t>(d.num_kv_heads) * shape.row_bytes;
     const uint8_t* fresh = fresh_kv == nullptr ? nullptr : fresh_kv + 2 * t * token_rows;
     const PagedKV ctx{shape.key_cache,
@@ -189,9 +191,11 @@ void attend_item(const DecodeDims& d, const DecodeBatch& b, const LayerShape& sh
                       static_cast<int>(b.context_lens[t]),
                       fresh,
                       fresh == nullptr ? nullptr : fresh + token_rows};
-    const float* q = qkv + static_cast<size_t>(t) * shape.qkv_width + kv_head * group * d.head_dim;
-    float* partial = buf.partials.data() + static_cast<size_t>(item) * partial_floats(group, d.head_dim);
-    attend_split(q, ctx, kv_head, group, d.head_dim, d.scale, split, splits, scratch, partial);
+    const float* q = qkv + static_cast<size_t>(t) * shape.qkv_width;
+    const int64_t per_item = partial_floats(group, d.head_dim);
+    float* partials = buf.partials.data() + (static_cast<size_t>(t) * d.num_kv_heads * splits + split) * per_item;
+    attend_split(shape.attention_isa, q, ctx, group, d.head_dim, d.scale, split, splits, scratch, partials,
+                 splits * per_item);
 }
 
 // Token t's attention row [q_width] from the partials of all its kv heads and splits.
@@ -266,7 +270,7 @@ void run_layer_shared(const LayerTable& layer, int index, const DecodeDims& d, c
                        shape.slot_rows(shape.value_cache, d, b, t));
     }
 #pragma omp for schedule(dynamic, 1)
-    for (int item = 0; item < m * d.num_kv_heads * splits; ++item) {
+    for (int item = 0; item < m * splits; ++item) {
         attend_item(d, b, shape, buf.qkv.data(), item, splits, nullptr, own.scores.data(), buf);
     }
 #pragma omp for schedule(static)
@@ -328,7 +332,7 @@ void run_layer_own_rows(const LayerTable& layer, int index, const DecodeDims& d,
         }
     }
 #pragma omp for schedule(dynamic, 1)
-    for (int item = 0; item < m * d.num_kv_heads * splits; ++item) {
+    for (int item = 0; item < m * splits; ++item) {
         attend_item(d, b, shape, own.qkv.data(), item, splits, own.fresh_kv.data(), own.scores.data(), buf);
     }
     for (int t = 0; t < m; ++t) {
@@ -415,7 +419,7 @@ bool rows_read_each_other(const DecodeDims& d, const DecodeBatch& b) {
 void decode_step_avx2(const LayerTable* layers, const DecodeDims& d, const DecodeBatch& b, int num_threads) {
     int64_t longest = 1;
     for (int t = 0; t < b.m; ++t) longest = std::max(longest, b.context_lens[t]);
-    const int splits = attention_splits(b.m, d.num_kv_heads, longest, num_threads);
+    const int splits = attention_splits(b.m, longest, num_threads);
     StepBuffers buf(d, b.m, splits);
     const bool own_rows = num_threads > 1 && b.m <= kOwnRowsTokens && !rows_read_each_other(d, b);
     std::unique_ptr<LoraStep> lora;

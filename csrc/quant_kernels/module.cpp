@@ -8,11 +8,14 @@
 #include <algorithm>
 #include <memory>
 #include <new>
+#include <utility>
 
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 
+#include "decode_attention.h"
+#include "decode_attention_batch.h"
 #include "decode_lora.h"
 #include "decode_step.h"
 #include "kernel_isa.h"
@@ -93,6 +96,70 @@ PyObject* py_isas(PyObject*, PyObject*) {
     return isas;
 }
 
+// {name: id} of the instruction sets the fused step's attention runs on here (for a head_dim a multiple of 16;
+// AVX-512 needs that), portable first; {} without the AVX2 build.
+PyObject* py_attention_isas(PyObject*, PyObject*) {
+    PyObject* isas = PyDict_New();
+#if defined(EMBER_HAVE_AVX2)
+    const std::pair<const char*, AttentionIsa> known[] = {{"avx2", AttentionIsa::kAvx2},
+                                                          {"avx512", AttentionIsa::kAvx512}};
+    for (const auto& [name, isa] : known) {
+        AttentionIsa resolved;
+        if (isas == nullptr || !cpu_has_avx2() || !attention_isa_from_int(static_cast<int>(isa), 16, &resolved)) {
+            continue;
+        }
+        if (!set_item(isas, name, PyLong_FromLong(static_cast<int>(isa)))) Py_CLEAR(isas);
+    }
+#endif
+    return isas;
+}
+
+// decode_attention(m, num_heads, num_kv_heads, head_dim, scale, q, key_cache, value_cache, block_tables,
+// block_table_stride, context_lens, block_size, kv_dtype, out, attention_isa, num_threads, splits): the fused
+// step's attention phase alone (decode_attention_batch.h), pointers as ints; the caller
+// (ember.kernels.decode_attention) has checked the tensors behind them.
+PyObject* py_decode_attention(PyObject*, PyObject* args) {
+#if defined(EMBER_HAVE_AVX2)
+    AttentionBatch b{};
+    unsigned long long q, keys, values, tables, lens, out;
+    long long stride;
+    int dtype_id, isa_id, num_threads, splits;
+    if (!PyArg_ParseTuple(args, "iiiifKKKKLKiiKiii", &b.m, &b.num_heads, &b.num_kv_heads, &b.head_dim, &b.scale, &q,
+                          &keys, &values, &tables, &stride, &lens, &b.block_size, &dtype_id, &out, &isa_id,
+                          &num_threads, &splits)) {
+        return nullptr;
+    }
+    AttentionIsa isa;
+    if (b.m < 1 || b.num_kv_heads < 1 || b.num_heads % b.num_kv_heads != 0 || b.head_dim < 8 ||
+        b.head_dim % 8 != 0 || b.block_size < 1 || num_threads < 1 || !kv_dtype_from_int(dtype_id, &b.dtype) ||
+        !cpu_has_avx2() || !attention_isa_from_int(isa_id, b.head_dim, &isa)) {
+        PyErr_SetString(PyExc_ValueError, "decode_attention: bad dimensions, KV dtype or instruction set");
+        return nullptr;
+    }
+    b.q = reinterpret_cast<const float*>(q);
+    b.key_cache = reinterpret_cast<const uint8_t*>(keys);
+    b.value_cache = reinterpret_cast<const uint8_t*>(values);
+    b.block_tables = reinterpret_cast<const int64_t*>(tables);
+    b.block_table_stride = stride;
+    b.context_lens = reinterpret_cast<const int64_t*>(lens);
+    b.out = reinterpret_cast<float*>(out);
+    bool failed = false;
+    Py_BEGIN_ALLOW_THREADS
+    try {
+        decode_attention_batch(b, isa, num_threads, splits);
+    } catch (const std::bad_alloc&) {
+        failed = true;
+    }
+    Py_END_ALLOW_THREADS
+    if (failed) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+#else
+    (void)args;
+    PyErr_SetString(PyExc_ValueError, "this build has no AVX2 kernels, so no decode attention");
+    return nullptr;
+#endif
+}
+
 // An Isa id from Python that this build and CPU can run; false with a ValueError set otherwise.
 bool parse_isa(int value, Isa* out) {
     if (!isa_from_int(value, out)) {
@@ -159,7 +226,8 @@ PyObject* py_matmul(PyObject*, PyObject* args) {
 // head_dim, intermediate, block_size, eps, scale); batch = (m, x, out, final_norm, cos, sin, slots,
 // block_tables, block_table_stride, context_lens, kv_caches, num_cache_blocks, kv_dtype) with every pointer an
 // int and kv_dtype a KVDtype id (kv_format.h); then optionally the Isa id of the projections' matmuls (default
-// AVX2) and lora = None or (num_adapters, adapter tables, row adapters) of decode_lora.h.
+// AVX2), lora = None or (num_adapters, adapter tables, row adapters) of decode_lora.h, and the AttentionIsa id
+// of the attention (decode_attention.h; default 0, the best this CPU runs).
 PyObject* py_decode_step(PyObject*, PyObject* args) {
     unsigned long long layers_ptr;
     DecodeDims d{};
@@ -167,11 +235,11 @@ PyObject* py_decode_step(PyObject*, PyObject* args) {
     long long stride, num_cache_blocks;
     int m, num_threads, kv_dtype;
     PyObject* lora_args = Py_None;
-    if (!PyArg_ParseTuple(args, "K(iiiiiiiff)(iKKKKKKKLKKLi)i|iO", &layers_ptr, &d.num_layers, &d.hidden, &d.num_heads,
+    if (!PyArg_ParseTuple(args, "K(iiiiiiiff)(iKKKKKKKLKKLi)i|iOi", &layers_ptr, &d.num_layers, &d.hidden, &d.num_heads,
                           &d.num_kv_heads, &d.head_dim, &d.intermediate, &d.block_size, &d.eps, &d.scale, &m, &x,
                           &out, &final_norm, &cos, &sin, &slots, &block_tables, &stride, &context_lens, &kv_caches,
                           &num_cache_blocks, &kv_dtype,
-                          &num_threads, &d.matmul_isa, &lora_args)) {
+                          &num_threads, &d.matmul_isa, &lora_args, &d.attention_isa)) {
         return nullptr;
     }
     DecodeLora lora{};
@@ -191,6 +259,12 @@ PyObject* py_decode_step(PyObject*, PyObject* args) {
     if (!parse_isa(d.matmul_isa, &matmul_isa)) return nullptr;
     if (matmul_isa == Isa::Scalar) {
         PyErr_SetString(PyExc_ValueError, "the fused decode step runs its matmuls on avx2 or avx512_vnni, not scalar");
+        return nullptr;
+    }
+    AttentionIsa attention_isa;
+    if (!attention_isa_from_int(d.attention_isa, d.head_dim, &attention_isa)) {
+        PyErr_Format(PyExc_ValueError, "attention instruction set id %d is unknown, or this CPU, build or head_dim %d "
+                     "cannot run it", d.attention_isa, d.head_dim);
         return nullptr;
     }
     const auto* layers = reinterpret_cast<const LayerTable*>(layers_ptr);
@@ -283,6 +357,10 @@ PyMethodDef kMethods[] = {
     {"decode_table_fields", py_decode_table_fields, METH_NOARGS, "int64 fields of one layer's table"},
     {"layout", py_layout, METH_NOARGS, "layout() -> the quantization type ids, block and tile sizes of the kernels"},
     {"simd_level", py_simd_level, METH_NOARGS, "'avx2' when the AVX2+FMA+F16C kernels can run here, else 'scalar'."},
+    {"decode_attention", py_decode_attention, METH_VARARGS,
+     "decode_attention(...): the fused step's attention over the paged cache alone (ember.kernels.decode_attention)"},
+    {"attention_isas", py_attention_isas, METH_NOARGS,
+     "attention_isas() -> {name: id} of the sets the fused step's attention runs on here, portable first"},
     {"isas", py_isas, METH_NOARGS, "isas() -> {name: id} of the kernel families this build and CPU run, portable first"},
     {"repacked_nbytes", py_repacked_nbytes, METH_VARARGS, "repacked_nbytes(qtype_id, n, k) -> bytes of the layout"},
     {"repack", py_repack, METH_VARARGS, "repack(qtype_id, raw_ptr, n, k, packed_ptr): GGUF rows -> interleaved"},

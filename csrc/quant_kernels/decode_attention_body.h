@@ -1,0 +1,225 @@
+// The body of the flash-decoding split (decode_attention.h), written once over a SIMD width `V` and included by
+// the file of each instruction set: decode_attention_avx2.cpp (V = 8 floats) and decode_attention_avx512.cpp
+// (V = 16 floats). Everything here has internal linkage, so each file keeps its own copy compiled with its own
+// flags (an inline function shared across the two would let the linker hand AVX-512 code to an AVX2-only CPU).
+//
+// Per split, the positions go in tiles of kTile, and per tile each kv head in turn: the tile's scores for all
+// heads of its group (each key row read and converted once per pass of up to kHeadsPerPass heads), the
+// online-softmax update (attention_tile_softmax, AVX2, shared), then the tile's value rows added into the
+// group's accumulators. The group size, the rows per score block and the value chunks per pass are
+// compile-time constants, so every accumulator stays in a register (with run-time counts the compiler kept
+// them on the stack and each FMA went through memory).
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include <immintrin.h>
+
+#include "decode_attention.h"
+#include "decode_attention_tile.h"
+
+namespace ember {
+namespace {
+
+constexpr int kHeadsPerPass = 4;  // query heads whose accumulators one pass keeps in registers
+
+// The factor a row's stored values are multiplied by: its q8_0 scale, else 1.
+template <KVDtype T>
+inline float row_scale(const uint8_t* row, int head_dim) {
+    if constexpr (T == KVDtype::kQ8_0) {
+        float scale;
+        std::memcpy(&scale, row + head_dim, sizeof(scale));
+        return scale;
+    } else {
+        (void)row;
+        (void)head_dim;
+        return 1.0f;
+    }
+}
+
+inline const uint8_t* stored_row(const uint8_t* cache, const uint8_t* fresh, const PagedKV& ctx, int pos,
+                                 int kv_head) {
+    if (fresh != nullptr && pos == ctx.context_len - 1) return fresh + kv_head * ctx.row_bytes;
+    const int64_t block = ctx.block_table[pos / ctx.block_size];
+    const int64_t slot = block * ctx.block_size + pos % ctx.block_size;
+    return cache + (slot * ctx.num_kv_heads + kv_head) * ctx.row_bytes;
+}
+
+// Asks for the key and value rows of positions [first, first + n) of every kv head ahead of their use: the
+// rows of a position's kv heads lie side by side, so this is one span per position and cache; the block
+// table scatters the blocks, which the hardware prefetchers do not follow.
+inline void prefetch_rows(const PagedKV& ctx, int first, int n) {
+    const int64_t span = ctx.num_kv_heads * ctx.row_bytes;
+    for (int pos = first; pos < first + n; ++pos) {
+        const uint8_t* rows[2] = {stored_row(ctx.key_cache, ctx.new_keys, ctx, pos, 0),
+                                  stored_row(ctx.value_cache, ctx.new_values, ctx, pos, 0)};
+        for (const uint8_t* row : rows) {
+            for (int64_t offset = 0; offset < span; offset += 64) {
+                _mm_prefetch(reinterpret_cast<const char*>(row + offset), _MM_HINT_T0);
+            }
+            _mm_prefetch(reinterpret_cast<const char*>(row + span - 1), _MM_HINT_T0);
+        }
+    }
+}
+
+// scores[h * kTile + r] = q_h . k_r (unscaled) for H heads q [H, head_dim] and R key rows.
+template <class V, KVDtype T, int H, int R>
+inline void score_block(const float* q, int head_dim, const uint8_t* const* keys, float* scores) {
+    using Reg = typename V::Reg;
+    Reg acc[H][R];
+    for (int h = 0; h < H; ++h)
+        for (int r = 0; r < R; ++r) acc[h][r] = V::zero();
+    for (int c = 0; c < head_dim / V::kLanes; ++c) {
+        Reg k[R];
+        for (int r = 0; r < R; ++r) k[r] = V::template load_row<T>(keys[r], c);
+        for (int h = 0; h < H; ++h) {
+            const Reg qh = V::load(q + h * head_dim + c * V::kLanes);
+            for (int r = 0; r < R; ++r) acc[h][r] = V::fmadd(qh, k[r], acc[h][r]);
+        }
+    }
+    // Four horizontal sums at a time share their shuffles (a third of the instructions of one at a time).
+    constexpr int kSums = H * R;
+    float sums[kSums];
+    const Reg* flat = &acc[0][0];
+    int i = 0;
+    for (; i + 4 <= kSums; i += 4) V::hsum4(flat + i, sums + i);
+    for (; i < kSums; ++i) sums[i] = V::hsum(flat[i]);
+    for (int h = 0; h < H; ++h)
+        for (int r = 0; r < R; ++r) scores[h * kTile + r] = sums[h * R + r];
+}
+
+// The scores of H heads over the tile's n rows, V::kScoreRows rows at a time.
+template <class V, KVDtype T, int H>
+void score_heads(const float* q, int head_dim, const uint8_t* const* keys, int n, float* scores) {
+    int i = 0;
+    for (; i + V::kScoreRows <= n; i += V::kScoreRows) {
+        score_block<V, T, H, V::kScoreRows>(q, head_dim, keys + i, scores + i);
+    }
+    for (; i < n; ++i) score_block<V, T, H, 1>(q, head_dim, keys + i, scores + i);
+}
+
+// acc[h, chunks c0 .. c0 + C) += sum_i weights[h, i] * v_i for H heads: the chunks' accumulators stay in
+// registers while the tile's rows stream past (from L1 after the first pass).
+template <class V, KVDtype T, int H, int C>
+inline void value_block(const float* weights, const uint8_t* const* values, int n, int head_dim, int c0,
+                        float* acc) {
+    using Reg = typename V::Reg;
+    Reg a[H][C];
+    for (int h = 0; h < H; ++h)
+        for (int j = 0; j < C; ++j) a[h][j] = V::load(acc + h * head_dim + (c0 + j) * V::kLanes);
+    for (int i = 0; i < n; ++i) {
+        Reg v[C];
+        for (int j = 0; j < C; ++j) v[j] = V::template load_row<T>(values[i], c0 + j);
+        for (int h = 0; h < H; ++h) {
+            const Reg w = V::set1(weights[h * kTile + i]);
+            for (int j = 0; j < C; ++j) a[h][j] = V::fmadd(w, v[j], a[h][j]);
+        }
+    }
+    for (int h = 0; h < H; ++h)
+        for (int j = 0; j < C; ++j) V::store(acc + h * head_dim + (c0 + j) * V::kLanes, a[h][j]);
+}
+
+template <class V, KVDtype T, int H>
+void value_heads(const float* weights, const uint8_t* const* values, int n, int head_dim, float* acc) {
+    const int chunks = head_dim / V::kLanes;
+    int c = 0;
+    for (; c + V::kValueChunks <= chunks; c += V::kValueChunks) {
+        value_block<V, T, H, V::kValueChunks>(weights, values, n, head_dim, c, acc);
+    }
+    for (; c < chunks; ++c) value_block<V, T, H, 1>(weights, values, n, head_dim, c, acc);
+}
+
+// The group's heads in passes of kHeadsPerPass, each pass with its head count as a compile-time constant.
+template <class V, KVDtype T>
+void tile_scores(const float* q, int group, int head_dim, const uint8_t* const* keys, int n, float* scores) {
+    for (int g0 = 0; g0 < group; g0 += kHeadsPerPass) {
+        const float* qg = q + g0 * head_dim;
+        float* sg = scores + g0 * kTile;
+        switch (std::min(kHeadsPerPass, group - g0)) {
+            case 1: score_heads<V, T, 1>(qg, head_dim, keys, n, sg); break;
+            case 2: score_heads<V, T, 2>(qg, head_dim, keys, n, sg); break;
+            case 3: score_heads<V, T, 3>(qg, head_dim, keys, n, sg); break;
+            default: score_heads<V, T, 4>(qg, head_dim, keys, n, sg); break;
+        }
+    }
+}
+
+template <class V, KVDtype T>
+void tile_values(const float* weights, const uint8_t* const* values, int n, int group, int head_dim, float* acc) {
+    for (int g0 = 0; g0 < group; g0 += kHeadsPerPass) {
+        const float* wg = weights + g0 * kTile;
+        float* ag = acc + g0 * head_dim;
+        switch (std::min(kHeadsPerPass, group - g0)) {
+            case 1: value_heads<V, T, 1>(wg, values, n, head_dim, ag); break;
+            case 2: value_heads<V, T, 2>(wg, values, n, head_dim, ag); break;
+            case 3: value_heads<V, T, 3>(wg, values, n, head_dim, ag); break;
+            default: value_heads<V, T, 4>(wg, values, n, head_dim, ag); break;
+        }
+    }
+}
+
+// The partial results (decode_attention.h) of positions [begin, end) for every kv head's group: kv head h's at
+// partials + h * head_stride. Per tile the kv heads take turns, so the tile's rows, which lie side by side for
+// the kv heads of a position, are read in address order.
+template <class V, KVDtype T>
+void attend_range(const float* q, const PagedKV& ctx, int group, int head_dim, float scale, int begin, int end,
+                  float* scores, float* partials, int64_t head_stride) {
+    for (int h = 0; h < ctx.num_kv_heads; ++h) {
+        float* partial = partials + h * head_stride;
+        std::fill(partial, partial + group * head_dim, 0.0f);
+        std::fill(partial + group * head_dim, partial + group * (head_dim + 1), -INFINITY);
+        std::fill(partial + group * (head_dim + 1), partial + group * (head_dim + 2), 0.0f);
+    }
+    const uint8_t* keys[kTile];
+    const uint8_t* values[kTile];
+    float key_scales[kTile];
+    float value_scales[kTile];
+    prefetch_rows(ctx, begin, std::min(kTile, end - begin));
+    for (int first = begin; first < end; first += kTile) {
+        const int n = std::min(kTile, end - first);
+        if (first + kTile < end) prefetch_rows(ctx, first + kTile, std::min(kTile, end - first - kTile));
+        for (int h = 0; h < ctx.num_kv_heads; ++h) {
+            float* partial = partials + h * head_stride;
+            const TileSoftmax state{partial, partial + group * head_dim, partial + group * (head_dim + 1), group,
+                                    head_dim};
+            for (int i = 0; i < n; ++i) {
+                keys[i] = stored_row(ctx.key_cache, ctx.new_keys, ctx, first + i, h);
+                values[i] = stored_row(ctx.value_cache, ctx.new_values, ctx, first + i, h);
+                key_scales[i] = scale * row_scale<T>(keys[i], head_dim);
+                value_scales[i] = row_scale<T>(values[i], head_dim);
+            }
+            const float* qh = q + h * group * head_dim;
+            tile_scores<V, T>(qh, group, head_dim, keys, n, scores);
+            attention_tile_softmax(scores, n, key_scales, value_scales, state);
+            tile_values<V, T>(scores, values, n, group, head_dim, state.acc);
+        }
+    }
+}
+
+// attend_split's body for one instruction set: the split's range, then the dtype's instantiation.
+template <class V>
+void attend_split_with(const float* q, const PagedKV& ctx, int group, int head_dim, float scale, int split,
+                       int splits, float* scratch, float* partials, int64_t head_stride) {
+    const int64_t len = ctx.context_len;
+    const int begin = static_cast<int>(len * split / splits);
+    const int end = static_cast<int>(len * (split + 1) / splits);
+    switch (ctx.dtype) {
+        case KVDtype::kF32:
+            return attend_range<V, KVDtype::kF32>(q, ctx, group, head_dim, scale, begin, end, scratch, partials,
+                                                  head_stride);
+        case KVDtype::kF16:
+            return attend_range<V, KVDtype::kF16>(q, ctx, group, head_dim, scale, begin, end, scratch, partials,
+                                                  head_stride);
+        case KVDtype::kBF16:
+            return attend_range<V, KVDtype::kBF16>(q, ctx, group, head_dim, scale, begin, end, scratch, partials,
+                                                   head_stride);
+        case KVDtype::kQ8_0:
+            return attend_range<V, KVDtype::kQ8_0>(q, ctx, group, head_dim, scale, begin, end, scratch, partials,
+                                                   head_stride);
+    }
+}
+
+}  // namespace
+}  // namespace ember
