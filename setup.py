@@ -26,12 +26,13 @@ AVX2_SOURCES = [
         "decode_step_avx2.cpp",
         "decode_attention_avx2.cpp",
         "decode_lora_avx2.cpp",
+        "prefill_attention_avx2.cpp",
     )
 ]
 COMMON_FLAGS = ["-O3", "-std=c++17", "-fno-math-errno"]
 AVX2_FLAGS = ["-mavx2", "-mfma", "-mf16c"]
 # The AVX-512 VNNI matmuls (vpdpbusd) alone get these; module.cpp dispatches to them after a run-time CPU check.
-AVX512_VNNI_SOURCES = [str(SOURCE_DIR / "kernels_avx512_vnni.cpp")]
+AVX512_VNNI_SOURCES = [str(SOURCE_DIR / "kernels_avx512_vnni.cpp"), str(SOURCE_DIR / "prefill_attention_avx512.cpp")]
 AVX512_VNNI_FLAGS = AVX2_FLAGS + ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni"]
 
 
@@ -89,6 +90,7 @@ setup(
                 str(SOURCE_DIR / "module.cpp"),
                 str(SOURCE_DIR / "repack.cpp"),
                 str(SOURCE_DIR / "kernels_scalar.cpp"),
+                str(SOURCE_DIR / "prefill_attention_check.cpp"),
             ],
             include_dirs=[str(SOURCE_DIR)],
             depends=[str(p) for p in SOURCE_DIR.glob("*")],
