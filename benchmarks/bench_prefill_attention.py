@@ -65,7 +65,9 @@ def median_seconds(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--contexts", default="1024,4096,8192")
     parser.add_argument("--dtype", default="fp16", help="KV cache dtype: fp32, fp16, bf16, q8_0")
@@ -75,11 +77,15 @@ def main() -> None:
     backends = {"torch reference": TorchAttentionBackend(native_prefill=None)}
     for isa in prefill_isas_here():
         backends[f"native {isa}"] = TorchAttentionBackend(native_prefill=NativePrefillAttention(isa))
-    print(f"CPU: {cpu_description(lscpu_fields())}; {threads} threads; KV {args.dtype}; "
-          f"load average before: {Path('/proc/loadavg').read_text().split()[0]}")
+    print(
+        f"CPU: {cpu_description(lscpu_fields())}; {threads} threads; KV {args.dtype}; "
+        f"load average before: {Path('/proc/loadavg').read_text().split()[0]}"
+    )
     one = threads == 1
     cpu_header = f" {'CPU ms':>8} {'GFLOP/s CPU':>12} {'vs torch':>9}" if one else ""
-    print(f"{'context':>8} {'path':<24} {'ms / chunk / layer':>19} {'GFLOP/s':>8} {'vs torch':>9}{cpu_header}")
+    print(
+        f"{'context':>8} {'path':<24} {'ms / chunk / layer':>19} {'GFLOP/s':>8} {'vs torch':>9}{cpu_header}"
+    )
     for context in (int(c) for c in args.contexts.split(",")):
         inputs = chunk_inputs(context, args.dtype)
         keys_seen = sum(range(context - CHUNK + 1, context + 1))  # each query attends its own prefix
@@ -91,8 +97,10 @@ def main() -> None:
             cpu_columns = (
                 f" {cpu * 1e3:>8.1f} {flops / cpu / 1e9:>12.1f} {reference[1] / cpu:>8.2f}x" if one else ""
             )
-            print(f"{context:>8} {name:<24} {seconds * 1e3:>19.1f} {flops / seconds / 1e9:>8.1f} "
-                  f"{reference[0] / seconds:>8.2f}x{cpu_columns}")
+            print(
+                f"{context:>8} {name:<24} {seconds * 1e3:>19.1f} {flops / seconds / 1e9:>8.1f} "
+                f"{reference[0] / seconds:>8.2f}x{cpu_columns}"
+            )
     print(f"load average after: {Path('/proc/loadavg').read_text().split()[0]}")
 
 

@@ -57,7 +57,11 @@ def _batch(
 
 
 def _reference(
-    q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, slots: list[torch.Tensor], scale: float
+    q: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    slots: list[torch.Tensor],
+    scale: float,
 ) -> torch.Tensor:
     """float64 causal softmax attention over the decoded rows the cache holds -> [T, Hq, D]."""
     from ember.models.kv_cache_format import format_of_cache
@@ -126,7 +130,10 @@ def test_backend_mixed_batch_matches_the_torch_reference(isa: str) -> None:
         count = math.ceil(context / block_size)
         block_tables[seq, :count] = torch.arange(next_block, next_block + count)
         next_block += count
-        slots = block_tables[seq, torch.arange(context) // block_size] * block_size + torch.arange(context) % block_size
+        slots = (
+            block_tables[seq, torch.arange(context) // block_size] * block_size
+            + torch.arange(context) % block_size
+        )
         cached = context - query_len
         write_kv_cache(
             caches[0],
@@ -143,12 +150,20 @@ def test_backend_mixed_batch_matches_the_torch_reference(isa: str) -> None:
     starts = torch.zeros(len(query_lens) + 1, dtype=torch.int64)
     starts[1:] = torch.tensor(query_lens).cumsum(0)
     attn = AttentionMetadata(
-        query_lens, context_lens, starts, torch.tensor(context_lens), block_tables, torch.cat(new_slots), block_size
+        query_lens,
+        context_lens,
+        starts,
+        torch.tensor(context_lens),
+        block_tables,
+        torch.cat(new_slots),
+        block_size,
     )
     reference_caches = (caches[0].clone(), caches[1].clone())
     expected = TorchAttentionBackend(native_prefill=None).forward(q, k, v, attn, reference_caches, 0.125)
     native_caches = (caches[0].clone(), caches[1].clone())
-    out = TorchAttentionBackend(native_prefill=NativePrefillAttention(isa)).forward(q, k, v, attn, native_caches, 0.125)
+    out = TorchAttentionBackend(native_prefill=NativePrefillAttention(isa)).forward(
+        q, k, v, attn, native_caches, 0.125
+    )
     torch.testing.assert_close(out, expected, atol=2e-5, rtol=1e-4)
     torch.testing.assert_close(native_caches, reference_caches, atol=0, rtol=0)
 
@@ -158,6 +173,13 @@ def test_a_block_id_outside_the_cache_is_refused() -> None:
     block_tables[1, 3] = key_cache.shape[0]
     with pytest.raises(ValueError, match="block id is outside the cache"):
         NativePrefillAttention(ISAS[0]).attend(
-            q, key_cache, value_cache, block_tables, [0, 77, 127, 257], [77, 50, 130, 2], [77, 250, 135, 19], 0.1,
+            q,
+            key_cache,
+            value_cache,
+            block_tables,
+            [0, 77, 127, 257],
+            [77, 50, 130, 2],
+            [77, 250, 135, 19],
+            0.1,
             torch.empty_like(q),
         )

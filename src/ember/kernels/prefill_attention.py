@@ -81,7 +81,9 @@ class NativePrefillAttention:
         num_tokens, num_heads, head_dim = q.shape
         num_seqs = len(query_lens)
         if not (len(query_starts) == num_seqs == len(context_lens) == block_tables.shape[0]):
-            raise ValueError("query_starts, query_lens, context_lens and block_tables need one entry per sequence")
+            raise ValueError(
+                "query_starts, query_lens, context_lens and block_tables need one entry per sequence"
+            )
         if any(s < 0 or s + n > num_tokens for s, n in zip(query_starts, query_lens, strict=True)):
             raise ValueError(f"a sequence's rows fall outside the {num_tokens} query rows")
         if out.shape != q.shape or out.dtype != torch.float32 or not out.is_contiguous():
@@ -92,7 +94,9 @@ class NativePrefillAttention:
             raise ValueError("the value cache must be contiguous")
         kv_format = format_of_cache(key_cache)
         if key_cache.shape[3] != kv_format.row_width(head_dim):
-            raise ValueError(f"the cache's rows are {key_cache.shape[3]} wide, not those of head_dim {head_dim}")
+            raise ValueError(
+                f"the cache's rows are {key_cache.shape[3]} wide, not those of head_dim {head_dim}"
+            )
         q = q.contiguous()
         tables = block_tables.to(torch.int64).contiguous()
         index = torch.tensor([query_starts, query_lens, context_lens], dtype=torch.int64)  # [3, S]
@@ -112,6 +116,14 @@ class NativePrefillAttention:
                 index[1].data_ptr(),
                 index[2].data_ptr(),
             ),
-            (num_seqs, num_heads, key_cache.shape[2], head_dim, key_cache.shape[1], kv_format.native_id, scale),
+            (
+                num_seqs,
+                num_heads,
+                key_cache.shape[2],
+                head_dim,
+                key_cache.shape[1],
+                kv_format.native_id,
+                scale,
+            ),
             threads,
         )

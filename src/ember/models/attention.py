@@ -60,7 +60,9 @@ class TorchAttentionBackend(AttentionBackend):
         if native_prefill == "auto":
             native_prefill = NativePrefillAttention.when_available()
         elif isinstance(native_prefill, str):
-            raise ValueError(f"native_prefill must be 'auto', None or a NativePrefillAttention, got {native_prefill!r}")
+            raise ValueError(
+                f"native_prefill must be 'auto', None or a NativePrefillAttention, got {native_prefill!r}"
+            )
         self.native_prefill: NativePrefillAttention | None = native_prefill
 
     def forward(
@@ -94,7 +96,9 @@ class TorchAttentionBackend(AttentionBackend):
         native = self.native_prefill
         if native is not None and not native.serves(q, key_cache):
             native = None
-        return _attend_with_cache(q, k, v, attn, key_cache, value_cache, scale, self.decode_gather_bytes, native)
+        return _attend_with_cache(
+            q, k, v, attn, key_cache, value_cache, scale, self.decode_gather_bytes, native
+        )
 
 
 def write_kv_cache(
