@@ -31,8 +31,11 @@ AVX2_SOURCES = [
 ]
 COMMON_FLAGS = ["-O3", "-std=c++17", "-fno-math-errno"]
 AVX2_FLAGS = ["-mavx2", "-mfma", "-mf16c"]
-# The AVX-512 VNNI matmuls (vpdpbusd) alone get these; module.cpp dispatches to them after a run-time CPU check.
-AVX512_VNNI_SOURCES = [str(SOURCE_DIR / "kernels_avx512_vnni.cpp"), str(SOURCE_DIR / "prefill_attention_avx512.cpp")]
+# The AVX-512 VNNI matmuls (vpdpbusd) and the AVX-512 F prefill attention alone get these; module.cpp dispatches to
+# them after a run-time CPU check.
+AVX512_VNNI_SOURCES = [
+    str(SOURCE_DIR / name) for name in ("kernels_avx512_vnni.cpp", "prefill_attention_avx512.cpp")
+]
 AVX512_VNNI_FLAGS = AVX2_FLAGS + ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni"]
 
 
