@@ -24,7 +24,7 @@ FORMATS = (FP32, FP16, BF16, Q8_0)
 SHAPES = ((9, 3, 64, 16), (4, 4, 128, 32), (8, 2, 64, 5))
 # (query_len, context_len) per sequence of one batch: a whole 77-token prompt, a chunk starting mid-block after
 # 200 cached tokens, one starting at 5 whose 130 queries span several query tiles and a partial last key tile, a
-# 2-token chunk; none a multiple of the tiles (48 query rows, 64 keys).
+# 2-token chunk; none a multiple of the tiles (96 query rows, 64 keys).
 CHUNKS = ((77, 77), (50, 250), (130, 135), (2, 19))
 
 
