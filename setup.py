@@ -27,14 +27,16 @@ AVX2_SOURCES = [
         "decode_attention_avx2.cpp",
         "decode_attention_batch.cpp",
         "decode_lora_avx2.cpp",
+        "prefill_attention_avx2.cpp",
     )
 ]
 COMMON_FLAGS = ["-O3", "-std=c++17", "-fno-math-errno"]
 AVX2_FLAGS = ["-mavx2", "-mfma", "-mf16c"]
-# The AVX-512 VNNI matmuls (vpdpbusd) and the AVX-512 decode attention alone get these; they run after a run-time
-# CPU check.
+# The AVX-512 VNNI matmuls (vpdpbusd), the AVX-512 decode attention and the AVX-512 F prefill attention alone get
+# these; module.cpp dispatches to them after a run-time CPU check.
 AVX512_VNNI_SOURCES = [
-    str(SOURCE_DIR / name) for name in ("kernels_avx512_vnni.cpp", "decode_attention_avx512.cpp")
+    str(SOURCE_DIR / name)
+    for name in ("kernels_avx512_vnni.cpp", "decode_attention_avx512.cpp", "prefill_attention_avx512.cpp")
 ]
 AVX512_VNNI_FLAGS = AVX2_FLAGS + ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni"]
 
@@ -93,6 +95,7 @@ setup(
                 str(SOURCE_DIR / "module.cpp"),
                 str(SOURCE_DIR / "repack.cpp"),
                 str(SOURCE_DIR / "kernels_scalar.cpp"),
+                str(SOURCE_DIR / "prefill_attention_check.cpp"),
             ],
             include_dirs=[str(SOURCE_DIR)],
             depends=[str(p) for p in SOURCE_DIR.glob("*")],

@@ -20,6 +20,7 @@
 #include "decode_step.h"
 #include "kernel_isa.h"
 #include "matmul_plan.h"
+#include "prefill_attention.h"
 #include "quant_layout.h"
 
 namespace ember {
@@ -312,6 +313,67 @@ PyObject* py_decode_step(PyObject*, PyObject* args) {
 #endif
 }
 
+// prefill_attention(isa_id, (q, out, key_cache, value_cache, num_cache_blocks, block_tables, block_table_stride,
+// query_starts, query_lens, context_lens), (num_seqs, num_heads, num_kv_heads, head_dim, block_size, kv_dtype,
+// scale), num_threads): causal attention of prefill chunks over the paged cache (prefill_attention.h), every
+// pointer an int, on the Avx2 or Avx512Vnni family (the latter runs the AVX-512 F code).
+PyObject* py_prefill_attention(PyObject*, PyObject* args) {
+    int isa_id, num_threads, kv_dtype;
+    unsigned long long q, out, key_cache, value_cache, block_tables, query_starts, query_lens, context_lens;
+    PrefillAttention p{};
+    if (!PyArg_ParseTuple(args, "i(KKKKLKLKKK)(iiiiiif)i", &isa_id, &q, &out, &key_cache, &value_cache,
+                          &p.num_cache_blocks, &block_tables, &p.block_table_stride, &query_starts, &query_lens,
+                          &context_lens, &p.num_seqs, &p.num_heads, &p.num_kv_heads, &p.head_dim, &p.block_size,
+                          &kv_dtype, &p.scale, &num_threads)) {
+        return nullptr;
+    }
+    Isa isa;
+    if (!parse_isa(isa_id, &isa)) return nullptr;
+    if (isa == Isa::Scalar) {
+        PyErr_SetString(PyExc_ValueError, "prefill_attention runs on avx2 or avx512_vnni, not scalar");
+        return nullptr;
+    }
+    if (!kv_dtype_from_int(kv_dtype, &p.dtype)) {
+        PyErr_Format(PyExc_ValueError, "unknown KV cache dtype id %d", kv_dtype);
+        return nullptr;
+    }
+    if (num_threads <= 0) {
+        PyErr_SetString(PyExc_ValueError, "prefill_attention needs num_threads > 0");
+        return nullptr;
+    }
+    p.q = reinterpret_cast<const float*>(q);
+    p.out = reinterpret_cast<float*>(out);
+    p.key_cache = reinterpret_cast<const uint8_t*>(key_cache);
+    p.value_cache = reinterpret_cast<const uint8_t*>(value_cache);
+    p.block_tables = reinterpret_cast<const int64_t*>(block_tables);
+    p.query_starts = reinterpret_cast<const int64_t*>(query_starts);
+    p.query_lens = reinterpret_cast<const int64_t*>(query_lens);
+    p.context_lens = reinterpret_cast<const int64_t*>(context_lens);
+    if (const char* error = check_prefill_attention(p)) {
+        PyErr_SetString(PyExc_ValueError, error);
+        return nullptr;
+    }
+    bool failed = false;
+    Py_BEGIN_ALLOW_THREADS
+    try {
+#if defined(EMBER_HAVE_AVX512_VNNI)
+        if (isa == Isa::Avx512Vnni) {
+            prefill_attention_avx512(p, num_threads);
+        } else
+#endif
+        {
+#if defined(EMBER_HAVE_AVX2)
+            prefill_attention_avx2(p, num_threads);
+#endif
+        }
+    } catch (const std::bad_alloc&) {
+        failed = true;
+    }
+    Py_END_ALLOW_THREADS
+    if (failed) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
 PyObject* py_decode_table_fields(PyObject*, PyObject*) { return PyLong_FromLong(kLayerTableFields); }
 
 // Sets d[key] = value and drops the reference to value; false (with the Python error set) on failure.
@@ -354,6 +416,8 @@ PyObject* py_layout(PyObject*, PyObject*) {
 PyMethodDef kMethods[] = {
     {"decode_step", py_decode_step, METH_VARARGS,
      "decode_step(layers_ptr, dims, batch, num_threads): one fused decode step of the whole stack"},
+    {"prefill_attention", py_prefill_attention, METH_VARARGS,
+     "prefill_attention(isa_id, tensors, dims, num_threads): causal attention of prefill chunks over the paged cache"},
     {"decode_table_fields", py_decode_table_fields, METH_NOARGS, "int64 fields of one layer's table"},
     {"layout", py_layout, METH_NOARGS, "layout() -> the quantization type ids, block and tile sizes of the kernels"},
     {"simd_level", py_simd_level, METH_NOARGS, "'avx2' when the AVX2+FMA+F16C kernels can run here, else 'scalar'."},

@@ -15,6 +15,7 @@ from itertools import accumulate
 import torch
 import torch.nn.functional as F
 
+from ember.kernels.prefill_attention import NativePrefillAttention
 from ember.models.attention_metadata import AttentionMetadata
 from ember.models.kv_cache_format import format_of_cache
 
@@ -43,12 +44,26 @@ class TorchAttentionBackend(AttentionBackend):
     `decode_gather_bytes` bounds the keys gathered at once for a group of decodes (as much again for values):
     small enough that the gathered copy is still in cache when the matmuls read it and does not cost fresh
     page faults per call (measured 2-4x faster for 32 sequences of 512 tokens than one gather for all).
+
+    `native_prefill`: the native tiled kernel that attends prefill chunks straight from the paged cache (default:
+    the one this CPU runs, when the extension is built); None keeps every chunk on torch, the reference.
     """
 
-    def __init__(self, decode_gather_bytes: int = 4 << 20):
+    def __init__(
+        self,
+        decode_gather_bytes: int = 4 << 20,
+        native_prefill: NativePrefillAttention | None | str = "auto",
+    ):
         if decode_gather_bytes <= 0:
             raise ValueError(f"decode_gather_bytes must be positive, got {decode_gather_bytes}")
         self.decode_gather_bytes = decode_gather_bytes
+        if native_prefill == "auto":
+            native_prefill = NativePrefillAttention.when_available()
+        elif isinstance(native_prefill, str):
+            raise ValueError(
+                f"native_prefill must be 'auto', None or a NativePrefillAttention, got {native_prefill!r}"
+            )
+        self.native_prefill: NativePrefillAttention | None = native_prefill
 
     def forward(
         self,
@@ -78,7 +93,12 @@ class TorchAttentionBackend(AttentionBackend):
                 f"the KV cache has blocks of {key_cache.shape[1]} slots but the metadata says {attn.block_size}"
             )
         write_kv_cache(key_cache, value_cache, k, v, attn.slot_mapping)
-        return _attend_with_cache(q, k, v, attn, key_cache, value_cache, scale, self.decode_gather_bytes)
+        native = self.native_prefill
+        if native is not None and not native.serves(q, key_cache):
+            native = None
+        return _attend_with_cache(
+            q, k, v, attn, key_cache, value_cache, scale, self.decode_gather_bytes, native
+        )
 
 
 def write_kv_cache(
@@ -131,6 +151,7 @@ def _attend_with_cache(
     value_cache: torch.Tensor,
     scale: float,
     gather_bytes: int,
+    native_prefill: NativePrefillAttention | None,
 ) -> torch.Tensor:
     assert attn.block_tables is not None
     if attn.is_decode_only:
@@ -138,7 +159,7 @@ def _attend_with_cache(
             q, key_cache, value_cache, attn.block_tables, attn.context_lens, scale, gather_bytes
         )
 
-    out = torch.empty_like(q)  # [T, Hq, D]
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)  # [T, Hq, D], contiguous for the kernel
     spans = _spans(attn.query_lens)
     # Decodes are batched; a short chunk over cached context (a speculative verification's k + 1 tokens) gathers
     # its context once and takes one masked GEMM per KV head for all its queries, instead of scaled_dot_product
@@ -170,9 +191,23 @@ def _attend_with_cache(
             scale,
             gather_bytes,
         )
-    for seq, (start, end) in enumerate(spans):
-        if end - start == 1 or seq in short:
-            continue
+    chunks = [seq for seq, (start, end) in enumerate(spans) if end - start > 1 and seq not in short]
+    if native_prefill is not None and chunks:
+        # Every prefill chunk of the batch in one call, its keys and values read from the cache just written.
+        native_prefill.attend(
+            q,
+            key_cache,
+            value_cache,
+            attn.block_tables[chunks],
+            [spans[seq][0] for seq in chunks],
+            [attn.query_lens[seq] for seq in chunks],
+            [attn.context_lens[seq] for seq in chunks],
+            scale,
+            out,
+        )
+        return out
+    for seq in chunks:
+        start, end = spans[seq]
         query_len = end - start
         context_len = attn.context_lens[seq]
         if context_len == query_len:
