@@ -179,12 +179,17 @@ def decode_batch(
 
 
 def verification_batch(
-    config: ModelConfig, query_lens: list[int], seed: int, block_size: int = 16
+    config: ModelConfig,
+    query_lens: list[int],
+    seed: int,
+    block_size: int = 16,
+    cached: list[int] | None = None,
 ) -> DecodeBatch:
-    """Sequences with q new tokens each (a drafted run, as speculative verification sends it) over cached contexts
-    of 1 to 50 tokens; blocks shuffled, so a run may cross a block edge."""
+    """Sequences with q new tokens each (a drafted run, as speculative verification sends it, or a prefill chunk)
+    over cached contexts of 1 to 50 tokens, or the given ones; blocks shuffled, so a run may cross a block edge."""
     rng = np.random.default_rng(seed)
-    cached = [int(c) for c in rng.integers(1, 51, size=len(query_lens))]
+    if cached is None:
+        cached = [int(c) for c in rng.integers(1, 51, size=len(query_lens))]
     context_lens = [c + q for c, q in zip(cached, query_lens, strict=True)]
     blocks_per_seq = [-(-c // block_size) for c in context_lens]
     num_blocks = sum(blocks_per_seq) + 2

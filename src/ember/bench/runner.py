@@ -137,7 +137,7 @@ def run_benchmark(cfg: BenchConfig) -> None:
         ember = measure_ember(engine, prompts, work, http)
         if http is not None:
             ours_long = measure_long_and_arrivals(http, text_prompts.restarted(), long, "ember")
-    steps = (engine.stats.num_fused_steps, engine.stats.num_module_steps)
+    steps = (engine.stats.num_fused_steps, engine.stats.num_module_steps, engine.stats.num_split_steps)
     http_peer = None
     if cfg.llama_server is not None:
         http_peer = _llama_server_peer(cfg.llama_server, cfg, loaded, work, long, text_prompts.restarted())
