@@ -152,7 +152,8 @@ def _teacher_forced_top1(
             block_size=block_size,
         )
         hidden, path = forward(torch.tensor(ids[start:end]), torch.arange(start, end), attn, caches)
-        fused = takes_run(end - start, end)  # decodes, and chunks within MAX_CHUNK_CONTEXT; longer ones: modules
+        # decodes and chunks within MAX_CHUNK_CONTEXT run fused, longer ones on the modules
+        fused = takes_run(end - start, end)
         assert (path is ForwardPath.FUSED) == fused, "the fused step's runs fused, the rest on the modules"
         return model.compute_logits(hidden).argmax(dim=-1)
 

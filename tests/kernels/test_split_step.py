@@ -32,9 +32,7 @@ OWNERS = [0, 1, None, 2, 0, None]  # each sequence's adapter (None: the base mod
 def test_a_mixed_step_splits_and_matches_the_unsplit_module_path() -> None:
     kernel, reference = build_models(VARIANTS[0], seed=2)
     adapters = adapters_for(reference, 5, strength=1.0)
-    batch = verification_batch(
-        kernel.config, [q for q, _ in RUNS], seed=9, cached=[c for _, c in RUNS]
-    )
+    batch = verification_batch(kernel.config, [q for q, _ in RUNS], seed=9, cached=[c for _, c in RUNS])
     lora = LoraContext.for_batch(
         [(None if o is None else adapters[o], q) for o, (q, _) in zip(OWNERS, RUNS, strict=True)]
     )
@@ -97,9 +95,9 @@ def test_kv_written_by_one_part_is_read_by_the_other(
     assert float(row_errors(ours, modules).max()) < 0.03
 
 
-def _engine_outputs(jobs: list[tuple[str, list[int], SamplingParams, str | None]], together: bool) -> tuple[
-    dict[str, RequestOutput], LLMEngine
-]:
+def _engine_outputs(
+    jobs: list[tuple[str, list[int], SamplingParams, str | None]], together: bool
+) -> tuple[dict[str, RequestOutput], LLMEngine]:
     kernel, _ = build_models(VARIANTS[0], seed=7, vocab_size=49152)
     loaded = dataclasses.replace(tiny_loaded_model("llama"), network=kernel, config=kernel.config)
     config = tiny_engine_config(prompt_lookup="off", max_num_batched_tokens=96)
@@ -163,7 +161,8 @@ def test_requests_in_mixed_steps_get_what_they_get_alone() -> None:
         if ours_prompt is not None and theirs_prompt is not None:
             pairs = [(a, b) for a, b in zip(ours_prompt, theirs_prompt, strict=True) if a is not None]
             assert len(pairs) == len(ours_prompt) - 1
-            assert max(abs(a.logprob - b.logprob) for a, b in pairs if b is not None) < PATH_LOGPROB_TOLERANCE, rid
+            worst = max(abs(a.logprob - b.logprob) for a, b in pairs if b is not None)
+            assert worst < PATH_LOGPROB_TOLERANCE, rid
     assert together["grammar"].outputs[0].text in ("yes", "no", "maybe")
     scheduler = engine.scheduler
     assert scheduler.block_manager.num_free_blocks == scheduler.block_manager.num_usable_blocks
