@@ -5,7 +5,7 @@ Cases (the same captured batches every time; KV rewritten in place, so each repe
   pure decode          the 16 decode rows alone, fused (what a step costs without the arrival)
   short chunk          16 decodes + a 128-token prompt (context 128): unsplit module path (before), split (decode
                        rows fused, chunk on the modules), all rows fused (the rule now: chunk context <= 512)
-  long chunk           16 decodes + a 496-token chunk ending at a 1488-token context: unsplit module path, split
+  long chunk           16 decodes + a 495-token chunk ending at a 1485-token context: unsplit module path, split
                        (the rule now), all rows fused
 Medians of --repeats, the CPU (lscpu) and the load average printed beside the table.
 
@@ -42,26 +42,27 @@ def _greedy(max_tokens: int) -> SamplingParams:
 
 
 def _capture_step(engine: LLMEngine, request_id: str, prompt: list[int]) -> list[ScheduledSequence]:
-    """Adds a request and steps until a step schedules one of its chunks beside decodes; returns that step's
-    scheduled sequences (the last chunk of a long prompt)."""
+    """Adds a request and runs it to its end; returns the scheduled sequences of the step that ran its largest
+    chunk (the latest of equal ones) beside the decodes."""
     runner = engine.runner
-    seen: list[SchedulerOutput] = []
+    steps: list[tuple[int, int, list[ScheduledSequence]]] = []
     execute = runner.execute
 
     def recording(sched: SchedulerOutput) -> object:
-        seen.append(sched)
+        for item in sched.scheduled:
+            if item.sequence_id.startswith(request_id):
+                steps.append((item.num_tokens, item.start_position, list(sched.scheduled)))
         return execute(sched)
 
     runner.execute = recording  # type: ignore[method-assign]
     engine.add_request(request_id, prompt, _greedy(2))
     try:
-        while True:
-            engine.step()
-            chunk = [s for s in seen[-1].scheduled if s.sequence_id.startswith(request_id)]
-            if chunk and chunk[0].sample:
-                return list(seen[-1].scheduled)
+        done = False
+        while not done:
+            done = any(out.request_id == request_id and out.finished for out in engine.step())
     finally:
         runner.execute = execute  # type: ignore[method-assign]
+    return max(steps, key=lambda step: step[:2])[2]
 
 
 def _paths(runner: ModelRunner, batch: BatchInputs) -> dict[str, Callable[[], object]]:
@@ -104,7 +105,7 @@ def main() -> None:
     runner = engine.runner
     cases = {
         "16 decodes + 128-token prompt": _capture_step(engine, "short", prompts.make(128)),
-        "16 decodes + 496 chunk at 1488": _capture_step(engine, "long", prompts.make(1488)),
+        "16 decodes + 495 chunk at 1485": _capture_step(engine, "long", prompts.make(1488)),
     }
     timings: dict[tuple[str, str], list[float]] = {}
     with torch.inference_mode():
