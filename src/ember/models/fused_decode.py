@@ -1,9 +1,10 @@
-"""The fast path for decode-only batches: the whole DecoderModel stack as one native call
-(ember.kernels.decode_step) instead of ~40 torch ops per layer.
+"""The fast path for decodes: the whole DecoderModel stack as one native call (ember.kernels.decode_step) instead
+of ~40 torch ops per layer.
 
-It applies when every projection runs on the int8 block kernel (a packed GGUF on an AVX2 CPU), the batch is all
-one-token decodes (or short speculative runs), and the KV cache is on the CPU in any of its formats (fp32, fp16,
-bf16, q8_0). Rows of served LoRA adapters run in the same step, each adapter's low-rank products inside the native
+It applies when every projection runs on the int8 block kernel (a packed GGUF on an AVX2 CPU), every sequence's
+run is one the step takes (`takes_run`: decodes, short speculative runs, prefill chunks of short contexts, each
+token a row), and the KV cache is on the CPU in any of its formats (fp32, fp16, bf16, q8_0). A batch where only
+some sequences qualify runs split (engine/forward_path.py). Rows of served LoRA adapters run in the same step, each adapter's low-rank products inside the native
 call (models/fused_decode_lora.py). Anything else takes the module-by-module torch path, which stays the reference
 the fused step is tested against."""
 
