@@ -57,6 +57,13 @@ def test_arrival_flags_become_the_arrival_config() -> None:
         bench_config(bench_args("--arrival-streams", "0"))
 
 
+def test_only_the_long_and_arrival_rows_can_be_asked_for() -> None:
+    assert bench_config(bench_args()).short_rows
+    assert not bench_config(bench_args("--no-short-rows", "--contexts", "")).short_rows
+    with pytest.raises(ValueError, match="--no-short-rows leaves only the HTTP rows"):
+        bench_config(bench_args("--no-short-rows", "--no-http"))
+
+
 def test_the_llama_server_flag_wants_an_executable_and_http(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -12,7 +12,8 @@ from random_blocks import random_blocks
 
 from ember.engine.forward_path import ForwardPath, NetworkForward
 from ember.engine.testing import random_weights, tiny_config
-from ember.lora.layers import LoraContext
+from ember.lora.adapter import LoraAdapter
+from ember.lora.layers import LoraContext, attach_trainable_lora
 from ember.models.attention_metadata import AttentionMetadata
 from ember.models.config import ModelConfig
 from ember.models.kv_cache import allocate_kv_caches
@@ -21,6 +22,7 @@ from ember.models.loader import enable_quant_kernels
 from ember.models.quant.packed_weight import PackedWeight
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+ALL = PROJECTIONS
 
 
 @dataclass(frozen=True)
@@ -120,9 +122,9 @@ def packed_weights(
     return weights
 
 
-def build_models(variant: Variant, seed: int = 0) -> tuple[DecoderModel, DecoderModel]:
+def build_models(variant: Variant, seed: int = 0, vocab_size: int = 512) -> tuple[DecoderModel, DecoderModel]:
     """(the model on the int8 kernels, eligible for the fused step; the same weights on the exact fp32 path)."""
-    config = tiny_config(variant.architecture, vocab_size=512, **variant.dims)
+    config = tiny_config(variant.architecture, vocab_size=vocab_size, **variant.dims)
     weights = packed_weights(config, variant, seed)
     kernel, reference = DecoderModel(config), DecoderModel(config)
     kernel.load_weights(dict(weights))
@@ -179,12 +181,17 @@ def decode_batch(
 
 
 def verification_batch(
-    config: ModelConfig, query_lens: list[int], seed: int, block_size: int = 16
+    config: ModelConfig,
+    query_lens: list[int],
+    seed: int,
+    block_size: int = 16,
+    cached: list[int] | None = None,
 ) -> DecodeBatch:
-    """Sequences with q new tokens each (a drafted run, as speculative verification sends it) over cached contexts
-    of 1 to 50 tokens; blocks shuffled, so a run may cross a block edge."""
+    """Sequences with q new tokens each (a drafted run, as speculative verification sends it, or a prefill chunk)
+    over cached contexts of 1 to 50 tokens, or the given ones; blocks shuffled, so a run may cross a block edge."""
     rng = np.random.default_rng(seed)
-    cached = [int(c) for c in rng.integers(1, 51, size=len(query_lens))]
+    if cached is None:
+        cached = [int(c) for c in rng.integers(1, 51, size=len(query_lens))]
     context_lens = [c + q for c, q in zip(cached, query_lens, strict=True)]
     blocks_per_seq = [-(-c // block_size) for c in context_lens]
     num_blocks = sum(blocks_per_seq) + 2
@@ -239,3 +246,30 @@ def forward(
 
 def row_errors(ours: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     return (ours - reference).norm(dim=-1) / reference.norm(dim=-1)  # [M]
+
+
+def random_adapter(
+    model: DecoderModel, name: str, rank: int, modules: tuple[str, ...], seed: int, strength: float
+) -> LoraAdapter:
+    """What a fine-tuning job hands the engine (TrainableLora.to_adapter), with B random (std strength / sqrt(rank))
+    instead of zero, so the deltas move the hidden states visibly; alpha 2 * rank (scaling 2)."""
+    trainable = attach_trainable_lora(model, rank, 2.0 * rank, 0.0, modules, seed)
+    gen = torch.Generator().manual_seed(seed + 1000)
+    with torch.no_grad():
+        for b in trainable.lora_B.values():
+            b.copy_(torch.randn(b.shape, generator=gen) * strength / rank**0.5)
+    return trainable.to_adapter(name)
+
+
+def adapters_for(model: DecoderModel, seed: int, strength: float) -> list[LoraAdapter]:
+    """Rank 1 on every projection; rank 8 on q, v, down (q|k|v with a hole), down left out in layer 0 (a module
+    PEFT's layers_to_transform skips in one layer); rank 16 on k, o, gate, up."""
+    qvd = random_adapter(model, "qvd-r8", 8, ("q_proj", "v_proj", "down_proj"), seed + 1, strength)
+    del qvd.weights[(0, "down_proj")]
+    return [
+        random_adapter(model, "all-r1", 1, ALL, seed, strength),
+        qvd,
+        random_adapter(
+            model, "kogu-r16", 16, ("k_proj", "o_proj", "gate_proj", "up_proj"), seed + 2, strength
+        ),
+    ]

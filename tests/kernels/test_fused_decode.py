@@ -26,7 +26,7 @@ from ember.engine.sampling_params import SamplingParams
 from ember.engine.testing import tiny_engine_config, tiny_loaded_model
 from ember.kernels import decode_step as native_step
 from ember.kernels.kernel_isa import ISA_ENV, KernelIsaError
-from ember.models.fused_decode import MAX_QUERY_TOKENS, FusedDecodeStack
+from ember.models.fused_decode import MAX_CHUNK_CONTEXT, MAX_QUERY_TOKENS, FusedDecodeStack
 from ember.models.llama import DecoderModel
 
 pytestmark = pytest.mark.usefixtures("fused_decode_kernels")
@@ -106,13 +106,24 @@ def test_runs_of_new_tokens_over_a_cached_context_run_fused(
             assert float(row_errors(new, theirs.flatten(0, 1)[written].flatten(1)).max()) < 0.02
 
 
-def test_a_long_chunk_takes_the_module_path(models: tuple[Variant, DecoderModel, DecoderModel]) -> None:
-    """A prefill chunk longer than MAX_QUERY_TOKENS is the module path's (attention as a GEMM), exactly."""
-    _, kernel, _ = models
-    batch = verification_batch(kernel.config, [1, MAX_QUERY_TOKENS + 1], seed=5)
-    fused, _, path = forward(kernel, batch, fused=True)
+def test_a_long_chunk_runs_fused_over_a_short_context_and_on_the_modules_over_a_long_one(
+    models: tuple[Variant, DecoderModel, DecoderModel],
+) -> None:
+    """A prefill chunk longer than MAX_QUERY_TOKENS runs fused while its context ends within MAX_CHUNK_CONTEXT
+    (each token a row); one token further it is the module path's (attention as a GEMM), exactly."""
+    _, kernel, reference = models
+    run = MAX_QUERY_TOKENS + 1
+    short = verification_batch(kernel.config, [run], seed=5, cached=[MAX_CHUNK_CONTEXT - run])
+    fused, _, path = forward(kernel, short, fused=True)
+    assert path is ForwardPath.FUSED
+    modules, _, _ = forward(kernel, short, fused=False)
+    exact, _, _ = forward(reference, short, fused=False)
+    assert float(row_errors(fused, modules).max()) < 0.03
+    assert float(row_errors(fused, exact).median()) < 0.03
+    long = verification_batch(kernel.config, [run], seed=5, cached=[MAX_CHUNK_CONTEXT - run + 1])
+    fused, _, path = forward(kernel, long, fused=True)
     assert path is ForwardPath.MODULES
-    modules, _, _ = forward(kernel, batch, fused=False)
+    modules, _, _ = forward(kernel, long, fused=False)
     assert torch.equal(fused, modules)
 
 
@@ -167,8 +178,8 @@ def test_bad_batches_are_refused_before_any_work(
 
 @pytest.mark.parametrize("fused_decode", [True, False], ids=["fused-on", "fused-off"])
 def test_the_engine_counts_the_forward_each_step_ran(fused_decode: bool) -> None:
-    """The runner picks the path; the step stats say which ran: the prefill step on the modules, the decodes
-    fused when the engine allows it."""
+    """The runner picks the path; the step stats say which ran: the prefill step (short contexts) and the decodes
+    fused when the engine allows it, every step on the modules when it does not."""
     kernel, _ = build_models(VARIANTS[0])
     loaded = dataclasses.replace(tiny_loaded_model("llama"), network=kernel, config=kernel.config)
     engine = LLMEngine(  # one token per step: speculation would fold decodes into fewer steps
@@ -181,7 +192,7 @@ def test_the_engine_counts_the_forward_each_step_ran(fused_decode: bool) -> None
         engine.step()
     stats = engine.stats
     assert stats.num_steps == 6 and stats.num_fused_steps + stats.num_module_steps == stats.num_steps
-    assert (stats.num_module_steps, stats.num_fused_steps) == ((1, 5) if fused_decode else (6, 0))
+    assert (stats.num_module_steps, stats.num_fused_steps) == ((0, 6) if fused_decode else (6, 0))
 
 
 FUSED_ISAS = [isa for isa in kernels.supported_isas_here() if isa != "scalar"]

@@ -10,9 +10,11 @@ from collections.abc import Iterator
 import pytest
 import torch
 from fused_models import (
+    ALL,
     VARIANTS,
     DecodeBatch,
     Variant,
+    adapters_for,
     build_models,
     decode_batch,
     forward,
@@ -32,36 +34,6 @@ from ember.models.fused_decode import FusedDecodeStack
 from ember.models.llama import DecoderModel
 
 pytestmark = pytest.mark.usefixtures("fused_decode_kernels")
-
-ALL = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-def random_adapter(
-    model: DecoderModel, name: str, rank: int, modules: tuple[str, ...], seed: int, strength: float
-) -> LoraAdapter:
-    """What a fine-tuning job hands the engine (TrainableLora.to_adapter), with B random (std strength / sqrt(rank))
-    instead of zero, so the deltas move the hidden states visibly; alpha 2 * rank (scaling 2)."""
-    trainable = attach_trainable_lora(model, rank, 2.0 * rank, 0.0, modules, seed)
-    gen = torch.Generator().manual_seed(seed + 1000)
-    with torch.no_grad():
-        for b in trainable.lora_B.values():
-            b.copy_(torch.randn(b.shape, generator=gen) * strength / rank**0.5)
-    return trainable.to_adapter(name)
-
-
-def adapters_for(model: DecoderModel, seed: int, strength: float) -> list[LoraAdapter]:
-    """Rank 1 on every projection; rank 8 on q, v, down (q|k|v with a hole), down left out in layer 0 (a module
-    PEFT's layers_to_transform skips in one layer); rank 16 on k, o, gate, up."""
-    qvd = random_adapter(model, "qvd-r8", 8, ("q_proj", "v_proj", "down_proj"), seed + 1, strength)
-    del qvd.weights[(0, "down_proj")]
-    return [
-        random_adapter(model, "all-r1", 1, ALL, seed, strength),
-        qvd,
-        random_adapter(
-            model, "kogu-r16", 16, ("k_proj", "o_proj", "gate_proj", "up_proj"), seed + 2, strength
-        ),
-    ]
-
 
 # The K-quant variant's random blocks make weights ~10x those of random_weights: its adapters are made stronger
 # so that their deltas still move the final hidden states by more than 1% (measured: 2-50% at 16, 0.3-4% at 1).
@@ -188,7 +160,7 @@ def test_engine_greedy_tokens_are_those_of_the_module_path() -> None:
     modules, _ = run(fused_decode=False)
     assert fused == modules
     assert fused[0] != fused[-1], "the adapter changes the greedy continuation"
-    assert engine.stats.num_fused_steps == greedy.max_tokens - 1, "every decode step ran fused"
+    assert engine.stats.num_fused_steps == greedy.max_tokens, "every step (short prefills too) ran fused"
 
 
 def _step_args(kernel: DecoderModel, batch: DecodeBatch, adapter: LoraAdapter) -> dict[str, object]:

@@ -24,6 +24,7 @@ from fused_models import (
 
 from ember.engine.forward_path import ForwardPath, NetworkForward
 from ember.models.attention_metadata import AttentionMetadata
+from ember.models.fused_decode import takes_run
 from ember.models.kv_cache import allocate_kv_caches
 from ember.models.kv_cache_format import BF16, FP16, FP32, Q8_0, KVCacheFormat
 from ember.models.llama import DecoderModel
@@ -132,7 +133,8 @@ def _teacher_forced_top1(
     model: DecoderModel, ids: list[int], prompt_len: int, kv_format: KVCacheFormat
 ) -> list[int]:
     """The argmax after every position from the first chunk's end on: the prompt prefilled in 64-token chunks
-    over the cache (the module path, reading earlier chunks' stored rows), then one fused decode per token."""
+    over the cache (the fused step while the context is short, then the module path, reading earlier chunks'
+    stored rows), then one fused decode per token."""
     forward = NetworkForward(model)
     block_size = 16
     table = torch.arange(-(-len(ids) // block_size))
@@ -150,7 +152,9 @@ def _teacher_forced_top1(
             block_size=block_size,
         )
         hidden, path = forward(torch.tensor(ids[start:end]), torch.arange(start, end), attn, caches)
-        assert (path is ForwardPath.FUSED) == (end - start == 1), "prefill chunks: modules; decodes: fused"
+        # decodes and chunks within MAX_CHUNK_CONTEXT run fused, longer ones on the modules
+        fused = takes_run(end - start, end)
+        assert (path is ForwardPath.FUSED) == fused, "the fused step's runs fused, the rest on the modules"
         return model.compute_logits(hidden).argmax(dim=-1)
 
     with torch.inference_mode():

@@ -86,6 +86,13 @@ def add_long_bench_args(bench: argparse.ArgumentParser) -> None:
     )
     bench.add_argument("--arrival-seed", type=int, default=arrival.seed, help="seed of the arrival times")
     bench.add_argument(
+        "--short-rows",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the short rows: prefill 512, decode per --streams count, TTFT of a 1k prompt (engine-only, through "
+        "HTTP and on the peers); --no-short-rows runs only the long-context and arrival rows (default: on)",
+    )
+    bench.add_argument(
         "--llama-server",
         type=_llama_server_binary,
         default=None,
@@ -127,4 +134,5 @@ def bench_config(args: argparse.Namespace) -> BenchConfig:
         contexts=args.contexts,
         arrival=bench_arrival_config(args),
         llama_server=args.llama_server,
+        short_rows=args.short_rows,
     )

@@ -77,8 +77,9 @@ def capture_load_log() -> Iterator[LoadLog]:
         logger.setLevel(level)
 
 
-def ember_kernel_paths(simd_level: str, fused_steps: int, module_steps: int) -> str:
-    """Which of ember's paths ran the engine-only rows."""
-    total = fused_steps + module_steps
+def ember_kernel_paths(simd_level: str, fused_steps: int, module_steps: int, split_steps: int = 0) -> str:
+    """Which of ember's paths ran the engine-only rows (split: the fused step beside the modules in one step)."""
+    total = fused_steps + module_steps + split_steps
     share = f"{fused_steps} of {total} engine steps" if total else "no engine steps"
-    return f"int8 block matmuls: {simd_level}; fused native decode step: {share}"
+    split = f", split with the modules: {split_steps}" if split_steps else ""
+    return f"int8 block matmuls: {simd_level}; fused native decode step: {share}{split}"

@@ -41,10 +41,16 @@ class BenchConfig:
     contexts: tuple[int, ...] = (1024, 4096, 8192)  # long-context rows (through HTTP): tokens at their end
     arrival: ArrivalConfig | None = ArrivalConfig()  # None: no arrival rows
     llama_server: str | None = None  # a llama-server binary: the same HTTP workloads on it, same GGUF
+    # the short rows (prefill, decode per stream count, TTFT); off: only the long-context and arrival rows
+    short_rows: bool = True
 
     def __post_init__(self) -> None:
         if self.new_tokens < 1:
             raise ValueError(f"new_tokens must be at least 1, got {self.new_tokens}")
+        if not self.short_rows and not self.http:
+            raise ValueError(
+                "--no-short-rows leaves only the HTTP rows: it cannot be combined with --no-http"
+            )
         if self.llama_server is not None and not self.http:
             raise ValueError("--llama-server is compared through HTTP: it cannot be combined with --no-http")
 
@@ -91,7 +97,7 @@ def _llama_server_peer(
     with running_server(launch) as server:
         http = HttpBench(server.url, server.api_key, loaded.config.vocab_size)
         try:
-            figures = measure_http_only(http, work)
+            figures = measure_http_only(http, work) if cfg.short_rows else None
             long_figures = measure_long_and_arrivals(http, prompts, long, "llama-server")
         finally:
             http.close()
@@ -134,21 +140,22 @@ def run_benchmark(cfg: BenchConfig) -> None:
             server = stack.enter_context(running_server(launch))
             http = HttpBench(server.url, server.api_key, loaded.config.vocab_size)
             stack.callback(http.close)
-        ember = measure_ember(engine, prompts, work, http)
+        ember = measure_ember(engine, prompts, work, http) if cfg.short_rows else None
         if http is not None:
             ours_long = measure_long_and_arrivals(http, text_prompts.restarted(), long, "ember")
-    steps = (engine.stats.num_fused_steps, engine.stats.num_module_steps)
+    steps = (engine.stats.num_fused_steps, engine.stats.num_module_steps, engine.stats.num_split_steps)
     http_peer = None
     if cfg.llama_server is not None:
         http_peer = _llama_server_peer(cfg.llama_server, cfg, loaded, work, long, text_prompts.restarted())
     peers: list[PeerResult] = []
     gguf = loaded.source_path if loaded.source_format == "gguf" else None
-    if gguf and "llama.cpp" in cfg.peers:
+    if gguf and "llama.cpp" in cfg.peers and ember is not None:
         peers.append(llama_cpp_peer(gguf, prompts, cfg.threads, cfg.new_tokens))
-    if gguf and "transformers" in cfg.peers:
+    if gguf and "transformers" in cfg.peers and ember is not None:
         del engine
         peers.append(transformers_peer(gguf, prompts, list(cfg.streams), cfg.new_tokens))
-    rows = short_rows(ember, peers, http_peer) + long_rows(ours_long, cfg.arrival, http_peer)
+    rows = [] if ember is None else short_rows(ember, peers, http_peer)
+    rows += long_rows(ours_long, cfg.arrival, http_peer)
     names = [p.name for p in peers] + ([http_peer.name] if http_peer else [])
     footnotes = [
         f"CPU: {cpu_description(lscpu_fields())}",
@@ -164,6 +171,6 @@ def run_benchmark(cfg: BenchConfig) -> None:
         footnotes.append(
             f"contexts {listed} skipped: longer than the model's {loaded.config.max_position_embeddings}"
         )
-    if ember.http:
+    if ember is not None and ember.http:
         footnotes.append(_http_footnote(ember.http))
     print_table(rows, names, [p for p in peers if p.note], tuple(footnotes), frozenset(names[len(peers) :]))

@@ -17,7 +17,7 @@ class HttpPeer:
     """A peer server measured with the same client and workloads as `ember serve` (llama-server)."""
 
     name: str
-    http: HttpFigures
+    http: HttpFigures | None  # None when the short rows were not run (--no-short-rows)
     long: LongFigures
 
 

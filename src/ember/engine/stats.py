@@ -25,6 +25,8 @@ class EngineStats:
     num_steps: int = 0
     num_fused_steps: int = 0  # steps the native fused decode step ran (ForwardPath.FUSED)
     num_module_steps: int = 0  # steps DecoderModel.forward ran, module by module (ForwardPath.MODULES)
+    # steps that ran both: the fused step's sequences natively, long-context prefill chunks on the modules
+    num_split_steps: int = 0
     # speculative decoding, vLLM's spec_decode_* counters: drafts verified, their tokens, the tokens kept, and
     # the tokens kept at each draft position (index 0: the first drafted token)
     spec_decode_num_drafts: int = 0
@@ -53,6 +55,8 @@ class EngineStats:
             self.num_fused_steps += 1
         elif forward_path is ForwardPath.MODULES:
             self.num_module_steps += 1
+        elif forward_path is ForwardPath.SPLIT:
+            self.num_split_steps += 1
         self.generation_tokens_total += sum(1 for item in sched.scheduled if item.sample)
         self.num_preemptions = stats.num_preemptions
         self.num_running = stats.num_running

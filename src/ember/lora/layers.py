@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -130,6 +130,27 @@ class LoraContext:
         if not groups:
             return None
         return LoraContext(tuple(groups))
+
+    def select(self, rows: list[int], total: int) -> LoraContext | None:
+        """The context of a sub-batch made of `rows` (ascending) of this context's batch of `total` rows, each
+        group's rows renumbered into the sub-batch; None when no adapter row is among them."""
+        position = {row: i for i, row in enumerate(rows)}
+        groups = []
+        for group in self.groups:
+            owned = _row_list(group.rows, total)
+            kept = [position[row] for row in owned if row in position]
+            if kept:
+                device = group.rows.device if isinstance(group.rows, torch.Tensor) else None
+                groups.append(replace(group, rows=_compact_rows(kept, len(rows), device)))
+        return LoraContext(tuple(groups)) if groups else None
+
+
+def _row_list(rows: Rows, total: int) -> list[int]:
+    if rows is None:
+        return list(range(total))
+    if isinstance(rows, slice):
+        return list(range(*rows.indices(total)))
+    return [int(row) for row in rows.tolist()]
 
 
 def _compact_rows(rows: list[int], total: int, device: torch.device | None) -> Rows:

@@ -1,9 +1,10 @@
-"""The fast path for decode-only batches: the whole DecoderModel stack as one native call
-(ember.kernels.decode_step) instead of ~40 torch ops per layer.
+"""The fast path for decodes: the whole DecoderModel stack as one native call (ember.kernels.decode_step) instead
+of ~40 torch ops per layer.
 
-It applies when every projection runs on the int8 block kernel (a packed GGUF on an AVX2 CPU), the batch is all
-one-token decodes (or short speculative runs), and the KV cache is on the CPU in any of its formats (fp32, fp16,
-bf16, q8_0). Rows of served LoRA adapters run in the same step, each adapter's low-rank products inside the native
+It applies when every projection runs on the int8 block kernel (a packed GGUF on an AVX2 CPU), every sequence's
+run is one the step takes (`takes_run`: decodes, short speculative runs, prefill chunks of short contexts, each
+token a row), and the KV cache is on the CPU in any of its formats (fp32, fp16, bf16, q8_0). A batch where only
+some sequences qualify runs split (engine/forward_path.py). Rows of served LoRA adapters run in the same step, each adapter's low-rank products inside the native
 call (models/fused_decode_lora.py). Anything else takes the module-by-module torch path, which stays the reference
 the fused step is tested against."""
 
@@ -30,8 +31,17 @@ if TYPE_CHECKING:
 
 
 # A sequence with up to this many new tokens in a step (speculative verification: drafts + 1) runs fused, each
-# token a row of its own; longer chunks (prefill) take the module path, whose attention is a GEMM.
+# token a row of its own, whatever its context.
 MAX_QUERY_TOKENS = 16
+# A longer run (a prefill chunk) runs fused too while its context ends within this many tokens: each of its rows
+# attends on its own (q x context row reads), which beats the module path's GEMM attention and its ~40 torch ops
+# per layer up to about this context; beyond it the module path is faster (docs/decisions.md, mixed batches).
+MAX_CHUNK_CONTEXT = 512
+
+
+def takes_run(query_len: int, context_len: int) -> bool:
+    """Whether the fused step runs a sequence's `query_len` new tokens ending at `context_len`."""
+    return query_len <= MAX_QUERY_TOKENS or context_len <= MAX_CHUNK_CONTEXT
 
 
 def _rows_per_token(attn: AttentionMetadata) -> tuple[torch.Tensor, torch.Tensor]:
@@ -183,11 +193,17 @@ class FusedDecodeStack:
         return fields
 
     def accepts(self, attn: AttentionMetadata, kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> bool:
-        """Whether this step can run fused: decodes and short runs of new tokens over a cached context
-        (speculative verification), a CPU cache with the metadata's blocks."""
+        """Whether this step can run fused as a whole: the cache (accepts_cache) and every sequence's run
+        (takes_run: decodes, short runs such as speculative verification, prefill chunks of short contexts)."""
+        return self.accepts_cache(attn, kv_caches) and all(
+            takes_run(q, c) for q, c in zip(attn.query_lens, attn.context_lens, strict=True)
+        )
+
+    @staticmethod
+    def accepts_cache(attn: AttentionMetadata, kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> bool:
+        """Whether the step's cache is one the fused step reads: paged (block tables and slots), on the CPU, in
+        a KV format it knows, with the metadata's block size."""
         if attn.block_tables is None or attn.slot_mapping is None:
-            return False
-        if not attn.is_decode_only and max(attn.query_lens) > MAX_QUERY_TOKENS:
             return False
         keys = kv_caches[0][0]
         return (
