@@ -123,7 +123,10 @@ class Worker:
         command = [sys.executable, __file__, "--worker", side, "--case-file", str(case_file)]
         command += ["--threads", str(threads)]
         self.side = side
-        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        environment = {**os.environ, "TQDM_DISABLE": "1"}  # transformers' GGUF dequantization bar: noise
+        self.process = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=environment
+        )
 
     def ask(self, message: dict[str, Any] | None = None) -> dict[str, Any]:
         assert self.process.stdin is not None and self.process.stdout is not None

@@ -123,10 +123,8 @@ def peft_step_function(model_path: str, examples: list[Any]) -> Callable[[list[i
     the longest with an attention mask and -100 labels on untrained and pad positions, so the loss is the mean
     cross-entropy over the trained tokens, as ember's."""
     import peft
-    import transformers
     from transformers import AutoModelForCausalLM
 
-    transformers.utils.logging.disable_progress_bar()  # GGUF dequantization's bar: noise on the driver's stderr
     path = Path(model_path)
     if path.is_file():
         base = AutoModelForCausalLM.from_pretrained(
