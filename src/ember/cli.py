@@ -159,6 +159,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--no-prefix-caching", action="store_true", help="disable automatic prefix caching")
     serve.add_argument(
+        "--generation-config",
+        default="auto",
+        metavar="auto|vllm|FOLDER",
+        help="sampling defaults of requests that leave them out: auto, the checkpoint's generation_config.json or "
+        "GGUF general.sampling.* (for the embedded SmolLM2, its model card's temperature 0.2, top_p 0.9); vllm, "
+        "none (temperature 1); a folder, its generation_config.json (as vLLM's flag)",
+    )
+    serve.add_argument(
+        "--override-generation-config",
+        default=None,
+        metavar="JSON",
+        help='sampling defaults over the above, e.g. \'{"temperature": 0.7, "top_k": 40}\' (temperature, top_p, '
+        "top_k, repetition_penalty; as vLLM's flag)",
+    )
+    serve.add_argument(
         "--no-generic-tools",
         action="store_true",
         help="refuse tools (400) when the chat template has no tool support, instead of ember's generic "

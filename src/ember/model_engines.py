@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from ember.engine.engine_config import EngineConfig
 from ember.lora.config import LoraConfig
 from ember.model_specs import ModelSpec
+from ember.models.generation_choice import GenerationChoice
 from ember.models.loader import LoadConfig, load_model
 from ember.server.common.memory_budget import GIB, MemoryEstimate, weights_bytes
 from ember.threads import StepGate, release_openmp_team
@@ -29,6 +30,8 @@ class EngineSettings:
     quantization: str | None = None
     threads: int | None = None
     """--threads: a fixed count for every engine; None follows the idle cores (engine/llm_engine's governor)."""
+    generation: GenerationChoice = GenerationChoice()
+    """--generation-config / --override-generation-config: every model's sampling defaults."""
 
 
 class ModelOpener:
@@ -71,7 +74,13 @@ class ModelOpener:
 
         settings = self.settings
         loaded = load_model(
-            LoadConfig(spec.path, settings.weight_format, settings.device, quantization=settings.quantization)
+            LoadConfig(
+                spec.path,
+                settings.weight_format,
+                settings.device,
+                quantization=settings.quantization,
+                generation=settings.generation,
+            )
         )
         engine = AsyncEngine.from_loaded(loaded, self.engine_config(spec), self.step_gate)
         # A load on a worker thread leaves that thread's OpenMP team idle beside the engines' (threads.py says

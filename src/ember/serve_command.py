@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from ember import kernels
 from ember.engine.engine_config import CacheConfig, SchedulerConfig
 from ember.engine.llm_engine import EngineConfig
+from ember.engine.sampling_params import SamplingParams
 from ember.engine.speculation.config import SpeculationConfig
 from ember.interpreter_tuning import tune_interpreter_for_serving
 from ember.kernels.kernel_isa import KernelIsaError
@@ -21,6 +22,7 @@ from ember.model_engines import EngineSettings, ModelOpener
 from ember.model_specs import ModelSpec, specs_from_args
 from ember.models.encoder.encoder_model import EncoderModel
 from ember.models.errors import ModelLoadError
+from ember.models.generation_choice import GenerationChoice, parse_overrides
 from ember.serve_access import AccessConfigError, access_from_args, check_tls_files
 from ember.serve_shutdown import DrainConfig, DrainingServer
 from ember.server.common.config import FineTuningConfig
@@ -83,7 +85,18 @@ def fine_tuning_config_from(
     )
 
 
-def engine_settings_from(args: argparse.Namespace, speculation: SpeculationConfig) -> EngineSettings:
+def generation_choice_from(args: argparse.Namespace) -> GenerationChoice:
+    """--generation-config and --override-generation-config; ValueError naming a bad source, field or value
+    (an override out of a sampling parameter's range is refused here, not logged and dropped at load)."""
+    text = args.override_generation_config
+    overrides = () if text is None else parse_overrides(text)
+    SamplingParams(**{name: int(value) if name == "top_k" else value for name, value in overrides})
+    return GenerationChoice(args.generation_config, overrides)
+
+
+def engine_settings_from(
+    args: argparse.Namespace, speculation: SpeculationConfig, generation: GenerationChoice
+) -> EngineSettings:
     """The engine flags every model starts from; a models file's entries override KV budget, threads, context
     length and add adapters (--lora adapters belong to the default model only)."""
     engine_cfg = EngineConfig(
@@ -103,7 +116,12 @@ def engine_settings_from(args: argparse.Namespace, speculation: SpeculationConfi
         speculation=speculation,
     )
     return EngineSettings(
-        engine_cfg, args.weight_format, args.device, args.quantization, threads=args.threads or None
+        engine_cfg,
+        args.weight_format,
+        args.device,
+        args.quantization,
+        threads=args.threads or None,
+        generation=generation,
     )
 
 
@@ -161,6 +179,7 @@ def serve_from_args(args: argparse.Namespace) -> int:
             prompt_lookup_max=args.prompt_lookup_max,
             max_batch=args.speculation_max_batch,
         )
+        generation = generation_choice_from(args)
     except ValueError as error:  # ModelSpecError is one
         print(f"ember serve: {error}", file=sys.stderr)
         return 1
@@ -173,7 +192,7 @@ def serve_from_args(args: argparse.Namespace) -> int:
     budget = None if args.memory_budget_gib is None else int(args.memory_budget_gib * GIB)
     # One engine steps at a time when there are several: see docs/decisions.md ("Several models").
     take_turns = len(specs) > 1 and not args.concurrent_engine_steps
-    opener = ModelOpener(engine_settings_from(args, speculation), StepGate() if take_turns else None)
+    opener = ModelOpener(engine_settings_from(args, speculation, generation), StepGate() if take_turns else None)
     try:
         default_estimate = opener.estimate(default_spec)
         check_fits(default_spec.label, default_estimate, 0, budget, available_bytes())

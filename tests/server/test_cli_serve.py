@@ -111,3 +111,22 @@ def test_an_unknown_kernel_family_is_one_line_and_exit_2(
     assert (
         "EMBER_KERNEL_ISA='avx9000' is not one of auto, scalar, avx2, avx512_vnni" in capsys.readouterr().err
     )
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--override-generation-config", '{"min_tokens": 2}'], "'min_tokens' is not one ember applies"),
+        (["--override-generation-config", '{"top_p": 0}'], "top_p"),
+        (["--generation-config", "/nonexistent"], "auto, vllm or a folder holding generation_config.json"),
+    ],
+)
+def test_a_bad_generation_config_flag_is_one_line_and_exit_1(
+    flags: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Checked before any model is read, so in-process."""
+    from ember.cli import main
+
+    assert main(["serve", "--port", str(free_port()), *flags]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("ember serve: ") and message in error and "Traceback" not in error

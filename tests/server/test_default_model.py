@@ -85,3 +85,21 @@ def test_responses_api_answers_and_streams_to_the_end(default_server: RunningSer
         deltas = [event.delta for event in stream if event.type == "response.output_text.delta"]
         final = stream.get_final_response()  # response.completed: the model ended its turn
     assert final.status == "completed" and "".join(deltas) == final.output_text != ""
+
+
+def test_a_chat_that_sets_no_sampling_samples_as_the_model_card_says(default_server: RunningServer) -> None:
+    """The embedded GGUF ships no sampling defaults; its card's temperature 0.2 and top_p 0.9 apply, so an
+    unmodified client's first question gets the same reply as one asking for them (same seed)."""
+    client = openai.OpenAI(base_url=default_server.openai_base, api_key="x", max_retries=0)
+    question = [{"role": "user", "content": "Give me three tips for better sleep."}]
+
+    def reply(**sampling: float) -> str:
+        chat = client.chat.completions.create(
+            model=default_server.config.model_name, messages=question, max_tokens=24, seed=7, **sampling
+        )
+        return chat.choices[0].message.content or ""
+
+    reply()  # every later call then finds the same prompt blocks cached and computes the same logits
+    carded = reply()
+    assert carded and carded == reply(temperature=0.2, top_p=0.9)
+    assert carded != reply(temperature=1.0, top_p=1.0), "the neutral defaults would sample differently"

@@ -9,11 +9,9 @@ import logging
 
 from ember.engine.sampling_params import SamplingParams
 from ember.models.checkpoint import GenerationDefaults
+from ember.models.generation_choice import SAMPLING_FIELDS
 
 logger = logging.getLogger(__name__)
-
-# The GenerationDefaults fields that are sampling parameters of the same name and meaning.
-SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "repetition_penalty")
 
 
 def default_sampling_params(generation: GenerationDefaults) -> SamplingParams:
@@ -33,5 +31,5 @@ def default_sampling_params(generation: GenerationDefaults) -> SamplingParams:
     params = dataclasses.replace(SamplingParams(), **overrides)
     if overrides:
         shown = ", ".join(f"{name}={value}" for name, value in overrides.items())
-        logger.info("the checkpoint's generation defaults apply to requests that leave them out: %s", shown)
+        logger.info("sampling defaults of requests that leave them out: %s", shown)
     return params

