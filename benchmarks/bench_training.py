@@ -25,11 +25,12 @@ row. The "ember, fp32 matmuls" side is ember with every matmul in fp32 (`base_ma
 same precision as the PEFT loop, and its ratio is printed too.
 
 A second case, the memory one, trains rows of ~2048 reply tokens (one row a step) and prints each side's peak
-RSS beside its tokens/s (the issue's target: ember's training worker <= 2.5 GB).
+RSS beside its tokens/s (the issue's target: ember's training worker <= 2.5 GB). A side whose worker dies (a
+step that runs out of memory is killed by the kernel) gets a line saying so; the other sides go on.
 
     .venv/bin/python benchmarks/bench_training.py [--threads 2] [--rounds 6] [--warmup 1]
         [--examples 24] [--batch-examples 4] [--sides ember,ember-fp32,peft]
-        [--memory-row-tokens 2048] [--no-memory-case] [--model PATH]
+        [--memory-row-tokens 2048] [--no-memory-case] [--no-speed-case] [--model PATH]
 """
 
 from __future__ import annotations
@@ -82,6 +83,13 @@ class Case:
 
 
 @dataclass(frozen=True)
+class CaseResult:
+    sides: dict[str, SideResult]  # the sides that ran every step
+    died: dict[str, str]  # side -> what ended its worker, and at which step
+    round_tokens: int  # median input tokens of a timed round
+
+
+@dataclass(frozen=True)
 class SideResult:
     tokens_per_second: list[float]  # one per timed round
     first_loss: float  # of the first (warm-up) step: both sides start from the same adapter output (B = 0)
@@ -116,6 +124,11 @@ def step_plan(examples: list[Any], case: Case) -> tuple[list[list[int]], int]:
     return plan[:needed], epochs
 
 
+class WorkerDied(Exception):
+    """A side's process ended before answering (a training step that ran out of memory is killed by the
+    kernel: exit -9): the table says so instead of the run stopping."""
+
+
 class Worker:
     """One side's process, spoken to in JSON lines."""
 
@@ -130,12 +143,17 @@ class Worker:
 
     def ask(self, message: dict[str, Any] | None = None) -> dict[str, Any]:
         assert self.process.stdin is not None and self.process.stdout is not None
-        if message is not None:
-            self.process.stdin.write(json.dumps(message) + "\n")
-            self.process.stdin.flush()
-        line = self.process.stdout.readline()
+        try:
+            if message is not None:
+                self.process.stdin.write(json.dumps(message) + "\n")
+                self.process.stdin.flush()
+            line = self.process.stdout.readline()
+        except BrokenPipeError:
+            line = ""
         if not line:
-            raise RuntimeError(f"the {self.side} worker exited with {self.process.wait()}")
+            code = self.process.wait()
+            killed = " (SIGKILL: out of memory?)" if code == -9 else ""
+            raise WorkerDied(f"exited with {code}{killed}")
         return json.loads(line)
 
     def close(self) -> float:
@@ -144,8 +162,8 @@ class Worker:
         return float(peak)
 
 
-def run_case(case: Case, model_path: str, threads: int) -> tuple[dict[str, SideResult], int]:
-    """Every side trains the case's steps, in alternating order; (results, input tokens of a timed round)."""
+def run_case(case: Case, model_path: str, threads: int) -> CaseResult:
+    """Every side trains the case's steps, in alternating order; a side whose worker dies drops out."""
     examples = tokenize(model_path, case)
     plan, epochs = step_plan(examples, case)
     with tempfile.TemporaryDirectory() as folder:
@@ -157,15 +175,23 @@ def run_case(case: Case, model_path: str, threads: int) -> tuple[dict[str, SideR
         settings = {"model": model_path, "batch_examples": case.batch_examples, "epochs": epochs}
         case_file.write_text(json.dumps({**settings, "examples": payload}))
         workers = [Worker(side, case_file, threads) for side in case.sides]
+        died: dict[str, str] = {}
         for worker in workers:
-            worker.ask()  # ready: its model is loaded
+            try:
+                worker.ask()  # ready: its model is loaded
+            except WorkerDied as error:
+                died[worker.side] = f"{error} while loading"
         seconds: dict[str, list[float]] = {side: [] for side in case.sides}
         first_loss: dict[str, float] = {}
         for round_index, batch in enumerate(plan):
             order = workers if round_index % 2 == 0 else workers[::-1]
             trained = sum(examples[i].num_trained_tokens for i in batch)
-            for worker in order:
-                answer = worker.ask({"step": batch})
+            for worker in (w for w in order if w.side not in died):
+                try:
+                    answer = worker.ask({"step": batch})
+                except WorkerDied as error:
+                    died[worker.side] = f"{error} in step {round_index + 1}"
+                    continue
                 if answer["trained_tokens"] != trained:
                     raise RuntimeError(
                         f"{worker.side} trained another batch than planned (step {round_index})"
@@ -173,15 +199,16 @@ def run_case(case: Case, model_path: str, threads: int) -> tuple[dict[str, SideR
                 first_loss.setdefault(worker.side, answer["loss"])
                 if round_index >= case.warmup:
                     seconds[worker.side].append(answer["seconds"])
-        peaks = {worker.side: worker.close() for worker in workers}
+        peaks = {worker.side: worker.close() for worker in workers if worker.side not in died}
     tokens = [sum(examples[i].num_tokens - 1 for i in batch) for batch in plan[case.warmup :]]
     results = {
         side: SideResult(
             [n / s for n, s in zip(tokens, seconds[side], strict=True)], first_loss[side], peaks[side]
         )
         for side in case.sides
+        if side not in died
     }
-    return results, round(statistics.median(tokens))
+    return CaseResult(results, died, round(statistics.median(tokens)))
 
 
 def cpu_name() -> str:
@@ -196,11 +223,12 @@ def cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
-def print_case(case: Case, results: dict[str, SideResult], round_tokens: int, cpu: str) -> None:
-    timed = len(next(iter(results.values())).tokens_per_second)
+def print_case(case: Case, outcome: CaseResult, cpu: str) -> None:
+    results = outcome.sides
     print(
-        f"\n{case.name}: {case.examples} rows, {case.batch_examples} a step (median {round_tokens} input tokens), "
-        f"{case.warmup} warm-up + {timed} timed rounds; CPU {cpu}; load {os.getloadavg()[0]:.1f} at the end"
+        f"\n{case.name}: {case.examples} rows, {case.batch_examples} a step (median {outcome.round_tokens} input "
+        f"tokens), {case.warmup} warm-up + {case.rounds} timed rounds; CPU {cpu}; load {os.getloadavg()[0]:.1f} "
+        "at the end"
     )
     print(f"{'side':<26}{'tokens/s median':>16}{'(min-max)':>16}{'first loss':>12}{'peak RSS MB':>13}")
     for side, result in results.items():
@@ -210,6 +238,8 @@ def print_case(case: Case, results: dict[str, SideResult], round_tokens: int, cp
         print(
             f"{SIDES[side]:<26}{median:>16.1f}{spread:>16}{result.first_loss:>12.4f}{result.peak_rss_mb:>13.0f}"
         )
+    for side, what in outcome.died.items():
+        print(f"{SIDES[side]:<26}{'worker ' + what:>57}")
     if "peft" not in results:
         return
     peft = results["peft"].tokens_per_second
@@ -235,6 +265,7 @@ def main() -> None:
         "--memory-row-tokens", type=int, default=2048, help="reply tokens of the memory case's rows"
     )
     parser.add_argument("--no-memory-case", action="store_true")
+    parser.add_argument("--no-speed-case", action="store_true")
     parser.add_argument(
         "--model", default=None, help="a GGUF file or a Hugging Face folder (default: SmolLM2)"
     )
@@ -258,7 +289,9 @@ def main() -> None:
         f"{Path(model_path).name}, LoRA r={RANK} on {len(MODULES)} modules, {args.threads} threads; "
         f"ember's default base matmuls on this CPU: {dtype}; CPU {cpu}; load {os.getloadavg()[0]:.1f} at the start"
     )
-    cases = [Case("speed", args.examples, args.batch_examples, None, args.warmup, args.rounds, sides)]
+    cases = []
+    if not args.no_speed_case:
+        cases.append(Case("speed", args.examples, args.batch_examples, None, args.warmup, args.rounds, sides))
     if not args.no_memory_case:
         memory_sides = tuple(s for s in sides if s != "ember-fp32")
         cases.append(
@@ -273,8 +306,7 @@ def main() -> None:
             )
         )
     for case in cases:
-        results, round_tokens = run_case(case, model_path, args.threads)
-        print_case(case, results, round_tokens, cpu)
+        print_case(case, run_case(case, model_path, args.threads), cpu)
 
 
 if __name__ == "__main__":
