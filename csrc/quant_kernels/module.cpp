@@ -28,6 +28,22 @@ namespace {
 
 bool cpu_has_avx2() { return cpu_supports(Isa::Avx2); }
 
+// Runs a kernel call with the GIL released (the kernels run their own thread team); an allocation failure inside
+// becomes Python's MemoryError, anything else returns None.
+template <typename Work>
+PyObject* run_without_gil(Work&& work) {
+    bool failed = false;
+    Py_BEGIN_ALLOW_THREADS
+    try {
+        work();
+    } catch (const std::bad_alloc&) {
+        failed = true;
+    }
+    Py_END_ALLOW_THREADS
+    if (failed) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
 constexpr size_t kPrivateQuantize = 16384;  // up to this many activations every thread quantizes them itself
 
 void run_item(Isa isa, const MatmulSlice& base, const WorkPlan& plan, int item) {
@@ -144,16 +160,9 @@ PyObject* py_decode_attention(PyObject*, PyObject* args) {
     b.block_table_stride = stride;
     b.context_lens = reinterpret_cast<const int64_t*>(lens);
     b.out = reinterpret_cast<float*>(out);
-    bool failed = false;
-    Py_BEGIN_ALLOW_THREADS
-    try {
+    return run_without_gil([&] {
         decode_attention_batch(b, isa, num_threads, splits);
-    } catch (const std::bad_alloc&) {
-        failed = true;
-    }
-    Py_END_ALLOW_THREADS
-    if (failed) return PyErr_NoMemory();
-    Py_RETURN_NONE;
+    });
 #else
     (void)args;
     PyErr_SetString(PyExc_ValueError, "this build has no AVX2 kernels, so no decode attention");
@@ -210,17 +219,10 @@ PyObject* py_matmul(PyObject*, PyObject* args) {
     }
     Isa isa;
     if (!parse_isa(isa_id, &isa)) return nullptr;
-    bool failed = false;
-    Py_BEGIN_ALLOW_THREADS
-    try {
+    return run_without_gil([&] {
         run_matmul(qtype, reinterpret_cast<const float*>(x_ptr), m, k, reinterpret_cast<const uint8_t*>(packed_ptr),
                    n, reinterpret_cast<float*>(y_ptr), num_threads, isa);
-    } catch (const std::bad_alloc&) {
-        failed = true;
-    }
-    Py_END_ALLOW_THREADS
-    if (failed) return PyErr_NoMemory();
-    Py_RETURN_NONE;
+    });
 }
 
 // decode_step(layers_ptr, dims, batch, num_threads): dims = (num_layers, hidden, num_heads, num_kv_heads,
@@ -297,16 +299,9 @@ PyObject* py_decode_step(PyObject*, PyObject* args) {
         PyErr_SetString(PyExc_ValueError, error);
         return nullptr;
     }
-    bool failed = false;
-    Py_BEGIN_ALLOW_THREADS
-    try {
+    return run_without_gil([&] {
         decode_step_avx2(layers, d, batch, num_threads);
-    } catch (const std::bad_alloc&) {
-        failed = true;
-    }
-    Py_END_ALLOW_THREADS
-    if (failed) return PyErr_NoMemory();
-    Py_RETURN_NONE;
+    });
 #else
     PyErr_SetString(PyExc_ValueError, "this build has no AVX2 kernels, so no fused decode step");
     return nullptr;
@@ -353,9 +348,7 @@ PyObject* py_prefill_attention(PyObject*, PyObject* args) {
         PyErr_SetString(PyExc_ValueError, error);
         return nullptr;
     }
-    bool failed = false;
-    Py_BEGIN_ALLOW_THREADS
-    try {
+    return run_without_gil([&] {
 #if defined(EMBER_HAVE_AVX512_VNNI)
         if (isa == Isa::Avx512Vnni) {
             prefill_attention_avx512(p, num_threads);
@@ -366,12 +359,7 @@ PyObject* py_prefill_attention(PyObject*, PyObject* args) {
             prefill_attention_avx2(p, num_threads);
 #endif
         }
-    } catch (const std::bad_alloc&) {
-        failed = true;
-    }
-    Py_END_ALLOW_THREADS
-    if (failed) return PyErr_NoMemory();
-    Py_RETURN_NONE;
+    });
 }
 
 PyObject* py_decode_table_fields(PyObject*, PyObject*) { return PyLong_FromLong(kLayerTableFields); }
