@@ -5,8 +5,9 @@
 SmolLM2-135M-Instruct, whose GGUF carries none, the values its model card generates with fill the gap (the
 neutral temperature 1 makes that 135M model wander off in other languages and rarely end its turn). `vllm`
 takes none (temperature 1, no top-p / top-k / penalty: OpenAI's documented defaults). A folder reads the
-sampling values of the generation_config.json in it. Overrides win over all of them; a request's own value wins
-over everything (engine/generation_defaults.py).
+sampling values of the generation_config.json in it as a checkpoint's are read (ModelLoadError for a bad file,
+an out-of-range value logged and left out when the engine builds its defaults). Overrides win over all of them;
+a request's own value wins over everything (engine/generation_defaults.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import os
 from dataclasses import dataclass
 
 from ember.models.checkpoint import GenerationDefaults
+from ember.models.hf_loader import read_generation_config
 
 # The GenerationDefaults fields that are sampling parameters of the same name and meaning.
 SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "repetition_penalty")
@@ -73,27 +75,11 @@ def resolve_generation(
                 value = getattr(card, name)
             sampling[name] = value
     elif choice.source != "vllm":
-        sampling.update(_read_folder(choice.source))
+        folder = read_generation_config(choice.source)
+        sampling.update({name: getattr(folder, name) for name in SAMPLING_FIELDS})
     for name, value in choice.overrides:
         sampling[name] = int(value) if name == "top_k" else float(value)
     return dataclasses.replace(checkpoint, **sampling)
-
-
-def _read_folder(folder: str) -> dict[str, float | int]:
-    path = os.path.join(folder, "generation_config.json")
-    try:
-        with open(path, encoding="utf-8") as handle:
-            raw = json.load(handle)
-    except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"cannot read {path}: {error}") from None
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path} is not a JSON object")
-    found: dict[str, float | int] = {}
-    for name in SAMPLING_FIELDS:
-        if raw.get(name) is not None:
-            _check_value(name, raw[name])
-            found[name] = int(raw[name]) if name == "top_k" else float(raw[name])
-    return found
 
 
 def _check_value(name: str, value: object) -> None:

@@ -53,7 +53,7 @@ def load_hf_folder(path: str, quantization: str | None = None) -> Checkpoint:
         chat_template=read_hf_chat_template(path),
         source_path=path,
         source_format="safetensors",
-        generation=_read_generation_defaults(path, config),
+        generation=read_generation_config(path, config.eos_token_ids),
         quantization=stored,
     )
 
@@ -228,10 +228,12 @@ def _quantizer(quantization: str | None, config: ModelConfig, names: set[str]) -
     return CheckpointQuantizer(quantization, config, names)
 
 
-def _read_generation_defaults(path: str, config: ModelConfig) -> GenerationDefaults:
-    raw = _read_json(path, "generation_config.json") or {}
+def read_generation_config(folder: str, eos_token_ids: tuple[int, ...] = ()) -> GenerationDefaults:
+    """A folder's generation_config.json (all None when it has none), its end-of-sequence ids followed by
+    `eos_token_ids`; ModelLoadError when the file is not a JSON object."""
+    raw = _read_json(folder, "generation_config.json") or {}
     eos = list(_token_ids(raw.get("eos_token_id")))
-    eos += [t for t in config.eos_token_ids if t not in eos]
+    eos += [t for t in eos_token_ids if t not in eos]
 
     def number(key: str) -> float | None:
         value = raw.get(key)
