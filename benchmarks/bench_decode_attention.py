@@ -12,27 +12,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import time
-from pathlib import Path
 
 import torch
 
+from ember.bench.machine import cpu_name, load_average
 from ember.kernels.decode_attention import attention_isas, decode_attention
 from ember.models.kv_cache_format import kv_cache_format
 
 LAYERS, HEADS, KV_HEADS, HEAD_DIM, BLOCK_SIZE = 30, 9, 3, 64, 16
-
-
-def cpu_name() -> str:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-    return next(
-        (line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), "?"
-    )
-
-
-def load_average() -> str:
-    return Path("/proc/loadavg").read_text().split()[0]
 
 
 def layer_caches(dtype: str, context: int) -> list[tuple[torch.Tensor, torch.Tensor]]:

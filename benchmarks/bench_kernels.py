@@ -24,6 +24,7 @@ from functools import partial
 import gguf
 import torch
 
+from ember.bench.machine import cpu_name
 from ember.bench.workloads import PromptMaker, decode_throughput
 from ember.engine.engine_config import CacheConfig, SchedulerConfig
 from ember.engine.llm_engine import EngineConfig, LLMEngine
@@ -69,18 +70,6 @@ class Timing:
     median: float
     low: float
     high: float
-
-
-def cpu_name() -> str:
-    """The CPU's model name as lscpu reports it (from /proc/cpuinfo, which lscpu reads)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 def load_text() -> str:

@@ -29,12 +29,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
 import torch
 
+from ember.bench.machine import cpu_name, load_average
 from ember.engine.forward_path import ForwardPath, NetworkForward
 from ember.models.attention_metadata import AttentionMetadata
 from ember.models.kv_cache import allocate_kv_caches
@@ -44,17 +44,6 @@ from ember.threads import configure_torch_threads
 BLOCK_SIZE = 16
 PREFILL_CHUNK = 512
 REPO = Path(__file__).resolve().parent.parent
-
-
-def cpu_name() -> str:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-    return next(
-        (line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), "?"
-    )
-
-
-def load_average() -> str:
-    return Path("/proc/loadavg").read_text().split()[0]
 
 
 def long_text_ids(model: LoadedModel, count: int, root: Path = REPO) -> list[int]:

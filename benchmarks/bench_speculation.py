@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import platform
 import statistics
-import subprocess
 import time
 from dataclasses import dataclass
 
+from ember.bench.machine import cpu_name
 from ember.engine.engine_config import CacheConfig, EngineConfig, SchedulerConfig
 from ember.engine.llm_engine import LLMEngine
 from ember.engine.sampling_params import SamplingParams
@@ -140,16 +139,6 @@ def aggregate(engine: LLMEngine, prompts: list[list[int]], max_tokens: int, tag:
     while engine.has_unfinished():
         generated += sum(len(o.outputs[0].delta_token_ids) for o in engine.step())
     return generated / (time.perf_counter() - start)
-
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        return next(
-            line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")
-        )
-    except (OSError, StopIteration, subprocess.CalledProcessError):
-        return platform.processor() or "unknown CPU"
 
 
 def main() -> None:

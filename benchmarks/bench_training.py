@@ -40,7 +40,6 @@ import importlib.metadata
 import json
 import math
 import os
-import platform
 import random
 import statistics
 import subprocess
@@ -52,6 +51,8 @@ from typing import Any
 
 import torch
 from training_sides import BATCH_TOKENS, MODULES, RANK, SEED, SIDES, run_worker
+
+from ember.bench.machine import cpu_name
 
 TOPICS = ["the sea", "mountains", "bread", "rain", "trains", "libraries", "owls", "gardens", "jazz", "winter"]
 
@@ -209,18 +210,6 @@ def run_case(case: Case, model_path: str, threads: int) -> CaseResult:
         if side not in died
     }
     return CaseResult(results, died, round(statistics.median(tokens)))
-
-
-def cpu_name() -> str:
-    """lscpu's "Model name" (the machine's CPU changes between sessions), else what platform knows."""
-    try:
-        output = subprocess.run(["lscpu"], check=True, capture_output=True, text=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return platform.processor() or "unknown"
-    for line in output.splitlines():
-        if line.startswith("Model name:"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def print_case(case: Case, outcome: CaseResult, cpu: str) -> None:

@@ -14,24 +14,17 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import threading
 import time
 
 import torch
 
+from ember.bench.machine import cpu_name
 from ember.engine.engine_config import EngineConfig
 from ember.engine.llm_engine import LLMEngine
 from ember.engine.sampling_params import SamplingParams
 from ember.models.loader import LoadConfig, load_model
 from ember.threads import StepGate, configure_torch_threads
-
-
-def cpu_name() -> str:
-    for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-        if line.startswith("Model name:"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
 
 
 def decode_loop(

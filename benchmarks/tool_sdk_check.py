@@ -36,6 +36,7 @@ from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI
 
 from ember.bench.http_server import free_port, wait_until_healthy
+from ember.bench.machine import cpu_name
 
 QUESTION = "What's the weather like in Paris right now?"
 DESCRIPTION = "Get the current weather in a city."
@@ -205,13 +206,6 @@ def run(url: str, api_key: str, runs: int) -> list[LoopResult]:
     else:
         results.append(guarded("fireworks-ai", lambda: fireworks_loop(url, api_key, model)))
     return results
-
-
-def cpu_name() -> str:
-    for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-        if line.startswith("Model name:"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
 
 
 def print_table(results: list[LoopResult]) -> None:

@@ -4,10 +4,12 @@ tensors left on a slow path, told by the loader's own log lines (captured while 
 from __future__ import annotations
 
 import logging
+import platform
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 # The flags that decide which kernels can run, in the order a reader compares machines by.
 SIMD_FLAGS = (
@@ -27,6 +29,19 @@ def lscpu_fields() -> dict[str, str]:
         if sep:
             fields[name.strip()] = value.strip()
     return fields
+
+
+def cpu_name() -> str:
+    """lscpu's model name (the machine's CPU changes between sessions): what every figure is named with."""
+    return lscpu_fields().get("Model name") or platform.processor() or "unknown CPU"
+
+
+def load_average() -> str:
+    """The 1-minute load average, printed beside figures taken on a shared machine."""
+    try:
+        return Path("/proc/loadavg").read_text().split()[0]
+    except OSError:
+        return "?"
 
 
 def cpu_description(fields: dict[str, str]) -> str:
