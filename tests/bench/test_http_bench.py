@@ -51,7 +51,7 @@ def test_each_workload_runs_on_the_engine_then_through_a_real_server(tmp_path: P
     work = Workloads(streams=(1, 3), new_tokens=5, prefill_length=64, ttft_length=64)
     tokenizer, _ = default_tokenizer_and_template()
     text = TextPrompts(tokenizer, corpus=tokenizer.encode(documentation_text()[:10000]))
-    # 3 arrivals (at 0.1, 0.2, 0.3 s) beside 2 running streams, after 0.35 s of those 2 alone
+    # 3 arrivals (at 0.1, 0.2, 0.3 s) beside 2 running streams, between two 0.35 s windows of those 2 alone
     arrival = ArrivalConfig(
         running=2, interval_ms=100, process="fixed", seconds=0.35, prompt_tokens=16, new_tokens=3
     )

@@ -23,7 +23,7 @@ class ArrivalConfig:
     process: str = "poisson"
     """poisson (exponential gaps, seeded) or fixed (every interval_ms)."""
     seconds: float = 20.0
-    """How long requests keep arriving; the pure-decode window before it is as long."""
+    """How long requests keep arriving; the pure-decode windows before and after it are as long."""
     prompt_tokens: int = 128
     """Each new request's prompt (real text, new from its first token)."""
     new_tokens: int = 32

@@ -1,11 +1,14 @@
 """The arrival workload through HTTP: new requests arriving beside running streams, as a live server sees them.
 
-`running` streams start and, once each has its first token, decode alone for `seconds` (the pure N-stream
-figure); then new requests arrive on the seeded schedule for `seconds` more, each a fresh real-text prompt and
-a short answer. Throughput counts every generated token (running streams and arrivals alike) whose chunk
-arrived in the window, over the window's length; the arrival window ends when the last new request finishes.
-The ratio arrival / pure is what a new request costs everyone else: a prefill chunk in a decode step, a step
-that leaves a fast path. A running stream that reaches the context limit starts again with the same prompt (its
+`running` streams start and, once each has its first token, decode alone for `seconds`; then new requests
+arrive on the seeded schedule for `seconds` more, each a fresh real-text prompt and a short answer; then the
+streams decode alone for `seconds` again. Throughput counts every generated token (running streams and
+arrivals alike) whose chunk arrived in a window, over the window's length; the arrival window ends when the
+last new request finishes. The pure N-stream figure is the two alone windows together: the streams' contexts
+grow all through the run (~800 tokens a window), which makes every step slower, and the windows before and
+after bracket the contexts of the arrival window (the window before alone overstated the pure figure by the
+growth, and charged it to the arrivals). The ratio arrival / pure is what a new request costs everyone else: a
+prefill chunk in a decode step, a step that leaves a fast path. A running stream that reaches the context limit starts again with the same prompt (its
 tokens keep counting), so the N streams outlast both windows however fast the server is; they are cancelled
 (the connection closed) at the end."""
 
@@ -25,7 +28,7 @@ from ember.bench.text_prompts import TextPrompts
 class ArrivalResult:
     running: int
     arrivals: int
-    pure_tokens_per_s: float  # the running streams alone, just before the arrivals
+    pure_tokens_per_s: float  # the running streams alone, in the windows just before and after the arrivals
     tokens_per_s: float  # every stream's tokens while requests arrive
     ttft_ms: list[float]  # each new request's time to first token, in arrival order
 
@@ -85,7 +88,7 @@ async def arrival_workload(
     ]
     try:
         await _first_tokens(running, tasks)
-        pure_start = time.perf_counter()
+        before_start = time.perf_counter()
         await asyncio.sleep(cfg.seconds)
         pure_end = time.perf_counter()
         arrival_prompts = [prompts.make(cfg.prompt_tokens) for _ in cfg.offsets()]
@@ -97,17 +100,20 @@ async def arrival_workload(
             )
         )
         end = time.perf_counter()
+        await asyncio.sleep(cfg.seconds)
+        after_end = time.perf_counter()
         _check_running(tasks)
     finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-    pure_tokens = _tokens_between(running, pure_start, pure_end)
-    if pure_tokens == 0:
+    before = _tokens_between(running, before_start, pure_end)
+    after = _tokens_between(running, end, after_end)
+    if before == 0 or after == 0:
         raise HttpBenchError(
-            f"no token arrived in the {cfg.seconds} s pure-decode window (one step took longer): "
+            f"no token arrived in a {cfg.seconds} s pure-decode window (one step took longer): "
             "lengthen --arrival-seconds"
         )
-    pure = pure_tokens / (pure_end - pure_start)
+    pure = (before + after) / ((pure_end - before_start) + (after_end - end))
     during = _tokens_between(running + arrived, pure_end, end) / (end - pure_end)
     return ArrivalResult(cfg.running, len(arrived), pure, during, list(ttfts))

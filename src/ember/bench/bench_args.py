@@ -76,7 +76,7 @@ def add_long_bench_args(bench: argparse.ArgumentParser) -> None:
         "--arrival-seconds",
         type=float,
         default=arrival.seconds,
-        help="how long requests arrive (the pure-decode window before them is as long)",
+        help="how long requests arrive (the pure-decode windows before and after them are as long)",
     )
     bench.add_argument(
         "--arrival-prompt-tokens", type=int, default=arrival.prompt_tokens, help="each new request's prompt"

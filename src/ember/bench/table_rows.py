@@ -121,7 +121,7 @@ def long_rows(ours: LongFigures, arrival: ArrivalConfig | None, http_peer: HttpP
             f"pure decode tok/s, {_plural(arrival.running)}",
             None,
             peer_value(peer_arrival.pure_tokens_per_s if peer_arrival else None),
-            extra=f"the arrival run's first {arrival.seconds:.0f} s, before any arrival",
+            extra=f"the running streams alone, {arrival.seconds:.0f} s before and {arrival.seconds:.0f} s after the arrivals",
             http=got.pure_tokens_per_s,
         )
     )
