@@ -147,13 +147,14 @@ void attention_tile_softmax(float* scores, int n, const float* key_scales, const
             state.max[g] = new_max;
         }
         const __m256 shift = _mm256_set1_ps(new_max);
-        float tile_sum = 0.0f;
+        __m256 sums = _mm256_setzero_ps();  // one horizontal sum per tile, not one per 8 scores
         i = 0;
         for (; i + 8 <= n; i += 8) {
             const __m256 e = exp_ps(_mm256_sub_ps(_mm256_loadu_ps(s + i), shift));
-            tile_sum += hsum8(e);
+            sums = _mm256_add_ps(sums, e);
             _mm256_storeu_ps(s + i, _mm256_mul_ps(e, _mm256_loadu_ps(value_scales + i)));
         }
+        float tile_sum = hsum8(sums);
         for (; i < n; ++i) {
             const float e = std::exp(s[i] - new_max);
             tile_sum += e;
