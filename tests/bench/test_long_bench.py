@@ -5,6 +5,7 @@ against a real `ember serve` in test_http_bench.py."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 from pathlib import Path
 
@@ -37,6 +38,14 @@ def test_contexts_are_read_in_k_of_1024_tokens() -> None:
     assert bench_args("--contexts", "3000").contexts == (3000,)
     assert bench_args("--contexts", "").contexts == ()
     assert [context_label(c) for c in (1024, 16384, 3000)] == ["1k", "16k", "3000"]
+
+
+def test_the_kv_cache_dtype_flag_reaches_the_config(capsys: pytest.CaptureFixture[str]) -> None:
+    assert bench_config(bench_args()).kv_cache_dtype == "auto"
+    assert bench_config(bench_args("--kv-cache-dtype", "q8_0")).kv_cache_dtype == "q8_0"
+    with pytest.raises(SystemExit):
+        bench_args("--kv-cache-dtype", "q4_0")
+    assert "invalid choice: 'q4_0'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("bad", ["4x", "0k", "-1k", "k"])
@@ -159,6 +168,10 @@ def test_the_llama_server_command_and_its_build_options(tmp_path: Path) -> None:
     assert (pairs["--threads"], pairs["--threads-batch"]) == ("2", "2")
     assert (pairs["--ctx-size"], pairs["--parallel"]) == ("32768", "32")
     assert "--kv-unified" in command and pairs["--api-key"] == "-k"
+    assert "--cache-type-k" not in command  # auto: llama-server's own default (f16), as ember's auto is fp16
+    quantized = dataclasses.replace(launch, kv_cache_dtype="q8_0").command(port=8123, api_key="-k")
+    pairs = dict(zip(quantized[1::2], quantized[2::2], strict=False))
+    assert (pairs["--cache-type-k"], pairs["--cache-type-v"]) == ("q8_0", "q8_0")
     assert build_flags(str(binary)) == "build options unknown (no CMakeCache.txt near the binary)"
     binary.parent.mkdir(parents=True)
     cache = (

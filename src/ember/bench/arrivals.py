@@ -8,8 +8,8 @@ last new request finishes. The pure N-stream figure is the two alone windows tog
 grow all through the run (~800 tokens a window), which makes every step slower, and the windows before and
 after bracket the contexts of the arrival window (the window before alone overstated the pure figure by the
 growth, and charged it to the arrivals). The ratio arrival / pure is what a new request costs everyone else: a
-prefill chunk in a decode step, a step that leaves a fast path. A running stream that reaches the context limit starts again with the same prompt (its
-tokens keep counting), so the N streams outlast both windows however fast the server is; they are cancelled
+prefill chunk in a decode step, a step that leaves a fast path. A running stream that reaches the context limit starts again on a fresh prompt (its
+tokens keep counting), so the N streams outlast every window however fast the server is; they are cancelled
 (the connection closed) at the end."""
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from ember.bench.arrival_schedule import ArrivalConfig
 from ember.bench.http_client import HttpBenchError
 from ember.bench.http_workloads import BenchClient
 from ember.bench.text_prompts import TextPrompts
+
+_RUNNING_PROMPT = 64  # tokens of each running stream's prompt
 
 
 @dataclass(frozen=True)
@@ -64,10 +66,11 @@ def _check_running(tasks: list[asyncio.Task[None]]) -> None:
             task.result()
 
 
-async def _keep_streaming(client: BenchClient, prompt: list[int], budget: int, times: list[float]) -> None:
-    """One running stream for as long as the workload lasts: a stream that used up its budget starts again."""
+async def _keep_streaming(client: BenchClient, prompts: TextPrompts, budget: int, times: list[float]) -> None:
+    """One running stream for as long as the workload lasts: a stream that used up its budget starts again, on
+    a fresh prompt (as a new user would; the same one again would be a prefix-cache hit)."""
     while True:
-        await client.stream_tokens(prompt, budget, times)
+        await client.stream_tokens(prompts.make(_RUNNING_PROMPT), budget, times)
 
 
 async def _first_tokens(running: list[list[float]], tasks: list[asyncio.Task[None]]) -> None:
@@ -79,13 +82,9 @@ async def _first_tokens(running: list[list[float]], tasks: list[asyncio.Task[Non
 async def arrival_workload(
     client: BenchClient, prompts: TextPrompts, cfg: ArrivalConfig, max_model_len: int
 ) -> ArrivalResult:
-    running_prompt = 64
-    budget = max_model_len - running_prompt - 1
+    budget = max_model_len - _RUNNING_PROMPT - 1
     running: list[list[float]] = [[] for _ in range(cfg.running)]
-    tasks = [
-        asyncio.create_task(_keep_streaming(client, prompts.make(running_prompt), budget, times))
-        for times in running
-    ]
+    tasks = [asyncio.create_task(_keep_streaming(client, prompts, budget, times)) for times in running]
     try:
         await _first_tokens(running, tasks)
         before_start = time.perf_counter()

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from ember.bench.arrival_schedule import ARRIVAL_PROCESSES, ArrivalConfig
 from ember.bench.llama_server import check_binary
+from ember.engine.engine_config import KV_CACHE_DTYPES
 
 if TYPE_CHECKING:
     from ember.bench.runner import BenchConfig
@@ -93,6 +94,13 @@ def add_long_bench_args(bench: argparse.ArgumentParser) -> None:
         "HTTP and on the peers); --no-short-rows runs only the long-context and arrival rows (default: on)",
     )
     bench.add_argument(
+        "--kv-cache-dtype",
+        choices=KV_CACHE_DTYPES,
+        default="auto",
+        help="the KV cache type of ember's engine and server, as `ember serve --kv-cache-dtype`; llama-server "
+        "gets the same type (--cache-type-k/-v) unless auto (each server's default)",
+    )
+    bench.add_argument(
         "--llama-server",
         type=_llama_server_binary,
         default=None,
@@ -135,4 +143,5 @@ def bench_config(args: argparse.Namespace) -> BenchConfig:
         arrival=bench_arrival_config(args),
         llama_server=args.llama_server,
         short_rows=args.short_rows,
+        kv_cache_dtype=args.kv_cache_dtype,
     )

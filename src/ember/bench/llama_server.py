@@ -11,6 +11,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+# ember's --kv-cache-dtype names -> llama.cpp's --cache-type-k/-v names (its q8_0 keeps a scale per 32 values, ours
+# one per head row)
+LLAMA_KV_TYPES = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "q8_0": "q8_0"}
+
 
 def check_binary(path: str) -> str:
     """The path of an executable llama-server, or ValueError saying what is wrong with it."""
@@ -30,12 +34,16 @@ class LlamaServerLaunch:
     threads: int
     context_tokens: int  # the unified KV cache, shared by all slots (each slot is capped at the model's own)
     slots: int
+    kv_cache_dtype: str = "auto"  # ember's name for the KV type both servers use; auto: each one's default
     start_timeout_s: float = 300.0
 
     def command(self, port: int, api_key: str) -> list[str]:
         command = [self.binary, "--model", self.gguf, "--host", "127.0.0.1", "--port", str(port)]
         command += ["--threads", str(self.threads), "--threads-batch", str(self.threads)]
         command += ["--ctx-size", str(self.context_tokens), "--parallel", str(self.slots)]
+        if self.kv_cache_dtype != "auto":
+            kv_type = LLAMA_KV_TYPES[self.kv_cache_dtype]
+            command += ["--cache-type-k", kv_type, "--cache-type-v", kv_type]
         # llama.cpp's parser takes no "--name=value"; it reads the next argument as the value, even one that
         # starts with "-" (one key in 32 does)
         command += ["--api-key", api_key, "--kv-unified", "--no-webui"]

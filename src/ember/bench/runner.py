@@ -12,7 +12,7 @@ from ember.bench.bench_args import context_label
 from ember.bench.ember_runs import HttpFigures, Workloads, measure_ember, measure_http_only
 from ember.bench.http_server import ServerLaunch, running_server
 from ember.bench.http_workloads import HttpBench
-from ember.bench.llama_server import LlamaServerLaunch, build_flags
+from ember.bench.llama_server import LLAMA_KV_TYPES, LlamaServerLaunch, build_flags
 from ember.bench.machine import capture_load_log, cpu_description, ember_kernel_paths, lscpu_fields
 from ember.bench.peers import PeerResult, llama_cpp_peer, transformers_peer
 from ember.bench.report import print_table
@@ -43,6 +43,7 @@ class BenchConfig:
     llama_server: str | None = None  # a llama-server binary: the same HTTP workloads on it, same GGUF
     # the short rows (prefill, decode per stream count, TTFT); off: only the long-context and arrival rows
     short_rows: bool = True
+    kv_cache_dtype: str = "auto"  # ember's --kv-cache-dtype; llama-server gets the same type (-ctk/-ctv)
 
     def __post_init__(self) -> None:
         if self.new_tokens < 1:
@@ -90,9 +91,11 @@ def _llama_server_peer(
 ) -> HttpPeer:
     streams = _most_streams(cfg)
     # One KV pool for everything in flight: the longest context, or 1024 tokens per slot (the arrival run's
-    # streams stay under that at a few hundred tok/s over its windows), whichever is more.
+    # streams stay under that at a few hundred tok/s over its three windows), whichever is more.
     context = max(long.max_model_len, streams * 1024)
-    launch = LlamaServerLaunch(binary, loaded.source_path, cfg.threads, context, streams)
+    launch = LlamaServerLaunch(
+        binary, loaded.source_path, cfg.threads, context, streams, kv_cache_dtype=cfg.kv_cache_dtype
+    )
     print(f"starting llama-server on loopback: {' '.join(launch.command(0, 'KEY')[1:])}", flush=True)
     with running_server(launch) as server:
         http = HttpBench(server.url, server.api_key, loaded.config.vocab_size)
@@ -117,7 +120,7 @@ def run_benchmark(cfg: BenchConfig) -> None:
     )
     long, skipped = long_workloads(cfg, loaded.config.max_position_embeddings)
     engine_cfg = EngineConfig(
-        cache=CacheConfig(block_size=16),
+        cache=CacheConfig(block_size=16, kv_cache_dtype=cfg.kv_cache_dtype),
         scheduler=SchedulerConfig(
             max_num_seqs=_most_streams(cfg),
             max_num_batched_tokens=512,
@@ -144,6 +147,11 @@ def run_benchmark(cfg: BenchConfig) -> None:
         if http is not None:
             ours_long = measure_long_and_arrivals(http, text_prompts.restarted(), long, "ember")
     steps = (engine.stats.num_fused_steps, engine.stats.num_module_steps, engine.stats.num_split_steps)
+    kv_note = f"KV cache: ember {engine.kv_format.name} (--kv-cache-dtype {cfg.kv_cache_dtype})"
+    if cfg.llama_server is not None:
+        kv_note += ", llama-server " + (
+            "f16 (its default)" if cfg.kv_cache_dtype == "auto" else LLAMA_KV_TYPES[cfg.kv_cache_dtype]
+        )
     http_peer = None
     if cfg.llama_server is not None:
         http_peer = _llama_server_peer(cfg.llama_server, cfg, loaded, work, long, text_prompts.restarted())
@@ -159,7 +167,8 @@ def run_benchmark(cfg: BenchConfig) -> None:
     names = [p.name for p in peers] + ([http_peer.name] if http_peer else [])
     footnotes = [
         f"CPU: {cpu_description(lscpu_fields())}",
-        f"ember kernels: {ember_kernel_paths(kernels.simd_level(), *steps)}",
+        f"ember kernels: {ember_kernel_paths(kernels.chosen_isa(), *steps)}",
+        kv_note,
         f"ember weights: {load_log.summary(loaded.kernel_linears, loaded.weight_format)}",
         "ratios ember/peer are speeds: above 1 ember is faster (for latencies, peer ms / ember ms); a peer "
         "measured through HTTP is compared with ember http",
