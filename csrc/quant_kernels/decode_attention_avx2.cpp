@@ -147,14 +147,17 @@ void attention_tile_softmax(float* scores, int n, const float* key_scales, const
             state.max[g] = new_max;
         }
         const __m256 shift = _mm256_set1_ps(new_max);
-        __m256 sums = _mm256_setzero_ps();  // one horizontal sum per tile, not one per 8 scores
+        // One horizontal sum per 8 weights, in this order: summing them in a register first (one horizontal sum
+        // a tile) is ~5% faster but rounds the denominator differently, and that alone turned the default
+        // model's greedy reply to "What is the capital of France?" from "The capital of France is Paris." to
+        // French (its first token is a near tie the served int8 path decides by rounding; docs/decisions.md).
+        float tile_sum = 0.0f;
         i = 0;
         for (; i + 8 <= n; i += 8) {
             const __m256 e = exp_ps(_mm256_sub_ps(_mm256_loadu_ps(s + i), shift));
-            sums = _mm256_add_ps(sums, e);
+            tile_sum += hsum8(e);
             _mm256_storeu_ps(s + i, _mm256_mul_ps(e, _mm256_loadu_ps(value_scales + i)));
         }
-        float tile_sum = hsum8(sums);
         for (; i < n; ++i) {
             const float e = std::exp(s[i] - new_max);
             tile_sum += e;
