@@ -13,8 +13,10 @@ from ember.bench.arrival_schedule import ArrivalConfig
 from ember.bench.ember_runs import Workloads, measure_ember
 from ember.bench.http_server import HttpBenchError, ServerLaunch, running_server
 from ember.bench.http_workloads import HttpBench
+from ember.bench.process_memory import read_process_memory
 from ember.bench.report import Row, print_table
 from ember.bench.server_suite import LongWorkloads, measure_long_and_arrivals
+from ember.bench.table_rows import memory_rows
 from ember.bench.text_prompts import TextPrompts, documentation_text
 from ember.bench.workloads import PromptMaker
 from ember.cli import build_parser
@@ -62,12 +64,18 @@ def test_each_workload_runs_on_the_engine_then_through_a_real_server(tmp_path: P
         hits_before = prefix_cache_hits(server.url)
         long = measure_long_and_arrivals(http, text, long_work, "ember")
         hits_after = prefix_cache_hits(server.url)
+        memory = read_process_memory(server.process.pid, kv_pool_mib=20.0)
         http.close()
         intruder = HttpBench(server.url, "not-the-key", VOCAB_SIZE)
         with pytest.raises(HttpBenchError, match="answered 401"):
             intruder.prefill_tokens_per_s(8, 1)
         intruder.close()
     assert server.process.poll() is not None  # the server is gone
+    assert read_process_memory(server.process.pid, 0.0) is None
+    # the server's own figures, not this process's: it loaded a model and a KV pool, so it holds more than none
+    assert memory is not None and 20.0 < memory.rss_mib <= memory.peak_mib < math.inf
+    (rss_row, rest_row) = memory_rows(memory, None)
+    assert (rss_row.http, rest_row.http) == (memory.rss_mib, memory.rss_mib - 20.0)
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{server.url}/health", timeout=2.0)
 

@@ -18,14 +18,16 @@ from ember.bench.ember_runs import HttpFigures
 from ember.bench.http_workloads import HttpDecodeResult
 from ember.bench.llama_server import LlamaServerLaunch, build_flags
 from ember.bench.long_context import LongContextResult, prompt_length
+from ember.bench.process_memory import ProcessMemory, f16_kv_mib
 from ember.bench.report import Row, print_table
 from ember.bench.runner import BenchConfig, long_workloads
 from ember.bench.server_suite import LongFigures
-from ember.bench.table_rows import HttpPeer, long_rows
+from ember.bench.table_rows import HttpPeer, long_rows, memory_rows
 from ember.bench.text_prompts import TextPrompts, documentation_text
 from ember.bench.workloads import TtftResult
 from ember.cli import build_parser
 from ember.engine.testing import default_tokenizer_and_template
+from ember.models.config import ModelConfig
 
 
 def bench_args(*flags: str) -> argparse.Namespace:
@@ -224,3 +226,34 @@ def test_http_only_rows_compare_ember_http_with_llama_server(capsys: pytest.Capt
 def test_without_a_peer_there_are_only_ember_columns() -> None:
     rows = long_rows(_long_figures(1.0), None, None)
     assert len(rows) == 4 and all(r.peers == {} and r.ember is None for r in rows)
+
+
+def test_the_rss_rows_put_both_servers_side_by_side(capsys: pytest.CaptureFixture[str]) -> None:
+    """VmRSS after the workloads, then without each one's KV pool; lower is better, so the ratio is theirs
+    over ours. No process is read here: test_http_bench.py reads a real server's /proc status."""
+    peer = HttpPeer("llama-server", None, _long_figures(1.0), ProcessMemory(1500.0, 1600.0, 384.0))
+    rows = memory_rows(ProcessMemory(1200.0, 1900.0, 1536.0), peer)
+    assert [r.metric for r in rows] == ["server RSS (MiB)", "server RSS less its KV pool (MiB)"]
+    assert rows[0].extra == "VmRSS after the workloads; peak VmHWM ember 1,900, llama-server 1,600"
+    assert rows[1].extra == "KV pools ember 1,536, llama-server 384"
+    assert (rows[1].http, rows[1].peers) == (1200.0 - 1536.0, {"llama-server": 1500.0 - 384.0})
+    print_table(rows[:1], ["llama-server"], [], http_peers=frozenset({"llama-server"}))
+    cells = [c.strip() for c in capsys.readouterr().out.splitlines()[2].split("  ") if c.strip()]
+    assert cells[1:6] == ["-", "1,200.0", "-", "1,500.0", "1.25x"]  # 1500 / 1200: ember holds less
+    assert memory_rows(None, None) == []
+    assert [r.peers for r in memory_rows(ProcessMemory(1.0, 2.0, 0.5), None)] == [{}, {}]
+
+
+def test_llama_servers_kv_pool_is_fp16_keys_and_values_of_every_layer() -> None:
+    config = ModelConfig(
+        architecture="qwen2",
+        vocab_size=151936,
+        hidden_size=896,
+        intermediate_size=4864,
+        num_layers=24,
+        num_heads=14,
+        num_kv_heads=2,
+        head_dim=64,
+        max_position_embeddings=32768,
+    )
+    assert f16_kv_mib(config, 32768) == 384.0  # 24 layers x (K + V) x 2 heads x 64 x 2 bytes = 12 KiB a token

@@ -15,13 +15,15 @@ from ember.bench.http_workloads import HttpBench
 from ember.bench.llama_server import LLAMA_KV_TYPES, LlamaServerLaunch, build_flags
 from ember.bench.machine import capture_load_log, cpu_description, ember_kernel_paths, lscpu_fields
 from ember.bench.peers import PeerResult, llama_cpp_peer, transformers_peer
+from ember.bench.process_memory import ProcessMemory, f16_kv_mib, read_process_memory
 from ember.bench.report import print_table
 from ember.bench.server_suite import LongFigures, LongWorkloads, measure_long_and_arrivals
-from ember.bench.table_rows import HttpPeer, long_rows, short_rows
+from ember.bench.table_rows import HttpPeer, long_rows, memory_rows, short_rows
 from ember.bench.text_prompts import TextPrompts
 from ember.bench.workloads import PromptMaker
 from ember.engine.engine_config import CacheConfig, SchedulerConfig
 from ember.engine.llm_engine import EngineConfig, LLMEngine
+from ember.models.kv_cache import kv_bytes_per_block
 from ember.models.loader import LoadConfig, LoadedModel, load_model
 from ember.threads import configure_torch_threads
 
@@ -102,9 +104,16 @@ def _llama_server_peer(
         try:
             figures = measure_http_only(http, work) if cfg.short_rows else None
             long_figures = measure_long_and_arrivals(http, prompts, long, "llama-server")
+            memory = read_process_memory(server.process.pid, f16_kv_mib(loaded.config, context))
         finally:
             http.close()
-    return HttpPeer("llama-server", figures, long_figures)
+    return HttpPeer("llama-server", figures, long_figures, memory)
+
+
+def _kv_pool_mib(engine: LLMEngine) -> float:
+    """The KV pool of the engine, and of `ember serve` started with the same settings."""
+    per_block = kv_bytes_per_block(engine.model.config, engine.config.cache.block_size, engine.kv_format)
+    return engine.num_blocks * per_block / 2**20
 
 
 def run_benchmark(cfg: BenchConfig) -> None:
@@ -133,6 +142,7 @@ def run_benchmark(cfg: BenchConfig) -> None:
     work = Workloads(cfg.streams, cfg.new_tokens)
     text_prompts = TextPrompts(loaded.tokenizer)
     ours_long = LongFigures({}, None)
+    ours_memory: ProcessMemory | None = None
     with ExitStack() as stack:
         http = None
         if cfg.http:
@@ -146,6 +156,7 @@ def run_benchmark(cfg: BenchConfig) -> None:
         ember = measure_ember(engine, prompts, work, http) if cfg.short_rows else None
         if http is not None:
             ours_long = measure_long_and_arrivals(http, text_prompts.restarted(), long, "ember")
+            ours_memory = read_process_memory(server.process.pid, _kv_pool_mib(engine))
     steps = (engine.stats.num_fused_steps, engine.stats.num_module_steps, engine.stats.num_split_steps)
     kv_note = f"KV cache: ember {engine.kv_format.name} (--kv-cache-dtype {cfg.kv_cache_dtype})"
     if cfg.llama_server is not None:
@@ -164,6 +175,7 @@ def run_benchmark(cfg: BenchConfig) -> None:
         peers.append(transformers_peer(gguf, prompts, list(cfg.streams), cfg.new_tokens))
     rows = [] if ember is None else short_rows(ember, peers, http_peer)
     rows += long_rows(ours_long, cfg.arrival, http_peer)
+    rows += memory_rows(ours_memory, http_peer)
     names = [p.name for p in peers] + ([http_peer.name] if http_peer else [])
     footnotes = [
         f"CPU: {cpu_description(lscpu_fields())}",

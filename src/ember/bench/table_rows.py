@@ -8,6 +8,7 @@ from ember.bench.arrival_schedule import ArrivalConfig
 from ember.bench.bench_args import context_label
 from ember.bench.ember_runs import EmberFigures, HttpFigures
 from ember.bench.peers import PeerResult
+from ember.bench.process_memory import ProcessMemory
 from ember.bench.report import Row
 from ember.bench.server_suite import LongFigures
 
@@ -19,6 +20,7 @@ class HttpPeer:
     name: str
     http: HttpFigures | None  # None when the short rows were not run (--no-short-rows)
     long: LongFigures
+    memory: ProcessMemory | None = None  # read after its workloads; None without /proc
 
 
 def _plural(count: int) -> str:
@@ -149,3 +151,35 @@ def long_rows(ours: LongFigures, arrival: ArrivalConfig | None, http_peer: HttpP
             )
         )
     return rows
+
+
+def memory_rows(ours: ProcessMemory | None, http_peer: HttpPeer | None) -> list[Row]:
+    """The servers' resident memory after every workload (VmRSS; the peak VmHWM in the notes), then the same
+    without the KV pool each allocated: the pools are sized by different rules (ember's --kv-cache-gib,
+    llama-server's --ctx-size), the rest is what each needs to serve the model."""
+    theirs = http_peer.memory if http_peer else None
+    if ours is None and theirs is None:
+        return []
+    name = http_peer.name if http_peer else ""
+    peaks = [f"ember {ours.peak_mib:,.0f}"] if ours else []
+    peaks += [f"{name} {theirs.peak_mib:,.0f}"] if theirs else []
+    pools = [f"ember {ours.kv_pool_mib:,.0f}"] if ours else []
+    pools += [f"{name} {theirs.kv_pool_mib:,.0f}"] if theirs else []
+    return [
+        Row(
+            "server RSS (MiB)",
+            None,
+            {name: theirs.rss_mib} if theirs else {},
+            lower_is_better=True,
+            extra=f"VmRSS after the workloads; peak VmHWM {', '.join(peaks)}",
+            http=ours.rss_mib if ours else None,
+        ),
+        Row(
+            "server RSS less its KV pool (MiB)",
+            None,
+            {name: theirs.rss_mib - theirs.kv_pool_mib} if theirs else {},
+            lower_is_better=True,
+            extra=f"KV pools {', '.join(pools)}",
+            http=ours.rss_mib - ours.kv_pool_mib if ours else None,
+        ),
+    ]

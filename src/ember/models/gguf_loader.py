@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from gguf import GGUFReader, ReaderTensor
@@ -30,7 +30,8 @@ def load_gguf(path: str, keep_packed: bool) -> Checkpoint:
     path = resolve_gguf_path(path)
     reader = open_gguf(path)
     try:
-        return _load(reader, path, keep_packed)
+        with open(path, "rb") as file:
+            return _load(reader, file, path, keep_packed)
     except (GGUFConfigError, ValueError) as e:
         raise ModelLoadError(path, str(e)) from None
 
@@ -42,7 +43,7 @@ def load_gguf_tokenizer(path: str) -> tuple[Tokenizer, str | None]:
     return Tokenizer.from_gguf_fields(fields, path), fields.get("tokenizer.chat_template")
 
 
-def _load(reader: GGUFReader, path: str, keep_packed: bool) -> Checkpoint:
+def _load(reader: GGUFReader, file: BinaryIO, path: str, keep_packed: bool) -> Checkpoint:
     fields = read_fields(reader)
     arch = architecture_of(fields)
     tensors: dict[str, ReaderTensor] = {t.name: t for t in reader.tensors}
@@ -53,7 +54,7 @@ def _load(reader: GGUFReader, path: str, keep_packed: bool) -> Checkpoint:
         raise ValueError("missing tensor token_embd.weight")
 
     tokenizer = Tokenizer.from_gguf_fields(fields, path)
-    rope_freqs = _decode(tensors["rope_freqs.weight"]) if "rope_freqs.weight" in tensors else None
+    rope_freqs = _decode(tensors["rope_freqs.weight"], file) if "rope_freqs.weight" in tensors else None
     config = model_config_from_gguf(
         fields,
         tensors.keys(),
@@ -76,7 +77,7 @@ def _load(reader: GGUFReader, path: str, keep_packed: bool) -> Checkpoint:
         shape = tensor_shape(tensor)
         if name not in expected or shape != expected[name]:
             raise ValueError(f"tensor {gguf_name} has shape {shape}, expected {expected.get(name, 'none')}")
-        weights[name] = _unpermute(_weight(tensor, keep_packed), gguf_name, config)
+        weights[name] = _unpermute(_weight(tensor, file, keep_packed), gguf_name, config)
 
     return Checkpoint(
         config=config,
@@ -137,19 +138,19 @@ def dominant_linear_qtype(tensors: Iterable[ReaderTensor]) -> str:
     return counts.most_common(1)[0][0] if counts else "F32"
 
 
-def _packed(tensor: ReaderTensor) -> PackedWeight:
+def _packed(tensor: ReaderTensor, file: BinaryIO) -> PackedWeight:
     """Any tensor as rows of blocks; a 1-D tensor is one row."""
-    rows = tensor_rows(tensor)  # uint8 [rows, bytes_per_row]
+    rows = tensor_rows(tensor, file)  # uint8 [rows, bytes_per_row]
     return PackedWeight(tensor.tensor_type.name, (rows.shape[0], tensor_shape(tensor)[-1]), rows)
 
 
-def _decode(tensor: ReaderTensor) -> torch.Tensor:
-    return _packed(tensor).dequantize().reshape(tensor_shape(tensor))
+def _decode(tensor: ReaderTensor, file: BinaryIO) -> torch.Tensor:
+    return _packed(tensor, file).dequantize().reshape(tensor_shape(tensor))
 
 
-def _weight(tensor: ReaderTensor, keep_packed: bool) -> torch.Tensor | PackedWeight:
+def _weight(tensor: ReaderTensor, file: BinaryIO, keep_packed: bool) -> torch.Tensor | PackedWeight:
     shape = tensor_shape(tensor)
-    packed = _packed(tensor)
+    packed = _packed(tensor, file)
     if keep_packed and len(shape) == 2 and packed.qtype in PACKED_QTYPES:
         return packed
     return packed.dequantize().reshape(shape)

@@ -14,6 +14,7 @@ from ember.models.checkpoint import Checkpoint, GenerationDefaults
 from ember.models.config import ModelConfig
 from ember.models.errors import ModelLoadError
 from ember.models.generation_choice import GenerationChoice, resolve_generation
+from ember.models.heap_trim import release_free_heap
 from ember.models.load_quantization import parse_quantization
 
 logger = logging.getLogger(__name__)
@@ -218,6 +219,7 @@ def load_model(cfg: LoadConfig) -> LoadedModel:
     if weight_format == "packed" and cfg.quant_kernels and device.type == "cpu":
         kernel_linears = enable_quant_kernels(network)
     name = DEFAULT_MODEL_NAME if cfg.model is None else model_name_for(path)
+    release_free_heap()  # the load's temporaries, freed but still in the heap's RSS
     return LoadedModel(
         network=network,
         config=checkpoint.config,

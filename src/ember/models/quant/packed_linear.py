@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from ember.kernels.tile_blocks import INVERTIBLE_QTYPES, raw_blocks_from_tiles
 from ember.models.quant.kernel_stand_ins import StandIn, has_stand_in, kernel_stand_in
 from ember.models.quant.packed_weight import PackedWeight
 
@@ -45,11 +46,13 @@ class PackedLinear(nn.Module):
         self._weight_view: PackedWeight | None = None
         self.prepared: PreparedQuantWeight | None = None  # the kernel's tiles, once use_fast_kernel succeeded
         self.converted_from: str | None = None  # the file's block format, when the kernels run a stand-in
+        self._kernel_matmul: Callable[[torch.Tensor], torch.Tensor] | None = None  # x -> x @ W^T on the tiles
 
     def use_fast_kernel(self) -> bool:
         """Switches to the int8 block kernel (ember.kernels) when it is built and knows this qtype.
 
-        The weight is rearranged for the kernel once, here; the raw blocks stay for `weight` and the embedding."""
+        The weight is rearranged for the kernel once, here. The raw blocks are then let go of where the tiles keep
+        every byte of them (Q8_0, Q4_0, Q4_1: `weight` rebuilds them on demand), and kept for Q4_K and Q6_K."""
         from ember import kernels
 
         if not kernels.available():
@@ -58,15 +61,21 @@ class PackedLinear(nn.Module):
             self._take_stand_in(kernel_stand_in(self.weight))
         if not kernels.supports(self.qtype):
             return False
-        prepared = kernels.prepare_weight(self.weight_data, self.qtype, self.out_features, self.in_features)
+        prepared = kernels.prepare_weight(self.weight.data, self.qtype, self.out_features, self.in_features)
         self.prepared = prepared
+        if prepared.interleaved and self.qtype in INVERTIBLE_QTYPES:
+            # The tiles keep every raw byte: holding the raw blocks too doubled the weights' RSS (docs/decisions.md,
+            # server RSS). A tied lm_head's blocks stay alive in the embedding, which reads them every step.
+            self.weight_data = None
+            self._weight_view = None
 
-        def kernel_matmul(x: torch.Tensor, weight: PackedWeight) -> torch.Tensor:
-            flat = x.reshape(-1, weight.in_features).float().contiguous()  # [M, in]
+        def prepared_matmul(x: torch.Tensor) -> torch.Tensor:
+            flat = x.reshape(-1, self.in_features).float().contiguous()  # [M, in]
             y = kernels.quant_matmul_prepared(flat, prepared)  # [M, out]
-            return y.reshape(*x.shape[:-1], weight.out_features)
+            return y.reshape(*x.shape[:-1], self.out_features)
 
-        self.matmul_fn = kernel_matmul
+        self.matmul_fn = lambda x, _weight: prepared_matmul(x)
+        self._kernel_matmul = prepared_matmul
         return True
 
     def _take_stand_in(self, stand_in: StandIn) -> None:
@@ -77,6 +86,10 @@ class PackedLinear(nn.Module):
 
     @property
     def weight(self) -> PackedWeight:
+        if self.weight_data is None:  # held as tiles only: rebuilt byte for byte, not kept (rarely asked for)
+            assert self.prepared is not None
+            raw = raw_blocks_from_tiles(self.prepared.data, self.qtype, self.out_features, self.in_features)
+            return PackedWeight(self.qtype, (self.out_features, self.in_features), raw)
         # Kept between calls (building one validates its shape, ~10 us a step); rebuilt when .to() swapped the buffer.
         view = self._weight_view
         if view is None or view.data is not self.weight_data:
@@ -87,7 +100,8 @@ class PackedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
             raise ValueError(f"PackedLinear expects last dim {self.in_features}, got {tuple(x.shape)}")
-        y = self.matmul_fn(x, self.weight)  # [..., out]
+        # The kernel reads the tiles alone; only the reference path needs the raw blocks as a PackedWeight.
+        y = self._kernel_matmul(x) if self._kernel_matmul is not None else self.matmul_fn(x, self.weight)
         return y if self.bias is None else y + self.bias
 
     def extra_repr(self) -> str:
