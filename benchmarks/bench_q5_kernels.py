@@ -52,7 +52,10 @@ def main() -> None:
     print("-" * len(header))
     for name, n, k in SHAPES:
         values = (rng.standard_normal((n, k)) * 0.05).astype(np.float32)
-        blocks = {q: torch.from_numpy(quants.quantize(values, gguf.GGMLQuantizationType[q])) for q in ("Q5_0", "Q8_0")}
+        blocks = {
+            q: torch.from_numpy(quants.quantize(values, gguf.GGMLQuantizationType[q]))
+            for q in ("Q5_0", "Q8_0")
+        }
         copies = max(2, COLD_BYTES // blocks["Q8_0"].numel())
         for isa in isas:
             weights = {
@@ -62,8 +65,12 @@ def main() -> None:
                 x = torch.randn(m, k)
                 timings = {
                     q: time_calls(
-                        cycle([partial(quant_matmul_prepared, x, w, num_threads=args.threads, backend=isa)
-                               for w in ws]),  # fmt: skip
+                        cycle(
+                            [
+                                partial(quant_matmul_prepared, x, w, num_threads=args.threads, backend=isa)
+                                for w in ws
+                            ]
+                        ),  # fmt: skip
                         args.repeats,
                         clock,
                     )
