@@ -39,10 +39,10 @@ inline void load_q4_scales(const uint8_t* p, __m256* scale, __m256* bias) {
         *bias = _mm256_loadu_ps(reinterpret_cast<const float*>(p + 32));
     } else {
         *scale = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-        if constexpr (Q == QType::Q4_1) {
+        if constexpr (Q == QType::Q4_1 || Q == QType::Q5_1) {
             *bias = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16)));
-        } else {
-            *bias = _mm256_mul_ps(*scale, _mm256_set1_ps(-8.0f));
+        } else {  // Q4_0, Q5_0: the quants are offset by 8 / 16
+            *bias = _mm256_mul_ps(*scale, _mm256_set1_ps(Q == QType::Q5_0 ? -16.0f : -8.0f));
         }
     }
 }
@@ -53,35 +53,57 @@ struct TokenRows {
     const float* s[kMaxTokens];
 };
 
-// out[t][i] = sum over blocks of (8 rows x token t) for one row group.
+// out[t][i] = sum over blocks of (8 rows x token t) for one row group. The 5-bit formats take the same path with
+// each nibble's fifth bit ORed in at bit 4 from the tile's bit plane (quant_layout.h).
 template <QType Q, int T>
 void q4_group_kernel(const uint8_t* group, int nb, const TokenRows& tok, float out[][kRowsPerGroup]) {
     constexpr int kTile = tile_bytes(Q);
+    constexpr bool kFive = is_five_bit(Q);
     const __m256i low_mask = _mm256_set1_epi8(0x0F);
+    const __m256i bit4 = _mm256_set1_epi8(0x10);
     const __m256i ones = _mm256_set1_epi16(1);
     __m256 acc[T];
     for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
     for (int b = 0; b < nb; ++b) {
         const uint8_t* tile = group + static_cast<size_t>(b) * kTile;
         prefetch_ahead<kTile>(tile);
-        // 8 maddubs per block, each lane at most 2 * 15 * 127: the int16 sum cannot overflow.
+        // 8 maddubs per block, each lane at most 2 * 15 * 127: the int16 sum cannot overflow. With 5-bit quants a
+        // lane reaches 2 * 31 * 127, so the int16 sum goes to int32 after every 4 maddubs (at most 31496).
         __m256i acc16[T];
-        for (int t = 0; t < T; ++t) acc16[t] = _mm256_setzero_si256();
+        __m256i acc32[T];
+        for (int t = 0; t < T; ++t) acc16[t] = acc32[t] = _mm256_setzero_si256();
+        __m256i plane = _mm256_setzero_si256();
+        if constexpr (kFive) plane = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tile + kNibbleBytes));
         for (int v = 0; v < 4; ++v) {
             const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tile + 32 * v));
-            const __m256i lo = _mm256_and_si256(raw, low_mask);                         // values 4v..4v+3
-            const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low_mask);  // values 16+4v..
+            __m256i lo = _mm256_and_si256(raw, low_mask);                         // values 4v..4v+3
+            __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low_mask);  // values 16+4v..
+            if constexpr (kFive) {
+                // Bit v of a plane byte -> bit 4 (the shifts cross bytes only into bits the mask clears).
+                lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_slli_epi16(plane, 4 - v), bit4));
+                hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_srli_epi16(plane, v), bit4));
+            }
             for (int t = 0; t < T; ++t) {
                 const int8_t* xb = tok.q[t] + b * kBlock;
                 acc16[t] = _mm256_add_epi16(acc16[t], _mm256_maddubs_epi16(lo, broadcast4(xb + 4 * v)));
                 acc16[t] = _mm256_add_epi16(acc16[t], _mm256_maddubs_epi16(hi, broadcast4(xb + 16 + 4 * v)));
             }
+            if constexpr (kFive) {
+                if (v == 1) {
+                    for (int t = 0; t < T; ++t) {
+                        acc32[t] = _mm256_madd_epi16(acc16[t], ones);
+                        acc16[t] = _mm256_setzero_si256();
+                    }
+                }
+            }
         }
         __m256 scale;
         __m256 bias;
-        load_q4_scales<Q>(tile + 128, &scale, &bias);
+        load_q4_scales<Q>(tile + tile_quant_bytes(Q), &scale, &bias);
         for (int t = 0; t < T; ++t) {
-            const __m256 dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(acc16[t], ones));  // [8 rows]
+            __m256i dot32 = _mm256_madd_epi16(acc16[t], ones);
+            if constexpr (kFive) dot32 = _mm256_add_epi32(dot32, acc32[t]);
+            const __m256 dot = _mm256_cvtepi32_ps(dot32);  // [8 rows]
             const __m256 with_bias = _mm256_mul_ps(bias, _mm256_set1_ps(tok.s[t][b]));
             const __m256 part = _mm256_fmadd_ps(dot, _mm256_mul_ps(scale, _mm256_set1_ps(tok.d[t][b])), with_bias);
             acc[t] = _mm256_add_ps(acc[t], part);
@@ -219,6 +241,8 @@ void matmul_slice_avx2(const MatmulSlice& slice) {
         case QType::Q4_1: run_slice<QType::Q4_1>(slice); break;
         case QType::Q4_K: run_slice<QType::Q4_K>(slice); break;
         case QType::Q6_K: run_slice<QType::Q6_K>(slice); break;
+        case QType::Q5_0: run_slice<QType::Q5_0>(slice); break;
+        case QType::Q5_1: run_slice<QType::Q5_1>(slice); break;
     }
 }
 

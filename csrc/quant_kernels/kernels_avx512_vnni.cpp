@@ -70,19 +70,21 @@ inline __m256 load_fp32x8(const uint8_t* p) { return _mm256_loadu_ps(reinterpret
 // Per-row scale and bias of one 4-bit tile, as the AVX2 kernel computes them: weight = scale * nibble + bias.
 template <QType Q>
 inline void load_q4_scales(const uint8_t* tile, __m256* scale, __m256* bias) {
+    const uint8_t* p = tile + tile_quant_bytes(Q);
     if constexpr (Q == QType::Q4_K) {
-        *scale = load_fp32x8(tile + 128);
-        *bias = load_fp32x8(tile + 160);
-    } else if constexpr (Q == QType::Q4_1) {
-        *scale = load_fp16x8(tile + 128);
-        *bias = load_fp16x8(tile + 144);
-    } else {  // Q4_0
-        *scale = load_fp16x8(tile + 128);
-        *bias = _mm256_mul_ps(*scale, _mm256_set1_ps(-8.0f));
+        *scale = load_fp32x8(p);
+        *bias = load_fp32x8(p + 32);
+    } else if constexpr (Q == QType::Q4_1 || Q == QType::Q5_1) {
+        *scale = load_fp16x8(p);
+        *bias = load_fp16x8(p + 16);
+    } else {  // Q4_0, Q5_0: the quants are offset by 8 / 16
+        *scale = load_fp16x8(p);
+        *bias = _mm256_mul_ps(*scale, _mm256_set1_ps(Q == QType::Q5_0 ? -16.0f : -8.0f));
     }
 }
 
-// Q4_0, Q4_1, Q4_K: vpdpbusd reads the nibbles as they are; the bias meets the activations' sum s.
+// Q4_0, Q4_1, Q4_K (and Q5_0, Q5_1 with the fifth bit ORed in at bit 4): vpdpbusd reads the quants as they are
+// (0..31 times int8 summed in int32: no overflow); the bias meets the activations' sum s.
 template <QType Q, int T>
 void q4_kernel(const uint8_t* group_a, const uint8_t* group_b, int nb, const TokenRows& tok, float out[][kRows]) {
     constexpr int kTile = tile_bytes(Q);
@@ -100,6 +102,16 @@ void q4_kernel(const uint8_t* group_a, const uint8_t* group_b, int nb, const Tok
             const __m512i raw = two_groups(tile_a + 32 * v, tile_b + 32 * v);
             u[v] = _mm512_and_si512(raw, low_mask);
             u[4 + v] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), low_mask);
+        }
+        if constexpr (is_five_bit(Q)) {
+            // Bit v of a plane byte is value 4v+j's fifth bit, bit 4+v value 16+4v+j's: shifted to bit 4 and ORed
+            // in with one ternary op each (0xF8: a | (b & c)); the shifts cross bytes only into bits c clears.
+            const __m512i bit4 = _mm512_set1_epi8(0x10);
+            const __m512i plane = two_groups(tile_a + kNibbleBytes, tile_b + kNibbleBytes);
+            for (int v = 0; v < 4; ++v) {
+                u[v] = _mm512_ternarylogic_epi32(u[v], _mm512_slli_epi16(plane, 4 - v), bit4, 0xF8);
+                u[4 + v] = _mm512_ternarylogic_epi32(u[4 + v], _mm512_srli_epi16(plane, v), bit4, 0xF8);
+            }
         }
         __m256 scale_a, bias_a, scale_b, bias_b;
         load_q4_scales<Q>(tile_a, &scale_a, &bias_a);
@@ -240,6 +252,8 @@ void matmul_slice_avx512_vnni(const MatmulSlice& slice) {
         case QType::Q4_1: run_slice<QType::Q4_1>(slice); break;
         case QType::Q4_K: run_slice<QType::Q4_K>(slice); break;
         case QType::Q6_K: run_slice<QType::Q6_K>(slice); break;
+        case QType::Q5_0: run_slice<QType::Q5_0>(slice); break;
+        case QType::Q5_1: run_slice<QType::Q5_1>(slice); break;
     }
 }
 

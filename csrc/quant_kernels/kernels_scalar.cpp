@@ -36,15 +36,23 @@ void read_tile_row(QType qtype, const uint8_t* tile, int i, TileRow* out) {
                 const uint8_t byte = tile[v * 32 + i * 4 + j];
                 out->q[4 * v + j] = byte & 0xF;
                 out->q[16 + 4 * v + j] = byte >> 4;
+                if (is_five_bit(qtype)) {
+                    const uint8_t fifth = tile[kNibbleBytes + i * 4 + j];
+                    out->q[4 * v + j] |= ((fifth >> v) & 1) << 4;
+                    out->q[16 + 4 * v + j] |= ((fifth >> (4 + v)) & 1) << 4;
+                }
             }
         }
-        const uint8_t* scales = tile + 128;
+        const uint8_t* scales = tile + tile_quant_bytes(qtype);
         if (qtype == QType::Q4_K) {
             out->scale[0] = load_f32(scales + 4 * i);
             out->bias = load_f32(scales + 32 + 4 * i);
-        } else {
+        } else if (qtype == QType::Q4_1 || qtype == QType::Q5_1) {
             out->scale[0] = load_f16(scales + 2 * i);
-            out->bias = qtype == QType::Q4_1 ? load_f16(scales + 16 + 2 * i) : -8.0f * out->scale[0];
+            out->bias = load_f16(scales + 16 + 2 * i);
+        } else {  // Q4_0, Q5_0: the quants are offset by 8 / 16
+            out->scale[0] = load_f16(scales + 2 * i);
+            out->bias = (qtype == QType::Q5_0 ? -16.0f : -8.0f) * out->scale[0];
         }
         out->scale[1] = out->scale[0];
         return;

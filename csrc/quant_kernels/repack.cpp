@@ -55,6 +55,23 @@ void decode_block(QType qtype, const uint8_t* row, int b, DecodedBlock* out) {
             }
             return;
         }
+        case QType::Q5_0:
+        case QType::Q5_1: {
+            // ggml's block_q5_0 / block_q5_1: fp16 d, (fp16 m,) u32 fifth bits (bit j: value j), 16 bytes of nibbles
+            // (byte j: value j low, value 16 + j high); q = nibble | fifth bit << 4, in [0, 31].
+            const bool has_min = qtype == QType::Q5_1;
+            const uint8_t* blk = row + static_cast<size_t>(b) * raw_block_bytes(qtype);
+            out->d_half = load_u16(blk);
+            out->m_half = has_min ? load_u16(blk + 2) : 0;
+            uint32_t qh;
+            std::memcpy(&qh, blk + (has_min ? 4 : 2), sizeof(qh));
+            const uint8_t* qs = blk + (has_min ? 8 : 6);
+            for (int j = 0; j < 16; ++j) {
+                out->q[j] = static_cast<int8_t>((qs[j] & 0xF) | (((qh >> j) & 1) << 4));
+                out->q[j + 16] = static_cast<int8_t>((qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4));
+            }
+            return;
+        }
         case QType::Q4_K: {
             const uint8_t* sb = row + static_cast<size_t>(b / 8) * 144;
             const int j = b % 8;
@@ -100,18 +117,21 @@ void write_tile(QType qtype, const DecodedBlock* rows, int valid_rows, uint8_t* 
                 for (int j = 0; j < 4; ++j) {
                     const int lo = rows[i].q[4 * v + j];
                     const int hi = rows[i].q[16 + 4 * v + j];
-                    tile[v * 32 + i * 4 + j] = static_cast<uint8_t>(lo | (hi << 4));
+                    tile[v * 32 + i * 4 + j] = static_cast<uint8_t>((lo & 0xF) | ((hi & 0xF) << 4));
+                    if (is_five_bit(qtype)) {  // the fifth-bit plane: bit v for value 4v+j, bit 4+v for 16+4v+j
+                        tile[kNibbleBytes + i * 4 + j] |= static_cast<uint8_t>(((lo >> 4) << v) | ((hi >> 4) << (4 + v)));
+                    }
                 }
             }
         }
-        uint8_t* scales = tile + 128;
+        uint8_t* scales = tile + tile_quant_bytes(qtype);
         for (int i = 0; i < valid_rows; ++i) {
             if (qtype == QType::Q4_K) {
                 std::memcpy(scales + 4 * i, &rows[i].scale[0], 4);
                 std::memcpy(scales + 32 + 4 * i, &rows[i].bias, 4);
             } else {
                 std::memcpy(scales + 2 * i, &rows[i].d_half, 2);
-                if (qtype == QType::Q4_1) std::memcpy(scales + 16 + 2 * i, &rows[i].m_half, 2);
+                if (qtype == QType::Q4_1 || qtype == QType::Q5_1) std::memcpy(scales + 16 + 2 * i, &rows[i].m_half, 2);
             }
         }
         return;
@@ -135,9 +155,13 @@ void write_tile(QType qtype, const DecodedBlock* rows, int valid_rows, uint8_t* 
 }  // namespace
 
 bool qtype_from_int(int value, QType* out) {
-    if (value < 0 || value > static_cast<int>(QType::Q6_K)) return false;
-    *out = static_cast<QType>(value);
-    return true;
+    for (const QType qtype : kQTypes) {
+        if (static_cast<int>(qtype) == value) {
+            *out = qtype;
+            return true;
+        }
+    }
+    return false;
 }
 
 float fp16_to_fp32(uint16_t h) {

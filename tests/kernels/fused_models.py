@@ -82,7 +82,24 @@ VARIANTS = (
             down_proj="Q6_K",
         ),
     ),
-    # Block formats without a kernel of their own, run on their Q8_0 stand-ins (models/quant/kernel_stand_ins).
+    # The 5-bit legacy formats on their own kernels, as a Qwen2.5 Q4_K_M file stores its rows that 256 does not
+    # divide: K = 96 and 160 (not multiples of 256), two 5-bit formats and Q8_0 inside q|k|v.
+    Variant(
+        "qwen2-q5",
+        "qwen2",
+        dict(hidden_size=96, intermediate_size=160, num_heads=6, num_kv_heads=2, head_dim=16),
+        dict(
+            q_proj="Q5_0",
+            k_proj="Q5_1",
+            v_proj="Q8_0",
+            o_proj="Q5_0",
+            gate_proj="Q5_1",
+            up_proj="Q5_0",
+            down_proj="Q5_0",
+        ),
+    ),
+    # Block formats without a kernel of their own, run on their Q8_0 stand-ins (models/quant/kernel_stand_ins),
+    # beside Q5_0 / Q5_1 on theirs.
     Variant(
         "qwen2-stand-ins",
         "qwen2",

@@ -37,7 +37,7 @@ def check_against_references(
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0", "Q4_1"])
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"])
 @pytest.mark.parametrize("k", LEGACY_WIDTHS)
 def test_legacy_block_types_match_reference(backend: str, qtype: str, k: int) -> None:
     n = 45  # not a multiple of the 8-row tile
@@ -64,7 +64,7 @@ def test_k_types_match_reference(backend: str, qtype: str, k: int) -> None:
 
 
 @pytest.mark.parametrize("backend", SIMD_BACKENDS or ["no-simd"])
-@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q6_K"])
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q6_K", "Q5_0", "Q5_1"])
 def test_every_kernel_family_returns_the_scalar_bits(backend: str, qtype: str) -> None:
     """Each family takes the same float steps in the same order (integer dots are exact), so a model answers the
     same on every CPU: AVX-512 VNNI once summed in another order, no less accurate, and flipped the default model's
@@ -172,4 +172,4 @@ def test_invalid_inputs_raise_value_errors() -> None:
         quant_matmul_prepared(torch.randn(2, k), weight, num_threads=0)
     with pytest.raises(ValueError, match="out must be"):
         quant_matmul_prepared(torch.randn(2, k), weight, out=torch.empty(3, n))
-    assert kernels.supports("Q4_1") and not kernels.supports("Q5_0")
+    assert kernels.supports("Q4_1") and kernels.supports("Q5_0") and not kernels.supports("Q5_K")

@@ -124,7 +124,7 @@ def test_top1_agreement_with_the_fp32_load(
 
 
 def test_matrices_that_do_not_fit_the_block_fall_back(tmp_path: Path) -> None:
-    """q4_k on 64-feature rows: Q8_0 instead (llama.cpp would pick Q5_0, which ember's kernels do not run).
+    """q4_k on 64-feature rows: Q8_0 instead (llama.cpp would pick Q5_0, which ember cannot quantize to).
     A down_proj reading 80 features fits no 32-block at all and stays fp32; the model still generates."""
     stock = write_tiny_hf_folder(tmp_path / "stock")
     model = load_model(LoadConfig(str(stock), quantization="q4_k"))

@@ -5,8 +5,8 @@ token embedding when it doubles as lm_head) is kept at Q8_0 whatever the request
 above the body's precision too (Q6_K for its 4-bit presets; ember has no Q6_K quantizer, and Q8_0 is the more
 precise of the two). An untied input embedding takes the requested type, as in llama.cpp. A matrix whose
 in_features is not a multiple of the type's block (256 for Q4_K) falls back to Q8_0, and to fp32 when even
-32 does not divide it; llama.cpp falls back to Q5_0 there, which ember's int8 kernels do not run. Norms,
-biases and anything 1-D stay fp32.
+32 does not divide it; llama.cpp falls back to Q5_0 there, which ember's int8 kernels run (a Q5_0 file's
+weights) but ember has no quantizer for. Norms, biases and anything 1-D stay fp32.
 """
 
 from __future__ import annotations

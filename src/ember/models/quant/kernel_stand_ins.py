@@ -1,13 +1,13 @@
-"""Weights in a GGML block format the int8 kernels lack (Q5_0, Q5_1, Q2_K, Q3_K, Q5_K, IQ4_NL, IQ4_XS),
-converted once at load into Q8_0, which they have, so no linear of a common GGUF file is left on the slow path
-that decodes the whole weight to fp32 for every matmul.
+"""Weights in a GGML block format the int8 kernels lack (Q2_K, Q3_K, Q5_K, IQ4_NL, IQ4_XS), converted once at
+load into Q8_0, which they have, so no linear of a common GGUF file is left on the slow path that decodes the
+whole weight to fp32 for every matmul. (Q5_0 and Q5_1 were converted here too until they got kernels of their
+own: the Q8_0 stand-in read 8.5 bits per weight instead of 5.5 / 6; docs/decisions.md, "Q5_0 and Q5_1 kernels".)
 
-Q5_0 converts exactly: its value d * (q - 16) with q in [0, 31] is a Q8_0 value with the same fp16 d and
-int8 q - 16. IQ4_NL too: d * LEVELS[q] is Q8_0 with the same d and int8 LEVELS[q]. IQ4_XS keeps its int8
-levels and rounds each 32 values' scale d * (ls - 32) once to fp16 (at most 2^-11 of it). The others are decoded to fp32 and quantized to Q8_0 again (llama.cpp's rounding): the added error
-is at most half a Q8_0 step, amax / 254 of each 32 values, far below their own quantization step. The cost is
-memory and bandwidth: 8.5 bits per weight instead of 2.6-5.5. Kernels of their own would read fewer bytes;
-until then this keeps a Qwen2.5 Q4_K_M file (whose 896-wide rows llama.cpp stores as Q5_0) on the fast path.
+IQ4_NL converts exactly: d * LEVELS[q] is Q8_0 with the same d and int8 LEVELS[q]. IQ4_XS keeps its int8
+levels and rounds each 32 values' scale d * (ls - 32) once to fp16 (at most 2^-11 of it). The others are decoded
+to fp32 and quantized to Q8_0 again (llama.cpp's rounding): the added error is at most half a Q8_0 step,
+amax / 254 of each 32 values, far below their own quantization step. The cost is memory and bandwidth: 8.5 bits
+per weight instead of 2.6-5.5; kernels of their own would read fewer bytes.
 
 Unquantized linears (F16 / BF16 / F32 tensors, held as fp32) of a model served packed become Q8_0 the same way
 (`dense_stand_in`): measured 6-10x faster decode GEMMs for +0.55% matmul error; `--weight-format fp32` keeps them
@@ -22,14 +22,13 @@ import torch
 from torch import nn
 
 from ember.models.quant import iq4_blocks
-from ember.models.quant.legacy_blocks import q5_0_as_q8_0_blocks
 from ember.models.quant.packed_weight import PackedWeight
 from ember.models.quant.quantize import quantize_rows
 
 STAND_IN = "Q8_0"
-EXACT_STAND_INS = frozenset({"Q5_0", "IQ4_NL"})
+EXACT_STAND_INS = frozenset({"IQ4_NL"})
 RESCALED_STAND_INS = frozenset({"IQ4_XS"})  # same int8 levels, the block scale rounded to fp16
-REQUANTIZED_STAND_INS = frozenset({"Q5_1", "Q2_K", "Q3_K", "Q5_K"})
+REQUANTIZED_STAND_INS = frozenset({"Q2_K", "Q3_K", "Q5_K"})
 _ROWS_PER_CHUNK = 256  # rows decoded to fp32 at a time: bounds the load-time memory of a big matrix
 
 
@@ -48,10 +47,6 @@ def has_stand_in(qtype: str) -> bool:
 
 def kernel_stand_in(weight: PackedWeight) -> StandIn:
     """`weight` as Q8_0 rows; ValueError for a format without a stand-in."""
-    if weight.qtype == "Q5_0":
-        blocks = weight.data.reshape(-1, 22)  # Q5_0 blocks: fp16 d, u32 fifth bits, 16 bytes of nibbles
-        data = q5_0_as_q8_0_blocks(blocks).reshape(weight.out_features, -1)
-        return StandIn(PackedWeight(STAND_IN, weight.shape, data), weight.qtype, exact=True)
     if weight.qtype in ("IQ4_NL", "IQ4_XS"):
         fmt = iq4_blocks.IQ4_NL if weight.qtype == "IQ4_NL" else iq4_blocks.IQ4_XS
         data = iq4_blocks.as_q8_0_blocks(weight.data.reshape(-1, fmt.type_size), weight.qtype)

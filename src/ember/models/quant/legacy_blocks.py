@@ -56,12 +56,6 @@ def _dequantize_q5_1(blocks: torch.Tensor) -> torch.Tensor:
     return q.float().mul_(d).add_(m)
 
 
-def q5_0_as_q8_0_blocks(blocks: torch.Tensor) -> torch.Tensor:
-    """Q5_0 blocks uint8 [n, 22] as the Q8_0 blocks [n, 34] of the same values: fp16 d kept, int8 q - 16."""
-    q = (_nibbles(blocks, 6) | _fifth_bits(blocks, 2)).to(torch.int8) - 16  # [n, 32]
-    return torch.cat((blocks[:, :2], q.view(torch.uint8)), dim=1)
-
-
 Q8_0 = BlockFormat("Q8_0", block_size=QK, type_size=2 + QK, dequantize_blocks=_dequantize_q8_0)
 Q4_0 = BlockFormat("Q4_0", block_size=QK, type_size=2 + QK // 2, dequantize_blocks=_dequantize_q4_0)
 Q4_1 = BlockFormat("Q4_1", block_size=QK, type_size=4 + QK // 2, dequantize_blocks=_dequantize_q4_1)
