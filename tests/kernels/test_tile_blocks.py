@@ -1,5 +1,5 @@
 """A packed linear on the kernels holds its weight once, as tiles, where the tiles keep every raw byte (Q8_0,
-Q4_0, Q4_1): the raw blocks come back byte for byte, and every path (kernel, reference, tied embedding) gives
+Q4_0, Q4_1, Q5_0, Q5_1): the raw blocks come back byte for byte, and every path (kernel, reference, tied embedding) gives
 the same numbers as before the raw blocks were let go of."""
 
 from __future__ import annotations
