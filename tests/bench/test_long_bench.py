@@ -18,7 +18,7 @@ from ember.bench.ember_runs import HttpFigures
 from ember.bench.http_workloads import HttpDecodeResult
 from ember.bench.llama_server import LlamaServerLaunch, build_flags
 from ember.bench.long_context import LongContextResult, prompt_length
-from ember.bench.process_memory import ProcessMemory, f16_kv_mib
+from ember.bench.process_memory import ProcessMemory, llama_kv_mib
 from ember.bench.report import Row, print_table
 from ember.bench.runner import BenchConfig, long_workloads
 from ember.bench.server_suite import LongFigures
@@ -244,7 +244,7 @@ def test_the_rss_rows_put_both_servers_side_by_side(capsys: pytest.CaptureFixtur
     assert [r.peers for r in memory_rows(ProcessMemory(1.0, 2.0, 0.5), None)] == [{}, {}]
 
 
-def test_llama_servers_kv_pool_is_fp16_keys_and_values_of_every_layer() -> None:
+def test_llama_servers_kv_pool_is_keys_and_values_of_every_layer_in_its_type() -> None:
     config = ModelConfig(
         architecture="qwen2",
         vocab_size=151936,
@@ -256,4 +256,8 @@ def test_llama_servers_kv_pool_is_fp16_keys_and_values_of_every_layer() -> None:
         head_dim=64,
         max_position_embeddings=32768,
     )
-    assert f16_kv_mib(config, 32768) == 384.0  # 24 layers x (K + V) x 2 heads x 64 x 2 bytes = 12 KiB a token
+    assert (
+        llama_kv_mib(config, 32768) == 384.0
+    )  # 24 layers x (K + V) x 2 heads x 64 x 2 bytes = 12 KiB a token
+    assert llama_kv_mib(config, 32768, "fp32") == 768.0
+    assert llama_kv_mib(config, 32768, "q8_0") == 204.0  # 34 bytes a block of 32 values

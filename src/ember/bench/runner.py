@@ -15,7 +15,7 @@ from ember.bench.http_workloads import HttpBench
 from ember.bench.llama_server import LLAMA_KV_TYPES, LlamaServerLaunch, build_flags
 from ember.bench.machine import capture_load_log, cpu_description, ember_kernel_paths, lscpu_fields
 from ember.bench.peers import PeerResult, llama_cpp_peer, transformers_peer
-from ember.bench.process_memory import ProcessMemory, f16_kv_mib, read_process_memory
+from ember.bench.process_memory import ProcessMemory, llama_kv_mib, read_process_memory
 from ember.bench.report import print_table
 from ember.bench.server_suite import LongFigures, LongWorkloads, measure_long_and_arrivals
 from ember.bench.table_rows import HttpPeer, long_rows, memory_rows, short_rows
@@ -104,7 +104,9 @@ def _llama_server_peer(
         try:
             figures = measure_http_only(http, work) if cfg.short_rows else None
             long_figures = measure_long_and_arrivals(http, prompts, long, "llama-server")
-            memory = read_process_memory(server.process.pid, f16_kv_mib(loaded.config, context))
+            memory = read_process_memory(
+                server.process.pid, llama_kv_mib(loaded.config, context, cfg.kv_cache_dtype)
+            )
         finally:
             http.close()
     return HttpPeer("llama-server", figures, long_figures, memory)
