@@ -52,7 +52,8 @@ class PackedLinear(nn.Module):
         """Switches to the int8 block kernel (ember.kernels) when it is built and knows this qtype.
 
         The weight is rearranged for the kernel once, here. The raw blocks are then let go of where the tiles keep
-        every byte of them (Q8_0, Q4_0, Q4_1: `weight` rebuilds them on demand), and kept for Q4_K and Q6_K."""
+        every byte of them (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1: `weight` rebuilds them on demand), and kept for Q4_K and
+        Q6_K."""
         from ember import kernels
 
         if not kernels.available():
