@@ -8,9 +8,9 @@ last new request finishes. The pure N-stream figure is the two alone windows tog
 grow all through the run (~800 tokens a window), which makes every step slower, and the windows before and
 after bracket the contexts of the arrival window (the window before alone overstated the pure figure by the
 growth, and charged it to the arrivals). The ratio arrival / pure is what a new request costs everyone else: a
-prefill chunk in a decode step, a step that leaves a fast path. A running stream that reaches the context limit starts again on a fresh prompt (its
-tokens keep counting), so the N streams outlast every window however fast the server is; they are cancelled
-(the connection closed) at the end."""
+prefill chunk in a decode step, a step that leaves a fast path. A running stream that reaches the context
+limit starts again on a fresh prompt (its tokens keep counting), so the N streams outlast every window however
+fast the server is; they are cancelled (the connection closed) at the end."""
 
 from __future__ import annotations
 
@@ -89,12 +89,12 @@ async def arrival_workload(
         await _first_tokens(running, tasks)
         before_start = time.perf_counter()
         await asyncio.sleep(cfg.seconds)
-        pure_end = time.perf_counter()
+        before_end = time.perf_counter()
         arrival_prompts = [prompts.make(cfg.prompt_tokens) for _ in cfg.offsets()]
         arrived: list[list[float]] = [[] for _ in arrival_prompts]
         ttfts = await asyncio.gather(
             *(
-                _arrival(client, prompt, cfg.new_tokens, pure_end + offset, times)
+                _arrival(client, prompt, cfg.new_tokens, before_end + offset, times)
                 for prompt, offset, times in zip(arrival_prompts, cfg.offsets(), arrived, strict=True)
             )
         )
@@ -106,13 +106,13 @@ async def arrival_workload(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-    before = _tokens_between(running, before_start, pure_end)
+    before = _tokens_between(running, before_start, before_end)
     after = _tokens_between(running, end, after_end)
     if before == 0 or after == 0:
         raise HttpBenchError(
             f"no token arrived in a {cfg.seconds} s pure-decode window (one step took longer): "
             "lengthen --arrival-seconds"
         )
-    pure = (before + after) / ((pure_end - before_start) + (after_end - end))
-    during = _tokens_between(running + arrived, pure_end, end) / (end - pure_end)
+    pure = (before + after) / ((before_end - before_start) + (after_end - end))
+    during = _tokens_between(running + arrived, before_end, end) / (end - before_end)
     return ArrivalResult(cfg.running, len(arrived), pure, during, list(ttfts))
