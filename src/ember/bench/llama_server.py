@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # ember's --kv-cache-dtype names -> llama.cpp's --cache-type-k/-v names (its q8_0 keeps a scale per 32 values, ours
-# one per head row)
-LLAMA_KV_TYPES = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "q8_0": "q8_0"}
+# one per head row); auto is llama-server's own default, f16, which it gets without the flags
+LLAMA_KV_TYPES = {"auto": "f16", "fp32": "f32", "fp16": "f16", "bf16": "bf16", "q8_0": "q8_0"}
+# bytes one value of each llama.cpp KV type takes (q8_0: 32 int8 values and one fp16 scale a block)
+LLAMA_KV_VALUE_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32}
 
 
 def check_binary(path: str) -> str:

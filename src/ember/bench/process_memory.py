@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ember.bench.llama_server import LLAMA_KV_TYPES, LLAMA_KV_VALUE_BYTES
 from ember.models.config import ModelConfig
 
 
@@ -36,13 +37,8 @@ def _mib(field: str) -> float:
     return int(value) / 1024
 
 
-# bytes a value of llama.cpp's KV types take, by ember's --kv-cache-dtype name (auto: its default, f16;
-# q8_0: 32 int8 values and one fp16 scale per block)
-_LLAMA_KV_VALUE_BYTES = {"auto": 2.0, "fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "q8_0": 34 / 32}
-
-
 def llama_kv_mib(config: ModelConfig, tokens: int, kv_cache_dtype: str = "auto") -> float:
     """llama-server's KV cache: `tokens` slots of keys and values in every layer, of the type `ember bench
     --kv-cache-dtype` gave it (--cache-type-k/-v)."""
     values = tokens * config.num_layers * 2 * config.num_kv_heads * config.head_dim
-    return values * _LLAMA_KV_VALUE_BYTES[kv_cache_dtype] / 2**20
+    return values * LLAMA_KV_VALUE_BYTES[LLAMA_KV_TYPES[kv_cache_dtype]] / 2**20

@@ -162,9 +162,8 @@ def run_benchmark(cfg: BenchConfig) -> None:
     steps = (engine.stats.num_fused_steps, engine.stats.num_module_steps, engine.stats.num_split_steps)
     kv_note = f"KV cache: ember {engine.kv_format.name} (--kv-cache-dtype {cfg.kv_cache_dtype})"
     if cfg.llama_server is not None:
-        kv_note += ", llama-server " + (
-            "f16 (its default)" if cfg.kv_cache_dtype == "auto" else LLAMA_KV_TYPES[cfg.kv_cache_dtype]
-        )
+        kv_note += f", llama-server {LLAMA_KV_TYPES[cfg.kv_cache_dtype]}"
+        kv_note += " (its default)" if cfg.kv_cache_dtype == "auto" else ""
     http_peer = None
     if cfg.llama_server is not None:
         http_peer = _llama_server_peer(cfg.llama_server, cfg, loaded, work, long, text_prompts.restarted())

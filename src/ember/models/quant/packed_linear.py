@@ -75,7 +75,6 @@ class PackedLinear(nn.Module):
             y = kernels.quant_matmul_prepared(flat, prepared)  # [M, out]
             return y.reshape(*x.shape[:-1], self.out_features)
 
-        self.matmul_fn = lambda x, _weight: prepared_matmul(x)
         self._kernel_matmul = prepared_matmul
         return True
 
