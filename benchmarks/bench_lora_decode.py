@@ -22,8 +22,8 @@ import statistics
 import time
 
 import torch
-from bench_speculation import cpu_name
 
+from ember.bench.machine import cpu_name
 from ember.engine.engine_config import CacheConfig, EngineConfig, SchedulerConfig
 from ember.engine.llm_engine import LLMEngine
 from ember.engine.sampling_params import SamplingParams

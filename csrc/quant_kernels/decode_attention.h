@@ -42,9 +42,11 @@ inline int partial_floats(int group, int head_dim) { return group * (head_dim + 
 // Floats of the scratch attend_split needs.
 int attention_scratch_floats(int group);
 
-// How many splits each token gets so that `threads` threads all have work: one when the tokens and
-// heads alone give enough items, more for few tokens over long contexts (at least kMinSplitLen positions each).
-int attention_splits(int m, int64_t longest_context, int threads);
+// How many splits a token's context is cut into: one per kMinSplitLen positions, at most kMaxSplits. It depends
+// on the token's own context length alone, never on what else shares the step or on the thread count, so a
+// token's attention sums in the same order in any batch: speculative verification's rows (k + 1 new tokens of
+// one sequence in one step) give exactly what decoding them one by one gives.
+int attention_splits(int64_t context_len);
 
 // Stores x [head_dim] as one row of `dtype` at dst (head_dim a multiple of 8).
 void store_kv_row(const float* x, KVDtype dtype, int head_dim, uint8_t* dst);

@@ -19,8 +19,9 @@ namespace ember {
 
 namespace {
 
-constexpr int kMinSplitLen = 256;     // below this a split's fixed cost (its merge) outweighs the extra thread
-constexpr int kItemsPerThread = 8;    // dynamic scheduling evens out splits of unequal cost
+constexpr int kMinSplitLen = 256;  // below this a split's fixed cost (its merge) outweighs the extra thread
+// One long sequence alone then has 16 items (times its kv heads) for dynamic scheduling to share out.
+constexpr int kMaxSplits = 16;
 
 // 8 floats a register: the operations decode_attention_body.h is written in.
 struct Avx2Floats {
@@ -80,11 +81,8 @@ inline uint16_t float_to_bf16(float x) {
 
 int attention_scratch_floats(int group) { return group * kTile; }
 
-int attention_splits(int m, int64_t longest_context, int threads) {
-    const int items = m;
-    const int wanted = (kItemsPerThread * threads + items - 1) / items;
-    const int64_t most = std::max<int64_t>(1, longest_context / kMinSplitLen);
-    return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(wanted, most)));
+int attention_splits(int64_t context_len) {
+    return static_cast<int>(std::clamp<int64_t>(context_len / kMinSplitLen, 1, kMaxSplits));
 }
 
 void store_kv_row(const float* x, KVDtype dtype, int head_dim, uint8_t* dst) {

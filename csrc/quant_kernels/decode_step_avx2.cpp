@@ -175,10 +175,12 @@ struct LayerShape {
 // With `fresh_kv` ([m, 2, num_kv_heads, row_bytes]), the new token's key and value come from there rather than
 // from the cache slot being written meanwhile.
 void attend_item(const DecodeDims& d, const DecodeBatch& b, const LayerShape& shape, const float* qkv, int item,
-                 int splits, const uint8_t* fresh_kv, float* scratch, StepBuffers& buf) {
+                 int max_splits, const uint8_t* fresh_kv, float* scratch, StepBuffers& buf) {
     const int group = d.num_heads / d.num_kv_heads;
-    const int split = item % splits;
-    const int t = item / splits;
+    const int split = item % max_splits;
+    const int t = item / max_splits;
+    const int splits = attention_splits(b.context_lens[t]);
+    if (split >= splits) return;  // a shorter context than the step's longest
     const int64_t token_rows = static_cast<int64_t>(d.num_kv_heads) * shape.row_bytes;
     const uint8_t* fresh = fresh_kv == nullptr ? nullptr : fresh_kv + 2 * t * token_rows;
     const PagedKV ctx{shape.key_cache,
@@ -193,18 +195,21 @@ void attend_item(const DecodeDims& d, const DecodeBatch& b, const LayerShape& sh
                       fresh == nullptr ? nullptr : fresh + token_rows};
     const float* q = qkv + static_cast<size_t>(t) * shape.qkv_width;
     const int64_t per_item = partial_floats(group, d.head_dim);
-    float* partials = buf.partials.data() + (static_cast<size_t>(t) * d.num_kv_heads * splits + split) * per_item;
+    float* partials =
+        buf.partials.data() + (static_cast<size_t>(t) * d.num_kv_heads * max_splits + split) * per_item;
     attend_split(shape.attention_isa, q, ctx, group, d.head_dim, d.scale, split, splits, scratch, partials,
-                 splits * per_item);
+                 max_splits * per_item);
 }
 
 // Token t's attention row [q_width] from the partials of all its kv heads and splits.
-void merge_token(const DecodeDims& d, const StepBuffers& buf, int t, int splits, float* out_row) {
+void merge_token(const DecodeDims& d, const DecodeBatch& b, const StepBuffers& buf, int t, int max_splits,
+                 float* out_row) {
     const int group = d.num_heads / d.num_kv_heads;
-    const size_t per_head = static_cast<size_t>(splits) * partial_floats(group, d.head_dim);
+    const size_t per_head = static_cast<size_t>(max_splits) * partial_floats(group, d.head_dim);
     for (int h = 0; h < d.num_kv_heads; ++h) {
         const float* partials = buf.partials.data() + (static_cast<size_t>(t) * d.num_kv_heads + h) * per_head;
-        merge_splits(partials, splits, group, d.head_dim, out_row + h * group * d.head_dim);
+        merge_splits(partials, attention_splits(b.context_lens[t]), group, d.head_dim,
+                     out_row + h * group * d.head_dim);
     }
 }
 
@@ -276,7 +281,7 @@ void run_layer_shared(const LayerTable& layer, int index, const DecodeDims& d, c
 #pragma omp for schedule(static)
     for (int t = 0; t < m; ++t) {
         float* attention_row = buf.attention.data() + static_cast<size_t>(t) * q_width;
-        merge_token(d, buf, t, splits, attention_row);
+        merge_token(d, b, buf, t, splits, attention_row);
         quantize_rows_avx2(attention_row, 0, 1, buf.attention_acts.row(t));
     }
     project(layer.o, buf.attention_acts.acts, buf.y.data(), hidden, m, num_threads, d.matmul_isa, lora, LoraProjection::kO,
@@ -337,7 +342,7 @@ void run_layer_own_rows(const LayerTable& layer, int index, const DecodeDims& d,
     }
     for (int t = 0; t < m; ++t) {
         float* attention_row = own.attention.data() + static_cast<size_t>(t) * q_width;
-        merge_token(d, buf, t, splits, attention_row);
+        merge_token(d, b, buf, t, splits, attention_row);
         quantize_rows_avx2(attention_row, 0, 1, own.attention_acts->row(t));
     }
     project(layer.o, own.attention_acts->acts, buf.y.data(), hidden, m, num_threads, d.matmul_isa, lora, LoraProjection::kO,
@@ -419,7 +424,8 @@ bool rows_read_each_other(const DecodeDims& d, const DecodeBatch& b) {
 void decode_step_avx2(const LayerTable* layers, const DecodeDims& d, const DecodeBatch& b, int num_threads) {
     int64_t longest = 1;
     for (int t = 0; t < b.m; ++t) longest = std::max(longest, b.context_lens[t]);
-    const int splits = attention_splits(b.m, longest, num_threads);
+    // The partials' stride: the most splits any token has (each token uses its own count, attention_splits).
+    const int splits = attention_splits(longest);
     StepBuffers buf(d, b.m, splits);
     const bool own_rows = num_threads > 1 && b.m <= kOwnRowsTokens && !rows_read_each_other(d, b);
     std::unique_ptr<LoraStep> lora;

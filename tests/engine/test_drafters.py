@@ -13,8 +13,9 @@ from ember.engine.sampling_params import SamplingParams
 from ember.engine.scheduler import Scheduler
 from ember.engine.sequence import Sequence
 from ember.engine.speculation.config import DraftSettings, SpeculationConfig, SpeculationParams
-from ember.engine.speculation.drafter import PredictionDraft, PromptLookupDraft, SequenceDrafter
+from ember.engine.speculation.drafter import PromptLookupDraft, SequenceDrafter
 from ember.engine.speculation.policy import DraftPolicy
+from ember.engine.speculation.prediction_draft import PredictionDraft
 
 
 def test_prompt_lookup_continues_the_latest_earlier_occurrence_of_the_longest_suffix() -> None:
@@ -46,6 +47,28 @@ def test_prediction_follows_the_output_and_substitutes_a_changed_token() -> None
     # on after it once the output is back in step
     assert draft.propose([*prompt, 10, 11, 99], 2, 3) == []
     assert draft.propose([*prompt, 10, 11, 99, 13], 2, 3) == [14, 15]
+
+
+def test_a_confirmed_substitute_is_drafted_at_every_later_use_until_the_output_keeps_the_original() -> None:
+    # 20 is a variable the edit renames to 99; 21 is a word the prediction holds elsewhere
+    prediction = (10, 20, 11, 20, 12, 20, 13, 14, 15)
+    draft = PredictionDraft(prediction, max_n=3)
+    assert draft.propose([1, 10, 99], 1, 15) == []  # a substitute, not yet confirmed
+    assert draft.substitutes == {}
+    assert draft.propose([1, 10, 99, 11], 1, 15) == [99, 12]  # 11 came as predicted: 20 -> 99 is learned
+    assert draft.substitutes == {20: 99}
+    assert draft.propose([1, 10, 99, 11, 99, 12], 1, 15) == [99, 13, 14, 15]
+    # the output keeps 20 where 99 was drafted: the substitution is dropped, and the reader stays in step
+    assert draft.propose([1, 10, 99, 11, 99, 12, 20], 1, 15) == [13, 14, 15]
+    assert draft.substitutes == {}
+
+
+def test_a_single_token_found_elsewhere_in_the_prediction_reads_as_a_substitute() -> None:
+    # the rename's new name (30) also occurs later in the prediction: jumping there would lose the place
+    prediction = (10, 20, 11, 12, 30, 13, 20, 14)
+    draft = PredictionDraft(prediction, max_n=3)
+    assert draft.propose([1, 10, 30, 11], 1, 15) == [12, 30]
+    assert draft.propose([1, 10, 30, 11, 12, 30, 13], 1, 15) == [30, 14]
 
 
 def test_a_prediction_draft_doubles_with_the_tokens_read_in_step() -> None:

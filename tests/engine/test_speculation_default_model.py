@@ -1,9 +1,11 @@
 """Speculative decoding on the default model (SmolLM2-135M-Instruct, GGUF): replies that repeat text get drafts
-accepted, and greedy output stays the same as without speculation.
+accepted, and greedy output stays exactly the same as without speculation.
 
-Identity on this model holds up to floating point: verification runs DecoderModel.forward while plain decodes
-run the fused native step, and the two round differently, so a near-tie between the top two tokens can flip
-(docs/decisions.md, "Speculative decoding"). These prompts keep clear margins for their length."""
+Verification and plain decoding both run the fused native step, which rounds a token's sums the same way in any
+batch: the matmuls keep one accumulator per token, and the attention cuts a token's context into splits by its
+own length (attention_splits). The third prompt is long enough (over 512 tokens) that its tokens' attention is
+split, where a split count that followed the batch size once flipped a near-tie.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +21,12 @@ USERS = (
     "Repeat this line three times: the cat sat on the mat.",
     "Copy this list exactly: apple, banana, cherry, apple, banana, cherry, apple, banana, cherry.",
 )
+DOCUMENT = (
+    "The harbour town of Wensley lies at the mouth of the river Aln. Its fishing fleet once numbered two "
+    "hundred boats. In 1851 the railway reached the town, and the first visitors arrived from the cities. "
+    "The old lighthouse was built in 1790 and still guides ships past the northern rocks. "
+)
+USERS += (f"{DOCUMENT * 10}\nWrite a long story about the town above and its lighthouse.",)
 LIST_REPLY = "The list is: apple, banana, cherry, apple, banana, cherry, apple, banana, cherry"
 
 

@@ -109,6 +109,31 @@ def test_splits_merge_to_the_same_attention(isa: str, splits: int, threads: int)
     check(Q8_0 if splits == 3 else FP16, isa, (9, 3, 64), [5, 777, 64], threads, splits)
 
 
+@pytest.mark.parametrize("isa", ISAS)
+def test_a_tokens_attention_has_the_same_bits_alone_or_in_any_batch(isa: str) -> None:
+    # Speculative verification sends k + 1 tokens of one sequence in one step, and promises the output plain
+    # decoding gives: each token's splits (its summation order) must follow its own context length alone.
+    torch.manual_seed(3)
+    lens = [1037, 5, 700, 300, 260, 16]
+    num_heads, num_kv_heads, head_dim = 9, 3, 64
+    per_token = [-(-length // BLOCK_SIZE) for length in lens]
+    raw = torch.randn(2, sum(per_token), BLOCK_SIZE, num_kv_heads, head_dim)
+    keys, values = FP16.encode(raw[0]).contiguous(), FP16.encode(raw[1]).contiguous()
+    table = torch.full((len(lens), max(per_token)), -1, dtype=torch.int64)
+    starts = [sum(per_token[:t]) for t in range(len(lens))]
+    for t, used in enumerate(per_token):
+        table[t, :used] = torch.arange(starts[t], starts[t] + used)
+    q = torch.randn(len(lens), num_heads, head_dim)
+    scale = head_dim**-0.5
+    batched = decode_attention(q, keys, values, table, torch.tensor(lens), scale, isa, 2, 0)
+    for t, length in enumerate(lens):
+        for threads in (1, 2):
+            alone = decode_attention(
+                q[t : t + 1], keys, values, table[t : t + 1], torch.tensor([length]), scale, isa, threads, 0
+            )
+            assert torch.equal(alone[0], batched[t]), (t, length, threads)
+
+
 def test_an_unknown_instruction_set_is_refused() -> None:
     q = torch.randn(1, 2, 16)
     cache = torch.zeros(1, BLOCK_SIZE, 1, 16)

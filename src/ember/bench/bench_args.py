@@ -101,6 +101,17 @@ def add_long_bench_args(bench: argparse.ArgumentParser) -> None:
         "gets the same type (--cache-type-k/-v) unless auto (each server's default)",
     )
     bench.add_argument(
+        "--speculation",
+        choices=("off", "also", "only"),
+        default="off",
+        help="speculative decoding on vs off (engine, same run): a code edit with its prediction, extraction "
+        "with n-gram lookup, a story and 32 streams; 'also' adds its table after the others, 'only' runs just "
+        "it (default: off)",
+    )
+    bench.add_argument(
+        "--speculation-repeats", type=int, default=3, help="off/on alternations per speculation workload"
+    )
+    bench.add_argument(
         "--llama-server",
         type=_llama_server_binary,
         default=None,
@@ -144,4 +155,6 @@ def bench_config(args: argparse.Namespace) -> BenchConfig:
         llama_server=args.llama_server,
         short_rows=args.short_rows,
         kv_cache_dtype=args.kv_cache_dtype,
+        speculation=args.speculation,
+        speculation_repeats=args.speculation_repeats,
     )

@@ -18,6 +18,7 @@ from ember.bench.peers import PeerResult, llama_cpp_peer, transformers_peer
 from ember.bench.process_memory import ProcessMemory, llama_kv_mib, read_process_memory
 from ember.bench.report import print_table
 from ember.bench.server_suite import LongFigures, LongWorkloads, measure_long_and_arrivals
+from ember.bench.speculation import measure_speculation, print_speculation_table
 from ember.bench.table_rows import HttpPeer, long_rows, memory_rows, short_rows
 from ember.bench.text_prompts import TextPrompts
 from ember.bench.workloads import PromptMaker
@@ -46,6 +47,8 @@ class BenchConfig:
     # the short rows (prefill, decode per stream count, TTFT); off: only the long-context and arrival rows
     short_rows: bool = True
     kv_cache_dtype: str = "auto"  # ember's --kv-cache-dtype; llama-server gets the same type (-ctk/-ctv)
+    speculation: str = "off"  # the speculation table: off, also (after the others) or only
+    speculation_repeats: int = 3
 
     def __post_init__(self) -> None:
         if self.new_tokens < 1:
@@ -54,6 +57,10 @@ class BenchConfig:
             raise ValueError(
                 "--no-short-rows leaves only the HTTP rows: it cannot be combined with --no-http"
             )
+        if self.speculation not in ("off", "also", "only"):
+            raise ValueError(f"speculation must be off, also or only, got {self.speculation!r}")
+        if self.speculation_repeats < 1:
+            raise ValueError(f"speculation_repeats must be at least 1, got {self.speculation_repeats}")
         if self.llama_server is not None and not self.http:
             raise ValueError("--llama-server is compared through HTTP: it cannot be combined with --no-http")
 
@@ -123,6 +130,9 @@ def run_benchmark(cfg: BenchConfig) -> None:
     with capture_load_log() as load_log:
         loaded = load_model(LoadConfig(cfg.model, cfg.weight_format, quantization=cfg.quantization))
     rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if cfg.speculation == "only":
+        _run_speculation(cfg, loaded)
+        return
     print(
         f"model {loaded.name} ({loaded.source_format} {loaded.file_quantization}) as {loaded.weight_format}, "
         f"{cfg.threads} threads, loaded in {loaded.load_seconds:.2f} s, peak RSS {rss_mib:.0f} MiB, "
@@ -196,3 +206,11 @@ def run_benchmark(cfg: BenchConfig) -> None:
     if ember is not None and ember.http:
         footnotes.append(_http_footnote(ember.http))
     print_table(rows, names, [p for p in peers if p.note], tuple(footnotes), frozenset(names[len(peers) :]))
+    if cfg.speculation == "also":
+        _run_speculation(cfg, loaded)
+
+
+def _run_speculation(cfg: BenchConfig, loaded: LoadedModel) -> None:
+    print("running the speculation workloads (off / on alternating)", flush=True)
+    rows = measure_speculation(loaded, cfg.speculation_repeats)
+    print_speculation_table(rows, loaded, cfg.threads, cfg.speculation_repeats)

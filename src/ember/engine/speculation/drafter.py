@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import Protocol
 
 from ember.engine.speculation.config import DraftSettings
-from ember.engine.speculation.ngram import LatestNgramIndex, NgramPositions
+from ember.engine.speculation.ngram import LatestNgramIndex
+from ember.engine.speculation.prediction_draft import PredictionDraft
 
 # Unless lookup is 'on', a lookup draft of which nothing was kept pauses lookup for this many steps, doubling per
 # further failure up to the cap, and any kept token starts over. Each verified row costs about a quarter of a
@@ -26,54 +27,6 @@ class DraftSource(Protocol):
     def propose(self, token_ids: list[int], num_prompt_tokens: int, max_tokens: int) -> list[int]:
         """Up to max_tokens tokens expected to follow token_ids (prompt then output); [] when no guess."""
         ...
-
-
-class PredictionDraft:
-    """The request's predicted output (OpenAI / Fireworks Predicted Outputs), read along with the output.
-
-    A cursor says which predicted token should come next. While the output follows the prediction the cursor
-    moves with it; after a mismatch the longest tail of the output that occurs in the prediction re-finds it
-    (preferring the place ahead of where it was lost, as an edit usually changes a span and then resumes),
-    and failing that the output token is taken as a substitute for the predicted one.
-
-    The draft's length follows how surely the output is in step: 2**run tokens, where run counts the output
-    tokens just read in step (matched at the cursor, or the re-finding n-gram beyond its first token); nothing
-    right after a token the prediction did not have. A verified row costs about a quarter of a plain step on
-    the CPU, so a long draft from a place just re-found would mostly be paid for and refused, while a pause
-    after each edit (n-gram lookup's back-off) cost the rest of the edit's neighbourhood (docs/decisions.md).
-    """
-
-    def __init__(self, prediction: tuple[int, ...], max_n: int) -> None:
-        self._prediction = prediction
-        self._positions = NgramPositions(prediction, max_n)
-        self._cursor = 0  # index into the prediction of the next expected token
-        self._num_read = 0  # output tokens already compared with the prediction
-        self._run = 0  # output tokens just read in step with the prediction
-
-    def propose(self, token_ids: list[int], num_prompt_tokens: int, max_tokens: int) -> list[int]:
-        output = token_ids[num_prompt_tokens:]
-        for index in range(self._num_read, len(output)):
-            self._read(output, index)
-        self._num_read = len(output)
-        if self._run == 0:
-            return []
-        length = min(max_tokens, 1 << min(self._run, 16))
-        return list(self._prediction[self._cursor : self._cursor + length])
-
-    def _read(self, output: list[int], index: int) -> None:
-        cursor = self._cursor
-        if cursor < len(self._prediction) and self._prediction[cursor] == output[index]:
-            self._cursor = cursor + 1
-            self._run += 1
-            return
-        # the match must reach past the predicted token just refused, or the same refusal would come again
-        found = self._positions.find(
-            output[max(0, index + 1 - self._positions.max_n) : index + 1], cursor + 1
-        )
-        if found is None:
-            self._cursor, self._run = cursor + 1, 0
-        else:
-            self._cursor, self._run = found.position, found.length - 1
 
 
 class PromptLookupDraft:
