@@ -27,9 +27,9 @@ class SpeculationConfig:
     prompt_lookup: str = "off"
     """n-gram lookup over the prompt and the output: 'off', 'on' (draft whenever the last n tokens occurred
     before, always num_speculative_tokens) or 'auto' (like 'on', but a sequence whose drafts keep failing pauses,
-    and the draft length follows what was kept). Off by default while verification runs the module path, where
-    it measured slower than plain fused decoding on the 2-core CPU (docs/decisions.md); a request's
-    `prediction` drafts whatever this says."""
+    and the draft length follows what was kept). Off by default, as vLLM's n-gram method is opt-in: on text that
+    repeats nothing 'auto' still costs 1-2% (`ember bench --speculation`'s story row); a request may turn it on,
+    and a request's `prediction` drafts whatever this says."""
 
     num_speculative_tokens: int = 15
     """Most tokens drafted for one sequence per step (k; the verification runs k + 1 tokens). 15 fills the
