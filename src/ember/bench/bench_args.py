@@ -10,6 +10,9 @@ from ember.bench.arrival_schedule import ARRIVAL_PROCESSES, ArrivalConfig
 from ember.bench.llama_server import check_binary
 from ember.engine.engine_config import KV_CACHE_DTYPES
 
+# `ember bench --speculation`: no table, its table after the others, or only its table
+SPECULATION_MODES = ("off", "also", "only")
+
 if TYPE_CHECKING:
     from ember.bench.runner import BenchConfig
 
@@ -102,7 +105,7 @@ def add_long_bench_args(bench: argparse.ArgumentParser) -> None:
     )
     bench.add_argument(
         "--speculation",
-        choices=("off", "also", "only"),
+        choices=SPECULATION_MODES,
         default="off",
         help="speculative decoding on vs off (engine, same run): a code edit with its prediction, extraction "
         "with n-gram lookup, a story and 32 streams; 'also' adds its table after the others, 'only' runs just "

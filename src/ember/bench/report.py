@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,15 @@ def ember_over_peer(row: Row, peer_name: str, through_http: bool) -> float | Non
     return peer / ours if row.lower_is_better else ours / peer
 
 
+def print_aligned(lines: Sequence[Sequence[str]]) -> None:
+    """Prints a header line, a rule under it, then the other lines, each column as wide as its widest cell."""
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    for i, line in enumerate(lines):
+        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+
+
 def print_table(
     rows: list[Row],
     peer_names: list[str],
@@ -59,11 +69,7 @@ def print_table(
             cells.append("-" if ratio is None else f"{ratio:.2f}x")
         cells.append(row.extra)
         lines.append(cells)
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    for i, line in enumerate(lines):
-        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
+    print_aligned(lines)
     for peer in noted:
         print(f"note: {peer.name}: {peer.note}")
     for note in footnotes:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from ember import kernels
 from ember.bench.arrival_schedule import ArrivalConfig
-from ember.bench.bench_args import context_label
+from ember.bench.bench_args import SPECULATION_MODES, context_label
 from ember.bench.ember_runs import HttpFigures, Workloads, measure_ember, measure_http_only
 from ember.bench.http_server import ServerLaunch, running_server
 from ember.bench.http_workloads import HttpBench
@@ -57,8 +57,8 @@ class BenchConfig:
             raise ValueError(
                 "--no-short-rows leaves only the HTTP rows: it cannot be combined with --no-http"
             )
-        if self.speculation not in ("off", "also", "only"):
-            raise ValueError(f"speculation must be off, also or only, got {self.speculation!r}")
+        if self.speculation not in SPECULATION_MODES:
+            raise ValueError(f"speculation must be one of {SPECULATION_MODES}, got {self.speculation!r}")
         if self.speculation_repeats < 1:
             raise ValueError(f"speculation_repeats must be at least 1, got {self.speculation_repeats}")
         if self.llama_server is not None and not self.http:

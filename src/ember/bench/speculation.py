@@ -15,13 +15,14 @@ import time
 from dataclasses import dataclass
 
 from ember.bench.machine import cpu_name
+from ember.bench.report import print_aligned
 from ember.bench.speculation_tasks import TASKS, Task
-from ember.chat.template import ChatTemplate
 from ember.engine.engine_config import CacheConfig, EngineConfig, SchedulerConfig
 from ember.engine.llm_engine import LLMEngine
 from ember.engine.sampling_params import SamplingParams
 from ember.engine.speculation.config import SpeculationConfig, SpeculationParams
 from ember.models.loader import LoadedModel
+from ember.server.common.prompts import PromptEncoder
 
 AGGREGATE_STREAMS = 32
 AGGREGATE_TOKENS = 64
@@ -48,29 +49,20 @@ class StreamRun:
 
 
 class Prompts:
-    """Chat prompts through the model's own template, as `ember serve` would build them."""
+    """Chat prompts through the model's own template, built by `ember serve`'s own PromptEncoder."""
 
     def __init__(self, loaded: LoadedModel) -> None:
         tokenizer = loaded.tokenizer
-        self._encode = tokenizer.encode  # type: ignore[attr-defined]
+        self._encoder = PromptEncoder(tokenizer, loaded.config.vocab_size, loaded.chat_template)  # type: ignore[arg-type]
         self.decode = tokenizer.decode  # type: ignore[attr-defined]
-        source = loaded.chat_template
-        self._template = None
-        if source is not None:
-            self._template = ChatTemplate(
-                source,
-                bos_token=tokenizer.bos_token or "",  # type: ignore[attr-defined]
-                eos_token=tokenizer.eos_token or "",  # type: ignore[attr-defined]
-            )
 
     def chat(self, user: str) -> list[int]:
-        if self._template is None:  # a base model: the request as a plain prompt
-            return list(self._encode(user))
-        text = self._template.render([{"role": "user", "content": user}])
-        return list(self._encode(text, add_special_tokens=False))
+        if self._encoder.template is None:  # a base model: the request as a plain prompt
+            return self._encoder.encode_text(user, "prompt")
+        return self._encoder.encode_chat(self._encoder.render_chat([{"role": "user", "content": user}]))
 
     def text(self, text: str) -> tuple[int, ...]:
-        return tuple(self._encode(text, add_special_tokens=False))
+        return tuple(self._encoder.tokenizer.encode(text, add_special_tokens=False))
 
 
 def one_stream(engine: LLMEngine, prompt: list[int], params: SamplingParams, request_id: str) -> StreamRun:
@@ -180,8 +172,4 @@ def print_speculation_table(
     lines = [header] + [
         (r.workload, f"{r.off:.1f}", f"{r.on:.1f}", f"{r.ratio:.2f}x", r.target, r.notes) for r in rows
     ]
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    for i, line in enumerate(lines):
-        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
+    print_aligned(lines)
