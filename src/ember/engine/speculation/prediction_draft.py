@@ -32,13 +32,11 @@ class PredictionDraft:
 
     def __init__(self, prediction: tuple[int, ...], max_n: int) -> None:
         self._original = prediction
-        self._max_n = max_n
         self._substitutes: dict[int, int] = {}  # predicted token -> the token the output writes instead
         self._expected = prediction  # the prediction with the learned substitutions applied
         self._positions = NgramPositions(prediction, max_n)
-        self._pending: tuple[int, int] | None = (
-            None  # (predicted, written): a substitute awaiting the next token
-        )
+        # (predicted, written): a substitute awaiting the next output token's confirmation
+        self._pending: tuple[int, int] | None = None
         self._cursor = 0  # index into the prediction of the next expected token
         self._num_read = 0  # output tokens already compared with the prediction
         self._run = 0  # output tokens just read in step with the prediction
@@ -50,7 +48,7 @@ class PredictionDraft:
     def propose(self, token_ids: list[int], num_prompt_tokens: int, max_tokens: int) -> list[int]:
         output = token_ids[num_prompt_tokens:]
         for index in range(self._num_read, len(output)):
-            self._read(output[index], output[max(0, index + 1 - self._max_n) : index + 1])
+            self._read(output[index], output[max(0, index + 1 - self._positions.max_n) : index + 1])
         self._num_read = len(output)
         if self._run == 0:
             return []
@@ -96,4 +94,4 @@ class PredictionDraft:
     def _reindex(self) -> None:
         substitutes = self._substitutes
         self._expected = tuple(substitutes.get(t, t) for t in self._original)
-        self._positions = NgramPositions(self._expected, self._max_n)
+        self._positions = NgramPositions(self._expected, self._positions.max_n)
