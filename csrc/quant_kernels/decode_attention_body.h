@@ -48,21 +48,27 @@ inline const uint8_t* stored_row(const uint8_t* cache, const uint8_t* fresh, con
     return cache + (slot * ctx.num_kv_heads + kv_head) * ctx.row_bytes;
 }
 
-// rows[i] = stored_row(.., first + i, kv_head) for i < n, with one block-table lookup (and one division) per
-// block rather than per row: a row's address is a step from the previous one within a block, and the
-// divisions were a measurable share of a step's compute.
-inline void stored_rows(const uint8_t* cache, const uint8_t* fresh, const PagedKV& ctx, int first, int n,
-                        int kv_head, const uint8_t** rows) {
-    const int64_t step = ctx.num_kv_heads * ctx.row_bytes;
+// slots[i] = the cache slot of position first + i, for i < n, with one block-table lookup (and one division) per
+// block rather than per row: within a block a slot is the previous one plus one, and the divisions were a
+// measurable share of a step's compute. Read once per tile and shared by the tile's kv heads, keys and values.
+inline void tile_slots(const PagedKV& ctx, int first, int n, int64_t* slots) {
     int i = 0;
     while (i < n) {
         const int pos = first + i;
         const int offset = pos % ctx.block_size;
         const int run = std::min(ctx.block_size - offset, n - i);
-        const uint8_t* row = stored_row(cache, nullptr, ctx, pos, kv_head);
-        for (int j = 0; j < run; ++j) rows[i + j] = row + j * step;
+        const int64_t slot = ctx.block_table[pos / ctx.block_size] * ctx.block_size + offset;
+        for (int j = 0; j < run; ++j) slots[i + j] = slot + j;
         i += run;
     }
+}
+
+// rows[i] = stored_row(.., first + i, kv_head) for i < n, from the tile's slots (tile_slots).
+inline void stored_rows(const uint8_t* cache, const uint8_t* fresh, const PagedKV& ctx, const int64_t* slots,
+                        int first, int n, int kv_head, const uint8_t** rows) {
+    const uint8_t* head = cache + kv_head * ctx.row_bytes;
+    const int64_t step = ctx.num_kv_heads * ctx.row_bytes;
+    for (int i = 0; i < n; ++i) rows[i] = head + slots[i] * step;
     if (fresh != nullptr && first <= ctx.context_len - 1 && ctx.context_len - 1 < first + n) {
         rows[ctx.context_len - 1 - first] = fresh + kv_head * ctx.row_bytes;
     }
@@ -218,28 +224,39 @@ void attend_range(const float* q, const PagedKV& ctx, int group, int head_dim, f
     float value_scales[kTile];
     const uint8_t* ahead_keys[kTile];
     const uint8_t* ahead_values[kTile];
+    int64_t slots[kTile];        // the tile's cache slots
+    int64_t ahead_slots[kTile];  // the next tile's
     prefetch_rows(ctx, begin, std::min(kTile, end - begin));
+    tile_slots(ctx, begin, std::min(kTile, end - begin), slots);
+    if constexpr (T != KVDtype::kQ8_0) {  // the same for every row: set once (a q8_0 row carries its own)
+        std::fill(key_scales, key_scales + kTile, scale);
+        std::fill(value_scales, value_scales + kTile, 1.0f);
+    }
     for (int first = begin; first < end; first += kTile) {
         const int n = std::min(kTile, end - first);
         const int n_ahead = std::max(0, std::min(kTile, end - first - kTile));
+        tile_slots(ctx, first + kTile, n_ahead, ahead_slots);
         for (int h = 0; h < ctx.num_kv_heads; ++h) {
             float* partial = partials + h * head_stride;
             const TileSoftmax state{partial, partial + group * head_dim, partial + group * (head_dim + 1), group,
                                     head_dim};
-            stored_rows(ctx.key_cache, ctx.new_keys, ctx, first, n, h, keys);
-            stored_rows(ctx.value_cache, ctx.new_values, ctx, first, n, h, values);
-            for (int i = 0; i < n; ++i) {
-                key_scales[i] = scale * row_scale<T>(keys[i], head_dim);
-                value_scales[i] = row_scale<T>(values[i], head_dim);
+            stored_rows(ctx.key_cache, ctx.new_keys, ctx, slots, first, n, h, keys);
+            stored_rows(ctx.value_cache, ctx.new_values, ctx, slots, first, n, h, values);
+            if constexpr (T == KVDtype::kQ8_0) {
+                for (int i = 0; i < n; ++i) {
+                    key_scales[i] = scale * row_scale<T>(keys[i], head_dim);
+                    value_scales[i] = row_scale<T>(values[i], head_dim);
+                }
             }
-            stored_rows(ctx.key_cache, ctx.new_keys, ctx, first + kTile, n_ahead, h, ahead_keys);
-            stored_rows(ctx.value_cache, ctx.new_values, ctx, first + kTile, n_ahead, h, ahead_values);
+            stored_rows(ctx.key_cache, ctx.new_keys, ctx, ahead_slots, first + kTile, n_ahead, h, ahead_keys);
+            stored_rows(ctx.value_cache, ctx.new_values, ctx, ahead_slots, first + kTile, n_ahead, h, ahead_values);
             const AheadRows ahead{ahead_keys, ahead_values, n_ahead, ctx.row_bytes};
             const float* qh = q + h * group * head_dim;
             tile_scores<V, T>(qh, group, head_dim, keys, n, scores);
             attention_tile_softmax(scores, n, key_scales, value_scales, state);
             tile_values<V, T>(scores, values, n, group, head_dim, state.acc, &ahead);
         }
+        std::copy(ahead_slots, ahead_slots + n_ahead, slots);
     }
 }
 
