@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import random
+from typing import Any
 
 import pytest
 import torch
@@ -43,6 +44,31 @@ def fused_decode_kernels(native_kernels: None) -> None:
     if simd_level() != "avx2":
         pytest.skip(f"the fused decode step needs AVX2; this CPU runs the {simd_level()} kernels")
     pytest.fail("the CPU has AVX2 but the fused decode step does not load (a stale or mismatched build)")
+
+
+@pytest.fixture(scope="session")
+def smollm_tokenizer() -> Any:
+    """The default model's tokenizer as transformers reads it from the GGUF (the test-time reference). One for
+    the session: reading the GGUF's vocabulary takes transformers ~10 s, and a tokenizer is never mutated."""
+    from transformers import AutoTokenizer
+
+    from ember.models.default_model import default_gguf_path
+
+    folder, name = os.path.split(default_gguf_path())
+    return AutoTokenizer.from_pretrained(folder, gguf_file=name)
+
+
+@pytest.fixture(scope="session")
+def smollm_hf_model() -> torch.nn.Module:
+    """The default model as transformers loads it from the GGUF, fp32 and in eval mode (the reference the
+    engine's greedy tokens are checked against). One for the session: the load takes ~15 s. Tests only run it;
+    one that changes it (PEFT wraps its layers in place) works on a copy.deepcopy."""
+    from transformers import AutoModelForCausalLM
+
+    from ember.models.default_model import default_gguf_path
+
+    folder, name = os.path.split(default_gguf_path())
+    return AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
 from ember.engine.llm import LLM
 from ember.engine.sampling_params import SamplingParams
 from ember.models.attention_metadata import AttentionMetadata
-from ember.models.default_model import default_gguf_path
 from ember.models.loader import LoadConfig, LoadedModel, load_model
 
 PROMPTS = [
@@ -27,11 +24,8 @@ def fp32_model() -> LoadedModel:
 
 
 @pytest.fixture(scope="module")
-def hf_model() -> torch.nn.Module:
-    from transformers import AutoModelForCausalLM
-
-    folder, name = os.path.split(default_gguf_path())
-    return AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
+def hf_model(smollm_hf_model: torch.nn.Module) -> torch.nn.Module:
+    return smollm_hf_model  # transformers' own GGUF loading, fp32 (tests/conftest.py)
 
 
 def test_greedy_32_tokens_match_transformers(fp32_model: LoadedModel, hf_model: torch.nn.Module) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+from typing import Any
 
 import pytest
 from gguf_helpers import SPECIAL_TOKENS, TinyGGUFSpec, write_tiny_gguf
@@ -38,12 +39,8 @@ def tokenizer() -> Tokenizer:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory):  # transformers PreTrainedTokenizerFast
-    from transformers import AutoTokenizer
-
-    folder = tmp_path_factory.mktemp("gguf")
-    os.symlink(default_gguf_path(), folder / "model.gguf")
-    return AutoTokenizer.from_pretrained(folder, gguf_file="model.gguf")
+def reference(smollm_tokenizer: Any) -> Any:  # transformers PreTrainedTokenizerFast, read from the same GGUF
+    return smollm_tokenizer
 
 
 @pytest.mark.parametrize("kind", list(TEXTS))

