@@ -41,6 +41,12 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("ember.serve")
 
+# How long an idle keep-alive connection stays open. uvicorn's default (5 s) equals the idle expiry of httpx, which
+# the openai, anthropic and fireworks SDKs use: a request sent on a connection idle for about 5 s then met the
+# server's close and failed with "connection reset". A server that waits longer than its clients lets them drop
+# idle connections first (nginx keeps 75 s, aiohttp's client 15 s). Shutdown closes idle connections at once.
+HTTP_KEEP_ALIVE_S = 75.0
+
 
 def lora_adapters_from(specs: list[str]) -> tuple[tuple[str, str], ...]:
     """--lora NAME=PATH values as (name, path) pairs; ValueError naming a malformed one."""
@@ -241,6 +247,7 @@ def serve_from_args(args: argparse.Namespace) -> int:
         port=args.port,
         log_level="info",
         timeout_graceful_shutdown=drain.uvicorn_timeout_s,
+        timeout_keep_alive=HTTP_KEEP_ALIVE_S,
         ssl_certfile=args.ssl_certfile,
         ssl_keyfile=args.ssl_keyfile,
     )

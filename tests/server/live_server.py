@@ -13,6 +13,7 @@ from fastapi import FastAPI
 
 from ember.engine.async_engine import AsyncEngine
 from ember.engine.testing import tiny_engine_config, tiny_loaded_model
+from ember.serve_command import HTTP_KEEP_ALIVE_S
 from ember.server.app import build_app
 from ember.server.common.config import ServerConfig
 
@@ -45,7 +46,8 @@ def serve_in_thread(app: FastAPI, **uvicorn_options: Any) -> tuple[uvicorn.Serve
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", **uvicorn_options))
+    options: dict[str, Any] = {"timeout_keep_alive": HTTP_KEEP_ALIVE_S, **uvicorn_options}  # as `ember serve`
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", **options))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60

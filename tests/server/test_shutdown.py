@@ -7,8 +7,10 @@ from __future__ import annotations
 import json
 import re
 import signal
+import socket
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -150,6 +152,46 @@ def test_streams_finish_within_the_drain_and_no_new_connection_is_accepted(tmp_p
     error = shutdown_error(long)
     assert "a second signal" in str(error["message"])
     assert "a second signal ended the drain: 1 requests still running were ended" in log
+
+
+def health_over(conn: socket.socket) -> bytes:
+    """GET /health on an open HTTP/1.1 connection: the status line, or b"" when the server had closed it."""
+    conn.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    reply = b""
+    while b"\r\n\r\n" not in reply:
+        try:
+            chunk = conn.recv(4096)
+        except ConnectionResetError:
+            return b""
+        if not chunk:
+            return b""
+        reply += chunk
+    head, body = reply.split(b"\r\n\r\n", 1)
+    length = int(re.search(rb"content-length: (\d+)", head, re.IGNORECASE).group(1))  # type: ignore[union-attr]
+    while len(body) < length:
+        body += conn.recv(4096)
+    return head.split(b"\r\n", 1)[0]
+
+
+def test_an_idle_connection_outlives_the_clients_expiry_and_shutdown_closes_it_at_once(
+    tmp_path: Path,
+) -> None:
+    """httpx (under the openai, anthropic and fireworks SDKs) reuses a connection idle for up to 5 s. The server
+    must keep it longer, or a request sent as the server closes it fails with "connection reset"."""
+    serve = start_serve(tmp_path, "--kv-cache-gib", "0.3")
+    try:
+        address = urlsplit(serve.url)
+        with socket.create_connection((address.hostname, address.port), timeout=HANG_GUARD_S) as conn:
+            assert health_over(conn) == b"HTTP/1.1 200 OK"
+            time.sleep(6.0)  # past httpx's 5 s expiry (uvicorn's default keep-alive was the same 5 s)
+            assert health_over(conn) == b"HTTP/1.1 200 OK", "the server closed a connection idle for 6 s"
+            started = time.monotonic()
+            serve.process.send_signal(signal.SIGTERM)
+            assert conn.recv(1) == b"", "shutdown left the idle connection open"
+            assert_clean_exit(serve)
+            assert time.monotonic() - started < 30, "shutdown waited on the idle connection"
+    finally:
+        serve.kill()
 
 
 def test_negative_drain_timeout_is_refused_in_one_line(tmp_path: Path) -> None:
