@@ -23,17 +23,15 @@ def fp32_model() -> LoadedModel:
     return load_model(LoadConfig(weight_format="fp32"))
 
 
-@pytest.fixture(scope="module")
-def hf_model(smollm_hf_model: torch.nn.Module) -> torch.nn.Module:
-    return smollm_hf_model  # transformers' own GGUF loading, fp32 (tests/conftest.py)
-
-
-def test_greedy_32_tokens_match_transformers(fp32_model: LoadedModel, hf_model: torch.nn.Module) -> None:
+def test_greedy_32_tokens_match_transformers(
+    fp32_model: LoadedModel, smollm_hf_model: torch.nn.Module
+) -> None:
+    # smollm_hf_model: transformers' own GGUF loading of the default model, fp32 (tests/conftest.py)
     llm = LLM(fp32_model)
     ids = [fp32_model.tokenizer.encode(p) for p in PROMPTS]
     ours = llm.generate(ids, SamplingParams(max_tokens=32, temperature=0.0, ignore_eos=True))
     for prompt, out in zip(ids, ours, strict=True):
-        assert out.outputs[0].token_ids == hf_greedy(hf_model, prompt, 32)
+        assert out.outputs[0].token_ids == hf_greedy(smollm_hf_model, prompt, 32)
 
 
 def hf_greedy(model: torch.nn.Module, prompt: list[int], count: int) -> list[int]:

@@ -38,15 +38,13 @@ def tokenizer() -> Tokenizer:
     return load_gguf_tokenizer(default_gguf_path())[0]
 
 
-@pytest.fixture(scope="module")
-def reference(smollm_tokenizer: Any) -> Any:  # transformers PreTrainedTokenizerFast, read from the same GGUF
-    return smollm_tokenizer
-
-
 @pytest.mark.parametrize("kind", list(TEXTS))
-def test_ids_match_transformers_gguf_tokenizer(tokenizer: Tokenizer, reference, kind: str) -> None:
+def test_ids_match_transformers_gguf_tokenizer(
+    tokenizer: Tokenizer, smollm_tokenizer: Any, kind: str
+) -> None:
+    # smollm_tokenizer: transformers' PreTrainedTokenizerFast read from the same GGUF (tests/conftest.py)
     text = TEXTS[kind]
-    assert tokenizer.encode(text) == reference.encode(text, add_special_tokens=False)
+    assert tokenizer.encode(text) == smollm_tokenizer.encode(text, add_special_tokens=False)
 
 
 @pytest.mark.parametrize("kind", list(TEXTS))
