@@ -26,6 +26,7 @@ AVX2_SOURCES = [
         "decode_step_avx2.cpp",
         "decode_attention_avx2.cpp",
         "decode_attention_batch.cpp",
+        "decode_attention_plan.cpp",
         "decode_lora_avx2.cpp",
         "prefill_attention_avx2.cpp",
     )

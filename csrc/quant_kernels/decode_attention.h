@@ -1,13 +1,15 @@
-// Flash-decoding of new tokens over the paged KV cache, for the fused decode step: one work item is one token
-// and one split (a range of context positions), for every kv head. It reads every key and value row of its
-// range once for all the query heads of the row's group, keeps an online softmax (running max and sum), and
-// leaves an unnormalised partial result; merge_splits joins a token's splits with their log-sum-exp weights.
-// Splitting the context lets one long sequence use every thread. Runs on AVX2 + FMA + F16C (8 floats a
-// register) or AVX-512 (16), chosen per step (AttentionIsa); the bodies are one template
+// Flash-decoding of new tokens over the paged KV cache, for the fused decode step: one work item is one split (a
+// range of context positions) of a run of rows, for every kv head: one new token, or several of one sequence
+// (speculative verification), which then share every key and value row they read. It reads every key and value
+// row of its range once for all the query heads of the item, keeps an online softmax (running max and sum) per
+// row, and leaves unnormalised partial results; merge_splits joins a token's splits with their log-sum-exp
+// weights. Splitting the context lets one long sequence use every thread. Runs on AVX2 + FMA + F16C (8 floats
+// a register) or AVX-512 (16), chosen per step (AttentionIsa); the bodies are one template
 // (decode_attention_body.h).
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "kv_format.h"
 
@@ -39,8 +41,44 @@ bool attention_isa_from_int(int id, int head_dim, AttentionIsa* out);
 // Floats of one partial result: acc [group, head_dim] (unnormalised), then max [group], then sum [group].
 inline int partial_floats(int group, int head_dim) { return group * (head_dim + 2); }
 
-// Floats of the scratch attend_split needs.
-int attention_scratch_floats(int group);
+// The most rows one work item attends for at once (AttentionRows).
+constexpr int kMaxRunRows = 8;
+
+// Where a work item's rows and results are: `rows` new tokens of one sequence (speculative verification sends
+// k + 1), which read one block table and have the same split layout (plan_row_runs). Row r's query heads are
+// [num_kv_heads * group, head_dim] at q + r * q_stride (kv head h's group at + h * group * head_dim), its
+// context length context_lens[r] (itself included), and its partial result of kv head h (see partial_floats)
+// goes to partials + r * row_stride + h * head_stride.
+struct AttentionRows {
+    const float* q;
+    int64_t q_stride;
+    const int64_t* context_lens;
+    int rows;  // 1 .. kMaxRunRows
+    float* partials;
+    int64_t row_stride;
+    int64_t head_stride;
+};
+
+// The lane order a query head's scores of one tile are summed in (decode_attention_body.h, sum_order): a block
+// position (below blocked_end) r of kScoreRows in hsum4's order when bit r of blocked_fours is set, any other
+// position when single_four is, else in hsum's.
+struct SumOrder {
+    int blocked_end;
+    unsigned blocked_fours;
+    bool single_four;
+};
+
+// What one thread's work items compute in: the tile's scores of every query head of a run, and the lists the
+// passes over them walk.
+struct AttentionScratch {
+    std::vector<float> scores;               // [kMaxRunRows * group, kTile]
+    std::vector<const float*> queries;       // a query head of a row
+    std::vector<float*> score_rows;          // its scores
+    std::vector<float*> accumulators;        // its partial result's accumulators
+    std::vector<SumOrder> orders;            // how its scores are summed
+
+    explicit AttentionScratch(int group);
+};
 
 // How many splits a token's context is cut into: one per kMinSplitLen positions, at most kMaxSplits. It depends
 // on the token's own context length alone, never on what else shares the step or on the thread count, so a
@@ -48,15 +86,37 @@ int attention_scratch_floats(int group);
 // one sequence in one step) give exactly what decoding them one by one gives.
 int attention_splits(int64_t context_len);
 
+// The first position of split `split` of `splits` (split == splits: the context's end). Inner bounds fall on
+// tile edges, so the rows of a verified draft, whose lengths differ by a few positions, mostly cut their
+// contexts at the same places and can share a work item.
+int split_bound(int64_t context_len, int split, int splits);
+
+// Consecutive rows [first, first + rows) that one work item attends for together.
+struct RowRun {
+    int first;
+    int rows;
+};
+
+// Cuts m rows into runs of at most max_rows (<= kMaxRunRows): consecutive rows share one when they read the same
+// blocks (equal block table entries up to the longer context), have the same split count (splits[t]) and the
+// same inner split bounds. Rows of different sequences stay alone.
+std::vector<RowRun> plan_row_runs(const int64_t* block_tables, int64_t block_table_stride,
+                                  const int64_t* context_lens, const int* splits, int m, int block_size,
+                                  int max_rows);
+
+// The rows a run may hold when m rows of up to max_splits splits share num_threads threads: about two work
+// items a thread, so that dynamic scheduling can even them out (1 .. kMaxRunRows).
+int run_rows_for(int m, int max_splits, int num_threads);
+
 // Stores x [head_dim] as one row of `dtype` at dst (head_dim a multiple of 8).
 void store_kv_row(const float* x, KVDtype dtype, int head_dim, uint8_t* dst);
 
-// Split `split` of `splits` of the context, for every kv head: q [num_kv_heads * group, head_dim] holds the
-// token's query heads, kv head h's group at q + h * group * head_dim; kv head h's partial result (see
-// partial_floats) of softmax(scale * q K^T) V over the split's positions goes to partials + h * head_stride.
+// Split `split` of `splits` of every row's context (the same split count for all rows), for every kv head: the
+// partial results of softmax(scale * q K^T) V over the split's positions, to their places in `rows`. ctx's
+// context_len is the longest row's; its new_keys / new_values (the new token's rows at hand) only for one row.
 // One call reads the rows of all kv heads, which lie side by side in the cache, in address order.
-void attend_split(AttentionIsa isa, const float* q, const PagedKV& ctx, int group, int head_dim, float scale,
-                  int split, int splits, float* scratch, float* partials, int64_t head_stride);
+void attend_split(AttentionIsa isa, const AttentionRows& rows, const PagedKV& ctx, int group, int head_dim,
+                  float scale, int split, int splits, AttentionScratch& scratch);
 
 // out [group, head_dim] = the softmax-weighted values of the whole context, from its `splits` partials.
 void merge_splits(const float* partials, int splits, int group, int head_dim, float* out);

@@ -19,16 +19,16 @@ namespace ember {
 
 namespace {
 
-constexpr int kMinSplitLen = 256;  // below this a split's fixed cost (its merge) outweighs the extra thread
-// One long sequence alone then has 16 items (times its kv heads) for dynamic scheduling to share out.
-constexpr int kMaxSplits = 16;
-
 // 8 floats a register: the operations decode_attention_body.h is written in.
 struct Avx2Floats {
     using Reg = __m256;
     static constexpr int kLanes = 8;
-    static constexpr int kScoreRows = 2;    // 4 heads x 2 rows accumulators + 2 keys + q: 11 of 16 registers
-    static constexpr int kValueChunks = 2;  // 4 heads x 2 chunks accumulators + 2 values + weight: 11
+    // Registers of a pass (16 in all): 6 query heads x 2 key rows of accumulators + 2 keys + a query: 15; 6 heads x
+    // 2 value chunks + 2 values + a weight: 15. A lone token's group of 3 fills half a pass, the 2 or more rows of
+    // a verified draft whole ones.
+    static constexpr int kScoreRows = 2;
+    static constexpr int kValueChunks = 2;
+    static constexpr int kQueriesPerPass = 6;
 
     static Reg zero() { return _mm256_setzero_ps(); }
     static Reg set1(float x) { return _mm256_set1_ps(x); }
@@ -36,6 +36,12 @@ struct Avx2Floats {
     static void store(float* p, Reg v) { _mm256_storeu_ps(p, v); }
     static Reg fmadd(Reg a, Reg b, Reg c) { return _mm256_fmadd_ps(a, b, c); }
     static float hsum(Reg v) { return hsum8(v); }
+    // The sum of v's lanes in hsum4's order (pairs, then quads, then the two halves).
+    static float hsum_pairwise(Reg v) {
+        const __m256 pairs = _mm256_hadd_ps(v, v);
+        const __m256 quads = _mm256_hadd_ps(pairs, pairs);  // [v0123 .. | v4567 ..]
+        return _mm_cvtss_f32(_mm_add_ss(_mm256_castps256_ps128(quads), _mm256_extractf128_ps(quads, 1)));
+    }
     // out[j] = the sum of v[j]'s lanes, j < 4.
     static void hsum4(const Reg* v, float* out) {
         const __m256 abcd = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
@@ -78,12 +84,6 @@ inline uint16_t float_to_bf16(float x) {
 }
 
 }  // namespace
-
-int attention_scratch_floats(int group) { return group * kTile; }
-
-int attention_splits(int64_t context_len) {
-    return static_cast<int>(std::clamp<int64_t>(context_len / kMinSplitLen, 1, kMaxSplits));
-}
 
 void store_kv_row(const float* x, KVDtype dtype, int head_dim, uint8_t* dst) {
     switch (dtype) {
@@ -180,15 +180,15 @@ bool attention_isa_from_int(int id, int head_dim, AttentionIsa* out) {
     }
 }
 
-void attend_split(AttentionIsa isa, const float* q, const PagedKV& ctx, int group, int head_dim, float scale,
-                  int split, int splits, float* scratch, float* partials, int64_t head_stride) {
+void attend_split(AttentionIsa isa, const AttentionRows& rows, const PagedKV& ctx, int group, int head_dim,
+                  float scale, int split, int splits, AttentionScratch& scratch) {
 #if defined(EMBER_HAVE_AVX512_VNNI)
     if (isa == AttentionIsa::kAvx512) {
-        return attend_split_avx512(q, ctx, group, head_dim, scale, split, splits, scratch, partials, head_stride);
+        return attend_split_avx512(rows, ctx, group, head_dim, scale, split, splits, scratch);
     }
 #endif
     (void)isa;
-    attend_split_with<Avx2Floats>(q, ctx, group, head_dim, scale, split, splits, scratch, partials, head_stride);
+    attend_split_with<Avx2Floats>(rows, ctx, group, head_dim, scale, split, splits, scratch);
 }
 
 void merge_splits(const float* partials, int splits, int group, int head_dim, float* out) {

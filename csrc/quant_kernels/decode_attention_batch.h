@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "decode_attention.h"
 
@@ -26,7 +27,11 @@ struct AttentionBatch {
     float* out;                   // [m, num_heads, head_dim]
 };
 
-// `splits` <= 0: as many as attention_splits gives for `num_threads`.
+// `splits` <= 0: each token as many as attention_splits gives.
 void decode_attention_batch(const AttentionBatch& b, AttentionIsa isa, int num_threads, int splits);
+
+// The rows of each work item's run (plan_row_runs) decode_attention_batch would use: for the tests, which check
+// that the rows of one sequence do share items.
+std::vector<int> decode_attention_runs(const AttentionBatch& b, int num_threads, int splits);
 
 }  // namespace ember

@@ -3,13 +3,14 @@
 // (V = 16 floats). Everything here has internal linkage, so each file keeps its own copy compiled with its own
 // flags (an inline function shared across the two would let the linker hand AVX-512 code to an AVX2-only CPU).
 //
-// Per split, the positions go in tiles of kTile, and per tile each kv head in turn: the tile's scores for all
-// heads of its group (each key row read and converted once per pass of up to kHeadsPerPass heads), the
-// online-softmax update (attention_tile_softmax, AVX2, shared), then the tile's value rows added into the
-// group's accumulators. The group size, the rows per score block and the value chunks per pass are
-// compile-time constants, so every accumulator stays in a register (with run-time counts the compiler kept
-// them on the stack and each FMA went through memory). While a kv head's value rows of one tile stream past,
-// its rows of the next tile are asked for (AheadRows): a read from DRAM then mostly finds its line in L1.
+// Per split, the positions go in tiles of kTile, and per tile each kv head in turn: the tile's scores for the
+// query heads of every row of the work item (each key row read and converted once per pass of up to
+// V::kQueriesPerPass heads, so the k + 1 rows of a verified draft share their reads), the online-softmax update
+// of each row (attention_tile_softmax, AVX2, shared), then the tile's value rows added into the accumulators.
+// The heads per pass, the rows per score block and the value chunks per pass are compile-time constants, so
+// every accumulator stays in a register (with run-time counts the compiler kept them on the stack and each FMA
+// went through memory). While a kv head's value rows of one tile stream past, its rows of the next tile are
+// asked for (AheadRows): a read from DRAM then mostly finds its line in L1.
 #pragma once
 
 #include <algorithm>
@@ -19,12 +20,11 @@
 #include <immintrin.h>
 
 #include "decode_attention.h"
+#include "decode_attention_scores.h"
 #include "decode_attention_tile.h"
 
 namespace ember {
 namespace {
-
-constexpr int kHeadsPerPass = 4;  // query heads whose accumulators one pass keeps in registers
 
 // The factor a row's stored values are multiplied by: its q8_0 scale, else 1.
 template <KVDtype T>
@@ -93,42 +93,6 @@ inline void prefetch_rows(const PagedKV& ctx, int first, int n) {
     }
 }
 
-// scores[h * kTile + r] = q_h . k_r (unscaled) for H heads q [H, head_dim] and R key rows.
-template <class V, KVDtype T, int H, int R>
-inline void score_block(const float* q, int head_dim, const uint8_t* const* keys, float* scores) {
-    using Reg = typename V::Reg;
-    Reg acc[H][R];
-    for (int h = 0; h < H; ++h)
-        for (int r = 0; r < R; ++r) acc[h][r] = V::zero();
-    for (int c = 0; c < head_dim / V::kLanes; ++c) {
-        Reg k[R];
-        for (int r = 0; r < R; ++r) k[r] = V::template load_row<T>(keys[r], c);
-        for (int h = 0; h < H; ++h) {
-            const Reg qh = V::load(q + h * head_dim + c * V::kLanes);
-            for (int r = 0; r < R; ++r) acc[h][r] = V::fmadd(qh, k[r], acc[h][r]);
-        }
-    }
-    // Four horizontal sums at a time share their shuffles (a third of the instructions of one at a time).
-    constexpr int kSums = H * R;
-    float sums[kSums];
-    const Reg* flat = &acc[0][0];
-    int i = 0;
-    for (; i + 4 <= kSums; i += 4) V::hsum4(flat + i, sums + i);
-    for (; i < kSums; ++i) sums[i] = V::hsum(flat[i]);
-    for (int h = 0; h < H; ++h)
-        for (int r = 0; r < R; ++r) scores[h * kTile + r] = sums[h * R + r];
-}
-
-// The scores of H heads over the tile's n rows, V::kScoreRows rows at a time.
-template <class V, KVDtype T, int H>
-void score_heads(const float* q, int head_dim, const uint8_t* const* keys, int n, float* scores) {
-    int i = 0;
-    for (; i + V::kScoreRows <= n; i += V::kScoreRows) {
-        score_block<V, T, H, V::kScoreRows>(q, head_dim, keys + i, scores + i);
-    }
-    for (; i < n; ++i) score_block<V, T, H, 1>(q, head_dim, keys + i, scores + i);
-}
-
 // The next tile's rows of one kv head, asked for while this tile's value rows stream past (one key and one value
 // row per value row used). Asked for in one burst at the start of a tile, the requests queued behind the few
 // line-fill buffers and the core waited for them (1.6-1.9x slower from DRAM, bench_decode_attention).
@@ -139,17 +103,17 @@ struct AheadRows {
     int64_t row_bytes;
 };
 
-// acc[h, chunks c0 .. c0 + C) += sum_i weights[h, i] * v_i for H heads: the chunks' accumulators stay in
-// registers while the tile's rows stream past (from L1 after the first pass); `ahead` (or nullptr) is asked for
-// on the way.
+// acc[h][chunks c0 .. c0 + C) += sum_i weights[h][i] * v_i over rows i in [i0, i1), for H query heads: the
+// chunks' accumulators stay in registers while the rows stream past (from L1 after the first pass), each
+// summed in row order; `ahead` (or nullptr) is asked for on the way.
 template <class V, KVDtype T, int H, int C>
-inline void value_block(const float* weights, const uint8_t* const* values, int n, int head_dim, int c0,
-                        float* acc, const AheadRows* ahead) {
+inline void value_block(const float* const* weights, float* const* acc, const uint8_t* const* values, int i0,
+                        int i1, int c0, const AheadRows* ahead) {
     using Reg = typename V::Reg;
     Reg a[H][C];
     for (int h = 0; h < H; ++h)
-        for (int j = 0; j < C; ++j) a[h][j] = V::load(acc + h * head_dim + (c0 + j) * V::kLanes);
-    for (int i = 0; i < n; ++i) {
+        for (int j = 0; j < C; ++j) a[h][j] = V::load(acc[h] + (c0 + j) * V::kLanes);
+    for (int i = i0; i < i1; ++i) {
         if (ahead != nullptr && i < ahead->n) {
             prefetch_row(ahead->keys[i], ahead->row_bytes);
             prefetch_row(ahead->values[i], ahead->row_bytes);
@@ -157,66 +121,61 @@ inline void value_block(const float* weights, const uint8_t* const* values, int 
         Reg v[C];
         for (int j = 0; j < C; ++j) v[j] = V::template load_row<T>(values[i], c0 + j);
         for (int h = 0; h < H; ++h) {
-            const Reg w = V::set1(weights[h * kTile + i]);
+            const Reg w = V::set1(weights[h][i]);
             for (int j = 0; j < C; ++j) a[h][j] = V::fmadd(w, v[j], a[h][j]);
         }
     }
     for (int h = 0; h < H; ++h)
-        for (int j = 0; j < C; ++j) V::store(acc + h * head_dim + (c0 + j) * V::kLanes, a[h][j]);
+        for (int j = 0; j < C; ++j) V::store(acc[h] + (c0 + j) * V::kLanes, a[h][j]);
 }
 
 template <class V, KVDtype T, int H>
-void value_heads(const float* weights, const uint8_t* const* values, int n, int head_dim, float* acc,
-                 const AheadRows* ahead) {
+void value_heads(const float* const* weights, float* const* acc, const uint8_t* const* values, int i0, int i1,
+                 int head_dim, const AheadRows* ahead) {
     const int chunks = head_dim / V::kLanes;
     int c = 0;
     for (; c + V::kValueChunks <= chunks; c += V::kValueChunks) {
-        value_block<V, T, H, V::kValueChunks>(weights, values, n, head_dim, c, acc, c == 0 ? ahead : nullptr);
+        value_block<V, T, H, V::kValueChunks>(weights, acc, values, i0, i1, c, c == 0 ? ahead : nullptr);
     }
-    for (; c < chunks; ++c) value_block<V, T, H, 1>(weights, values, n, head_dim, c, acc, c == 0 ? ahead : nullptr);
+    for (; c < chunks; ++c) value_block<V, T, H, 1>(weights, acc, values, i0, i1, c, c == 0 ? ahead : nullptr);
 }
 
-// The group's heads in passes of kHeadsPerPass, each pass with its head count as a compile-time constant.
+// Passes of up to V::kQueriesPerPass query heads, as tile_scores (decode_attention_scores.h) makes them.
 template <class V, KVDtype T>
-void tile_scores(const float* q, int group, int head_dim, const uint8_t* const* keys, int n, float* scores) {
-    for (int g0 = 0; g0 < group; g0 += kHeadsPerPass) {
-        const float* qg = q + g0 * head_dim;
-        float* sg = scores + g0 * kTile;
-        switch (std::min(kHeadsPerPass, group - g0)) {
-            case 1: score_heads<V, T, 1>(qg, head_dim, keys, n, sg); break;
-            case 2: score_heads<V, T, 2>(qg, head_dim, keys, n, sg); break;
-            case 3: score_heads<V, T, 3>(qg, head_dim, keys, n, sg); break;
-            default: score_heads<V, T, 4>(qg, head_dim, keys, n, sg); break;
+void tile_values(const float* const* weights, float* const* acc, int queries, const uint8_t* const* values,
+                 int i0, int i1, int head_dim, const AheadRows* ahead) {
+    for (int q0 = 0; q0 < queries; q0 += V::kQueriesPerPass) {
+        const float* const* wp = weights + q0;
+        float* const* ap = acc + q0;
+        const AheadRows* a = q0 == 0 ? ahead : nullptr;
+        switch (std::min(V::kQueriesPerPass, queries - q0)) {
+            case 1: value_heads<V, T, 1>(wp, ap, values, i0, i1, head_dim, a); break;
+            case 2: value_heads<V, T, 2>(wp, ap, values, i0, i1, head_dim, a); break;
+            case 3: value_heads<V, T, 3>(wp, ap, values, i0, i1, head_dim, a); break;
+            case 4: value_heads<V, T, 4>(wp, ap, values, i0, i1, head_dim, a); break;
+            case 5: value_heads<V, T, 5>(wp, ap, values, i0, i1, head_dim, a); break;
+            default: value_heads<V, T, 6>(wp, ap, values, i0, i1, head_dim, a); break;
         }
     }
 }
 
+// The partial results (decode_attention.h) of every row of `rows` over [begin, ends[r]) of its context, for every
+// kv head's group. The rows read one block table, so each tile's key and value rows are read (and converted) once
+// for all of them; per tile the kv heads take turns, so the rows, which lie side by side for the kv heads of a
+// position, are read in address order. Row r's sums run exactly as they would with r alone: its scores, its
+// online softmax over its own n_r positions of the tile, and its values in position order.
 template <class V, KVDtype T>
-void tile_values(const float* weights, const uint8_t* const* values, int n, int group, int head_dim, float* acc,
-                 const AheadRows* ahead) {
-    for (int g0 = 0; g0 < group; g0 += kHeadsPerPass) {
-        const float* wg = weights + g0 * kTile;
-        float* ag = acc + g0 * head_dim;
-        switch (std::min(kHeadsPerPass, group - g0)) {
-            case 1: value_heads<V, T, 1>(wg, values, n, head_dim, ag, g0 == 0 ? ahead : nullptr); break;
-            case 2: value_heads<V, T, 2>(wg, values, n, head_dim, ag, g0 == 0 ? ahead : nullptr); break;
-            case 3: value_heads<V, T, 3>(wg, values, n, head_dim, ag, g0 == 0 ? ahead : nullptr); break;
-            default: value_heads<V, T, 4>(wg, values, n, head_dim, ag, g0 == 0 ? ahead : nullptr); break;
+void attend_range(const AttentionRows& rows, const PagedKV& ctx, int group, int head_dim, float scale, int begin,
+                  const int* ends, AttentionScratch& scratch) {
+    int end = begin;
+    for (int r = 0; r < rows.rows; ++r) end = std::max(end, ends[r]);
+    for (int r = 0; r < rows.rows; ++r) {
+        for (int h = 0; h < ctx.num_kv_heads; ++h) {
+            float* partial = rows.partials + r * rows.row_stride + h * rows.head_stride;
+            std::fill(partial, partial + group * head_dim, 0.0f);
+            std::fill(partial + group * head_dim, partial + group * (head_dim + 1), -INFINITY);
+            std::fill(partial + group * (head_dim + 1), partial + group * (head_dim + 2), 0.0f);
         }
-    }
-}
-
-// The partial results (decode_attention.h) of positions [begin, end) for every kv head's group: kv head h's at
-// partials + h * head_stride. Per tile the kv heads take turns, so the tile's rows, which lie side by side for
-// the kv heads of a position, are read in address order.
-template <class V, KVDtype T>
-void attend_range(const float* q, const PagedKV& ctx, int group, int head_dim, float scale, int begin, int end,
-                  float* scores, float* partials, int64_t head_stride) {
-    for (int h = 0; h < ctx.num_kv_heads; ++h) {
-        float* partial = partials + h * head_stride;
-        std::fill(partial, partial + group * head_dim, 0.0f);
-        std::fill(partial + group * head_dim, partial + group * (head_dim + 1), -INFINITY);
-        std::fill(partial + group * (head_dim + 1), partial + group * (head_dim + 2), 0.0f);
     }
     const uint8_t* keys[kTile];
     const uint8_t* values[kTile];
@@ -226,6 +185,8 @@ void attend_range(const float* q, const PagedKV& ctx, int group, int head_dim, f
     const uint8_t* ahead_values[kTile];
     int64_t slots[kTile];        // the tile's cache slots
     int64_t ahead_slots[kTile];  // the next tile's
+    float* const scores = scratch.scores.data();
+    int tile_rows[kMaxRunRows];  // rows of the tile row r attends to
     prefetch_rows(ctx, begin, std::min(kTile, end - begin));
     tile_slots(ctx, begin, std::min(kTile, end - begin), slots);
     if constexpr (T != KVDtype::kQ8_0) {  // the same for every row: set once (a q8_0 row carries its own)
@@ -235,11 +196,13 @@ void attend_range(const float* q, const PagedKV& ctx, int group, int head_dim, f
     for (int first = begin; first < end; first += kTile) {
         const int n = std::min(kTile, end - first);
         const int n_ahead = std::max(0, std::min(kTile, end - first - kTile));
+        int common = n;  // rows of the tile every row that reads it at all reads
+        for (int r = 0; r < rows.rows; ++r) {
+            tile_rows[r] = std::max(0, std::min(n, ends[r] - first));
+            if (tile_rows[r] > 0) common = std::min(common, tile_rows[r]);
+        }
         tile_slots(ctx, first + kTile, n_ahead, ahead_slots);
         for (int h = 0; h < ctx.num_kv_heads; ++h) {
-            float* partial = partials + h * head_stride;
-            const TileSoftmax state{partial, partial + group * head_dim, partial + group * (head_dim + 1), group,
-                                    head_dim};
             stored_rows(ctx.key_cache, ctx.new_keys, ctx, slots, first, n, h, keys);
             stored_rows(ctx.value_cache, ctx.new_values, ctx, slots, first, n, h, values);
             if constexpr (T == KVDtype::kQ8_0) {
@@ -251,35 +214,62 @@ void attend_range(const float* q, const PagedKV& ctx, int group, int head_dim, f
             stored_rows(ctx.key_cache, ctx.new_keys, ctx, ahead_slots, first + kTile, n_ahead, h, ahead_keys);
             stored_rows(ctx.value_cache, ctx.new_values, ctx, ahead_slots, first + kTile, n_ahead, h, ahead_values);
             const AheadRows ahead{ahead_keys, ahead_values, n_ahead, ctx.row_bytes};
-            const float* qh = q + h * group * head_dim;
-            tile_scores<V, T>(qh, group, head_dim, keys, n, scores);
-            attention_tile_softmax(scores, n, key_scales, value_scales, state);
-            tile_values<V, T>(scores, values, n, group, head_dim, state.acc, &ahead);
+            int queries = 0;
+            for (int r = 0; r < rows.rows; ++r) {
+                if (tile_rows[r] == 0) continue;
+                float* partial = rows.partials + r * rows.row_stride + h * rows.head_stride;
+                for (int g = 0; g < group; ++g, ++queries) {
+                    scratch.queries[queries] = rows.q + r * rows.q_stride + (h * group + g) * head_dim;
+                    scratch.score_rows[queries] = scores + queries * kTile;
+                    scratch.accumulators[queries] = partial + g * head_dim;
+                    scratch.orders[queries] = sum_order<V>(g, group, tile_rows[r]);
+                }
+            }
+            // Every reading row's scores over all n rows of the tile: a row that ends inside it ignores the
+            // scores past its end (rows of the cache this step has written, so finite).
+            tile_scores<V, T>(scratch.queries.data(), scratch.orders.data(), queries, head_dim, keys, n,
+                              scratch.score_rows.data());
+            for (int r = 0, at = 0; r < rows.rows; ++r) {
+                if (tile_rows[r] == 0) continue;
+                float* partial = rows.partials + r * rows.row_stride + h * rows.head_stride;
+                const TileSoftmax state{partial, partial + group * head_dim, partial + group * (head_dim + 1),
+                                        group, head_dim};
+                attention_tile_softmax(scores + at * group * kTile, tile_rows[r], key_scales, value_scales, state);
+                ++at;
+            }
+            const float* const* weights = scratch.score_rows.data();
+            float* const* acc = scratch.accumulators.data();
+            tile_values<V, T>(weights, acc, queries, values, 0, common, head_dim, &ahead);
+            // then each row that reads further, its own remaining rows
+            for (int r = 0, at = 0; r < rows.rows; ++r) {
+                if (tile_rows[r] == 0) continue;
+                if (tile_rows[r] > common) {
+                    tile_values<V, T>(weights + at * group, acc + at * group, group, values, common,
+                                      tile_rows[r], head_dim, nullptr);
+                }
+                ++at;
+            }
         }
         std::copy(ahead_slots, ahead_slots + n_ahead, slots);
     }
 }
 
-// attend_split's body for one instruction set: the split's range, then the dtype's instantiation.
+// attend_split's body for one instruction set: each row's part of the split, then the dtype's instantiation.
 template <class V>
-void attend_split_with(const float* q, const PagedKV& ctx, int group, int head_dim, float scale, int split,
-                       int splits, float* scratch, float* partials, int64_t head_stride) {
-    const int64_t len = ctx.context_len;
-    const int begin = static_cast<int>(len * split / splits);
-    const int end = static_cast<int>(len * (split + 1) / splits);
+void attend_split_with(const AttentionRows& rows, const PagedKV& ctx, int group, int head_dim, float scale,
+                       int split, int splits, AttentionScratch& scratch) {
+    const int begin = split_bound(rows.context_lens[0], split, splits);  // the same for every row of a run
+    int ends[kMaxRunRows];
+    for (int r = 0; r < rows.rows; ++r) ends[r] = split_bound(rows.context_lens[r], split + 1, splits);
     switch (ctx.dtype) {
         case KVDtype::kF32:
-            return attend_range<V, KVDtype::kF32>(q, ctx, group, head_dim, scale, begin, end, scratch, partials,
-                                                  head_stride);
+            return attend_range<V, KVDtype::kF32>(rows, ctx, group, head_dim, scale, begin, ends, scratch);
         case KVDtype::kF16:
-            return attend_range<V, KVDtype::kF16>(q, ctx, group, head_dim, scale, begin, end, scratch, partials,
-                                                  head_stride);
+            return attend_range<V, KVDtype::kF16>(rows, ctx, group, head_dim, scale, begin, ends, scratch);
         case KVDtype::kBF16:
-            return attend_range<V, KVDtype::kBF16>(q, ctx, group, head_dim, scale, begin, end, scratch, partials,
-                                                   head_stride);
+            return attend_range<V, KVDtype::kBF16>(rows, ctx, group, head_dim, scale, begin, ends, scratch);
         case KVDtype::kQ8_0:
-            return attend_range<V, KVDtype::kQ8_0>(q, ctx, group, head_dim, scale, begin, end, scratch, partials,
-                                                   head_stride);
+            return attend_range<V, KVDtype::kQ8_0>(rows, ctx, group, head_dim, scale, begin, ends, scratch);
     }
 }
 

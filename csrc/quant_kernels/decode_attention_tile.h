@@ -26,8 +26,8 @@ void attention_tile_softmax(float* scores, int n, const float* key_scales, const
 
 #if defined(EMBER_HAVE_AVX512_VNNI)
 // attend_split on 16-wide AVX-512 registers (decode_attention_avx512.cpp); head_dim a multiple of 16.
-void attend_split_avx512(const float* q, const PagedKV& ctx, int group, int head_dim, float scale, int split,
-                         int splits, float* scratch, float* partials, int64_t head_stride);
+void attend_split_avx512(const AttentionRows& rows, const PagedKV& ctx, int group, int head_dim, float scale,
+                         int split, int splits, AttentionScratch& scratch);
 #endif
 
 }  // namespace ember

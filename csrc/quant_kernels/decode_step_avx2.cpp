@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #ifdef _OPENMP
@@ -101,20 +102,31 @@ struct StepBuffers {
     ActivationBuffer gate_acts;       // [m, intermediate]
     std::vector<float> qkv;           // [m, q_width + 2 kv_width]
     std::vector<float> attention;     // [m, q_width]
-    std::vector<float> partials;      // [m, num_kv_heads, splits, partial_floats] attention splits
+    std::vector<float> partials;      // [m, num_kv_heads, max_splits, partial_floats] attention splits
     std::vector<float> y;             // [m, hidden] output of o and down
     std::vector<float> gate_up;       // [m, 2 intermediate]
+    // The attention's work items, the same in every layer: each run of rows (plan_row_runs) times each split.
+    std::vector<int> splits;          // [m] each token's own split count (attention_splits)
+    int max_splits;                   // the partials' stride
+    std::vector<RowRun> runs;
 
-    StepBuffers(const DecodeDims& d, int m, int splits)
-        : hidden_acts(m, d.hidden),
-          attention_acts(m, d.num_heads * d.head_dim),
-          gate_acts(m, d.intermediate),
-          qkv(static_cast<size_t>(m) * (d.num_heads + 2 * d.num_kv_heads) * d.head_dim),
-          attention(static_cast<size_t>(m) * d.num_heads * d.head_dim),
-          partials(static_cast<size_t>(m) * d.num_kv_heads * splits *
+    StepBuffers(const DecodeDims& d, const DecodeBatch& b, std::vector<int> token_splits, int most_splits,
+                int run_rows)
+        : hidden_acts(b.m, d.hidden),
+          attention_acts(b.m, d.num_heads * d.head_dim),
+          gate_acts(b.m, d.intermediate),
+          qkv(static_cast<size_t>(b.m) * (d.num_heads + 2 * d.num_kv_heads) * d.head_dim),
+          attention(static_cast<size_t>(b.m) * d.num_heads * d.head_dim),
+          partials(static_cast<size_t>(b.m) * d.num_kv_heads * most_splits *
                    partial_floats(d.num_heads / d.num_kv_heads, d.head_dim)),
-          y(static_cast<size_t>(m) * d.hidden),
-          gate_up(static_cast<size_t>(m) * 2 * d.intermediate) {}
+          y(static_cast<size_t>(b.m) * d.hidden),
+          gate_up(static_cast<size_t>(b.m) * 2 * d.intermediate),
+          splits(std::move(token_splits)),
+          max_splits(most_splits),
+          runs(plan_row_runs(b.block_tables, b.block_table_stride, b.context_lens, splits.data(), b.m, d.block_size,
+                             run_rows)) {}
+
+    int attention_items() const { return static_cast<int>(runs.size()) * max_splits; }
 };
 
 // Bias, per-head q/k norms and rope on token t's q|k|v row.
@@ -170,17 +182,17 @@ struct LayerShape {
     }
 };
 
-// Work item `item` of a layer's attention: token t and split `split` of its context, for every kv head and its
-// query heads, q from token t's finished q|k|v row; the partial results go to their places in buf.partials.
-// With `fresh_kv` ([m, 2, num_kv_heads, row_bytes]), the new token's key and value come from there rather than
-// from the cache slot being written meanwhile.
+// Work item `item` of a layer's attention: split `split` of a run of rows (one token, or several of one
+// sequence), for every kv head and its query heads, q from the tokens' finished q|k|v rows; the partial results
+// go to their places in buf.partials. With `fresh_kv` ([m, 2, num_kv_heads, row_bytes], runs of one token only),
+// the new token's key and value come from there rather than from the cache slot being written meanwhile.
 void attend_item(const DecodeDims& d, const DecodeBatch& b, const LayerShape& shape, const float* qkv, int item,
-                 int max_splits, const uint8_t* fresh_kv, float* scratch, StepBuffers& buf) {
+                 const uint8_t* fresh_kv, AttentionScratch& scratch, StepBuffers& buf) {
     const int group = d.num_heads / d.num_kv_heads;
-    const int split = item % max_splits;
-    const int t = item / max_splits;
-    const int splits = attention_splits(b.context_lens[t]);
-    if (split >= splits) return;  // a shorter context than the step's longest
+    const RowRun run = buf.runs[item / buf.max_splits];
+    const int split = item % buf.max_splits;
+    const int t = run.first;
+    if (split >= buf.splits[t]) return;  // a shorter context than the step's longest
     const int64_t token_rows = static_cast<int64_t>(d.num_kv_heads) * shape.row_bytes;
     const uint8_t* fresh = fresh_kv == nullptr ? nullptr : fresh_kv + 2 * t * token_rows;
     const PagedKV ctx{shape.key_cache,
@@ -190,25 +202,28 @@ void attend_item(const DecodeDims& d, const DecodeBatch& b, const LayerShape& sh
                       d.num_kv_heads,
                       shape.dtype,
                       shape.row_bytes,
-                      static_cast<int>(b.context_lens[t]),
+                      static_cast<int>(*std::max_element(b.context_lens + t, b.context_lens + t + run.rows)),
                       fresh,
                       fresh == nullptr ? nullptr : fresh + token_rows};
-    const float* q = qkv + static_cast<size_t>(t) * shape.qkv_width;
     const int64_t per_item = partial_floats(group, d.head_dim);
-    float* partials =
-        buf.partials.data() + (static_cast<size_t>(t) * d.num_kv_heads * max_splits + split) * per_item;
-    attend_split(shape.attention_isa, q, ctx, group, d.head_dim, d.scale, split, splits, scratch, partials,
-                 max_splits * per_item);
+    const int64_t token_floats = d.num_kv_heads * buf.max_splits * per_item;
+    const AttentionRows rows{qkv + static_cast<size_t>(t) * shape.qkv_width,
+                             shape.qkv_width,
+                             b.context_lens + t,
+                             run.rows,
+                             buf.partials.data() + t * token_floats + split * per_item,
+                             token_floats,
+                             buf.max_splits * per_item};
+    attend_split(shape.attention_isa, rows, ctx, group, d.head_dim, d.scale, split, buf.splits[t], scratch);
 }
 
 // Token t's attention row [q_width] from the partials of all its kv heads and splits.
-void merge_token(const DecodeDims& d, const DecodeBatch& b, const StepBuffers& buf, int t, int max_splits,
-                 float* out_row) {
+void merge_token(const DecodeDims& d, const StepBuffers& buf, int t, float* out_row) {
     const int group = d.num_heads / d.num_kv_heads;
-    const size_t per_head = static_cast<size_t>(max_splits) * partial_floats(group, d.head_dim);
+    const size_t per_head = static_cast<size_t>(buf.max_splits) * partial_floats(group, d.head_dim);
     for (int h = 0; h < d.num_kv_heads; ++h) {
         const float* partials = buf.partials.data() + (static_cast<size_t>(t) * d.num_kv_heads + h) * per_head;
-        merge_splits(partials, attention_splits(b.context_lens[t]), group, d.head_dim,
+        merge_splits(partials, buf.splits[t], group, d.head_dim,
                      out_row + h * group * d.head_dim);
     }
 }
@@ -227,7 +242,7 @@ void gate_and_quantize(const float* gate_up, int inter, float* scratch, const Qu
 // quantized activations and finished q|k|v rows.
 struct ThreadState {
     std::vector<float> row;     // a normed or gated row before it is quantized
-    std::vector<float> scores;  // one attention item's scratch
+    AttentionScratch attention_scratch;
     std::vector<float> x;       // few-token mode: [m, hidden] residual stream
     std::vector<float> qkv;     // few-token mode: [m, qkv width] finished rows
     std::vector<float> attention;  // few-token mode: [m, q_width] merged attention rows
@@ -236,7 +251,7 @@ struct ThreadState {
 
     ThreadState(const DecodeDims& d, const DecodeBatch& b, bool own_rows)
         : row(static_cast<size_t>(std::max(d.hidden, d.intermediate))),
-          scores(static_cast<size_t>(attention_scratch_floats(d.num_heads / d.num_kv_heads))) {
+          attention_scratch(d.num_heads / d.num_kv_heads) {
         if (!own_rows) return;
         x.assign(b.x, b.x + static_cast<size_t>(b.m) * d.hidden);
         qkv.resize(static_cast<size_t>(b.m) * (d.num_heads + 2 * d.num_kv_heads) * d.head_dim);
@@ -251,7 +266,7 @@ struct ThreadState {
 
 // Many tokens: row phases split the tokens over threads and share one copy of everything (10 barriers a layer).
 void run_layer_shared(const LayerTable& layer, int index, const DecodeDims& d, const DecodeBatch& b,
-                      StepBuffers& buf, ThreadState& own, int num_threads, int splits, const LoraHook& lora) {
+                      StepBuffers& buf, ThreadState& own, int num_threads, const LoraHook& lora) {
     const LayerShape shape(d, b, index);
     const int m = b.m, hidden = d.hidden, q_width = shape.q_width, qkv_width = shape.qkv_width;
     const int inter = d.intermediate;
@@ -275,13 +290,13 @@ void run_layer_shared(const LayerTable& layer, int index, const DecodeDims& d, c
                        shape.slot_rows(shape.value_cache, d, b, t));
     }
 #pragma omp for schedule(dynamic, 1)
-    for (int item = 0; item < m * splits; ++item) {
-        attend_item(d, b, shape, buf.qkv.data(), item, splits, nullptr, own.scores.data(), buf);
+    for (int item = 0; item < buf.attention_items(); ++item) {
+        attend_item(d, b, shape, buf.qkv.data(), item, nullptr, own.attention_scratch, buf);
     }
 #pragma omp for schedule(static)
     for (int t = 0; t < m; ++t) {
         float* attention_row = buf.attention.data() + static_cast<size_t>(t) * q_width;
-        merge_token(d, b, buf, t, splits, attention_row);
+        merge_token(d, buf, t, attention_row);
         quantize_rows_avx2(attention_row, 0, 1, buf.attention_acts.row(t));
     }
     project(layer.o, buf.attention_acts.acts, buf.y.data(), hidden, m, num_threads, d.matmul_isa, lora, LoraProjection::kO,
@@ -309,7 +324,7 @@ void run_layer_shared(const LayerTable& layer, int index, const DecodeDims& d, c
 // everywhere), so only the matmuls and the attention need barriers: 5 a layer. One thread writes the cache;
 // the attention takes the new key and value from the thread's own rows, so nobody waits for that write.
 void run_layer_own_rows(const LayerTable& layer, int index, const DecodeDims& d, const DecodeBatch& b,
-                        StepBuffers& buf, ThreadState& own, int num_threads, bool writes_cache, int splits,
+                        StepBuffers& buf, ThreadState& own, int num_threads, bool writes_cache,
                         const LoraHook& lora) {
     const LayerShape shape(d, b, index);
     const int m = b.m, hidden = d.hidden, q_width = shape.q_width, qkv_width = shape.qkv_width;
@@ -337,12 +352,12 @@ void run_layer_own_rows(const LayerTable& layer, int index, const DecodeDims& d,
         }
     }
 #pragma omp for schedule(dynamic, 1)
-    for (int item = 0; item < m * splits; ++item) {
-        attend_item(d, b, shape, own.qkv.data(), item, splits, own.fresh_kv.data(), own.scores.data(), buf);
+    for (int item = 0; item < buf.attention_items(); ++item) {
+        attend_item(d, b, shape, own.qkv.data(), item, own.fresh_kv.data(), own.attention_scratch, buf);
     }
     for (int t = 0; t < m; ++t) {
         float* attention_row = own.attention.data() + static_cast<size_t>(t) * q_width;
-        merge_token(d, b, buf, t, splits, attention_row);
+        merge_token(d, buf, t, attention_row);
         quantize_rows_avx2(attention_row, 0, 1, own.attention_acts->row(t));
     }
     project(layer.o, own.attention_acts->acts, buf.y.data(), hidden, m, num_threads, d.matmul_isa, lora, LoraProjection::kO,
@@ -422,12 +437,16 @@ bool rows_read_each_other(const DecodeDims& d, const DecodeBatch& b) {
 }
 
 void decode_step_avx2(const LayerTable* layers, const DecodeDims& d, const DecodeBatch& b, int num_threads) {
-    int64_t longest = 1;
-    for (int t = 0; t < b.m; ++t) longest = std::max(longest, b.context_lens[t]);
-    // The partials' stride: the most splits any token has (each token uses its own count, attention_splits).
-    const int splits = attention_splits(longest);
-    StepBuffers buf(d, b.m, splits);
+    std::vector<int> splits(static_cast<size_t>(b.m));
+    int max_splits = 1;  // the partials' stride: each token uses its own count
+    for (int t = 0; t < b.m; ++t) {
+        splits[t] = attention_splits(b.context_lens[t]);
+        max_splits = std::max(max_splits, splits[t]);
+    }
     const bool own_rows = num_threads > 1 && b.m <= kOwnRowsTokens && !rows_read_each_other(d, b);
+    // In the few-token mode each row attends alone: its new key and value come from its own thread's rows.
+    const int run_rows = own_rows ? 1 : run_rows_for(b.m, max_splits, num_threads);
+    StepBuffers buf(d, b, std::move(splits), max_splits, run_rows);
     std::unique_ptr<LoraStep> lora;
     if (b.lora != nullptr) lora.reset(new LoraStep(d, b.m, *b.lora, own_rows ? num_threads : 1, num_threads));
 #pragma omp parallel num_threads(num_threads)
@@ -442,9 +461,9 @@ void decode_step_avx2(const LayerTable* layers, const DecodeDims& d, const Decod
         for (int i = 0; i < d.num_layers; ++i) {
             const LoraHook hook{lora.get(), own_rows ? thread : 0, thread, i};
             if (own_rows) {
-                run_layer_own_rows(layers[i], i, d, b, buf, own, num_threads, first_thread, splits, hook);
+                run_layer_own_rows(layers[i], i, d, b, buf, own, num_threads, first_thread, hook);
             } else {
-                run_layer_shared(layers[i], i, d, b, buf, own, num_threads, splits, hook);
+                run_layer_shared(layers[i], i, d, b, buf, own, num_threads, hook);
             }
         }
         float* x = own_rows ? own.x.data() : b.x;

@@ -170,6 +170,37 @@ PyObject* py_decode_attention(PyObject*, PyObject* args) {
 #endif
 }
 
+// attention_runs(m, block_tables, block_table_stride, context_lens, block_size, num_threads, splits) -> the rows of
+// each work item decode_attention would run with (decode_attention_runs), pointers as ints.
+PyObject* py_attention_runs(PyObject*, PyObject* args) {
+#if defined(EMBER_HAVE_AVX2)
+    AttentionBatch b{};
+    unsigned long long tables, lens;
+    long long stride;
+    int num_threads, splits;
+    if (!PyArg_ParseTuple(args, "iKLKiii", &b.m, &tables, &stride, &lens, &b.block_size, &num_threads, &splits)) {
+        return nullptr;
+    }
+    if (b.m < 1 || b.block_size < 1 || num_threads < 1) {
+        PyErr_SetString(PyExc_ValueError, "attention_runs: bad dimensions");
+        return nullptr;
+    }
+    b.block_tables = reinterpret_cast<const int64_t*>(tables);
+    b.block_table_stride = stride;
+    b.context_lens = reinterpret_cast<const int64_t*>(lens);
+    const std::vector<int> rows = decode_attention_runs(b, num_threads, splits);
+    PyObject* list = PyList_New(static_cast<Py_ssize_t>(rows.size()));
+    for (size_t i = 0; list != nullptr && i < rows.size(); ++i) {
+        PyList_SET_ITEM(list, static_cast<Py_ssize_t>(i), PyLong_FromLong(rows[i]));
+    }
+    return list;
+#else
+    (void)args;
+    PyErr_SetString(PyExc_ValueError, "this build has no AVX2 kernels, so no decode attention");
+    return nullptr;
+#endif
+}
+
 // An Isa id from Python that this build and CPU can run; false with a ValueError set otherwise.
 bool parse_isa(int value, Isa* out) {
     if (!isa_from_int(value, out)) {
@@ -411,6 +442,8 @@ PyMethodDef kMethods[] = {
     {"simd_level", py_simd_level, METH_NOARGS, "'avx2' when the AVX2+FMA+F16C kernels can run here, else 'scalar'."},
     {"decode_attention", py_decode_attention, METH_VARARGS,
      "decode_attention(...): the fused step's attention over the paged cache alone (ember.kernels.decode_attention)"},
+    {"attention_runs", py_attention_runs, METH_VARARGS,
+     "attention_runs(m, block_tables_ptr, stride, context_lens_ptr, block_size, num_threads, splits) -> rows per item"},
     {"attention_isas", py_attention_isas, METH_NOARGS,
      "attention_isas() -> {name: id} of the sets the fused step's attention runs on here, portable first"},
     {"isas", py_isas, METH_NOARGS, "isas() -> {name: id} of the kernel families this build and CPU run, portable first"},

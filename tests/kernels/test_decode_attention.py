@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ember.kernels.decode_attention import attention_isas, decode_attention
+from ember.kernels.decode_attention import attention_isas, attention_runs, decode_attention
 from ember.models.kv_cache_format import BF16, FP16, FP32, Q8_0, KVCacheFormat
 
 ISAS = tuple(attention_isas())
@@ -132,6 +132,64 @@ def test_a_tokens_attention_has_the_same_bits_alone_or_in_any_batch(isa: str) ->
                 q[t : t + 1], keys, values, table[t : t + 1], torch.tensor([length]), scale, isa, threads, 0
             )
             assert torch.equal(alone[0], batched[t]), (t, length, threads)
+
+
+# (context lengths of k + 1 rows of one sequence, threads, the rows of each work item): rows across tile edges at
+# 32 and 64; rows that cross 512, where the contexts are cut in two (505..511 one split, 512..520 two, cut at 256);
+# rows in three splits cut at 320 and 672 (1005 is cut at 640: an item of its own) and from 1024 on in four; and
+# a run longer than a work item may be, cut into items.
+SEQUENCE_ROWS = (
+    (list(range(20, 70, 3)), 2, [4, 4, 4, 4, 1]),
+    (list(range(505, 521)), 1, [7, 8, 1]),
+    (list(range(1005, 1050, 5)), 2, [1, 3, 5]),
+    (list(range(300, 316)), 2, [4, 4, 4, 4]),
+)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f.name)
+@pytest.mark.parametrize("case", range(len(SEQUENCE_ROWS)))
+def test_rows_of_one_sequence_share_work_items_and_each_keeps_its_bits(
+    isa: str, fmt: KVCacheFormat, case: int
+) -> None:
+    # Speculative verification sends k + 1 new tokens of one sequence: they share work items (each key and value
+    # row of the context read once for all of them), yet each must give exactly what it gives alone.
+    lens, threads, runs = SEQUENCE_ROWS[case]
+    torch.manual_seed(11 + case)
+    num_heads, num_kv_heads, head_dim = 9, 3, 64
+    num_blocks = -(-max(lens) // BLOCK_SIZE) + 2
+    raw = torch.randn(2, num_blocks, BLOCK_SIZE, num_kv_heads, head_dim) * 2
+    keys, values = fmt.encode(raw[0]).contiguous(), fmt.encode(raw[1]).contiguous()
+    table = torch.randperm(num_blocks).unsqueeze(0).repeat(len(lens), 1).contiguous()
+    context_lens = torch.tensor(lens)
+    assert attention_runs(table, context_lens, BLOCK_SIZE, threads) == runs
+    q = torch.randn(len(lens), num_heads, head_dim)
+    scale = head_dim**-0.5
+    together = decode_attention(q, keys, values, table, context_lens, scale, isa, threads)
+    for t, length in enumerate(lens):
+        alone = decode_attention(
+            q[t : t + 1], keys, values, table[t : t + 1], context_lens[t : t + 1], scale, isa
+        )
+        assert torch.equal(alone[0], together[t]), (t, length)
+    want = reference(
+        q,
+        fmt.decode(keys, head_dim, torch.float64),
+        fmt.decode(values, head_dim, torch.float64),
+        table,
+        lens,
+        scale,
+    )
+    torch.testing.assert_close(together.double(), want, rtol=2e-5, atol=2e-5)
+
+
+def test_rows_of_different_sequences_do_not_share_a_work_item() -> None:
+    # Same lengths, other blocks: each row reads its own context.
+    if not ISAS:
+        pytest.skip("the native kernels are not built for this CPU")
+    table = torch.arange(8 * 20).reshape(8, 20).contiguous()
+    assert attention_runs(table, torch.full((8,), 300), BLOCK_SIZE, 1) == [1] * 8
+    shared = torch.arange(20).repeat(8, 1).contiguous()
+    assert attention_runs(shared, torch.full((8,), 300), BLOCK_SIZE, 1) == [4, 4]
 
 
 def test_an_unknown_instruction_set_is_refused() -> None:

@@ -87,3 +87,34 @@ def decode_attention(
         splits,
     )
     return out
+
+
+def attention_runs(
+    block_tables: torch.Tensor,
+    context_lens: torch.Tensor,
+    block_size: int,
+    num_threads: int = 1,
+    splits: int = 0,
+) -> list[int]:
+    """The rows of each work item decode_attention runs these tokens in: consecutive tokens of one sequence
+    (the same blocks, the same split bounds) share an item, which reads each key and value row once for all."""
+    if not attention_isas():
+        raise ValueError("the decode attention needs the native AVX2 kernels")
+    for name, ints in (("block_tables", block_tables), ("context_lens", context_lens)):
+        if ints.dtype != torch.int64 or not ints.is_contiguous():
+            raise ValueError(f"{name} must be a contiguous int64 tensor")
+    m = context_lens.shape[0]
+    if block_tables.shape[0] != m or int(context_lens.min()) < 1:
+        raise ValueError("one block table row and a context length >= 1 per token")
+    if int(context_lens.max()) > block_tables.shape[1] * block_size:
+        raise ValueError("a context length does not fit its block table")
+    rows = native_module().attention_runs(
+        m,
+        block_tables.data_ptr(),
+        block_tables.shape[1],
+        context_lens.data_ptr(),
+        block_size,
+        num_threads,
+        splits,
+    )
+    return [int(r) for r in rows]
