@@ -79,6 +79,20 @@ def run(
     q = torch.randn(len(lens), num_heads, head_dim)
     scale = head_dim**-0.5
     got = decode_attention(q, keys, values, table, torch.tensor(lens), scale, isa, threads, splits)
+    assert_matches_reference(got, q, keys, values, fmt, table, lens, scale)
+
+
+def assert_matches_reference(
+    got: torch.Tensor,
+    q: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    fmt: KVCacheFormat,
+    table: torch.Tensor,
+    lens: list[int],
+    scale: float,
+) -> None:
+    head_dim = q.shape[2]
     want = reference(
         q,
         fmt.decode(keys, head_dim, torch.float64),
@@ -171,15 +185,7 @@ def test_rows_of_one_sequence_share_work_items_and_each_keeps_its_bits(
             q[t : t + 1], keys, values, table[t : t + 1], context_lens[t : t + 1], scale, isa
         )
         assert torch.equal(alone[0], together[t]), (t, length)
-    want = reference(
-        q,
-        fmt.decode(keys, head_dim, torch.float64),
-        fmt.decode(values, head_dim, torch.float64),
-        table,
-        lens,
-        scale,
-    )
-    torch.testing.assert_close(together.double(), want, rtol=2e-5, atol=2e-5)
+    assert_matches_reference(together, q, keys, values, fmt, table, lens, scale)
 
 
 def test_rows_of_different_sequences_do_not_share_a_work_item() -> None:
