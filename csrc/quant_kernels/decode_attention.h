@@ -59,13 +59,14 @@ struct AttentionRows {
     int64_t head_stride;
 };
 
-// The lane order a query head's scores of one tile are summed in (decode_attention_body.h, sum_order): a block
-// position (below blocked_end) r of kScoreRows in hsum4's order when bit r of blocked_fours is set, any other
-// position when single_four is, else in hsum's.
-struct SumOrder {
-    int blocked_end;
-    unsigned blocked_fours;
-    bool single_four;
+// One query head of a work item as the score passes see it (decode_attention_scores.h): its query [head_dim] of
+// kv head 0's group (other kv heads' at an offset), the tile's scores it gets [kTile], how many of the tile's
+// rows its row reads, and whether its positions past its last whole block sum in another order than its blocks.
+struct ScoreQuery {
+    const float* q;
+    float* scores;
+    int n;
+    bool resum;
 };
 
 // What one thread's work items compute in: the tile's scores of every query head of a run, and the lists the
@@ -75,7 +76,7 @@ struct AttentionScratch {
     std::vector<const float*> queries;       // a query head of a row
     std::vector<float*> score_rows;          // its scores
     std::vector<float*> accumulators;        // its partial result's accumulators
-    std::vector<SumOrder> orders;            // how its scores are summed
+    std::vector<ScoreQuery> score_queries;   // the same heads for the score passes: hsum4-order blocks first
 
     explicit AttentionScratch(int group);
 };

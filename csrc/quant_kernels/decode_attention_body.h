@@ -107,12 +107,12 @@ struct AheadRows {
 // chunks' accumulators stay in registers while the rows stream past (from L1 after the first pass), each
 // summed in row order; `ahead` (or nullptr) is asked for on the way.
 template <class V, KVDtype T, int H, int C>
-inline void value_block(const float* const* weights, float* const* acc, const uint8_t* const* values, int i0,
-                        int i1, int c0, const AheadRows* ahead) {
+[[gnu::always_inline]] inline void value_block(const float* const* weights, float* const* acc, int64_t acc_offset,
+                        const uint8_t* const* values, int i0, int i1, int c0, const AheadRows* ahead) {
     using Reg = typename V::Reg;
     Reg a[H][C];
     for (int h = 0; h < H; ++h)
-        for (int j = 0; j < C; ++j) a[h][j] = V::load(acc[h] + (c0 + j) * V::kLanes);
+        for (int j = 0; j < C; ++j) a[h][j] = V::load(acc[h] + acc_offset + (c0 + j) * V::kLanes);
     for (int i = i0; i < i1; ++i) {
         if (ahead != nullptr && i < ahead->n) {
             prefetch_row(ahead->keys[i], ahead->row_bytes);
@@ -126,38 +126,87 @@ inline void value_block(const float* const* weights, float* const* acc, const ui
         }
     }
     for (int h = 0; h < H; ++h)
-        for (int j = 0; j < C; ++j) V::store(acc[h] + (c0 + j) * V::kLanes, a[h][j]);
+        for (int j = 0; j < C; ++j) V::store(acc[h] + acc_offset + (c0 + j) * V::kLanes, a[h][j]);
 }
 
 template <class V, KVDtype T, int H>
-void value_heads(const float* const* weights, float* const* acc, const uint8_t* const* values, int i0, int i1,
-                 int head_dim, const AheadRows* ahead) {
+void value_heads(const float* const* weights, float* const* acc, int64_t acc_offset, const uint8_t* const* values,
+                 int i0, int i1, int head_dim, const AheadRows* ahead) {
     const int chunks = head_dim / V::kLanes;
     int c = 0;
     for (; c + V::kValueChunks <= chunks; c += V::kValueChunks) {
-        value_block<V, T, H, V::kValueChunks>(weights, acc, values, i0, i1, c, c == 0 ? ahead : nullptr);
+        value_block<V, T, H, V::kValueChunks>(weights, acc, acc_offset, values, i0, i1, c,
+                                              c == 0 ? ahead : nullptr);
     }
-    for (; c < chunks; ++c) value_block<V, T, H, 1>(weights, acc, values, i0, i1, c, c == 0 ? ahead : nullptr);
+    for (; c < chunks; ++c) value_block<V, T, H, 1>(weights, acc, acc_offset, values, i0, i1, c, c == 0 ? ahead : nullptr);
 }
 
 // Passes of up to V::kQueriesPerPass query heads, as tile_scores (decode_attention_scores.h) makes them.
 template <class V, KVDtype T>
-void tile_values(const float* const* weights, float* const* acc, int queries, const uint8_t* const* values,
-                 int i0, int i1, int head_dim, const AheadRows* ahead) {
+void tile_values(const float* const* weights, float* const* acc, int64_t acc_offset, int queries,
+                 const uint8_t* const* values, int i0, int i1, int head_dim, const AheadRows* ahead) {
     for (int q0 = 0; q0 < queries; q0 += V::kQueriesPerPass) {
         const float* const* wp = weights + q0;
         float* const* ap = acc + q0;
         const AheadRows* a = q0 == 0 ? ahead : nullptr;
         switch (std::min(V::kQueriesPerPass, queries - q0)) {
-            case 1: value_heads<V, T, 1>(wp, ap, values, i0, i1, head_dim, a); break;
-            case 2: value_heads<V, T, 2>(wp, ap, values, i0, i1, head_dim, a); break;
-            case 3: value_heads<V, T, 3>(wp, ap, values, i0, i1, head_dim, a); break;
-            case 4: value_heads<V, T, 4>(wp, ap, values, i0, i1, head_dim, a); break;
-            case 5: value_heads<V, T, 5>(wp, ap, values, i0, i1, head_dim, a); break;
-            default: value_heads<V, T, 6>(wp, ap, values, i0, i1, head_dim, a); break;
+            case 1: value_heads<V, T, 1>(wp, ap, acc_offset, values, i0, i1, head_dim, a); break;
+            case 2: value_heads<V, T, 2>(wp, ap, acc_offset, values, i0, i1, head_dim, a); break;
+            case 3: value_heads<V, T, 3>(wp, ap, acc_offset, values, i0, i1, head_dim, a); break;
+            case 4: value_heads<V, T, 4>(wp, ap, acc_offset, values, i0, i1, head_dim, a); break;
+            case 5: value_heads<V, T, 5>(wp, ap, acc_offset, values, i0, i1, head_dim, a); break;
+            default: value_heads<V, T, 6>(wp, ap, acc_offset, values, i0, i1, head_dim, a); break;
         }
     }
 }
+
+// The query heads of a work item's rows that read the tile, as lists in scratch, for kv head 0 (the passes add
+// a kv head's offset): in row order for the softmax and the values (queries, score_rows, accumulators), and for
+// the score passes with the heads whose blocks sum in hsum4's order first (score_queries). Built again only when
+// the rows' counts change, which is at a row's last tile.
+struct QueryLists {
+    int built[kMaxRunRows] = {};  // the tile_rows they were built for
+    int queries = 0;
+    int fours = 0;
+    bool resums = false;  // some head sums positions past its row's last whole block in another order
+    bool valid = false;
+
+    template <class V>
+    void update(const AttentionRows& rows, const int* tile_rows, int group, int head_dim, AttentionScratch& scratch) {
+        if (valid && std::equal(tile_rows, tile_rows + rows.rows, built)) return;
+        std::copy(tile_rows, tile_rows + rows.rows, built);
+        valid = true;
+        queries = 0;
+        for (int r = 0; r < rows.rows; ++r) {
+            if (tile_rows[r] == 0) continue;
+            float* partial = rows.partials + r * rows.row_stride;
+            for (int g = 0; g < group; ++g, ++queries) {
+                scratch.queries[queries] = rows.q + r * rows.q_stride + g * head_dim;
+                scratch.score_rows[queries] = scratch.scores.data() + queries * kTile;
+                scratch.accumulators[queries] = partial + g * head_dim;
+            }
+        }
+        fours = 0;
+        resums = false;
+        int k = 0;
+        for (const bool four : {true, false}) {
+            for (int r = 0, at = 0; r < rows.rows; ++r) {
+                if (tile_rows[r] == 0) continue;
+                const bool past_blocks = tile_rows[r] % V::kScoreRows != 0;
+                for (int g = 0; g < group; ++g) {
+                    if (blocked_four<V>(g, group) != four) continue;
+                    const int query = at * group + g;
+                    const bool resum = past_blocks && single_four(g, group) != four;
+                    scratch.score_queries[k++] =
+                        ScoreQuery{scratch.queries[query], scratch.score_rows[query], tile_rows[r], resum};
+                    fours += four;
+                    resums = resums || resum;
+                }
+                ++at;
+            }
+        }
+    }
+};
 
 // The partial results (decode_attention.h) of every row of `rows` over [begin, ends[r]) of its context, for every
 // kv head's group. The rows read one block table, so each tile's key and value rows are read (and converted) once
@@ -185,8 +234,8 @@ void attend_range(const AttentionRows& rows, const PagedKV& ctx, int group, int 
     const uint8_t* ahead_values[kTile];
     int64_t slots[kTile];        // the tile's cache slots
     int64_t ahead_slots[kTile];  // the next tile's
-    float* const scores = scratch.scores.data();
-    int tile_rows[kMaxRunRows];  // rows of the tile row r attends to
+    int tile_rows[kMaxRunRows];  // rows of the tile row r reads
+    QueryLists lists;
     prefetch_rows(ctx, begin, std::min(kTile, end - begin));
     tile_slots(ctx, begin, std::min(kTile, end - begin), slots);
     if constexpr (T != KVDtype::kQ8_0) {  // the same for every row: set once (a q8_0 row carries its own)
@@ -201,6 +250,7 @@ void attend_range(const AttentionRows& rows, const PagedKV& ctx, int group, int 
             tile_rows[r] = std::max(0, std::min(n, ends[r] - first));
             if (tile_rows[r] > 0) common = std::min(common, tile_rows[r]);
         }
+        lists.update<V>(rows, tile_rows, group, head_dim, scratch);
         tile_slots(ctx, first + kTile, n_ahead, ahead_slots);
         for (int h = 0; h < ctx.num_kv_heads; ++h) {
             stored_rows(ctx.key_cache, ctx.new_keys, ctx, slots, first, n, h, keys);
@@ -214,37 +264,29 @@ void attend_range(const AttentionRows& rows, const PagedKV& ctx, int group, int 
             stored_rows(ctx.key_cache, ctx.new_keys, ctx, ahead_slots, first + kTile, n_ahead, h, ahead_keys);
             stored_rows(ctx.value_cache, ctx.new_values, ctx, ahead_slots, first + kTile, n_ahead, h, ahead_values);
             const AheadRows ahead{ahead_keys, ahead_values, n_ahead, ctx.row_bytes};
-            int queries = 0;
-            for (int r = 0; r < rows.rows; ++r) {
-                if (tile_rows[r] == 0) continue;
-                float* partial = rows.partials + r * rows.row_stride + h * rows.head_stride;
-                for (int g = 0; g < group; ++g, ++queries) {
-                    scratch.queries[queries] = rows.q + r * rows.q_stride + (h * group + g) * head_dim;
-                    scratch.score_rows[queries] = scores + queries * kTile;
-                    scratch.accumulators[queries] = partial + g * head_dim;
-                    scratch.orders[queries] = sum_order<V>(g, group, tile_rows[r]);
-                }
-            }
+            const int64_t q_offset = static_cast<int64_t>(h) * group * head_dim;
+            const int64_t acc_offset = h * rows.head_stride;
             // Every reading row's scores over all n rows of the tile: a row that ends inside it ignores the
             // scores past its end (rows of the cache this step has written, so finite).
-            tile_scores<V, T>(scratch.queries.data(), scratch.orders.data(), queries, head_dim, keys, n,
-                              scratch.score_rows.data());
+            tile_scores<V, T>(scratch.score_queries.data(), lists.fours, lists.queries, q_offset, head_dim, keys, n,
+                              lists.resums);
             for (int r = 0, at = 0; r < rows.rows; ++r) {
                 if (tile_rows[r] == 0) continue;
-                float* partial = rows.partials + r * rows.row_stride + h * rows.head_stride;
+                float* partial = rows.partials + r * rows.row_stride + acc_offset;
                 const TileSoftmax state{partial, partial + group * head_dim, partial + group * (head_dim + 1),
                                         group, head_dim};
-                attention_tile_softmax(scores + at * group * kTile, tile_rows[r], key_scales, value_scales, state);
+                attention_tile_softmax(scratch.scores.data() + at * group * kTile, tile_rows[r], key_scales,
+                                       value_scales, state);
                 ++at;
             }
             const float* const* weights = scratch.score_rows.data();
             float* const* acc = scratch.accumulators.data();
-            tile_values<V, T>(weights, acc, queries, values, 0, common, head_dim, &ahead);
+            tile_values<V, T>(weights, acc, acc_offset, lists.queries, values, 0, common, head_dim, &ahead);
             // then each row that reads further, its own remaining rows
             for (int r = 0, at = 0; r < rows.rows; ++r) {
                 if (tile_rows[r] == 0) continue;
                 if (tile_rows[r] > common) {
-                    tile_values<V, T>(weights + at * group, acc + at * group, group, values, common,
+                    tile_values<V, T>(weights + at * group, acc + at * group, acc_offset, group, values, common,
                                       tile_rows[r], head_dim, nullptr);
                 }
                 ++at;

@@ -34,7 +34,7 @@ AttentionScratch::AttentionScratch(int group)
       queries(static_cast<size_t>(kMaxRunRows) * group),
       score_rows(static_cast<size_t>(kMaxRunRows) * group),
       accumulators(static_cast<size_t>(kMaxRunRows) * group),
-      orders(static_cast<size_t>(kMaxRunRows) * group) {}
+      score_queries(static_cast<size_t>(kMaxRunRows) * group) {}
 
 int attention_splits(int64_t context_len) {
     return static_cast<int>(std::clamp<int64_t>(context_len / kMinSplitLen, 1, kMaxSplits));
