@@ -2,10 +2,13 @@ from __future__ import annotations
 
 import os
 import random
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import torch
+
+if TYPE_CHECKING:
+    from ember.models.loader import LoadedModel
 
 # Every engine a test builds (and every `ember serve` it starts) checks its KV bookkeeping, and that nothing is
 # left held, each time it runs out of work.
@@ -69,6 +72,25 @@ def smollm_hf_model() -> torch.nn.Module:
 
     folder, name = os.path.split(default_gguf_path())
     return AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="session")
+def smollm_fp32_model() -> LoadedModel:
+    """The default model as ember loads it in fp32 (LoadConfig(weight_format="fp32")), the exact reference path.
+    One for the session: the load dequantizes every weight (10-20 s on a loaded machine) and four files used to
+    repeat it. Engines built on it keep their KV caches and adapters to themselves; nothing changes the network."""
+    from ember.models.loader import LoadConfig, load_model
+
+    return load_model(LoadConfig(weight_format="fp32"))
+
+
+@pytest.fixture(scope="session")
+def smollm_served_model() -> LoadedModel:
+    """The default model as `ember serve` loads it (LoadConfig(): packed GGUF blocks on the kernels). One for the
+    session, shared by the servers and engines built on it, which only read it (as with `tiny_llama`)."""
+    from ember.models.loader import LoadConfig, load_model
+
+    return load_model(LoadConfig())
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -9,13 +9,11 @@ split, where a split count that followed the batch size once flipped a near-tie.
 
 from __future__ import annotations
 
-import pytest
-
 from ember.engine.engine_config import CacheConfig, EngineConfig
 from ember.engine.llm_engine import LLMEngine
 from ember.engine.sampling_params import SamplingParams
 from ember.engine.speculation.config import SpeculationConfig, SpeculationParams
-from ember.models.loader import LoadConfig, LoadedModel, load_model
+from ember.models.loader import LoadedModel
 
 USERS = (
     "Repeat this line three times: the cat sat on the mat.",
@@ -28,11 +26,6 @@ DOCUMENT = (
 )
 USERS += (f"{DOCUMENT * 10}\nWrite a long story about the town above and its lighthouse.",)
 LIST_REPLY = "The list is: apple, banana, cherry, apple, banana, cherry, apple, banana, cherry"
-
-
-@pytest.fixture(scope="module")
-def default_model() -> LoadedModel:
-    return load_model(LoadConfig())
 
 
 def _generate(model: LoadedModel, mode: str, prediction: str | None = None) -> list[tuple[list[int], int]]:
@@ -61,8 +54,9 @@ def _generate(model: LoadedModel, mode: str, prediction: str | None = None) -> l
 
 
 def test_prompt_lookup_and_prediction_keep_greedy_replies_on_the_default_model(
-    default_model: LoadedModel,
+    smollm_served_model: LoadedModel,
 ) -> None:
+    default_model = smollm_served_model  # as `ember serve` loads it, once for the session (tests/conftest.py)
     plain = [tokens for tokens, _ in _generate(default_model, "off")]
     lookup = _generate(default_model, "on")
     assert [tokens for tokens, _ in lookup] == plain

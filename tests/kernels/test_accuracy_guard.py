@@ -115,8 +115,8 @@ def decode_agreement(
     return agreement(ours, reference[prompt_len - 1 :], 0, len(seq) - prompt_len)
 
 
-def test_agreement_with_the_fp32_reference(packed: LoadedModel) -> None:
-    fp32 = load_model(LoadConfig(weight_format="fp32"))
+def test_agreement_with_the_fp32_reference(packed: LoadedModel, smollm_fp32_model: LoadedModel) -> None:
+    fp32 = smollm_fp32_model  # ember's exact fp32 path (tests/conftest.py)
     same = total = decode_same = 0
     for text in TEXTS:
         ids = fp32.tokenizer.encode(text)

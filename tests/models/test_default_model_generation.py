@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from ember.engine.llm import LLM
@@ -18,15 +17,12 @@ PROMPTS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def fp32_model() -> LoadedModel:
-    return load_model(LoadConfig(weight_format="fp32"))
-
-
 def test_greedy_32_tokens_match_transformers(
-    fp32_model: LoadedModel, smollm_hf_model: torch.nn.Module
+    smollm_fp32_model: LoadedModel, smollm_hf_model: torch.nn.Module
 ) -> None:
-    # smollm_hf_model: transformers' own GGUF loading of the default model, fp32 (tests/conftest.py)
+    # smollm_fp32_model: ember's fp32 load of the default model; smollm_hf_model: transformers' own GGUF loading
+    # of it, fp32 (both tests/conftest.py)
+    fp32_model = smollm_fp32_model
     llm = LLM(fp32_model)
     ids = [fp32_model.tokenizer.encode(p) for p in PROMPTS]
     ours = llm.generate(ids, SamplingParams(max_tokens=32, temperature=0.0, ignore_eos=True))
@@ -52,7 +48,8 @@ def full_forward_logits(model: LoadedModel, ids: list[int]) -> torch.Tensor:
         return model.network.compute_logits(hidden)  # [T, V]
 
 
-def test_packed_reference_path_gives_the_fp32_logits(fp32_model: LoadedModel) -> None:
+def test_packed_reference_path_gives_the_fp32_logits(smollm_fp32_model: LoadedModel) -> None:
+    fp32_model = smollm_fp32_model
     packed = load_model(LoadConfig(weight_format="packed", quant_kernels=False))
     assert packed.weight_format == "packed"
     ids = fp32_model.tokenizer.encode(PROMPTS[3])

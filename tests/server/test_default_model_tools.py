@@ -20,7 +20,7 @@ from live_server import RunningServer, start_server
 from ember.engine.async_engine import AsyncEngine
 from ember.engine.engine_config import SchedulerConfig
 from ember.engine.llm_engine import EngineConfig
-from ember.models.loader import LoadConfig, load_model
+from ember.models.loader import LoadedModel
 from ember.server.common.config import ServerConfig
 
 CITY = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}}, "required": ["city"]}
@@ -29,8 +29,8 @@ NO_TOOL_QUESTION = "What is 7 times 8?"
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[RunningServer]:
-    model = load_model(LoadConfig())
+def server(smollm_served_model: LoadedModel) -> Iterator[RunningServer]:
+    model = smollm_served_model  # as `ember serve` loads it, once for the session (tests/conftest.py)
     engine = AsyncEngine.from_loaded(
         model, EngineConfig(scheduler=SchedulerConfig(max_model_len=2048), kv_cache_gib=0.25)
     )

@@ -18,7 +18,7 @@ from live_server import serve_in_thread
 from ember.engine.async_engine import AsyncEngine
 from ember.engine.engine_config import SchedulerConfig
 from ember.engine.llm_engine import EngineConfig
-from ember.models.loader import LoadConfig, load_model
+from ember.models.loader import LoadedModel
 from ember.server.app import build_app
 from ember.server.common.config import FineTuningConfig, ServerConfig
 from ember.tuning.hyperparameters import BASE_LEARNING_RATE
@@ -70,8 +70,12 @@ def rows() -> list[dict[str, object]]:
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[openai.OpenAI]:
-    model = load_model(LoadConfig())  # what `ember serve` serves; the worker trains on it in fp32
+def client(
+    tmp_path_factory: pytest.TempPathFactory, smollm_served_model: LoadedModel
+) -> Iterator[openai.OpenAI]:
+    model = (
+        smollm_served_model  # what `ember serve` serves (tests/conftest.py); the worker trains on it in fp32
+    )
     engine = AsyncEngine.from_loaded(
         model, EngineConfig(scheduler=SchedulerConfig(max_model_len=512), kv_cache_gib=0.1)
     )

@@ -19,7 +19,7 @@ from live_server import TINY_MODEL, RunningServer, start_server
 from ember.engine.async_engine import AsyncEngine
 from ember.engine.engine_config import SchedulerConfig
 from ember.engine.llm_engine import EngineConfig
-from ember.models.loader import LoadConfig, load_model
+from ember.models.loader import LoadedModel
 from ember.server.common.config import ServerConfig
 
 USER = [{"role": "user", "content": "Describe a city as JSON."}]
@@ -60,8 +60,8 @@ op   ::= "+" | "-" | "*"
 
 
 @pytest.fixture(scope="module")
-def default_server() -> Iterator[RunningServer]:
-    model = load_model(LoadConfig())
+def default_server(smollm_served_model: LoadedModel) -> Iterator[RunningServer]:
+    model = smollm_served_model  # as `ember serve` loads it, once for the session (tests/conftest.py)
     engine = AsyncEngine.from_loaded(
         model, EngineConfig(scheduler=SchedulerConfig(max_model_len=1024), kv_cache_gib=0.25)
     )

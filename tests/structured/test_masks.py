@@ -27,8 +27,8 @@ SCHEMA = {
 
 
 @pytest.fixture(scope="module")
-def compiler(default_model: LoadedModel) -> GrammarCompiler:
-    return GrammarCompiler(default_model.tokenizer, default_model.tokenizer.eos_token_ids)
+def compiler(smollm_fp32_model: LoadedModel) -> GrammarCompiler:
+    return GrammarCompiler(smollm_fp32_model.tokenizer, smollm_fp32_model.tokenizer.eos_token_ids)
 
 
 def reference_mask(matcher: llguidance.LLMatcher, vocab_size: int) -> torch.Tensor:
@@ -40,11 +40,11 @@ def reference_mask(matcher: llguidance.LLMatcher, vocab_size: int) -> torch.Tens
 
 
 def test_masks_match_llguidance_along_random_walks(
-    compiler: GrammarCompiler, default_model: LoadedModel
+    compiler: GrammarCompiler, smollm_fp32_model: LoadedModel
 ) -> None:
     spec = StructuredSpec("json_schema", json.dumps(SCHEMA))
     grammar = compiler.compile(spec)
-    vocab = default_model.config.vocab_size + 7  # a model's padded rows beyond the tokenizer stay masked
+    vocab = smollm_fp32_model.config.vocab_size + 7  # a model's padded rows beyond the tokenizer stay masked
     rng = random.Random(0)
     matchers = [compiler.matcher(spec) for _ in range(3)]
     references = [llguidance.LLMatcher(compiler.grammar_tokenizer, grammar) for _ in range(3)]
@@ -56,15 +56,15 @@ def test_masks_match_llguidance_along_random_walks(
         for row, i in enumerate(live):
             expected = reference_mask(references[i], vocab)
             assert torch.equal(masks[row], expected)
-            assert not masks[row, default_model.config.vocab_size :].any()
+            assert not masks[row, smollm_fp32_model.config.vocab_size :].any()
             token = rng.choice(expected.nonzero().flatten().tolist())
             matchers[i].accept(token)
             assert references[i].consume_token(token)
 
 
-def test_rejected_token_is_a_value_error(compiler: GrammarCompiler, default_model: LoadedModel) -> None:
+def test_rejected_token_is_a_value_error(compiler: GrammarCompiler, smollm_fp32_model: LoadedModel) -> None:
     matcher = compiler.matcher(StructuredSpec("choice", '["yes", "no"]'))
-    token = default_model.tokenizer.encode("maybe")[0]
+    token = smollm_fp32_model.tokenizer.encode("maybe")[0]
     with pytest.raises(ValueError, match="violates the output grammar"):
         matcher.accept(token)
 
@@ -76,9 +76,9 @@ def test_compiled_grammars_are_cached(compiler: GrammarCompiler) -> None:
 
 @pytest.mark.parametrize("opened", [False, True])
 def test_constraint_applies_after_the_reasoning_section(
-    compiler: GrammarCompiler, default_model: LoadedModel, opened: bool
+    compiler: GrammarCompiler, smollm_fp32_model: LoadedModel, opened: bool
 ) -> None:
-    tokenizer = default_model.tokenizer
+    tokenizer = smollm_fp32_model.tokenizer
     schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
     spec = spec_from_response_format(
         {"type": "json_object", "schema": schema}, ReasoningSection(opened=opened)

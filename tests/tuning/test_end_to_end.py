@@ -27,7 +27,7 @@ import uvicorn
 from ember.engine.async_engine import AsyncEngine
 from ember.engine.engine_config import SchedulerConfig
 from ember.engine.llm_engine import EngineConfig
-from ember.models.loader import LoadConfig, load_model
+from ember.models.loader import LoadedModel
 from ember.server.app import build_app
 from ember.server.common.config import FineTuningConfig, ServerConfig
 
@@ -55,8 +55,8 @@ class Live:
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
-    model = load_model(LoadConfig(weight_format="fp32"))  # the fp32 reference the worker also trains on
+def live(tmp_path_factory: pytest.TempPathFactory, smollm_fp32_model: LoadedModel) -> Iterator[Live]:
+    model = smollm_fp32_model  # the fp32 reference the worker also trains on (tests/conftest.py)
     engine = AsyncEngine.from_loaded(
         model, EngineConfig(scheduler=SchedulerConfig(max_model_len=512), kv_cache_gib=0.1)
     )
