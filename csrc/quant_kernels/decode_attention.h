@@ -45,7 +45,7 @@ inline int partial_floats(int group, int head_dim) { return group * (head_dim + 
 constexpr int kMaxRunRows = 8;
 
 // Where a work item's rows and results are: `rows` new tokens of one sequence (speculative verification sends
-// k + 1), which read one block table and have the same split layout (plan_row_runs). Row r's query heads are
+// k + 1), which read one block table and have the same split layout (AttentionPlan). Row r's query heads are
 // [num_kv_heads * group, head_dim] at q + r * q_stride (kv head h's group at + h * group * head_dim), its
 // context length context_lens[r] (itself included), and its partial result of kv head h (see partial_floats)
 // goes to partials + r * row_stride + h * head_stride.
@@ -98,16 +98,39 @@ struct RowRun {
     int rows;
 };
 
-// Cuts m rows into runs of at most max_rows (<= kMaxRunRows): consecutive rows share one when they read the same
-// blocks (equal block table entries up to the longer context), have the same split count (splits[t]) and the
-// same inner split bounds. Rows of different sequences stay alone.
-std::vector<RowRun> plan_row_runs(const int64_t* block_tables, int64_t block_table_stride,
-                                  const int64_t* context_lens, const int* splits, int m, int block_size,
-                                  int max_rows);
+// One work item of an AttentionPlan: split `split` of the `splits` of every row of `run`, whose longest context
+// is `longest` positions; `rows` says where their queries and partial results are.
+struct AttentionItem {
+    RowRun run;
+    int split;
+    int splits;
+    int longest;
+    AttentionRows rows;
+};
 
-// The rows a run may hold when m rows of up to max_splits splits share num_threads threads: about two work
-// items a thread, so that dynamic scheduling can even them out (1 .. kMaxRunRows).
-int run_rows_for(int m, int max_splits, int num_threads);
+// How a batch's attention is cut into work items, in the step and alone alike: each token's split count
+// (attention_splits), the most any token has, and the runs of rows that share items: consecutive rows that read
+// the same blocks (equal block table entries up to the longer context) with the same split count and inner
+// bounds, at most kMaxRunRows, cut so the batch keeps about two items a thread for dynamic scheduling. Item i is
+// run i / max_splits, split i % max_splits. The partial results are laid out [m, num_kv_heads, max_splits,
+// partial_floats], whatever each token uses.
+struct AttentionPlan {
+    std::vector<int> splits;  // [m]
+    int max_splits = 1;
+    std::vector<RowRun> runs;
+
+    // forced_splits > 0: every token that many (the tests); share_rows false: every row alone (the fused step's
+    // few-token mode, whose rows take their own new key and value from their thread).
+    AttentionPlan(const int64_t* block_tables, int64_t block_table_stride, const int64_t* context_lens, int m,
+                  int block_size, int num_threads, int forced_splits, bool share_rows);
+
+    int items() const { return static_cast<int>(runs.size()) * max_splits; }
+
+    // Item `index` over queries at q + t * q_stride of token t and the partials above; false when its split lies
+    // past its rows' own count (nothing to do).
+    bool item(int index, const float* q, int64_t q_stride, const int64_t* context_lens, float* partials,
+              int num_kv_heads, int per_item, AttentionItem* out) const;
+};
 
 // Stores x [head_dim] as one row of `dtype` at dst (head_dim a multiple of 8).
 void store_kv_row(const float* x, KVDtype dtype, int head_dim, uint8_t* dst);

@@ -30,7 +30,7 @@ struct AttentionBatch {
 // `splits` <= 0: each token as many as attention_splits gives.
 void decode_attention_batch(const AttentionBatch& b, AttentionIsa isa, int num_threads, int splits);
 
-// The rows of each work item's run (plan_row_runs) decode_attention_batch would use: for the tests, which check
+// The rows of each work item's run (AttentionPlan) decode_attention_batch would use: for the tests, which check
 // that the rows of one sequence do share items.
 std::vector<int> decode_attention_runs(const AttentionBatch& b, int num_threads, int splits);
 

@@ -166,6 +166,8 @@ void tile_values(const float* const* weights, float* const* acc, int64_t acc_off
 // the rows' counts change, which is at a row's last tile.
 struct QueryLists {
     int built[kMaxRunRows] = {};  // the tile_rows they were built for
+    int reading[kMaxRunRows];     // the rows that read the tile, in order: the lists hold their heads in turn
+    int num_reading = 0;
     int queries = 0;
     int fours = 0;
     bool resums = false;  // some head sums positions past its row's last whole block in another order
@@ -176,9 +178,13 @@ struct QueryLists {
         if (valid && std::equal(tile_rows, tile_rows + rows.rows, built)) return;
         std::copy(tile_rows, tile_rows + rows.rows, built);
         valid = true;
-        queries = 0;
+        num_reading = 0;
         for (int r = 0; r < rows.rows; ++r) {
-            if (tile_rows[r] == 0) continue;
+            if (tile_rows[r] > 0) reading[num_reading++] = r;
+        }
+        queries = 0;
+        for (int at = 0; at < num_reading; ++at) {
+            const int r = reading[at];
             float* partial = rows.partials + r * rows.row_stride;
             for (int g = 0; g < group; ++g, ++queries) {
                 scratch.queries[queries] = rows.q + r * rows.q_stride + g * head_dim;
@@ -190,8 +196,8 @@ struct QueryLists {
         resums = false;
         int k = 0;
         for (const bool four : {true, false}) {
-            for (int r = 0, at = 0; r < rows.rows; ++r) {
-                if (tile_rows[r] == 0) continue;
+            for (int at = 0; at < num_reading; ++at) {
+                const int r = reading[at];
                 const bool past_blocks = tile_rows[r] % V::kScoreRows != 0;
                 for (int g = 0; g < group; ++g) {
                     if (blocked_four<V>(g, group) != four) continue;
@@ -202,7 +208,6 @@ struct QueryLists {
                     fours += four;
                     resums = resums || resum;
                 }
-                ++at;
             }
         }
     }
@@ -270,26 +275,24 @@ void attend_range(const AttentionRows& rows, const PagedKV& ctx, int group, int 
             // scores past its end (rows of the cache this step has written, so finite).
             tile_scores<V, T>(scratch.score_queries.data(), lists.fours, lists.queries, q_offset, head_dim, keys, n,
                               lists.resums);
-            for (int r = 0, at = 0; r < rows.rows; ++r) {
-                if (tile_rows[r] == 0) continue;
+            for (int at = 0; at < lists.num_reading; ++at) {
+                const int r = lists.reading[at];
                 float* partial = rows.partials + r * rows.row_stride + acc_offset;
                 const TileSoftmax state{partial, partial + group * head_dim, partial + group * (head_dim + 1),
                                         group, head_dim};
                 attention_tile_softmax(scratch.scores.data() + at * group * kTile, tile_rows[r], key_scales,
                                        value_scales, state);
-                ++at;
             }
             const float* const* weights = scratch.score_rows.data();
             float* const* acc = scratch.accumulators.data();
             tile_values<V, T>(weights, acc, acc_offset, lists.queries, values, 0, common, head_dim, &ahead);
             // then each row that reads further, its own remaining rows
-            for (int r = 0, at = 0; r < rows.rows; ++r) {
-                if (tile_rows[r] == 0) continue;
+            for (int at = 0; at < lists.num_reading; ++at) {
+                const int r = lists.reading[at];
                 if (tile_rows[r] > common) {
                     tile_values<V, T>(weights + at * group, acc + at * group, acc_offset, group, values, common,
                                       tile_rows[r], head_dim, nullptr);
                 }
-                ++at;
             }
         }
         std::copy(ahead_slots, ahead_slots + n_ahead, slots);

@@ -46,15 +46,15 @@ int split_bound(int64_t context_len, int split, int splits) {
     return static_cast<int>(context_len * split / splits / kTile * kTile);
 }
 
-int run_rows_for(int m, int max_splits, int num_threads) {
-    return std::clamp(m * max_splits / (2 * std::max(1, num_threads)), 1, kMaxRunRows);
-}
-
-std::vector<RowRun> plan_row_runs(const int64_t* block_tables, int64_t block_table_stride,
-                                  const int64_t* context_lens, const int* splits, int m, int block_size,
-                                  int max_rows) {
-    max_rows = std::clamp(max_rows, 1, kMaxRunRows);
-    std::vector<RowRun> runs;
+AttentionPlan::AttentionPlan(const int64_t* block_tables, int64_t block_table_stride, const int64_t* context_lens,
+                             int m, int block_size, int num_threads, int forced_splits, bool share_rows)
+    : splits(static_cast<size_t>(m)) {
+    for (int t = 0; t < m; ++t) {
+        splits[t] = forced_splits > 0 ? forced_splits : attention_splits(context_lens[t]);
+        max_splits = std::max(max_splits, splits[t]);
+    }
+    const int max_rows =
+        share_rows ? std::clamp(m * max_splits / (2 * std::max(1, num_threads)), 1, kMaxRunRows) : 1;
     for (int t = 0; t < m; ++t) {
         if (!runs.empty()) {
             RowRun& last = runs.back();
@@ -69,7 +69,23 @@ std::vector<RowRun> plan_row_runs(const int64_t* block_tables, int64_t block_tab
         }
         runs.push_back(RowRun{t, 1});
     }
-    return runs;
+}
+
+bool AttentionPlan::item(int index, const float* q, int64_t q_stride, const int64_t* context_lens, float* partials,
+                         int num_kv_heads, int per_item, AttentionItem* out) const {
+    const RowRun run = runs[index / max_splits];
+    const int split = index % max_splits;
+    const int t = run.first;
+    if (split >= splits[t]) return false;  // a shorter context than the batch's longest
+    const int64_t token_floats = static_cast<int64_t>(num_kv_heads) * max_splits * per_item;
+    *out = AttentionItem{run,
+                         split,
+                         splits[t],
+                         static_cast<int>(*std::max_element(context_lens + t, context_lens + t + run.rows)),
+                         AttentionRows{q + t * q_stride, q_stride, context_lens + t, run.rows,
+                                       partials + t * token_floats + static_cast<int64_t>(split) * per_item,
+                                       token_floats, static_cast<int64_t>(max_splits) * per_item}};
+    return true;
 }
 
 }  // namespace ember

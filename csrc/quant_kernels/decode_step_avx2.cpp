@@ -6,7 +6,6 @@
 
 #include <algorithm>
 #include <memory>
-#include <utility>
 #include <vector>
 
 #ifdef _OPENMP
@@ -97,36 +96,28 @@ void project(const Projection& p, const QuantizedActs& acts, float* y, int ldy, 
 constexpr int kOwnRowsTokens = 4;
 
 struct StepBuffers {
+    AttentionPlan plan;               // the attention's work items, the same in every layer
     ActivationBuffer hidden_acts;     // [m, hidden] normed residual, quantized
     ActivationBuffer attention_acts;  // [m, q_width]
     ActivationBuffer gate_acts;       // [m, intermediate]
     std::vector<float> qkv;           // [m, q_width + 2 kv_width]
     std::vector<float> attention;     // [m, q_width]
-    std::vector<float> partials;      // [m, num_kv_heads, max_splits, partial_floats] attention splits
+    std::vector<float> partials;      // [m, num_kv_heads, plan.max_splits, partial_floats] attention splits
     std::vector<float> y;             // [m, hidden] output of o and down
     std::vector<float> gate_up;       // [m, 2 intermediate]
-    // The attention's work items, the same in every layer: each run of rows (plan_row_runs) times each split.
-    std::vector<int> splits;          // [m] each token's own split count (attention_splits)
-    int max_splits;                   // the partials' stride
-    std::vector<RowRun> runs;
 
-    StepBuffers(const DecodeDims& d, const DecodeBatch& b, std::vector<int> token_splits, int most_splits,
-                int run_rows)
-        : hidden_acts(b.m, d.hidden),
+    // own_rows: the few-token mode, whose rows attend alone (each takes its new key and value from its thread).
+    StepBuffers(const DecodeDims& d, const DecodeBatch& b, int num_threads, bool own_rows)
+        : plan(b.block_tables, b.block_table_stride, b.context_lens, b.m, d.block_size, num_threads, 0, !own_rows),
+          hidden_acts(b.m, d.hidden),
           attention_acts(b.m, d.num_heads * d.head_dim),
           gate_acts(b.m, d.intermediate),
           qkv(static_cast<size_t>(b.m) * (d.num_heads + 2 * d.num_kv_heads) * d.head_dim),
           attention(static_cast<size_t>(b.m) * d.num_heads * d.head_dim),
-          partials(static_cast<size_t>(b.m) * d.num_kv_heads * most_splits *
+          partials(static_cast<size_t>(b.m) * d.num_kv_heads * plan.max_splits *
                    partial_floats(d.num_heads / d.num_kv_heads, d.head_dim)),
           y(static_cast<size_t>(b.m) * d.hidden),
-          gate_up(static_cast<size_t>(b.m) * 2 * d.intermediate),
-          splits(std::move(token_splits)),
-          max_splits(most_splits),
-          runs(plan_row_runs(b.block_tables, b.block_table_stride, b.context_lens, splits.data(), b.m, d.block_size,
-                             run_rows)) {}
-
-    int attention_items() const { return static_cast<int>(runs.size()) * max_splits; }
+          gate_up(static_cast<size_t>(b.m) * 2 * d.intermediate) {}
 };
 
 // Bias, per-head q/k norms and rope on token t's q|k|v row.
@@ -182,17 +173,19 @@ struct LayerShape {
     }
 };
 
-// Work item `item` of a layer's attention: split `split` of a run of rows (one token, or several of one
+// Work item `index` of a layer's attention (AttentionPlan): one split of a run of rows (one token, or several of one
 // sequence), for every kv head and its query heads, q from the tokens' finished q|k|v rows; the partial results
 // go to their places in buf.partials. With `fresh_kv` ([m, 2, num_kv_heads, row_bytes], runs of one token only),
 // the new token's key and value come from there rather than from the cache slot being written meanwhile.
-void attend_item(const DecodeDims& d, const DecodeBatch& b, const LayerShape& shape, const float* qkv, int item,
+void attend_item(const DecodeDims& d, const DecodeBatch& b, const LayerShape& shape, const float* qkv, int index,
                  const uint8_t* fresh_kv, AttentionScratch& scratch, StepBuffers& buf) {
     const int group = d.num_heads / d.num_kv_heads;
-    const RowRun run = buf.runs[item / buf.max_splits];
-    const int split = item % buf.max_splits;
-    const int t = run.first;
-    if (split >= buf.splits[t]) return;  // a shorter context than the step's longest
+    AttentionItem item;
+    if (!buf.plan.item(index, qkv, shape.qkv_width, b.context_lens, buf.partials.data(), d.num_kv_heads,
+                       partial_floats(group, d.head_dim), &item)) {
+        return;
+    }
+    const int t = item.run.first;
     const int64_t token_rows = static_cast<int64_t>(d.num_kv_heads) * shape.row_bytes;
     const uint8_t* fresh = fresh_kv == nullptr ? nullptr : fresh_kv + 2 * t * token_rows;
     const PagedKV ctx{shape.key_cache,
@@ -202,28 +195,19 @@ void attend_item(const DecodeDims& d, const DecodeBatch& b, const LayerShape& sh
                       d.num_kv_heads,
                       shape.dtype,
                       shape.row_bytes,
-                      static_cast<int>(*std::max_element(b.context_lens + t, b.context_lens + t + run.rows)),
+                      item.longest,
                       fresh,
                       fresh == nullptr ? nullptr : fresh + token_rows};
-    const int64_t per_item = partial_floats(group, d.head_dim);
-    const int64_t token_floats = d.num_kv_heads * buf.max_splits * per_item;
-    const AttentionRows rows{qkv + static_cast<size_t>(t) * shape.qkv_width,
-                             shape.qkv_width,
-                             b.context_lens + t,
-                             run.rows,
-                             buf.partials.data() + t * token_floats + split * per_item,
-                             token_floats,
-                             buf.max_splits * per_item};
-    attend_split(shape.attention_isa, rows, ctx, group, d.head_dim, d.scale, split, buf.splits[t], scratch);
+    attend_split(shape.attention_isa, item.rows, ctx, group, d.head_dim, d.scale, item.split, item.splits, scratch);
 }
 
 // Token t's attention row [q_width] from the partials of all its kv heads and splits.
 void merge_token(const DecodeDims& d, const StepBuffers& buf, int t, float* out_row) {
     const int group = d.num_heads / d.num_kv_heads;
-    const size_t per_head = static_cast<size_t>(buf.max_splits) * partial_floats(group, d.head_dim);
+    const size_t per_head = static_cast<size_t>(buf.plan.max_splits) * partial_floats(group, d.head_dim);
     for (int h = 0; h < d.num_kv_heads; ++h) {
         const float* partials = buf.partials.data() + (static_cast<size_t>(t) * d.num_kv_heads + h) * per_head;
-        merge_splits(partials, buf.splits[t], group, d.head_dim,
+        merge_splits(partials, buf.plan.splits[t], group, d.head_dim,
                      out_row + h * group * d.head_dim);
     }
 }
@@ -290,7 +274,7 @@ void run_layer_shared(const LayerTable& layer, int index, const DecodeDims& d, c
                        shape.slot_rows(shape.value_cache, d, b, t));
     }
 #pragma omp for schedule(dynamic, 1)
-    for (int item = 0; item < buf.attention_items(); ++item) {
+    for (int item = 0; item < buf.plan.items(); ++item) {
         attend_item(d, b, shape, buf.qkv.data(), item, nullptr, own.attention_scratch, buf);
     }
 #pragma omp for schedule(static)
@@ -352,7 +336,7 @@ void run_layer_own_rows(const LayerTable& layer, int index, const DecodeDims& d,
         }
     }
 #pragma omp for schedule(dynamic, 1)
-    for (int item = 0; item < buf.attention_items(); ++item) {
+    for (int item = 0; item < buf.plan.items(); ++item) {
         attend_item(d, b, shape, own.qkv.data(), item, own.fresh_kv.data(), own.attention_scratch, buf);
     }
     for (int t = 0; t < m; ++t) {
@@ -437,16 +421,8 @@ bool rows_read_each_other(const DecodeDims& d, const DecodeBatch& b) {
 }
 
 void decode_step_avx2(const LayerTable* layers, const DecodeDims& d, const DecodeBatch& b, int num_threads) {
-    std::vector<int> splits(static_cast<size_t>(b.m));
-    int max_splits = 1;  // the partials' stride: each token uses its own count
-    for (int t = 0; t < b.m; ++t) {
-        splits[t] = attention_splits(b.context_lens[t]);
-        max_splits = std::max(max_splits, splits[t]);
-    }
     const bool own_rows = num_threads > 1 && b.m <= kOwnRowsTokens && !rows_read_each_other(d, b);
-    // In the few-token mode each row attends alone: its new key and value come from its own thread's rows.
-    const int run_rows = own_rows ? 1 : run_rows_for(b.m, max_splits, num_threads);
-    StepBuffers buf(d, b, std::move(splits), max_splits, run_rows);
+    StepBuffers buf(d, b, num_threads, own_rows);
     std::unique_ptr<LoraStep> lora;
     if (b.lora != nullptr) lora.reset(new LoraStep(d, b.m, *b.lora, own_rows ? num_threads : 1, num_threads));
 #pragma omp parallel num_threads(num_threads)

@@ -73,9 +73,8 @@ def rows() -> list[dict[str, object]]:
 def client(
     tmp_path_factory: pytest.TempPathFactory, smollm_served_model: LoadedModel
 ) -> Iterator[openai.OpenAI]:
-    model = (
-        smollm_served_model  # what `ember serve` serves (tests/conftest.py); the worker trains on it in fp32
-    )
+    # what `ember serve` serves (tests/conftest.py); the worker trains on it in fp32
+    model = smollm_served_model
     engine = AsyncEngine.from_loaded(
         model, EngineConfig(scheduler=SchedulerConfig(max_model_len=512), kv_cache_gib=0.1)
     )
